@@ -1,0 +1,32 @@
+# fleetpilot: two commands on a fresh Debian 12 / Python 3.11 machine.
+#   make demo  -- set up, then replay a bundled real trace under every policy and write the report
+#   make test  -- set up (Python packages + Debian's prometheus and chromium), then run the whole test suite
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+OUT ?= out/demo
+
+.PHONY: setup setup-system demo test lint bench
+
+setup:
+	$(PIP) install -q 'torch>=2.3,<2.14'
+	$(PIP) install -q -e '.[test]'
+
+setup-system:
+	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null; \
+	fi
+
+demo: setup
+	$(PYTHON) -m agent.cli replay --goal examples/goals/two-model-routed.yaml \
+		--trace chat=azure_llm_2023_conv_1s --trace code=azure_llm_2023_code_1s \
+		--range 2760:3480 --scale-to-peak 300 --policies static,hpa,keda,kpa,predictive,oracle,rl:examples/policies/two-model-routed \
+		--seed 7 --out $(OUT)
+
+test: setup setup-system
+	$(PYTHON) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint:
+	$(PYTHON) -m ruff check .
+
+bench:
+	$(PYTHON) benchmarks/bench_simulator.py

@@ -1,0 +1,468 @@
+"""The fast fleet simulator: model pools of replicas that start (cold start, billed), serve and drain.
+
+One :class:`FleetSimulator` is driven one control interval at a time with a :class:`Decision`
+(desired replicas per model, routing weights per route). It reports an :class:`IntervalStats`
+per interval, and per SLO window whether the goal's latency percentile met its target.
+
+The inner per-tick loop is :func:`simulations.kernel.run_ticks`; see that module for the queueing
+semantics and ``docs/simulator.md`` for the model and its validation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulations import kernel as K
+from simulations.errors import UserError
+from simulations.goal import GoalSpec, ModelSpec
+from simulations.traces import Trace
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy asks for: desired replicas per model, routing weights per route (model -> weight)."""
+
+    replicas: Mapping[str, int]
+    weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    arrivals: float
+    admitted: float
+    served: float
+    dropped: float
+    queued: float
+    in_flight: float
+    ready: int
+    starting: int
+    draining: int
+    desired: int
+    cost_usd: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    ttft_p99_ms: float
+    e2e_p95_ms: float
+    mean_wait_ms: float
+    slots: int
+
+
+@dataclass(frozen=True)
+class IntervalStats:
+    """What happened during one control interval (``t_s`` is its start on the trace clock)."""
+
+    t_s: float
+    duration_s: float
+    arrivals: float
+    served: float
+    dropped: float
+    queued: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    ttft_p99_ms: float
+    e2e_p50_ms: float
+    e2e_p95_ms: float
+    e2e_p99_ms: float
+    cost_usd: float
+    pools: Mapping[str, PoolStats]
+    class_rates: Mapping[str, float]  # offered arrival rate per request class (req/s)
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    t_s: float
+    requests: float
+    dropped: float
+    latency_ms: float  # the goal's percentile of the goal's metric (inf if it falls among drops)
+    met: bool
+
+
+@dataclass
+class _Pool:
+    spec: ModelSpec
+    ready: int
+    starting: list[float]  # ready-at times (trace clock)
+    draining: list[float]  # billed-until times
+    desired: int
+
+
+def slots_per_replica(m: ModelSpec, input_tokens: float, output_tokens: float) -> int:
+    """Concurrent sequences per replica: max_num_seqs, or fewer when the KV cache cannot hold them."""
+    per_seq = max(1.0, input_tokens + output_tokens)
+    return max(1, min(m.latency.max_num_seqs, int(m.latency.kv_cache_tokens // per_seq)))
+
+
+def service_rate_per_replica(m: ModelSpec, input_tokens: float, output_tokens: float) -> float:
+    """Saturated throughput of one replica in requests per second (used by baselines and the oracle)."""
+    n = slots_per_replica(m, input_tokens, output_tokens)
+    lat = latency_vector(m, input_tokens, output_tokens)
+    # Fixed point: prefill load depends on the throughput itself.
+    mu = 0.0
+    for _ in range(20):
+        prefill_load = mu * input_tokens * m.latency.prefill_s_per_token
+        t = K.step_time(lat, float(n), prefill_load)
+        s = t + m.latency.prefill_s_per_token * input_tokens + output_tokens * t
+        mu_new = n / s
+        if abs(mu_new - mu) < 1e-9 * max(1.0, mu_new):
+            break
+        mu = 0.5 * mu + 0.5 * mu_new
+    return mu
+
+
+def latency_vector(m: ModelSpec, input_tokens: float, output_tokens: float, fixed_service_s: float = 0.0) -> np.ndarray:
+    lat = m.latency
+    v = np.zeros(7)
+    v[K.L_T0] = lat.t0_s
+    v[K.L_PREFILL] = lat.prefill_s_per_token
+    v[K.L_KV] = lat.kv_s_per_token
+    v[K.L_SEQ] = lat.seq_s
+    v[K.L_IN] = input_tokens
+    v[K.L_OUT] = output_tokens
+    v[K.L_FIXED] = fixed_service_s
+    return v
+
+
+def route_matrix(goal: GoalSpec, trace_classes: tuple[str, ...]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Map the trace's request classes onto the goal's routes; returns (route per class, models per class)."""
+    names = goal.model_names
+    if not goal.routes:
+        if len(names) != 1:
+            raise UserError(f"goal has {len(names)} models but no routes: add routes to say which requests go where")
+        return tuple("" for _ in trace_classes), [names for _ in trace_classes]
+    by_name = {r.name: r for r in goal.routes}
+    if len(goal.routes) == 1 and len(trace_classes) == 1:
+        r = goal.routes[0]
+        return (r.name,), [r.models]
+    out_routes, out_models = [], []
+    for c in trace_classes:
+        if c not in by_name:
+            if len(goal.routes) == 1:
+                r = goal.routes[0]
+            else:
+                raise UserError(
+                    f"trace request class {c!r} matches no route; routes are {sorted(by_name)} "
+                    "(name traces as CLASS=PATH)"
+                )
+        else:
+            r = by_name[c]
+        out_routes.append(r.name)
+        out_models.append(r.models)
+    return tuple(out_routes), out_models
+
+
+class FleetSimulator:
+    """Simulate the goal's fleet on a trace, one control interval per :meth:`step`."""
+
+    def __init__(
+        self,
+        goal: GoalSpec,
+        trace: Trace,
+        rng: np.random.Generator,
+        *,
+        tick_s: float = 1.0,
+        initial_replicas: Mapping[str, int] | None = None,
+        cold_start_scale: float = 1.0,
+        service_scale: float = 1.0,
+        fixed_service_s: float | None = None,
+        slots_override: int | None = None,
+    ) -> None:
+        if tick_s <= 0:
+            raise UserError(f"tick must be positive, got {tick_s}")
+        self.goal = goal
+        self.trace = trace
+        self.rng = rng
+        self.dt = float(tick_s)
+        self.control_s = float(goal.control_interval_s)
+        self.window_s = float(goal.slo.window_s)
+        self.cold_start_scale = cold_start_scale
+        self.service_scale = service_scale
+        self.fixed_service_s = fixed_service_s
+        self.slots_override = slots_override
+        self.route_of_class, self.models_of_class = route_matrix(goal, trace.classes)
+        self.model_index = {m.name: i for i, m in enumerate(goal.models)}
+        init = dict(initial_replicas or {})
+        for name in init:
+            if name not in self.model_index:
+                raise UserError(f"unknown model {name!r} in replicas; goal models are {list(self.model_index)}")
+        self.pools = [
+            _Pool(m, ready=int(init.get(m.name, m.min_replicas)), starting=[], draining=[],
+                  desired=int(init.get(m.name, m.min_replicas)))
+            for m in goal.models
+        ]
+        for pool in self.pools:
+            if pool.ready < 0:
+                raise UserError(f"replicas for {pool.spec.name} must be >= 0")
+        self.weights = self._default_weights()
+        n_p = len(self.pools)
+        self.qcap = int(math.ceil(goal.slo.timeout_s / self.dt)) + 8
+        self.in_service = np.zeros(n_p, dtype=np.int64)
+        self.q_a0 = np.zeros((n_p, self.qcap))
+        self.q_a1 = np.zeros((n_p, self.qcap))
+        self.q_total = np.zeros((n_p, self.qcap), dtype=np.int64)
+        self.q_done = np.zeros((n_p, self.qcap), dtype=np.int64)
+        self.q_head = np.zeros(n_p, dtype=np.int64)
+        self.q_len = np.zeros(n_p, dtype=np.int64)
+        self.now = trace.start_s
+        self.end = trace.end_s
+        self._win_start = self.now
+        self._win_hist = np.zeros((n_p, K.N_BINS))
+        self._win_dropped = 0.0
+        self._all_hist = np.zeros(K.N_BINS)
+        self.windows: list[WindowStats] = []
+        self.total_cost = 0.0
+        self.total_requests = 0.0
+        self.total_dropped = 0.0
+        self.scale_events = 0
+        self.replica_seconds = np.zeros(n_p)
+        self._class_rates = trace.rate()  # (n, k)
+
+    # ------------------------------------------------------------------ helpers
+    def _default_weights(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for r in self.goal.routes:
+            out[r.name] = dict(zip(r.models, r.weights, strict=True))
+        return out
+
+    @property
+    def done(self) -> bool:
+        return self.now >= self.end - 1e-9
+
+    def ready_replicas(self) -> dict[str, int]:
+        return {p.spec.name: p.ready for p in self.pools}
+
+    def starting_replicas(self) -> dict[str, int]:
+        return {p.spec.name: len(p.starting) for p in self.pools}
+
+    def current_weights(self) -> dict[str, dict[str, float]]:
+        return {k: dict(v) for k, v in self.weights.items()}
+
+    def _trace_index(self, t: float) -> int:
+        i = int((t - self.trace.start_s) // self.trace.interval_s)
+        return min(max(i, 0), self.trace.n - 1)
+
+    def _pool_mix(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per tick and pool: arrival rate; per pool: mean input/output tokens (rate-weighted)."""
+        rates_k = self._class_rates[rows]  # (T, k)
+        n_p = len(self.pools)
+        share = np.zeros((len(self.trace.classes), n_p))
+        for k, models in enumerate(self.models_of_class):
+            route = self.route_of_class[k]
+            w = self.weights.get(route) if route else None
+            ws = np.array([max(0.0, float(w.get(m, 0.0))) if w else 1.0 for m in models])
+            if ws.sum() <= 0:
+                ws = np.ones(len(models))
+            ws = ws / ws.sum()
+            for m, x in zip(models, ws, strict=True):
+                share[k, self.model_index[m]] += x
+        rates = rates_k @ share  # (T, P)
+        tin_k = self.trace.input_tokens[rows].mean(axis=0)
+        tout_k = self.trace.output_tokens[rows].mean(axis=0)
+        vol = rates_k.sum(axis=0)[:, None] * share + 1e-12  # (k, P)
+        tin = (tin_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
+        tout = (tout_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
+        return rates, tin, tout
+
+    # ------------------------------------------------------------------ actions
+    def apply(self, decision: Decision) -> None:
+        """Set desired replicas (launching or stopping) and routing weights, effective now."""
+        for name, want in decision.replicas.items():
+            if name not in self.model_index:
+                raise UserError(f"decision names unknown model {name!r}")
+            pool = self.pools[self.model_index[name]]
+            want = int(want)
+            if want < 0:
+                raise ValueError(f"negative replicas for {name}")
+            have = pool.ready + len(pool.starting)
+            if want != pool.desired:
+                self.scale_events += 1
+            pool.desired = want
+            if want > have:
+                cold = pool.spec.cold_start_s * self.cold_start_scale
+                pool.starting.extend([self.now + cold] * (want - have))
+            elif want < have:
+                drop = have - want
+                # cancel the replicas that would be ready last first
+                pool.starting.sort()
+                while drop > 0 and pool.starting:
+                    pool.starting.pop()
+                    drop -= 1
+                if drop > 0:
+                    pool.ready -= drop
+                    drain = self._drain_time(pool)
+                    pool.draining.extend([self.now + drain] * drop)
+        for route, w in decision.weights.items():
+            if route not in self.weights:
+                raise UserError(f"decision names unknown route {route!r}")
+            self.weights[route] = {m: float(w.get(m, 0.0)) for m in self.weights[route]}
+
+    def _drain_time(self, pool: _Pool) -> float:
+        i = self.model_index[pool.spec.name]
+        row = self._trace_index(self.now)
+        _, tin, tout = self._pool_mix(np.array([row]))
+        if self.fixed_service_s:
+            return self.fixed_service_s
+        lat = latency_vector(pool.spec, tin[i], tout[i])
+        t = K.step_time(lat, float(slots_per_replica(pool.spec, tin[i], tout[i])), 0.0)
+        return float(t * (tout[i] + 1.0))
+
+    # ------------------------------------------------------------------ time
+    def step(self, decision: Decision | None = None) -> IntervalStats:
+        """Apply ``decision`` (if any) and advance one control interval."""
+        if decision is not None:
+            self.apply(decision)
+        start = self.now
+        end = min(start + self.control_s, self.end)
+        n_p = len(self.pools)
+        hist = np.zeros((n_p, K.N_BINS))
+        e2e = np.zeros((n_p, K.N_BINS))
+        tot_out = np.zeros((n_p, K.N_OUT))
+        last_q = np.zeros(n_p)
+        last_in = np.zeros(n_p)
+        cost = np.zeros(n_p)
+        starting_max = [len(p.starting) for p in self.pools]
+        slots_last = np.zeros(n_p, dtype=np.int64)
+        rate_sum = np.zeros(len(self.trace.classes))
+        t = start
+        while t < end - 1e-9:
+            win_end = self._win_start + self.window_s
+            seg_end = min(end, win_end)
+            n_ticks = max(1, int(round((seg_end - t) / self.dt)))
+            times = t + np.arange(n_ticks) * self.dt
+            rows = np.minimum(((times - self.trace.start_s) // self.trace.interval_s).astype(np.int64), self.trace.n - 1)
+            rates, tin, tout = self._pool_mix(rows)
+            rate_sum += self._class_rates[rows].sum(axis=0) * self.dt
+            ready = np.zeros((n_ticks, n_p), dtype=np.int64)
+            slots = np.zeros((n_ticks, n_p), dtype=np.int64)
+            lat = np.zeros((n_p, 7))
+            for i, pool in enumerate(self.pools):
+                spt = self.slots_override or slots_per_replica(pool.spec, tin[i], tout[i])
+                r = np.full(n_ticks, pool.ready, dtype=np.int64)
+                for ready_at in pool.starting:
+                    if ready_at < times[-1] + self.dt:
+                        r[times >= ready_at - 1e-9] += 1
+                ready[:, i] = r
+                slots[:, i] = r * spt
+                slots_last[i] = slots[-1, i]
+                lat[i] = latency_vector(pool.spec, tin[i], tout[i], self.fixed_service_s or 0.0)
+                if self.service_scale != 1.0:
+                    lat[i, [K.L_T0, K.L_PREFILL, K.L_KV, K.L_SEQ]] *= self.service_scale
+                # billing: ready + starting (from launch) + draining until done
+                seg = n_ticks * self.dt
+                billed = r.sum() * self.dt + sum(
+                    max(0.0, min(ready_at, t + seg) - t) for ready_at in pool.starting
+                ) + sum(max(0.0, min(until, t + seg) - t) for until in pool.draining)
+                cost[i] += billed * pool.spec.cost_per_hour / 3600.0
+                self.replica_seconds[i] += billed
+            out = np.zeros((n_ticks, n_p, K.N_OUT))
+            seg_hist = np.zeros((n_p, K.N_BINS))
+            seg_e2e = np.zeros((n_p, K.N_BINS))
+            K.run_ticks(
+                self.rng, n_ticks, t, self.dt, rates, slots, ready, lat, float(self.goal.slo.timeout_s),
+                self.in_service, self.q_a0, self.q_a1, self.q_total, self.q_done, self.q_head, self.q_len,
+                seg_hist, seg_e2e, out,
+            )
+            hist += seg_hist
+            e2e += seg_e2e
+            tot_out += out.sum(axis=0)
+            last_q = out[-1, :, K.O_QUEUE]
+            last_in = out[-1, :, K.O_INSERV]
+            self._win_hist += seg_e2e if self.goal.slo.metric == "e2e" else seg_hist
+            self._win_dropped += float(out[:, :, K.O_DROP].sum())
+            t = t + n_ticks * self.dt
+            # promote replicas that became ready; retire drained ones
+            for pool in self.pools:
+                became = [x for x in pool.starting if x <= t + 1e-9]
+                if became:
+                    pool.ready += len(became)
+                    pool.starting = [x for x in pool.starting if x > t + 1e-9]
+                pool.draining = [x for x in pool.draining if x > t + 1e-9]
+            if t >= win_end - 1e-9:
+                self._close_window(win_end)
+        self.now = t
+        if self.now >= self.end - 1e-9 and self._win_hist.sum() > 0:
+            self._close_window(self.now)
+        self.total_cost += float(cost.sum())
+        arrivals = float(tot_out[:, K.O_ARR].sum())
+        self.total_requests += arrivals
+        self.total_dropped += float(tot_out[:, K.O_DROP].sum())
+        fleet = hist.sum(axis=0)
+        fleet_e2e = e2e.sum(axis=0)
+        pools = {}
+        for i, pool in enumerate(self.pools):
+            adm = tot_out[i, K.O_ADMIT]
+            pools[pool.spec.name] = PoolStats(
+                arrivals=float(tot_out[i, K.O_ARR]),
+                admitted=float(adm),
+                served=float(tot_out[i, K.O_DEP]),
+                dropped=float(tot_out[i, K.O_DROP]),
+                queued=float(last_q[i]),
+                in_flight=float(last_in[i]),
+                ready=pool.ready,
+                starting=max(starting_max[i], len(pool.starting)),
+                draining=len(pool.draining),
+                desired=pool.desired,
+                cost_usd=float(cost[i]),
+                ttft_p50_ms=_ms(K.percentile(hist[i], 50)),
+                ttft_p95_ms=_ms(K.percentile(hist[i], 95)),
+                ttft_p99_ms=_ms(K.percentile(hist[i], 99)),
+                e2e_p95_ms=_ms(K.percentile(e2e[i], 95)),
+                mean_wait_ms=float(tot_out[i, K.O_WAITSUM] / adm * 1e3) if adm > 0 else 0.0,
+                slots=int(slots_last[i]),
+            )
+        dur = max(t - start, 1e-9)
+        return IntervalStats(
+            t_s=start,
+            duration_s=dur,
+            arrivals=arrivals,
+            served=float(tot_out[:, K.O_DEP].sum()),
+            dropped=float(tot_out[:, K.O_DROP].sum()),
+            queued=float(last_q.sum()),
+            ttft_p50_ms=_ms(K.percentile(fleet, 50)),
+            ttft_p95_ms=_ms(K.percentile(fleet, 95)),
+            ttft_p99_ms=_ms(K.percentile(fleet, 99)),
+            e2e_p50_ms=_ms(K.percentile(fleet_e2e, 50)),
+            e2e_p95_ms=_ms(K.percentile(fleet_e2e, 95)),
+            e2e_p99_ms=_ms(K.percentile(fleet_e2e, 99)),
+            cost_usd=float(cost.sum()),
+            pools=pools,
+            class_rates={c: float(rate_sum[k] / dur) for k, c in enumerate(self.trace.classes)},
+        )
+
+    def _close_window(self, t_end: float) -> None:
+        h = self._win_hist.sum(axis=0)
+        self._all_hist += h
+        n = float(h.sum())
+        slo = self.goal.slo
+        lat = K.percentile(h, slo.percentile)
+        lat_ms = _ms(lat)
+        met = True if n == 0 else bool(lat_ms <= slo.target_ms)
+        self.windows.append(WindowStats(self._win_start, n, self._win_dropped, lat_ms, met))
+        self._win_hist[:] = 0.0
+        self._win_dropped = 0.0
+        self._win_start = t_end
+
+    # ------------------------------------------------------------------ summary
+    def slo_attainment(self) -> float:
+        if not self.windows:
+            return 1.0
+        return float(np.mean([w.met for w in self.windows]))
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "cost_usd": round(self.total_cost, 6),
+            "slo_attainment": self.slo_attainment(),
+            "slo_windows": len(self.windows),
+            "p95_ttft_ms": _ms(K.percentile(self._all_hist, 95)) if self._all_hist.sum() > 0 else 0.0,
+            "requests": self.total_requests,
+            "dropped": self.total_dropped,
+            "scale_events": self.scale_events,
+            "replica_hours": {p.spec.name: float(self.replica_seconds[i] / 3600.0) for i, p in enumerate(self.pools)},
+        }
+
+
+def _ms(x: float) -> float:
+    return float(x * 1e3) if math.isfinite(x) else (float("inf") if x == float("inf") else 0.0)

@@ -1,0 +1,232 @@
+"""The fast simulator's inner loop (numba): per tick, per model pool.
+
+Semantics (see docs/simulator.md):
+
+* Arrivals per tick are Poisson at the pool's rate (drawn from the injected ``np.random.Generator``;
+  numba advances the same bit generator, so the caller's generator state moves on).
+* Each pool is a FIFO queue in front of ``slots`` concurrent sequences (replicas x per-replica limit).
+  Requests in service finish with a memoryless hazard (exponential service with the current mean):
+  departures per tick are Binomial(in_service, 1 - exp(-dt / S)).
+* Inside a tick, arrivals of a cohort are spread uniformly over its arrival span, freed slots are spread
+  uniformly over the tick, and admission is FIFO: ``admit(x) = max(arrival(x), slot_free(x))``. Counts stay
+  integers; only the timing inside a tick is fluid.
+* Requests older than ``timeout`` are dropped from the head of the queue and recorded in the overflow bin.
+* Latencies are recorded in log-spaced histograms (1 ms .. 1000 s) per pool for the current segment.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+HIST_LO = 1e-3
+HIST_DECADES = 6
+HIST_PER_DECADE = 64
+N_BINS = HIST_DECADES * HIST_PER_DECADE + 2  # [0] underflow (< 1 ms), [-1] overflow / dropped
+_LOG_LO = math.log10(HIST_LO)
+
+# Column layout of ``lat`` (per pool)
+L_T0, L_PREFILL, L_KV, L_SEQ, L_IN, L_OUT, L_FIXED = range(7)
+
+# Column layout of per-tick outputs
+O_ARR, O_ADMIT, O_DEP, O_DROP, O_QUEUE, O_INSERV, O_WAITSUM, O_TTFTSUM = range(8)
+N_OUT = 8
+
+
+@njit(cache=True)
+def _bin(x: float) -> int:
+    if x < HIST_LO:
+        return 0
+    b = int((math.log10(x) - _LOG_LO) * HIST_PER_DECADE) + 1
+    if b > N_BINS - 2:
+        return N_BINS - 2
+    return b
+
+
+@njit(cache=True)
+def step_time(lat: np.ndarray, per_replica_running: float, prefill_load: float) -> float:
+    """Engine step time at a concurrency, inflated by the share of compute spent on prefill."""
+    ctx = lat[L_IN] + 0.5 * lat[L_OUT]
+    base = lat[L_T0] + lat[L_SEQ] * per_replica_running + lat[L_KV] * per_replica_running * ctx
+    busy = min(prefill_load, 0.9)
+    return base / (1.0 - busy)
+
+
+@njit(cache=True)
+def run_ticks(
+    rng,
+    n_ticks: int,
+    t_start: float,
+    dt: float,
+    rates: np.ndarray,  # (n_ticks, P) arrival rate req/s
+    slots: np.ndarray,  # (n_ticks, P) concurrent-sequence capacity
+    ready: np.ndarray,  # (n_ticks, P) ready replicas (for per-replica concurrency)
+    lat: np.ndarray,  # (P, 7) latency parameters; L_FIXED > 0 => fixed mean service, TTFT = wait only
+    timeout: float,
+    in_service: np.ndarray,  # (P,) int64, state
+    q_a0: np.ndarray,  # (P, Q) arrival span start
+    q_a1: np.ndarray,  # (P, Q) arrival span end
+    q_total: np.ndarray,  # (P, Q) int64 cohort size
+    q_done: np.ndarray,  # (P, Q) int64 admitted or dropped so far
+    q_head: np.ndarray,  # (P,) int64
+    q_len: np.ndarray,  # (P,) int64
+    hist_ttft: np.ndarray,  # (P, N_BINS) float64, accumulated
+    hist_e2e: np.ndarray,  # (P, N_BINS)
+    out: np.ndarray,  # (n_ticks, P, N_OUT)
+) -> None:
+    n_pools = rates.shape[1]
+    qcap = q_a0.shape[1]
+    for i in range(n_ticks):
+        t0 = t_start + i * dt
+        for p in range(n_pools):
+            lp = lat[p]
+            fixed = lp[L_FIXED]
+            n_ready = ready[i, p]
+            # --- arrivals: a new cohort spread over [t0, t0 + dt)
+            lam = rates[i, p] * dt
+            a = rng.poisson(lam) if lam > 0 else 0
+            if a > 0:
+                if q_len[p] == qcap:  # queue full of cohorts: merge into the last one
+                    j = (q_head[p] + q_len[p] - 1) % qcap
+                    q_a1[p, j] = t0 + dt
+                    q_total[p, j] += a
+                else:
+                    j = (q_head[p] + q_len[p]) % qcap
+                    q_a0[p, j] = t0
+                    q_a1[p, j] = t0 + dt
+                    q_total[p, j] = a
+                    q_done[p, j] = 0
+                    q_len[p] += 1
+            out[i, p, O_ARR] = a
+            # --- service times at the current concurrency
+            per_rep = in_service[p] / n_ready if n_ready > 0 else 0.0
+            if fixed > 0:
+                s_mean = fixed
+                ttft_service = 0.0
+                decode = 0.0
+            else:
+                prefill_load = rates[i, p] * lp[L_IN] * lp[L_PREFILL] / n_ready if n_ready > 0 else 0.0
+                tstep = step_time(lp, per_rep, prefill_load)
+                ttft_service = tstep + lp[L_PREFILL] * lp[L_IN]
+                decode = lp[L_OUT] * tstep
+                s_mean = ttft_service + decode
+            # --- departures during the tick
+            busy = in_service[p]
+            d = 0
+            if busy > 0:
+                pdep = dt / s_mean if dt < s_mean else 1.0  # keeps the mean service rate exact
+                d = rng.binomial(busy, pdep)
+            cap_slots = slots[i, p]
+            excess = busy - cap_slots
+            if excess < 0:
+                excess = 0
+            f0 = cap_slots - busy
+            if f0 < 0:
+                f0 = 0
+            d_eff = d - excess
+            if d_eff < 0:
+                d_eff = 0
+            in_service[p] = busy - d
+            out[i, p, O_DEP] = d
+            # --- timeouts at the head of the queue
+            cutoff = t0 - timeout
+            dropped = 0
+            while q_len[p] > 0:
+                j = q_head[p]
+                tot = q_total[p, j]
+                rem = tot - q_done[p, j]
+                span = q_a1[p, j] - q_a0[p, j]
+                if q_a0[p, j] >= cutoff:
+                    break
+                # requests of this cohort that arrived before the cutoff
+                frac = (cutoff - q_a0[p, j]) / span if span > 0 else 1.0
+                expired = int(frac * tot) - q_done[p, j] if frac < 1.0 else rem
+                if expired <= 0:
+                    break
+                if expired > rem:
+                    expired = rem
+                dropped += expired
+                q_done[p, j] += expired
+                if q_done[p, j] >= tot:
+                    q_head[p] = (j + 1) % qcap
+                    q_len[p] -= 1
+                else:
+                    break
+            if dropped > 0:
+                hist_ttft[p, N_BINS - 1] += dropped
+                hist_e2e[p, N_BINS - 1] += dropped
+            out[i, p, O_DROP] = dropped
+            # --- FIFO admission with fluid timing inside the tick
+            cap = f0 + d_eff
+            k = 0
+            wait_sum = 0.0
+            ttft_sum = 0.0
+            while k < cap and q_len[p] > 0:
+                j = q_head[p]
+                tot = q_total[p, j]
+                done = q_done[p, j]
+                rem = tot - done
+                take = rem if rem < cap - k else cap - k
+                npts = take if take < 4 else 4
+                w_each = take / npts
+                for s in range(npts):
+                    pos = done + (s + 0.5) * take / npts  # position inside the cohort
+                    arr_t = q_a0[p, j] + pos / tot * (q_a1[p, j] - q_a0[p, j])
+                    kk = k + (s + 0.5) * take / npts  # slot index used
+                    if kk < f0:
+                        avail = t0
+                    else:
+                        avail = t0 + dt * (excess + (kk - f0)) / d if d > 0 else t0
+                    adm = avail if avail > arr_t else arr_t
+                    wait = adm - arr_t
+                    ttft = wait + ttft_service
+                    wait_sum += wait * w_each
+                    ttft_sum += ttft * w_each
+                    hist_ttft[p, _bin(ttft)] += w_each
+                    hist_e2e[p, _bin(ttft + decode)] += w_each
+                q_done[p, j] = done + take
+                k += take
+                if q_done[p, j] >= tot:
+                    q_head[p] = (j + 1) % qcap
+                    q_len[p] -= 1
+            in_service[p] += k
+            out[i, p, O_ADMIT] = k
+            out[i, p, O_WAITSUM] = wait_sum
+            out[i, p, O_TTFTSUM] = ttft_sum
+            # --- queue length at the end of the tick
+            qn = 0
+            for m in range(q_len[p]):
+                j = (q_head[p] + m) % qcap
+                qn += q_total[p, j] - q_done[p, j]
+            out[i, p, O_QUEUE] = qn
+            out[i, p, O_INSERV] = in_service[p]
+
+
+def bin_edges() -> np.ndarray:
+    """Upper edges of the histogram bins in seconds (bin 0: [0, 1 ms); last: dropped)."""
+    inner = HIST_LO * 10.0 ** (np.arange(1, N_BINS - 1) / HIST_PER_DECADE)
+    return np.concatenate([[HIST_LO], inner, [np.inf]])
+
+
+_EDGES = bin_edges()
+_LOWER = np.concatenate([[0.0], _EDGES[:-1]])
+
+
+def percentile(hist: np.ndarray, q: float) -> float:
+    """The q-th percentile (0-100) of a latency histogram, in seconds; inf if it falls among drops."""
+    total = float(hist.sum())
+    if total <= 0:
+        return float("nan")
+    target = q / 100.0 * total
+    cum = np.cumsum(hist)
+    b = int(np.searchsorted(cum, target, side="left"))
+    if b >= N_BINS - 1:
+        return float("inf")
+    lo, hi = _LOWER[b], _EDGES[b]
+    prev = cum[b - 1] if b > 0 else 0.0
+    frac = (target - prev) / hist[b] if hist[b] > 0 else 1.0
+    if lo <= 0:
+        return float(hi * frac)
+    return float(lo * (hi / lo) ** frac)

@@ -1,0 +1,382 @@
+"""Real request traces: loading, slicing, resampling and rescaling, with provenance.
+
+A :class:`Trace` holds per-interval arrivals per request class (``arrivals[i, k]`` requests in
+interval ``i`` for class ``k``) and per-interval token statistics. Traces are immutable; every
+transformation returns a new trace and appends a line to ``provenance``.
+
+CSV format (see ``data/traces/README.md``): ``t_s`` (seconds on the source clock), ``requests``
+and optionally ``timestamp``, ``input_tokens_mean``, ``output_tokens_mean``, ``input_tokens_p95``,
+``output_tokens_p95``. Malformed files raise :class:`UserError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from simulations.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_TRACES = REPO_ROOT / "data" / "traces"
+
+# Token defaults when a trace has no token columns (ShareGPT-like chat lengths).
+DEFAULT_INPUT_TOKENS = 512.0
+DEFAULT_OUTPUT_TOKENS = 256.0
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Per-interval arrivals per request class, with token statistics and provenance."""
+
+    name: str
+    t_s: np.ndarray  # (n,) start of each interval, seconds on the source clock
+    interval_s: float
+    classes: tuple[str, ...]
+    arrivals: np.ndarray  # (n, k) requests per interval per class (may be fractional: expected counts)
+    input_tokens: np.ndarray  # (n, k) mean prompt tokens
+    output_tokens: np.ndarray  # (n, k) mean generated tokens
+    provenance: tuple[str, ...] = ()
+    peak_1s: np.ndarray | None = None  # (n,) largest per-second count inside the interval, when known
+
+    def __post_init__(self) -> None:
+        for arr in (self.t_s, self.arrivals, self.input_tokens, self.output_tokens):
+            arr.setflags(write=False)
+
+    # -- shape ------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return int(self.t_s.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n * self.interval_s
+
+    @property
+    def start_s(self) -> float:
+        return float(self.t_s[0]) if self.n else 0.0
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+    def total_requests(self) -> np.ndarray:
+        """Arrivals per interval summed over classes, shape (n,)."""
+        return self.arrivals.sum(axis=1)
+
+    def total_rate(self) -> np.ndarray:
+        """Arrival rate (req/s) per interval summed over classes, shape (n,)."""
+        return self.total_requests() / self.interval_s
+
+    def rate(self) -> np.ndarray:
+        """Arrival rate (req/s) per interval per class, shape (n, k)."""
+        return self.arrivals / self.interval_s
+
+    # -- transformations ---------------------------------------------------------------------
+    def slice(self, start_s: float | None = None, end_s: float | None = None) -> Trace:
+        """Intervals whose start lies in ``[start_s, end_s)`` on the source clock."""
+        lo = self.start_s if start_s is None else float(start_s)
+        hi = self.end_s if end_s is None else float(end_s)
+        if lo >= hi:
+            raise UserError(f"empty range {lo:g}:{hi:g} (start must be before end)", where=self.name)
+        if lo >= self.end_s or hi <= self.start_s:
+            raise UserError(
+                f"range {lo:g}:{hi:g} is outside the trace (t_s {self.start_s:g} to {self.end_s:g})", where=self.name
+            )
+        mask = (self.t_s >= lo) & (self.t_s < hi)
+        if not mask.any():
+            raise UserError(f"range {lo:g}:{hi:g} holds no interval of the trace", where=self.name)
+        return self._take(mask, f"slice t_s [{lo:g}, {hi:g})")
+
+    def _take(self, mask: np.ndarray, note: str) -> Trace:
+        return replace(
+            self,
+            t_s=self.t_s[mask].copy(),
+            arrivals=self.arrivals[mask].copy(),
+            input_tokens=self.input_tokens[mask].copy(),
+            output_tokens=self.output_tokens[mask].copy(),
+            peak_1s=None if self.peak_1s is None else self.peak_1s[mask].copy(),
+            provenance=self.provenance + (note,),
+        )
+
+    def resample(self, interval_s: float) -> Trace:
+        """Aggregate to a coarser interval (an integer multiple of the current one)."""
+        factor = interval_s / self.interval_s
+        if factor < 1 or abs(factor - round(factor)) > 1e-9:
+            raise UserError(
+                f"resample interval {interval_s:g}s must be a whole multiple of {self.interval_s:g}s", where=self.name
+            )
+        f = int(round(factor))
+        if f == 1:
+            return self
+        m = self.n // f
+        if m == 0:
+            raise UserError(f"trace shorter than one {interval_s:g}s interval", where=self.name)
+        k = len(self.classes)
+        arr = self.arrivals[: m * f].reshape(m, f, k)
+        tot = arr.sum(axis=1)
+        w = np.where(tot > 0, tot, 1.0)[:, None, :]
+
+        def wmean(x: np.ndarray) -> np.ndarray:
+            xs = x[: m * f].reshape(m, f, k)
+            fallback = xs.mean(axis=1)
+            return np.where(tot > 0, (xs * arr).sum(axis=1) / w[:, 0, :], fallback)
+
+        peak = None
+        if self.peak_1s is not None:
+            peak = self.peak_1s[: m * f].reshape(m, f).max(axis=1)
+        elif self.interval_s == 1.0:
+            peak = self.total_requests()[: m * f].reshape(m, f).max(axis=1)
+        return replace(
+            self,
+            t_s=self.t_s[: m * f : f].copy(),
+            interval_s=float(interval_s),
+            arrivals=tot,
+            input_tokens=wmean(self.input_tokens),
+            output_tokens=wmean(self.output_tokens),
+            peak_1s=peak,
+            provenance=self.provenance + (f"resampled to {interval_s:g}s (sum of arrivals)",),
+        )
+
+    def scale(self, factor: float) -> Trace:
+        """Multiply load by ``factor`` (arrivals are re-sampled as Poisson at the scaled rate in the simulator)."""
+        if not (factor > 0 and math.isfinite(factor)):
+            raise UserError(f"load scale must be a positive number, got {factor!r}", where=self.name)
+        return replace(
+            self,
+            arrivals=self.arrivals * factor,
+            peak_1s=None if self.peak_1s is None else self.peak_1s * factor,
+            provenance=self.provenance + (f"load scaled x{factor:.6g} (Poisson re-sampled at the scaled rate)",),
+        )
+
+    def scale_to_peak(self, peak_rps: float) -> Trace:
+        """Rescale so that the highest interval rate equals ``peak_rps``."""
+        peak = float(self.total_rate().max()) if self.n else 0.0
+        if peak <= 0:
+            raise UserError("cannot rescale a trace with no arrivals", where=self.name)
+        if not (peak_rps > 0 and math.isfinite(peak_rps)):
+            raise UserError(f"--scale-to-peak must be a positive number, got {peak_rps!r}", where=self.name)
+        t = self.scale(peak_rps / peak)
+        return replace(t, provenance=t.provenance[:-1] + (f"rescaled to peak {peak_rps:g} req/s (x{peak_rps / peak:.6g})",))
+
+    def with_classes(self, names: Sequence[str]) -> Trace:
+        if len(names) != len(self.classes):
+            raise UserError(f"trace has {len(self.classes)} request classes, {len(names)} names given", where=self.name)
+        return replace(self, classes=tuple(names))
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "interval_s": self.interval_s,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "intervals": self.n,
+            "requests": float(self.arrivals.sum()),
+            "peak_rps": float(self.total_rate().max()) if self.n else 0.0,
+            "provenance": list(self.provenance),
+        }
+
+
+def merge_classes(traces: Sequence[Trace], names: Sequence[str] | None = None) -> Trace:
+    """Combine single-class traces (same interval) into one multi-class trace, aligned by position."""
+    if not traces:
+        raise UserError("no trace given")
+    dt = traces[0].interval_s
+    for t in traces:
+        if t.interval_s != dt:
+            raise UserError(f"cannot merge traces with intervals {dt:g}s and {t.interval_s:g}s", where=t.name)
+    n = min(t.n for t in traces)
+    names = list(names) if names else [c for t in traces for c in t.classes]
+    first = traces[0]
+    return Trace(
+        name="+".join(t.name for t in traces),
+        t_s=first.t_s[:n].copy(),
+        interval_s=dt,
+        classes=tuple(names),
+        arrivals=np.concatenate([t.arrivals[:n] for t in traces], axis=1),
+        input_tokens=np.concatenate([t.input_tokens[:n] for t in traces], axis=1),
+        output_tokens=np.concatenate([t.output_tokens[:n] for t in traces], axis=1),
+        provenance=tuple(f"class {c}: {' | '.join(t.provenance)}" for c, t in zip(names, traces, strict=False)),
+    )
+
+
+def parse_range(text: str | None) -> tuple[float | None, float | None]:
+    """Parse ``START:END`` (seconds on the trace clock; either side may be empty; suffixes s, m, h, d)."""
+    if text is None or text == "":
+        return None, None
+    if ":" not in text:
+        raise UserError(f"--range must look like START:END (seconds, or with s/m/h/d), got {text!r}")
+    a, b = text.split(":", 1)
+    return (_duration(a, "--range") if a else None, _duration(b, "--range") if b else None)
+
+
+def _duration(text: str, what: str) -> float:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    t = text.strip()
+    mult = 1.0
+    if t and t[-1] in units:
+        mult = units[t[-1]]
+        t = t[:-1]
+    try:
+        v = float(t) * mult
+    except ValueError:
+        raise UserError(f"{what}: expected a number of seconds (optionally with s/m/h/d), got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise UserError(f"{what}: expected a non-negative time, got {text!r}")
+    return v
+
+
+def resolve_trace_path(spec: str) -> Path:
+    """A path, or the name of a bundled trace (``azure_llm_2023_conv_1s`` or with ``.csv``)."""
+    p = Path(spec)
+    if p.exists():
+        return p
+    for cand in (BUNDLED_TRACES / spec, BUNDLED_TRACES / f"{spec}.csv"):
+        if cand.exists():
+            return cand
+    raise UserError("trace file not found (give a path or a bundled trace name)", where=spec)
+
+
+def _num(value: str, path: str, line: int, column: str, *, allow_empty: bool) -> float:
+    if value == "" or value is None:
+        if allow_empty:
+            return math.nan
+        raise UserError(f"column {column!r} is empty, expected a number", where=f"{path}:{line}")
+    try:
+        v = float(value)
+    except ValueError:
+        raise UserError(f"column {column!r}: expected a number, got {value!r}", where=f"{path}:{line}") from None
+    if math.isnan(v):
+        raise UserError(f"column {column!r} is NaN, expected a number", where=f"{path}:{line}")
+    if math.isinf(v):
+        raise UserError(f"column {column!r} is infinite, expected a finite number", where=f"{path}:{line}")
+    return v
+
+
+def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
+    """Load one CSV trace (one request class). Raises :class:`UserError` on malformed input."""
+    p = resolve_trace_path(str(path))
+    name = p.stem
+    where = str(p)
+    try:
+        fh = p.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read trace: {exc.strerror or exc.__class__.__name__}", where=where) from None
+    t_list: list[float] = []
+    req: list[float] = []
+    tin: list[float] = []
+    tout: list[float] = []
+    peak: list[float] = []
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise UserError("empty file, expected a CSV header with t_s and requests", where=where) from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise UserError(f"not a readable CSV: {exc}", where=f"{where}:1") from None
+        header = [h.strip() for h in header]
+        missing = [c for c in ("t_s", "requests") if c not in header]
+        if missing:
+            raise UserError(f"missing column(s) {missing}; expected at least t_s and requests", where=f"{where}:1")
+        idx = {h: i for i, h in enumerate(header)}
+        has_in = "input_tokens_mean" in idx
+        has_out = "output_tokens_mean" in idx
+        has_peak = "requests_max_1s" in idx
+        prev = -math.inf
+        line = 1
+        try:
+            for row in reader:
+                line += 1
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise UserError(f"expected {len(header)} fields, found {len(row)}", where=f"{where}:{line}")
+                t = _num(row[idx["t_s"]], where, line, "t_s", allow_empty=False)
+                if t <= prev:
+                    raise UserError(f"t_s goes backwards or repeats ({t:g} after {prev:g})", where=f"{where}:{line}")
+                prev = t
+                r = _num(row[idx["requests"]], where, line, "requests", allow_empty=False)
+                if r < 0:
+                    raise UserError(f"requests is negative ({r:g})", where=f"{where}:{line}")
+                t_list.append(t)
+                req.append(r)
+                tin.append(_num(row[idx["input_tokens_mean"]], where, line, "input_tokens_mean", allow_empty=True)
+                           if has_in else math.nan)
+                tout.append(_num(row[idx["output_tokens_mean"]], where, line, "output_tokens_mean", allow_empty=True)
+                            if has_out else math.nan)
+                if has_peak:
+                    peak.append(_num(row[idx["requests_max_1s"]], where, line, "requests_max_1s", allow_empty=True))
+        except csv.Error as exc:
+            raise UserError(f"malformed CSV: {exc}", where=f"{where}:{line}") from None
+        except UnicodeDecodeError:
+            raise UserError("not UTF-8 text", where=f"{where}:{line}") from None
+    if not t_list:
+        raise UserError("no data rows", where=where)
+    t_s = np.asarray(t_list, dtype=np.float64)
+    if len(t_s) > 1:
+        steps = np.diff(t_s)
+        interval = float(np.median(steps))
+    else:
+        interval = 1.0
+    if interval <= 0:
+        raise UserError("cannot infer the interval from t_s", where=where)
+    # Missing intervals (gaps in the source) become zero-arrival rows so the clock stays regular.
+    idx_pos = np.rint((t_s - t_s[0]) / interval).astype(np.int64)
+    n = int(idx_pos[-1]) + 1
+    arrivals = np.zeros(n)
+    arrivals[idx_pos] = req
+    fill_in = _fill_tokens(np.asarray(tin), idx_pos, n, DEFAULT_INPUT_TOKENS)
+    fill_out = _fill_tokens(np.asarray(tout), idx_pos, n, DEFAULT_OUTPUT_TOKENS)
+    pk = None
+    if has_peak:
+        pk = np.zeros(n)
+        pk[idx_pos] = np.nan_to_num(np.asarray(peak), nan=0.0)
+    gaps = n - len(t_s)
+    prov = f"{p.name} ({n} x {interval:g}s intervals from t_s {t_s[0]:g}"
+    prov += f"; {gaps} missing intervals filled with 0)" if gaps else ")"
+    return Trace(
+        name=name,
+        t_s=t_s[0] + np.arange(n) * interval,
+        interval_s=interval,
+        classes=(request_class or "default",),
+        arrivals=arrivals[:, None],
+        input_tokens=fill_in[:, None],
+        output_tokens=fill_out[:, None],
+        provenance=(prov,),
+        peak_1s=pk,
+    )
+
+
+def _fill_tokens(values: np.ndarray, pos: np.ndarray, n: int, default: float) -> np.ndarray:
+    """Carry token means across empty intervals (forward, then backward); default when none known."""
+    out = np.full(n, np.nan)
+    out[pos] = values
+    valid = ~np.isnan(out)
+    if not valid.any():
+        return np.full(n, default)
+    idx = np.where(valid, np.arange(n), 0)
+    np.maximum.accumulate(idx, out=idx)
+    out = out[idx]
+    first = int(np.argmax(valid))
+    out[:first] = out[first]
+    return np.maximum(out, 1.0)
+
+
+def load_traces(specs: Sequence[str], range_s: tuple[float | None, float | None] = (None, None)) -> Trace:
+    """Load one or more traces; several become request classes of one trace (``name=path`` sets the class)."""
+    loaded = []
+    for spec in specs:
+        cls = None
+        if "=" in spec and not Path(spec).exists():
+            cls, spec = spec.split("=", 1)
+        loaded.append(load_trace(spec, request_class=cls))
+    tr = loaded[0] if len(loaded) == 1 else merge_classes(loaded)
+    if range_s != (None, None):
+        tr = tr.slice(*range_s)
+    return tr
