@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulations import kernel as K
+from simulations import kernel as K  # noqa: N812
 from simulations.errors import UserError
 from simulations.goal import GoalSpec, ModelSpec
 from simulations.traces import Trace
@@ -197,6 +197,8 @@ class FleetSimulator:
             if pool.ready < 0:
                 raise UserError(f"replicas for {pool.spec.name} must be >= 0")
         self.weights = self._default_weights()
+        self._share: np.ndarray | None = None
+        self._lat_cache: dict[int, tuple[tuple[float, float], int, np.ndarray]] = {}
         n_p = len(self.pools)
         self.qcap = int(math.ceil(goal.slo.timeout_s / self.dt)) + 8
         self.in_service = np.zeros(n_p, dtype=np.int64)
@@ -244,11 +246,11 @@ class FleetSimulator:
         i = int((t - self.trace.start_s) // self.trace.interval_s)
         return min(max(i, 0), self.trace.n - 1)
 
-    def _pool_mix(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per tick and pool: arrival rate; per pool: mean input/output tokens (rate-weighted)."""
-        rates_k = self._class_rates[rows]  # (T, k)
-        n_p = len(self.pools)
-        share = np.zeros((len(self.trace.classes), n_p))
+    def _share_matrix(self) -> np.ndarray:
+        """(classes, pools): share of each request class routed to each pool under the weights in force."""
+        if self._share is not None:
+            return self._share
+        share = np.zeros((len(self.trace.classes), len(self.pools)))
         for k, models in enumerate(self.models_of_class):
             route = self.route_of_class[k]
             w = self.weights.get(route) if route else None
@@ -258,12 +260,18 @@ class FleetSimulator:
             ws = ws / ws.sum()
             for m, x in zip(models, ws, strict=True):
                 share[k, self.model_index[m]] += x
-        rates = rates_k @ share  # (T, P)
-        tin_k = self.trace.input_tokens[rows].mean(axis=0)
-        tout_k = self.trace.output_tokens[rows].mean(axis=0)
-        vol = rates_k.sum(axis=0)[:, None] * share + 1e-12  # (k, P)
-        tin = (tin_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
-        tout = (tout_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
+        self._share = share
+        return share
+
+    def _pool_mix(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per tick and pool: arrival rate; per pool: mean input/output tokens (rate-weighted, at the first row)."""
+        share = self._share_matrix()
+        rates = self._class_rates[rows] @ share  # (T, P)
+        r0 = int(rows[0])
+        vol = (self._class_rates[r0][:, None] + 1e-9) * share + 1e-12  # (k, P)
+        den = vol.sum(axis=0)
+        tin = (self.trace.input_tokens[r0][:, None] * vol).sum(axis=0) / den
+        tout = (self.trace.output_tokens[r0][:, None] * vol).sum(axis=0) / den
         return rates, tin, tout
 
     # ------------------------------------------------------------------ actions
@@ -298,6 +306,7 @@ class FleetSimulator:
             if route not in self.weights:
                 raise UserError(f"decision names unknown route {route!r}")
             self.weights[route] = {m: float(w.get(m, 0.0)) for m in self.weights[route]}
+            self._share = None
 
     def _drain_time(self, pool: _Pool) -> float:
         i = self.model_index[pool.spec.name]
@@ -323,7 +332,6 @@ class FleetSimulator:
         last_q = np.zeros(n_p)
         last_in = np.zeros(n_p)
         cost = np.zeros(n_p)
-        starting_max = [len(p.starting) for p in self.pools]
         slots_last = np.zeros(n_p, dtype=np.int64)
         rate_sum = np.zeros(len(self.trace.classes))
         t = start
@@ -339,22 +347,30 @@ class FleetSimulator:
             slots = np.zeros((n_ticks, n_p), dtype=np.int64)
             lat = np.zeros((n_p, 7))
             for i, pool in enumerate(self.pools):
-                spt = self.slots_override or slots_per_replica(pool.spec, tin[i], tout[i])
-                r = np.full(n_ticks, pool.ready, dtype=np.int64)
-                for ready_at in pool.starting:
-                    if ready_at < times[-1] + self.dt:
-                        r[times >= ready_at - 1e-9] += 1
-                ready[:, i] = r
-                slots[:, i] = r * spt
-                slots_last[i] = slots[-1, i]
-                lat[i] = latency_vector(pool.spec, tin[i], tout[i], self.fixed_service_s or 0.0)
-                if self.service_scale != 1.0:
-                    lat[i, [K.L_T0, K.L_PREFILL, K.L_KV, K.L_SEQ]] *= self.service_scale
-                # billing: ready + starting (from launch) + draining until done
+                key = (float(tin[i]), float(tout[i]))
+                cached = self._lat_cache.get(i)
+                if cached is None or cached[0] != key:
+                    spt_i = self.slots_override or slots_per_replica(pool.spec, key[0], key[1])
+                    lv = latency_vector(pool.spec, key[0], key[1], self.fixed_service_s or 0.0)
+                    if self.service_scale != 1.0:
+                        lv[[K.L_T0, K.L_PREFILL, K.L_KV, K.L_SEQ]] *= self.service_scale
+                    cached = (key, spt_i, lv)
+                    self._lat_cache[i] = cached
+                _, spt, lat[i] = cached
+                ready[:, i] = pool.ready
                 seg = n_ticks * self.dt
-                billed = r.sum() * self.dt + sum(
-                    max(0.0, min(ready_at, t + seg) - t) for ready_at in pool.starting
-                ) + sum(max(0.0, min(until, t + seg) - t) for until in pool.draining)
+                billed = pool.ready * seg
+                for ready_at in pool.starting:
+                    if ready_at < t + seg:
+                        ready[times >= ready_at - 1e-9, i] += 1
+                    billed += max(0.0, min(ready_at, t + seg) - t)
+                for until in pool.draining:
+                    billed += max(0.0, min(until, t + seg) - t)
+                slots[:, i] = ready[:, i] * spt
+                slots_last[i] = slots[-1, i]
+                # billing: ready + starting (from launch) + draining until done; replicas that become
+                # ready inside the segment are billed as starting until ready_at, then per ready tick
+                billed += float((ready[:, i] - pool.ready).sum()) * self.dt
                 cost[i] += billed * pool.spec.cost_per_hour / 3600.0
                 self.replica_seconds[i] += billed
             out = np.zeros((n_ticks, n_p, K.N_OUT))
@@ -389,28 +405,32 @@ class FleetSimulator:
         arrivals = float(tot_out[:, K.O_ARR].sum())
         self.total_requests += arrivals
         self.total_dropped += float(tot_out[:, K.O_DROP].sum())
-        fleet = hist.sum(axis=0)
-        fleet_e2e = e2e.sum(axis=0)
+        qs = (50.0, 95.0, 99.0)
+        pt = K.percentiles_of(np.vstack([hist, hist.sum(axis=0)]), qs) * 1e3
+        pe = K.percentiles_of(np.vstack([e2e, e2e.sum(axis=0)]), qs) * 1e3
+        pt = np.where(np.isnan(pt), 0.0, pt)
+        pe = np.where(np.isnan(pe), 0.0, pe)
         pools = {}
         for i, pool in enumerate(self.pools):
-            adm = tot_out[i, K.O_ADMIT]
+            o = tot_out[i]
+            adm = o[K.O_ADMIT]
             pools[pool.spec.name] = PoolStats(
-                arrivals=float(tot_out[i, K.O_ARR]),
+                arrivals=float(o[K.O_ARR]),
                 admitted=float(adm),
-                served=float(tot_out[i, K.O_DEP]),
-                dropped=float(tot_out[i, K.O_DROP]),
+                served=float(o[K.O_DEP]),
+                dropped=float(o[K.O_DROP]),
                 queued=float(last_q[i]),
                 in_flight=float(last_in[i]),
                 ready=pool.ready,
-                starting=max(starting_max[i], len(pool.starting)),
+                starting=len(pool.starting),
                 draining=len(pool.draining),
                 desired=pool.desired,
                 cost_usd=float(cost[i]),
-                ttft_p50_ms=_ms(K.percentile(hist[i], 50)),
-                ttft_p95_ms=_ms(K.percentile(hist[i], 95)),
-                ttft_p99_ms=_ms(K.percentile(hist[i], 99)),
-                e2e_p95_ms=_ms(K.percentile(e2e[i], 95)),
-                mean_wait_ms=float(tot_out[i, K.O_WAITSUM] / adm * 1e3) if adm > 0 else 0.0,
+                ttft_p50_ms=float(pt[i, 0]),
+                ttft_p95_ms=float(pt[i, 1]),
+                ttft_p99_ms=float(pt[i, 2]),
+                e2e_p95_ms=float(pe[i, 1]),
+                mean_wait_ms=float(o[K.O_WAITSUM] / adm * 1e3) if adm > 0 else 0.0,
                 slots=int(slots_last[i]),
             )
         dur = max(t - start, 1e-9)
@@ -421,12 +441,12 @@ class FleetSimulator:
             served=float(tot_out[:, K.O_DEP].sum()),
             dropped=float(tot_out[:, K.O_DROP].sum()),
             queued=float(last_q.sum()),
-            ttft_p50_ms=_ms(K.percentile(fleet, 50)),
-            ttft_p95_ms=_ms(K.percentile(fleet, 95)),
-            ttft_p99_ms=_ms(K.percentile(fleet, 99)),
-            e2e_p50_ms=_ms(K.percentile(fleet_e2e, 50)),
-            e2e_p95_ms=_ms(K.percentile(fleet_e2e, 95)),
-            e2e_p99_ms=_ms(K.percentile(fleet_e2e, 99)),
+            ttft_p50_ms=float(pt[-1, 0]),
+            ttft_p95_ms=float(pt[-1, 1]),
+            ttft_p99_ms=float(pt[-1, 2]),
+            e2e_p50_ms=float(pe[-1, 0]),
+            e2e_p95_ms=float(pe[-1, 1]),
+            e2e_p99_ms=float(pe[-1, 2]),
             cost_usd=float(cost.sum()),
             pools=pools,
             class_rates={c: float(rate_sum[k] / dur) for k, c in enumerate(self.trace.classes)},

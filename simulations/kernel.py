@@ -214,19 +214,45 @@ _EDGES = bin_edges()
 _LOWER = np.concatenate([[0.0], _EDGES[:-1]])
 
 
+@njit(cache=True)
+def percentiles(hist: np.ndarray, qs: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Percentiles ``qs`` (0-100) of each row of ``hist`` in seconds: NaN if empty, inf among drops."""
+    rows = hist.shape[0]
+    res = np.empty((rows, qs.shape[0]))
+    for r in range(rows):
+        total = 0.0
+        for b in range(N_BINS):
+            total += hist[r, b]
+        for qi in range(qs.shape[0]):
+            if total <= 0:
+                res[r, qi] = np.nan
+                continue
+            target = qs[qi] / 100.0 * total
+            cum = 0.0
+            b = 0
+            while b < N_BINS:
+                if cum + hist[r, b] >= target and hist[r, b] > 0:
+                    break
+                cum += hist[r, b]
+                b += 1
+            if b >= N_BINS - 1:
+                res[r, qi] = np.inf
+                continue
+            lo = lower[b]
+            hi = upper[b]
+            frac = (target - cum) / hist[r, b]
+            if lo <= 0:
+                res[r, qi] = hi * frac
+            else:
+                res[r, qi] = lo * (hi / lo) ** frac
+    return res
+
+
 def percentile(hist: np.ndarray, q: float) -> float:
-    """The q-th percentile (0-100) of a latency histogram, in seconds; inf if it falls among drops."""
-    total = float(hist.sum())
-    if total <= 0:
-        return float("nan")
-    target = q / 100.0 * total
-    cum = np.cumsum(hist)
-    b = int(np.searchsorted(cum, target, side="left"))
-    if b >= N_BINS - 1:
-        return float("inf")
-    lo, hi = _LOWER[b], _EDGES[b]
-    prev = cum[b - 1] if b > 0 else 0.0
-    frac = (target - prev) / hist[b] if hist[b] > 0 else 1.0
-    if lo <= 0:
-        return float(hi * frac)
-    return float(lo * (hi / lo) ** frac)
+    """The q-th percentile (0-100) of one latency histogram, in seconds; NaN if empty, inf among drops."""
+    return float(percentiles(np.atleast_2d(hist), np.array([float(q)]), _LOWER, _EDGES)[0, 0])
+
+
+def percentiles_of(hist2d: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """Vectorised :func:`percentile` over the rows of ``hist2d``."""
+    return percentiles(np.ascontiguousarray(hist2d), np.asarray(qs, dtype=np.float64), _LOWER, _EDGES)
