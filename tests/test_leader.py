@@ -1,0 +1,211 @@
+"""Lease leader election in fake time against the emulator, plus the bundled kubernetes.leaderelection path."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+
+import kubernetes.client as k8s
+import pytest
+from kubernetes.client.rest import ApiException
+from kubernetes.leaderelection import electionconfig
+from kubernetes.leaderelection.leaderelection import LeaderElection
+from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+
+from agent.leader import LeaderElector, LeaderSettings
+from simulations.testbed.k8s_emulator import K8sEmulator
+
+NS = "fleetpilot"
+LEASE = "fleetpilot-daemon"
+LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+
+
+class FakeClock:
+    """Epoch seconds that only move when told to."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def emu() -> Iterator[K8sEmulator]:
+    with K8sEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def client(emu: K8sEmulator) -> k8s.ApiClient:
+    cfg = k8s.Configuration()
+    cfg.host = emu.url
+    return k8s.ApiClient(cfg)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _elector(client: k8s.ApiClient, identity: str, clock: FakeClock) -> LeaderElector:
+    return LeaderElector(client, NS, LEASE, identity, lease_duration_s=15, clock=clock)
+
+
+def _lease(emu: K8sEmulator) -> dict:
+    lease = emu.objects.get("leases", NS, LEASE)
+    assert lease is not None
+    return lease
+
+
+def test_only_one_candidate_leads(emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock) -> None:
+    a, b = _elector(client, "pod-a", clock), _elector(client, "pod-b", clock)
+    assert a.try_acquire_or_renew() is True
+    assert b.try_acquire_or_renew() is False
+    assert a.is_leader and not b.is_leader and b.holder == "pod-a"
+    spec = _lease(emu)["spec"]
+    assert spec["holderIdentity"] == "pod-a" and spec["leaseDurationSeconds"] == 15 and spec["leaseTransitions"] == 0
+    assert [(r.method, r.status) for r in emu.requests][:2] == [("GET", 404), ("POST", 201)]
+    assert all(r.content_type is None for r in emu.requests if r.method in ("POST", "PUT"))
+
+
+def test_renewal_keeps_leadership(emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock) -> None:
+    a, b = _elector(client, "pod-a", clock), _elector(client, "pod-b", clock)
+    a.try_acquire_or_renew()
+    for _ in range(5):  # 5 renewals 9 s apart: 45 s, far past one lease duration
+        rv = _lease(emu)["metadata"]["resourceVersion"]
+        clock.advance(9)
+        assert a.try_acquire_or_renew() and a.is_leader
+        assert _lease(emu)["metadata"]["resourceVersion"] != rv
+        assert not b.try_acquire_or_renew()
+    renew = [r for r in emu.requests if r.method == "PUT"][-1]
+    assert renew.body["metadata"]["resourceVersion"]  # renewals are conditional on what was read
+    assert re.fullmatch(r".+T.+\.\d{6}(\+00:00|Z)", renew.body["spec"]["renewTime"])  # RFC3339Micro on the wire
+    assert _lease(emu)["spec"]["leaseTransitions"] == 0
+
+
+def test_takeover_after_expiry(emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock) -> None:
+    a, b = _elector(client, "pod-a", clock), _elector(client, "pod-b", clock)
+    a.try_acquire_or_renew()
+    clock.advance(15)  # renewTime + 15 == now: not yet expired
+    assert not b.try_acquire_or_renew()
+    clock.advance(0.5)
+    assert b.try_acquire_or_renew() and b.is_leader
+    assert not a.is_leader  # a stopped renewing: its renew deadline (10 s) passed long ago
+    assert not a.try_acquire_or_renew() and a.holder == "pod-b"
+    spec = _lease(emu)["spec"]
+    assert spec["holderIdentity"] == "pod-b" and spec["leaseTransitions"] == 1
+
+
+def test_leadership_lapses_without_renewal(client: k8s.ApiClient, clock: FakeClock) -> None:
+    a = _elector(client, "pod-a", clock)
+    assert a.try_acquire_or_renew()
+    clock.advance(9.9)
+    assert a.is_leader
+    clock.advance(0.2)
+    assert not a.is_leader  # past the renew deadline, before anyone else may take over
+
+
+def test_losing_the_race_on_takeover(emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock) -> None:
+    a, b, c = (_elector(client, f"pod-{x}", clock) for x in "abc")
+    a.try_acquire_or_renew()
+    clock.advance(20)  # a's lease expired; b and c both want it
+    original = b._api.read_namespaced_lease
+
+    def read_then_c_wins(*args: object, **kwargs: object) -> k8s.V1Lease:
+        lease = original(*args, **kwargs)
+        assert c.try_acquire_or_renew()  # c writes between b's read and b's replace
+        return lease
+
+    b._api.read_namespaced_lease = read_then_c_wins  # type: ignore[method-assign]
+    assert b.try_acquire_or_renew() is False
+    assert not b.is_leader and c.is_leader
+    assert emu.requests[-1].method == "PUT" and emu.requests[-1].status == 409
+    assert _lease(emu)["spec"]["holderIdentity"] == "pod-c"
+
+
+def test_losing_the_race_on_create(emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock) -> None:
+    a, b = _elector(client, "pod-a", clock), _elector(client, "pod-b", clock)
+    original = b._api.read_namespaced_lease
+
+    def not_found_then_a_creates(*args: object, **kwargs: object) -> k8s.V1Lease:
+        try:
+            return original(*args, **kwargs)
+        finally:
+            assert a.try_acquire_or_renew()
+
+    b._api.read_namespaced_lease = not_found_then_a_creates  # type: ignore[method-assign]
+    assert b.try_acquire_or_renew() is False
+    assert emu.requests[-1].method == "POST" and emu.requests[-1].status == 409
+    assert a.is_leader and not b.is_leader
+
+
+def test_release_hands_over_at_once(emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock) -> None:
+    a, b = _elector(client, "pod-a", clock), _elector(client, "pod-b", clock)
+    a.try_acquire_or_renew()
+    assert not b.release()  # not the leader: nothing to release
+    assert a.release() and not a.is_leader
+    assert _lease(emu)["spec"]["holderIdentity"] == ""
+    clock.advance(0.1)
+    assert b.try_acquire_or_renew() and b.is_leader
+
+
+def test_temporary_failures_within_the_renew_deadline(
+    emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock
+) -> None:
+    a = _elector(client, "pod-a", clock)
+    a.try_acquire_or_renew()
+    emu.inject(path_regex="/leases/", status=500, times=None)
+    clock.advance(5)
+    assert a.try_acquire_or_renew() is True and a.last_error is not None  # still inside the 10 s renew deadline
+    clock.advance(6)
+    assert a.try_acquire_or_renew() is False and not a.is_leader
+    emu.clear_faults()
+    assert a.try_acquire_or_renew() is True  # the lease still names us: renew
+
+
+def test_settings_validate() -> None:
+    with pytest.raises(ValueError):
+        LeaderSettings(NS, LEASE, "pod-a", lease_duration_s=10, renew_deadline_s=10)
+    with pytest.raises(ValueError):
+        LeaderSettings(NS, LEASE, "", lease_duration_s=10)
+    assert LeaderSettings(NS, LEASE, "x").effective_renew_deadline_s == 10
+
+
+def test_interoperates_with_the_bundled_leaselock(emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock) -> None:
+    lock = LeaseLock(LEASE, NS, "python-le")
+    lock.api_instance = k8s.CoordinationV1Api(client)
+    config = electionconfig.Config(
+        lock,
+        lease_duration=17,
+        renew_deadline=15,
+        retry_period=5,
+        onstarted_leading=lambda: None,
+        onstopped_leading=None,
+    )
+    election = LeaderElection(config)
+    assert election.try_acquire_or_renew() is True  # 404 -> create
+    assert election.try_acquire_or_renew() is True  # renew with PUT carrying the resourceVersion
+    assert [(r.method, r.status) for r in emu.requests] == [("GET", 404), ("POST", 201), ("GET", 200), ("PUT", 200)]
+    put = emu.requests[-1]
+    assert put.content_type is None and put.body["metadata"]["resourceVersion"]
+
+    ours = LeaderElector(client, NS, LEASE, "pod-a", clock=lambda: k8s_time(emu))
+    assert ours.try_acquire_or_renew() is False and ours.holder == "python-le"
+
+    stale = k8s.CoordinationV1Api(client).read_namespaced_lease(LEASE, NS)
+    assert election.try_acquire_or_renew() is True
+    with pytest.raises(ApiException) as err:
+        k8s.CoordinationV1Api(client).replace_namespaced_lease(LEASE, NS, stale)
+    assert err.value.status == 409
+
+
+def k8s_time(emu: K8sEmulator) -> float:
+    """Now, as the lease holder wrote it (the bundled elector uses wall time)."""
+    lease = emu.objects.get("leases", NS, LEASE)
+    assert lease is not None
+    return datetime.fromisoformat(lease["spec"]["renewTime"]).timestamp() + 1
