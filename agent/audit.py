@@ -1,0 +1,170 @@
+"""The audit log: one JSON line per control interval, durable line by line.
+
+Each record is serialised to one complete line (``json.dumps`` + ``\\n``) and written with a single ``write()``
+on a file opened in append mode, then flushed and ``os.fsync``-ed, so after a crash the file holds every earlier
+line intact and at most one partial line at the end. :class:`AuditLog` checks that on open: a last line without
+its newline (a crash mid-write) is cut off the file and kept aside in ``<path>.partial-<n>`` so nothing is lost
+silently and the next record starts on a fresh line. :func:`read_audit` returns every complete record and
+skips (and counts) lines that do not parse.
+
+Values that JSON cannot hold are written as strings: ``NaN``/``Infinity`` become ``"nan"``/``"inf"`` (strict
+JSON), numpy scalars and arrays become numbers and lists, dataclasses become objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AuditLog", "AuditReadResult", "read_audit", "to_jsonable"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A strict-JSON-safe copy of ``obj`` (NaN/inf as strings, numpy and dataclasses converted)."""
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        x = float(obj)
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return [to_jsonable(x) for x in obj.tolist()]
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [to_jsonable(x) for x in obj]
+    return str(obj)
+
+
+class AuditLog:
+    """Append-only JSONL file. ``write(record)`` is thread-safe and durable when it returns.
+
+    ``fsync=False`` skips the fsync (tests on slow disks); ``repaired`` tells whether the open found and moved aside
+    a partial last line (its path is ``partial_path``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.repaired = False
+        self.partial_path: Path | None = None
+        self._repair()
+        self._lock = threading.Lock()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.records_written = 0
+
+    def _repair(self) -> None:
+        if not self.path.exists():
+            return
+        size = self.path.stat().st_size
+        if size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            # find the last newline by reading backwards in chunks
+            pos, chunk, cut = size, 65536, None
+            while pos > 0:
+                start = max(0, pos - chunk)
+                fh.seek(start)
+                data = fh.read(pos - start)
+                i = data.rfind(b"\n")
+                if i >= 0:
+                    cut = start + i + 1
+                    break
+                pos = start
+            cut = cut or 0
+            if cut == size:
+                return
+            fh.seek(cut)
+            tail = fh.read()
+            n = 0
+            while (self.path.parent / f"{self.path.name}.partial-{n}").exists():
+                n += 1
+            self.partial_path = self.path.parent / f"{self.path.name}.partial-{n}"
+            self.partial_path.write_bytes(tail)
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.repaired = True
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append one record as one line: a single ``write()``, then fsync."""
+        line = (json.dumps(to_jsonable(record), separators=(",", ":"), allow_nan=False) + "\n").encode()
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError("audit log is closed")
+            written = os.write(self._fd, line)
+            while written < len(line):  # a short write (rare: signals, full disks): finish the same line
+                written += os.write(self._fd, line[written:])
+            if self.fsync:
+                os.fsync(self._fd)
+            self.records_written += 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditReadResult:
+    """What :func:`read_audit` found: the parsed records and how many lines were skipped as unreadable."""
+
+    records: list[dict[str, Any]]
+    skipped: int
+    truncated_tail: bool
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def read_audit(path: str | os.PathLike[str]) -> AuditReadResult:
+    """Every complete record of an audit log. A partial last line (no newline) is reported, not parsed."""
+    p = Path(path)
+    if not p.exists():
+        return AuditReadResult([], 0, False)
+    data = p.read_bytes()
+    truncated = bool(data) and not data.endswith(b"\n")
+    lines = data.split(b"\n")
+    if truncated:
+        lines = lines[:-1]
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            skipped += 1
+            continue
+        if isinstance(obj, dict):
+            records.append(obj)
+        else:
+            skipped += 1
+    return AuditReadResult(records, skipped, truncated)

@@ -1,0 +1,236 @@
+"""``fleetpilot run``: the live daemon (Prometheus in, Kubernetes out).
+
+::
+
+    fleetpilot run --goal goal.yaml --policy rl:policies/chat --mode shadow \\
+        --in-cluster --prometheus http://prometheus.monitoring:9090 --audit /var/log/fleetpilot/audit.jsonl
+
+Roll out in three steps: ``--mode dry-run`` (decides and logs), ``--mode shadow`` (also exports the difference with
+the autoscaler in place), ``--mode control`` (acts, only while holding the leader Lease). SIGTERM/SIGINT finish the
+current interval and exit 0. Bad input is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.audit import AuditLog
+from agent.daemon import (
+    MODES,
+    AuditSettings,
+    Daemon,
+    DaemonSettings,
+    KubeSettings,
+    KubeStatusReader,
+    LeaderElectionSettings,
+    PrometheusSettings,
+)
+from simulations.errors import UserError
+from simulations.goal import GoalSpec, load_goal
+
+__all__ = ["build_daemon", "install_signal_handlers", "register", "resolve_policy", "run"]
+
+log = logging.getLogger("fleetpilot")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the live daemon against Prometheus and Kubernetes",
+        description="Scale and route a live fleet: read Prometheus, decide, shield, act on Kubernetes.",
+    )
+    p.add_argument("--goal", required=True, help="goal spec YAML")
+    p.add_argument("--policy", default="hpa", help="rl:DIR, or a baseline: hpa, keda, kpa, predictive, static, hold")
+    p.add_argument("--mode", default="dry-run", choices=MODES, help="dry-run (default), shadow or control")
+    kube = p.add_mutually_exclusive_group()
+    kube.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    kube.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    kube.add_argument("--kube-host", help="API server URL without credentials (kubectl proxy, the test emulator)")
+    p.add_argument("--prometheus", default=os.environ.get("FLEETPILOT_PROMETHEUS", "http://127.0.0.1:9090"),
+                   help="Prometheus base URL")
+    p.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per query (default 5)")
+    p.add_argument("--audit", help="append one JSON line per interval to this file")
+    p.add_argument("--interval", type=float, help="seconds between decisions (default: the goal's control_interval_s)")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port (0: any free port)")
+    p.add_argument("--once", action="store_true", help="run one interval, print its record and exit")
+    p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    p.add_argument("--lease-name", default="fleetpilot")
+    p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname())
+    p.add_argument("--lease-duration", type=int, default=15, help="Lease duration in seconds (default 15)")
+    p.add_argument("--no-leader-election", action="store_true", help="control mode without a Lease (one replica)")
+    p.add_argument("--forecaster", default="holt-winters",
+                   help="online forecaster: holt-winters, ets, seasonal-naive, last-value, none")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(func=run)
+
+
+def resolve_policy(spec: str, goal: GoalSpec) -> Any:
+    """``rl:DIR`` -> the RL artifact (checked against the goal); anything else -> a baseline by name."""
+    if spec.startswith("rl:"):
+        path = spec[3:]
+        if not path:
+            raise UserError("--policy rl: needs a directory, e.g. rl:examples/policies/single-model")
+        if not Path(path).exists():
+            raise UserError("policy artifact not found", where=path)
+        from policies.rl import load_artifact
+
+        return load_artifact(path, goal)
+    try:
+        from policies.baselines import make_policy
+    except ImportError:
+        make_policy = None
+    if make_policy is not None:
+        return make_policy(spec, goal)
+    if spec in ("hold", "hpa"):  # the daemon's own fallbacks stand in until policies.baselines is installed
+        from dataclasses import replace
+
+        from agent.daemon import make_fallback_policy
+
+        return make_fallback_policy(replace(goal, fallback_policy=spec))
+    raise UserError(f"unknown policy {spec!r}: use rl:DIR or one of hpa, hold")
+
+
+def _forecaster_factory(name: str) -> Callable[[float], Any] | None:
+    if name == "none":
+        return None
+    from forecasting.base import MODEL_NAMES
+
+    if name not in MODEL_NAMES or name == "prophet":
+        raise UserError(f"--forecaster must be one of none, {', '.join(n for n in MODEL_NAMES if n != 'prophet')}")
+    from forecasting.features import OnlineForecaster
+
+    def make(step_s: float) -> Any:
+        return OnlineForecaster(step_s=step_s, model=name, refit_every_s=max(60.0, 20 * step_s),
+                                history_s=max(3600.0, 400 * step_s))
+
+    return make
+
+
+def build_daemon(
+    goal: GoalSpec,
+    policy: Any,
+    settings: DaemonSettings,
+    *,
+    api_client: Any = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Daemon:
+    """Wire the real parts: PrometheusSource, KubeActuator, KubeStatusReader, LeaderElector, AuditLog."""
+    from agent.kube import KubeActuator, RouteTarget, make_api_client
+    from agent.leader import LeaderElector
+    from agent.prom import PrometheusSource
+
+    if api_client is None:
+        k = settings.kube
+        api_client = make_api_client(k.kubeconfig, k.in_cluster, k.host)
+    deployments = {m.name: (m.deployment.namespace, m.deployment.name) for m in goal.models}
+    routes = {
+        r.name: RouteTarget(r.http_route.namespace, r.http_route.name,
+                            {m: (goal.model(m).service, goal.model(m).port) for m in r.models})
+        for r in goal.routes
+        if r.http_route is not None
+    }
+    interval = settings.effective_interval(goal)
+    actuator = KubeActuator(api_client, deployments, routes, sleep=sleep or time.sleep)
+    elector = None
+    if settings.mode == "control" and settings.leader.enabled:
+        le = settings.leader
+        elector = LeaderElector(api_client, le.namespace, le.lease_name, le.identity, le.lease_duration_s, clock)
+    source = PrometheusSource(settings.prometheus.url, goal, clock, settings.prometheus.timeout_s, interval_s=interval,
+                              stale_after_intervals=settings.prometheus.stale_after_intervals)
+    audit = AuditLog(settings.audit.path, fsync=settings.audit.fsync) if settings.audit.path else None
+    if audit is not None and audit.repaired:
+        log.warning("audit log %s ended in a partial line (a crash mid-write); moved it to %s",
+                    settings.audit.path, audit.partial_path)
+    return Daemon(goal, policy, source, actuator, elector, audit, clock, sleep, settings=settings,
+                  forecaster_factory=_forecaster_factory(settings.forecaster),
+                  status_reader=KubeStatusReader(api_client, deployments), monotonic=monotonic)
+
+
+def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM and SIGINT set ``stop`` (the current interval finishes); returns a function restoring the old ones."""
+    old = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("received %s: finishing the current interval", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return restore
+
+
+def _settings(args: argparse.Namespace) -> DaemonSettings:
+    if args.interval is not None and not args.interval > 0:
+        raise UserError(f"--interval must be a positive number of seconds, got {args.interval:g}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UserError(f"--metrics-port must be in 0..65535, got {args.metrics_port}")
+    if not str(args.prometheus).startswith(("http://", "https://")):
+        raise UserError(f"--prometheus must be an http:// or https:// URL, got {args.prometheus!r}")
+    if not args.prometheus_timeout > 0:
+        raise UserError("--prometheus-timeout must be > 0")
+    if args.lease_duration < 2:
+        raise UserError("--lease-duration must be at least 2 seconds")
+    if args.kube_host is not None and not args.kube_host.startswith(("http://", "https://")):
+        raise UserError(f"--kube-host must be an http:// or https:// URL, got {args.kube_host!r}")
+    if args.audit:
+        parent = Path(args.audit).resolve().parent
+        if not parent.is_dir():
+            raise UserError("directory for the audit log does not exist", where=str(parent))
+    return DaemonSettings(
+        mode=args.mode,
+        interval_s=args.interval,
+        prometheus=PrometheusSettings(url=args.prometheus, timeout_s=args.prometheus_timeout),
+        kube=KubeSettings(kubeconfig=args.kubeconfig, in_cluster=bool(args.in_cluster), host=args.kube_host),
+        leader=LeaderElectionSettings(enabled=not args.no_leader_election, namespace=args.lease_namespace,
+                                      lease_name=args.lease_name, identity=args.identity,
+                                      lease_duration_s=args.lease_duration),
+        audit=AuditSettings(path=args.audit),
+        metrics_port=args.metrics_port,
+        forecaster=args.forecaster,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args)
+    goal = load_goal(args.goal)
+    _forecaster_factory(settings.forecaster)  # validate before connecting anywhere
+    policy = resolve_policy(args.policy, goal)
+    daemon = build_daemon(goal, policy, settings)
+    try:
+        if settings.metrics_port is not None:
+            server = daemon.serve_metrics()
+            log.info("serving /metrics and /healthz on port %d", server.port)
+        if args.once:
+            record = daemon.run_once()
+            print(json.dumps(record.to_json(), separators=(",", ":")))
+            return 0
+        stop = threading.Event()
+        restore = install_signal_handlers(stop)
+        try:
+            log.info("fleetpilot %s: goal %s, policy %s, every %.3gs", settings.mode, goal.name,
+                     getattr(policy, "name", args.policy), daemon.interval_s)
+            return daemon.run_forever(stop)
+        finally:
+            restore()
+    finally:
+        daemon.close()

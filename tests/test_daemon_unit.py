@@ -1,0 +1,620 @@
+"""The live daemon in fake time: fake source, actuator and elector implementing the real interfaces."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from agent.audit import AuditLog, read_audit
+from agent.daemon import Daemon, DaemonSettings, FallbackSettings, make_fallback_policy
+from agent.kube import ApplyOutcome
+from agent.prom import FleetState, PrometheusSource, derive_class_rates
+from policies.base import Decision, ModelReading, Observation, Reading
+from simulations.errors import PermanentError, TemporaryError
+from simulations.goal import parse_goal
+
+GOAL = """
+apiVersion: fleetpilot/v1
+kind: GoalSpec
+name: unit
+slo: {metric: ttft, percentile: 95, target_ms: 500}
+control_interval_s: 15
+models:
+  - name: big
+    deployment: {namespace: inference, name: big}
+    cost_per_hour: 10
+    cold_start_s: 30
+    min_replicas: 1
+    max_replicas: 10
+  - name: small
+    deployment: {namespace: inference, name: small}
+    cost_per_hour: 2
+    cold_start_s: 30
+    min_replicas: 2
+    max_replicas: 6
+routes:
+  - name: chat
+    models: [big, small]
+    weights: [0.5, 0.5]
+    http_route: {namespace: inference, name: chat}
+shield: {max_step_up: 3, max_step_down: 1, scale_down_stabilization_s: 0}
+fallback_policy: hold
+"""
+
+
+@pytest.fixture()
+def goal():
+    return parse_goal(GOAL)
+
+
+class FakeClock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+@dataclass
+class FakeActuator:
+    replicas: dict[str, int]
+    hpas: dict[str, list[str]] = field(default_factory=dict)
+    scales: list[tuple[str, int]] = field(default_factory=list)
+    weights: list[tuple[str, dict[str, int]]] = field(default_factory=list)
+
+    def read_replicas(self, model: str) -> int:
+        return self.replicas[model]
+
+    def scale(self, model: str, n: int) -> ApplyOutcome:
+        self.scales.append((model, n))
+        self.replicas[model] = n
+        return ApplyOutcome(f"deployment/inference/{model}", True, "applied", 200, 1, f"scaled to {n}")
+
+    def set_weights(self, route: str, weights: Mapping[str, int]) -> ApplyOutcome:
+        self.weights.append((route, dict(weights)))
+        return ApplyOutcome(f"httproute/inference/{route}", True, "applied", 200, 1, "ok")
+
+    def foreign_controllers(self, model: str) -> list[str]:
+        return list(self.hpas.get(model, []))
+
+
+class FakeSource:
+    """Returns a healthy reading at ``rate`` req/s per model unless told to fail or go stale."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.rate = 10.0
+        self.fail: Exception | None = None
+        self.stale: tuple[str, ...] = ()
+        self.nan = False
+        self.on_read = None
+
+    def read(self, state=None, weights=None) -> Reading:
+        if self.on_read is not None:
+            self.on_read()
+        if self.fail is not None:
+            raise self.fail
+        models = {}
+        for m, st in (state or {}).items():
+            st = st or FleetState(1, 1)
+            x = math.nan if self.nan else self.rate
+            models[m] = ModelReading(x, 5.0, 0.0, 100.0, 1000.0, st.ready, st.desired - st.ready, st.desired)
+        return Reading(self.clock(), models, {"chat": 2 * self.rate}, dict(weights or {}), 100.0, 1000.0,
+                       stale=self.stale + (("big.arrival_rate", "small.arrival_rate") if self.nan else ()))
+
+
+class AskPolicy:
+    """Asks for whatever ``want`` says (per model)."""
+
+    name = "ask"
+
+    def __init__(self, want: dict[str, Any]) -> None:
+        self.want = want
+        self.calls = 0
+
+    def initial_state(self) -> int:
+        return 0
+
+    def decide(self, obs: Observation, state: int) -> tuple[Decision, int]:
+        self.calls += 1
+        return Decision(dict(self.want), {}), state + 1
+
+
+class HoldPolicy:
+    name = "hold-test"
+
+    def initial_state(self) -> None:
+        return None
+
+    def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
+        return Decision({m: o.desired for m, o in obs.models.items()}, {}), state
+
+
+class FakeElector:
+    def __init__(self, leader: bool) -> None:
+        self.leader = leader
+
+    def try_acquire_or_renew(self) -> bool:
+        return self.leader
+
+
+def make(goal, want=None, mode="control", replicas=None, tmp_path=None, elector=None, **kw):
+    clock = FakeClock()
+    act = FakeActuator(dict(replicas or {"big": 2, "small": 2}))
+    src = FakeSource(clock)
+    pol = AskPolicy(want or {"big": 2, "small": 2})
+    audit = AuditLog(tmp_path / "audit.jsonl", fsync=False) if tmp_path is not None else None
+    settings = kw.pop("settings", DaemonSettings(mode=mode))
+    d = Daemon(goal, pol, src, act, elector, audit, clock, clock.sleep, settings=settings,
+               fallback=kw.pop("fallback", HoldPolicy()), **kw)
+    return d, clock, act, src, pol
+
+
+# ------------------------------------------------------------------------------------------------ fallback
+
+
+def test_fallback_within_one_interval_on_stale_and_back(goal):
+    d, clock, act, src, pol = make(goal, want={"big": 4, "small": 2})
+    r = d.run_once()
+    assert r.active == "policy" and act.replicas["big"] == 4
+    src.stale = ("big.age",)
+    clock.t += 15
+    r = d.run_once()
+    assert r.active == "fallback" and "stale" in r.fallback_reason and "big.age" in r.fallback_reason
+    assert act.replicas["big"] == 4  # fallback holds
+    src.stale = ()
+    for _ in range(d.settings.fallback.recover_intervals):
+        clock.t += 15
+        r = d.run_once()
+    assert r.active == "policy"
+
+
+def test_fallback_on_nan_never_scales_down(goal):
+    d, clock, act, src, pol = make(goal, want={"big": 1, "small": 2}, replicas={"big": 5, "small": 3},
+                                   fallback=AskPolicy({"big": 1, "small": 2}))
+    src.nan = True
+    r = d.run_once()
+    assert r.active == "fallback"
+    assert act.replicas == {"big": 5, "small": 3}  # asked to go down on missing data: held
+    assert r.shielded.replicas["big"] == 5
+
+
+@pytest.mark.parametrize("exc", [TemporaryError("connection refused"), PermanentError("HTTP 400"),
+                                 RuntimeError("bug in source")])
+def test_prometheus_down_falls_back_and_holds(goal, exc):
+    d, clock, act, src, pol = make(goal, want={"big": 8, "small": 2}, replicas={"big": 3, "small": 2},
+                                   fallback=AskPolicy({"big": 1, "small": 2}))
+    src.fail = exc
+    r = d.run_once()
+    assert r.active == "fallback" and r.fallback_reason.startswith(("prometheus", "source error"))
+    assert act.replicas["big"] == 3
+    assert r.reading is not None and "prometheus" in r.reading.stale
+    src.fail = None
+    clock.t += 15
+    r = d.run_once()  # healthy again, but the fallback keeps deciding until recover_intervals healthy intervals
+    assert r.active == "fallback" and act.replicas["big"] == 2  # data back: the fallback may scale down (one step)
+    clock.t += 15
+    r = d.run_once()
+    assert r.active == "policy" and act.replicas["big"] == 5  # 2 + max_step_up
+
+
+def test_policy_exception_falls_back(goal):
+    d, clock, act, src, pol = make(goal)
+
+    def boom(obs, state):
+        raise ValueError("nan in network")
+
+    pol.decide = boom
+    r = d.run_once()
+    assert r.active == "fallback" and "policy error" in r.fallback_reason and r.raw is None
+
+
+class FixedForecaster:
+    def __init__(self, mean: float, upper: float) -> None:
+        self.mean, self.upper = mean, upper
+
+    def observe(self, t: float, rate: float) -> None:
+        pass
+
+    def features(self, leads):
+        return np.array([[self.mean, self.upper]] * len(leads))
+
+
+def test_forecast_far_off_for_two_intervals_falls_back(goal):
+    d, clock, act, src, pol = make(goal, forecaster_factory=lambda step: FixedForecaster(20.0, 24.0))
+    src.rate = 10.0  # class rate 20: inside the band
+    for _ in range(3):
+        r = d.run_once()
+        clock.t += 15
+        assert r.active == "policy"
+    assert r.forecast is not None and r.forecast["chat"][0] == 20.0
+    src.rate = 40.0  # class rate 80: far outside 20 +- 4*1.5+0.5
+    r1 = d.run_once()
+    clock.t += 15
+    r2 = d.run_once()
+    clock.t += 15
+    assert r1.active == "policy" and r2.active == "fallback" and "forecast off" in r2.fallback_reason
+
+
+def test_observation_outside_training_range_falls_back(goal):
+    d, clock, act, src, pol = make(goal)
+    n = d.builder.size
+    pol.observation_range = (np.zeros(n), np.full(n, 0.01))
+    r = d.run_once()
+    assert r.active == "fallback" and "training range" in r.fallback_reason
+    del pol.observation_range
+
+
+def test_default_fallback_policy_is_goal_driven(goal):
+    import dataclasses
+
+    p = make_fallback_policy(goal)
+    assert "hold" in p.name
+    p2 = make_fallback_policy(dataclasses.replace(goal, fallback_policy="hpa"))
+    assert "hpa" in p2.name
+
+
+# ------------------------------------------------------------------------------------------------ safety
+
+
+def test_never_outside_bounds_nor_max_step(goal):
+    rng = np.random.default_rng(3)
+    d, clock, act, src, pol = make(goal, shield=None)  # the hard guard alone must hold the limits
+    specs = {m.name: m for m in goal.models}
+    for _ in range(200):
+        pol.want = {m: int(rng.integers(-5, 40)) for m in specs}
+        before = dict(act.replicas)
+        r = d.run_once()
+        clock.t += 15
+        for m, n in act.replicas.items():
+            assert specs[m].min_replicas <= n <= specs[m].max_replicas
+            sh = goal.shield  # the shield's step limit: the larger of the absolute and the relative step up
+            up = max(sh.max_step_up, int(math.floor(sh.max_step_up_fraction * before[m])))
+            assert before[m] - sh.max_step_down <= n <= before[m] + up
+        assert r.shielded.replicas.keys() == specs.keys()
+
+
+def test_shield_in_the_loop(goal):
+    d, clock, act, src, pol = make(goal, want={"big": 100, "small": 0})
+    assert d.shield is not None
+    r = d.run_once()
+    assert act.replicas == {"big": 5, "small": 2}
+    assert any("max_step_up" in x for x in r.rules)
+
+
+def test_non_numeric_policy_output_holds(goal):
+    d, clock, act, src, pol = make(goal, want={"big": float("nan")})
+    d.run_once()
+    assert act.replicas == {"big": 2, "small": 2}
+
+
+# ------------------------------------------------------------------------------------------------ foreign
+
+
+def test_hpa_on_deployment_refuses_and_reports(goal, tmp_path):
+    d, clock, act, src, pol = make(goal, want={"big": 5, "small": 4}, tmp_path=tmp_path)
+    act.hpas = {"big": ["big-hpa"]}
+    r = d.run_once()
+    assert ("big", 5) not in act.scales and act.replicas["big"] == 2
+    assert act.replicas["small"] == 4
+    assert "big-hpa" in r.foreign["big"] and "foreign:big" in r.rules
+    assert b'fleetpilot_foreign_controller{model="big"} 1.0' in d.metrics.exposition()
+    rec = read_audit(tmp_path / "audit.jsonl").records[-1]
+    assert "big" in rec["foreign"]
+
+
+def test_replicas_changed_by_someone_else_refuses(goal):
+    d, clock, act, src, pol = make(goal, want={"big": 4, "small": 2},
+                                   settings=DaemonSettings(mode="control", fallback=FallbackSettings(
+                                       foreign_cooldown_s=60)))
+    d.run_once()
+    assert act.replicas["big"] == 4
+    act.replicas["big"] = 9  # kubectl scale by a human
+    pol.want = {"big": 3, "small": 2}
+    clock.t += 15
+    r = d.run_once()
+    assert "someone else" in r.foreign["big"] and act.replicas["big"] == 9
+    assert act.scales.count(("big", 3)) == 0
+    clock.t += 15
+    act.replicas["big"] = 8  # still being changed: the refusal is extended
+    r = d.run_once()
+    assert "big" in r.foreign
+    clock.t += 61
+    r = d.run_once()  # cooldown over: we take it back, one step at a time
+    assert "big" not in r.foreign and act.replicas["big"] == 7
+
+
+# ------------------------------------------------------------------------------------------------ modes
+
+
+@pytest.mark.parametrize("mode", ["dry-run", "shadow"])
+def test_dry_run_and_shadow_never_write(goal, mode, tmp_path):
+    d, clock, act, src, pol = make(goal, want={"big": 5, "small": 4}, mode=mode, tmp_path=tmp_path)
+    for _ in range(3):
+        r = d.run_once()
+        clock.t += 15
+    assert act.scales == [] and act.weights == []
+    assert r.acted is False
+    assert any("would scale 2 -> 5" in o.get("message", "") for o in r.outcomes)
+    text = d.metrics.exposition().decode()
+    if mode == "shadow":
+        assert 'fleetpilot_shadow_replica_difference{model="big"} 3.0' in text
+    assert 'fleetpilot_desired_replicas{model="big"} 5.0' in text
+
+
+def test_control_acts_only_when_leader(goal):
+    el = FakeElector(False)
+    d, clock, act, src, pol = make(goal, want={"big": 4, "small": 2}, elector=el)
+    r = d.run_once()
+    assert r.leader is False and act.scales == []
+    el.leader = True
+    clock.t += 15
+    r = d.run_once()
+    assert r.leader is True and act.scales == [("big", 4)]
+    assert b"fleetpilot_leader 1.0" in d.metrics.exposition()
+
+
+def test_weights_written_as_integers(goal):
+    class Route(AskPolicy):
+        def decide(self, obs, state):
+            return Decision({"big": 2, "small": 2}, {"chat": {"big": 0.4, "small": 0.6}}), state
+
+    d, clock, act, src, pol = make(goal)
+    d.policy = Route({})
+    d.run_once()
+    route, w = act.weights[-1]
+    assert route == "chat" and all(isinstance(x, int) for x in w.values()) and sum(w.values()) == 1000
+
+
+# ------------------------------------------------------------------------------------------------ audit
+
+
+def test_audit_complete_and_parseable(goal, tmp_path):
+    d, clock, act, src, pol = make(goal, want={"big": 4, "small": 2}, tmp_path=tmp_path)
+    for i in range(5):
+        src.fail = TemporaryError("down") if i == 2 else None
+        d.run_once()
+        clock.t += 15
+    d.close()
+    res = read_audit(tmp_path / "audit.jsonl")
+    assert len(res) == 5 and res.skipped == 0 and not res.truncated_tail
+    for rec in res:
+        for key in ("t", "mode", "leader", "reading", "forecast", "raw", "shielded", "rules", "fallback_reason",
+                    "outcomes", "state", "active"):
+            assert key in rec
+    assert res.records[0]["outcomes"][0]["status"] == "applied"
+    assert res.records[2]["active"] == "fallback" and "down" in res.records[2]["fallback_reason"]
+    assert res.records[2]["reading"]["models"]["big"]["arrival_rps"] == "nan"  # strict JSON, NaN kept visible
+
+
+def test_audit_truncated_last_line_is_repaired(tmp_path):
+    path = tmp_path / "a.jsonl"
+    with AuditLog(path) as log:
+        for i in range(3):
+            log.write({"i": i, "x": float("nan")})
+    with open(path, "ab") as fh:
+        fh.write(b'{"i": 3, "trunc')  # a crash mid-write
+    assert read_audit(path).truncated_tail
+    log = AuditLog(path)
+    assert log.repaired and log.partial_path is not None and log.partial_path.read_bytes() == b'{"i": 3, "trunc'
+    log.write({"i": 4})
+    log.close()
+    res = read_audit(path)
+    assert [r["i"] for r in res] == [0, 1, 2, 4] and res.skipped == 0 and not res.truncated_tail
+    for line in path.read_text().splitlines():
+        json.loads(line)
+
+
+# ------------------------------------------------------------------------------------------------ loop
+
+
+def test_run_forever_stops_on_event_after_finishing_interval(goal, tmp_path):
+    d, clock, act, src, pol = make(goal, tmp_path=tmp_path)
+    stop = threading.Event()
+    n = {"reads": 0}
+
+    def on_read():
+        n["reads"] += 1
+        if n["reads"] == 3:
+            stop.set()  # as the SIGTERM handler would, in the middle of an interval
+
+    src.on_read = on_read
+    assert d.run_forever(stop) == 0
+    assert n["reads"] == 3 and len(read_audit(tmp_path / "audit.jsonl")) == 3
+
+
+def test_sigterm_finishes_interval_and_exits_zero(goal, tmp_path):
+    from agent.commands.run import install_signal_handlers
+
+    d, clock, act, src, pol = make(goal, tmp_path=tmp_path)
+    stop = threading.Event()
+    restore = install_signal_handlers(stop)
+    try:
+        src.on_read = lambda: os.kill(os.getpid(), signal.SIGTERM) if clock.t > 1_000_030 else None
+        assert d.run_forever(stop) == 0
+    finally:
+        restore()
+    recs = read_audit(tmp_path / "audit.jsonl").records
+    assert len(recs) == 4 and recs[-1]["shielded"]["replicas"]
+
+
+def test_unexpected_errors_back_off_not_crash(goal):
+    d, clock, act, src, pol = make(goal)
+    delays = []
+    calls = {"n": 0}
+    real = d.run_once
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise RuntimeError("boom")
+        return real()
+
+    d.run_once = flaky
+    d._sleep = delays.append
+    d.run_forever(threading.Event(), max_intervals=5)
+    assert delays[:3] == [1.0, 2.0, 4.0] and delays[3] == pytest.approx(15.0)
+
+
+def test_metrics_and_healthz_served(goal):
+    now = {"t": 0.0}
+    d, clock, act, src, pol = make(goal, monotonic=lambda: now["t"])
+    server = d.serve_metrics(port=0, host="127.0.0.1")
+    try:
+        d.run_once()
+        base = f"http://127.0.0.1:{server.port}"
+        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert 'fleetpilot_decisions_total{mode="control",policy="policy"} 1.0' in text
+        assert "fleetpilot_loop_duration_seconds_count 1.0" in text
+        assert urllib.request.urlopen(base + "/healthz", timeout=5).status == 200
+        now["t"] += 10_000  # no interval for a long time: unhealthy
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base + "/healthz", timeout=5)
+        assert err.value.code == 503
+    finally:
+        d.close()
+
+
+# ------------------------------------------------------------------------------------------------ PrometheusSource
+
+
+class FakeProm:
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+
+    def custom_query(self, query, params=None, timeout=None):
+        for key, value in self.answers.items():
+            if key in query:
+                if isinstance(value, Exception):
+                    raise value
+                return value
+        return []
+
+
+def vec(ts: float, **values: Any) -> list[dict]:
+    return [{"metric": {"model_name": m}, "value": [ts, str(v)]} for m, v in values.items()]
+
+
+def prom_answers(ts: float, age: float = 1.0, **over: Any) -> dict[str, Any]:
+    ans = {
+        "timestamp(": vec(ts, big=ts - age, small=ts - age),
+        "request_success_total": vec(ts, big=4.0, small=2.0),
+        "num_requests_running": vec(ts, big=3, small=1),
+        "num_requests_waiting": vec(ts, big=0, small=0),
+        "time_to_first_token": vec(ts, big=0.2, small=0.1),
+        "e2e_request_latency": vec(ts, big=3.0, small=2.0),
+        "kv_cache_usage": vec(ts, big=0.3, small=0.1),
+        "prompt_tokens_total": vec(ts, big=4000.0, small=1000.0),
+        "generation_tokens_total": vec(ts, big=800.0, small=400.0),
+    }
+    ans.update(over)
+    # the freshness query must be matched before the running query it wraps
+    return dict(sorted(ans.items(), key=lambda kv: kv[0] != "timestamp("))
+
+
+def test_prometheus_source_builds_reading(goal):
+    clock = FakeClock()
+    src = PrometheusSource("http://x", goal, clock, client=FakeProm(prom_answers(clock.t)))
+    r = src.read({"big": FleetState(3, 2), "small": FleetState(2, 2)})
+    assert r.stale == ()
+    b = r.models["big"]
+    assert (b.arrival_rps, b.in_flight, b.ttft_p95_ms, b.e2e_p95_ms) == (4.0, 3.0, 200.0, 3000.0)
+    assert (b.ready, b.starting, b.desired) == (2, 1, 3)
+    assert b.input_tokens == 1000.0 and b.output_tokens == 200.0
+    assert r.class_rates["chat"] == pytest.approx(6.0)
+    assert r.weights["chat"] == {"big": 0.5, "small": 0.5}
+
+
+@pytest.mark.parametrize("case", ["nan", "missing", "garbage", "old", "negative"])
+def test_prometheus_source_marks_stale(goal, case):
+    clock = FakeClock()
+    t = clock.t
+    over = {
+        "nan": {"request_success_total": vec(t, big="NaN", small=2.0)},
+        "missing": {"num_requests_waiting": vec(t, small=0)},
+        "garbage": {"num_requests_running": [{"metric": {"model_name": "big"}, "value": [t, "abc"]}]
+                    + vec(t, small=1)},
+        "old": {"timestamp(": vec(t, big=t - 31, small=t - 1)},
+        "negative": {"request_success_total": vec(t, big=-1, small=2.0)},
+    }[case]
+    src = PrometheusSource("http://x", goal, clock, client=FakeProm(prom_answers(t, **over)))
+    r = src.read()
+    assert r.stale and all(s.startswith("big.") for s in r.stale), r.stale
+
+
+def test_latency_nan_without_traffic_is_not_stale(goal):
+    clock = FakeClock()
+    t = clock.t
+    src = PrometheusSource("http://x", goal, clock, client=FakeProm(prom_answers(
+        t, request_success_total=vec(t, big=0.0, small=2.0), time_to_first_token=vec(t, big="NaN", small=0.1))))
+    assert src.read().stale == ()
+
+
+@pytest.mark.parametrize("exc", [requests.exceptions.ConnectionError("refused"), requests.exceptions.Timeout("t"),
+                                 ValueError("Expecting value: line 1")])
+def test_prometheus_source_client_errors_are_temporary(goal, exc):
+    src = PrometheusSource("http://x", goal, FakeClock(), client=FakeProm({"": exc}))
+    with pytest.raises(TemporaryError):
+        src.read()
+
+
+def test_prometheus_source_http_errors_through_real_client(goal):
+    """The real PrometheusConnect against a tiny server answering 503, bad JSON, 400 -- and nothing at all."""
+    answers = {"mode": 503}
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            mode = answers["mode"]
+            body = b"<html>oops" if mode == "json" else b'{"status":"error"}'
+            self.send_response(200 if mode == "json" else mode)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        src = PrometheusSource(url, goal, FakeClock(), timeout_s=2)
+        with pytest.raises(TemporaryError, match="503"):
+            src.read()
+        answers["mode"] = "json"
+        with pytest.raises(TemporaryError, match="JSON"):
+            src.read()
+        answers["mode"] = 400
+        with pytest.raises(PermanentError):
+            src.read()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(TemporaryError, match="cannot connect"):
+        PrometheusSource(url, goal, FakeClock(), timeout_s=1).read()
+
+
+def test_class_rates_derived_from_model_rates(goal):
+    import dataclasses
+
+    from simulations.goal import RouteSpec
+
+    g2 = dataclasses.replace(goal, routes=(
+        RouteSpec("a", ("big",), None, (1.0,)), RouteSpec("b", ("small",), None, (1.0,))))
+    assert derive_class_rates(g2, {"big": 3.0, "small": 5.0}, {}) == {"a": 3.0, "b": 5.0}
+    out = derive_class_rates(goal, {"big": 3.0, "small": 3.0}, {"chat": {"big": 0.5, "small": 0.5}})
+    assert out["chat"] == pytest.approx(6.0)
