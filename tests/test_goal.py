@@ -1,0 +1,136 @@
+"""Goal spec validation: good examples load; each bad case is a one-line UserError naming file:line and field."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from simulations.errors import UserError
+from simulations.goal import GoalSpec, json_schema, load_goal, parse_goal
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((REPO / "examples" / "goals").glob("*.yaml"))
+BASE = (REPO / "examples" / "goals" / "two-model-routed.yaml").read_text(encoding="utf-8")
+
+
+def _line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing ``needle`` (to check that errors point at the right line)."""
+    for i, line in enumerate(text.splitlines(), start=1):
+        if needle in line:
+            return i
+    raise AssertionError(f"{needle!r} not in text")
+
+
+def _error(text: str, tmp_path: Path) -> str:
+    p = tmp_path / "goal.yaml"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as exc:
+        load_goal(p)
+    msg = str(exc.value)
+    assert "\n" not in msg, "a UserError is one line"
+    assert msg.startswith(f"{p}:"), msg
+    return msg
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_load(path: Path) -> None:
+    g = load_goal(path)
+    assert isinstance(g, GoalSpec)
+    assert g.models and g.slo.target_ms > 0
+    assert g.source == str(path)
+    assert re.fullmatch(r"[0-9a-f]{16}", g.digest())
+    assert load_goal(path).digest() == g.digest()  # stable
+
+
+def test_two_model_example_contents() -> None:
+    g = load_goal(REPO / "examples" / "goals" / "two-model-routed.yaml")
+    assert g.model_names == ("llama-3-70b", "llama-3-8b")
+    assert g.route_names == ("chat", "code")
+    assert g.model("llama-3-8b").latency.prefill_s_per_token == pytest.approx(17.3e-6)
+    assert g.model("llama-3-70b").cost_per_hour == 27.5
+    assert g.routes[0].weights == (0.5, 0.5)
+
+
+def test_min_greater_than_max(tmp_path: Path) -> None:
+    text = BASE.replace("min_replicas: 1\n    max_replicas: 20", "min_replicas: 30\n    max_replicas: 20", 1)
+    assert text != BASE
+    msg = _error(text, tmp_path)
+    # the error is raised by the model-level validator, so it points at the model entry
+    assert f"goal.yaml:{_line_of(text, '- name: llama-3-70b')}:" in msg
+    assert "models[0]" in msg and "min_replicas" in msg and "max_replicas" in msg
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="goal.py reports cross-field route errors with loc () -> 'goal.yaml: (document): ...' without a line "
+    "(reported to the goal.py owner with a proposed fix)",
+)
+def test_unknown_model_in_route(tmp_path: Path) -> None:
+    text = BASE.replace("models: [llama-3-70b, llama-3-8b]\n    weights: [0.5, 0.5]\n    http_route: {namespace: "
+                        "inference, name: code}", "models: [llama-3-70b, llama-9b]\n    weights: [0.5, 0.5]\n    "
+                        "http_route: {namespace: inference, name: code}", 1)
+    assert text != BASE
+    msg = _error(text, tmp_path)
+    assert "llama-9b" in msg and "routes[1]" in msg
+    assert re.search(r"goal\.yaml:\d+:", msg), msg
+
+
+def test_unknown_model_in_route_is_a_user_error(tmp_path: Path) -> None:
+    """The part of the check that holds today: a one-line UserError naming the route and the model."""
+    text = BASE.replace("models: [llama-3-70b, llama-3-8b]\n    weights: [0.5, 0.5]\n    http_route: {namespace: "
+                        "inference, name: code}", "models: [llama-3-70b, llama-9b]\n    weights: [0.5, 0.5]\n    "
+                        "http_route: {namespace: inference, name: code}", 1)
+    msg = _error(text, tmp_path)
+    assert "routes[1]" in msg and "'llama-9b'" in msg and "known models" in msg
+
+
+def test_wrong_api_version(tmp_path: Path) -> None:
+    text = BASE.replace("apiVersion: fleetpilot/v1", "apiVersion: fleetpilot/v2")
+    msg = _error(text, tmp_path)
+    assert f"goal.yaml:{_line_of(text, 'apiVersion')}:" in msg
+    assert "apiVersion" in msg and "fleetpilot/v2" in msg
+
+
+def test_negative_price(tmp_path: Path) -> None:
+    text = BASE.replace("cost_per_hour: 6.88", "cost_per_hour: -1")
+    msg = _error(text, tmp_path)
+    assert f"goal.yaml:{_line_of(text, 'cost_per_hour: -1')}:" in msg
+    assert "models[1].cost_per_hour" in msg and "-1" in msg
+
+
+def test_extra_field(tmp_path: Path) -> None:
+    text = BASE.replace("    quality: 0.80", "    quality: 0.80\n    colour: blue")
+    msg = _error(text, tmp_path)
+    assert f"goal.yaml:{_line_of(text, 'colour: blue')}:" in msg
+    assert "models[1].colour" in msg
+
+
+def test_bad_yaml(tmp_path: Path) -> None:
+    text = BASE.replace("control_interval_s: 15", "control_interval_s: [15")
+    msg = _error(text, tmp_path)
+    assert re.search(r"goal\.yaml:\d+: not valid YAML", msg), msg
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    text = BASE.replace("target_ms: 500, ", "")
+    msg = _error(text, tmp_path)
+    assert f"goal.yaml:{_line_of(text, 'slo:')}:" in msg
+    assert "slo.target_ms" in msg
+
+
+def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="expected a YAML mapping"):
+        parse_goal("- a\n- b\n", source="x.yaml")
+    with pytest.raises(UserError, match="goal file not found"):
+        load_goal(tmp_path / "nope.yaml")
+
+
+def test_json_schema() -> None:
+    s = json_schema()
+    assert s["$schema"].startswith("https://json-schema.org/")
+    assert {"apiVersion", "kind", "slo", "models"} <= set(s["required"])
+    assert "models" in s["properties"] and "routes" in s["properties"]
+    json.dumps(s)  # serialisable
