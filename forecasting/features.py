@@ -61,6 +61,7 @@ def rolling_features(
     history_s: float = 14 * 86400.0,
     level: int = 95,
     t0_s: float = 0.0,
+    select_every_s: float = 86400.0,
     **model_kw: Any,
 ) -> np.ndarray:
     """Causal forecast features, shape ``(n, len(leads_s), 2)``: ``[i, j] = (mean, upper)`` of the rate at step
@@ -69,7 +70,10 @@ def rolling_features(
     Missing values are held at the last observation (causal; leading ones are 0). The model is fitted with
     :func:`forecasting.robust.robust_fit` at steps ``0, k, 2k, ...`` (``k = refit_every_s / step_s``) on at most
     ``history_s`` of history. ``t0_s`` is the time of ``rate[0]`` (only Prophet's daily cycle uses it).
-    Cost: one fit per refit plus O(n) -- 14 days of 1-min data with ``holt-winters`` takes a few seconds.
+    Models that can refit with fixed smoothing parameters (holt-winters) run their parameter search only every
+    ``select_every_s`` and reuse the last choice in between (chosen from earlier data only, so still causal).
+    Cost: one fit per refit plus O(n) -- 14 days of 1-min data with ``holt-winters`` take about a second;
+    ``prophet`` costs ~0.2-1 s per refit, so give it a long ``refit_every_s``.
     """
     step = check_step(step_s)
     if model not in MODEL_NAMES:
@@ -83,11 +87,22 @@ def rolling_features(
     out = np.empty((n, leads.size, 2))
     every = max(1, int(round(refit_every_s / step)))
     hist = max(1, int(round(history_s / step)))
+    select_every = max(1, int(round(select_every_s / step)))
+    params: dict[str, float] | None = None
+    selected_at = 0
     for start in range(0, n, every):
         end = min(n, start + every)
         lo = max(0, start + 1 - hist)
         t = t0_s + step * np.arange(lo, start + 1)
-        fitted = robust_fit(model, y[lo:start + 1], step, t=t, **model_kw)
+        kw = dict(model_kw)
+        reuse = params is not None and "params" not in model_kw and start - selected_at < select_every
+        if reuse:
+            kw["params"] = params
+        fitted = robust_fit(model, y[lo:start + 1], step, t=t, **kw)
+        if not reuse:
+            select = getattr(fitted.active, "selected_params", None)
+            full = select is not None and fitted.active_name == model and fitted.fallback_reason is None
+            params, selected_at = (select(), start) if full else (None, start)
         mean, upper = fitted.rolling_forecast(y[start + 1:end], leads, level)
         out[start:end, :, 0] = mean
         out[start:end, :, 1] = upper

@@ -63,8 +63,11 @@ class ProphetForecaster:
     """Prophet on the arrival rate.
 
     * daily seasonality when the history spans >= 2 days, weekly when it spans >= 14 days (``daily``/``weekly``
-      may force them off with ``False``); yearly never. A shorter history fits a trend only and says so in
-      ``degraded_reason``.
+      may force them off with ``False``); yearly never.
+    * a history shorter than ``min_history_s`` (default 2 days) is refused with :class:`UserError` -- a trend-only
+      Prophet extrapolates a few minutes' slope for the whole horizon -- so :func:`forecasting.robust.robust_fit`
+      steps down to seasonal-naive / last-value. With ``min_history_s`` lowered, a history under 2 days fits a
+      trend only and says so in ``degraded_reason``.
     * ``seasonality_mode``: ``"additive"`` or ``"multiplicative"`` (intervals then scale with the forecast).
     * ``t`` passed to :meth:`fit` (seconds) places the daily cycle on the wall clock; without it the series starts
       at ``t0_s``.
@@ -82,8 +85,12 @@ class ProphetForecaster:
         changepoint_prior_scale: float = 0.05,
         t0_s: float = 0.0,
         error_days: float = 7.0,
+        min_history_s: float = 2 * DAY_S,
     ) -> None:
         self.step_s = check_step(step_s)
+        if not min_history_s >= 0:
+            raise UserError(f"min_history_s must be >= 0, got {min_history_s!r}")
+        self.min_history_s = float(min_history_s)
         if seasonality_mode not in ("additive", "multiplicative"):
             raise UserError(f"seasonality_mode must be 'additive' or 'multiplicative', got {seasonality_mode!r}")
         if not agg_s > 0 or not changepoint_prior_scale > 0 or not error_days > 0:
@@ -129,6 +136,10 @@ class ProphetForecaster:
         else:
             ya, ta = arr, ts
         span = float(ts[-1] - ts[0] + self.step_s)
+        if span < self.min_history_s:
+            raise UserError(
+                f"prophet needs at least {self.min_history_s / DAY_S:g} days of history, got {span / DAY_S:.2f}"
+            )
         daily = self.daily and span >= 2 * DAY_S
         weekly = self.weekly and span >= 14 * DAY_S
         self.seasonalities = [s for s, on in (("daily", daily), ("weekly", weekly)) if on]
@@ -202,6 +213,7 @@ class ProphetForecaster:
             "changepoint_prior_scale": self.changepoint_prior_scale,
             "t0_s": self.t0_s,
             "error_days": self.error_days,
+            "min_history_s": self.min_history_s,
             "fitted": self.fitted,
             "n_fit": self.n_fit,
             "t_last": self.t_last,
@@ -220,7 +232,7 @@ class ProphetForecaster:
         d = load_payload(text, cls.name)
         obj = cls(
             d["step_s"], d["seasonality_mode"], d["agg_s"], d["daily"], d["weekly"], d["changepoint_prior_scale"],
-            d["t0_s"], d["error_days"],
+            d["t0_s"], d["error_days"], d["min_history_s"],
         )
         obj.fitted = bool(d["fitted"])
         obj.n_fit = int(d["n_fit"])

@@ -141,6 +141,18 @@ def test_json_round_trip_gives_identical_predictions(name: str) -> None:
     assert json.loads(loaded.to_json()) == json.loads(text)
 
 
+def test_holt_winters_fixed_params_skip_the_search_and_round_trip() -> None:
+    y, _ = seasonal_series(4, 600.0, noise=1.0, seed=17)
+    full = HoltWinters(600.0).fit(y)
+    fixed = HoltWinters(600.0, params=full.selected_params()).fit(y)
+    assert np.allclose(fixed.predict(30).mean, full.predict(30).mean)
+    odd = HoltWinters(600.0, params={"gamma": 0.0, "alpha": 1.0, "phi": 1.0}).fit(y)  # no season, last value
+    assert odd.profile.size == 0 and odd.predict(5).mean == pytest.approx(np.full(5, y[-1]))
+    assert forecaster_from_json(odd.to_json()).params == odd.params
+    with pytest.raises(UserError):
+        HoltWinters(600.0, params={"gamma": 0.5})
+
+
 def test_fallback_forecaster_round_trip_keeps_reason() -> None:
     fb = robust_fit("seasonal-naive", np.array([1.0, 2.0, 3.0]), 60.0)
     loaded = forecaster_from_json(fb.to_json())
@@ -182,6 +194,8 @@ def test_prophet_needs_two_points_and_falls_back() -> None:
     assert fb.active_name == "seasonal-naive"
     assert "prophet failed" in fb.fallback_reason and "last-value" in fb.fallback_reason
     assert np.all(fb.predict(4).mean == 3.0)
+    short = robust_fit("prophet", np.linspace(1.0, 50.0, 600), 60.0)  # 10 hours: < 2 days
+    assert short.active_name == "seasonal-naive" and "at least 2 days" in short.fallback_reason
 
 
 # ------------------------------------------------------------------------------------------------ fallbacks
@@ -353,7 +367,8 @@ def test_rolling_features_no_look_ahead(name: str) -> None:
 def test_rolling_features_match_a_fit_at_refit_steps() -> None:
     step = 600.0
     y, _ = seasonal_series(4, step, noise=1.0, seed=13)
-    f = rolling_features(y, step, [1200.0], model="holt-winters", refit_every_s=6 * 3600.0, level=80)
+    f = rolling_features(y, step, [1200.0], model="holt-winters", refit_every_s=6 * 3600.0, level=80,
+                         select_every_s=600.0)  # full parameter search at every refit
     i = 36 * 12  # refits happen at multiples of 36 steps (6 h of 10-min steps)
     fc = robust_fit("holt-winters", y[: i + 1], step).predict(2, levels=(80,))
     assert f[i, 0, 0] == pytest.approx(fc.mean[1])
