@@ -1,0 +1,205 @@
+"""``fleetpilot replay`` -- what-if replay of a recorded trace under several policies, with a report.
+
+``fleetpilot replay --goal G --trace T [--trace CLASS=T ...] [--range START:END] [--scale-to-peak RPS]
+--policies static,hpa,keda,kpa,predictive,oracle[,rl:PATH] [--seed N] [--tick S] --out DIR``
+
+Writes ``DIR/summary.json`` and ``DIR/report.html`` (atomically: nothing partial is left behind on error) and
+prints where the report is. Bad input is a :class:`UserError` (one line, exit 2): an unknown policy (the known
+ones are listed), a range outside the trace, a goal whose SLO no replica count can meet (with the best p95
+reachable at ``max_replicas``), an output folder that cannot be written.
+
+Policy names resolve through :func:`policies.baselines.make_policy`; ``oracle`` is
+:class:`policies.oracle.OraclePolicy`. Prefixed names (``rl:PATH``) use the prefix registry of
+:mod:`policies.baselines` (``register_prefix``); for ``rl`` the hook below registers
+``policies.rl.make_rl_policy`` on first use when nobody registered the prefix yet. Other prefixes can be added
+with :func:`register_policy_prefix` (same registry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from simulations.errors import UserError
+
+DEFAULT_POLICIES = "static,hpa,keda,kpa,predictive,oracle"
+#: prefix -> "module:function" loaded lazily; the function is called as ``function(ARG, goal)``
+LAZY_PREFIXES: dict[str, str] = {"rl": "policies.rl:make_rl_policy"}
+
+
+def register(sub: Any) -> None:
+    """Add ``replay`` to the CLI's sub-parsers."""
+    p = sub.add_parser(
+        "replay", help="replay a trace under several policies and write a comparison report",
+        description="What-if replay: every policy on the same trace, seed and SLO windows; cost vs the oracle.")
+    p.add_argument("--goal", required=True, help="goal spec YAML")
+    p.add_argument("--trace", action="append", required=True, metavar="[CLASS=]TRACE",
+                   help="trace CSV (path or bundled name); repeat as CLASS=TRACE for several request classes")
+    p.add_argument("--range", dest="range_", metavar="START:END", default=None,
+                   help="slice of the trace clock, seconds or with s/m/h/d (either side may be empty)")
+    p.add_argument("--scale-to-peak", type=float, default=None, metavar="RPS",
+                   help="rescale load so the busiest trace interval has this rate (Poisson re-sampled)")
+    p.add_argument("--policies", default=DEFAULT_POLICIES,
+                   help=f"comma-separated policies (default {DEFAULT_POLICIES}); rl:PATH for a trained policy")
+    p.add_argument("--seed", type=int, default=0, help="random seed, shared by every policy (default 0)")
+    p.add_argument("--tick", type=float, default=None, metavar="S",
+                   help="simulator tick in seconds; must divide the control interval "
+                        "(default: 1 s for sub-minute traces, 5 s for 1-minute or coarser)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes to run policies in (default: 2 for long replays on 2+ cores, else 1)")
+    p.add_argument("--forecast-model", default="holt-winters",
+                   help="forecaster for the policies' forecast features (default holt-winters; 'none' to disable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for summary.json and report.html")
+    p.set_defaults(func=handler)
+
+
+def register_policy_prefix(prefix: str, factory: Callable[..., Any]) -> None:
+    """Make ``--policies PREFIX:ARG`` call ``factory(ARG, goal, **kw)`` (shared with ``policies.baselines``)."""
+    from policies.baselines import register_prefix
+
+    register_prefix(prefix, factory)
+
+
+def _ensure_prefix(prefix: str) -> None:
+    from policies.baselines import PREFIX_FACTORIES
+
+    if prefix in PREFIX_FACTORIES or prefix not in LAZY_PREFIXES:
+        return
+    import importlib
+
+    mod_name, fn_name = LAZY_PREFIXES[prefix].split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        raise UserError(f"policy prefix {prefix!r} needs module {mod_name} ({exc.name} is not installed)") from None
+    if prefix in PREFIX_FACTORIES:  # the module registered itself on import
+        return
+    fn = getattr(mod, fn_name)
+    register_policy_prefix(prefix, lambda arg, goal, _fn=fn, **_kw: _fn(arg, goal))
+
+
+def known_policy_names() -> list[str]:
+    """Names accepted by ``--policies``."""
+    from policies.baselines import known_policies
+
+    names = set(known_policies()) | {"oracle"} | {f"{p}:PATH" for p in LAZY_PREFIXES}
+    return sorted(n for n in names if not any(n == f"{p}:ARG" for p in LAZY_PREFIXES))
+
+
+def resolve_policies(spec: str, goal: Any, trace: Any) -> list[Any]:
+    """Build the policies named in ``spec`` (comma-separated). Unknown names raise :class:`UserError`."""
+    from policies.baselines import POLICY_FACTORIES, PREFIX_FACTORIES, make_policy
+    from policies.oracle import OraclePolicy
+
+    names = [s.strip() for s in (spec or "").split(",") if s.strip()]
+    if not names:
+        raise UserError(f"--policies is empty; known policies: {', '.join(known_policy_names())}")
+    out = []
+    for name in names:
+        if name == "oracle":
+            out.append(OraclePolicy(goal))
+            continue
+        if ":" in name:
+            prefix, arg = name.split(":", 1)
+            _ensure_prefix(prefix)
+            if prefix not in PREFIX_FACTORIES:
+                raise UserError(f"unknown policy {name!r}; known policies: {', '.join(known_policy_names())}")
+            if not arg:
+                raise UserError(f"policy {name!r} needs an argument after {prefix}:")
+        elif name not in POLICY_FACTORIES:
+            raise UserError(f"unknown policy {name!r}; known policies: {', '.join(known_policy_names())}")
+        pol = make_policy(name, goal, trace=trace)
+        if ":" in name and getattr(pol, "name", None) in (None, "", name.split(":", 1)[0]):
+            try:
+                pol.name = name.split(":", 1)[0] + ":" + Path(name.split(":", 1)[1]).name
+            except AttributeError:
+                pass
+        out.append(pol)
+    return out
+
+
+def check_output_dir(out: Path) -> bool:
+    """Create ``out`` if needed and prove it is writable; returns whether it was created (for cleanup)."""
+    existed = out.exists()
+    if existed and not out.is_dir():
+        raise UserError("output path exists and is not a folder", where=str(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".fleetpilot-write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write the output folder: {exc.strerror or exc.__class__.__name__}",
+                        where=str(out)) from None
+    return not existed
+
+
+def check_feasible(goal: Any, trace: Any, seed: int, tick_s: float) -> None:
+    """Raise :class:`UserError` when no replica count can meet the SLO (see :func:`policies.oracle.slo_feasibility`)."""
+    from policies.oracle import slo_feasibility
+
+    bad = [f for f in slo_feasibility(goal, trace, seed=seed, tick_s=tick_s) if not f.ok]
+    if bad:
+        parts = ", ".join(
+            f"{f.model} at max_replicas {f.max_replicas} for {f.rate_rps:.4g} req/s reaches "
+            + ("no p95 (requests time out)" if not math.isfinite(f.best_p95_ms) else f"{f.best_p95_ms:.4g} ms")
+            for f in bad)
+        raise UserError(
+            f"no replica count can meet the SLO (p{goal.slo.percentile:g} {goal.slo.metric} <= {goal.slo.target_ms:g} ms "
+            f"in {goal.slo.attainment:.4g} of windows): best achievable {parts}")
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Run the replay and write the report."""
+    from policies.baselines import static_peak_replicas  # noqa: F401 - fail early if the baselines are missing
+    from simulations.goal import load_goal
+    from simulations.replay import default_tick, replay
+    from simulations.report import write_report
+    from simulations.traces import load_traces, parse_range
+
+    goal = load_goal(args.goal)
+    trace = load_traces(args.trace, parse_range(args.range_))
+    if args.scale_to_peak is not None:
+        trace = trace.scale_to_peak(args.scale_to_peak)
+    tick = default_tick(trace, goal) if args.tick is None else float(args.tick)
+    if not (tick > 0 and math.isfinite(tick)) or abs(goal.control_interval_s / tick - round(goal.control_interval_s / tick)) > 1e-9:
+        raise UserError(f"--tick {args.tick} must be a positive divisor of the control interval "
+                        f"({goal.control_interval_s:g} s)")
+    policies = resolve_policies(args.policies, goal, trace)
+    out = Path(args.out)
+    created = check_output_dir(out)
+    try:
+        check_feasible(goal, trace, args.seed, tick)
+        n_int = math.ceil(trace.duration_s / goal.control_interval_s) * len(policies)
+        workers = args.workers
+        if workers is None:
+            workers = 2 if (os.cpu_count() or 1) >= 2 and n_int > 40_000 and len(policies) > 1 else 1
+        if workers < 1:
+            raise UserError(f"--workers must be at least 1, got {workers}")
+        fm = None if str(args.forecast_model).lower() == "none" else args.forecast_model
+        result = replay(goal, trace, policies, seed=args.seed, tick_s=tick,
+                        progress=not args.quiet and n_int > 20_000, workers=workers, forecast_model=fm)
+        paths = write_report(result, out)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    best = result.cheapest_meeting()
+    verdict = f"cheapest policy that met the goal: {best.name} ({best.summary['cost_vs_oracle']:.2f}x oracle)" \
+        if best else "no policy met the goal"
+    print(f"report: {paths['report']}")
+    print(f"summary: {paths['summary']}  ({verdict}; {result.elapsed_s:.1f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience
+    from agent.cli import main as cli_main
+
+    return cli_main(["replay", *(argv or sys.argv[1:])])

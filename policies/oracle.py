@@ -1,0 +1,822 @@
+"""The offline oracle: a controller that knows the whole trace, used as the cost yardstick of every policy.
+
+What it computes (see ``/work/shared/design/SIMULATOR.md``, "The offline oracle"):
+
+1. **Routing** (routed multi-model goals only): a MILP / LP over (replicas per model per SLO window, traffic
+   share per route per model) solved with scipy's HiGHS, with the quality floor per route
+   (``sum_m share[r, m] * quality[m] >= quality_floor``) and a capacity constraint per model and window
+   (routed arrivals <= replicas x saturated throughput of one replica). Its optimum is
+   :attr:`OraclePlan.lower_bound_usd`, and its shares are the weights the oracle plays.
+2. **Requirement per SLO window and model**: the fewest replicas whose window meets the SLO for the known
+   arrivals. Found by a forward greedy search that runs the simulator's own queueing kernel
+   (:func:`simulations.kernel.run_ticks`) window by window, carrying the queue and the in-service requests from
+   one window to the next -- the queue is modelled dynamically, never as a per-tick steady state.
+   Windows are the simulator's SLO windows (same start and length), so the oracle is judged on the same windows
+   as every other policy.
+3. **Launch schedule**: per replica level ``k`` (needed wherever the requirement >= k) pay each needed segment,
+   the cold-start lead before it (billed while starting) and, for each idle gap, ``min(gap, lead)`` -- keep the
+   replica warm or stop it and relaunch (Lin & Wierman's discrete offline dynamic right-sizing). Because the
+   levels are nested this collapses to a forward running maximum: ``count[j] = max(need[j .. j + L])`` on the
+   control-interval grid, ``L`` = cold start in control intervals (rounded up).
+4. **Verification**: the schedule is replayed in the real :class:`~simulations.fleet.FleetSimulator` with the
+   replay's seed; windows that still miss get one more replica and the schedule is rebuilt (a few passes).
+
+:class:`OraclePolicy` plays the precomputed schedule through the same replay loop as every other policy
+(``bypass_shield = True``: the oracle is a bound, not a controller, and the shield's smoothing rules would only
+make it dearer).
+
+Honesty about the bound
+-----------------------
+* In the *stochastic* simulator the oracle is not a provable lower bound. Its requirement search and
+  verification use particular random paths; the replay of its schedule is again a sample path, so a marginal
+  window can miss (its attainment is measured and reported, never assumed), and a policy that gambles on a lucky
+  path could in principle be cheaper. Greedy per-window minimisation is also not a joint optimum (fewer replicas
+  now may leave a backlog that costs more later).
+* :attr:`OraclePlan.lower_bound_usd` is a capacity bound: it is a lower bound on the cost of any schedule whose
+  ready replicas, per SLO window, can serve at saturated throughput the ``percentile`` share of the window's mean
+  arrivals (a window meeting p95 must serve at least ~95 % of its requests), ignoring queueing, cold starts and
+  the windows an attainment below 100 % may give up. It is not an achievable cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from policies.base import Observation
+from simulations import kernel as K  # noqa: N812 - same alias as simulations.fleet
+from simulations.errors import UserError
+from simulations.fleet import (
+    Decision,
+    FleetSimulator,
+    latency_vector,
+    route_matrix,
+    service_rate_per_replica,
+    slots_per_replica,
+)
+from simulations.goal import GoalSpec, ModelSpec
+from simulations.traces import Trace
+
+__all__ = [
+    "Feasibility",
+    "OraclePlan",
+    "OraclePolicy",
+    "RoutingPlan",
+    "launch_schedule",
+    "level_schedule",
+    "plan_oracle",
+    "routing_lower_bound",
+    "slo_feasibility",
+    "warm_start_replicas",
+    "window_requirements",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes of the problem: windows, grid, per-window load
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Time frames shared by every step: SLO windows and the control-interval grid (trace clock)."""
+
+    t0: float
+    end: float
+    window_s: float
+    control_s: float
+    n_windows: int
+    n_grid: int
+
+    @classmethod
+    def of(cls, goal: GoalSpec, trace: Trace) -> _Frame:
+        dur = trace.end_s - trace.start_s
+        return cls(
+            t0=trace.start_s,
+            end=trace.end_s,
+            window_s=float(goal.slo.window_s),
+            control_s=float(goal.control_interval_s),
+            n_windows=max(1, int(math.ceil(dur / goal.slo.window_s - 1e-9))),
+            n_grid=max(1, int(math.ceil(dur / goal.control_interval_s - 1e-9))),
+        )
+
+    def grid_windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """For each grid interval j: first and last SLO window it overlaps."""
+        a = self.t0 + np.arange(self.n_grid) * self.control_s
+        b = np.minimum(a + self.control_s, self.end)
+        lo = np.floor((a - self.t0) / self.window_s + 1e-9).astype(np.int64)
+        hi = np.ceil((b - self.t0) / self.window_s - 1e-9).astype(np.int64) - 1
+        return np.clip(lo, 0, self.n_windows - 1), np.clip(np.maximum(hi, lo), 0, self.n_windows - 1)
+
+
+def _class_shares(goal: GoalSpec, trace: Trace) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    return route_matrix(goal, trace.classes)
+
+
+def _window_class_rates(trace: Trace, frame: _Frame) -> np.ndarray:
+    """Mean offered rate (req/s) per SLO window per request class, shape (W, k)."""
+    rows_t = trace.t_s
+    w_of_row = np.clip(((rows_t - frame.t0) // frame.window_s).astype(np.int64), 0, frame.n_windows - 1)
+    acc = np.zeros((frame.n_windows, len(trace.classes)))
+    np.add.at(acc, w_of_row, trace.arrivals)
+    span = np.full(frame.n_windows, frame.window_s)
+    span[-1] = frame.end - (frame.t0 + (frame.n_windows - 1) * frame.window_s)
+    return acc / np.maximum(span, 1e-9)[:, None]
+
+
+@dataclass(frozen=True)
+class RoutingPlan:
+    """Traffic share per window: ``share[w, k, p]`` of request class ``k`` that goes to model ``p``."""
+
+    share: np.ndarray  # (W, k, P)
+    lower_bound_usd: float
+    method: str  # "milp", "lp", "single-model", "fixed-routes"
+    bound_replicas: np.ndarray  # (W, P) replicas of the bound (fractional for "lp")
+
+
+def _default_share(goal: GoalSpec, trace: Trace, n_windows: int) -> np.ndarray:
+    routes, models_of_class = _class_shares(goal, trace)
+    idx = {m.name: i for i, m in enumerate(goal.models)}
+    share = np.zeros((len(trace.classes), len(goal.models)))
+    by_name = {r.name: r for r in goal.routes}
+    for k, models in enumerate(models_of_class):
+        if routes[k]:
+            r = by_name[routes[k]]
+            w = np.array([max(0.0, x) for x in r.weights])
+            w = w / w.sum() if w.sum() > 0 else np.ones(len(w)) / len(w)
+            for m, x in zip(r.models, w, strict=True):
+                share[k, idx[m]] += x
+        else:
+            share[k, idx[models[0]]] = 1.0
+    return np.repeat(share[None], n_windows, axis=0)
+
+
+def _mean_tokens(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """Request-weighted mean input/output tokens per class over the whole trace."""
+    w = trace.arrivals.sum(axis=0)
+    tin = np.where(w > 0, (trace.input_tokens * trace.arrivals).sum(axis=0) / np.maximum(w, 1e-12),
+                   trace.input_tokens.mean(axis=0))
+    tout = np.where(w > 0, (trace.output_tokens * trace.arrivals).sum(axis=0) / np.maximum(w, 1e-12),
+                    trace.output_tokens.mean(axis=0))
+    return tin, tout
+
+
+def routing_lower_bound(
+    goal: GoalSpec,
+    trace: Trace,
+    *,
+    integer: bool | None = None,
+    time_limit_s: float = 30.0,
+) -> RoutingPlan:
+    """Capacity lower bound on cost and the traffic shares that attain it (scipy HiGHS MILP, or LP when large).
+
+    Variables per SLO window ``w``: replicas ``n[w, p]`` in ``[min_replicas, max_replicas]`` (integer for the
+    MILP) and shares ``x[w, k, p] >= 0`` of class ``k`` routed to model ``p`` (only the models of its route).
+    Constraints: ``sum_p x[w, k, p] = 1``; ``sum_p x[w, k, p] * quality[p] >= quality_floor`` (when set);
+    ``sum_k rate[w, k] * (percentile / 100) * x[w, k, p] <= n[w, p] * mu[p]`` with ``mu`` the saturated
+    throughput of one replica at the trace's mean token lengths. Objective: ``sum n[w, p] * price[p] * window``.
+    ``integer=None`` picks the MILP up to 3,000 windows and the (weaker, still valid) LP relaxation beyond.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+    from scipy.sparse import coo_matrix
+
+    frame = _Frame.of(goal, trace)
+    W = frame.n_windows
+    rates = _window_class_rates(trace, frame)  # (W, k)
+    P = len(goal.models)
+    kc = len(trace.classes)
+    routes, models_of_class = _class_shares(goal, trace)
+    idx = {m.name: i for i, m in enumerate(goal.models)}
+    tin_k, tout_k = _mean_tokens(trace)
+    span = np.full(W, frame.window_s)
+    span[-1] = frame.end - (frame.t0 + (W - 1) * frame.window_s)
+    frac = goal.slo.percentile / 100.0
+    price = np.array([m.cost_per_hour for m in goal.models])
+    # per-model saturated throughput at the token mix it would see under default weights
+    share0 = _default_share(goal, trace, 1)[0]
+    vol = rates.sum(axis=0)[:, None] * share0 + 1e-12
+    tin_p = (tin_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
+    tout_p = (tout_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
+    mu = np.array([service_rate_per_replica(m, tin_p[i], tout_p[i]) for i, m in enumerate(goal.models)])
+    lo = np.array([m.min_replicas for m in goal.models], dtype=float)
+    hi = np.array([m.max_replicas for m in goal.models], dtype=float)
+
+    free_routing = bool(goal.routes) and any(len(ms) > 1 for ms in models_of_class)
+    if not free_routing:
+        share = _default_share(goal, trace, W)
+        load = np.einsum("wk,wkp->wp", rates * frac, share)
+        n = np.clip(np.ceil(load / mu - 1e-9), lo, hi)
+        bound = float((n * price[None, :] * span[:, None]).sum() / 3600.0)
+        return RoutingPlan(share, bound, "single-model" if not goal.routes else "fixed-routes", n)
+
+    # variable layout per window: n[p] (P), then x[k, p] for allowed pairs
+    pairs = [(k, idx[m]) for k in range(kc) for m in models_of_class[k]]
+    nv = P + len(pairs)
+    quality = np.array([m.quality for m in goal.models])
+    floor = goal.quality_floor
+    rows, cols, vals, lb_c, ub_c = [], [], [], [], []
+    r = 0
+    for w in range(W):
+        base = w * nv
+        for k in range(kc):  # shares sum to one
+            for j, (kk, _p) in enumerate(pairs):
+                if kk == k:
+                    rows.append(r)
+                    cols.append(base + P + j)
+                    vals.append(1.0)
+            lb_c.append(1.0)
+            ub_c.append(1.0)
+            r += 1
+            if floor is not None and routes[k]:
+                for j, (kk, p) in enumerate(pairs):
+                    if kk == k:
+                        rows.append(r)
+                        cols.append(base + P + j)
+                        vals.append(quality[p])
+                lb_c.append(floor)
+                ub_c.append(np.inf)
+                r += 1
+        for p in range(P):  # capacity: load - mu n <= 0
+            for j, (kk, pp) in enumerate(pairs):
+                if pp == p:
+                    rows.append(r)
+                    cols.append(base + P + j)
+                    vals.append(rates[w, kk] * frac)
+            rows.append(r)
+            cols.append(base + p)
+            vals.append(-mu[p])
+            lb_c.append(-np.inf)
+            ub_c.append(0.0)
+            r += 1
+    A = coo_matrix((vals, (rows, cols)), shape=(r, W * nv)).tocsr()
+    c = np.zeros(W * nv)
+    lbv = np.zeros(W * nv)
+    ubv = np.ones(W * nv)
+    for w in range(W):
+        c[w * nv:w * nv + P] = price * span[w] / 3600.0
+        lbv[w * nv:w * nv + P] = lo
+        ubv[w * nv:w * nv + P] = hi
+    use_int = (W <= 3000) if integer is None else integer
+    method = "milp" if use_int else "lp"
+    if use_int:
+        integrality = np.zeros(W * nv)
+        for w in range(W):
+            integrality[w * nv:w * nv + P] = 1
+        res = milp(c, constraints=LinearConstraint(A, lb_c, ub_c), bounds=Bounds(lbv, ubv),
+                   integrality=integrality, options={"time_limit": time_limit_s, "mip_rel_gap": 1e-4})
+        ok = res.x is not None
+        if ok and res.status != 0:  # time limit: the incumbent is feasible, its dual bound is the valid bound
+            method = "milp (time limit)"
+        x = res.x if ok else None
+        bound = float(getattr(res, "mip_dual_bound", None) or res.fun) if ok else math.nan
+        if ok and res.status != 0 and getattr(res, "mip_dual_bound", None) is None:
+            ok = False
+    else:
+        ok = False
+        x = None
+        bound = math.nan
+    if not ok:
+        res = linprog(c, bounds=np.stack([lbv, ubv], axis=1), method="highs",
+                      **_lp_constraints(A, np.array(lb_c), np.array(ub_c)))
+        if res.x is None:
+            raise UserError(
+                "no routing meets the capacity and quality floor even at max_replicas "
+                f"(HiGHS: {res.message})")
+        x = res.x
+        bound = float(res.fun)
+        method = "lp"
+    assert x is not None
+    X = x.reshape(W, nv)
+    share = np.zeros((W, kc, P))
+    for j, (k, p) in enumerate(pairs):
+        share[:, k, p] = np.clip(X[:, P + j], 0.0, 1.0)
+    tot = share.sum(axis=2, keepdims=True)
+    share = np.where(tot > 0, share / np.maximum(tot, 1e-12), _default_share(goal, trace, W))
+    return RoutingPlan(share, bound, method, X[:, :P].copy())
+
+
+def _lp_constraints(A: Any, lb: np.ndarray, ub: np.ndarray) -> dict[str, Any]:
+    """Two-sided rows -> linprog's A_ub/b_ub and A_eq/b_eq."""
+    from scipy.sparse import vstack
+
+    eq = np.isfinite(lb) & np.isfinite(ub) & (lb == ub)
+    up = np.isfinite(ub) & ~eq
+    dn = np.isfinite(lb) & ~eq
+    parts, rhs = [], []
+    if up.any():
+        parts.append(A[up])
+        rhs.append(ub[up])
+    if dn.any():
+        parts.append(-A[dn])
+        rhs.append(-lb[dn])
+    out: dict[str, Any] = {}
+    if parts:
+        out["A_ub"] = vstack(parts).tocsr()
+        out["b_ub"] = np.concatenate(rhs)
+    if eq.any():
+        out["A_eq"] = A[eq]
+        out["b_eq"] = lb[eq]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Requirement per window: forward greedy search on the simulator's queueing kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PoolState:
+    in_service: np.ndarray
+    q_a0: np.ndarray
+    q_a1: np.ndarray
+    q_total: np.ndarray
+    q_done: np.ndarray
+    q_head: np.ndarray
+    q_len: np.ndarray
+
+    @classmethod
+    def empty(cls, qcap: int) -> _PoolState:
+        return cls(np.zeros(1, np.int64), np.zeros((1, qcap)), np.zeros((1, qcap)), np.zeros((1, qcap), np.int64),
+                   np.zeros((1, qcap), np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64))
+
+    def copy(self) -> _PoolState:
+        return _PoolState(*(a.copy() for a in (self.in_service, self.q_a0, self.q_a1, self.q_total, self.q_done,
+                                                 self.q_head, self.q_len)))
+
+
+def window_requirements(
+    goal: GoalSpec,
+    trace: Trace,
+    share: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    tick_s: float = 1.0,
+    n_windows: int | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Fewest replicas per SLO window per model that meet the SLO, and the p95 (ms) it reaches.
+
+    ``share[w, k, p]``: routing (default: the goal's route weights). ``extra[model][w]``: replicas to add on top of
+    the found minimum (the verification's bumps); the state carried into later windows uses the bumped count.
+    Windows that cannot meet the target even at ``max_replicas`` get ``max_replicas`` (their p95 is reported).
+    """
+    frame = _Frame.of(goal, trace)
+    W = frame.n_windows if n_windows is None else min(n_windows, frame.n_windows)
+    if share is None:
+        share = _default_share(goal, trace, frame.n_windows)
+    dt = float(tick_s)
+    target_s = goal.slo.target_ms / 1e3
+    pct = goal.slo.percentile
+    qcap = int(math.ceil(goal.slo.timeout_s / dt)) + 8
+    metric_e2e = goal.slo.metric == "e2e"
+    rates_k = trace.rate()
+    req: dict[str, np.ndarray] = {}
+    p95: dict[str, np.ndarray] = {}
+    for p, m in enumerate(goal.models):
+        rng = np.random.default_rng([seed, 7919, p])
+        st = _PoolState.empty(qcap)
+        n_req = np.zeros(W, np.int64)
+        lat_ms = np.zeros(W)
+        bump = None if extra is None else extra.get(m.name)
+        prev = max(m.min_replicas, 1)
+        for w in range(W):
+            ws = frame.t0 + w * frame.window_s
+            we = min(ws + frame.window_s, frame.end)
+            n_ticks = max(1, int(round((we - ws) / dt)))
+            times = ws + np.arange(n_ticks) * dt
+            rows = np.minimum(((times - trace.start_s) // trace.interval_s).astype(np.int64), trace.n - 1)
+            sh = share[min(w, share.shape[0] - 1), :, p]
+            rates = (rates_k[rows] @ sh)[:, None]
+            vol = rates_k[rows].sum(axis=0) * sh + 1e-12
+            tin = float((trace.input_tokens[rows].mean(axis=0) * vol).sum() / vol.sum())
+            tout = float((trace.output_tokens[rows].mean(axis=0) * vol).sum() / vol.sum())
+            spr = slots_per_replica(m, tin, tout)
+            lat = latency_vector(m, tin, tout)[None, :]
+            mu = service_rate_per_replica(m, tin, tout)
+            lam = float(rates.mean())
+            floor_n = max(m.min_replicas, int(math.ceil(0.8 * lam / mu)) if mu > 0 else 0)
+            floor_n = min(floor_n, m.max_replicas)
+            cache: dict[int, tuple[bool, float, _PoolState, Any]] = {}
+
+            def trial(n: int, _rates=rates, _lat=lat, _spr=spr, _ws=ws, _n_ticks=n_ticks, _rng=rng,
+                      _st=st, _cache=cache) -> tuple[bool, float, _PoolState, Any]:
+                if n in _cache:
+                    return _cache[n]
+                s = _st.copy()
+                bg = _rng.bit_generator
+                saved = bg.state
+                hist = np.zeros((1, K.N_BINS))
+                e2e = np.zeros((1, K.N_BINS))
+                out = np.zeros((_n_ticks, 1, K.N_OUT))
+                ready = np.full((_n_ticks, 1), n, np.int64)
+                K.run_ticks(_rng, _n_ticks, _ws, dt, _rates, ready * _spr, ready, _lat, float(goal.slo.timeout_s),
+                            s.in_service, s.q_a0, s.q_a1, s.q_total, s.q_done, s.q_head, s.q_len, hist, e2e, out)
+                after = bg.state
+                bg.state = saved
+                h = e2e[0] if metric_e2e else hist[0]
+                if h.sum() <= 0:
+                    res = (True, 0.0, s, after)
+                else:
+                    v = K.percentile(h, pct)
+                    res = (bool(v <= target_s), v * 1e3, s, after)
+                _cache[n] = res
+                return res
+
+            g = min(max(prev, floor_n), m.max_replicas)
+            if trial(g)[0]:
+                while g - 1 >= floor_n and trial(g - 1)[0]:
+                    g -= 1
+            else:
+                while g < m.max_replicas and not trial(g)[0]:
+                    g += 1
+            n_use = g
+            if bump is not None and w < len(bump):
+                n_use = min(m.max_replicas, g + int(bump[w]))
+            ok, v, s_next, rng_next = trial(n_use)
+            st = s_next
+            rng.bit_generator.state = rng_next
+            n_req[w] = n_use
+            lat_ms[w] = v
+            prev = g
+        req[m.name] = n_req
+        p95[m.name] = lat_ms
+    return req, p95
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch schedule: keep warm or relaunch, per replica level
+# ---------------------------------------------------------------------------------------------
+
+
+def launch_schedule(need: np.ndarray, lead_steps: int, initial: int | None = None) -> np.ndarray:
+    """Cheapest replica count per grid step for a per-step requirement ``need`` and a cold start of ``lead_steps``.
+
+    Per replica level ``k`` the optimal offline schedule keeps the replica through an idle gap iff the gap is at
+    most the lead (``min(gap, cold start)``) and launches ``lead_steps`` before each needed segment. The union of
+    the levels is ``count[j] = max(need[j .. j + lead_steps])``. ``initial`` (replicas ready at step 0, not a
+    decision) pins ``count[0]``.
+    """
+    need = np.asarray(need, dtype=np.int64)
+    n = need.size
+    L = max(0, int(lead_steps))
+    out = need.copy()
+    if n and L:
+        padded = np.concatenate([need, np.zeros(L, np.int64)])
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        out = sliding_window_view(padded, L + 1).max(axis=1)[:n]
+    if initial is not None and n:
+        out[0] = int(initial)
+    return out
+
+
+def level_schedule(need: np.ndarray, lead_steps: int) -> dict[int, list[tuple[int, int, str]]]:
+    """Per replica level ``k``: the decisions ``(gap_start, gap_length, "keep-warm" | "relaunch")`` of each idle gap.
+
+    The explicit form of :func:`launch_schedule`, for inspection and tests: ``keep-warm`` iff ``gap <= lead``.
+    """
+    need = np.asarray(need, dtype=np.int64)
+    out: dict[int, list[tuple[int, int, str]]] = {}
+    for k in range(1, int(need.max(initial=0)) + 1):
+        on = need >= k
+        gaps = []
+        j = 0
+        n = on.size
+        seen = False
+        while j < n:
+            if on[j]:
+                seen = True
+                j += 1
+                continue
+            s = j
+            while j < n and not on[j]:
+                j += 1
+            if seen and j < n:  # an idle gap between two needed segments
+                g = j - s
+                gaps.append((s, g, "keep-warm" if g <= lead_steps else "relaunch"))
+        out[k] = gaps
+    return out
+
+
+def _lead_steps(m: ModelSpec, control_s: float) -> int:
+    return int(math.ceil(m.cold_start_s / control_s - 1e-9))
+
+
+def warm_start_replicas(goal: GoalSpec, trace: Trace, *, seed: int = 0, tick_s: float = 1.0) -> dict[str, int]:
+    """Replicas to have ready when a replay starts: the oracle requirement over the first cold-start lead.
+
+    Every policy starts from these (as if the fleet had been right-sized before the replayed range began), so
+    nobody -- the oracle included -- is scored on the cold start of an empty fleet.
+    """
+    frame = _Frame.of(goal, trace)
+    lead_s = max(m.cold_start_s for m in goal.models) + 2 * goal.control_interval_s
+    nw = min(frame.n_windows, int(math.ceil(lead_s / frame.window_s)) + 1)
+    share = None
+    if goal.routes and len(goal.models) > 1:
+        share = _default_share(goal, trace, frame.n_windows)
+    req, _ = window_requirements(goal, trace, share, seed=seed, tick_s=tick_s, n_windows=nw)
+    return {m.name: int(max(m.min_replicas, req[m.name].max(initial=0))) for m in goal.models}
+
+
+@dataclass(frozen=True)
+class Feasibility:
+    """The best p95 (ms) each model reaches at ``max_replicas`` for a high-load window of the trace."""
+
+    model: str
+    max_replicas: int
+    rate_rps: float
+    best_p95_ms: float
+    target_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.best_p95_ms <= self.target_ms
+
+
+def slo_feasibility(goal: GoalSpec, trace: Trace, *, seed: int = 0, tick_s: float = 1.0) -> list[Feasibility]:
+    """Can any replica count meet the SLO? Probe each model at ``max_replicas`` with the rate of the trace's
+    ``attainment``-quantile window (the windows a goal may give up are skipped), traffic of shared routes split in
+    proportion to the models' maximum capacity. Runs the simulator's kernel for three windows and reports the
+    last two windows' p95 of the goal's metric."""
+    frame = _Frame.of(goal, trace)
+    rates_w = _window_class_rates(trace, frame)  # (W, k)
+    tin_k, tout_k = _mean_tokens(trace)
+    routes, models_of_class = _class_shares(goal, trace)
+    idx = {m.name: i for i, m in enumerate(goal.models)}
+    mu_max = np.array([m.max_replicas * service_rate_per_replica(m, float(tin_k.mean()), float(tout_k.mean()))
+                       for m in goal.models])
+    share = np.zeros((len(trace.classes), len(goal.models)))
+    for k, models in enumerate(models_of_class):
+        ii = [idx[m] for m in models]
+        tot = mu_max[ii].sum()
+        for i in ii:
+            share[k, i] = mu_max[i] / tot if tot > 0 else 1.0 / len(ii)
+    out = []
+    dt = float(tick_s)
+    qcap = int(math.ceil(goal.slo.timeout_s / dt)) + 8
+    for p, m in enumerate(goal.models):
+        per_w = rates_w @ share[:, p]
+        if not (share[:, p] > 0).any():
+            continue
+        lam = float(np.quantile(per_w, goal.slo.attainment)) if per_w.size else 0.0
+        vol = rates_w.sum(axis=0) * share[:, p] + 1e-12
+        tin = float((tin_k * vol).sum() / vol.sum())
+        tout = float((tout_k * vol).sum() / vol.sum())
+        lat = latency_vector(m, tin, tout)[None, :]
+        spr = slots_per_replica(m, tin, tout)
+        n_ticks = max(1, int(round(frame.window_s / dt)))
+        st = _PoolState.empty(qcap)
+        rng = np.random.default_rng([seed, 104729, p])
+        n = max(m.max_replicas, 1)
+        ready = np.full((n_ticks, 1), n, np.int64)
+        rates = np.full((n_ticks, 1), max(lam, 1e-3))
+        agg = np.zeros(K.N_BINS)
+        for w in range(3):
+            hist = np.zeros((1, K.N_BINS))
+            e2e = np.zeros((1, K.N_BINS))
+            out_t = np.zeros((n_ticks, 1, K.N_OUT))
+            K.run_ticks(rng, n_ticks, trace.start_s + w * frame.window_s, dt, rates, ready * spr, ready, lat,
+                        float(goal.slo.timeout_s), st.in_service, st.q_a0, st.q_a1, st.q_total, st.q_done, st.q_head,
+                        st.q_len, hist, e2e, out_t)
+            if w:
+                agg += e2e[0] if goal.slo.metric == "e2e" else hist[0]
+        v = K.percentile(agg, goal.slo.percentile) * 1e3 if agg.sum() > 0 else 0.0
+        out.append(Feasibility(m.name, m.max_replicas, lam, float(v), goal.slo.target_ms))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OraclePlan:
+    """The oracle's precomputed schedule and how it was obtained."""
+
+    t0_s: float
+    control_s: float
+    window_s: float
+    replicas: dict[str, np.ndarray]  # per control-grid step j (interval [t0 + j*c, t0 + (j+1)*c)); [0] = initial
+    requirement: dict[str, np.ndarray]  # per SLO window
+    requirement_p95_ms: dict[str, np.ndarray]  # p95 the search reached per window at the requirement
+    weights: dict[str, dict[str, np.ndarray]]  # per route, per model, per SLO window
+    initial_replicas: dict[str, int]
+    lower_bound_usd: float
+    bound_method: str
+    planned_cost_usd: float  # sum of count x control interval x price (no drain time)
+    verified_cost_usd: float = math.nan
+    verified_attainment: float = math.nan
+    verify_passes: int = 0
+    bumped_windows: int = 0
+    infeasible_windows: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def decision_at(self, t_s: float) -> Decision:
+        """The decision for the control interval starting at ``t_s``."""
+        n = len(next(iter(self.replicas.values())))
+        j = min(max(int(round((t_s - self.t0_s) / self.control_s)), 0), n - 1)
+        w = int(max(0.0, (t_s - self.t0_s + 1e-9)) // self.window_s)
+        weights = {}
+        for r, per_model in self.weights.items():
+            weights[r] = {m: float(v[min(w, len(v) - 1)]) for m, v in per_model.items()}
+        return Decision(replicas={m: int(v[j]) for m, v in self.replicas.items()}, weights=weights)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "lower_bound_usd": self.lower_bound_usd,
+            "bound_method": self.bound_method,
+            "planned_cost_usd": self.planned_cost_usd,
+            "verified_cost_usd": self.verified_cost_usd,
+            "verified_attainment": self.verified_attainment,
+            "verify_passes": self.verify_passes,
+            "bumped_windows": self.bumped_windows,
+            "infeasible_windows": dict(self.infeasible_windows),
+            "initial_replicas": dict(self.initial_replicas),
+            "notes": list(self.notes),
+        }
+
+
+def _build_schedule(goal: GoalSpec, frame: _Frame, req: Mapping[str, np.ndarray],
+                    initial: Mapping[str, int]) -> tuple[dict[str, np.ndarray], float]:
+    lo, hi = frame.grid_windows()
+    counts: dict[str, np.ndarray] = {}
+    cost = 0.0
+    span = np.minimum(frame.t0 + (np.arange(frame.n_grid) + 1) * frame.control_s, frame.end) - (
+        frame.t0 + np.arange(frame.n_grid) * frame.control_s)
+    for m in goal.models:
+        r = np.asarray(req[m.name], dtype=np.int64)
+        need = np.maximum(r[lo], r[hi])
+        c = launch_schedule(need, _lead_steps(m, frame.control_s), initial=initial.get(m.name, m.min_replicas))
+        c = np.clip(c, 0, m.max_replicas)
+        counts[m.name] = c
+        cost += float((c * span).sum() * m.cost_per_hour / 3600.0)
+    return counts, cost
+
+
+def _weights_of(goal: GoalSpec, trace: Trace, share: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    routes, _ = _class_shares(goal, trace)
+    idx = {m.name: i for i, m in enumerate(goal.models)}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for r in goal.routes:
+        ks = [k for k, rr in enumerate(routes) if rr == r.name]
+        if not ks:
+            continue
+        k = ks[0]
+        out[r.name] = {m: share[:, k, idx[m]].copy() for m in r.models}
+    return out
+
+
+def _verify(goal: GoalSpec, trace: Trace, plan: OraclePlan, seed: int, tick_s: float,
+            per_window: bool) -> tuple[list[Any], dict[str, np.ndarray], float, float]:
+    """Replay the schedule in the real simulator (advancing to the next change, or per window when several
+    models must be told apart). Returns (windows, per-model p95 per window or {}, cost, attainment)."""
+    sim = FleetSimulator(goal, trace, np.random.default_rng(seed), tick_s=tick_s,
+                         initial_replicas=plan.initial_replicas)
+    frame = _Frame.of(goal, trace)
+    names = list(plan.replicas)
+    counts = np.stack([plan.replicas[m] for m in names], axis=1)  # (J, P)
+    change = np.ones(frame.n_grid, bool)
+    change[1:] = (counts[1:] != counts[:-1]).any(axis=1)
+    wchange = np.zeros(frame.n_grid, bool)
+    if plan.weights:
+        _, hi = frame.grid_windows()
+        lo, _ = frame.grid_windows()
+        wchange[1:] = lo[1:] != lo[:-1]
+    bounds = np.flatnonzero(change | wchange).tolist() + [frame.n_grid]
+    per_model: dict[str, np.ndarray] = {m: np.zeros(frame.n_windows) for m in names} if per_window else {}
+    # Advancing several control intervals in one step is exact only when every SLO window lies inside one trace
+    # bin (the simulator averages token lengths over each step segment); otherwise step interval by interval.
+    ratio = trace.interval_s / frame.window_s
+    can_set = hasattr(sim, "control_s") and ratio >= 1 and abs(ratio - round(ratio)) < 1e-9
+    j = 0
+    while not sim.done and j < frame.n_grid:
+        nxt = next(b for b in bounds if b > j)
+        t = frame.t0 + j * frame.control_s
+        if per_window:  # stop at the next window end too
+            wend = (math.floor((t - frame.t0) / frame.window_s + 1e-9) + 1) * frame.window_s + frame.t0
+            nxt = min(nxt, int(round((wend - frame.t0) / frame.control_s)))
+            nxt = max(nxt, j + 1)
+        if not can_set:
+            nxt = j + 1
+        d = plan.decision_at(t) if j > 0 else None
+        if can_set:
+            sim.control_s = (nxt - j) * frame.control_s
+        st = sim.step(d)
+        if per_window:
+            w = int((t - frame.t0 + 1e-9) // frame.window_s)
+            for m in names:
+                per_model[m][w] = max(per_model[m][w], st.pools[m].ttft_p95_ms if goal.slo.metric == "ttft"
+                                      else st.pools[m].e2e_p95_ms)
+        j = nxt
+    while not sim.done:
+        sim.step(None)
+    return list(sim.windows), per_model, float(sim.total_cost), sim.slo_attainment()
+
+
+def plan_oracle(
+    goal: GoalSpec,
+    trace: Trace,
+    *,
+    seed: int = 0,
+    tick_s: float = 1.0,
+    initial_replicas: Mapping[str, int] | None = None,
+    verify_passes: int = 4,
+) -> OraclePlan:
+    """Compute the oracle's schedule for ``goal`` on ``trace`` (see the module docstring)."""
+    frame = _Frame.of(goal, trace)
+    routing = routing_lower_bound(goal, trace)
+    share = routing.share
+    initial = dict(initial_replicas) if initial_replicas else warm_start_replicas(goal, trace, seed=seed,
+                                                                                   tick_s=tick_s)
+    extra = {m.name: np.zeros(frame.n_windows, np.int64) for m in goal.models}
+    req, p95 = window_requirements(goal, trace, share, seed=seed, tick_s=tick_s)
+    base = {m: v.copy() for m, v in req.items()}
+    infeasible = {m: int(((v > goal.slo.target_ms) & (req[m] >= goal.model(m).max_replicas)).sum())
+                  for m, v in p95.items()}
+    counts, planned = _build_schedule(goal, frame, req, initial)
+    plan = OraclePlan(
+        t0_s=frame.t0, control_s=frame.control_s, window_s=frame.window_s, replicas=counts, requirement=req,
+        requirement_p95_ms=p95, weights=_weights_of(goal, trace, share), initial_replicas=initial,
+        lower_bound_usd=routing.lower_bound_usd, bound_method=routing.method, planned_cost_usd=planned,
+        infeasible_windows=infeasible,
+    )
+    multi = len(goal.models) > 1
+    for pass_no in range(max(1, verify_passes)):
+        windows, per_model, cost, att = _verify(goal, trace, plan, seed, tick_s, per_window=multi)
+        plan.verify_passes += 1
+        plan.verified_cost_usd = cost
+        plan.verified_attainment = att
+        missed = [i for i, w in enumerate(windows) if not w.met and i < frame.n_windows]
+        fixable = []
+        for i in missed:
+            for m in goal.models:
+                if multi and per_model[m.name][i] <= goal.slo.target_ms:
+                    continue
+                if req[m.name][i] < m.max_replicas:
+                    fixable.append((m.name, i))
+        if not fixable or pass_no == verify_passes - 1:  # the reported numbers are those of the final plan
+            break
+        for name, i in fixable:
+            extra[name][i] += 1
+            if i > 0:  # the backlog that spoiled window i usually built up in the window before
+                extra[name][i - 1] += 1
+        plan.bumped_windows += len(fixable)
+        req = {m: np.minimum(base[m] + extra[m], goal.model(m).max_replicas) for m in base}
+        counts, planned = _build_schedule(goal, frame, req, initial)
+        plan.replicas = counts
+        plan.requirement = req
+        plan.planned_cost_usd = planned
+    if plan.verified_attainment < 1.0:
+        plan.notes.append(
+            f"oracle schedule met {plan.verified_attainment:.2%} of windows in its verification replay "
+            f"({sum(plan.infeasible_windows.values())} window-model pairs infeasible even at max_replicas)")
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy
+# ---------------------------------------------------------------------------------------------
+
+
+class OraclePolicy:
+    """Plays the oracle's precomputed schedule (replicas per model, weights per route) by the observation's clock.
+
+    The replay calls :meth:`prepare` with the goal, trace, seed and tick before the run; a plan can also be
+    given up front. ``bypass_shield`` tells the replay not to pass its decisions through the shield.
+    """
+
+    bypass_shield = True
+
+    def __init__(self, goal: GoalSpec | None = None, plan: OraclePlan | None = None, *, name: str = "oracle",
+                 verify_passes: int = 4) -> None:
+        self.name = name
+        self.goal = goal
+        self.plan = plan
+        self.verify_passes = verify_passes
+
+    def prepare(self, goal: GoalSpec, trace: Trace, *, seed: int, tick_s: float,
+                initial_replicas: Mapping[str, int] | None = None) -> None:
+        """Compute the plan for this replay (no-op when a plan for the same start was given)."""
+        if self.plan is not None and abs(self.plan.t0_s - trace.start_s) < 1e-9:
+            return
+        self.goal = goal
+        self.plan = plan_oracle(goal, trace, seed=seed, tick_s=tick_s, initial_replicas=initial_replicas,
+                                verify_passes=self.verify_passes)
+
+    def initial_state(self) -> None:
+        return None
+
+    def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
+        if self.plan is None:
+            raise RuntimeError("OraclePolicy needs prepare(goal, trace, ...) or a plan before decide()")
+        return self.plan.decision_at(obs.t_s), state
+
+
+def oracle_cost_ratio(costs: Sequence[float], oracle_cost: float) -> list[float]:
+    """``cost / oracle cost`` for each cost (NaN when the oracle cost is not positive)."""
+    return [c / oracle_cost if oracle_cost > 0 else math.nan for c in costs]
