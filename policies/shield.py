@@ -4,10 +4,12 @@ The shield is a chain of small named steps; each is a pure function of (proposal
 ``now``). :meth:`Shield.apply` runs them in order and reports the names of the rules that changed
 something, so a replay or the daemon can say *why* the fleet did not do what the policy asked.
 
-Replica steps, per model (``current`` = ready + starting replicas in the observation):
+Replica steps, per model (``current`` = ready + starting replicas in the observation, at most ``desired``):
 
-1. ``missing``        a NaN/absent proposal, or missing/NaN measurements for the model -> hold ``current``
-                      (never scale down on missing data).
+1. ``missing``        a NaN/absent proposal, or missing/NaN/stale measurements for the model -> hold
+                      ``current`` (never scale down on missing data; with missing data ``current`` is the
+                      largest of ready + starting, ``desired`` and the shield's last output).
+                      ``Shield(goal, missing="no_down")`` still lets such a model scale up.
 2. ``bounds``         clamp to ``[min_replicas, max_replicas]``.
 3. ``max_step_up`` /  at most ``max(max_step_up, floor(max_step_up_fraction * current))`` more and
    ``max_step_down``  ``max_step_down`` fewer replicas than ``current`` per control interval (the larger of an
@@ -18,8 +20,9 @@ Replica steps, per model (``current`` = ready + starting replicas in the observa
                       scale-down goes no lower than the highest recommendation of the last
                       ``scale_down_stabilization_s`` seconds (and never above ``current``).
 6. ``budget``         if the fleet would cost more than ``budget_per_hour``, replicas are trimmed, most
-                      expensive per unit of capacity first, never below ``min_replicas`` nor below
-                      ``current - max_step_down``.
+                      expensive per unit of capacity (``cost_per_hour / capacity_rps``) first, never below
+                      ``min_replicas`` nor below ``current - max_step_down`` (``budget:unmet`` when that is
+                      not enough this interval).
 
 Routing steps, per route:
 
@@ -89,9 +92,17 @@ def _finite(x: object) -> bool:
 
 
 def current_replicas(obs_m: ModelObs | None, fallback: int | None) -> int | None:
-    """Ready + starting replicas from the observation; ``fallback`` when absent or not a number."""
+    """Ready + starting replicas from the observation; ``fallback`` when absent or not a number.
+
+    Capped at ``desired`` when that is known: replicas that became ready during the interval can be counted
+    both as ready and as starting in an interval report, and pods still terminating after a scale-down are
+    not part of the fleet any more.
+    """
     if obs_m is not None and _finite(obs_m.ready) and _finite(obs_m.starting):
-        return max(0, int(obs_m.ready) + int(obs_m.starting))
+        n = max(0, int(obs_m.ready) + int(obs_m.starting))
+        if _finite(obs_m.desired) and obs_m.desired >= 0:
+            n = min(n, int(obs_m.desired))
+        return n
     return fallback
 
 
@@ -194,20 +205,27 @@ def step_budget(
 
 
 def _project_box_simplex(v: list[float], lo: list[float], hi: list[float]) -> list[float]:
-    """Euclidean projection of ``v`` onto {lo <= w <= hi, sum w = 1} (assumed non-empty)."""
-    a = min(x - h for x, h in zip(v, hi, strict=True)) - 1.0
-    b = max(x - lw for x, lw in zip(v, lo, strict=True)) + 1.0
+    """Exact Euclidean projection of ``v`` onto {lo <= w <= hi, sum w = 1} (assumed non-empty).
+
+    ``w(tau) = clip(v - tau, lo, hi)``; ``sum w(tau)`` is piecewise linear and non-increasing in ``tau`` with
+    breakpoints at ``v - lo`` and ``v - hi``, so the root is found on the right segment by interpolation.
+    """
 
     def s(tau: float) -> float:
         return sum(min(max(x - tau, lw), h) for x, lw, h in zip(v, lo, hi, strict=True))
 
-    for _ in range(100):
-        mid = 0.5 * (a + b)
-        if s(mid) > 1.0:
-            a = mid
-        else:
-            b = mid
-    tau = 0.5 * (a + b)
+    bps = sorted({x - lw for x, lw in zip(v, lo, strict=True)} | {x - h for x, h in zip(v, hi, strict=True)})
+    tau = bps[-1]
+    prev: tuple[float, float] | None = None
+    for b in bps:
+        sb = s(b)
+        if sb <= 1.0:
+            if prev is None or prev[1] - sb <= 0:
+                tau = b
+            else:
+                tau = prev[0] + (prev[1] - 1.0) * (b - prev[0]) / (prev[1] - sb)
+            break
+        prev = (b, sb)
     return [min(max(x - tau, lw), h) for x, lw, h in zip(v, lo, hi, strict=True)]
 
 
@@ -244,19 +262,33 @@ def project_weights(
         return w
     if _max_quality(quality, lo, hi) < floor - 1e-9:
         return None
+    def at(lam: float) -> list[float]:
+        return _project_box_simplex([x + lam * qi for x, qi in zip(v, quality, strict=True)], lo, hi)
+
+    lam_lo, f_lo = 0.0, qual(w)
     lam_hi = 1.0
-    while qual(_project_box_simplex([x + lam_hi * qi for x, qi in zip(v, quality, strict=True)], lo, hi)) < floor:
-        lam_hi *= 2.0
-        if lam_hi > 1e9:
-            break
-    lam_lo = 0.0
-    for _ in range(100):
+    f_hi = qual(at(lam_hi))
+    while f_hi < floor and lam_hi < 1e12:
+        lam_lo, f_lo = lam_hi, f_hi
+        lam_hi *= 4.0
+        f_hi = qual(at(lam_hi))
+    best = at(lam_hi)
+    # the quality is piecewise linear in lam: bisect to a linear piece, then interpolate
+    for _ in range(60):
+        if f_hi - f_lo > 0:
+            lam = lam_lo + (floor - f_lo) * (lam_hi - lam_lo) / (f_hi - f_lo)
+            cand = at(lam)
+            fc = qual(cand)
+            if floor - 1e-12 <= fc <= floor + 1e-9:
+                return cand
         mid = 0.5 * (lam_lo + lam_hi)
-        if qual(_project_box_simplex([x + mid * qi for x, qi in zip(v, quality, strict=True)], lo, hi)) >= floor:
-            lam_hi = mid
+        fm = qual(at(mid))
+        if fm >= floor:
+            lam_hi, f_hi = mid, fm
+            best = at(mid)
         else:
-            lam_lo = mid
-    return _project_box_simplex([x + lam_hi * qi for x, qi in zip(v, quality, strict=True)], lo, hi)
+            lam_lo, f_lo = mid, fm
+    return best
 
 
 def _clean(w: Mapping[str, float] | None, models: tuple[str, ...]) -> list[float] | None:
@@ -309,6 +341,11 @@ class Shield:
             cur = current_replicas(obs_m, state.last(name))
             proposal = decision.replicas.get(name, math.nan) if decision.replicas else math.nan
             missing = data_missing(obs, name)
+            if missing:  # unknown state: the most we know of, so that nothing scales down on missing data
+                known = [x for x in (cur, state.last(name)) if x is not None]
+                if obs_m is not None and _finite(obs_m.desired) and obs_m.desired >= 0:
+                    known.append(int(obs_m.desired))
+                cur = max(known) if known else None
             # (1) missing data
             if self.missing == "no_down" and missing and _finite(proposal) and cur is not None:
                 n, hit = max(int(round(float(proposal))), cur), float(proposal) < cur
@@ -355,6 +392,9 @@ class Shield:
         if trimmed:
             fired.append("budget")
             fired.extend(f"budget:{name}" for name in trimmed)
+        budget = self.goal.budget_per_hour
+        if budget is not None and sum(out[k] * cost[k] for k in out) > budget + 1e-9:
+            fired.append("budget:unmet")  # min replicas / max step down keep the fleet above budget this interval
         return out, currents, tuple(hists), fired
 
     # ------------------------------------------------------------------ weights

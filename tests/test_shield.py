@@ -281,3 +281,43 @@ def test_quality_floor_projects_to_nearest_feasible() -> None:
     # floor 0.85 with qualities 0.95 / 0.80 needs >= 1/3 on the 70B; the nearest such point is exactly 1/3
     assert out.weights["chat"][M70] == pytest.approx(1.0 / 3.0, abs=1e-6)
     assert "quality_floor:chat" in fired
+
+
+@PROPS
+@given(case=two_model_case(), budget=st.floats(60.0, 900.0))
+def test_budget_met_whenever_reachable_this_interval(case, budget: float) -> None:  # type: ignore[no-untyped-def]
+    goal, obs, cur, dec = case
+    goal = replace(goal, budget_per_hour=budget)
+    sh = Shield(goal)
+    out, _s, fired = sh.apply(dec, obs, sh.initial_state(), 0.0)
+    cost = {m.name: m.cost_per_hour for m in goal.models}
+    floor_cost = sum(limits(goal, k, cur[k])[0] * cost[k] for k in cur)
+    total = sum(out.replicas[k] * cost[k] for k in cur)
+    if floor_cost <= budget:
+        assert total <= budget + 1e-9, (cur, out.replicas, fired)
+    else:
+        assert "budget:unmet" in fired
+
+
+def test_current_is_capped_at_desired_when_ready_replicas_are_double_counted() -> None:
+    name = ONE.model_names[0]
+    sh = Shield(ONE)
+    # an interval report may count replicas that became ready as both ready and starting
+    m = replace(mobs(10, 3), desired=10)
+    out, _s, _f = sh.apply(Decision({name: 5}), observation(ONE, {name: m}), sh.initial_state(), 0.0)
+    assert out.replicas[name] == 10 - ONE.shield.max_step_down
+
+
+def test_model_missing_from_reading_holds_last_output() -> None:
+    from policies.base import ObservationBuilder, Reading
+
+    name = ONE.model_names[0]
+    reading = Reading(t_s=30.0, models={}, class_rates={"default": 5.0}, weights={}, ttft_p95_ms=math.nan,
+                      e2e_p95_ms=math.nan)
+    obs = ObservationBuilder(ONE).build(reading)  # placeholder: ready 0, starting 0, desired min, NaN metrics
+    sh = Shield(ONE)
+    out, _s, fired = sh.apply(Decision({name: 1}), obs, ShieldState(last_replicas=((name, 7),)), 30.0)
+    assert out.replicas[name] == 7 and f"missing:{name}" in fired
+    sh2 = Shield(ONE, missing="no_down")
+    out, _s, _f = sh2.apply(Decision({name: 9}), obs, ShieldState(last_replicas=((name, 7),)), 30.0)
+    assert out.replicas[name] == 9  # scale-up stays possible in "no_down" mode
