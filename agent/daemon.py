@@ -112,8 +112,9 @@ class FallbackSettings:
     """When to leave the policy for the goal's fallback policy, and when to come back.
 
     * any input in ``Reading.stale`` or Prometheus unreachable -> fallback at once (the same interval);
-    * the observed class rate outside the forecast's band (``mean +- (upper - mean) * (1 + forecast_tolerance)``,
-      plus ``forecast_floor_rps``) for ``forecast_bad_intervals`` intervals in a row;
+    * the observed class rate outside the forecast's band for ``forecast_bad_intervals`` intervals in a row; the
+      band is ``mean +- max((upper - mean) * (1 + forecast_tolerance), forecast_rel_floor * mean)`` widened by
+      ``forecast_floor_rps`` (the relative floor keeps a degenerate, zero-width band from tripping on noise);
     * an observation feature outside the policy's training range (if it exposes ``observation_range``) by more
       than ``range_margin`` of that range;
     * the policy raising.
@@ -122,6 +123,7 @@ class FallbackSettings:
 
     forecast_tolerance: float = 0.5
     forecast_floor_rps: float = 0.5
+    forecast_rel_floor: float = 0.5
     forecast_bad_intervals: int = 2
     range_margin: float = 0.1
     recover_intervals: int = 2
@@ -715,7 +717,8 @@ class Daemon:
             if not math.isfinite(obs):
                 continue
             checked = True
-            half = max(upper - mean, 0.0) * (1.0 + f.forecast_tolerance) + f.forecast_floor_rps
+            half = max(max(upper - mean, 0.0) * (1.0 + f.forecast_tolerance), f.forecast_rel_floor * max(mean, 0.0))
+            half += f.forecast_floor_rps
             if abs(obs - mean) > half:
                 missed.append(f"{cls}: observed {obs:.2f} req/s outside {mean - half:.2f}..{mean + half:.2f}")
         if missed:

@@ -6,8 +6,9 @@ for every query in :class:`~simulations.goal.PrometheusQueries`, each an instant
 :class:`~policies.base.Reading` the simulator produces:
 
 * ``arrival_rps``: the goal's ``arrival_rate`` query (completions per second by default) plus the growth of the
-  queue (``waiting + running``) since the previous reading -- under overload completions saturate at capacity
-  and the queue is where the excess arrivals go;
+  waiting queue since the previous reading -- under overload completions saturate at capacity and the queue is
+  where the excess arrivals go. Only growth is added (a draining queue is not subtracted: the completion rate's
+  window and the queue's interval differ, and a low estimate while draining would invite a scale-down);
 * ``in_flight`` / ``queued``: ``running`` / ``waiting``; p95 TTFT and e2e latency in **milliseconds** (the
   queries answer in seconds); mean prompt/generated tokens per request from the token-rate queries;
 * ``ready`` / ``starting`` / ``desired`` come from Kubernetes, not Prometheus: the caller passes them in;
@@ -123,7 +124,7 @@ class PrometheusSource:
             # no retries inside the client: the daemon owns backoff (and its sleep is injected)
             client = PrometheusConnect(url=self.url, disable_ssl=True, retry=Retry(total=0, raise_on_status=False))
         self._client = client
-        self._prev_queue: dict[str, tuple[float, float]] = {}  # model -> (t, waiting + running)
+        self._prev_queue: dict[str, tuple[float, float]] = {}  # model -> (t, waiting)
         self.last_raw: dict[str, dict[str, float]] = {}
         self.last_ages: dict[str, float] = {}
         self.queries = {
@@ -240,12 +241,11 @@ class PrometheusSource:
             if serving and not math.isfinite(ttft_s):
                 stale.append(f"{m}.ttft_p95")
             arrival = completions
-            if self.queue_growth and math.isfinite(running) and math.isfinite(waiting):
-                q = running + waiting
+            if self.queue_growth and math.isfinite(waiting):
                 prev = self._prev_queue.get(m)
                 if prev is not None and math.isfinite(arrival) and 0 < now - prev[0] <= 3 * self.interval_s:
-                    arrival = max(0.0, arrival + (q - prev[1]) / (now - prev[0]))
-                self._prev_queue[m] = (now, q)
+                    arrival += max(0.0, (waiting - prev[1]) / (now - prev[0]))
+                self._prev_queue[m] = (now, waiting)
             tin = prompt / completions if serving and math.isfinite(prompt) else math.nan
             tout = gen / completions if serving and math.isfinite(gen) else math.nan
             models[m] = ModelReading(
