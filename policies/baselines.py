@@ -237,6 +237,9 @@ class StaticPolicy:
         unknown = set(replicas) - set(goal.model_names)
         if unknown:
             raise UserError(f"static replicas name unknown model(s) {sorted(unknown)}; goal models: {goal.model_names}")
+        bad = {k: v for k, v in replicas.items() if not (_finite(v) and float(v) >= 0)}
+        if bad:
+            raise UserError(f"static replicas must be non-negative numbers, got {bad}")
         self.goal = goal
         self.replicas = {m.name: int(replicas.get(m.name, m.min_replicas)) for m in goal.models}
         self._weights = default_weights(goal)
@@ -757,11 +760,15 @@ PrefixFactory = Callable[..., Policy]
 
 
 def _make_static(goal: GoalSpec, *, replicas: Mapping[str, int] | None = None, trace: Trace | None = None,
+                 window_s: float | None = None, max_utilization: float = DEFAULT_MAX_UTILIZATION,
                  **kw: Any) -> Policy:
+    unknown = set(kw) - set(_COMMON)
+    if unknown:
+        raise TypeError(f"static: unexpected keyword argument(s) {sorted(unknown)}")
     if replicas is None:
         if trace is None:
             raise UserError("policy 'static' needs replicas=... or a trace to size for its peak")
-        replicas = static_peak_replicas(goal, trace, **kw)
+        replicas = static_peak_replicas(goal, trace, window_s=window_s, max_utilization=max_utilization)
     return StaticPolicy(goal, replicas)
 
 

@@ -321,3 +321,32 @@ def test_model_missing_from_reading_holds_last_output() -> None:
     sh2 = Shield(ONE, missing="no_down")
     out, _s, _f = sh2.apply(Decision({name: 9}), obs, ShieldState(last_replicas=((name, 7),)), 30.0)
     assert out.replicas[name] == 9  # scale-up stays possible in "no_down" mode
+
+
+@PROPS
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 45), replica_values, st.floats(0.0, 120.0), st.booleans()), min_size=1, max_size=25
+    )
+)
+def test_bounds_and_step_hold_over_sequences_with_state(steps: list) -> None:  # type: ignore[type-arg]
+    """Carried state (stabilisation history, last output) never pushes an output out of bounds or step."""
+    goal = replace(ONE, shield=replace(ONE.shield, dead_band=0.1))
+    name = goal.model_names[0]
+    sh = Shield(goal)
+    state = sh.initial_state()
+    t = 0.0
+    last: int | None = None
+    for cur, proposal, dt, stale in steps:
+        t += dt
+        obs = observation(goal, {name: mobs(cur)}, t=t, stale=(f"{name}.running",) if stale else ())
+        out, state, fired = sh.apply(Decision({name: proposal}), obs, state, now=t)
+        n = out.replicas[name]
+        # on stale data the reported count is not trusted either: the reference is the largest known count
+        ref = max(cur, last) if stale and last is not None else cur
+        lo, hi = limits(goal, name, ref)
+        assert lo <= n <= hi, (cur, proposal, n, fired)
+        if stale:
+            assert n >= min(ref, goal.model(name).max_replicas)
+        last = n
+        assert all(t - tt <= goal.shield.scale_down_stabilization_s + 1e-6 for tt, _r in state.history(name))
