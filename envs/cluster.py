@@ -1,0 +1,275 @@
+"""``fleetpilot/ClusterFleet-v0``: a gymnasium environment over the fleet simulator, for training the RL policy.
+
+* ``reset(seed=...)`` seeds the env's own generator (``self.np_random``), picks a trace, a window of it
+  (``episode_s``) and domain randomisation (load scale, cold-start scale, service-rate noise), and creates a
+  :class:`~simulations.fleet.FleetSimulator` with a generator spawned from ``self.np_random``.
+* Observations are the :class:`~policies.base.ObservationBuilder` vector (the daemon's), clipped to a Box.
+  Forecast features come from :func:`forecasting.features.rolling_features` (causal), computed once per trace.
+* Actions are decoded by :class:`policies.rl.ActionCodec` (residual on the predictive controller) and passed
+  through the Shield before the simulator sees them.
+* Reward: ``-(cost $ / cost_norm) - miss_penalty * missed SLO windows - ttft shaping - quality-floor penalty``.
+  The episode is *truncated* when the trace window ends; it never terminates (no terminal state exists).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from forecasting.features import rolling_features
+from policies.base import Decision, Observation, ObservationBuilder, reading_from_stats
+from policies.rl import OBS_CLIP, ActionCodec, policy_input, route_of_class, route_quality
+from policies.shield import Shield
+from simulations.errors import UserError
+from simulations.fleet import FleetSimulator, service_rate_per_replica
+from simulations.goal import GoalSpec, load_goal
+from simulations.traces import Trace, load_traces, parse_range
+
+
+@dataclass(frozen=True)
+class _TraceData:
+    trace: Trace
+    fc_step_s: float
+    fc_start_s: float
+    features: np.ndarray  # (n_fc, k, L, 2)
+
+
+def _as_trace(spec: Trace | str | Sequence[str], rng_s: tuple[float | None, float | None]) -> Trace:
+    if isinstance(spec, Trace):
+        return spec.slice(*rng_s) if rng_s != (None, None) else spec
+    specs = spec.split("+") if isinstance(spec, str) else list(spec)
+    return load_traces(specs, rng_s)
+
+
+class ClusterFleetEnv(gym.Env):
+    """Scale (and route) the goal's fleet on randomised windows of real traces."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        goal: GoalSpec | str | Path,
+        traces: Sequence[Trace | str | Sequence[str]] | str,
+        ranges: Sequence[str | tuple[float | None, float | None] | None] | str | None = None,
+        *,
+        episode_s: float | tuple[float, float] = (3600.0, 7200.0),
+        peak_rps: float | None = None,
+        load_scale: tuple[float, float] = (0.7, 1.3),
+        cold_start_scale: tuple[float, float] = (0.85, 1.3),
+        service_noise: float = 0.1,
+        tick_s: float = 1.0,
+        forecast_model: str = "holt-winters",
+        miss_penalty: float | None = None,
+        ttft_shaping: float = 0.5,
+        quality_penalty: float = 50.0,
+        use_shield: bool = True,
+    ) -> None:
+        super().__init__()
+        self.goal = goal if isinstance(goal, GoalSpec) else load_goal(goal)
+        if isinstance(traces, str):
+            traces = [traces]
+        if not traces:
+            raise UserError("ClusterFleet needs at least one trace")
+        if ranges is None or isinstance(ranges, str | tuple):
+            ranges = [ranges] * len(traces)  # type: ignore[list-item]
+        if len(ranges) != len(traces):
+            raise UserError(f"{len(ranges)} ranges for {len(traces)} traces")
+        self.builder = ObservationBuilder(self.goal)
+        self.codec = ActionCodec(self.goal)
+        self.leads = self.builder.lead_times()
+        self.control_s = float(self.goal.control_interval_s)
+        ep = (float(episode_s), float(episode_s)) if isinstance(episode_s, int | float) else tuple(map(float, episode_s))
+        self.episode_s = (max(ep[0], self.control_s), max(ep[1], ep[0], self.control_s))
+        self.load_scale = tuple(map(float, load_scale))
+        self.cold_start_scale = tuple(map(float, cold_start_scale))
+        self.service_noise = float(service_noise)
+        self.tick_s = float(tick_s)
+        self.use_shield = use_shield
+        self.ttft_shaping = float(ttft_shaping)
+        self.quality_penalty = float(quality_penalty)
+        self._data: list[_TraceData] = []
+        self.trace_names: list[str] = []
+        for spec, rg in zip(traces, ranges, strict=True):
+            rng_s = parse_range(rg) if isinstance(rg, str) or rg is None else rg
+            tr = _as_trace(spec, rng_s)
+            if peak_rps is not None:
+                tr = tr.scale_to_peak(peak_rps)
+            self.trace_names.append(tr.name)
+            self._data.append(self._prepare(tr, forecast_model))
+        # reward scales: cost of the whole fleet at max replicas for one interval = 2 reward units
+        full = sum(m.max_replicas * m.cost_per_hour for m in self.goal.models) * self.control_s / 3600.0
+        self.cost_norm = 0.5 * full
+        window_steps = max(1.0, self.goal.slo.window_s / self.control_s)
+        slack = max(1.0 - self.goal.slo.attainment, 1e-3)
+        # a missed window costs what ~10% of a half-full fleet saves over 1/(1-attainment) windows
+        self.miss_penalty = (float(miss_penalty) if miss_penalty is not None
+                             else 0.1 * 0.5 * window_steps / slack)
+        self.observation_space = gym.spaces.Box(-OBS_CLIP, OBS_CLIP, (self.builder.size,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.codec.size,), dtype=np.float32)
+        self.shield = Shield(self.goal) if use_shield else None
+        self.sim: FleetSimulator | None = None
+        self.observation: Observation | None = None
+        self._next_decision: Decision | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _prepare(self, tr: Trace, model: str) -> _TraceData:
+        fc_tr = tr
+        if tr.interval_s < self.control_s:
+            ratio = self.control_s / tr.interval_s
+            if abs(ratio - round(ratio)) < 1e-9 and tr.n >= 2 * ratio:
+                fc_tr = tr.resample(self.control_s)
+        rates = fc_tr.rate()
+        feats = np.stack(
+            [rolling_features(rates[:, k], fc_tr.interval_s, self.leads, model=model, t0_s=fc_tr.start_s)
+             for k in range(rates.shape[1])],
+            axis=1,
+        )
+        feats = np.nan_to_num(np.maximum(feats, 0.0))
+        return _TraceData(tr, fc_tr.interval_s, fc_tr.start_s, feats)
+
+    def _class_forecast(self, t: float) -> dict[str, list[float]] | None:
+        d = self._cur
+        j = int(math.floor((t - d.fc_start_s) / d.fc_step_s + 1e-9)) - 1  # last completed forecast step
+        if j < 0:
+            return None
+        j = min(j, d.features.shape[0] - 1)
+        return {c: list(d.features[j, k].reshape(-1) * self._scale) for k, c in enumerate(d.trace.classes)}
+
+    def _tokens(self, t: float) -> dict[str, tuple[float, float]]:
+        tr = self._episode_trace
+        i = min(max(int((t - 1e-9 - tr.start_s) // tr.interval_s), 0), tr.n - 1)
+        rates = tr.arrivals[i] + 1e-9
+        out = {}
+        weights = self.sim.current_weights() if self.sim is not None else {}
+        shares = self.codec._shares(weights, tr.classes)
+        for m in self.goal.models:
+            w = np.array([shares.get((c, m.name), 0.0) for c in tr.classes]) * rates
+            if w.sum() <= 0:
+                w = rates
+            out[m.name] = (float(w @ tr.input_tokens[i] / w.sum()), float(w @ tr.output_tokens[i] / w.sum()))
+        return out
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        rng = self.np_random
+        opts = dict(options or {})
+        idx = int(opts.get("trace", rng.integers(len(self._data))))
+        d = self._data[idx]
+        self._cur = d
+        tr = d.trace
+        ep_s = float(opts.get("episode_s", rng.uniform(*self.episode_s)))
+        ep_rows = max(1, min(tr.n, int(math.ceil(ep_s / tr.interval_s))))
+        if "start_s" in opts:
+            start = min(max(int((float(opts["start_s"]) - tr.start_s) // tr.interval_s), 0), tr.n - ep_rows)
+        else:
+            start = int(rng.integers(0, tr.n - ep_rows + 1))
+        self._scale = float(opts.get("load_scale", rng.uniform(*self.load_scale)))
+        cold = float(opts.get("cold_start_scale", rng.uniform(*self.cold_start_scale)))
+        service = float(opts.get("service_scale", math.exp(rng.normal(0.0, self.service_noise))
+                                 if self.service_noise > 0 else 1.0))
+        t0 = float(tr.t_s[start])
+        t1 = float(tr.t_s[start + ep_rows - 1]) + tr.interval_s
+        win = tr.slice(t0, t1)
+        if self._scale != 1.0:
+            win = win.scale(self._scale)
+        self._episode_trace = win
+        self.episode_info = {"trace": tr.name, "start_s": t0, "end_s": t1, "load_scale": self._scale,
+                             "cold_start_scale": cold, "service_scale": service}
+        sim_rng = np.random.Generator(np.random.PCG64(rng.integers(0, 2**63 - 1)))
+        init = self._initial_replicas(win)
+        self.sim = FleetSimulator(self.goal, win, sim_rng, tick_s=self.tick_s, initial_replicas=init,
+                                  cold_start_scale=cold, service_scale=service)
+        self.shield_state = self.shield.initial_state() if self.shield is not None else None
+        self._next_decision = None
+        # one warm-up interval at the initial fleet gives the first reading
+        stats = self.sim.step(Decision(replicas=init))
+        self._n_windows = len(self.sim.windows)
+        self.observation = self._observe(stats)
+        return policy_input(self.observation.vector), {"episode": dict(self.episode_info)}
+
+    def _initial_replicas(self, win: Trace) -> dict[str, int]:
+        rates = win.rate()[0]
+        shares = self.codec._shares({}, win.classes)
+        out = {}
+        for m in self.goal.models:
+            lam = sum(shares.get((c, m.name), 0.0) * rates[k] for k, c in enumerate(win.classes))
+            w = np.array([shares.get((c, m.name), 0.0) for c in win.classes]) + 1e-9
+            cap = service_rate_per_replica(m, float(w @ win.input_tokens[0] / w.sum()),
+                                           float(w @ win.output_tokens[0] / w.sum()))
+            n = math.ceil(lam * (1.0 + self.codec.headroom) * 1.2 / max(cap, 1e-9))
+            out[m.name] = int(min(max(n, m.min_replicas), m.max_replicas))
+        return out
+
+    def _observe(self, stats: Any) -> Observation:
+        assert self.sim is not None
+        reading = reading_from_stats(stats, self.sim.current_weights())
+        return self.builder.build(reading, self._class_forecast(reading.t_s), self._tokens(reading.t_s))
+
+    def set_next_decision(self, decision: Decision) -> None:
+        """Use ``decision`` instead of decoding the next action (evaluating baselines through the same env)."""
+        self._next_decision = decision
+
+    def decode(self, action: np.ndarray) -> Decision:
+        assert self.observation is not None
+        return self.codec.decode(action, self.observation)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.sim is None or self.observation is None:
+            raise RuntimeError("call reset() before step()")
+        obs = self.observation
+        decision = self._next_decision if self._next_decision is not None else self.codec.decode(action, obs)
+        self._next_decision = None
+        fired: list[str] = []
+        if self.shield is not None:
+            decision, self.shield_state, fired = self.shield.apply(decision, obs, self.shield_state, obs.t_s)
+        stats = self.sim.step(decision)
+        new_windows = self.sim.windows[self._n_windows:]
+        self._n_windows = len(self.sim.windows)
+        missed = sum(1 for w in new_windows if not w.met)
+        cost_term = stats.cost_usd / self.cost_norm
+        ratio = stats.ttft_p95_ms / self.goal.slo.target_ms if self.goal.slo.metric == "ttft" else (
+            stats.e2e_p95_ms / self.goal.slo.target_ms)
+        ratio = 10.0 if not math.isfinite(ratio) else ratio
+        shaping = self.ttft_shaping * min(max(ratio - 1.0, 0.0), 4.0)
+        q_def = 0.0
+        if self.goal.quality_floor is not None:
+            weights = self.sim.current_weights()
+            for r in self.goal.routes:
+                q_def += max(0.0, self.goal.quality_floor - route_quality(self.goal, r.name, weights[r.name]))
+        reward = -cost_term - self.miss_penalty * missed - shaping - self.quality_penalty * q_def
+        self.observation = self._observe(stats)
+        truncated = bool(self.sim.done)
+        info = {
+            "cost_usd": stats.cost_usd,
+            "windows": len(new_windows),
+            "missed_windows": missed,
+            "ttft_p95_ms": stats.ttft_p95_ms,
+            "replicas": dict(decision.replicas),
+            "weights": {k: dict(v) for k, v in decision.weights.items()},
+            "shield": list(fired),
+            "quality_deficit": q_def,
+        }
+        if truncated:
+            info["episode_summary"] = self.sim.summary()
+        return policy_input(self.observation.vector), float(reward), False, truncated, info
+
+    def clone(self) -> ClusterFleetEnv:
+        """A fresh env sharing this one's prepared traces and forecast features (read-only)."""
+        new = copy.copy(self)
+        new._np_random = None
+        new._np_random_seed = None
+        new.sim = None
+        new.observation = None
+        new._next_decision = None
+        return new
+
+    def route_classes(self) -> dict[str, str]:
+        return route_of_class(self.goal, self._cur.trace.classes)

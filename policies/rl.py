@@ -1,0 +1,426 @@
+"""The learned policy: residual RL on top of a predictive controller, and its artifact format.
+
+Action contract (shared by :class:`envs.cluster.ClusterFleetEnv` and :class:`RLPolicy` -- the only decoder is
+:class:`ActionCodec`):
+
+* one entry per model, ``a in [-1, 1]``: a multiplier ``1 + SCALE_RANGE * a`` on the (fractional) replicas
+  :class:`policies.baselines.PredictivePolicy` asks for (forecast upper bound at the model's cold-start lead, the
+  goal's predictive headroom, per-replica capacity at the SLO), rounded up. ``a = 0`` *is* the predictive
+  controller (with the route's default weights).
+* per route, one logit per model: ``weights = softmax(log(default_weights) + ROUTE_LOGIT_SCALE * a)``, then
+  mixed with the route's best-quality model just enough to meet ``quality_floor``. ``a = 0`` keeps the
+  route's default weights. The per-model demand follows the new weights.
+
+Artifact (directory): ``policy.pt`` (``torch.save(state_dict)``, loaded with ``weights_only=True``, never
+pickle) and ``policy.json`` (layouts, goal digest, network architecture, provenance, library versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policies.base import Decision, Observation, ObservationBuilder
+from simulations.errors import UserError
+from simulations.goal import GoalSpec
+
+ARTIFACT_FORMAT = "fleetpilot-rl/v1"
+WEIGHTS_FILE = "policy.pt"
+SIDECAR_FILE = "policy.json"
+
+OBS_CLIP = 100.0  # observation vectors are clipped to [-OBS_CLIP, OBS_CLIP] (the env's Box bounds)
+SCALE_RANGE = 0.5  # scaling multiplier 1 + SCALE_RANGE * a, a in [-1, 1]
+ROUTE_LOGIT_SCALE = 3.0
+QUALITY_MARGIN = 1e-3
+
+
+def policy_input(vector: np.ndarray) -> np.ndarray:
+    """The network input for an observation vector: finite, float32, clipped to the Box bounds."""
+    v = np.nan_to_num(np.asarray(vector, dtype=np.float32), nan=0.0, posinf=OBS_CLIP, neginf=-OBS_CLIP)
+    return np.clip(v, -OBS_CLIP, OBS_CLIP).astype(np.float32)
+
+
+def _finite(x: float, default: float = 0.0) -> float:
+    return float(x) if x is not None and math.isfinite(x) else default
+
+
+def route_of_class(goal: GoalSpec, classes: Sequence[str]) -> dict[str, str]:
+    """Which route each request class belongs to (same rule as the simulator and the observation builder)."""
+    names = {r.name for r in goal.routes}
+    out: dict[str, str] = {}
+    for c in classes:
+        if c in names:
+            out[c] = c
+        elif len(goal.routes) == 1:
+            out[c] = goal.routes[0].name
+    return out
+
+
+def route_quality(goal: GoalSpec, route: str, weights: Mapping[str, float]) -> float:
+    """Traffic-weighted quality of one route under ``weights``."""
+    tot = sum(max(0.0, w) for w in weights.values()) or 1.0
+    return sum(max(0.0, w) / tot * goal.model(m).quality for m, w in weights.items())
+
+
+def project_quality(goal: GoalSpec, route_models: Sequence[str], w: np.ndarray) -> np.ndarray:
+    """Mix ``w`` with the best-quality model of the route just enough to meet the goal's quality floor."""
+    w = np.asarray(w, dtype=float)
+    w = w / w.sum()
+    floor = goal.quality_floor
+    if floor is None:
+        return w
+    q = np.array([goal.model(m).quality for m in route_models])
+    cur = float(q @ w)
+    target = floor + QUALITY_MARGIN
+    if cur >= target:
+        return w
+    best = int(np.argmax(q))
+    if q[best] <= cur:
+        return w
+    alpha = min(1.0, (target - cur) / (q[best] - cur))
+    e = np.zeros_like(w)
+    e[best] = 1.0
+    return (1.0 - alpha) * w + alpha * e
+
+
+class ActionCodec:
+    """Decodes a ``[-1, 1]`` action vector into a :class:`Decision` (one place, for the env and the policy)."""
+
+    def __init__(self, goal: GoalSpec, headroom: float | None = None) -> None:
+        self.goal = goal
+        self.headroom = goal.baselines.predictive_headroom if headroom is None else float(headroom)
+        from policies.baselines import PredictivePolicy
+
+        self._predictive = PredictivePolicy(goal, headroom=self.headroom)
+        names = [f"scale.{m.name}" for m in goal.models]
+        for r in goal.routes:
+            names += [f"route.{r.name}.logit.{m}" for m in r.models]
+        self._layout = tuple(names)
+
+    @property
+    def layout(self) -> tuple[str, ...]:
+        return self._layout
+
+    @property
+    def size(self) -> int:
+        return len(self._layout)
+
+    def params(self) -> dict[str, Any]:
+        return {"scale_range": SCALE_RANGE, "route_logit_scale": ROUTE_LOGIT_SCALE, "headroom": self.headroom,
+                "base": "policies.baselines.PredictivePolicy", "obs_clip": OBS_CLIP}
+
+    # -- routing -------------------------------------------------------------------------------------
+    def route_weights(self, action: np.ndarray) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        k = len(self.goal.models)
+        for r in self.goal.routes:
+            a = action[k:k + len(r.models)]
+            k += len(r.models)
+            base = np.log(np.maximum(np.asarray(r.weights, dtype=float), 1e-6))
+            z = base + ROUTE_LOGIT_SCALE * a
+            z = np.exp(z - z.max())
+            w = project_quality(self.goal, r.models, z / z.sum())
+            out[r.name] = {m: float(x) for m, x in zip(r.models, w, strict=True)}
+        return out
+
+    def _shares(self, weights: Mapping[str, Mapping[str, float]], classes: Sequence[str]) -> dict[tuple[str, str], float]:
+        shares: dict[tuple[str, str], float] = {}
+        if not self.goal.routes:
+            for c in classes:
+                shares[(c, self.goal.models[0].name)] = 1.0
+            return shares
+        rmap = route_of_class(self.goal, classes)
+        by_name = {r.name: r for r in self.goal.routes}
+        for c, rn in rmap.items():
+            r = by_name[rn]
+            w = weights.get(rn) or dict(zip(r.models, r.weights, strict=True))
+            tot = sum(max(0.0, float(w.get(m, 0.0))) for m in r.models) or 1.0
+            for m in r.models:
+                shares[(c, m)] = max(0.0, float(w.get(m, 0.0))) / tot
+        return shares
+
+    def demand_ratio(self, obs: Observation, new_weights: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        """Per model: (rate it gets under ``new_weights``) / (rate it gets under the weights in force)."""
+        if not self.goal.routes:
+            return {m.name: 1.0 for m in self.goal.models}
+        rates = {c: _finite(v) for c, v in obs.class_rates.items()}
+        old = self._shares(obs.weights, list(rates))
+        new = self._shares(new_weights, list(rates))
+        out = {}
+        for m in self.goal.models:
+            o = sum(old.get((c, m.name), 0.0) * r for c, r in rates.items())
+            n = sum(new.get((c, m.name), 0.0) * r for c, r in rates.items())
+            out[m.name] = n / o if o > 1e-9 else (1.0 if n <= 1e-9 else 2.0)
+        return out
+
+    # -- scaling -------------------------------------------------------------------------------------
+    def base_replicas(self, obs: Observation, ratio: Mapping[str, float] | None = None) -> dict[str, float]:
+        """The predictive controller's fractional replica need per model (its formula, before rounding up).
+
+        ``max(rate, forecast upper @ cold-start lead) * demand ratio * (1 + headroom) / capacity at the SLO``,
+        with :class:`policies.baselines.PredictivePolicy`'s per-replica capacity at the SLO.
+        """
+        out = {}
+        for m in self.goal.models:
+            mo = obs.models.get(m.name)
+            if mo is None:
+                out[m.name] = math.nan
+                continue
+            rate = _finite(mo.arrival_rps)
+            up = _finite(mo.forecast[1], rate) if len(mo.forecast) > 1 else rate
+            f = (ratio or {}).get(m.name, 1.0)
+            cap = self._predictive.capacity(m.name, mo)
+            out[m.name] = max(rate, up) * f * (1.0 + self.headroom) / cap if cap > 0 else math.nan
+        return out
+
+    def decode(self, action: np.ndarray, obs: Observation) -> Decision:
+        a = np.clip(np.nan_to_num(np.asarray(action, dtype=float).reshape(-1), nan=0.0), -1.0, 1.0)
+        if a.size != self.size:
+            raise ValueError(f"action has {a.size} entries, expected {self.size} ({', '.join(self.layout)})")
+        weights = self.route_weights(a)
+        need = self.base_replicas(obs, self.demand_ratio(obs, weights) if weights else None)
+        replicas = {}
+        for i, m in enumerate(self.goal.models):
+            n = need[m.name]
+            if not math.isfinite(n):  # no measurement: hold what is there (the shield does the same)
+                mo = obs.models.get(m.name)
+                replicas[m.name] = int(mo.desired) if mo is not None else m.min_replicas
+                continue
+            want = math.ceil(n * (1.0 + SCALE_RANGE * a[i]) - 1e-9)
+            replicas[m.name] = int(min(max(want, m.min_replicas), m.max_replicas))
+        return Decision(replicas=replicas, weights=weights)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The policy
+# ---------------------------------------------------------------------------------------------------
+
+
+class RLPolicy:
+    """A trained actor network behind the :class:`~policies.base.Policy` protocol (stateless)."""
+
+    def __init__(self, goal: GoalSpec, network: Any, meta: Mapping[str, Any] | None = None, name: str = "rl") -> None:
+        self.goal = goal
+        self.network = network
+        self.meta = dict(meta or {})
+        self.name = name
+        self.codec = ActionCodec(goal, headroom=self.meta.get("action", {}).get("params", {}).get("headroom"))
+        self.network.set_training_mode(False)
+
+    def initial_state(self) -> None:
+        return None
+
+    def act(self, vector: np.ndarray) -> np.ndarray:
+        """The deterministic action for one observation vector."""
+        actions, _ = self.predict(vector[None, :], deterministic=True)
+        return actions[0]
+
+    def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
+        return self.codec.decode(self.act(obs.vector), obs), state
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3 ``PolicyPredictor``: a batch (or one) of observation vectors -> actions in ``[-1, 1]``."""
+        x = policy_input(observation)
+        actions, _ = self.network.predict(x, state, episode_start, deterministic)
+        return np.clip(actions, -1.0, 1.0), state
+
+
+class DecisionPredictor:
+    """SB3 ``PolicyPredictor`` for any :class:`~policies.base.Policy` (baselines) on a ClusterFleet env.
+
+    ``predict`` asks the wrapped policy for a :class:`Decision` on the env's structured observation and hands
+    it to the env (``set_next_decision``); the returned action is ignored by the env for that step. So
+    ``stable_baselines3.common.evaluation.evaluate_policy`` evaluates baselines and :class:`RLPolicy` alike.
+    """
+
+    def __init__(self, policy: Any, env: Any) -> None:
+        self.policy = policy
+        envs = getattr(env, "envs", None) or [env]
+        self._envs = [e.unwrapped for e in envs]
+        self._states = [policy.initial_state() for _ in self._envs]
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        actions = []
+        for i, env in enumerate(self._envs):
+            if episode_start is not None and bool(np.asarray(episode_start).reshape(-1)[i]):
+                self._states[i] = self.policy.initial_state()
+            decision, self._states[i] = self.policy.decide(env.observation, self._states[i])
+            env.set_next_decision(decision)
+            actions.append(np.zeros(env.action_space.shape, dtype=np.float32))
+        return np.stack(actions), state
+
+
+# ---------------------------------------------------------------------------------------------------
+# Artifact
+# ---------------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import gymnasium
+    import stable_baselines3
+    import torch
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def network_spec(policy: Any) -> dict[str, Any]:
+    """The architecture of an SB3 ``ActorCriticPolicy``, enough to rebuild it without pickle."""
+    kw = policy._get_constructor_parameters()
+    arch = kw.get("net_arch")
+    if isinstance(arch, dict):
+        arch = {k: list(v) for k, v in arch.items()}
+    elif arch is not None:
+        arch = list(arch)
+    return {
+        "class": "stable_baselines3.common.policies.ActorCriticPolicy",
+        "features_extractor": "FlattenExtractor",
+        "net_arch": arch,
+        "activation_fn": kw["activation_fn"].__name__,
+        "log_std_init": float(kw.get("log_std_init", 0.0)),
+        "ortho_init": bool(kw.get("ortho_init", True)),
+        "share_features_extractor": bool(kw.get("share_features_extractor", True)),
+        "obs_dim": int(policy.observation_space.shape[0]),
+        "act_dim": int(policy.action_space.shape[0]),
+    }
+
+
+def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: Mapping[str, Any]) -> Path:
+    """Write ``policy.pt`` (state dict) and ``policy.json`` (sidecar) for an SB3 model or policy; returns the dir."""
+    import torch
+
+    policy = getattr(model, "policy", model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    builder = ObservationBuilder(goal)
+    codec = ActionCodec(goal)
+    spec = network_spec(policy)
+    if spec["obs_dim"] != builder.size or spec["act_dim"] != codec.size:
+        raise UserError(f"network shape ({spec['obs_dim']} -> {spec['act_dim']}) does not match the goal "
+                        f"({builder.size} observations -> {codec.size} actions)")
+    weights = out / WEIGHTS_FILE
+    state = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
+    torch.save(state, weights)
+    meta = {
+        "format": ARTIFACT_FORMAT,
+        "algorithm": type(model).__name__ if model is not policy else "unknown",
+        "goal": {"name": goal.name, "digest": goal.digest(), "source": goal.source},
+        "observation": {"layout": list(builder.layout), "clip": OBS_CLIP, "lead_times_s": list(builder.lead_times())},
+        "action": {"layout": list(codec.layout), "low": -1.0, "high": 1.0, "params": codec.params(),
+                   "decoder": "policies.rl.ActionCodec (residual on the predictive controller)"},
+        "network": spec,
+        "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights), "format": "torch.save(state_dict)"},
+        "provenance": dict(provenance),
+        "versions": _versions(),
+    }
+    (out / SIDECAR_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+def _build_network(spec: Mapping[str, Any]) -> Any:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    act = getattr(torch.nn, str(spec.get("activation_fn", "Tanh")), None)
+    if act is None or not isinstance(act, type) or not issubclass(act, torch.nn.Module):
+        raise UserError(f"unknown activation function {spec.get('activation_fn')!r} in {SIDECAR_FILE}")
+    obs_space = gym.spaces.Box(-OBS_CLIP, OBS_CLIP, (int(spec["obs_dim"]),), dtype=np.float32)
+    act_space = gym.spaces.Box(-1.0, 1.0, (int(spec["act_dim"]),), dtype=np.float32)
+    arch = spec.get("net_arch")
+    return ActorCriticPolicy(
+        obs_space, act_space, lambda _: 0.0, net_arch=arch, activation_fn=act,
+        ortho_init=False, log_std_init=float(spec.get("log_std_init", 0.0)),
+        share_features_extractor=bool(spec.get("share_features_extractor", True)),
+    )
+
+
+def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
+    """Load an artifact directory (or its ``policy.json``) for ``goal``; refuses mismatches with a UserError."""
+    import torch
+
+    p = Path(path)
+    sidecar = p if p.suffix == ".json" else p / SIDECAR_FILE
+    where = str(sidecar)
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("RL policy artifact not found (expected a directory with policy.json)", where=where) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read RL policy sidecar: {exc.__class__.__name__}", where=where) from None
+    if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
+        raise UserError(f"not a fleetpilot RL policy (format must be {ARTIFACT_FORMAT})", where=where)
+    digest = str(meta.get("goal", {}).get("digest", ""))
+    if digest != goal.digest():
+        raise UserError(f"policy was trained for goal digest {digest or '?'} ({meta.get('goal', {}).get('name', '?')}),"
+                        f" this goal is {goal.digest()} ({goal.name}); retrain with fleetpilot train", where=where)
+    layout = list(ObservationBuilder(goal).layout)
+    got = meta.get("observation", {}).get("layout")
+    if got != layout:
+        diff = next((f"{a!r} vs {b!r}" for a, b in zip(got or [], layout, strict=False) if a != b),
+                    f"{len(got or [])} vs {len(layout)} entries")
+        raise UserError(f"observation layout differs from this fleetpilot's ({diff}); retrain the policy", where=where)
+    codec = ActionCodec(goal)
+    if meta.get("action", {}).get("layout") != list(codec.layout):
+        raise UserError("action layout differs from this goal's; retrain the policy", where=where)
+    spec = meta.get("network", {})
+    if spec.get("obs_dim") != len(layout) or spec.get("act_dim") != codec.size:
+        raise UserError("network input/output sizes do not match the layouts", where=where)
+    wfile = sidecar.parent / str(meta.get("weights", {}).get("file", WEIGHTS_FILE))
+    if not wfile.exists():
+        raise UserError("weights file missing", where=str(wfile))
+    want_sha = meta.get("weights", {}).get("sha256")
+    if want_sha and _sha256(wfile) != want_sha:
+        raise UserError("weights file does not match the sha256 in policy.json", where=str(wfile))
+    try:
+        state = torch.load(wfile, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- anything but a plain tensor dict is refused
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"refused to load weights (weights_only=True): {first[:160]}", where=str(wfile)) from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError("weights file is not a state dict of tensors", where=str(wfile))
+    network = _build_network(spec)
+    try:
+        network.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"weights do not fit the network in policy.json: {str(exc).splitlines()[0][:160]}",
+                        where=str(wfile)) from None
+    return RLPolicy(goal, network, meta, name=f"rl:{p}")
+
+
+def make_rl_policy(path: str | Path, goal: GoalSpec, **_kw: Any) -> RLPolicy:
+    """Factory for the policy registry: ``rl:PATH`` -> :class:`RLPolicy` (extra keywords such as ``trace`` unused)."""
+    return load_artifact(path, goal)
+
+
+def _register() -> None:
+    from policies.baselines import PREFIX_FACTORIES, register_prefix
+
+    if "rl" not in PREFIX_FACTORIES:
+        register_prefix("rl", make_rl_policy)
+
+
+_register()

@@ -1,0 +1,163 @@
+"""RL policy: seeded training is reproducible, artifacts round-trip without pickle and refuse mismatches."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agent.commands.train import train
+from envs.cluster import ClusterFleetEnv
+from policies.rl import DecisionPredictor, RLPolicy, load_artifact, make_rl_policy, save_artifact
+from simulations.errors import UserError
+from simulations.fleet import Decision
+from simulations.goal import load_goal
+from simulations.traces import REPO_ROOT
+
+SINGLE = REPO_ROOT / "examples" / "goals" / "single-model.yaml"
+ROUTED = REPO_ROOT / "examples" / "goals" / "two-model-routed.yaml"
+ENV_KW = {"forecast_model": "last-value", "episode_s": (600.0, 600.0), "peak_rps": 600.0}
+TINY = {"n_envs": 1, "n_steps": 64, "batch_size": 32, "n_epochs": 2, "net_arch": [16, 16]}
+
+
+def _tiny(goal_path: Path, out: Path | None, seed: int = 7) -> tuple[object, dict]:
+    return train(load_goal(goal_path), ["azure_llm_2023_conv_1s"], ["0:2760"], 128, out, seed=seed,
+                 env_kwargs=ENV_KW, hyper=TINY)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("art") / "single"
+    model, _ = _tiny(SINGLE, out)
+    return out, model
+
+
+def test_same_seed_gives_same_weights(artifact: tuple[Path, object]) -> None:
+    _, model_a = artifact
+    model_b, _ = _tiny(SINGLE, None)
+    sa, sb = model_a.policy.state_dict(), model_b.policy.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    model_c, _ = _tiny(SINGLE, None, seed=8)
+    assert any(not torch.equal(sa[k], model_c.policy.state_dict()[k]) for k in sa)
+
+
+def test_round_trip_gives_identical_actions(artifact: tuple[Path, object]) -> None:
+    out, model = artifact
+    goal = load_goal(SINGLE)
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["goal"]["digest"] == goal.digest()
+    assert meta["provenance"]["seed"] == 7 and meta["provenance"]["traces"] == ["azure_llm_2023_conv_1s"]
+    assert {"torch", "stable_baselines3", "gymnasium", "numpy"} <= set(meta["versions"])
+    pol = load_artifact(out, goal)
+    assert isinstance(pol, RLPolicy)
+    x = np.random.default_rng(0).normal(size=(32, len(meta["observation"]["layout"]))).astype(np.float32)
+    want, _ = model.predict(x, deterministic=True)
+    got, _ = pol.predict(x)
+    np.testing.assert_array_equal(np.clip(want, -1, 1), got)
+    # and as a Policy on a structured observation
+    env = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", **ENV_KW)
+    env.reset(seed=0)
+    decision, state = make_rl_policy(out, goal).decide(env.observation, pol.initial_state())
+    assert isinstance(decision, Decision) and state is None
+    assert decision == env.decode(pol.act(env.observation.vector))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_mismatched_goal_digest_or_layout_is_refused(artifact: tuple[Path, object], tmp_path: Path) -> None:
+    out, _ = artifact
+    goal = load_goal(SINGLE)
+    with pytest.raises(UserError, match="goal digest"):
+        load_artifact(out, load_goal(ROUTED))
+    bad = _copy(out, tmp_path / "digest")
+    meta = json.loads((bad / "policy.json").read_text())
+    meta["goal"]["digest"] = "0" * 16
+    (bad / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="goal digest") as exc:
+        load_artifact(bad, goal)
+    assert "\n" not in str(exc.value)
+    bad = _copy(out, tmp_path / "layout")
+    meta = json.loads((bad / "policy.json").read_text())
+    meta["observation"]["layout"][2] = "model.llama-3-8b.something_else"
+    (bad / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="observation layout"):
+        load_artifact(bad, goal)
+
+
+class _Evil:
+    def __reduce__(self) -> tuple:
+        import os
+        return (os.system, ("touch /tmp/fleetpilot_pwned_by_pickle",))
+
+
+def test_pickle_payload_is_refused(artifact: tuple[Path, object], tmp_path: Path) -> None:
+    out, _ = artifact
+    marker = Path("/tmp/fleetpilot_pwned_by_pickle")
+    marker.unlink(missing_ok=True)
+    bad = _copy(out, tmp_path / "evil")
+    with (bad / "policy.pt").open("wb") as fh:
+        pickle.dump({"w": _Evil()}, fh)
+    # a torch-format zip with the payload inside, too
+    torch.save({"w": _Evil()}, bad / "evil_zip.pt")
+    for name in ("policy.pt", "evil_zip.pt"):
+        meta = json.loads((out / "policy.json").read_text())
+        meta["weights"]["file"] = name
+        meta["weights"]["sha256"] = __import__("hashlib").sha256((bad / name).read_bytes()).hexdigest()
+        (bad / "policy.json").write_text(json.dumps(meta))
+        with pytest.raises(UserError, match="refused"):
+            load_artifact(bad, load_goal(SINGLE))
+    assert not marker.exists()
+
+
+def test_tampered_weights_are_refused(artifact: tuple[Path, object], tmp_path: Path) -> None:
+    out, model = artifact
+    bad = _copy(out, tmp_path / "tamper")
+    state = {k: v + 1.0 for k, v in model.policy.state_dict().items()}
+    torch.save(state, bad / "policy.pt")
+    with pytest.raises(UserError, match="sha256"):
+        load_artifact(bad, load_goal(SINGLE))
+    with pytest.raises(UserError, match="not found"):
+        load_artifact(tmp_path / "nowhere", load_goal(SINGLE))
+
+
+def test_evaluate_policy_runs_rl_and_baseline_through_one_code_path(artifact: tuple[Path, object]) -> None:
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    out, _ = artifact
+    goal = load_goal(SINGLE)
+    env = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", **ENV_KW)
+    env.reset(seed=0)
+    rl_mean, _ = evaluate_policy(load_artifact(out, goal), env, n_eval_episodes=1, warn=False)
+
+    class Hold:
+        name = "hold"
+
+        def initial_state(self) -> None:
+            return None
+
+        def decide(self, obs: object, state: None) -> tuple[Decision, None]:
+            return Decision(replicas={m: 40 for m in goal.model_names}), state
+
+    seen: list[int] = []
+    hold_mean, _ = evaluate_policy(DecisionPredictor(Hold(), env), env, n_eval_episodes=1, warn=False,
+                                   callback=lambda loc, _g: seen.append(loc["info"]["replicas"]["llama-3-8b"]))
+    assert np.isfinite(rl_mean) and np.isfinite(hold_mean)
+    # the baseline's decisions, not the ignored actions, drove the fleet (through the shield's step limit)
+    assert seen[-1] == 40 and seen == sorted(seen)
+
+
+def test_save_refuses_wrong_goal(artifact: tuple[Path, object], tmp_path: Path) -> None:
+    _, model = artifact
+    with pytest.raises(UserError, match="does not match"):
+        save_artifact(model, load_goal(ROUTED), tmp_path / "x", {})
