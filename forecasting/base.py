@@ -115,7 +115,13 @@ def clean_rate(y: np.ndarray | Sequence[float], causal: bool = False) -> tuple[n
       leading gaps (nothing observed yet) become 0.
     * An all-missing series becomes zeros.
     """
-    arr = np.asarray(y, dtype=float).reshape(-1).copy()
+    try:
+        arr = np.asarray(y, dtype=float)
+    except (TypeError, ValueError):
+        raise UserError("rates must be numbers") from None
+    if arr.ndim > 1 and sum(d > 1 for d in arr.shape) > 1:
+        raise UserError(f"rates must be one-dimensional (one value per step), got shape {arr.shape}")
+    arr = arr.reshape(-1).copy()
     notes: list[str] = []
     arr[~np.isfinite(arr)] = np.nan
     neg = arr < 0

@@ -406,7 +406,9 @@ class HoltWinters(_Model):
             self.fitted = True
             return self
         seasonal = m >= 2 and n >= 2 * m
-        if not seasonal:
+        if m < 2:
+            self.degraded_reason = f"season of {self.season_s:g}s is not longer than a step: no seasonal profile"
+        elif not seasonal:
             self.degraded_reason = (
                 f"history of {n} steps is shorter than two seasons ({2 * m} steps): no seasonal profile"
             )

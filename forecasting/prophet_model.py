@@ -24,6 +24,7 @@ from forecasting.base import (
     check_step,
     clean_rate,
     dump_model,
+    horizon_grid,
     load_payload,
     make_forecast,
 )
@@ -71,6 +72,10 @@ class ProphetForecaster:
     * ``seasonality_mode``: ``"additive"`` or ``"multiplicative"`` (intervals then scale with the forecast).
     * ``t`` passed to :meth:`fit` (seconds) places the daily cycle on the wall clock; without it the series starts
       at ``t0_s``.
+    * ``level_correction=True`` (off by default: plain Prophet) adds an exponentially smoothed level of Prophet's
+      recent residuals that decays over the horizon (``alpha`` and decay picked by in-sample multi-horizon MAE over
+      the last ``error_days``); intervals then come from the corrected in-sample h-step errors. Prophet alone does
+      not react to the last minutes; with the correction it does (see benchmarks/RESULTS_forecasting.md).
     """
 
     name = "prophet"
@@ -86,8 +91,17 @@ class ProphetForecaster:
         t0_s: float = 0.0,
         error_days: float = 7.0,
         min_history_s: float = 2 * DAY_S,
+        level_correction: bool = False,
+        max_horizon_s: float = 6 * 3600.0,
     ) -> None:
         self.step_s = check_step(step_s)
+        if not max_horizon_s > 0:
+            raise UserError(f"max_horizon_s must be positive, got {max_horizon_s!r}")
+        self.level_correction = bool(level_correction)
+        self.max_horizon_s = float(max_horizon_s)
+        self.corr_alpha = 0.0
+        self.corr_phi = 0.0
+        self.corr_level = 0.0
         if not min_history_s >= 0:
             raise UserError(f"min_history_s must be >= 0, got {min_history_s!r}")
         self.min_history_s = float(min_history_s)
@@ -165,10 +179,53 @@ class ProphetForecaster:
         resid = arr[-w:] - fitted
         mult = self.seasonality_mode == "multiplicative"
         floor = max(0.05 * float(arr.mean()), 1e-9)
-        errs = resid / np.maximum(fitted, floor) if mult else resid
-        self._eq = ErrorQuantiles.from_errors({1: errs}, relative=mult, floor=floor)
+        if self.level_correction:
+            self._fit_correction(resid, fitted, mult, floor)
+        else:
+            errs = resid / np.maximum(fitted, floor) if mult else resid
+            self._eq = ErrorQuantiles.from_errors({1: errs}, relative=mult, floor=floor)
         self.fitted = True
         return self
+
+    CORR_ALPHAS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0)
+    CORR_HALF_LIVES_S = (4 * 3600.0, 3600.0, 900.0)
+    CORR_SELECT_HORIZONS_S = (60.0, 900.0, 3600.0)
+
+    def _fit_correction(self, resid: np.ndarray, fitted: np.ndarray, mult: bool, floor: float) -> None:
+        """Pick the residual-level smoothing and decay; build h-step error quantiles of the corrected forecast."""
+        from forecasting.models import _ses
+
+        phis = np.array([0.5 ** (self.step_s / hl) for hl in self.CORR_HALF_LIVES_S])
+        sel_h = sorted({max(1, int(round(h / self.step_s))) for h in self.CORR_SELECT_HORIZONS_S})
+        best: tuple[float, float, float, np.ndarray] | None = None
+        for alpha in self.CORR_ALPHAS:
+            lev = _ses(resid, alpha, 0.0)
+            score = np.zeros(phis.size)
+            for h in sel_h:
+                if h >= resid.size:
+                    continue
+                pred = (phis**h)[:, None] * lev[None, :-h]
+                score += np.mean(np.abs(resid[None, h:] - pred), axis=1)
+            i = int(np.argmin(score))
+            if best is None or score[i] < best[0]:
+                best = (float(score[i]), alpha, float(phis[i]), lev)
+        assert best is not None
+        _, self.corr_alpha, self.corr_phi, lev = best
+        self.corr_level = float(lev[-1])
+        max_h = max(1, int(round(self.max_horizon_s / self.step_s)))
+        errors: dict[int, np.ndarray] = {}
+        for h in horizon_grid(max_h):
+            if h >= resid.size:
+                continue
+            corr = self.corr_phi ** int(h) * lev[:-h]
+            e = resid[h:] - corr
+            errors[int(h)] = e / np.maximum(fitted[h:] + corr, floor) if mult else e
+        self._eq = ErrorQuantiles.from_errors(errors, relative=mult, floor=floor)
+
+    def _correction(self, level: np.ndarray | float, leads: np.ndarray) -> np.ndarray:
+        if not self.level_correction:
+            return np.zeros(np.broadcast(np.asarray(level), leads).shape)
+        return self.corr_phi ** leads.astype(float) * level
 
     def _yhat(self, t_s: np.ndarray) -> np.ndarray:
         import pandas as pd
@@ -184,20 +241,30 @@ class ProphetForecaster:
         """Prophet's ``yhat`` at the next ``h`` steps (clipped at 0) with residual-quantile intervals."""
         self._check_fitted()
         h = check_horizon(h)
-        t = self.t_last + self.step_s * np.arange(1, h + 1)
-        return make_forecast(self._yhat(t), self._eq, levels)
+        lead = np.arange(1, h + 1)
+        t = self.t_last + self.step_s * lead
+        mean = np.maximum(self._yhat(t), 0.0) + self._correction(self.corr_level, lead)
+        return make_forecast(mean, self._eq, levels)
 
     def rolling_forecast(
         self, y_new: np.ndarray, leads: Sequence[int], level: int = 95
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows ``0..len(y_new)``: Prophet's path shifted along (new observations do not change it)."""
+        """Rows ``0..len(y_new)``: Prophet's path shifted along; with ``level_correction`` the residual level is
+        updated with each new observation."""
         self._check_fitted()
         ld = np.asarray(leads, dtype=int).reshape(-1)
         if ld.size == 0 or (ld < 1).any():
             raise UserError("leads must be positive numbers of steps")
-        k = np.asarray(y_new).size
-        path = self.predict(k + int(ld.max()), levels=()).mean
+        yn = np.asarray(y_new, dtype=float).reshape(-1)
+        k = yn.size
+        steps = np.arange(1, k + int(ld.max()) + 1)
+        path = np.maximum(self._yhat(self.t_last + self.step_s * steps), 0.0)
         mean = path[np.arange(k + 1)[:, None] + ld[None, :] - 1]
+        if self.level_correction:
+            from forecasting.models import _ses
+
+            lev = np.concatenate([[self.corr_level], _ses(yn - path[:k], self.corr_alpha, self.corr_level)])
+            mean = np.maximum(mean + self._correction(lev[:, None], ld[None, :]), 0.0)
         _, upper = self._eq.bounds(mean, np.broadcast_to(ld, mean.shape), check_level(level))
         return mean, upper
 
@@ -214,6 +281,11 @@ class ProphetForecaster:
             "t0_s": self.t0_s,
             "error_days": self.error_days,
             "min_history_s": self.min_history_s,
+            "level_correction": self.level_correction,
+            "max_horizon_s": self.max_horizon_s,
+            "corr_alpha": self.corr_alpha,
+            "corr_phi": self.corr_phi,
+            "corr_level": self.corr_level,
             "fitted": self.fitted,
             "n_fit": self.n_fit,
             "t_last": self.t_last,
@@ -232,8 +304,9 @@ class ProphetForecaster:
         d = load_payload(text, cls.name)
         obj = cls(
             d["step_s"], d["seasonality_mode"], d["agg_s"], d["daily"], d["weekly"], d["changepoint_prior_scale"],
-            d["t0_s"], d["error_days"], d["min_history_s"],
+            d["t0_s"], d["error_days"], d["min_history_s"], d["level_correction"], d["max_horizon_s"],
         )
+        obj.corr_alpha, obj.corr_phi, obj.corr_level = (float(d[k]) for k in ("corr_alpha", "corr_phi", "corr_level"))
         obj.fitted = bool(d["fitted"])
         obj.n_fit = int(d["n_fit"])
         obj.t_last = float(d["t_last"])

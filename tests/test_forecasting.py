@@ -56,6 +56,12 @@ def test_clean_rate_interpolates_inside_and_never_extrapolates_the_end() -> None
     assert note is not None and "interpolated" in note and "negative" in note
 
 
+def test_clean_rate_refuses_two_dimensional_rates() -> None:
+    with pytest.raises(UserError):
+        clean_rate(np.ones((10, 2)))
+    assert clean_rate(np.ones((10, 1)))[0].shape == (10,)
+
+
 def test_clean_rate_causal_only_looks_back() -> None:
     y = np.array([np.nan, 2.0, np.nan, 4.0, np.nan])
     out, _ = clean_rate(y, causal=True)
@@ -186,6 +192,25 @@ def test_prophet_recovers_signal_and_round_trips() -> None:
     fc2 = loaded.predict(96)
     assert np.array_equal(fc.mean, fc2.mean)
     assert np.array_equal(fc.upper[95], fc2.upper[95]) and np.array_equal(fc.lower[80], fc2.lower[80])
+
+
+def test_prophet_level_correction_follows_a_recent_shift() -> None:
+    pytest.importorskip("prophet")
+    from forecasting.prophet_model import ProphetForecaster
+
+    step = 900.0
+    y, _ = seasonal_series(4, step, noise=0.3, seed=18)
+    y[-8:] += 6.0  # the last two hours jumped
+    want = truth_at(np.arange(y.size, y.size + 4), step) + 6.0
+    plain = ProphetForecaster(step, agg_s=900.0).fit(y).predict(4)
+    corr = ProphetForecaster(step, agg_s=900.0, level_correction=True).fit(y)
+    fc = corr.predict(4)
+    assert abs(fc.mean[0] - want[0]) < 2.0 < abs(plain.mean[0] - want[0])
+    loaded = forecaster_from_json(corr.to_json())
+    assert np.array_equal(loaded.predict(4).mean, fc.mean)
+    mean, upper = loaded.rolling_forecast(np.full(3, 40.0), [1, 2])
+    assert mean.shape == (4, 2) and np.array_equal(mean[0], fc.mean[:2])
+    assert mean[3, 0] > mean[0, 0] and (upper >= mean).all()  # reacts to the new, higher observations
 
 
 def test_prophet_needs_two_points_and_falls_back() -> None:

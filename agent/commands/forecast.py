@@ -51,6 +51,8 @@ def register(sub: Any) -> None:
     b.add_argument("--season", default="1d", help="season for seasonal models and MASE (default 1d)")
     b.add_argument("--seasonality-mode", choices=("additive", "multiplicative"), default=None,
                    help="prophet / holt-winters seasonality mode (default additive)")
+    b.add_argument("--level-correction", action="store_true",
+                   help="prophet only: add a smoothed level of its recent residuals (reacts to the last minutes)")
     b.add_argument("--out", default=None, help="write the JSON result here (default: print a summary only)")
     p.set_defaults(func=handler)
 
@@ -84,7 +86,7 @@ def _backtest(args: argparse.Namespace) -> int:
         trace = trace.resample(resample_s)
     step = float(trace.interval_s)
     y = trace.total_rate()
-    t = trace.t_s - trace.t_s[0]
+    t = trace.t_s  # the source clock: Prophet's daily cycle and the reported cutoff times use it
     horizon = int(round(horizon_s / step))
     if horizon < 1:
         raise UserError(f"{args.horizon} is shorter than the trace interval ({step:g}s)", where="--horizon")
@@ -100,6 +102,10 @@ def _backtest(args: argparse.Namespace) -> int:
             kw["seasonality_mode"] = args.seasonality_mode
         else:
             raise UserError(f"--seasonality-mode does not apply to {args.model}")
+    if args.level_correction:
+        if args.model != "prophet":
+            raise UserError(f"--level-correction applies to prophet only, not {args.model}")
+        kw["level_correction"] = True
 
     result = backtest(y, step, args.model, horizon=horizon, cutoffs=args.cutoffs, t=t, min_train=min_train,
                       history=history, mase_season_s=season_s, **kw)
