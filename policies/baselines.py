@@ -370,7 +370,7 @@ def hpa_normalize(
     """
     longest = max(down_window_s, up_window_s, HPA_POLICY_PERIOD_S)
     if not state.recommendations and not state.scale_events:
-        # maybeInitScaleDownStabilizationWindow: a new HPA starts its window with the current replicas
+        # recordInitialRecommendation: a new HPA starts its stabilisation window with the current replicas
         state = HPAModelState(recommendations=((now, int(current)),))
     prev = tuple((t, r) for t, r in state.recommendations if t > now - longest - _EPS)
     up_rec = min([r for t, r in prev if up_window_s > 0 and t > now - up_window_s - _EPS] + [recommendation])
@@ -655,17 +655,18 @@ class KPAPolicy:
         panic = float(np.mean([c for t, c in samples if t > now - panic_span + _EPS]))
         target = concurrency_target(self.target_setting, m.slots)
         ready = max(1.0, float(_ready(m)))
-        dspc, dppc = stable / target, panic / target
+        dspc = math.ceil(stable / target - 1e-9)
+        dppc = math.ceil(panic / target - 1e-9)
         max_up = math.ceil(self.up_rate * ready)
         max_down = math.floor(ready / self.down_rate) if self.down_rate > 0 else 0
-        want_stable = int(min(max(math.ceil(dspc - 1e-9), max_down), max_up))
-        want_panic = int(min(max(math.ceil(dppc - 1e-9), max_down), max_up))
+        want_stable = int(min(max(dspc, max_down), max_up))
+        want_panic = int(min(max(dppc, max_down), max_up))
         over = dppc / ready >= self.panic_threshold
         panic_since, max_panic = ks.panic_since, ks.max_panic_pods
         if over:
             panic_since = now  # enter, or extend, panic mode
-        elif panic_since is not None and now - panic_since >= self.stable_s - _EPS:
-            panic_since, max_panic = None, 0
+        elif panic_since is not None and now - panic_since > self.stable_s + _EPS:
+            panic_since, max_panic = None, 0  # one full stable window without crossing the threshold
         if panic_since is not None:
             want = max(want_panic, want_stable)
             max_panic = max(max_panic, want)  # no scale-down while panicking

@@ -263,11 +263,14 @@ def test_kpa_panic_mode_scales_up_fast_and_never_down_while_panicking() -> None:
     stable_s = ONE.baselines.kpa_stable_window_s
     assert all(n == 12 for tt, n in out if tt - panic_start < stable_s)  # no scale-down while panicking
     assert out[-1][1] < 12  # panic ends one stable window after the last crossing
-    # no panic below the threshold: 1.9x -> stable mode, desired from the 60 s average
+    # below the threshold (ceil(4 x 1.7) = 7 < 2 x 4 ready): stable mode
     q = KPAPolicy(ONE)
     s = q.initial_state()
-    d, s = q.decide(obs_at(15.0, {M8: mobs(4, in_flight=4 * 1.9 * TARGET)}), s)
-    assert d.replicas[M8] == 8 and s.models[0][1].panic_since is None
+    d, s = q.decide(obs_at(15.0, {M8: mobs(4, in_flight=4 * 1.7 * TARGET)}), s)
+    assert d.replicas[M8] == 7 and s.models[0][1].panic_since is None
+    # Knative compares the rounded-up panic pod count: ceil(4 x 1.9) = 8 >= 2 x 4 -> panic
+    d, s = q.decide(obs_at(15.0, {M8: mobs(4, in_flight=4 * 1.9 * TARGET)}), q.initial_state())
+    assert s.models[0][1].panic_since == 15.0
 
 
 def test_kpa_max_scale_down_rate_halves_at_most() -> None:
