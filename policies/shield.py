@@ -29,7 +29,8 @@ Routing steps, per route:
 7. ``weights``        non-finite or negative weights become 0, unknown models are dropped, weights are
                       normalised; an all-zero proposal keeps the weights in force.
    ``unavailable``    no traffic to a model with zero replicas after this decision (ready + starting after
-                      actuation), unless every model of the route has zero.
+                      actuation), unless every model of the route has zero. ``quality_floor_keep`` first keeps
+                      one replica of a route's best model when the models left could not meet the floor.
    ``weight_step`` /  the result is the Euclidean projection of the proposal onto
    ``quality_floor``  {w >= 0, sum w = 1, |w - w_now| <= max_weight_step, sum w * quality >= quality_floor}.
                       If that set is empty the step limit is relaxed first (availability and the quality
@@ -445,12 +446,33 @@ class Shield:
                 fired.append(f"weight_step:{route.name}")
         return dict(zip(models, w, strict=True)), fired
 
+    def _keep_quality_models(self, replicas: dict[str, int]) -> list[str]:
+        """Keep one replica of a route's best model when without it the quality floor cannot be met.
+
+        Only models scaled to zero are touched (0 -> 1 is within any step limit). This may cost more than
+        ``budget_per_hour`` for one replica; the quality floor is a constraint of the goal as well.
+        """
+        floor = self.goal.quality_floor
+        if floor is None:
+            return []
+        fired: list[str] = []
+        for route in self.goal.routes:
+            up = [m for m in route.models if replicas.get(m, 0) > 0]
+            if not up or max(self._quality[m] for m in up) >= floor - 1e-9:
+                continue
+            best = max(route.models, key=lambda m: self._quality[m])
+            if replicas.get(best, 0) == 0 and self.goal.model(best).max_replicas >= 1:
+                replicas[best] = 1
+                fired.append(f"quality_floor_keep:{best}")
+        return fired
+
     # ------------------------------------------------------------------ entry point
     def apply(
         self, decision: Decision, obs: Observation, state: ShieldState, now: float
     ) -> tuple[Decision, ShieldState, list[str]]:
         """Return the safe decision, the next state and the names of the rules that fired."""
         replicas, _currents, hists, fired = self._replicas(decision, obs, state, now)
+        fired.extend(self._keep_quality_models(replicas))
         weights: dict[str, dict[str, float]] = {}
         proposed = decision.weights or {}
         for route in self.goal.routes:

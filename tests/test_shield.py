@@ -350,3 +350,27 @@ def test_bounds_and_step_hold_over_sequences_with_state(steps: list) -> None:  #
             assert n >= min(ref, goal.model(name).max_replicas)
         last = n
         assert all(t - tt <= goal.shield.scale_down_stabilization_s + 1e-6 for tt, _r in state.history(name))
+
+
+ZERO_MIN = replace(TWO, models=tuple(replace(m, min_replicas=0) for m in TWO.models))
+
+
+@PROPS
+@given(
+    cur=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    prop=st.tuples(st.integers(0, 5), st.integers(0, 5)),
+    w=st.floats(0.0, 1.0),
+)
+def test_no_traffic_to_models_without_replicas_and_floor_kept(cur: tuple[int, int], prop: tuple[int, int],
+                                                               w: float) -> None:
+    goal = replace(ZERO_MIN, shield=replace(ZERO_MIN.shield, max_step_down=5, scale_down_stabilization_s=0))
+    sh = Shield(goal)
+    obs = observation(goal, {M70: mobs(cur[0]), M8: mobs(cur[1])})
+    dec = Decision({M70: prop[0], M8: prop[1]}, {"chat": {M70: w, M8: 1 - w}})
+    out, _s, fired = sh.apply(dec, obs, sh.initial_state(), 0.0)
+    q = {m.name: m.quality for m in goal.models}
+    for r in goal.routes:
+        ww = out.weights[r.name]
+        if any(out.replicas[m] > 0 for m in r.models):
+            assert all(ww[m] == 0.0 for m in r.models if out.replicas[m] == 0), (out.replicas, ww)
+            assert sum(q[m] * ww[m] for m in r.models) >= goal.quality_floor - 1e-6, (out.replicas, ww, fired)
