@@ -482,5 +482,8 @@ class Shield:
         for rname in proposed:
             if rname not in weights:
                 fired.append(f"unknown_route:{rname}")
+        for mname in decision.replicas or {}:
+            if mname not in replicas:
+                fired.append(f"unknown_model:{mname}")
         new_state = ShieldState(recommendations=hists, last_replicas=tuple(replicas.items()))
         return Decision(replicas=replicas, weights=weights), new_state, fired

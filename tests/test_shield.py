@@ -209,6 +209,8 @@ def test_rules_fire_by_name() -> None:
     assert out.replicas[M70] == 3 + TWO.shield.max_step_up
     assert f"bounds:{M8}:min" in fired and f"max_step_down:{M8}" in fired
     assert out.replicas[M8] == 10 - TWO.shield.max_step_down
+    out, _s, fired = sh.apply(Decision({M70: 3, M8: 10, "gpt-x": 4}, {"nope": {M8: 1.0}}), obs, sh.initial_state(), 0.0)
+    assert "unknown_model:gpt-x" in fired and "unknown_route:nope" in fired and set(out.replicas) == {M70, M8}
 
 
 def test_relative_step_up_allows_doubling_large_fleets() -> None:
