@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,7 @@ __all__ = [
     "DaemonSettings",
     "DecisionRecord",
     "FallbackSettings",
+    "GoalReloader",
     "KubeSettings",
     "KubeStatusReader",
     "LeaderElectionSettings",
@@ -297,6 +299,60 @@ def _make_shield(goal: GoalSpec) -> Any:
         return None
 
 
+class GoalReloader:
+    """Re-reads the goal file when it changes (size or mtime), for a running daemon.
+
+    :meth:`check` returns ``(goal, policy, error)``: a new goal and a policy built for it when the file changed and
+    is valid; ``error`` (naming the file) while the file is broken or the change cannot be applied live -- the
+    daemon then keeps the last good goal. Changes to the models, their Deployments or the HTTPRoutes need a restart
+    (the Kubernetes wiring is built from them), and are reported as such.
+    """
+
+    def __init__(self, path: str, policy_factory: Callable[[GoalSpec], Policy],
+                 load: Callable[[str], GoalSpec] | None = None) -> None:
+        from simulations.goal import load_goal
+
+        self.path = str(path)
+        self._policy_factory = policy_factory
+        self._load = load or load_goal
+        self._stamp = self._stat()
+        self._error: str | None = None
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def check(self, current: GoalSpec) -> tuple[GoalSpec | None, Policy | None, str | None]:
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return None, None, self._error
+        self._stamp = stamp
+        try:
+            goal = self._load(self.path)
+            if goal.digest() == current.digest():
+                self._error = None
+                return None, None, None
+            if _wiring(goal) != _wiring(current):
+                raise FleetpilotError("the change touches models, Deployments or HTTPRoutes: restart to apply it")
+            policy = self._policy_factory(goal)
+        except Exception as exc:  # noqa: BLE001 -- a broken goal file must not stop the loop
+            msg = str(exc) if str(exc).startswith(self.path) else f"{self.path}: {exc}"
+            self._error = f"goal file not applied, keeping the last good goal: {msg}"
+            log.error("%s", self._error)
+            return None, None, self._error
+        self._error = None
+        log.info("goal file %s changed: applied (digest %s)", self.path, goal.digest())
+        return goal, policy, None
+
+
+def _wiring(goal: GoalSpec) -> tuple[Any, ...]:
+    return (tuple((m.name, m.deployment, m.service, m.port) for m in goal.models),
+            tuple((r.name, r.models, r.http_route) for r in goal.routes))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Metrics and the HTTP endpoint
 # ---------------------------------------------------------------------------------------------------------------------
@@ -436,8 +492,11 @@ class Daemon:
         status_reader: Callable[[str], FleetState] | None = None,
         metrics: DaemonMetrics | None = None,
         monotonic: Callable[[], float] | None = None,
+        goal_reloader: GoalReloader | None = None,
     ) -> None:
         self.goal = goal
+        self.goal_reloader = goal_reloader
+        self._fallback_injected = fallback is not None
         self.settings = settings or DaemonSettings()
         self.interval_s = self.settings.effective_interval(goal)
         self.policy = policy
@@ -518,7 +577,8 @@ class Daemon:
         self.metrics.leader.set(1.0 if leader else 0.0)
         may_act = mode == "control" and (leader is None or leader)
 
-        state, foreign = self._kube_state(now, errors)
+        self._maybe_reload_goal(errors)
+        state, foreign = self._kube_state(t0, errors)  # cool-downs in elapsed (monotonic) time
 
         # Prometheus -> reading
         reading: Reading | None = None
@@ -576,7 +636,8 @@ class Daemon:
 
         if self.shield is not None:
             try:
-                decision, self._shield_state, fired = self.shield.apply(decision, obs, self._shield_state, now)
+                # the shield's windows run on elapsed (monotonic) time: a wall-clock jump must not skip them
+                decision, self._shield_state, fired = self.shield.apply(decision, obs, self._shield_state, t0)
                 rules += [str(x) for x in fired]
             except Exception as exc:  # noqa: BLE001 -- the hard guard below still holds
                 errors.append(f"shield: {type(exc).__name__}: {exc}")
@@ -618,7 +679,29 @@ class Daemon:
 
     # --- pieces of the interval -----------------------------------------------------------------------------------
 
+    def _maybe_reload_goal(self, errors: list[str]) -> None:
+        if self.goal_reloader is None:
+            return
+        goal, policy, error = self.goal_reloader.check(self.goal)
+        if error:
+            errors.append(error)
+            self.metrics.api_errors.labels("goal").inc()
+        if goal is None or policy is None:
+            return
+        self.goal = goal
+        self.interval_s = self.settings.effective_interval(goal)
+        self.builder = ObservationBuilder(goal)
+        self.policy, self._policy_state = policy, policy.initial_state()
+        if not self._fallback_injected:
+            self.fallback = make_fallback_policy(goal)
+            self._fallback_state = self.fallback.initial_state()
+        if _is_policy_shield(self.shield):
+            self.shield = type(self.shield)(goal, missing="no_down")  # same models: its state carries over
+        self._pending_forecast.clear()
+        errors.append(f"goal reloaded from {self.goal_reloader.path} (digest {goal.digest()})")
+
     def _kube_state(self, now: float, errors: list[str]) -> tuple[dict[str, FleetState | None], dict[str, str]]:
+        """Desired/ready replicas per model and the models another controller owns (``now``: monotonic)."""
         state: dict[str, FleetState | None] = {}
         foreign: dict[str, str] = {}
         for spec in self.goal.models:
@@ -835,6 +918,11 @@ class Daemon:
             if n == st.desired:
                 self._last_written.setdefault(m, n)
                 continue
+            if not self._still_leader():
+                outcomes.append({"kind": "scale", "model": m, "replicas": n, "status": "skipped", "ok": False,
+                                 "message": "leadership lost during the interval (renew deadline passed)"})
+                errors.append(f"scale {m}: not written, leadership lost during the interval")
+                continue
             out = self.actuator.scale(m, int(n)) if self.actuator is not None else None
             rec = _outcome("scale", m, n, out)
             outcomes.append(rec)
@@ -853,6 +941,10 @@ class Daemon:
                 outcomes.append({"kind": "weights", "route": route.name, "weights": ints, "status": mode,
                                  "message": "would set weights"})
                 continue
+            if not self._still_leader():
+                outcomes.append({"kind": "weights", "route": route.name, "weights": ints, "status": "skipped",
+                                 "ok": False, "message": "leadership lost during the interval (renew deadline passed)"})
+                continue
             out = self.actuator.set_weights(route.name, ints) if self.actuator is not None else None
             rec = _outcome("weights", route.name, ints, out)
             outcomes.append(rec)
@@ -864,6 +956,17 @@ class Daemon:
                 errors.append(f"weights {route.name}: {rec['message']}")
                 self.metrics.api_errors.labels("kubernetes").inc()
         return outcomes
+
+    def _still_leader(self) -> bool:
+        """Re-checked right before every write: a slow interval may outlast the renew deadline."""
+        if self.elector is None:
+            return True
+        flag = getattr(self.elector, "is_leader", None)
+        if isinstance(flag, bool):
+            if not flag:
+                self._last_written.clear()
+            return flag
+        return True
 
     def _export(self, decision: Decision, state: Mapping[str, FleetState | None], foreign: Mapping[str, str],
                 mode: str) -> None:
@@ -931,6 +1034,14 @@ class Daemon:
             self.server = None
         if self.audit is not None:
             self.audit.close()
+
+
+def _is_policy_shield(obj: Any) -> bool:
+    try:
+        from policies.shield import Shield
+    except ImportError:
+        return False
+    return isinstance(obj, Shield)
 
 
 def _step_limits(current: int, up: int, up_fraction: float, down: int) -> tuple[int, int]:

@@ -618,3 +618,80 @@ def test_class_rates_derived_from_model_rates(goal):
     assert derive_class_rates(g2, {"big": 3.0, "small": 5.0}, {}) == {"a": 3.0, "b": 5.0}
     out = derive_class_rates(goal, {"big": 3.0, "small": 3.0}, {"chat": {"big": 0.5, "small": 0.5}})
     assert out["chat"] == pytest.approx(6.0)
+
+
+# ------------------------------------------------------------------------------------------------ review findings
+
+
+class DeadlineElector:
+    """Leader at the start of the interval; ``is_leader`` turns False when ``lost`` is set (renew deadline)."""
+
+    def __init__(self) -> None:
+        self.lost = False
+
+    def try_acquire_or_renew(self) -> bool:
+        return True
+
+    @property
+    def is_leader(self) -> bool:
+        return not self.lost
+
+
+def test_leadership_rechecked_before_writing(goal):
+    el = DeadlineElector()
+    d, clock, act, src, pol = make(goal, want={"big": 5, "small": 2}, elector=el)
+
+    def slow_read():
+        el.lost = True  # the reads outlasted the renew deadline
+
+    src.on_read = slow_read
+    r = d.run_once()
+    assert act.scales == [] and any(o["status"] == "skipped" for o in r.outcomes)
+    assert any("leadership lost" in e for e in r.errors)
+
+
+def test_shield_windows_use_monotonic_time(goal):
+    """A wall-clock jump must not skip the scale-down stabilisation window."""
+    import dataclasses
+
+    g = dataclasses.replace(goal, shield=dataclasses.replace(goal.shield, scale_down_stabilization_s=60.0))
+    mono = {"t": 0.0}
+    d, clock, act, src, pol = make(g, want={"big": 5, "small": 2}, monotonic=lambda: mono["t"])
+    d.run_once()
+    assert act.replicas["big"] == 5
+    pol.want = {"big": 1, "small": 2}
+    clock.t += 3600.0  # wall clock jumps forward an hour; only 15 s elapsed
+    mono["t"] += 15.0
+    r = d.run_once()
+    assert act.replicas["big"] == 5 and any("stabilization" in x for x in r.rules)
+
+
+def test_goal_file_reloaded_or_reported(goal, tmp_path):
+    from agent.daemon import GoalReloader
+
+    path = tmp_path / "goal.yaml"
+    path.write_text(GOAL)
+    built = []
+
+    def factory(g):
+        built.append(g)
+        return AskPolicy({"big": 9, "small": 2})
+
+    d, clock, act, src, pol = make(goal, want={"big": 2, "small": 2}, goal_reloader=GoalReloader(str(path), factory))
+    assert d.run_once().errors == ()
+    path.write_text("apiVersion: fleetpilot/v1\nkind: GoalSpec\nmodels: [\n")  # broken
+    r = d.run_once()
+    assert any(str(path) in e and "keeping the last good goal" in e for e in r.errors)
+    assert d.goal.shield.max_step_up == 3
+    clock.t += 15
+    r = d.run_once()  # still broken: still reported, still running on the last good goal
+    assert any(str(path) in e for e in r.errors) and r.active == "policy"
+    path.write_text(GOAL.replace("max_step_up: 3", "max_step_up: 5"))
+    clock.t += 15
+    r = d.run_once()
+    assert d.goal.shield.max_step_up == 5 and built and any("goal reloaded" in e for e in r.errors)
+    assert act.replicas["big"] == 7  # the new policy (9), within the new max step (2 + 5)
+    path.write_text(GOAL.replace("name: small", "name: tiny").replace("[big, small]", "[big, tiny]"))
+    clock.t += 15
+    r = d.run_once()
+    assert any("restart" in e for e in r.errors) and d.goal.model_names == ("big", "small")

@@ -31,6 +31,7 @@ from agent.daemon import (
     AuditSettings,
     Daemon,
     DaemonSettings,
+    GoalReloader,
     KubeSettings,
     KubeStatusReader,
     LeaderElectionSettings,
@@ -126,6 +127,8 @@ def build_daemon(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    goal_path: str | None = None,
+    policy_spec: str | None = None,
 ) -> Daemon:
     """Wire the real parts: PrometheusSource, KubeActuator, KubeStatusReader, LeaderElector, AuditLog."""
     from agent.kube import KubeActuator, RouteTarget, make_api_client
@@ -154,9 +157,13 @@ def build_daemon(
     if audit is not None and audit.repaired:
         log.warning("audit log %s ended in a partial line (a crash mid-write); moved it to %s",
                     settings.audit.path, audit.partial_path)
+    reloader = None
+    if goal_path is not None and policy_spec is not None:
+        reloader = GoalReloader(goal_path, lambda g: resolve_policy(policy_spec, g))
     return Daemon(goal, policy, source, actuator, elector, audit, clock, sleep, settings=settings,
                   forecaster_factory=_forecaster_factory(settings.forecaster),
-                  status_reader=KubeStatusReader(api_client, deployments), monotonic=monotonic)
+                  status_reader=KubeStatusReader(api_client, deployments), monotonic=monotonic,
+                  goal_reloader=reloader)
 
 
 def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
@@ -215,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     goal = load_goal(args.goal)
     _forecaster_factory(settings.forecaster)  # validate before connecting anywhere
     policy = resolve_policy(args.policy, goal)
-    daemon = build_daemon(goal, policy, settings)
+    daemon = build_daemon(goal, policy, settings, goal_path=args.goal, policy_spec=args.policy)
     try:
         if settings.metrics_port is not None:
             server = daemon.serve_metrics()
