@@ -24,6 +24,12 @@ COMMAND_MODULES = (
 )
 
 
+def one_line(text: str, limit: int = 600) -> str:
+    """Errors are one line, of bounded length, whatever the user's input contained."""
+    flat = " ".join(text.replace("\r", " ").splitlines())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(message, where=self.prog)
@@ -49,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"fleetpilot: error: {exc}", file=sys.stderr)
+        print(f"fleetpilot: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fleetpilot: interrupted", file=sys.stderr)

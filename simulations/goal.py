@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,7 +163,8 @@ class GoalSpec:
 # Pydantic models: the YAML boundary
 # ---------------------------------------------------------------------------------------------
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+MAX_REPLICAS = 10_000  # far above any real fleet; keeps counts in int32 (Deployment spec.replicas)
 
 
 class _Ref(BaseModel):
@@ -192,8 +194,8 @@ class _Model(BaseModel):
     accelerator: str = "nvidia-h100-80gb"
     cost_per_hour: float = Field(gt=0)
     cold_start_s: float = Field(90.0, ge=0)
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(ge=1)
+    min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
+    max_replicas: int = Field(ge=1, le=MAX_REPLICAS)
     latency: _Latency = _Latency()
     quality: float = Field(1.0, ge=0, le=1)
 
@@ -281,7 +283,7 @@ class _Baselines(BaseModel):
 class GoalSpecModel(BaseModel):
     """The YAML document, validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
     apiVersion: Literal["fleetpilot/v1"]  # noqa: N815 - Kubernetes-style field name
     kind: Literal["GoalSpec"]
     name: str = Field("goal", min_length=1)
@@ -302,25 +304,30 @@ class GoalSpecModel(BaseModel):
         names = [m.name for m in self.models]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"model names must be unique, repeated: {sorted(dup)}")
+            raise ValueError(f"@models@ model names must be unique, repeated: {sorted(dup)}")
         for i, r in enumerate(self.routes):
             for m in r.models:
                 if m not in names:
-                    raise ValueError(f"routes[{i}] ({r.name!r}) names unknown model {m!r}; known models: {names}")
+                    j = r.models.index(m)
+                    raise ValueError(f"@routes[{i}].models[{j}]@ route {r.name!r} names unknown model {m!r}; "
+                                     f"known models: {names}")
         rnames = [r.name for r in self.routes]
         if len(set(rnames)) != len(rnames):
-            raise ValueError("route names must be unique")
+            raise ValueError("@routes@ route names must be unique")
         if self.quality_floor is not None:
-            for r in self.routes:
+            for i, r in enumerate(self.routes):
                 best = max(next(m.quality for m in self.models if m.name == x) for x in r.models)
                 if best < self.quality_floor:
                     raise ValueError(
-                        f"route {r.name!r} cannot meet quality_floor {self.quality_floor}: best model quality {best}"
+                        f"@routes[{i}]@ route {r.name!r} cannot meet quality_floor {self.quality_floor}: "
+                        f"best model quality {best}"
                     )
         if self.budget_per_hour is not None:
             floor = sum(m.min_replicas * m.cost_per_hour for m in self.models)
             if floor > self.budget_per_hour:
-                raise ValueError(f"budget_per_hour {self.budget_per_hour} is below the min_replicas cost {floor:.2f}")
+                raise ValueError(
+                    f"@budget_per_hour@ {self.budget_per_hour} is below the cost of min_replicas ({floor:.2f} $/h)"
+                )
         return self
 
     def to_goal(self, source: str = "") -> GoalSpec:
@@ -382,8 +389,18 @@ def _field_path(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if not text.isprintable() or len(text) > 60:
+                text = _short(text, 60)
+            out += ("." if out else "") + text
     return out or "(document)"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A one-line, bounded rendering of a user value for error messages."""
+    text = repr(value) if not isinstance(value, str) else repr(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
@@ -417,23 +434,35 @@ def parse_goal(text: str, source: str = "<goal>") -> GoalSpec:
     """Parse YAML text into a :class:`GoalSpec`; raises :class:`UserError` with a one-line reason."""
     try:
         data = yaml.load(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise UserError("YAML nested too deeply to be a goal spec", where=source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"not valid YAML: {problem}", where=where) from None
+        raise UserError(f"not valid YAML: {' '.join(str(problem).split())[:120]}", where=where) from None
     if not isinstance(data, Mapping):
         raise UserError(f"expected a YAML mapping with apiVersion: {API_VERSION}, kind: {KIND}", where=source)
     try:
         model = GoalSpecModel.model_validate(data)
+    except RecursionError:
+        raise UserError("goal spec nested too deeply", where=source) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err.get("loc", ()))
-        line = _line_of(text, loc)
+        raw_msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        hinted = re.match(r"^@([^@]+)@ (.*)$", raw_msg, re.S)
+        if hinted:  # cross-field checks name their field path: '@routes[1].models[0]@ message'
+            loc = tuple(int(x) if x.isdigit() else x for x in re.findall(r"[^.\[\]]+", hinted.group(1)))
+            err = {**err, "msg": hinted.group(2), "input": None}
+        try:
+            line = _line_of(text, loc)
+        except RecursionError:
+            line = None
         where = f"{source}:{line}" if line else source
         value = err.get("input")
-        shown = "" if isinstance(value, Mapping) or value is None else f" (got {value!r})"
-        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        shown = "" if isinstance(value, Mapping) or value is None else f" (got {_short(value)})"
+        msg = " ".join(str(err.get("msg", "invalid")).removeprefix("Value error, ").split())[:300]
         raise UserError(f"{_field_path(loc)}: {msg}{shown}", where=where) from None
     return model.to_goal(source=source)
 

@@ -264,10 +264,11 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
     name = p.stem
     where = str(p)
     try:
-        fh = p.open(newline="", encoding="utf-8")
+        fh = p.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise UserError(f"cannot read trace: {exc.strerror or exc.__class__.__name__}", where=where) from None
     t_list: list[float] = []
+    lines: list[int] = []
     req: list[float] = []
     tin: list[float] = []
     tout: list[float] = []
@@ -301,6 +302,7 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
                 if t <= prev:
                     raise UserError(f"t_s goes backwards or repeats ({t:g} after {prev:g})", where=f"{where}:{line}")
                 prev = t
+                lines.append(line)
                 r = _num(row[idx["requests"]], where, line, "requests", allow_empty=False)
                 if r < 0:
                     raise UserError(f"requests is negative ({r:g})", where=f"{where}:{line}")
@@ -326,9 +328,25 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
         interval = 1.0
     if interval <= 0:
         raise UserError("cannot infer the interval from t_s", where=where)
-    # Missing intervals (gaps in the source) become zero-arrival rows so the clock stays regular.
-    idx_pos = np.rint((t_s - t_s[0]) / interval).astype(np.int64)
+    # Missing intervals (gaps in the source) become zero-arrival rows so the clock stays regular;
+    # a row off that grid, or a gap far larger than the file, is an error (never silently merged or allocated).
+    pos = (t_s - t_s[0]) / interval
+    idx_pos = np.rint(pos).astype(np.int64)
+    off = np.nonzero(np.abs(pos - idx_pos) > 0.01)[0]
+    if off.size:
+        i = int(off[0])
+        raise UserError(
+            f"t_s {t_s[i]:g} is off the {interval:g}s grid inferred from the file (expected evenly spaced intervals)",
+            where=f"{where}:{lines[i]}",
+        )
     n = int(idx_pos[-1]) + 1
+    if n > 10 * len(t_s) + 100_000:
+        i = int(np.argmax(np.diff(t_s))) + 1
+        raise UserError(
+            f"t_s jumps from {t_s[i - 1]:g} to {t_s[i]:g}: a gap of {(t_s[i] - t_s[i - 1]) / interval:.0f} intervals "
+            "in a file of {len(t_s)} rows (is a timestamp wrong?)".replace("{len(t_s)}", str(len(t_s))),
+            where=f"{where}:{lines[i]}",
+        )
     arrivals = np.zeros(n)
     arrivals[idx_pos] = req
     fill_in = _fill_tokens(np.asarray(tin), idx_pos, n, DEFAULT_INPUT_TOKENS)

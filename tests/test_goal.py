@@ -63,11 +63,6 @@ def test_min_greater_than_max(tmp_path: Path) -> None:
     assert "models[0]" in msg and "min_replicas" in msg and "max_replicas" in msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="goal.py reports cross-field route errors with loc () -> 'goal.yaml: (document): ...' without a line "
-    "(reported to the goal.py owner with a proposed fix)",
-)
 def test_unknown_model_in_route(tmp_path: Path) -> None:
     text = BASE.replace("models: [llama-3-70b, llama-3-8b]\n    weights: [0.5, 0.5]\n    http_route: {namespace: "
                         "inference, name: code}", "models: [llama-3-70b, llama-9b]\n    weights: [0.5, 0.5]\n    "

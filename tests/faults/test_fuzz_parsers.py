@@ -451,7 +451,7 @@ def test_trace_conservation_on_grid(files: Files, steps: list[int], counts: st.D
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _simulate_argv(goal: Path, trace: Path, out: Path) -> list[str] | None:
+def _simulate_argv(goal: Path, trace: Path, out: Path, replicas: str = "x=1") -> list[str] | None:
     """The simulate command line, read from its parser (the command is written by someone else)."""
     if not has_command("simulate"):
         return None
@@ -469,8 +469,8 @@ def _simulate_argv(goal: Path, trace: Path, out: Path) -> list[str] | None:
         argv += ["--trace", str(trace)]
     if "--out" in opts:
         argv += ["--out", str(out)]
-    if "--policy" in opts:
-        argv += ["--policy", "static"]
+    if "--replicas" in opts:
+        argv += ["--replicas", replicas]
     return argv
 
 
@@ -506,7 +506,8 @@ def test_simulate_bad_input_leaves_nothing(files: Files, goal_case: Any, csv_cas
     bad = goal if isinstance(goal_res, UserError) else trace if isinstance(trace_res, UserError) else None
     assume(bad is not None)
     out = files.fresh()
-    argv = _simulate_argv(goal, trace, out)
+    replicas = ",".join(f"{m}=1" for m in goal_res.model_names) if isinstance(goal_res, GoalSpec) else "x=1"
+    argv = _simulate_argv(goal, trace, out, replicas)
     assert argv is not None
     code, _o, err = run_cli(argv)
     assert_one_line_error(code, err, bad)
@@ -514,7 +515,7 @@ def test_simulate_bad_input_leaves_nothing(files: Files, goal_case: Any, csv_cas
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# known defects in the parsers (owners: simulations/goal.py, simulations/traces.py) -- pinned, xfail(strict)
+# defects the fuzzing found in the parsers (simulations/goal.py, simulations/traces.py), now fixed: regression tests
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _valid_doc() -> dict[str, Any]:
@@ -538,7 +539,6 @@ NONFINITE_CASES = [
 
 @pytest.mark.fault(group="parsers", scenario="goal spec: infinite numbers ({path} = inf)",
                    expected="rejected: UserError naming the field (inf is not a price, a time or a rate)")
-@pytest.mark.xfail(strict=True, reason="BUG simulations/goal.py: float fields accept .inf (only NaN fails gt/ge)")
 @pytest.mark.parametrize(("path", "value"), NONFINITE_CASES, ids=lambda v: "/".join(map(str, v)) if
                          isinstance(v, tuple) else str(v))
 def test_bug_goal_accepts_infinity(path: tuple[Any, ...], value: float) -> None:
@@ -549,8 +549,6 @@ def test_bug_goal_accepts_infinity(path: tuple[Any, ...], value: float) -> None:
 
 @pytest.mark.fault(group="parsers", scenario="goal spec: NaN routing weight (weights: [.nan, 1])",
                    expected="rejected: UserError on routes[0].weights")
-@pytest.mark.xfail(strict=True, reason="BUG simulations/goal.py _Route._weights: `w < 0` and `sum <= 0` are False "
-                   "for NaN, so NaN (and inf) weights pass")
 def test_bug_goal_accepts_nan_weight() -> None:
     doc = copy.deepcopy(GOAL_DOCS["two-model-routed.yaml"])
     doc["routes"][0]["weights"] = [float("nan"), 1.0]
@@ -560,7 +558,6 @@ def test_bug_goal_accepts_nan_weight() -> None:
 
 @pytest.mark.fault(group="parsers", scenario="goal spec: replica bounds beyond Kubernetes int32 (max_replicas: 1e30)",
                    expected="rejected: UserError (Deployment spec.replicas is int32; numba kernels use int64)")
-@pytest.mark.xfail(strict=True, reason="BUG simulations/goal.py: max_replicas/min_replicas have no upper bound")
 def test_bug_goal_accepts_huge_replicas() -> None:
     with pytest.raises(UserError):
         parse_goal(yaml.safe_dump(_set(_valid_doc(), ("models", 0, "max_replicas"), 10**30)), "huge.yaml")
@@ -568,8 +565,6 @@ def test_bug_goal_accepts_huge_replicas() -> None:
 
 @pytest.mark.fault(group="parsers", scenario="goal spec: unknown key containing a newline ('a\\nb': 1)",
                    expected="exit 2 with exactly one stderr line")
-@pytest.mark.xfail(strict=True, reason="BUG simulations/goal.py _field_path: key text is printed raw, so the "
-                   "one-line error spans two lines")
 def test_bug_goal_error_with_newline_key(files: Files) -> None:
     doc = _valid_doc()
     doc["a\nb"] = 1
@@ -581,8 +576,6 @@ def test_bug_goal_error_with_newline_key(files: Files) -> None:
 
 @pytest.mark.fault(group="parsers", scenario="goal spec: deeply nested YAML (5000 nested lists / maps)",
                    expected="UserError / exit 2, no traceback")
-@pytest.mark.xfail(strict=True, reason="BUG simulations/goal.py parse_goal: PyYAML recursion raises RecursionError "
-                   "(not caught), the CLI prints a traceback")
 @pytest.mark.parametrize("kind", ["list", "map"])
 def test_bug_goal_deep_nesting(files: Files, kind: str) -> None:
     body = "[" * 5000 + "]" * 5000 if kind == "list" else "{a: " * 5000 + "1" + "}" * 5000
@@ -592,8 +585,6 @@ def test_bug_goal_deep_nesting(files: Files, kind: str) -> None:
 
 @pytest.mark.fault(group="parsers", scenario="goal spec: YAML alias bomb in a string field (name: *e, 10^6 leaves)",
                    expected="UserError of bounded length (< 2 kB), promptly")
-@pytest.mark.xfail(strict=True, reason="BUG simulations/goal.py parse_goal: the error shows repr() of the whole "
-                   "offending value, exponential in the alias depth")
 def test_bug_goal_alias_bomb_message(files: Files) -> None:
     text = "a: &a [x,x,x,x,x,x,x,x,x,x]\n"
     for prev, cur in zip("abcde", "bcdef", strict=True):
@@ -607,8 +598,6 @@ def test_bug_goal_alias_bomb_message(files: Files) -> None:
 
 @pytest.mark.fault(group="parsers", scenario="trace CSV: t_s off the inferred grid (0, 1, 1.5, 2.5 / 0, 0.4, 10, 20)",
                    expected="UserError naming the line, or every request kept: nothing lost")
-@pytest.mark.xfail(strict=True, reason="BUG simulations/traces.py load_trace: rows rounding to the same grid slot "
-                   "overwrite each other (arrivals[idx_pos] = req), silently dropping requests")
 @pytest.mark.parametrize("ts", [(0, 1, 1.5, 2.5), (0, 0.4, 10, 20)])
 def test_bug_trace_off_grid_loses_requests(files: Files, ts: tuple[float, ...]) -> None:
     path = files.write("t_s,requests\n" + "".join(f"{t},1\n" for t in ts), ".csv")
@@ -619,8 +608,6 @@ def test_bug_trace_off_grid_loses_requests(files: Files, ts: tuple[float, ...]) 
 
 @pytest.mark.fault(group="parsers", scenario="trace CSV: one huge gap (t_s 0, 1, 2, 1e9) under a 1 GB memory limit",
                    expected="UserError naming the file (no 8 GB allocation, no MemoryError traceback)")
-@pytest.mark.xfail(strict=True, reason="BUG simulations/traces.py load_trace: gaps are materialised as zero rows "
-                   "with no bound, so a typo in t_s allocates n = gap/interval rows")
 def test_bug_trace_huge_gap(files: Files) -> None:
     path = files.write("t_s,requests\n0,1\n1,1\n2,1\n1000000000,1\n", ".csv")
     code = textwrap.dedent(f"""
@@ -642,8 +629,6 @@ def test_bug_trace_huge_gap(files: Files) -> None:
 
 @pytest.mark.fault(group="parsers", scenario="trace CSV saved with a UTF-8 byte-order mark (Excel)",
                    expected="accepted like the same file without BOM (no false rejection)")
-@pytest.mark.xfail(strict=True, reason="BUG simulations/traces.py load_trace: opened as utf-8, not utf-8-sig, so "
-                   "the header reads '\\ufefft_s' and t_s is 'missing'")
 def test_bug_trace_bom(files: Files) -> None:
     path = files.write("\ufefft_s,requests\n0,1\n1,2\n", ".csv")
     res = trace_outcome(path)
