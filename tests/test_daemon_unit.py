@@ -695,3 +695,64 @@ def test_goal_file_reloaded_or_reported(goal, tmp_path):
     clock.t += 15
     r = d.run_once()
     assert any("restart" in e for e in r.errors) and d.goal.model_names == ("big", "small")
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def _cli(argv, capsys):
+    from agent.cli import main
+
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, [ln for ln in out.err.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--mode", "attack"], "--mode"),
+    (["--interval", "0"], "--interval"),
+    (["--interval", "abc"], "--interval"),
+    (["--metrics-port", "70000"], "--metrics-port"),
+    (["--prometheus", "localhost:9090"], "--prometheus"),
+    (["--kube-host", "127.0.0.1:1"], "--kube-host"),
+    (["--policy", "nonsense"], "nonsense"),
+    (["--policy", "rl:/no/such/dir"], "/no/such/dir"),
+    (["--forecaster", "crystal-ball"], "--forecaster"),
+    (["--in-cluster", "--kubeconfig", "x"], "not allowed with"),
+])
+def test_run_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, needle):
+    goal_path = tmp_path / "goal.yaml"
+    goal_path.write_text(GOAL)
+    code, out, err = _cli(["run", "--goal", str(goal_path), "--kube-host", "http://127.0.0.1:1", *extra], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("fleetpilot: error: ") and needle in err[0], err
+
+
+def test_run_missing_goal_exit_2(tmp_path, capsys):
+    code, out, err = _cli(["run", "--goal", str(tmp_path / "nope.yaml"), "--kube-host", "http://127.0.0.1:1"], capsys)
+    assert code == 2 and len(err) == 1 and "nope.yaml" in err[0]
+
+
+def test_run_once_against_emulator_with_prometheus_down(tmp_path, capsys):
+    """The real wiring end to end: the official client against the emulator; Prometheus unreachable -> fallback,
+    no scale-down; one record on stdout, one audit line, exit 0."""
+    from simulations.testbed.k8s_emulator import K8sEmulator, httproute_manifest
+    from simulations.testbed.prometheus import free_port
+
+    goal_path = tmp_path / "goal.yaml"
+    goal_path.write_text(GOAL)
+    audit = tmp_path / "audit.jsonl"
+    with K8sEmulator() as emu:
+        emu.add_deployment("inference", "big", replicas=3)
+        emu.add_deployment("inference", "small", replicas=2)
+        emu.objects.put(httproute_manifest("chat", [("big", 8000, 500), ("small", 8000, 500)]), namespace="inference")
+        code, out, err = _cli(["run", "--goal", str(goal_path), "--policy", "hpa", "--mode", "control",
+                               "--kube-host", emu.url, "--prometheus", f"http://127.0.0.1:{free_port()}",
+                               "--prometheus-timeout", "1", "--audit", str(audit), "--once", "--forecaster", "none",
+                               "--log-level", "ERROR"], capsys)
+        assert code == 0, err
+        rec = json.loads(out)
+        assert rec["active"] == "fallback" and rec["fallback_reason"].startswith("prometheus")
+        assert rec["leader"] is True and rec["state"]["big"] == {"desired": 3, "ready": 3}
+        assert emu.replicas("inference", "big") == 3 and emu.replicas("inference", "small") == 2
+        assert emu.objects.get("leases", "default", "fleetpilot") is not None
+    assert len(read_audit(audit)) == 1
