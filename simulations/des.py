@@ -241,24 +241,35 @@ def simulate_des(
     admit = np.full(n_req, np.nan)
     ttft = np.full(n_req, np.nan)
     e2e = np.full(n_req, np.nan)
-    first_at = np.full(n_req, np.nan)
     dropped = np.zeros(n_req, dtype=bool)
     drop_at = np.full(n_req, np.nan)
     cur_int = 0
     events: list[tuple[float, int, int, int, int]] = []
     seq = 0
 
+    # step time tau(n) = (a + b n) * inflation[interval]: the formula of step_time_py, precomputed per pool
+    coef_a = [m.latency.t0_s for m in models]
+    coef_b = [m.latency.seq_s + m.latency.kv_s_per_token * (float(pool_tin[i]) + 0.5 * float(pool_tout[i]))
+              for i, m in enumerate(models)]
+    inflation = (1.0 / (1.0 - np.minimum(pf_load, 0.9))).tolist()  # (n, P)
+    for i, m in enumerate(models):  # the precomputed form is the documented formula
+        assert abs((coef_a[i] + coef_b[i] * 7.0) * inflation[0][i] - step_time_py(
+            m.latency.t0_s, m.latency.seq_s, m.latency.kv_s_per_token, float(pool_tin[i]), float(pool_tout[i]), 7.0,
+            float(pf_load[0, i]))) < 1e-12
+    infl = inflation[0]
+    t_arr_l = t_arr.tolist()
+    tin_l = tin.tolist()
+    n_dec_l = n_dec.tolist()
+    fixed_l = fixed_draw.tolist() if fixed_draw is not None else None
+    pf_tok = [m.latency.prefill_s_per_token for m in models]
+
     def tau(p: int, n: int) -> float:
-        lp = models[p].latency
-        return step_time_py(
-            lp.t0_s, lp.seq_s, lp.kv_s_per_token, float(pool_tin[p]), float(pool_tout[p]), float(n),
-            float(pf_load[cur_int, p]),
-        )
+        return (coef_a[p] + coef_b[p] * n) * infl[p]
 
     def advance(p: int, rep: _Replica, t: float) -> None:
         if t > rep.t:
             if rep.n > 0:
-                rep.v += (t - rep.t) / tau(p, rep.n)
+                rep.v += (t - rep.t) / ((coef_a[p] + coef_b[p] * rep.n) * infl[p])
             rep.t = t
 
     def reschedule(p: int, ri: int, rep: _Replica) -> None:
@@ -276,10 +287,10 @@ def simulate_des(
         cap = slots[p]
         while q:
             rid = q[0]
-            if t - t_arr[rid] > timeout:
+            if t - t_arr_l[rid] > timeout:
                 q.popleft()
                 dropped[rid] = True
-                drop_at[rid] = t_arr[rid] + timeout
+                drop_at[rid] = t_arr_l[rid] + timeout
                 ttft[rid] = math.inf
                 e2e[rid] = math.inf
                 continue
@@ -292,23 +303,22 @@ def simulate_des(
             q.popleft()
             rep = reps_p[best]
             admit[rid] = t
-            if fixed_draw is not None:
+            if fixed_l is not None:
                 rep.n += 1
-                ttft[rid] = t - t_arr[rid]
-                e2e[rid] = ttft[rid] + fixed_draw[rid]
+                ttft[rid] = t - t_arr_l[rid]
+                e2e[rid] = ttft[rid] + fixed_l[rid]
                 seq += 1
-                heapq.heappush(events, (t + fixed_draw[rid], seq, _EV_FIXED, p * 1_000_000 + best, rid))
+                heapq.heappush(events, (t + fixed_l[rid], seq, _EV_FIXED, p * 1_000_000 + best, rid))
                 continue
             advance(p, rep, t)
             rep.n += 1
-            part = tau(p, rep.n) + models[p].latency.prefill_s_per_token * tin[rid]
-            first_at[rid] = t + part
-            ttft[rid] = t + part - t_arr[rid]
+            part = tau(p, rep.n) + pf_tok[p] * tin_l[rid]
+            ttft[rid] = t + part - t_arr_l[rid]
             seq += 1
             heapq.heappush(events, (t + part, seq, _EV_FIRST, p * 1_000_000 + best, rid))
             reschedule(p, best, rep)  # step time changed with n
 
-    if fixed_draw is None and n_int > 1:
+    if fixed_l is None and n_int > 1:
         for i in range(1, n_int):
             seq += 1
             events.append((float(trace.t_s[i]), seq, _EV_INTERVAL, i, 0))
@@ -316,8 +326,9 @@ def simulate_des(
 
     ai = 0
     inf = math.inf
+    p_arr_l = p_arr.tolist()
     while ai < n_req or events:
-        t_next_arr = t_arr[ai] if ai < n_req else inf
+        t_next_arr = t_arr_l[ai] if ai < n_req else inf
         if events and events[0][0] < t_next_arr:
             t, _, kind, a, b = heapq.heappop(events)
             if kind == _EV_INTERVAL:
@@ -325,6 +336,7 @@ def simulate_des(
                     for rep in pools_rep[p]:
                         advance(p, rep, t)
                 cur_int = a
+                infl = inflation[cur_int]
                 for p in range(n_p):
                     for ri, rep in enumerate(pools_rep[p]):
                         reschedule(p, ri, rep)
@@ -336,7 +348,7 @@ def simulate_des(
                 dispatch(p, t)
             elif kind == _EV_FIRST:
                 advance(p, rep, t)
-                heapq.heappush(rep.heap, (rep.v + n_dec[b], b))
+                heapq.heappush(rep.heap, (rep.v + n_dec_l[b], b))
                 reschedule(p, ri, rep)
             else:  # _EV_DONE
                 if b != rep.version:
@@ -345,7 +357,7 @@ def simulate_des(
                 freed = 0
                 while rep.heap and rep.heap[0][0] <= rep.v + 1e-9:
                     _, rid = heapq.heappop(rep.heap)
-                    e2e[rid] = t - t_arr[rid]
+                    e2e[rid] = t - t_arr_l[rid]
                     freed += 1
                 rep.n -= freed
                 reschedule(p, ri, rep)
@@ -354,9 +366,9 @@ def simulate_des(
         else:
             rid = ai
             ai += 1
-            p = int(p_arr[rid])
+            p = p_arr_l[rid]
             queues[p].append(rid)
-            dispatch(p, float(t_arr[rid]))
+            dispatch(p, t_next_arr)
 
     # requests left in a queue: dropped if their timeout falls before the end of the trace
     end = trace.end_s
