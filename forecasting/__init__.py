@@ -11,12 +11,18 @@ Public API (see each module):
 * :mod:`forecasting.features` -- :func:`rolling_features`, :class:`OnlineForecaster`.
 """
 
+from forecasting.backtest import BacktestResult, backtest
 from forecasting.base import MODEL_NAMES, Forecast, Forecaster, clean_rate, forecaster_from_json, make_forecaster
+from forecasting.features import OnlineForecaster, rolling_features
 from forecasting.models import HoltWinters, LastValue, SeasonalNaive
 from forecasting.robust import FallbackForecaster, robust_fit
 
 __all__ = [
     "MODEL_NAMES",
+    "BacktestResult",
+    "OnlineForecaster",
+    "backtest",
+    "rolling_features",
     "FallbackForecaster",
     "Forecast",
     "Forecaster",

@@ -267,16 +267,18 @@ class OnlineForecaster:
         with self._lock:
             if self._cur_bin is None or self._first_bin is None:
                 return np.zeros((leads.size, 2))
-            values = list(self._values)
-            first = self._first_bin
-            partial = self._cur_sum / self._cur_count if self._cur_count else math.nan
             model, end_bin = self._model, self._model_end_bin
+            if model is not None and end_bin < self._first_bin - 1:
+                model = None  # the steps right after its fit were trimmed away: it cannot be rolled forward
+            # copy only what is needed: the steps after the model's fit (plus one before, to hold gaps)
+            skip = 0 if model is None else max(0, end_bin - self._first_bin)
+            values = self._values[skip:]
+            first = self._first_bin + skip
+            partial = self._cur_sum / self._cur_count if self._cur_count else math.nan
         y_all = np.array(values + [partial], dtype=float)  # bins first .. cur_bin
         if model is None:
             model, end_bin = self._interim_model(values, first)
-        after = end_bin - first + 1  # index in y_all of the first step the model has not seen
-        if after < 0:
-            after = 0
+        after = max(0, end_bin - first + 1)  # index in y_all of the first step the model has not seen
         # hold gaps at the last value the model or the buffer saw (causal)
         prev = y_all[:after][np.isfinite(y_all[:after])]
         seed = prev[-1] if prev.size else math.nan
