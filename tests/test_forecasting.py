@@ -512,7 +512,7 @@ def small_trace(tmp_path):  # type: ignore[no-untyped-def]
         (["--horizon", "1m"], "shorter than the trace interval"),
         (["--model", "arima"], "invalid choice"),
         (["--cutoffs", "0"], "--cutoffs"),
-        (["--range", "5d:6d"], "outside"),
+        (["--range", "5d:6d"], "range"),
         (["--cutoffs", "50", "--min-train", "3d"], "too short"),
     ],
 )
