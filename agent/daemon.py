@@ -75,6 +75,7 @@ class PrometheusSettings:
     url: str = "http://127.0.0.1:9090"
     timeout_s: float = 5.0
     stale_after_intervals: float = 2.0
+    freshness_query: str | None = "max by (model_name) (timestamp(vllm:num_requests_running))"
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -218,7 +219,7 @@ class KubeStatusReader:
             raise classify(exc, f"read deployment {ns}/{name}") from exc
         desired = int(dep.spec.replicas or 0) if dep.spec is not None else 0
         ready = int((dep.status.ready_replicas if dep.status is not None else 0) or 0)
-        return FleetState(desired=desired, ready=min(ready, max(desired, ready)))
+        return FleetState(desired=desired, ready=ready)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -877,8 +878,7 @@ class Daemon:
         reps = {}
         for spec in self.goal.models:
             m = spec.name
-            o = obs.models[m]
-            cur = int(o.ready) + int(o.starting)  # what the shield calls current (= spec.replicas when live)
+            cur = int(obs.models[m].desired)  # spec.replicas as read (the shield's current, capped at desired)
             want = int(decision.replicas[m])
             lo_step, hi_step = _step_limits(cur, sh.max_step_up, sh.max_step_up_fraction, sh.max_step_down)
             new = min(max(want, lo_step), hi_step)

@@ -18,7 +18,9 @@ for every query in :class:`~simulations.goal.PrometheusQueries`, each an instant
 * ``Reading.stale`` names every input that was missing, older than ``stale_after_intervals`` control intervals,
   NaN/infinite or garbage (negative, unparsable, absurdly large). Latency NaN while a model serves nothing is
   not stale (there is nothing to measure). Sample age comes from ``freshness_query`` (the newest raw sample's
-  ``timestamp()`` per model) compared with the query's evaluation time, so clocks need not agree.
+  ``timestamp()`` per model) compared with the query's evaluation time, so clocks need not agree. When that query
+  answers nothing at all (it names a metric this server does not have), age is not checked and ``last_notes``
+  says so; a model missing from a non-empty answer is stale.
 
 Every failure to get an answer -- connection refused, timeout, HTTP 5xx, a body that is not the expected JSON --
 raises :class:`~simulations.errors.TemporaryError`; an HTTP 4xx (the server rejected the PromQL) raises
@@ -127,6 +129,7 @@ class PrometheusSource:
         self._prev_queue: dict[str, tuple[float, float]] = {}  # model -> (t, waiting)
         self.last_raw: dict[str, dict[str, float]] = {}
         self.last_ages: dict[str, float] = {}
+        self.last_notes: list[str] = []
         self.queries = {
             name: getattr(goal.prometheus, name) for name in (*REQUIRED, *LATENCY, *OPTIONAL)
         }
@@ -196,6 +199,8 @@ class PrometheusSource:
         answers = {name: self._query(name, q) for name, q in self.queries.items()}
         fresh = self._query("freshness", self.freshness_query) if self.freshness_query else None
         self.last_raw = {k: dict(v.values) for k, v in answers.items()}
+        self.last_notes = [] if fresh is None or fresh.values else [
+            f"freshness query answered nothing, sample age not checked: {self.freshness_query}"]
         stale: list[str] = []
         models: dict[str, ModelReading] = {}
         weights = _weights(self.goal, weights)
@@ -230,7 +235,7 @@ class PrometheusSource:
             e2e_s = get("e2e_p95")
             prompt = get("prompt_tokens_rate")
             gen = get("generation_tokens_rate")
-            if fresh is not None:
+            if fresh is not None and fresh.values:  # an empty answer: the query does not fit this server
                 ts = fresh.values.get(m, math.nan)
                 evaluated = fresh.eval_ts if fresh.eval_ts is not None else now
                 age = evaluated - ts if math.isfinite(ts) else math.inf

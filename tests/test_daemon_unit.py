@@ -756,3 +756,13 @@ def test_run_once_against_emulator_with_prometheus_down(tmp_path, capsys):
         assert emu.replicas("inference", "big") == 3 and emu.replicas("inference", "small") == 2
         assert emu.objects.get("leases", "default", "fleetpilot") is not None
     assert len(read_audit(audit)) == 1
+
+
+def test_freshness_query_that_fits_nothing_is_noted_not_stale(goal):
+    clock = FakeClock()
+    t = clock.t
+    src = PrometheusSource("http://x", goal, clock, client=FakeProm(prom_answers(t, **{"timestamp(": []})))
+    r = src.read()
+    assert r.stale == () and src.last_notes and "not checked" in src.last_notes[0]
+    src = PrometheusSource("http://x", goal, clock, client=FakeProm(prom_answers(t, **{"timestamp(": vec(t, big=t)})))
+    assert src.read().stale == ("small.age",)

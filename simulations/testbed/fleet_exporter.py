@@ -30,6 +30,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -178,6 +179,7 @@ class FleetExporter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         loop: bool = False,
+        history_size: int = 100_000,
     ) -> None:
         if interval_s <= 0 or speed <= 0:
             raise ValueError("interval_s and speed must be > 0")
@@ -204,8 +206,9 @@ class FleetExporter:
         self._host, self._port = host, port
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
-        self.history: list[IntervalStats] = []
-        self.replica_history: list[tuple[float, dict[str, int], dict[str, int]]] = []  # (t, ready, desired)
+        self.history: deque[IntervalStats] = deque(maxlen=history_size)
+        # (t, ready, desired) per step
+        self.replica_history: deque[tuple[float, dict[str, int], dict[str, int]]] = deque(maxlen=history_size)
         self.steps = 0
         self.errors: list[str] = []
 
