@@ -766,3 +766,17 @@ def test_freshness_query_that_fits_nothing_is_noted_not_stale(goal):
     assert r.stale == () and src.last_notes and "not checked" in src.last_notes[0]
     src = PrometheusSource("http://x", goal, clock, client=FakeProm(prom_answers(t, **{"timestamp(": vec(t, big=t)})))
     assert src.read().stale == ("small.age",)
+
+
+def test_second_signal_interrupts(goal):
+    from agent.commands.run import install_signal_handlers
+
+    stop = threading.Event()
+    restore = install_signal_handlers(stop)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        restore()

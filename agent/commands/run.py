@@ -170,11 +170,16 @@ def build_daemon(
 
 
 def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
-    """SIGTERM and SIGINT set ``stop`` (the current interval finishes); returns a function restoring the old ones."""
+    """SIGTERM and SIGINT set ``stop`` (the current interval finishes); a second one interrupts at once (exit 130,
+    like kopf's hard exit after a grace period). Returns a function restoring the old handlers."""
     old = {}
 
     def handler(signum: int, frame: Any) -> None:
-        log.info("received %s: finishing the current interval", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():  # a second signal: the operator does not want to wait for a stuck interval
+            log.warning("received %s again: exiting without finishing the interval", name)
+            raise KeyboardInterrupt
+        log.info("received %s: finishing the current interval", name)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
