@@ -627,9 +627,12 @@ class Daemon:
             errors.append(f"fallback policy: {type(exc).__name__}: {exc}")
         self._update_fallback(reason)
         active = "fallback" if self._in_fallback or raw is None else "policy"
+        if active == "fallback" and reason is None:
+            reason = (f"recovering: {self._healthy_streak}/{self.settings.fallback.recover_intervals} healthy "
+                      "intervals before the policy decides again")
         if active == "fallback":
             decision = fb_raw or _Hold().decide(obs, None)[0]
-            self.metrics.fallbacks.labels((reason or "recovering").split(":")[0][:40]).inc()
+            self.metrics.fallbacks.labels(reason.split(":")[0][:40]).inc()
         else:
             decision = raw  # type: ignore[assignment]
         decision = self._complete(decision, obs)
@@ -923,7 +926,7 @@ class Daemon:
                                  "message": "leadership lost during the interval (renew deadline passed)"})
                 errors.append(f"scale {m}: not written, leadership lost during the interval")
                 continue
-            out = self.actuator.scale(m, int(n)) if self.actuator is not None else None
+            out = self._call_actuator("scale", m, int(n))
             rec = _outcome("scale", m, n, out)
             outcomes.append(rec)
             self.metrics.writes.labels("scale", rec["status"]).inc()
@@ -945,7 +948,7 @@ class Daemon:
                 outcomes.append({"kind": "weights", "route": route.name, "weights": ints, "status": "skipped",
                                  "ok": False, "message": "leadership lost during the interval (renew deadline passed)"})
                 continue
-            out = self.actuator.set_weights(route.name, ints) if self.actuator is not None else None
+            out = self._call_actuator("set_weights", route.name, ints)
             rec = _outcome("weights", route.name, ints, out)
             outcomes.append(rec)
             self.metrics.writes.labels("weights", rec["status"]).inc()
@@ -956,6 +959,15 @@ class Daemon:
                 errors.append(f"weights {route.name}: {rec['message']}")
                 self.metrics.api_errors.labels("kubernetes").inc()
         return outcomes
+
+    def _call_actuator(self, verb: str, target: str, value: Any) -> Any:
+        """An actuator write; an exception (the real actuator returns outcomes instead) becomes a failed outcome."""
+        if self.actuator is None:
+            return None
+        try:
+            return getattr(self.actuator, verb)(target, value)
+        except Exception as exc:  # noqa: BLE001 -- reported in the audit, never fatal
+            return _Failed(f"{verb} raised {type(exc).__name__}: {exc}")
 
     def _still_leader(self) -> bool:
         """Re-checked right before every write: a slow interval may outlast the renew deadline."""
@@ -1063,6 +1075,15 @@ def _int_weights(w: Mapping[str, float], models: Sequence[str]) -> dict[str, int
     if not any(ints.values()):
         ints[max(models, key=lambda m: float(w.get(m, 0.0)))] = 1
     return ints
+
+
+@dataclass(frozen=True)
+class _Failed:
+    message: str
+    ok: bool = False
+    status: str = "error"
+    http_status: int | None = None
+    attempts: int = 1
 
 
 def _outcome(kind: str, target: str, value: Any, out: Any) -> dict[str, Any]:

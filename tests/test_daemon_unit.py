@@ -780,3 +780,18 @@ def test_second_signal_interrupts(goal):
             os.kill(os.getpid(), signal.SIGTERM)
     finally:
         restore()
+
+
+def test_actuator_exception_is_an_outcome_not_a_crash(goal, tmp_path):
+    d, clock, act, src, pol = make(goal, want={"big": 4, "small": 2}, tmp_path=tmp_path)
+
+    def boom(model, n):
+        raise ConnectionResetError("peer reset")
+
+    act.scale = boom
+    r = d.run_once()
+    assert r.outcomes[0]["ok"] is False and "ConnectionResetError" in r.outcomes[0]["message"]
+    assert any("scale big" in e for e in r.errors) and len(read_audit(tmp_path / "audit.jsonl")) == 1
+    act.scale = FakeActuator.scale.__get__(act)
+    clock.t += 15
+    assert d.run_once().outcomes[0]["ok"] is True
