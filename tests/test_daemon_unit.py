@@ -795,3 +795,64 @@ def test_actuator_exception_is_an_outcome_not_a_crash(goal, tmp_path):
     act.scale = FakeActuator.scale.__get__(act)
     clock.t += 15
     assert d.run_once().outcomes[0]["ok"] is True
+
+
+# ------------------------------------------------------------------------------------------------ the fleet exporter
+
+
+def _histogram_quantile(q: float, bounds, cum) -> float:
+    """Prometheus' histogram_quantile on cumulative bucket counts (linear inside the bucket)."""
+    total = cum[-1]
+    rank = q * total
+    lo_b, lo_c = 0.0, 0.0
+    for b, c in zip(bounds, cum, strict=True):
+        if c >= rank:
+            return lo_b + (b - lo_b) * (rank - lo_c) / max(c - lo_c, 1e-12)
+        lo_b, lo_c = b, c
+    return bounds[-1]
+
+
+@pytest.mark.parametrize("p50, p95, p99", [(0.05, 0.3, 0.6), (0.2, 0.9, 3.0), (1.0, 4.0, 9.0)])
+def test_exporter_buckets_give_back_the_percentile(p50, p95, p99):
+    from simulations.testbed.fleet_exporter import TTFT_BUCKETS, bucket_counts
+
+    cum, total = bucket_counts(1000.0, p50, p95, p99, TTFT_BUCKETS)
+    cum = [*cum, 1000.0]
+    bounds = [*TTFT_BUCKETS, math.inf]
+    assert all(a <= b + 1e-9 for a, b in zip(cum, cum[1:], strict=False))
+    got = _histogram_quantile(0.95, bounds, cum)
+    i = next(k for k, b in enumerate(TTFT_BUCKETS) if b >= p95)  # the bucket holding p95 bounds the error
+    lo = TTFT_BUCKETS[i - 1] if i else 0.0
+    assert lo - 1e-9 <= got <= TTFT_BUCKETS[i] + 1e-9
+    assert p50 * 0.5 <= total / 1000.0 <= p99 * 1.25  # the _sum is a mean inside the distribution's support
+
+
+def test_exporter_follows_the_emulator(goal):
+    from simulations.testbed.fleet_exporter import FleetExporter, compress_trace
+    from simulations.testbed.k8s_emulator import K8sEmulator, httproute_manifest
+    from simulations.traces import BUNDLED_TRACES, load_trace
+
+    trace = compress_trace(load_trace(BUNDLED_TRACES / "azure_llm_2023_conv_1s.csv").slice(0, 1200), 10)
+    emu = K8sEmulator(auto_status=False)  # the store only: no HTTP needed here
+    emu.objects.put(httproute_manifest("chat", [("big", 8000, 500), ("small", 8000, 500)]), namespace="inference")
+    exp = FleetExporter(goal, trace, np.random.default_rng(0), interval_s=1.0, cold_start_scale=0.1)
+    exp.attach(emu)  # creates the Deployments at the simulator's replicas
+    assert emu.replicas("inference", "big") == 1 and emu.replicas("inference", "small") == 2
+    exp.step()
+    emu.set_replicas("inference", "big", 3)  # someone (the daemon) scales
+    emu.objects.update("httproutes", "inference", "chat", lambda o: o["spec"]["rules"][0].update(
+        backendRefs=[{"name": "big", "port": 8000, "weight": 800}, {"name": "small", "port": 8000, "weight": 200}]))
+    exp.step()
+    status = emu.objects.get("deployments", "inference", "big")["status"]
+    assert status["replicas"] == 3 and status["readyReplicas"] == 1  # cold start (3 s here)
+    assert exp.sim.current_weights()["chat"] == pytest.approx({"big": 0.8, "small": 0.2})
+    for _ in range(4):
+        exp.step()
+    assert emu.objects.get("deployments", "inference", "big")["status"]["readyReplicas"] == 3
+    text = exp.exposition().decode()
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
+                 'vllm:request_success_total{finished_reason="stop",model_name="big"}', "vllm:prompt_tokens_total",
+                 "vllm:generation_tokens_total"):
+        assert name in text, name
+    assert not exp.errors

@@ -15,7 +15,8 @@ series set per ``model_name``, on a loopback port:
 
 The fleet follows the Kubernetes API emulator: :meth:`FleetExporter.attach` registers an ``on_scale`` callback so a
 change of a Deployment's ``spec.replicas`` (by the daemon, or anyone) is applied to the simulator at the next step,
-with the model's cold start. It writes the Deployment's ``status`` back (``replicas``, ``readyReplicas``...) as a
+with the model's cold start; the weights of each goal route's HTTPRoute (first rule's ``backendRefs``, matched by
+Service name and port) are read at every step and applied when they changed. It writes the Deployment's ``status`` back (``replicas``, ``readyReplicas``...) as a
 deployment controller would, so the emulator must run with ``auto_status=False`` for status to show cold starts.
 
 Wall time is only read through the injected ``clock``/``sleep`` (defaults: ``time.monotonic``/``time.sleep``);
@@ -239,6 +240,34 @@ class FleetExporter:
         self._callback = emulator.on_scale(on_scale)
         self._write_status()
 
+    def _route_weights(self) -> dict[str, dict[str, float]]:
+        """Routing weights from the emulator's HTTPRoutes (first rule's backendRefs), for the routes that changed."""
+        if self._emulator is None:
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        current = self.sim.current_weights()
+        for route in self.goal.routes:
+            if route.http_route is None:
+                continue
+            obj = self._emulator.objects.get("httproutes", route.http_route.namespace, route.http_route.name)
+            rules = ((obj or {}).get("spec") or {}).get("rules") or []
+            if not rules:
+                continue
+            by_backend = {(r.get("name"), r.get("port")): float(r.get("weight", 1)) for r in rules[0].get("backendRefs")
+                          or [] if isinstance(r, dict)}
+            w = {}
+            for m in route.models:
+                spec = self.goal.model(m)
+                w[m] = by_backend.get((spec.service, spec.port), 0.0)
+            tot = sum(w.values())
+            if tot <= 0:
+                continue
+            w = {m: x / tot for m, x in w.items()}
+            old = current.get(route.name, {})
+            if any(abs(w[m] - old.get(m, 0.0)) > 1e-9 for m in w):
+                out[route.name] = w
+        return out
+
     def set_replicas(self, model: str, replicas: int) -> None:
         """Ask for ``replicas`` of ``model`` at the next step (without an emulator)."""
         with self._lock:
@@ -281,7 +310,8 @@ class FleetExporter:
             pending, self._desired = self._desired, {}
         current = {p.spec.name: p.desired for p in self.sim.pools}
         changes = {m: n for m, n in pending.items() if current.get(m) != n}
-        stats = self.sim.step(Decision(changes) if changes else None)
+        weights = self._route_weights()
+        stats = self.sim.step(Decision(changes, weights) if changes or weights else None)
         self._record(stats)
         self._write_status()
         self.history.append(stats)
