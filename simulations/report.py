@@ -471,8 +471,9 @@ def _overview(result: ReplayResult, colors: dict[str, str]) -> str:
     x_hi = max(max(xs) * 1.1, 1.2)
     x_lo = min(min(xs) * 0.95, 0.95)
     goal_att = result.goal.slo.attainment
+    # zoom on the region around the goal; policies far below are pinned to the bottom edge with their value
     y_lo = min(min(p[2] for p in pts), goal_att) - 0.01
-    y_lo = max(0.0, math.floor(y_lo * 100) / 100)
+    y_lo = max(0.0, math.floor(y_lo * 100) / 100, math.floor((goal_att - 0.10) * 100) / 100)
     y_hi = 1.0
 
     def sx(v: float) -> float:
@@ -486,7 +487,7 @@ def _overview(result: ReplayResult, colors: dict[str, str]) -> str:
     gy = sy(goal_att)
     o.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{gy - mt:.1f}" fill="{_OK}" fill-opacity="0.06"/>')
     ystep = _nice_step(y_hi - y_lo, 4)
-    v = y_lo
+    v = math.ceil(y_lo / ystep - 1e-9) * ystep
     while v <= y_hi + 1e-9:
         yy = sy(v)
         o.append(f'<line class="grid" x1="{ml}" x2="{ml + pw}" y1="{yy:.1f}" y2="{yy:.1f}"/>')
@@ -500,7 +501,7 @@ def _overview(result: ReplayResult, colors: dict[str, str]) -> str:
         o.append(f'<text class="xl" x="{xx:.1f}" y="{mt + ph + 15}" text-anchor="middle">{v:.3g}×</text>')
         v += xstep
     o.append(f'<line class="target" x1="{ml}" x2="{ml + pw}" y1="{gy:.1f}" y2="{gy:.1f}"/>')
-    o.append(f'<text class="tl" x="{ml + pw - 3}" y="{gy - 5:.1f}" text-anchor="end">goal {goal_att * 100:g} %</text>')
+    o.append(f'<text class="tl" x="{ml + 4}" y="{gy + 12:.1f}">goal {goal_att * 100:g} % — above the line met it</text>')
     o.append(f'<rect class="frame" x="{ml}" y="{mt}" width="{pw}" height="{ph}"/>')
     o.append(f'<text class="xu" x="{ml + pw / 2:.0f}" y="{h - 6}" text-anchor="middle">cost ÷ oracle cost '
              '(left is cheaper)</text>')
@@ -510,18 +511,26 @@ def _overview(result: ReplayResult, colors: dict[str, str]) -> str:
     for name, cx, cy in pts:
         if not math.isfinite(cx):
             continue
-        X, Y = sx(cx), sy(cy)
-        o.append(f'<circle class="pt" data-policy="{_e(name)}" cx="{X:.1f}" cy="{Y:.1f}" r="6" '
-                 f'fill="{colors[name]}" stroke="#fff" stroke-width="1.5"/>')
-        labels.append((Y, X, name))
+        X, Y = sx(cx), sy(max(cy, y_lo))
+        if cy < y_lo:  # off the zoomed scale: a downward triangle on the bottom edge
+            o.append(f'<path class="pt" data-policy="{_e(name)}" d="M{X - 6:.1f},{Y - 8:.1f}h12l-6,9z" '
+                     f'fill="{colors[name]}" stroke="#fff" stroke-width="1"/>')
+            labels.append((Y, X, name, f"{name} ({cy * 100:.0f} %)"))
+        else:
+            o.append(f'<circle class="pt" data-policy="{_e(name)}" cx="{X:.1f}" cy="{Y:.1f}" r="6" '
+                     f'fill="{colors[name]}" stroke="#fff" stroke-width="1.5"/>')
+            labels.append((Y, X, name, name))
     labels.sort()
     last = -1e9
-    for Y, X, name in labels:  # labels in the right margin, nudged apart, with leader lines
-        ly = max(Y, last + 13)
+    # labels in the right margin, nudged apart (and kept inside the plot's height), with leader lines
+    n_lab = len(labels)
+    for i, (Y, X, name, label) in enumerate(labels):
+        ly = min(max(Y, last + 13), mt + ph + 6 - 13 * (n_lab - 1 - i))
+        ly = max(ly, last + 13)
         last = ly
         o.append(f'<line x1="{X + 7:.1f}" y1="{Y:.1f}" x2="{ml + pw + 8}" y2="{ly:.1f}" stroke="{colors[name]}" '
                  'stroke-width="0.8" stroke-opacity="0.6"/>')
-        o.append(f'<text class="pl" x="{ml + pw + 11}" y="{ly + 4:.1f}" fill="{colors[name]}">{_e(name)}</text>')
+        o.append(f'<text class="pl" x="{ml + pw + 11}" y="{ly + 4:.1f}" fill="{colors[name]}">{_e(label)}</text>')
     o.append("</svg>")
     return "".join(o)
 
