@@ -128,7 +128,7 @@ def _pct(x: np.ndarray, q: float) -> float:
 
 
 class _Replica:
-    __slots__ = ("n", "v", "t", "heap", "version")
+    __slots__ = ("n", "v", "t", "heap", "version", "pause_end")
 
     def __init__(self, t: float) -> None:
         self.n = 0  # running sequences (in prefill or decoding)
@@ -136,6 +136,7 @@ class _Replica:
         self.t = t  # time at which v was last brought up to date
         self.heap: list[tuple[float, int]] = []  # (v at which the request finishes, request id)
         self.version = 0
+        self.pause_end = t  # "engine" prefill mode: decodes are paused until then (prefill steps in progress)
 
 
 def _shares(goal: GoalSpec, trace: Trace, weights: Mapping[str, Mapping[str, float]] | None) -> np.ndarray:
@@ -168,8 +169,20 @@ def simulate_des(
     weights: Mapping[str, Mapping[str, float]] | None = None,
     fixed_service_s: float | None = None,
     slots_override: int | None = None,
+    prefill: str = "offered",
 ) -> DESResult:
-    """Run the reference simulator over the whole trace with fixed replicas (default: each model's min)."""
+    """Run the reference simulator over the whole trace with fixed replicas (default: each model's min).
+
+    ``prefill="offered"`` (default) uses the fast simulator's semantics: prefill is a share of engine time set
+    by the *offered* arrival rate (``kernel.step_time``'s ``prefill_load``). ``prefill="engine"`` models it
+    physically instead: each admitted request's prefill (``prefill_s_per_token x input_tokens``) runs as an
+    engine step during which the replica's running decodes pause (prefills queue FIFO per replica); the step
+    time of decodes is then ``t0 + seq x n + kv x n x ctx`` without inflation. Only admitted requests cost
+    prefill time, so throughput under overload stays at capacity.
+    """
+    if prefill not in ("offered", "engine"):
+        raise UserError(f"prefill must be 'offered' or 'engine', got {prefill!r}")
+    engine = prefill == "engine"
     models: tuple[ModelSpec, ...] = goal.models
     n_p = len(models)
     reps = {m.name: m.min_replicas for m in models}
@@ -232,7 +245,7 @@ def simulate_des(
     pf_load = np.zeros((n_int, n_p))
     for i, m in enumerate(models):
         r = reps[m.name]
-        if r > 0:
+        if r > 0 and not engine:
             pf_load[:, i] = prefill_work[:, i] * m.latency.prefill_s_per_token / r
 
     pools_rep = [[_Replica(trace.start_s) for _ in range(reps[m.name])] for m in models]
@@ -269,14 +282,17 @@ def simulate_des(
     def advance(p: int, rep: _Replica, t: float) -> None:
         if t > rep.t:
             if rep.n > 0:
-                rep.v += (t - rep.t) / ((coef_a[p] + coef_b[p] * rep.n) * infl[p])
+                run = t - rep.t
+                if rep.pause_end > rep.t:  # decodes paused by prefill steps until pause_end
+                    run -= min(t, rep.pause_end) - rep.t
+                rep.v += run / ((coef_a[p] + coef_b[p] * rep.n) * infl[p])
             rep.t = t
 
     def reschedule(p: int, ri: int, rep: _Replica) -> None:
         nonlocal seq
         rep.version += 1
         if rep.heap:
-            t_c = rep.t + max(0.0, rep.heap[0][0] - rep.v) * tau(p, rep.n)
+            t_c = max(rep.t, rep.pause_end) + max(0.0, rep.heap[0][0] - rep.v) * tau(p, rep.n)
             seq += 1
             heapq.heappush(events, (t_c, seq, _EV_DONE, p * 1_000_000 + ri, rep.version))
 
@@ -312,13 +328,17 @@ def simulate_des(
                 continue
             advance(p, rep, t)
             rep.n += 1
-            part = tau(p, rep.n) + pf_tok[p] * tin_l[rid]
+            if engine:  # own prefill step after the replica's queued prefills, then one decode step
+                rep.pause_end = max(t, rep.pause_end) + pf_tok[p] * tin_l[rid]
+                part = rep.pause_end - t + tau(p, rep.n)
+            else:
+                part = tau(p, rep.n) + pf_tok[p] * tin_l[rid]
             ttft[rid] = t + part - t_arr_l[rid]
             seq += 1
             heapq.heappush(events, (t + part, seq, _EV_FIRST, p * 1_000_000 + best, rid))
             reschedule(p, best, rep)  # step time changed with n
 
-    if fixed_l is None and n_int > 1:
+    if fixed_l is None and not engine and n_int > 1:
         for i in range(1, n_int):
             seq += 1
             events.append((float(trace.t_s[i]), seq, _EV_INTERVAL, i, 0))

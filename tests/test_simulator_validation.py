@@ -366,6 +366,28 @@ def test_overload_throughput_stays_at_capacity() -> None:
     assert fast >= 0.97 * cap, (fast, cap)
 
 
+def test_des_engine_prefill_keeps_overload_throughput_at_capacity() -> None:
+    """With prefill modelled as engine steps of admitted requests (prefill="engine"), 150% load serves capacity."""
+    goal = _goal(timeout_s=1e6, control_s=600.0)
+    cap = _capacity(goal.models[0], 1000.0, 150.0)
+    res = simulate_des(goal, _const_trace(1.5 * cap, 600.0, 1000.0, 150.0), np.random.default_rng(3),
+                       replicas={"m": 1}, prefill="engine")
+    fin = res.arrival_s + res.e2e_s
+    served = float((np.isfinite(fin) & (fin >= 60) & (fin < 600)).sum() / 540.0)
+    assert served == pytest.approx(cap, rel=0.03)
+
+
+@pytest.mark.xfail(strict=True, reason="model gap, reported: the fast simulator folds prefill into a step-time "
+                   "inflation and so has no prefill queue; with prefill as FIFO engine steps that pause decodes "
+                   "(vLLM without chunked prefill) the Azure conv slice's p95 TTFT is 91 ms vs 50 ms at 50% load, "
+                   "0.7-2.0 s vs 89 ms at 80%, 18-20 s vs 0.7 s at 95%")
+def test_fast_simulator_agrees_with_engine_prefill_des_at_50_percent() -> None:
+    goal, tr = _loaded(0.5, 1)
+    fast = _fast_p95(0.5, 1, 0)
+    des = simulate_des(goal, tr, np.random.default_rng(10_000), replicas={"m": 1}, prefill="engine").percentile_ms(95)
+    assert fast / des == pytest.approx(1.0, abs=0.10), (fast, des)
+
+
 def test_des_same_seed_same_result_and_timeouts() -> None:
     goal = _goal(timeout_s=5.0)
     tr = _const_trace(50.0, 120.0, 500.0, 100.0)
