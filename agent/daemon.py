@@ -76,6 +76,7 @@ class PrometheusSettings:
     timeout_s: float = 5.0
     stale_after_intervals: float = 2.0
     freshness_query: str | None = "max by (model_name) (timestamp(vllm:num_requests_running))"
+    class_rate_query: str | None = None  # per-route request rate (label ``route``), e.g. from the gateway
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):

@@ -856,3 +856,15 @@ def test_exporter_follows_the_emulator(goal):
                  "vllm:generation_tokens_total"):
         assert name in text, name
     assert not exp.errors
+
+
+def test_class_rate_query_per_route(goal):
+    clock = FakeClock()
+    t = clock.t
+    ans = prom_answers(t, gateway_requests=[{"metric": {"route": "chat"}, "value": [t, "7.5"]}])
+    src = PrometheusSource("http://x", goal, clock, client=FakeProm(ans),
+                           class_rate_query="sum by (route) (rate(gateway_requests[1m]))")
+    r = src.read()
+    assert r.class_rates == {"chat": 7.5} and r.stale == ()
+    ans["gateway_requests"] = []
+    assert src.read().stale == ("route.chat.rate",)

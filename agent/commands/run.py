@@ -63,6 +63,9 @@ def register(sub: Any) -> None:
     p.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per query (default 5)")
     p.add_argument("--freshness-query", default=PrometheusSettings.freshness_query,
                    help="PromQL giving the newest raw sample time per model_name ('' to skip age checks)")
+    p.add_argument("--class-rate-query", default=None,
+                   help="PromQL giving the request rate per route (label 'route'); default: derived from the model "
+                        "rates and the weights in force")
     p.add_argument("--audit", help="append one JSON line per interval to this file")
     p.add_argument("--interval", type=float, help="seconds between decisions (default: the goal's control_interval_s)")
     p.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port (0: any free port)")
@@ -155,7 +158,8 @@ def build_daemon(
         elector = LeaderElector(api_client, le.namespace, le.lease_name, le.identity, le.lease_duration_s, clock)
     source = PrometheusSource(settings.prometheus.url, goal, clock, settings.prometheus.timeout_s, interval_s=interval,
                               stale_after_intervals=settings.prometheus.stale_after_intervals,
-                              freshness_query=settings.prometheus.freshness_query)
+                              freshness_query=settings.prometheus.freshness_query,
+                              class_rate_query=settings.prometheus.class_rate_query)
     audit = AuditLog(settings.audit.path, fsync=settings.audit.fsync) if settings.audit.path else None
     if audit is not None and audit.repaired:
         log.warning("audit log %s ended in a partial line (a crash mid-write); moved it to %s",
@@ -213,7 +217,8 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
         mode=args.mode,
         interval_s=args.interval,
         prometheus=PrometheusSettings(url=args.prometheus, timeout_s=args.prometheus_timeout,
-                                      freshness_query=args.freshness_query or None),
+                                      freshness_query=args.freshness_query or None,
+                                      class_rate_query=args.class_rate_query or None),
         kube=KubeSettings(kubeconfig=args.kubeconfig, in_cluster=bool(args.in_cluster), host=args.kube_host),
         leader=LeaderElectionSettings(enabled=not args.no_leader_election, namespace=args.lease_namespace,
                                       lease_name=args.lease_name, identity=args.identity,
