@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from typing import Any
 
 from simulations.goal import json_schema, load_goal
@@ -40,5 +42,10 @@ def validate_handler(args: argparse.Namespace) -> int:
 
 
 def schema_handler(args: argparse.Namespace) -> int:
-    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    try:
+        sys.stdout.write(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `fleetpilot schema | head`: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     return 0
