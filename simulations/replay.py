@@ -365,6 +365,7 @@ def _forecast_for(ctx: _Context, t: float) -> dict[str, np.ndarray] | None:
 def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], None] | None) -> PolicyRun:
     goal, trace = ctx.goal, ctx.trace
     started = time.perf_counter()
+    cpu0 = time.process_time()
     prepare = getattr(policy, "prepare", None)
     if callable(prepare):
         prepare(goal, trace, seed=ctx.seed, tick_s=ctx.tick_s, initial_replicas=ctx.initial)
@@ -476,6 +477,7 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     summ["shielded"] = shield is not None
     summ["is_oracle"] = bool(getattr(policy, "is_oracle", False) or type(policy).__name__ == "OraclePolicy")
     summ["wall_s"] = round(time.perf_counter() - started, 3)
+    summ["cpu_s"] = round(time.process_time() - cpu0, 3)  # this process's CPU: comparable on a busy machine
     describe = getattr(getattr(policy, "plan", None), "describe", None)
     if callable(describe):
         summ["plan"] = describe()
@@ -628,6 +630,9 @@ def replay(
         raise UserError(f"--tick {tick:g} must be positive and divide the control interval "
                         f"({goal.control_interval_s:g} s)")
     notes: list[str] = []
+    if tick > 5.0:
+        notes.append(f"simulator tick {tick:g} s is coarse: queueing inside a tick is fluid, expect pessimistic "
+                     "latency and spurious drops (defaults: 1 s for sub-minute traces, 5 s otherwise)")
     if shield_factory == "default":
         shield_factory = _default_shield_factory()
         if shield_factory is None:

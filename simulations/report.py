@@ -205,6 +205,8 @@ def _reduce(y: np.ndarray, starts: np.ndarray, how: str) -> np.ndarray:
             out[i] = fin.max()
         elif how == "min":
             out[i] = fin.min()
+        elif how == "median":
+            out[i] = float(np.median(fin))
         else:
             out[i] = fin.mean()
     return out
@@ -227,6 +229,7 @@ class _Series:
     dash: str | None = None
     step: bool = False
     fill: bool = False
+    band: tuple[np.ndarray, np.ndarray] | None = None  # (low, high) envelope drawn lightly behind the line
 
 
 def _path(xs: np.ndarray, ys: np.ndarray, step: bool) -> str:
@@ -342,6 +345,15 @@ def _chart(
         d = _path(xs, ys, s.step)
         if not d:
             continue
+        if s.band is not None:
+            blo, bhi = sy(np.asarray(s.band[0], float)), sy(np.asarray(s.band[1], float))
+            ok = np.isfinite(s.band[0]) & np.isfinite(s.band[1])
+            if ok.sum() >= 2:
+                fx = xs[ok]
+                top = "".join(f"L{a:.1f},{b:.1f}" for a, b in zip(fx, bhi[ok], strict=True))
+                bot = "".join(f"L{a:.1f},{b:.1f}" for a, b in zip(fx[::-1], blo[ok][::-1], strict=True))
+                o.append(f'<path class="band" d="M{top[1:]}{bot}Z" fill="{s.color}" fill-opacity="0.16" '
+                         'stroke="none"/>')
         if s.fill:
             base = _MT + ph
             fin = np.isfinite(ys)
@@ -567,7 +579,14 @@ def _policy_section(result: ReplayResult, run: PolicyRun, colors: dict[str, str]
     n = len(s.t_s)
     starts = _buckets(n, 420)
     x = s.t_s[starts] + 0.0
+    reduced = len(starts) < n  # long replays: bucket median line + min..max band instead of every interval
     color = colors[run.name]
+
+    def banded(y: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        if not reduced:
+            return np.asarray(y, float), None
+        return _reduce(y, starts, "median"), (_reduce(y, starts, "min"), _reduce(y, starts, "max"))
+
     # traffic vs capacity
     offered = _reduce(s.offered_rps, starts, "mean")
     cap = _reduce(s.capacity_total_rps, starts, "mean")
@@ -576,22 +595,25 @@ def _policy_section(result: ReplayResult, run: PolicyRun, colors: dict[str, str]
         _Series("capacity", cap, color, 1.8, step=True),
     ], axis, y_unit="req/s", y_max=y_caps["traffic"])
     # p95 TTFT with the target
-    tt = _reduce(np.where(np.isfinite(s.ttft_p95_ms), s.ttft_p95_ms, goal.slo.timeout_s * 1e3), starts, "max")
+    tt, tt_band = banded(np.where(np.isfinite(s.ttft_p95_ms), s.ttft_p95_ms, goal.slo.timeout_s * 1e3))
     missed = s.window_t_s[~s.window_met] if len(s.window_t_s) else np.zeros(0)
-    ttft = _chart("ttft", run.name, f"p{goal.slo.percentile:g} TTFT per interval", x,
-                  [_Series("p95 TTFT", tt, color, 1.4)], axis, y_unit="ms, log", log=True,
+    ttft = _chart("ttft", run.name, f"p{goal.slo.percentile:g} TTFT" + (" (median, range)" if reduced
+                                                                         else " per interval"), x,
+                  [_Series("p95 TTFT", tt, color, 1.4, band=tt_band)], axis, y_unit="ms, log", log=True,
                   y_min=y_caps["ttft_lo"], y_max=max(goal.slo.timeout_s * 1e3, y_caps["ttft_hi"]),
                   target=goal.slo.target_ms, target_label=f"target {goal.slo.target_ms:g} ms", marks=missed)
     # replicas per model
     rep_series = []
     for i, m in enumerate(goal.model_names):
-        rep_series.append(_Series(m, _reduce(s.ready[m], starts, "max"), _MODEL_COLORS[i % len(_MODEL_COLORS)],
-                                  1.6, step=True))
+        ry, rband = banded(s.ready[m])
+        rep_series.append(_Series(m, ry, _MODEL_COLORS[i % len(_MODEL_COLORS)], 1.6,
+                                  step=not reduced, band=rband))
         st = s.starting[m]
-        if st.any():
+        if st.any() and not reduced:
             rep_series.append(_Series(f"{m} (ready+starting)", _reduce(s.ready[m] + st, starts, "max"),
                                       _MODEL_COLORS[i % len(_MODEL_COLORS)], 1.0, dash="3 2", step=True))
-    replicas = _chart("replicas", run.name, "Replicas per model (ready)", x, rep_series, axis,
+    replicas = _chart("replicas", run.name, "Ready replicas" + (" (median, range)" if reduced else " per model"),
+                      x, rep_series, axis,
                       y_unit="replicas", integer=True, y_max=y_caps["replicas"])
     # cumulative cost vs the oracle
     cost_series = [_Series("cost", _reduce(s.cost_cum_usd, starts, "last"), color, 1.9)]
