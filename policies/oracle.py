@@ -547,11 +547,24 @@ def warm_start_replicas(goal: GoalSpec, trace: Trace, *, seed: int = 0, tick_s: 
     frame = _Frame.of(goal, trace)
     lead_s = max(m.cold_start_s for m in goal.models) + 2 * goal.control_interval_s
     nw = min(frame.n_windows, int(math.ceil(lead_s / frame.window_s)) + 1)
-    share = None
+    shares: list[np.ndarray | None] = [None]
     if goal.routes and len(goal.models) > 1:
-        share = _default_share(goal, trace, frame.n_windows)
-    req, _ = window_requirements(goal, trace, share, seed=seed, tick_s=tick_s, n_windows=nw)
-    return {m.name: int(max(m.min_replicas, req[m.name].max(initial=0))) for m in goal.models}
+        # the first interval runs with the default weights; the oracle then routes by its bound's shares:
+        # start with enough for both (windows are independent in the bound, so the head of the trace suffices)
+        shares = [_default_share(goal, trace, frame.n_windows)]
+        head_end = min(trace.end_s, trace.start_s + nw * frame.window_s)
+        if head_end > trace.start_s:
+            try:
+                head = trace.slice(trace.start_s, head_end)
+                shares.append(routing_lower_bound(goal, head).share)
+            except UserError:
+                pass
+    out = {m.name: m.min_replicas for m in goal.models}
+    for share in shares:
+        req, _ = window_requirements(goal, trace, share, seed=seed, tick_s=tick_s, n_windows=nw)
+        for m in goal.models:
+            out[m.name] = int(max(out[m.name], req[m.name].max(initial=0)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -786,9 +799,10 @@ def plan_oracle(
         missed = [i for i, w in enumerate(windows) if not w.met and i < frame.n_windows]
         fixable = []
         for i in missed:
-            for m in goal.models:
-                if multi and per_model[m.name][i] <= goal.slo.target_ms:
-                    continue
+            culprits = [m for m in goal.models if not multi or per_model[m.name][i] > goal.slo.target_ms]
+            if not culprits:  # no pool missed on its own: the fleet-wide percentile did; bump the slowest pool
+                culprits = [max(goal.models, key=lambda m, _i=i: per_model[m.name][_i])]
+            for m in culprits:
                 if req[m.name][i] < m.max_replicas:
                     fixable.append((m.name, i))
         if not fixable or pass_no == verify_passes - 1:  # the reported numbers are those of the final plan

@@ -296,6 +296,7 @@ def _chart(
         step = _nice_step(hi - lo, 4)
         if integer:
             step = max(1.0, math.ceil(step))
+        lo = math.floor(lo / step + 1e-9) * step
         hi = max(hi, lo + step)
         hi = math.ceil(hi / step - 1e-9) * step
 
@@ -621,6 +622,21 @@ def _policy_section(result: ReplayResult, run: PolicyRun, colors: dict[str, str]
         ox, oy = oracle_cost
         cost_series.insert(0, _Series("oracle", np.interp(x, ox, oy), _ORACLE_COLOR, 1.2, dash="4 3"))
     cost = _chart("cost", run.name, "Cumulative cost", x, cost_series, axis, y_unit="USD", y_max=y_caps["cost"])
+    quality = ""
+    if goal.routes and s.weights:  # routed goals: the answer quality each route's weights give, vs the floor
+        q = {m.name: m.quality for m in goal.models}
+        q_series = []
+        for i, (route, per) in enumerate(s.weights.items()):
+            avg = sum((q[m] * v for m, v in per.items()), np.zeros(n))
+            q_series.append(_Series(route, _reduce(avg, starts, "mean"), _PALETTE[(i + 3) % len(_PALETTE)], 1.5,
+                                    step=not reduced))
+        qs = [m.quality for m in goal.models]
+        lo_q, hi_q = min(qs), max(qs)
+        pad = max(0.02, (hi_q - lo_q) * 0.08)
+        quality = _chart("quality", run.name, "Route answer quality", x, q_series, axis, y_unit="quality",
+                         y_min=max(0.0, lo_q - pad), y_max=min(1.0, hi_q + pad),
+                         target=goal.quality_floor, target_label=(f"floor {goal.quality_floor:g}"
+                                                                  if goal.quality_floor is not None else ""))
     sm = run.summary
     met = sm["met_goal"]
     badge = '<span class="badge ok">met</span>' if met else '<span class="badge bad">missed</span>'
@@ -637,13 +653,16 @@ def _policy_section(result: ReplayResult, run: PolicyRun, colors: dict[str, str]
     legend_items += [(m, _MODEL_COLORS[i % len(_MODEL_COLORS)], None) for i, m in enumerate(goal.model_names)]
     if oracle_cost is not None and not sm.get("is_oracle"):
         legend_items.append(("oracle cost", _ORACLE_COLOR, "dash"))
-    legend_items.append((f"target {goal.slo.target_ms:g} ms", _BAD, "dash"))
+    if quality:
+        legend_items += [(f"route {r}", _PALETTE[(i + 3) % len(_PALETTE)], None) for i, r in enumerate(s.weights)]
+    legend_items.append((f"target {goal.slo.target_ms:g} ms" + (" / quality floor" if quality else ""), _BAD, "dash"))
     return (f'<section class="policy" data-policy="{_e(run.name)}" id="policy-{_e(run.name)}">'
             f'<header><h3><i class="sw" style="background:{color}"></i>{_e(run.name)}</h3>'
             f'<span class="facts">{_money(sm["cost_usd"])} · {_ratio(sm.get("cost_vs_oracle") or math.nan)} oracle · '
             f'{_pct(sm["slo_attainment"])} windows {badge} · {sm["scale_events"]:,} scale events · '
             f'{len(missed):,} missed windows (red ticks) · {_e(shield_txt)}</span></header>'
-            f'<div class="charts">{traffic}{ttft}{replicas}{cost}</div>{_legend(legend_items)}</section>')
+            f'<div class="charts{" five" if quality else ""}">{traffic}{ttft}{replicas}{cost}{quality}</div>'
+            f'{_legend(legend_items)}</section>')
 
 
 def _provenance(result: ReplayResult) -> str:
@@ -719,6 +738,7 @@ tr.missed td{background:#fffafa}
 .policy header{display:flex;align-items:baseline;gap:14px;flex-wrap:wrap;margin-bottom:6px}
 .facts{color:var(--muted);font-size:13px}
 .charts{display:grid;grid-template-columns:repeat(4,1fr);gap:6px}
+.charts.five{grid-template-columns:repeat(5,1fr)}
 .charts svg{width:100%;height:auto}
 svg text{font-family:inherit}
 .ct{font-size:11.5px;font-weight:600;fill:var(--ink)}

@@ -130,7 +130,7 @@ def test_oracle_verification_reproduces_replay_on_minute_trace(single_goal) -> N
                  initial_replicas=plan.initial_replicas)
     s = res.run("oracle").summary
     # whole-minute bins: the verification advances many intervals per step and still walks the replay's path
-    assert s["cost_usd"] == pytest.approx(plan.verified_cost_usd, rel=1e-9)
+    assert s["cost_usd"] == pytest.approx(plan.verified_cost_usd, abs=1e-5)  # summary rounds to 1e-6 $
     assert s["slo_attainment"] == pytest.approx(plan.verified_attainment)
     assert s["slo_attainment"] == 1.0
 
