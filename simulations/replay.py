@@ -32,6 +32,7 @@ Details that matter for a fair comparison:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -325,6 +326,11 @@ class _Context:
     tok_in: np.ndarray
     tok_out: np.ndarray
     shield_factory: ShieldFactory | None
+    forecast_model: str | None = None  # computed lazily, once per process, by the first policy that uses it
+
+    def ensure_forecasts(self) -> None:
+        if self.forecasts is None and self.forecast_model:
+            self.fc_bins, self.forecasts = class_forecasts(self.goal, self.trace, self.forecast_model)
 
 
 def _n_intervals(goal: GoalSpec, trace: Trace) -> int:
@@ -366,6 +372,8 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     goal, trace = ctx.goal, ctx.trace
     started = time.perf_counter()
     cpu0 = time.process_time()
+    if getattr(policy, "uses_forecast", True):
+        ctx.ensure_forecasts()
     prepare = getattr(policy, "prepare", None)
     if callable(prepare):
         prepare(goal, trace, seed=ctx.seed, tick_s=ctx.tick_s, initial_replicas=ctx.initial)
@@ -548,18 +556,32 @@ def _worker(ctx: _Context, jobs: list[tuple[int, Policy, str]], out_dir: Path, c
 
 
 def _run_parallel(ctx: _Context, policies: list[tuple[Policy, str]], workers: int, bar: Any) -> list[PolicyRun]:
+    """Run the policies in ``workers`` forked processes; results come back through files."""
     import multiprocessing as mp
 
     mpc = mp.get_context("fork")
     counter = mpc.Value("q", 0)
     groups: list[list[tuple[int, Policy, str]]] = [[] for _ in range(workers)]
-    # the oracle plans before it runs: give it the lighter group
-    order = sorted(range(len(policies)), key=lambda i: 0 if getattr(policies[i][0], "prepare", None) else 1)
+    # forecast users share a worker (each worker computes the forecasts it needs, once); the oracle, which
+    # plans before it runs, goes to the other one
+    def uses_fc(i: int) -> bool:
+        return bool(ctx.forecast_model) and bool(getattr(policies[i][0], "uses_forecast", True))
+
     loads = [0.0] * workers
+    fc_group = 0
+    order = sorted(range(len(policies)), key=lambda i: (not uses_fc(i), i))
     for i in order:
-        g = int(np.argmin(loads))
-        groups[g].append((i, policies[i][0], policies[i][1]))
-        loads[g] += 1.5 if getattr(policies[i][0], "prepare", None) else 1.0
+        pol = policies[i][0]
+        if uses_fc(i):
+            g = fc_group
+        else:
+            g = int(np.argmin(loads))
+        if not groups[g] and uses_fc(i):
+            loads[g] += 0.25  # the forecasts themselves
+        groups[g].append((i, pol, policies[i][1]))
+        loads[g] += 1.5 if getattr(pol, "prepare", None) else 1.0
+        if uses_fc(i) and loads[g] > sum(loads) / workers + 1.0:
+            fc_group = int(np.argmin(loads))  # too many forecast users for one worker: spill over
     with tempfile.TemporaryDirectory(prefix="fleetpilot-replay-") as tmp:
         out = Path(tmp)
         procs = [mpc.Process(target=_worker, args=(ctx, g, out, counter), daemon=True) for g in groups if g]
@@ -646,16 +668,17 @@ def replay(
         base = str(getattr(p, "name", type(p).__name__))
         seen[base] = seen.get(base, 0) + 1
         named.append((p, base if seen[base] == 1 else f"{base}#{seen[base]}"))
-    fc_bins, fcs = None, None
-    needs_fc = any(getattr(p, "uses_forecast", True) for p, _ in named)
-    if forecast_model and needs_fc:
-        try:
-            fc_bins, fcs = class_forecasts(goal, trace, forecast_model)
-        except ModuleNotFoundError as exc:
-            notes.append(f"forecasting unavailable ({exc.name}): policies saw the current rate as forecast")
+    if forecast_model and importlib.util.find_spec("forecasting.features") is None:
+        notes.append("forecasting is not installed: policies saw the current rate as their forecast")
+        forecast_model = None
+    if forecast_model:
+        from forecasting.base import MODEL_NAMES
+
+        if forecast_model not in MODEL_NAMES:
+            raise UserError(f"unknown forecaster {forecast_model!r}; choose one of {', '.join(MODEL_NAMES)}")
     tok_bins, tok_req, tok_in, tok_out = _token_bins(trace, goal)
-    ctx = _Context(goal, trace, int(seed), tick, initial, fc_bins, fcs, tok_bins, tok_req, tok_in, tok_out,
-                   shield_factory)  # type: ignore[arg-type]
+    ctx = _Context(goal, trace, int(seed), tick, initial, None, None, tok_bins, tok_req, tok_in, tok_out,
+                   shield_factory, forecast_model)  # type: ignore[arg-type]
     n = _n_intervals(goal, trace)
     workers = max(1, min(int(workers), len(named)))
     bar = None

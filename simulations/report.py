@@ -36,7 +36,8 @@ __all__ = ["write_report", "render_html", "policy_colors"]
 # Okabe-Ito inspired, readable on white, distinct for colour-blind readers; the oracle is always ink-grey.
 _PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#8C6D31", "#7F3C8D", "#11A579"]
 _ORACLE_COLOR = "#3b3b3b"
-_MODEL_COLORS = ["#1f4e79", "#c55a11", "#548235", "#7030a0", "#bf9000"]
+_MODEL_COLORS = ["#274c77", "#a44a3f", "#4f772d", "#6d597a", "#7f5539"]  # muted: never a policy colour
+_ROUTE_COLORS = ["#7b2cbf", "#0f9d9a", "#b5838d", "#495057"]
 _OK = "#1b7f3b"
 _BAD = "#b42318"
 
@@ -628,7 +629,7 @@ def _policy_section(result: ReplayResult, run: PolicyRun, colors: dict[str, str]
         q_series = []
         for i, (route, per) in enumerate(s.weights.items()):
             avg = sum((q[m] * v for m, v in per.items()), np.zeros(n))
-            q_series.append(_Series(route, _reduce(avg, starts, "mean"), _PALETTE[(i + 3) % len(_PALETTE)], 1.5,
+            q_series.append(_Series(route, _reduce(avg, starts, "mean"), _ROUTE_COLORS[i % len(_ROUTE_COLORS)], 1.5,
                                     step=not reduced))
         qs = [m.quality for m in goal.models]
         lo_q, hi_q = min(qs), max(qs)
@@ -654,7 +655,7 @@ def _policy_section(result: ReplayResult, run: PolicyRun, colors: dict[str, str]
     if oracle_cost is not None and not sm.get("is_oracle"):
         legend_items.append(("oracle cost", _ORACLE_COLOR, "dash"))
     if quality:
-        legend_items += [(f"route {r}", _PALETTE[(i + 3) % len(_PALETTE)], None) for i, r in enumerate(s.weights)]
+        legend_items += [(f"route {r}", _ROUTE_COLORS[i % len(_ROUTE_COLORS)], None) for i, r in enumerate(s.weights)]
     legend_items.append((f"target {goal.slo.target_ms:g} ms" + (" / quality floor" if quality else ""), _BAD, "dash"))
     return (f'<section class="policy" data-policy="{_e(run.name)}" id="policy-{_e(run.name)}">'
             f'<header><h3><i class="sw" style="background:{color}"></i>{_e(run.name)}</h3>'
