@@ -11,7 +11,8 @@ none of its approximations (ticks, cohorts, fluid timing inside a tick, latency 
   of the queue goes to the least-loaded replica with a free slot (ties: lowest index).
 * **Service (continuous batching).** A replica with ``n`` running sequences has engine step time
   ``tau(n) = step_time(lat, n, prefill_load)``, the exact formula of :func:`simulations.kernel.step_time`
-  (``prefill_load`` = offered prefill seconds per second per replica in the current trace interval).
+  (``prefill_load`` = offered prefill seconds per second per replica in the current trace interval, capped at
+  the saturated admission rate, as in the kernel).
   An admitted request first spends ``tau(n) + prefill_s_per_token x input_tokens`` (its TTFT part: one
   engine step plus its own prefill), then decodes ``N`` tokens, one per engine step, while the replica's
   step time follows its *current* concurrency (a per-replica token clock ``dV/dt = 1 / tau(n(t))``; all
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulations.errors import UserError
-from simulations.fleet import route_matrix, slots_per_replica
+from simulations.fleet import route_matrix, service_rate_per_replica, slots_per_replica
 from simulations.goal import GoalSpec, ModelSpec
 from simulations.traces import Trace
 
@@ -240,13 +241,16 @@ def simulate_des(
         int(slots_override or slots_per_replica(m, float(pool_tin[i]), float(pool_tout[i])))
         for i, m in enumerate(models)
     ]
-    # offered prefill seconds per second per replica, per interval and pool
+    # offered prefill seconds per second per replica, per interval and pool, capped at what a replica can
+    # admit (the saturated rate): queued requests do not slow the engine (same rule as the fast kernel)
     prefill_work = (rates * trace.input_tokens) @ share  # (n, P) prompt tokens per second
     pf_load = np.zeros((n_int, n_p))
     for i, m in enumerate(models):
         r = reps[m.name]
         if r > 0 and not engine:
-            pf_load[:, i] = prefill_work[:, i] * m.latency.prefill_s_per_token / r
+            mu = service_rate_per_replica(m, float(pool_tin[i]), float(pool_tout[i]))
+            cap_tokens = mu * float(pool_tin[i])
+            pf_load[:, i] = np.minimum(prefill_work[:, i] / r, cap_tokens) * m.latency.prefill_s_per_token
 
     pools_rep = [[_Replica(trace.start_s) for _ in range(reps[m.name])] for m in models]
     queues: list[deque[int]] = [deque() for _ in range(n_p)]

@@ -97,25 +97,36 @@ def slots_per_replica(m: ModelSpec, input_tokens: float, output_tokens: float) -
 
 
 def service_rate_per_replica(m: ModelSpec, input_tokens: float, output_tokens: float) -> float:
-    """Saturated throughput of one replica in requests per second (used by baselines and the oracle)."""
-    n = slots_per_replica(m, input_tokens, output_tokens)
-    lat = latency_vector(m, input_tokens, output_tokens)
-    # Fixed point: prefill load depends on the throughput itself.
-    mu = 0.0
-    for _ in range(20):
-        prefill_load = mu * input_tokens * m.latency.prefill_s_per_token
-        t = K.step_time(lat, float(n), prefill_load)
-        s = t + m.latency.prefill_s_per_token * input_tokens + output_tokens * t
-        mu_new = n / s
-        if abs(mu_new - mu) < 1e-9 * max(1.0, mu_new):
-            break
-        mu = 0.5 * mu + 0.5 * mu_new
-    return mu
+    """Saturated throughput of one replica in requests per second (used by baselines and the oracle).
+
+    The fixed point ``mu = n / S(mu)``: ``n`` concurrent sequences, each taking its TTFT part plus
+    ``output_tokens`` engine steps, the step inflated by the prefill work of ``mu`` admissions per second.
+    ``n / S(mu)`` decreases in ``mu``, so bisection finds it.
+    """
+    n = float(slots_per_replica(m, input_tokens, output_tokens))
+    lat = latency_vector(m, input_tokens, output_tokens, capacity=False)
+    pf = m.latency.prefill_s_per_token
+
+    def excess(mu: float) -> float:
+        t = K.step_time(lat, n, mu * input_tokens * pf)
+        return n / (t + pf * input_tokens + output_tokens * t) - mu
+
+    lo, hi = 0.0, n / (K.step_time(lat, n, 0.0) * (1.0 + output_tokens) + pf * input_tokens)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if excess(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
-def latency_vector(m: ModelSpec, input_tokens: float, output_tokens: float, fixed_service_s: float = 0.0) -> np.ndarray:
+def latency_vector(
+    m: ModelSpec, input_tokens: float, output_tokens: float, fixed_service_s: float = 0.0, *, capacity: bool = True
+) -> np.ndarray:
+    """The kernel's per-pool latency parameters (see ``kernel.L_*``); ``capacity`` fills the saturated rate."""
     lat = m.latency
-    v = np.zeros(7)
+    v = np.zeros(K.N_LAT)
     v[K.L_T0] = lat.t0_s
     v[K.L_PREFILL] = lat.prefill_s_per_token
     v[K.L_KV] = lat.kv_s_per_token
@@ -123,6 +134,8 @@ def latency_vector(m: ModelSpec, input_tokens: float, output_tokens: float, fixe
     v[K.L_IN] = input_tokens
     v[K.L_OUT] = output_tokens
     v[K.L_FIXED] = fixed_service_s
+    if capacity and not fixed_service_s:
+        v[K.L_MU] = service_rate_per_replica(m, input_tokens, output_tokens)
     return v
 
 
@@ -199,8 +212,10 @@ class FleetSimulator:
         self.weights = self._default_weights()
         self._share: np.ndarray | None = None
         self._lat_cache: dict[int, tuple[tuple[float, float], int, np.ndarray]] = {}
+        self._cum: np.ndarray | None = None
+        self._cum_t: np.ndarray | None = None
         n_p = len(self.pools)
-        self.qcap = int(math.ceil(goal.slo.timeout_s / self.dt)) + 8
+        self.qcap = int(math.ceil(goal.slo.timeout_s / self.dt)) * 4 + 16
         self.in_service = np.zeros(n_p, dtype=np.int64)
         self.q_a0 = np.zeros((n_p, self.qcap))
         self.q_a1 = np.zeros((n_p, self.qcap))
@@ -263,10 +278,29 @@ class FleetSimulator:
         self._share = share
         return share
 
-    def _pool_mix(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _tick_class_rates(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Offered rate per tick and request class, and the trace row of each tick.
+
+        Ticks no longer than the trace interval read their interval's rate; longer ticks average the
+        trace over the tick (the cumulative arrival curve is piecewise linear), so nothing is sampled away.
+        """
+        tr = self.trace
+        rows = np.minimum(((times - tr.start_s) // tr.interval_s).astype(np.int64), tr.n - 1)
+        if self.dt <= tr.interval_s + 1e-9:
+            return self._class_rates[rows], rows
+        if self._cum is None:
+            self._cum = np.vstack([np.zeros(len(tr.classes)), np.cumsum(tr.arrivals, axis=0)])
+            self._cum_t = tr.start_s + np.arange(tr.n + 1) * tr.interval_s
+        cols = [
+            np.interp(times + self.dt, self._cum_t, self._cum[:, j]) - np.interp(times, self._cum_t, self._cum[:, j])
+            for j in range(len(tr.classes))
+        ]
+        return np.stack(cols, axis=1) / self.dt, rows
+
+    def _pool_mix(self, rows: np.ndarray, class_rates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per tick and pool: arrival rate; per pool: mean input/output tokens (rate-weighted, at the first row)."""
         share = self._share_matrix()
-        rates = self._class_rates[rows] @ share  # (T, P)
+        rates = (self._class_rates[rows] if class_rates is None else class_rates) @ share  # (T, P)
         r0 = int(rows[0])
         vol = (self._class_rates[r0][:, None] + 1e-9) * share + 1e-12  # (k, P)
         den = vol.sum(axis=0)
@@ -340,12 +374,12 @@ class FleetSimulator:
             seg_end = min(end, win_end)
             n_ticks = max(1, int(round((seg_end - t) / self.dt)))
             times = t + np.arange(n_ticks) * self.dt
-            rows = np.minimum(((times - self.trace.start_s) // self.trace.interval_s).astype(np.int64), self.trace.n - 1)
-            rates, tin, tout = self._pool_mix(rows)
-            rate_sum += self._class_rates[rows].sum(axis=0) * self.dt
+            class_rates, rows = self._tick_class_rates(times)
+            rates, tin, tout = self._pool_mix(rows, class_rates)
+            rate_sum += class_rates.sum(axis=0) * self.dt
             ready = np.zeros((n_ticks, n_p), dtype=np.int64)
             slots = np.zeros((n_ticks, n_p), dtype=np.int64)
-            lat = np.zeros((n_p, 7))
+            lat = np.zeros((n_p, K.N_LAT))
             for i, pool in enumerate(self.pools):
                 key = (float(tin[i]), float(tout[i]))
                 cached = self._lat_cache.get(i)
@@ -354,6 +388,7 @@ class FleetSimulator:
                     lv = latency_vector(pool.spec, key[0], key[1], self.fixed_service_s or 0.0)
                     if self.service_scale != 1.0:
                         lv[[K.L_T0, K.L_PREFILL, K.L_KV, K.L_SEQ]] *= self.service_scale
+                        lv[K.L_MU] /= self.service_scale
                     cached = (key, spt_i, lv)
                     self._lat_cache[i] = cached
                 _, spt, lat[i] = cached

@@ -323,7 +323,7 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
     t_s = np.asarray(t_list, dtype=np.float64)
     if len(t_s) > 1:
         steps = np.diff(t_s)
-        interval = float(np.median(steps))
+        interval = float(steps.min())  # the finest spacing; larger steps are gaps (filled with zero rows)
     else:
         interval = 1.0
     if interval <= 0:

@@ -136,10 +136,10 @@ def test_fast_simulator_matches_erlang_c(rho: float, c: int, n_seeds: int) -> No
 
 
 def test_erlang_check_detects_a_broken_simulator() -> None:
-    """The harness has power: with ticks as long as the service time the fast simulator is badly off."""
-    w_th, p95_th = _mmc_theory(4, 1.0, 0.8)
-    w, p95 = _fast_mmc(4, 1.0, 0.8, 200_000, seed=0)
-    assert w / w_th < 0.7 and p95 / p95_th < 0.7
+    """The harness has power: a simulator whose service is 10% slower than theory assumes fails the 5% check."""
+    w_th, p95_th = _mmc_theory(4, 20.0, 0.8)
+    w, p95 = _fast_mmc(4, 22.0, 0.8 * 22.0 / 20.0, 600_000, seed=0)  # same arrival rate, slower service
+    assert w / w_th > 1.3 and p95 / p95_th > 1.2
 
 
 def test_des_degenerate_matches_erlang_c() -> None:
@@ -197,9 +197,6 @@ def _capacity(m: ModelSpec, tin: float, tout: float) -> float:
     return lo
 
 
-@pytest.mark.xfail(strict=True, reason="fleet.service_rate_per_replica's damped iteration diverges when prefill "
-                   "dominates: 46.35 vs the fixed point 38.41 req/s for 1,155 in / 211 out (the Azure conv trace's "
-                   "means), 32.91 vs 36.14 for 1,337 / 158 (reported to the fleet.py owner: use bisection)")
 def test_service_rate_per_replica_is_the_fixed_point() -> None:
     m = _goal().models[0]
     for tin, tout in ((217.0, 197.0), (1155.0, 211.0), (1337.36, 157.82)):
@@ -238,21 +235,18 @@ def _compare(load: float, replicas: int, n_seeds: int, tick_s: float = 1.0) -> t
     return ratio, se, msg
 
 
-@pytest.mark.parametrize(("load", "replicas", "n_seeds"), [
-    pytest.param(0.5, 1, 2, id="50%"),
-    pytest.param(0.8, 1, 2, id="80%"),
-    pytest.param(1.1, 4, 6, id="110%"),
+@pytest.mark.parametrize(("load", "replicas", "n_seeds", "max_se"), [
+    pytest.param(0.5, 1, 2, 0.05, id="50%"),
+    pytest.param(0.8, 1, 2, 0.05, id="80%"),
+    # overload: p95 is set by how far the backlog grows, which varies a lot between seeds (per-seed p95 1.7-3.3 s)
+    pytest.param(1.1, 4, 12, 0.07, id="110%"),
 ])
-def test_fast_simulator_agrees_with_des(load: float, replicas: int, n_seeds: int) -> None:
+def test_fast_simulator_agrees_with_des(load: float, replicas: int, n_seeds: int, max_se: float) -> None:
     ratio, se, msg = _compare(load, replicas, n_seeds)
-    assert se < 0.05, msg
+    assert se < max_se, msg
     assert abs(ratio - 1.0) < 0.10, msg
 
 
-@pytest.mark.xfail(strict=True, reason="known bias, reported to the kernel owner: with 1-s ticks the fast simulator "
-                   "understates p95 TTFT near saturation (95%: fast/DES = 0.73, se 0.06; 0.82 with 4 replicas; "
-                   "with 0.25-s ticks 0.96-1.07): per-tick departures are too regular when the service time is a "
-                   "few ticks")
 def test_fast_simulator_agrees_with_des_at_95_percent() -> None:
     ratio, se, msg = _compare(0.95, 1, 8)
     assert abs(ratio - 1.0) < 0.10, msg
@@ -342,25 +336,14 @@ def _served_per_s_des_and_fast(load: float) -> tuple[float, float, float, float]
 
 
 def test_overload_throughput_des_and_fast_agree() -> None:
-    """150% of capacity: both simulators serve n / S(lambda), S with the prefill load of the *offered* rate.
-
-    That is the kernel's semantics (step_time's prefill_load = arrival rate x prompt x t_pf / replicas), which the
-    DES mirrors; see the xfail below for why it is questionable.
-    """
+    """150% of capacity: both simulators serve the saturated rate. Prefill load is the offered rate capped at what
+    a replica can admit (kernel ``_service``; the DES mirrors it), so queued requests do not slow the engine."""
     des, fast, cap, lam = _served_per_s_des_and_fast(1.5)
-    goal = _goal()
-    m = goal.models[0]
-    lat = latency_vector(m, 1000.0, 150.0)
-    pf = m.latency.prefill_s_per_token
-    s_offered = K.step_time(lat, 256.0, lam * 1000.0 * pf) * 151.0 + pf * 1000.0
-    expect = 256.0 / s_offered
-    assert des == pytest.approx(expect, rel=0.03)
-    assert fast == pytest.approx(expect, rel=0.03)
+    assert lam > 1.4 * cap
+    assert des == pytest.approx(cap, rel=0.03)
+    assert fast == pytest.approx(cap, rel=0.03)
 
 
-@pytest.mark.xfail(strict=True, reason="congestion collapse, reported to the kernel owner: prefill load is computed "
-                   "from the offered arrival rate, so queued requests slow the engine; at 150% of capacity (46.3 "
-                   "req/s) both simulators serve 23.3 req/s")
 def test_overload_throughput_stays_at_capacity() -> None:
     des, fast, cap, lam = _served_per_s_des_and_fast(1.5)
     assert fast >= 0.97 * cap, (fast, cap)
