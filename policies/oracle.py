@@ -41,7 +41,7 @@ Honesty about the bound
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -729,10 +729,9 @@ def _verify(goal: GoalSpec, trace: Trace, plan: OraclePlan, seed: int, tick_s: f
     change[1:] = (counts[1:] != counts[:-1]).any(axis=1)
     wchange = np.zeros(frame.n_grid, bool)
     if plan.weights:
-        _, hi = frame.grid_windows()
         lo, _ = frame.grid_windows()
         wchange[1:] = lo[1:] != lo[:-1]
-    bounds = np.flatnonzero(change | wchange).tolist() + [frame.n_grid]
+    bounds = np.append(np.flatnonzero(change | wchange), frame.n_grid)
     per_model: dict[str, np.ndarray] = {m: np.zeros(frame.n_windows) for m in names} if per_window else {}
     # Advancing several control intervals in one step is exact only when every SLO window lies inside one trace
     # bin (the simulator averages token lengths over each step segment); otherwise step interval by interval.
@@ -740,7 +739,7 @@ def _verify(goal: GoalSpec, trace: Trace, plan: OraclePlan, seed: int, tick_s: f
     can_set = hasattr(sim, "control_s") and ratio >= 1 and abs(ratio - round(ratio)) < 1e-9
     j = 0
     while not sim.done and j < frame.n_grid:
-        nxt = next(b for b in bounds if b > j)
+        nxt = int(bounds[np.searchsorted(bounds, j, side="right")])
         t = frame.t0 + j * frame.control_s
         if per_window:  # stop at the next window end too
             wend = (math.floor((t - frame.t0) / frame.window_s + 1e-9) + 1) * frame.window_s + frame.t0
@@ -863,8 +862,3 @@ class OraclePolicy:
         if self.plan is None:
             raise RuntimeError("OraclePolicy needs prepare(goal, trace, ...) or a plan before decide()")
         return self.plan.decision_at(obs.t_s), state
-
-
-def oracle_cost_ratio(costs: Sequence[float], oracle_cost: float) -> list[float]:
-    """``cost / oracle cost`` for each cost (NaN when the oracle cost is not positive)."""
-    return [c / oracle_cost if oracle_cost > 0 else math.nan for c in costs]

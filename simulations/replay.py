@@ -48,7 +48,7 @@ import numpy as np
 
 from policies.base import Observation, ObservationBuilder, Policy, reading_from_stats
 from simulations.errors import UserError
-from simulations.fleet import Decision, FleetSimulator, IntervalStats, route_matrix
+from simulations.fleet import Decision, FleetSimulator, IntervalStats, route_matrix, service_rate_per_replica
 from simulations.goal import GoalSpec
 from simulations.traces import Trace
 
@@ -418,8 +418,6 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
             starting[m][i] = p.starting
             desired[m][i] = p.desired
             slots[m][i] = p.slots
-            if obs is not None and m in obs.models:
-                per_replica[m] = obs.models[m].capacity_rps
             cap[m][i] = p.ready * per_replica[m]
         ttft[i] = st.ttft_p95_ms if st.arrivals > 0 else np.nan
         dropped[i] = st.dropped
@@ -442,20 +440,27 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     last_tick = 0
     clock_only = bool(getattr(policy, "clock_only", False))  # e.g. the oracle: plays a schedule by the clock
     tok_cache: dict[Any, dict[str, tuple[float, float]]] = {}
+    cap_cache: dict[tuple[str, float, float], float] = {}
     while not sim.done and i < n:
+        now = stats.t_s + stats.duration_s
+        cur_w = sim.weights
+        key = (ctx.tok_bins.last_complete(now), tuple(tuple(sorted(w.items())) for w in cur_w.values()))
+        tokens = tok_cache.get(key)
+        if tokens is None:
+            if len(tok_cache) > 64:
+                tok_cache.clear()
+            tokens = tok_cache[key] = _tokens_for(ctx, now, cur_w, routes, models_of_class)
+            for m, (tin, tout) in tokens.items():  # capacity series: one replica's saturated throughput
+                ck = (m, round(tin, 3), round(tout, 3))
+                if ck not in cap_cache:
+                    cap_cache[ck] = service_rate_per_replica(goal.model(m), tin, tout)
+                per_replica[m] = cap_cache[ck]
         if clock_only:
-            obs = Observation(t_s=stats.t_s + stats.duration_s, interval_s=goal.control_interval_s, models={},
-                              class_rates={}, class_forecast={}, weights={}, ttft_p95_ms=math.nan,
-                              e2e_p95_ms=math.nan, cost_per_hour=math.nan)
+            obs = Observation(t_s=now, interval_s=goal.control_interval_s, models={}, class_rates={},
+                              class_forecast={}, weights={}, ttft_p95_ms=math.nan, e2e_p95_ms=math.nan,
+                              cost_per_hour=math.nan)
         else:
             reading = reading_from_stats(stats, sim.current_weights())
-            key = (ctx.tok_bins.last_complete(reading.t_s),
-                   tuple(tuple(sorted(w.items())) for w in reading.weights.values()))
-            tokens = tok_cache.get(key)
-            if tokens is None:
-                if len(tok_cache) > 64:
-                    tok_cache.clear()
-                tokens = tok_cache[key] = _tokens_for(ctx, reading.t_s, reading.weights, routes, models_of_class)
             obs = builder.build(reading, _forecast_for(ctx, reading.t_s), tokens or None)
         decision, pstate = policy.decide(obs, pstate)
         fired: Sequence[str] = ()
@@ -500,8 +505,6 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
 
 
 def _initial_capacity(goal: GoalSpec, ctx: _Context) -> dict[str, float]:
-    from simulations.fleet import service_rate_per_replica
-
     tin = float(np.nanmean(ctx.tok_in[0])) if ctx.tok_in.size else 512.0
     tout = float(np.nanmean(ctx.tok_out[0])) if ctx.tok_out.size else 256.0
     return {m.name: service_rate_per_replica(m, tin, tout) for m in goal.models}

@@ -158,7 +158,6 @@ def check_feasible(goal: Any, trace: Any, seed: int, tick_s: float) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the replay and write the report."""
-    from policies.baselines import static_peak_replicas  # noqa: F401 - fail early if the baselines are missing
     from simulations.goal import load_goal
     from simulations.replay import default_tick, replay
     from simulations.report import write_report
