@@ -369,6 +369,12 @@ def write_results(results: list[Result], args: argparse.Namespace, ok: bool, goa
         "",
         f"Targets: p99 < 50 ms (live pacing) and RSS < 500 MB: **{'met' if ok else 'NOT met'}**.",
         "",
+        *[f"* {r.name}: p99 {r.pct(99):.1f} ms -> {'met' if r.pct(99) < 50 else 'NOT met'}"
+          + (" (stress case, not judged)" if "back-to-back" in r.name else "")
+          + f"; peak RSS {r.rss_peak_mb:.0f} MB -> {'met' if r.rss_peak_mb < 500 else 'NOT met'}"
+          + (f"; p99 of the intervals that start no refit {r.pct_quiet(99):.1f} ms" if r.refit_mask.any() else "")
+          for r in results],
+        "",
         f"RSS over the soak (interval:MB): {growth}.",
         "",
         "Notes:",

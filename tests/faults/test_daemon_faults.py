@@ -788,11 +788,11 @@ class RunProcess:
     """``python -m agent.cli run --mode control`` against the emulator and a fake Prometheus, in real time."""
 
     def __init__(self, goal_path: Path, emu: K8sEmulator, prom_url: str, audit: Path, identity: str,
-                 log_path: Path) -> None:
+                 log_path: Path, prom_timeout_s: float = 1.0) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         cmd = [sys.executable, "-m", "agent.cli", "run", "--goal", str(goal_path), "--policy", "hpa", "--mode",
-               "control", "--kube-host", emu.url, "--prometheus", prom_url, "--prometheus-timeout", "1",
+               "control", "--kube-host", emu.url, "--prometheus", prom_url, "--prometheus-timeout", str(prom_timeout_s),
                "--audit", str(audit), "--interval", "0.5", "--forecaster", "none", "--identity", identity,
                "--lease-namespace", "inference", "--lease-duration", "3", "--log-level", "WARNING"]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL)
@@ -888,6 +888,54 @@ def test_run_process_signals(live: Any, tmp_path: Path, record_property: Any) ->
     waited = len(audit_lines(audit)[n2:]) - len(acted)
     note(record_property, f"SIGTERM exit 0 in {term_s:.1f}s, Lease released; {n2} lines intact after SIGKILL; "
          f"restart waited {waited} intervals for the killed leader's Lease, then led; {len(lines)} lines in all")
+
+
+@pytest.mark.fault(group="daemon: crash and restart", scenario="SIGTERM, then a second SIGTERM, while an interval is "
+                   "stuck on a hung Prometheus (answers after 30 s, query timeout 20 s)",
+                   expected="the first SIGTERM waits for the interval; the second interrupts it: exit 130 within "
+                   "seconds, audit still parseable, no traceback")
+def test_run_process_double_sigterm(live: Any, tmp_path: Path, record_property: Any) -> None:
+    emu, prom, _monitor = live
+    audit = tmp_path / "audit.jsonl"
+    log = tmp_path / "daemon.log"
+    p = RunProcess(GOAL_PATH, emu, prom.url, audit, "proc-s", log, prom_timeout_s=20.0)
+    try:
+        _wait_lines(audit, 2, p)
+        prom.mode, prom.delay_s = "slow", 30.0
+        n_before = len(audit_lines_of(audit.read_bytes()))
+        time.sleep(1.0)  # the daemon is now inside a query that will not answer for 30 s
+        p.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        still_running = p.proc.poll() is None
+        t0 = time.monotonic()
+        rc = p.stop(signal.SIGTERM)
+        took = time.monotonic() - t0
+    finally:
+        p.kill_quietly()
+        prom.mode, prom.delay_s = "ok", 0.0
+    text = log.read_text()
+    assert still_running, "exited on the first SIGTERM without finishing the interval"
+    assert rc == 130 and took < 10.0, (rc, took, text[-500:])
+    assert "Traceback" not in text
+    res = read_audit(audit)
+    assert res.skipped == 0 and not res.truncated_tail and len(res) >= n_before
+    note(record_property, f"exit {rc} {took:.1f}s after the second SIGTERM; {len(res)} audit lines intact")
+
+
+@pytest.mark.fault(group="daemon: crash and restart", scenario="the audit log's disk is full (writes fail with ENOSPC)",
+                   expected="the interval still completes and acts safely, the failure is counted in the daemon's "
+                   "metrics, the loop does not stop")
+def test_audit_disk_full(rig: Rig, record_property: Any) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    d = rig.daemon("a", audit=False)
+    d.audit = AuditLog("/dev/full", fsync=False)
+    recs = [step(rig, d)[0] for _ in range(2)]
+    assert all(r is not None for r in recs) and rig.replicas()[SMALL] == START - 4
+    text = d.metrics.exposition().decode()
+    line = next(ln for ln in text.splitlines() if ln.startswith("fleetpilot_api_errors_total") and "audit" in ln)
+    assert float(line.split()[-1]) == 2.0
+    note(record_property, line)
 
 
 _GOAL_RELOAD: dict[str, Any] = {}  # one daemon run serves both goal-reload scenarios
