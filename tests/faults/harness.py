@@ -161,6 +161,7 @@ class FakePrometheusAPI(_HTTPThing):
         self.sample_age_s = 1.0
         self.now = now
         self.values: dict[str, dict[str, float]] = {}
+        self.missing: set[str] = set()  # models whose series are absent from every answer
         self.queries: list[str] = []
 
     def value(self, query: str, model: str) -> float:
@@ -201,6 +202,8 @@ class FakePrometheusAPI(_HTTPThing):
         result: list[dict[str, Any]] = []
         if mode != "empty":
             for m in self.models:
+                if m in self.missing:
+                    continue
                 v = self.value(query, m)
                 if mode == "nan" and "timestamp(" not in query:
                     text = "NaN"

@@ -163,6 +163,21 @@ def test_prometheus_fault_holds(rig: Rig, fault: str, record_property: Any) -> N
          f"{actives.index('policy') + 1} healthy intervals")
 
 
+@pytest.mark.fault(group="daemon: Prometheus", scenario="one model's series missing (its exporter gone), the other "
+                   "model's fine", expected="the model without data is not scaled down; the interval falls back and "
+                   "says which inputs are missing")
+def test_prometheus_one_model_missing(rig: Rig, record_property: Any) -> None:
+    prom: FakePrometheusAPI = rig.prom  # type: ignore[attr-defined]
+    d = rig.daemon("a")
+    step(rig, d)
+    before = rig.replicas()
+    prom.missing = {SMALL}
+    rec, _ = step(rig, d)
+    assert rig.replicas()[SMALL] == before[SMALL]
+    assert rec.active == "fallback" and all(s.startswith(SMALL) for s in rec.reading.stale), rec.reading.stale
+    note(record_property, f"stale: {', '.join(rec.reading.stale)[:80]}; {BIG} {before[BIG]}->{rig.replicas()[BIG]}")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the real Prometheus server (one per module) scraping an exporter the test controls
 # ---------------------------------------------------------------------------------------------------------------------
@@ -416,6 +431,36 @@ def test_foreign_hpa(rig: Rig, record_property: Any) -> None:
     note(record_property, rec.foreign[SMALL][:100])
 
 
+@pytest.mark.fault(group="daemon: Kubernetes API", scenario="someone else scales a managed Deployment (kubectl scale "
+                   "to 25)", expected="detected at the next interval, left alone for the cool-down (no fight), reported")
+def test_someone_else_scales(rig: Rig, record_property: Any) -> None:
+    d = rig.daemon("a")
+    step(rig, d)
+    with rig.monitor.external():
+        rig.emu.set_replicas("inference", "llama-3-8b", 25)
+    seen = []
+    for _ in range(4):
+        rec, writes = step(rig, d)
+        seen.append(rig.replicas()[SMALL])
+        assert not [w for w in writes if "llama-3-8b/scale" in w.path]
+    assert seen == [25] * 4 and SMALL in rec.foreign
+    note(record_property, rec.foreign[SMALL][:100])
+
+
+@pytest.mark.fault(group="daemon: Kubernetes API", scenario="the HTTPRoute is deleted under the daemon",
+                   expected="never recreated, weights outcome 'not-found' in the audit, replicas still controlled")
+def test_route_deleted(rig: Rig, record_property: Any) -> None:
+    d = rig.daemon("a", policy=ScriptedPolicy({BIG: START - 1, SMALL: START - 1}, {"chat": {BIG: 0.7, SMALL: 0.3}}))
+    rig.emu.objects.delete("httproutes", "inference", "chat")
+    rec, writes = step(rig, d)
+    assert rig.emu.objects.get("httproutes", "inference", "chat") is None
+    out = next(o for o in rec.outcomes if o.get("kind") == "weights" and o.get("target") == "chat")
+    assert not out["ok"] and out["status"] == "not-found"
+    assert rig.replicas() == {BIG: START - 1, SMALL: START - 1}
+    assert not [w for w in writes if w.method == "POST"]
+    note(record_property, out["message"][:100])
+
+
 @pytest.mark.fault(group="daemon: Kubernetes API", scenario="409 Conflict on the HTTPRoute weights write",
                    expected="re-read and retried with the fresh resourceVersion; weights sum to the scale; other "
                    "fields of the route kept")
@@ -476,6 +521,28 @@ def test_leader_renewal_fails(rig: Rig, record_property: Any) -> None:
             assert not wa, f"the cut-off leader still wrote at +{5 * (i + 1)}s: {timeline}"
     assert timeline[-1].startswith("aB"), timeline
     note(record_property, "leader per 5 s (capital = leader, * = wrote): " + " ".join(timeline))
+
+
+@pytest.mark.fault(group="daemon: leadership", scenario="the Lease object is deleted under the leader, both "
+                   "candidates race to recreate it", expected="exactly one wins (409 for the other); never two actors")
+def test_lease_deleted(rig: Rig, record_property: Any) -> None:
+    a = rig.daemon("a", policy=ScriptedPolicy({BIG: 1, SMALL: 1}))
+    b = rig.daemon("b", policy=ScriptedPolicy({BIG: 20, SMALL: 20}))
+    step(rig, a, 0)
+    step(rig, b, 0)
+    rig.emu.objects.delete("leases", "inference", "fleetpilot")
+    timeline = []
+    for order in ("ba", "ab", "ab", "ba"):
+        rig.clock.advance(5)
+        got = {}
+        for who in order:
+            rec, writes = step(rig, a if who == "a" else b, 0)
+            got[who] = (rec.leader, bool(writes))
+        assert not (got["a"][1] and got["b"][1]), "both wrote"
+        assert not (got["a"][0] and got["b"][0]), "both leaders"
+        timeline.append("".join(w.upper() if got[w][0] else w for w in "ab"))
+    holder = rig.emu.objects.get("leases", "inference", "fleetpilot")["spec"]["holderIdentity"]
+    note(record_property, f"leader per 5 s: {' '.join(timeline)}; Lease now held by {holder}")
 
 
 class _SlowSource:
