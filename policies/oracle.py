@@ -387,24 +387,34 @@ def window_requirements(
     w_of_tick = np.repeat(np.arange(W), w_ticks)
     times = w_start[w_of_tick] + (np.arange(int(w_ticks.sum())) - first[w_of_tick]) * dt
     rows = np.minimum(((times - trace.start_s) // trace.interval_s).astype(np.int64), trace.n - 1)
-    R = trace.rate()[rows]  # (T, k)
-    tin_w = np.add.reduceat(trace.input_tokens[rows], first, axis=0) / w_ticks[:, None]  # (W, k) like the simulator
-    tout_w = np.add.reduceat(trace.output_tokens[rows], first, axis=0) / w_ticks[:, None]
-    R_w = np.add.reduceat(R, first, axis=0)  # (W, k) summed rates per window
+    if dt <= trace.interval_s + 1e-9:
+        R = trace.rate()[rows]  # (T, k)
+    else:  # like the simulator: a tick longer than a trace bin averages the arrival curve over the tick
+        cum = np.vstack([np.zeros(len(trace.classes)), np.cumsum(trace.arrivals, axis=0)])
+        cum_t = trace.start_s + np.arange(trace.n + 1) * trace.interval_s
+        R = np.stack([np.interp(times + dt, cum_t, cum[:, j]) - np.interp(times, cum_t, cum[:, j])
+                      for j in range(len(trace.classes))], axis=1) / dt
+    # like the simulator: each window is run in segments cut at control-interval boundaries, and a segment's
+    # token lengths are those of its first trace bin (weighted by the classes' rates)
+    seg_start = np.isclose(np.mod((times - frame.t0) / frame.control_s + 0.5, 1.0), 0.5)
+    seg_start[first] = True
+    seg_first = np.flatnonzero(seg_start)  # first tick of each segment
+    seg_rows = rows[seg_first]
     req: dict[str, np.ndarray] = {}
     p95: dict[str, np.ndarray] = {}
 
-    def trial(rng: np.random.Generator, st: _PoolState, n: int, rates: np.ndarray, lat: np.ndarray, spr: int,
-              ws: float, n_ticks: int) -> tuple[bool, float, _PoolState, Any]:
+    def trial(rng: np.random.Generator, st: _PoolState, n: int, rates: np.ndarray,
+              segs: list[tuple[int, int, np.ndarray, int]], ws: float) -> tuple[bool, float, _PoolState, Any]:
         s = st.copy()
         bg = rng.bit_generator
         saved = bg.state
         hist = np.zeros((1, K.N_BINS))
         e2e = np.zeros((1, K.N_BINS))
-        out = np.zeros((n_ticks, 1, K.N_OUT))
-        ready = np.full((n_ticks, 1), n, np.int64)
-        K.run_ticks(rng, n_ticks, ws, dt, rates, ready * spr, ready, lat, timeout, s.in_service, s.q_a0, s.q_a1,
-                    s.q_total, s.q_done, s.q_head, s.q_len, hist, e2e, out)
+        for a, nt, lat, spr in segs:
+            out = np.zeros((nt, 1, K.N_OUT))
+            ready = np.full((nt, 1), n, np.int64)
+            K.run_ticks(rng, nt, ws + a * dt, dt, rates[a:a + nt], ready * spr, ready, lat, timeout, s.in_service,
+                        s.q_a0, s.q_a1, s.q_total, s.q_done, s.q_head, s.q_len, hist, e2e, out)
         after = bg.state
         bg.state = saved
         h = e2e[0] if metric_e2e else hist[0]
@@ -421,19 +431,36 @@ def window_requirements(
         bump = None if extra is None else extra.get(m.name)
         sh_w = share[np.minimum(np.arange(W), share.shape[0] - 1), :, p]  # (W, k)
         rate_tick = (R * sh_w[w_of_tick]).sum(axis=1)  # (T,)
-        vol = R_w * sh_w + 1e-12
-        tin_p = (tin_w * vol).sum(axis=1) / vol.sum(axis=1)
-        tout_p = (tout_w * vol).sum(axis=1) / vol.sum(axis=1)
+        sh_seg = sh_w[w_of_tick[seg_first]]  # (S, k)
+        vol = (trace.rate()[seg_rows] + 1e-9) * sh_seg + 1e-12
+        tin_s = (trace.input_tokens[seg_rows] * vol).sum(axis=1) / vol.sum(axis=1)
+        tout_s = (trace.output_tokens[seg_rows] * vol).sum(axis=1) / vol.sum(axis=1)
         per_tokens: dict[tuple[float, float], tuple[int, np.ndarray, float]] = {}
+
+        def params(key: tuple[float, float], _m=m, _pt=per_tokens) -> tuple[int, np.ndarray, float]:
+            if key not in _pt:
+                _pt[key] = (slots_per_replica(_m, *key), latency_vector(_m, *key)[None, :],
+                            service_rate_per_replica(_m, *key))
+            return _pt[key]
+
         prev = max(m.min_replicas, 1)
+        seg_i = 0
         for w in range(W):
-            key = (round(float(tin_p[w]), 3), round(float(tout_p[w]), 3))
-            if key not in per_tokens:
-                per_tokens[key] = (slots_per_replica(m, *key), latency_vector(m, *key)[None, :],
-                                   service_rate_per_replica(m, *key))
-            spr, lat, mu = per_tokens[key]
             a = int(first[w])
             n_ticks = int(w_ticks[w])
+            segs: list[tuple[int, int, np.ndarray, int]] = []
+            mus = []
+            while seg_i < len(seg_first) and seg_first[seg_i] < a + n_ticks:
+                b = int(seg_first[seg_i + 1]) if seg_i + 1 < len(seg_first) else len(times)
+                key = (float(tin_s[seg_i]), float(tout_s[seg_i]))
+                spr, lat, mu = params(key)
+                if segs and segs[-1][2] is lat:  # same tokens: one kernel call
+                    segs[-1] = (segs[-1][0], segs[-1][1] + b - int(seg_first[seg_i]), lat, spr)
+                else:
+                    segs.append((int(seg_first[seg_i]) - a, b - int(seg_first[seg_i]), lat, spr))
+                mus.append(mu)
+                seg_i += 1
+            mu = float(np.mean(mus)) if mus else 1.0
             rates = rate_tick[a:a + n_ticks, None]
             ws = float(w_start[w])
             lam = float(rates.mean())
@@ -441,10 +468,10 @@ def window_requirements(
             floor_n = min(floor_n, m.max_replicas)
             cache: dict[int, tuple[bool, float, list[tuple[_PoolState, Any]]]] = {}
 
-            def run(n: int, _c=cache, _sts=sts, _r=rates, _l=lat, _s=spr, _ws=ws, _nt=n_ticks, _rngs=rngs
+            def run(n: int, _c=cache, _sts=sts, _r=rates, _segs=segs, _ws=ws, _rngs=rngs
                     ) -> tuple[bool, float, list[tuple[_PoolState, Any]]]:
                 if n not in _c:  # the window must meet the SLO on every sample path
-                    res = [trial(g_, s_, n, _r, _l, _s, _ws, _nt) for g_, s_ in zip(_rngs, _sts, strict=True)]
+                    res = [trial(g_, s_, n, _r, _segs, _ws) for g_, s_ in zip(_rngs, _sts, strict=True)]
                     _c[n] = (all(x[0] for x in res), max(x[1] for x in res), [(x[2], x[3]) for x in res])
                 return _c[n]
 
