@@ -27,6 +27,20 @@ from simulations.report import write_report  # noqa: E402
 from simulations.traces import load_traces  # noqa: E402
 
 
+def _memoise_capacity() -> None:
+    """Benchmark-only what-if: replace service_rate_per_replica by an lru_cache'd version everywhere it is bound."""
+    import functools
+    import importlib
+
+    import simulations.fleet as fleet
+
+    cached = functools.lru_cache(maxsize=65536)(fleet.service_rate_per_replica)
+    for name in ("simulations.fleet", "policies.base", "policies.baselines", "simulations.replay", "policies.oracle"):
+        mod = importlib.import_module(name)
+        if hasattr(mod, "service_rate_per_replica"):
+            mod.service_rate_per_replica = cached
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--goal", default=str(ROOT / "examples/goals/single-model.yaml"))
@@ -38,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tick", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the report here")
+    ap.add_argument("--memo-capacity", action="store_true",
+                    help="EXPERIMENT: memoise service_rate_per_replica (a pure function of a frozen ModelSpec and "
+                         "two floats) to measure what that change in simulations/fleet.py would save")
     args = ap.parse_args(argv)
+    if args.memo_capacity:
+        _memoise_capacity()
 
     t0 = time.perf_counter()
     goal = load_goal(args.goal)
@@ -53,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     res = replay(goal, trace, policies, seed=args.seed, tick_s=tick, progress=True, workers=args.workers)
     t_replay = time.perf_counter() - t2
     n_int = len(res.runs[0].series.t_s)
-    print(f"\n## bench_replay ({time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.python_version()}, "
+    print(f"\n## bench_replay{' --memo-capacity' if args.memo_capacity else ''} "
+          f"({time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.python_version()}, "
           f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f})")
     print(f"trace {args.trace}, {args.days:g} days, {trace.n} x {trace.interval_s:g} s bins, peak {args.peak:g} req/s; "
           f"goal {goal.name}; control {goal.control_interval_s:g} s -> {n_int} intervals per policy; tick {tick:g} s; "

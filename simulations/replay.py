@@ -276,8 +276,12 @@ def class_forecasts(
 
 
 def _token_bins(trace: Trace, goal: GoalSpec) -> tuple[_Bins, np.ndarray, np.ndarray, np.ndarray]:
-    """Request-weighted token means per class per control-interval bin (carried over empty bins)."""
-    c = goal.control_interval_s
+    """Request-weighted token means per class per bin (carried over empty bins).
+
+    Bins are control intervals, or the trace's own bins when those are coarser (a 1-minute trace knows nothing
+    finer, and equal keys let the replay reuse the per-model token mix).
+    """
+    c = max(goal.control_interval_s, trace.interval_s)
     n_bins = max(1, int(math.ceil(trace.duration_s / c)))
     b = np.minimum(((trace.t_s - trace.start_s) // c).astype(np.int64), n_bins - 1)
     k = len(trace.classes)
