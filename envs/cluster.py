@@ -61,7 +61,7 @@ class ClusterFleetEnv(gym.Env):
         *,
         episode_s: float | tuple[float, float] = (3600.0, 7200.0),
         peak_rps: float | None = None,
-        load_scale: tuple[float, float] = (0.7, 1.3),
+        load_scale: tuple[float, float] = (0.4, 1.3),
         cold_start_scale: tuple[float, float] = (0.85, 1.3),
         service_noise: float = 0.1,
         tick_s: float = 1.0,
@@ -108,9 +108,9 @@ class ClusterFleetEnv(gym.Env):
         self.cost_norm = 0.5 * full
         window_steps = max(1.0, self.goal.slo.window_s / self.control_s)
         slack = max(1.0 - self.goal.slo.attainment, 1e-3)
-        # a missed window costs what ~10% of a half-full fleet saves over 1/(1-attainment) windows
+        # a missed window costs what a half-full fleet costs over 1/(1-attainment) windows
         self.miss_penalty = (float(miss_penalty) if miss_penalty is not None
-                             else 0.1 * 0.5 * window_steps / slack)
+                             else 1.0 * 0.5 * window_steps / slack)
         self.observation_space = gym.spaces.Box(-OBS_CLIP, OBS_CLIP, (self.builder.size,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.codec.size,), dtype=np.float32)
         self.shield = Shield(self.goal) if use_shield else None

@@ -206,8 +206,10 @@ class ActionCodec:
 class RLPolicy:
     """A trained actor network behind the :class:`~policies.base.Policy` protocol (stateless)."""
 
-    def __init__(self, goal: GoalSpec, network: Any, meta: Mapping[str, Any] | None = None, name: str = "rl") -> None:
+    def __init__(self, goal: GoalSpec, network: Any, meta: Mapping[str, Any] | None = None, name: str = "rl",
+                 *, scaling_only: bool = False) -> None:
         self.goal = goal
+        self.scaling_only = scaling_only  # ablation: routing logits forced to 0 (the routes' default weights)
         self.network = network
         self.meta = dict(meta or {})
         self.name = name
@@ -235,7 +237,10 @@ class RLPolicy:
         """SB3 ``PolicyPredictor``: a batch (or one) of observation vectors -> actions in ``[-1, 1]``."""
         x = policy_input(observation)
         actions, _ = self.network.predict(x, state, episode_start, deterministic)
-        return np.clip(actions, -1.0, 1.0), state
+        actions = np.clip(actions, -1.0, 1.0)
+        if self.scaling_only:
+            actions[..., len(self.goal.models):] = 0.0
+        return actions, state
 
 
 class DecisionPredictor:

@@ -174,6 +174,10 @@ def register(sub: Any) -> None:
     p.add_argument("--episode", default="3600:7200", metavar="MIN:MAX",
                    help="episode length range in seconds (default 3600:7200)")
     p.add_argument("--forecast-model", default="holt-winters", help="forecaster for features (default holt-winters)")
+    p.add_argument("--miss-penalty", type=float, default=None,
+                   help="reward penalty per missed SLO window (default: derived from the goal's attainment target)")
+    p.add_argument("--ttft-shaping", type=float, default=0.5,
+                   help="reward penalty per interval per unit of p95 latency above target (default 0.5)")
     p.add_argument("--n-envs", type=int, default=DEFAULTS["n_envs"], help="parallel (in-process) envs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handler)
@@ -190,7 +194,8 @@ def handler(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--episode must look like MIN:MAX seconds, got {args.episode!r}") from None
     ranges = _ranges(args.trace, args.range_)
-    env_kwargs: dict[str, Any] = {"episode_s": (lo, hi), "forecast_model": args.forecast_model}
+    env_kwargs: dict[str, Any] = {"episode_s": (lo, hi), "forecast_model": args.forecast_model,
+                                  "miss_penalty": args.miss_penalty, "ttft_shaping": args.ttft_shaping}
     if args.scale_to_peak is not None:
         env_kwargs["peak_rps"] = args.scale_to_peak
     _, prov = train(goal, args.trace, ranges, args.timesteps, args.out, seed=args.seed,
@@ -210,5 +215,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     out += ["--timesteps", str(args.timesteps), "--seed", str(args.seed), "--out", str(args.out)]
     if args.scale_to_peak is not None:
         out += ["--scale-to-peak", f"{args.scale_to_peak:g}"]
+    if args.miss_penalty is not None:
+        out += ["--miss-penalty", f"{args.miss_penalty:g}"]
+    out += ["--ttft-shaping", f"{args.ttft_shaping:g}"]
     out += ["--episode", args.episode, "--forecast-model", args.forecast_model, "--n-envs", str(args.n_envs)]
     return out
