@@ -232,6 +232,7 @@ class StaticPolicy:
     """Fixed replicas per model (static provisioning); weights at the goal's defaults."""
 
     name = "static"
+    uses_forecast = False  # reactive: replay need not compute forecast features for it
 
     def __init__(self, goal: GoalSpec, replicas: Mapping[str, int]) -> None:
         unknown = set(replicas) - set(goal.model_names)
@@ -295,6 +296,7 @@ class HoldPolicy:
     """Keeps the replicas and routing weights in force (the daemon's ``hold`` fallback)."""
 
     name = "hold"
+    uses_forecast = False  # reactive: replay need not compute forecast features for it
 
     def __init__(self, goal: GoalSpec) -> None:
         self.goal = goal
@@ -408,6 +410,7 @@ class HPAPolicy:
     """Kubernetes HPA v2 on a per-pod metric: in-flight requests (default) or queue length per replica."""
 
     name = "hpa"
+    uses_forecast = False  # reactive: replay need not compute forecast features for it
 
     def __init__(self, goal: GoalSpec, *, metric: str | None = None, target_per_replica: float | None = None) -> None:
         b = goal.baselines
@@ -494,6 +497,7 @@ class KEDAPolicy:
     """
 
     name = "keda"
+    uses_forecast = False  # reactive: replay need not compute forecast features for it
 
     def __init__(
         self,
@@ -603,6 +607,7 @@ class KPAPolicy:
     """Knative Pod Autoscaler on concurrency (running + waiting requests)."""
 
     name = "kpa"
+    uses_forecast = False  # reactive: replay need not compute forecast features for it
 
     def __init__(
         self,

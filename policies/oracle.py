@@ -395,11 +395,19 @@ def window_requirements(
         R = np.stack([np.interp(times + dt, cum_t, cum[:, j]) - np.interp(times, cum_t, cum[:, j])
                       for j in range(len(trace.classes))], axis=1) / dt
     # like the simulator: each window is run in segments cut at control-interval boundaries, and a segment's
-    # token lengths are those of its first trace bin (weighted by the classes' rates)
+    # token lengths are the request-weighted means over its trace rows, rounded (FleetSimulator._pool_mix)
     seg_start = np.isclose(np.mod((times - frame.t0) / frame.control_s + 0.5, 1.0), 0.5)
     seg_start[first] = True
     seg_first = np.flatnonzero(seg_start)  # first tick of each segment
-    seg_rows = rows[seg_first]
+    seg_lo = rows[seg_first]
+    seg_hi = rows[np.append(seg_first[1:] - 1, len(times) - 1)] + 1
+    rate_rows = trace.rate() + 1e-9
+    cw = np.vstack([np.zeros(rate_rows.shape[1]), np.cumsum(rate_rows, axis=0)])
+    cwi = np.vstack([np.zeros(rate_rows.shape[1]), np.cumsum(rate_rows * trace.input_tokens, axis=0)])
+    cwo = np.vstack([np.zeros(rate_rows.shape[1]), np.cumsum(rate_rows * trace.output_tokens, axis=0)])
+    seg_w = cw[seg_hi] - cw[seg_lo]  # (S, k)
+    seg_tin = (cwi[seg_hi] - cwi[seg_lo]) / seg_w
+    seg_tout = (cwo[seg_hi] - cwo[seg_lo]) / seg_w
     req: dict[str, np.ndarray] = {}
     p95: dict[str, np.ndarray] = {}
 
@@ -432,9 +440,9 @@ def window_requirements(
         sh_w = share[np.minimum(np.arange(W), share.shape[0] - 1), :, p]  # (W, k)
         rate_tick = (R * sh_w[w_of_tick]).sum(axis=1)  # (T,)
         sh_seg = sh_w[w_of_tick[seg_first]]  # (S, k)
-        vol = (trace.rate()[seg_rows] + 1e-9) * sh_seg + 1e-12
-        tin_s = (trace.input_tokens[seg_rows] * vol).sum(axis=1) / vol.sum(axis=1)
-        tout_s = (trace.output_tokens[seg_rows] * vol).sum(axis=1) / vol.sum(axis=1)
+        vol = seg_w * sh_seg + 1e-12
+        tin_s = np.round((seg_tin * vol).sum(axis=1) / vol.sum(axis=1))
+        tout_s = np.round((seg_tout * vol).sum(axis=1) / vol.sum(axis=1))
         per_tokens: dict[tuple[float, float], tuple[int, np.ndarray, float]] = {}
 
         def params(key: tuple[float, float], _m=m, _pt=per_tokens) -> tuple[int, np.ndarray, float]:

@@ -10,6 +10,7 @@ semantics and ``docs/simulator.md`` for the model and its validation.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -97,6 +98,12 @@ def slots_per_replica(m: ModelSpec, input_tokens: float, output_tokens: float) -
 
 
 def service_rate_per_replica(m: ModelSpec, input_tokens: float, output_tokens: float) -> float:
+    """Saturated throughput of one replica in requests per second; cached per model and token mix."""
+    return _service_rate(m, round(float(input_tokens), 1), round(float(output_tokens), 1))
+
+
+@functools.lru_cache(maxsize=65536)
+def _service_rate(m: ModelSpec, input_tokens: float, output_tokens: float) -> float:
     """Saturated throughput of one replica in requests per second (used by baselines and the oracle).
 
     The fixed point ``mu = n / S(mu)``: ``n`` concurrent sequences, each taking its TTFT part plus
@@ -301,11 +308,16 @@ class FleetSimulator:
         """Per tick and pool: arrival rate; per pool: mean input/output tokens (rate-weighted, at the first row)."""
         share = self._share_matrix()
         rates = (self._class_rates[rows] if class_rates is None else class_rates) @ share  # (T, P)
-        r0 = int(rows[0])
-        vol = (self._class_rates[r0][:, None] + 1e-9) * share + 1e-12  # (k, P)
+        # request-weighted token means over the segment's trace rows (rounded: they key the latency cache)
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        w = self._class_rates[lo:hi] + 1e-9  # (rows, k)
+        wsum = w.sum(axis=0)
+        tin_k = (self.trace.input_tokens[lo:hi] * w).sum(axis=0) / wsum
+        tout_k = (self.trace.output_tokens[lo:hi] * w).sum(axis=0) / wsum
+        vol = (wsum[:, None]) * share + 1e-12  # (k, P)
         den = vol.sum(axis=0)
-        tin = (self.trace.input_tokens[r0][:, None] * vol).sum(axis=0) / den
-        tout = (self.trace.output_tokens[r0][:, None] * vol).sum(axis=0) / den
+        tin = np.round((tin_k[:, None] * vol).sum(axis=0) / den)
+        tout = np.round((tout_k[:, None] * vol).sum(axis=0) / den)
         return rates, tin, tout
 
     # ------------------------------------------------------------------ actions
