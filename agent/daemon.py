@@ -770,6 +770,11 @@ class Daemon:
             return None
         if cls not in self._forecasters:
             self._forecasters[cls] = self._forecast_factory(self.interval_s)
+            n_classes = max(1, len(self.goal.routes))
+            k = len(self._forecasters) - 1
+            fc = self._forecasters[cls]
+            if hasattr(fc, "refit_phase_s") and hasattr(fc, "refit_every_s"):  # stagger refits across classes
+                fc.refit_phase_s = (k * fc.refit_every_s / n_classes) % fc.refit_every_s
         return self._forecasters[cls]
 
     def _forecast(self, reading: Reading, errors: list[str]) -> dict[str, list[float]] | None:

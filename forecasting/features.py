@@ -133,9 +133,13 @@ class OnlineForecaster:
         level: int = 95,
         clock: Callable[[], float] = time.monotonic,
         fit_fn: FitFn | None = None,
+        refit_phase_s: float = 0.0,
         **model_kw: Any,
     ) -> None:
         self.step_s = check_step(step_s)
+        # several forecasters in one process (one per request class) refit at staggered times when each gets a
+        # different phase, so their refits do not all land in the same control interval
+        self.refit_phase_s = float(refit_phase_s) % max(float(refit_every_s), 1e-9) if refit_every_s > 0 else 0.0
         if model not in MODEL_NAMES:
             raise UserError(f"unknown forecaster {model!r}; choose one of {', '.join(MODEL_NAMES)}")
         if not refit_every_s > 0 or not history_s > 0:
@@ -238,7 +242,8 @@ class OnlineForecaster:
         y = np.array(self._values[-self.hist:], dtype=float)
         end_bin = self._first_bin + len(self._values) - 1
         t = (end_bin - y.size + 1 + np.arange(y.size)) * self.step_s
-        self._last_refit_t = t_s
+        first = self._last_refit_t is None
+        self._last_refit_t = t_s - self.refit_phase_s if first else t_s
         self._thread = threading.Thread(target=self._refit, args=(y, t, end_bin), daemon=True,
                                         name="fleetpilot-forecast-refit")
         self._thread.start()
