@@ -417,8 +417,23 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
 
 
 def make_rl_policy(path: str | Path, goal: GoalSpec, **_kw: Any) -> RLPolicy:
-    """Factory for the policy registry: ``rl:PATH`` -> :class:`RLPolicy` (extra keywords such as ``trace`` unused)."""
-    return load_artifact(path, goal)
+    """Factory for the policy registry: ``rl:PATH`` -> :class:`RLPolicy` (extra keywords such as ``trace`` unused).
+
+    ``rl:PATH#scaling-only`` is the ablation with the routing head off (routes keep their default weights).
+    """
+    text = str(path)
+    opts: set[str] = set()
+    if "#" in text:
+        text, _, rest = text.partition("#")
+        opts = {o for o in rest.split(",") if o}
+        unknown = opts - {"scaling-only"}
+        if unknown:
+            raise UserError(f"unknown rl policy option(s) {sorted(unknown)}; known: scaling-only", where=str(path))
+    pol = load_artifact(text, goal)
+    if "scaling-only" in opts:
+        pol.scaling_only = True
+        pol.name = f"{pol.name}#scaling-only"
+    return pol
 
 
 def _register() -> None:

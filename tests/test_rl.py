@@ -161,3 +161,16 @@ def test_save_refuses_wrong_goal(artifact: tuple[Path, object], tmp_path: Path) 
     _, model = artifact
     with pytest.raises(UserError, match="does not match"):
         save_artifact(model, load_goal(ROUTED), tmp_path / "x", {})
+
+
+def test_registered_as_rl_prefix_with_scaling_only_ablation(artifact: tuple[Path, object]) -> None:
+    from policies.baselines import make_policy
+
+    out, _ = artifact
+    goal = load_goal(SINGLE)
+    pol = make_policy(f"rl:{out}", goal, trace=None)
+    assert isinstance(pol, RLPolicy) and not pol.scaling_only
+    abl = make_policy(f"rl:{out}#scaling-only", goal)
+    assert abl.scaling_only and abl.name.endswith("#scaling-only")
+    with pytest.raises(UserError, match="unknown rl policy option"):
+        make_policy(f"rl:{out}#bogus", goal)
