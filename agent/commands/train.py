@@ -107,7 +107,8 @@ def train(
         policy_kwargs={"net_arch": {"pi": arch, "vf": arch}, "log_std_init": float(h["log_std_init"]),
                        "activation_fn": torch.nn.Tanh},
     )
-    callback = _ProgressBar(timesteps) if progress else None
+    rollout = int(h["n_steps"]) * int(h["n_envs"])  # PPO trains whole rollouts: round up like it does
+    callback = _ProgressBar(math.ceil(int(timesteps) / rollout) * rollout) if progress else None
     model.learn(total_timesteps=int(timesteps), callback=callback, progress_bar=False)
     if callback is not None:
         callback.close()
