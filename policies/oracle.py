@@ -119,10 +119,12 @@ def _class_shares(goal: GoalSpec, trace: Trace) -> tuple[tuple[str, ...], list[t
 
 def _window_class_rates(trace: Trace, frame: _Frame) -> np.ndarray:
     """Mean offered rate (req/s) per SLO window per request class, shape (W, k)."""
-    rows_t = trace.t_s
-    w_of_row = np.clip(((rows_t - frame.t0) // frame.window_s).astype(np.int64), 0, frame.n_windows - 1)
-    acc = np.zeros((frame.n_windows, len(trace.classes)))
-    np.add.at(acc, w_of_row, trace.arrivals)
+    # integrate the piecewise-linear cumulative arrival curve over each window, so a trace bin longer than a
+    # window (ServeGen's 10-min bins vs 60-s windows) is spread over the windows it covers, as in the simulator
+    cum_t = trace.start_s + np.arange(trace.n + 1) * trace.interval_s
+    cum = np.vstack([np.zeros(len(trace.classes)), np.cumsum(trace.arrivals, axis=0)])
+    edges = np.minimum(frame.t0 + np.arange(frame.n_windows + 1) * frame.window_s, frame.end)
+    acc = np.stack([np.diff(np.interp(edges, cum_t, cum[:, j])) for j in range(len(trace.classes))], axis=1)
     span = np.full(frame.n_windows, frame.window_s)
     span[-1] = frame.end - (frame.t0 + (frame.n_windows - 1) * frame.window_s)
     return acc / np.maximum(span, 1e-9)[:, None]
