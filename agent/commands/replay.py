@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.commands.common import add_trace_arguments, load_trace_arguments
 from simulations.errors import UserError
 
 DEFAULT_POLICIES = "static,hpa,keda,kpa,predictive,oracle"
@@ -38,13 +39,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "replay", help="replay a trace under several policies and write a comparison report",
         description="What-if replay: every policy on the same trace, seed and SLO windows; cost vs the oracle.")
-    p.add_argument("--goal", required=True, help="goal spec YAML")
-    p.add_argument("--trace", action="append", required=True, metavar="[CLASS=]TRACE",
-                   help="trace CSV (path or bundled name); repeat as CLASS=TRACE for several request classes")
-    p.add_argument("--range", dest="range_", metavar="START:END", default=None,
-                   help="slice of the trace clock, seconds or with s/m/h/d (either side may be empty)")
-    p.add_argument("--scale-to-peak", type=float, default=None, metavar="RPS",
-                   help="rescale load so the busiest trace interval has this rate (Poisson re-sampled)")
+    add_trace_arguments(p)
     p.add_argument("--policies", default=DEFAULT_POLICIES,
                    help=f"comma-separated policies (default {DEFAULT_POLICIES}); rl:PATH for a trained policy")
     p.add_argument("--seed", type=int, default=0, help="random seed, shared by every policy (default 0)")
@@ -161,12 +156,9 @@ def handler(args: argparse.Namespace) -> int:
     from simulations.goal import load_goal
     from simulations.replay import default_tick, replay
     from simulations.report import write_report
-    from simulations.traces import load_traces, parse_range
 
     goal = load_goal(args.goal)
-    trace = load_traces(args.trace, parse_range(args.range_))
-    if args.scale_to_peak is not None:
-        trace = trace.scale_to_peak(args.scale_to_peak)
+    trace = load_trace_arguments(args)
     tick = default_tick(trace, goal) if args.tick is None else float(args.tick)
     if not (tick > 0 and math.isfinite(tick)) or abs(goal.control_interval_s / tick - round(goal.control_interval_s / tick)) > 1e-9:
         raise UserError(f"--tick {args.tick} must be a positive divisor of the control interval "

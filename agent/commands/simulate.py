@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.commands.common import add_trace_arguments, load_trace_arguments
 from simulations.errors import UserError
 from simulations.goal import GoalSpec
 
@@ -34,13 +35,7 @@ def register(sub: Any) -> None:
         "simulate", help="simulate fixed replicas on a trace and write per-interval series + summary (JSON)",
         description="Run the fast fleet simulator with a fixed number of replicas per model.",
     )
-    p.add_argument("--goal", required=True, help="goal spec YAML")
-    p.add_argument("--trace", action="append", required=True, metavar="[CLASS=]TRACE",
-                   help="trace CSV (path or bundled name); repeat as CLASS=TRACE for several request classes")
-    p.add_argument("--range", dest="range_", metavar="START:END", default=None,
-                   help="slice of the trace clock, seconds or with s/m/h/d (either side may be empty)")
-    p.add_argument("--scale-to-peak", type=float, default=None, metavar="RPS",
-                   help="rescale the trace so its busiest interval has this rate (Poisson re-sampled)")
+    add_trace_arguments(p)
     p.add_argument("--replicas", action="append", required=True, metavar="MODEL=N[,MODEL=N...]",
                    help="fixed replicas per model (models not named run at their min_replicas)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -129,7 +124,6 @@ def handler(args: argparse.Namespace) -> int:
 
     from simulations.fleet import FleetSimulator
     from simulations.goal import load_goal
-    from simulations.traces import load_traces, parse_range
 
     out = Path(args.out)
     _check_out(out)
@@ -137,9 +131,7 @@ def handler(args: argparse.Namespace) -> int:
     replicas = parse_replicas(args.replicas, goal)
     if not (args.tick > 0 and math.isfinite(args.tick)):
         raise UserError(f"must be a positive number of seconds, got {args.tick!r}", where="--tick")
-    trace = load_traces(args.trace, parse_range(args.range_))
-    if args.scale_to_peak is not None:
-        trace = trace.scale_to_peak(args.scale_to_peak)
+    trace = load_trace_arguments(args)
     sim = FleetSimulator(goal, trace, np.random.default_rng(args.seed), tick_s=args.tick, initial_replicas=replicas)
     series = []
     while not sim.done:

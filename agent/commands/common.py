@@ -1,0 +1,27 @@
+"""Arguments shared by the sub-commands that read recorded traffic (``simulate``, ``replay``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_trace_arguments(p: argparse.ArgumentParser) -> None:
+    """``--goal``, ``--trace`` (repeatable, ``CLASS=TRACE``), ``--range`` and ``--scale-to-peak``."""
+    p.add_argument("--goal", required=True, help="goal spec YAML")
+    p.add_argument("--trace", action="append", required=True, metavar="[CLASS=]TRACE",
+                   help="trace CSV (path or bundled name); repeat as CLASS=TRACE for several request classes")
+    p.add_argument("--range", dest="range_", metavar="START:END", default=None,
+                   help="slice of the trace clock, seconds or with s/m/h/d (either side may be empty)")
+    p.add_argument("--scale-to-peak", type=float, default=None, metavar="RPS",
+                   help="rescale load so the busiest trace interval has this rate (Poisson re-sampled)")
+
+
+def load_trace_arguments(args: argparse.Namespace) -> Any:
+    """The trace the arguments of :func:`add_trace_arguments` describe, sliced and rescaled (provenance kept)."""
+    from simulations.traces import load_traces, parse_range
+
+    trace = load_traces(args.trace, parse_range(args.range_))
+    if args.scale_to_peak is not None:
+        trace = trace.scale_to_peak(args.scale_to_peak)
+    return trace
