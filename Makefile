@@ -17,10 +17,13 @@ setup-system:
 	fi
 
 demo: setup
+	# ServeGen (Alibaba) language traffic, days 9-10 (validation range, never used in training), chat = m-mid,
+	# code = m-small, rescaled to a 200 req/s peak; the large+small routed goal; every policy incl. the learned one
 	$(PYTHON) -m agent.cli replay --goal examples/goals/two-model-routed.yaml \
-		--trace chat=azure_llm_2023_conv_1s --trace code=azure_llm_2023_code_1s \
-		--range 2760:3480 --scale-to-peak 300 --policies static,hpa,keda,kpa,predictive,oracle,rl:examples/policies/two-model-routed \
-		--seed 7 --out $(OUT)
+		--trace chat=servegen_m-mid_10min --trace code=servegen_m-small_10min \
+		--range 777600: --scale-to-peak 200 \
+		--policies static,hpa,keda,kpa,predictive,oracle,rl:examples/policies/two-model-routed,rl:examples/policies/two-model-routed#scaling-only \
+		--seed 0 --out $(OUT)
 
 test: setup setup-system
 	$(PYTHON) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc

@@ -378,6 +378,10 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
         raise UserError(f"cannot read RL policy sidecar: {exc.__class__.__name__}", where=where) from None
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
         raise UserError(f"not a fleetpilot RL policy (format must be {ARTIFACT_FORMAT})", where=where)
+    for key in ("goal", "observation", "action", "network", "weights"):  # each section must be a JSON object
+        if not isinstance(meta.get(key, {}), dict):
+            raise UserError(f"policy.json field {key!r} must be an object, got {type(meta[key]).__name__}",
+                            where=where)
     digest = str(meta.get("goal", {}).get("digest", ""))
     if digest != goal.digest():
         raise UserError(f"policy was trained for goal digest {digest or '?'} ({meta.get('goal', {}).get('name', '?')}),"
@@ -394,7 +398,8 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
     spec = meta.get("network", {})
     if spec.get("obs_dim") != len(layout) or spec.get("act_dim") != codec.size:
         raise UserError("network input/output sizes do not match the layouts", where=where)
-    wfile = sidecar.parent / str(meta.get("weights", {}).get("file", WEIGHTS_FILE))
+    # the weights live beside policy.json: a file name, never a path out of the artifact directory
+    wfile = sidecar.parent / Path(str(meta.get("weights", {}).get("file", WEIGHTS_FILE))).name
     if not wfile.exists():
         raise UserError("weights file missing", where=str(wfile))
     want_sha = meta.get("weights", {}).get("sha256")
@@ -407,7 +412,10 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
         raise UserError(f"refused to load weights (weights_only=True): {first[:160]}", where=str(wfile)) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError("weights file is not a state dict of tensors", where=str(wfile))
-    network = _build_network(spec)
+    try:
+        network = _build_network(spec)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UserError(f"policy.json network description is invalid: {exc.__class__.__name__}", where=where) from None
     try:
         network.load_state_dict(dict(state), strict=True)
     except RuntimeError as exc:

@@ -773,8 +773,6 @@ def test_artifact_refused(goal: GoalSpec, tmp_path: Path, case: str, record_prop
 
 @pytest.mark.fault(group="daemon: policy artifact", scenario="policy artifact: sidecar fields of the wrong type "
                    "(goal: 5, observation: [])", expected="refused with a UserError naming the file, no traceback")
-@pytest.mark.xfail(strict=True, reason="BUG policies/rl.py load_artifact: meta.get('goal', {}).get(...) assumes "
-                   "objects; a non-object field raises AttributeError instead of UserError")
 @pytest.mark.parametrize("field_name", ["goal", "observation", "weights"])
 def test_artifact_wrong_types(goal: GoalSpec, tmp_path: Path, field_name: str) -> None:
     from policies.rl import load_artifact
