@@ -724,10 +724,10 @@ h3{font-size:16px;margin:0;display:flex;align-items:center;gap:8px}
 table{border-collapse:collapse;width:100%;background:var(--card);border-radius:10px;overflow:hidden;
  box-shadow:0 1px 3px rgba(16,24,40,.08)}
 th,td{padding:9px 10px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
-th{font-size:12px;color:var(--muted);font-weight:600;background:#fafbfc}
+th{font-size:12px;color:var(--muted);font-weight:600;background:#fafbfc;white-space:normal}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.rk{color:var(--muted);width:24px}
-td.pn{font-weight:600}
+td.pn{font-weight:600;white-space:normal;overflow-wrap:anywhere;max-width:280px}
 td.warn{color:var(--bad)}
 tr.missed td{background:#fffafa}
 .ratio{display:flex;align-items:center;justify-content:flex-end;gap:6px}
