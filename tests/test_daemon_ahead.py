@@ -42,6 +42,7 @@ import time
 
 import numpy as np
 import pytest
+from needs import missing_tool
 
 from agent.audit import read_audit
 from agent.commands.run import build_daemon
@@ -143,7 +144,7 @@ def test_scales_up_ahead_of_a_learned_recurring_burst(tmp_path):
     except PrometheusNotFoundError as exc:
         emulator.stop()
         exporter.stop()
-        pytest.skip(str(exc))
+        missing_tool(str(exc))
 
     wall0 = math.nan  # wall-clock time of play second 0
     backfilled: list[int] = []

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from needs import missing_tool
 
 from agent.audit import read_audit
 from agent.commands.run import build_daemon
@@ -85,7 +86,7 @@ def test_closed_loop_burst_and_leader_election(tmp_path):
     except PrometheusNotFoundError as exc:
         emulator.stop()
         exporter.stop()
-        pytest.skip(str(exc))
+        missing_tool(str(exc))
 
     daemons, threads, stops = [], [], []
     try:
