@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 import pytest
-from needs import missing_tool
+from livebed import start_testbed, stop_testbed, token_means
 
 from agent.audit import read_audit
 from agent.commands.run import build_daemon
@@ -52,9 +52,7 @@ from forecasting.features import OnlineForecaster
 from policies.baselines import PredictivePolicy
 from simulations.fleet import FleetSimulator
 from simulations.goal import parse_goal
-from simulations.testbed.fleet_exporter import FleetExporter, compress_trace
-from simulations.testbed.k8s_emulator import K8sEmulator
-from simulations.testbed.prometheus import PrometheusNotFoundError, PrometheusServer
+from simulations.testbed.fleet_exporter import compress_trace
 from simulations.traces import BUNDLED_TRACES, load_trace
 
 pytestmark = pytest.mark.slow
@@ -124,8 +122,7 @@ def test_scales_up_ahead_of_a_learned_recurring_burst(tmp_path):
     full = periodic_trace()
     trace = full.slice(full.start_s + WARM + HIST, full.end_s)  # what the exporter plays
     assert trace.n == PLAY_S
-    tin = float(np.average(trace.input_tokens[:, 0], weights=trace.arrivals[:, 0] + 1e-9))
-    tout = float(np.average(trace.output_tokens[:, 0], weights=trace.arrivals[:, 0] + 1e-9))
+    tin, tout = token_means(trace)
     rate = full.rate().sum(axis=1)  # req/s per second of play, history included
     seen = measured(rate)[WARM:]  # what the daemon would read, from the start of the history on
     live_rate = rate[WARM + HIST:]
@@ -135,16 +132,7 @@ def test_scales_up_ahead_of_a_learned_recurring_burst(tmp_path):
     onset = int(np.argmax(live_rate > 2 * pre_level))
     assert ONSET - 1 <= onset <= ONSET + 1 and float(np.mean(live_rate[ONSET:])) > 4 * pre_level
 
-    emulator = K8sEmulator(auto_status=False).start()
-    exporter = FleetExporter(goal, trace, np.random.default_rng(11), interval_s=1.0)
-    exporter.attach(emulator)
-    exporter.serve()
-    try:
-        prom = PrometheusServer([exporter.target], scrape_interval_s=1, workdir=tmp_path / "prom").start()
-    except PrometheusNotFoundError as exc:
-        emulator.stop()
-        exporter.stop()
-        missing_tool(str(exc))
+    emulator, exporter, prom = start_testbed(goal, trace, tmp_path / "prom")
 
     wall0 = math.nan  # wall-clock time of play second 0
     backfilled: list[int] = []
@@ -196,9 +184,7 @@ def test_scales_up_ahead_of_a_learned_recurring_burst(tmp_path):
             th.join(timeout=15)
         for d in daemons:
             d.close()
-        exporter.stop()
-        prom.stop()
-        emulator.stop()
+        stop_testbed(emulator, exporter, prom)
 
     assert not exporter.errors, exporter.errors
     assert not emulator.objects.callback_errors

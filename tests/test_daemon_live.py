@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from needs import missing_tool
+from livebed import start_testbed, stop_testbed, token_means
 
 from agent.audit import read_audit
 from agent.commands.run import build_daemon
@@ -30,9 +30,7 @@ from agent.kube import make_api_client
 from policies.baselines import PredictivePolicy
 from simulations.fleet import FleetSimulator
 from simulations.goal import parse_goal
-from simulations.testbed.fleet_exporter import FleetExporter, compress_trace
-from simulations.testbed.k8s_emulator import K8sEmulator
-from simulations.testbed.prometheus import PrometheusNotFoundError, PrometheusServer
+from simulations.testbed.fleet_exporter import compress_trace
 from simulations.traces import BUNDLED_TRACES, load_trace
 
 pytestmark = pytest.mark.slow
@@ -74,19 +72,9 @@ def burst_trace():
 def test_closed_loop_burst_and_leader_election(tmp_path):
     goal = parse_goal(GOAL)
     trace = burst_trace()
-    tin = float(np.average(trace.input_tokens[:, 0], weights=trace.arrivals[:, 0] + 1e-9))
-    tout = float(np.average(trace.output_tokens[:, 0], weights=trace.arrivals[:, 0] + 1e-9))
+    tin, tout = token_means(trace)
 
-    emulator = K8sEmulator(auto_status=False).start()
-    exporter = FleetExporter(goal, trace, np.random.default_rng(11), interval_s=1.0)
-    exporter.attach(emulator)
-    exporter.serve()
-    try:
-        prom = PrometheusServer([exporter.target], scrape_interval_s=1, workdir=tmp_path / "prom").start()
-    except PrometheusNotFoundError as exc:
-        emulator.stop()
-        exporter.stop()
-        missing_tool(str(exc))
+    emulator, exporter, prom = start_testbed(goal, trace, tmp_path / "prom")
 
     daemons, threads, stops = [], [], []
     try:
@@ -127,9 +115,7 @@ def test_closed_loop_burst_and_leader_election(tmp_path):
             th.join(timeout=15)
         for d in daemons[1:]:
             d.close()
-        exporter.stop()
-        prom.stop()
-        emulator.stop()
+        stop_testbed(emulator, exporter, prom)
 
     assert not exporter.errors, exporter.errors
     assert not emulator.objects.callback_errors
