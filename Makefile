@@ -19,7 +19,7 @@ setup-system:
 demo: setup
 	# ServeGen (Alibaba) language traffic, days 9-10 (validation range, never used in training), chat = m-mid,
 	# code = m-small, rescaled to a 200 req/s peak; the large+small routed goal; every policy incl. the learned one
-	$(PYTHON) -m agent.cli replay --goal examples/goals/two-model-routed.yaml \
+	$(PYTHON) -m fleetpilot replay --goal examples/goals/two-model-routed.yaml \
 		--trace chat=servegen_m-mid_10min --trace code=servegen_m-small_10min \
 		--range 777600: --scale-to-peak 200 \
 		--policies static,hpa,keda,kpa,predictive,oracle,rl:examples/policies/two-model-routed,rl:examples/policies/two-model-routed#scaling-only \

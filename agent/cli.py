@@ -1,6 +1,6 @@
 """The ``fleetpilot`` command line.
 
-Each sub-command lives in its own module under :mod:`agent.commands` and exposes
+Each sub-command lives in its own module under :mod:`fleetpilot.agent.commands` and exposes
 ``register(subparsers)``; handlers return an exit code. Every :class:`UserError`
 (and any parse error) becomes one line on stderr and exit code 2 -- never a traceback.
 """
@@ -12,15 +12,15 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from simulations.errors import UserError
+from fleetpilot.simulations.errors import UserError
 
 COMMAND_MODULES = (
-    "agent.commands.validate",
-    "agent.commands.simulate",
-    "agent.commands.replay",
-    "agent.commands.forecast",
-    "agent.commands.train",
-    "agent.commands.run",
+    "fleetpilot.agent.commands.validate",
+    "fleetpilot.agent.commands.simulate",
+    "fleetpilot.agent.commands.replay",
+    "fleetpilot.agent.commands.forecast",
+    "fleetpilot.agent.commands.train",
+    "fleetpilot.agent.commands.run",
 )
 
 

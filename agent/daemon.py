@@ -35,11 +35,11 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from agent.audit import AuditLog, to_jsonable
-from agent.prom import FleetState
-from policies.base import Decision, Observation, ObservationBuilder, Policy, Reading
-from simulations.errors import FleetpilotError, PermanentError, TemporaryError
-from simulations.goal import GoalSpec
+from fleetpilot.agent.audit import AuditLog, to_jsonable
+from fleetpilot.agent.prom import FleetState
+from fleetpilot.policies.base import Decision, Observation, ObservationBuilder, Policy, Reading
+from fleetpilot.simulations.errors import FleetpilotError, PermanentError, TemporaryError
+from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = [
     "AuditSettings",
@@ -211,7 +211,7 @@ class KubeStatusReader:
         self._timeout = timeout_s
 
     def __call__(self, model: str) -> FleetState:
-        from agent.kube import classify
+        from fleetpilot.agent.kube import classify
 
         ns, name = self._deployments[model]
         try:
@@ -241,7 +241,7 @@ class _Hold:
 
 
 class _HpaLite:
-    """HPA-like fallback used only when :mod:`policies.baselines` is not installed: ``ceil(in_flight / target)``,
+    """HPA-like fallback used only when :mod:`fleetpilot.policies.baselines` is not installed: ``ceil(in_flight / target)``,
     scale-down only after ``hpa_scale_down_window_s`` of lower recommendations; holds on missing data."""
 
     name = "hpa-lite"
@@ -275,17 +275,17 @@ class _HpaLite:
 
 
 def make_fallback_policy(goal: GoalSpec) -> Policy:
-    """The goal's fallback (``hpa`` or ``hold``): from :mod:`policies.baselines` when available."""
+    """The goal's fallback (``hpa`` or ``hold``): from :mod:`fleetpilot.policies.baselines` when available."""
     name = goal.fallback_policy
     if name == "hold":
         try:
-            from policies.baselines import make_policy
+            from fleetpilot.policies.baselines import make_policy
 
             return make_policy("hold", goal)
         except Exception:  # noqa: BLE001 -- baselines not there (yet): our own hold
             return _Hold()
     try:
-        from policies.baselines import make_policy
+        from fleetpilot.policies.baselines import make_policy
 
         return make_policy(name, goal)
     except Exception:  # noqa: BLE001
@@ -294,7 +294,7 @@ def make_fallback_policy(goal: GoalSpec) -> Policy:
 
 def _make_shield(goal: GoalSpec) -> Any:
     try:
-        from policies.shield import Shield
+        from fleetpilot.policies.shield import Shield
 
         return Shield(goal, missing="no_down")  # never scale down on missing data; scaling up stays possible
     except ImportError:
@@ -312,7 +312,7 @@ class GoalReloader:
 
     def __init__(self, path: str, policy_factory: Callable[[GoalSpec], Policy],
                  load: Callable[[str], GoalSpec] | None = None) -> None:
-        from simulations.goal import load_goal
+        from fleetpilot.simulations.goal import load_goal
 
         self.path = str(path)
         self._policy_factory = policy_factory
@@ -754,7 +754,7 @@ class Daemon:
         return state, foreign
 
     def _blind_reading(self, now: float, state: Mapping[str, FleetState | None]) -> Reading:
-        from policies.base import ModelReading
+        from fleetpilot.policies.base import ModelReading
 
         models = {}
         for spec in self.goal.models:
@@ -1056,7 +1056,7 @@ class Daemon:
 
 def _is_policy_shield(obj: Any) -> bool:
     try:
-        from policies.shield import Shield
+        from fleetpilot.policies.shield import Shield
     except ImportError:
         return False
     return isinstance(obj, Shield)

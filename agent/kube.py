@@ -1,7 +1,7 @@
 """The Kubernetes actuator: scale Deployments and set HTTPRoute weights with the official ``kubernetes`` client.
 
 Only public client calls are used, so the same code runs against a real cluster and against the test emulator
-(:mod:`simulations.testbed.k8s_emulator`):
+(:mod:`testbed.k8s_emulator`):
 
 * replicas go through the Deployment's ``scale`` subresource (``read_``/``patch_namespaced_deployment_scale``),
   the same door ``kubectl scale`` and the HPA use, so only ``deployments/scale`` RBAC is needed to write;
@@ -15,7 +15,7 @@ Failures become values (:class:`ApplyOutcome`), never exceptions out of :meth:`K
 exponential backoff (``sleep`` is injected; ``Retry-After`` is honoured up to ``max_delay_s``); 401/403, 404 and
 other 4xx (422 invalid, 400, 415) are *permanent* and reported at once. The read helpers, which must return a
 value, raise :class:`KubeTemporaryError` / :class:`KubePermanentError` (subclasses of the shared vocabulary in
-:mod:`simulations.errors`) instead.
+:mod:`fleetpilot.simulations.errors`) instead.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import urllib3
 from kubernetes.client.rest import ApiException
 
-from simulations.errors import PermanentError, TemporaryError, UserError
+from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 
 __all__ = [
     "ApplyOutcome",

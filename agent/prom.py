@@ -39,9 +39,9 @@ import numpy as np
 import requests
 from urllib3.util.retry import Retry
 
-from policies.base import ModelReading, Reading
-from simulations.errors import PermanentError, TemporaryError
-from simulations.goal import GoalSpec
+from fleetpilot.policies.base import ModelReading, Reading
+from fleetpilot.simulations.errors import PermanentError, TemporaryError
+from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = [
     "DEFAULT_FRESHNESS_QUERY",

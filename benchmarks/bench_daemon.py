@@ -38,11 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agent.audit import AuditLog  # noqa: E402
-from agent.daemon import Daemon, DaemonSettings  # noqa: E402
-from agent.prom import FleetState  # noqa: E402
-from policies.base import ModelReading, Reading  # noqa: E402
-from simulations.goal import GoalSpec, parse_goal  # noqa: E402
+from fleetpilot.agent.audit import AuditLog  # noqa: E402
+from fleetpilot.agent.daemon import Daemon, DaemonSettings  # noqa: E402
+from fleetpilot.agent.prom import FleetState  # noqa: E402
+from fleetpilot.policies.base import ModelReading, Reading  # noqa: E402
+from fleetpilot.simulations.goal import GoalSpec, parse_goal  # noqa: E402
 
 N_MODELS = 10
 N_ROUTES = 20
@@ -115,7 +115,7 @@ class FakeCluster:
         return []
 
     def scale(self, model: str, replicas: int) -> Any:
-        from agent.kube import ApplyOutcome
+        from fleetpilot.agent.kube import ApplyOutcome
 
         old = self.replicas[model]
         self.replicas[model] = int(replicas)
@@ -123,7 +123,7 @@ class FakeCluster:
         return ApplyOutcome(f"deployment/inference/{model}", True, "applied", 200, 1, f"{old} -> {replicas}")
 
     def set_weights(self, route: str, weights: Mapping[str, int]) -> Any:
-        from agent.kube import ApplyOutcome
+        from fleetpilot.agent.kube import ApplyOutcome
 
         changed = self.weights.get(route) != dict(weights)
         self.weights[route] = dict(weights)
@@ -247,7 +247,7 @@ def _wait_for_refits(daemon: Daemon) -> None:
 
 def run_config(goal: GoalSpec, policy_name: str, forecaster: str, intervals: int, seed: int, fsync: bool,
                stale_every: int, pace: str = "live") -> Result:
-    from agent.commands.run import _forecaster_factory, resolve_policy
+    from fleetpilot.agent.commands.run import _forecaster_factory, resolve_policy
 
     clock = FakeClock()
     cluster = FakeCluster(goal)

@@ -28,10 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forecasting.backtest import backtest  # noqa: E402
-from forecasting.features import rolling_features  # noqa: E402
-from forecasting.prophet_model import ProphetForecaster  # noqa: E402
-from simulations.traces import load_trace  # noqa: E402
+from fleetpilot.forecasting.backtest import backtest  # noqa: E402
+from fleetpilot.forecasting.features import rolling_features  # noqa: E402
+from fleetpilot.forecasting.prophet_model import ProphetForecaster  # noqa: E402
+from fleetpilot.simulations.traces import load_trace  # noqa: E402
 
 DAY = 86400.0
 

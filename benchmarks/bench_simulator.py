@@ -35,9 +35,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from simulations.fleet import FleetSimulator  # noqa: E402
-from simulations.goal import GoalSpec, load_goal  # noqa: E402
-from simulations.traces import Trace, load_trace, merge_classes  # noqa: E402
+from fleetpilot.simulations.fleet import FleetSimulator  # noqa: E402
+from fleetpilot.simulations.goal import GoalSpec, load_goal  # noqa: E402
+from fleetpilot.simulations.traces import Trace, load_trace, merge_classes  # noqa: E402
 
 TARGET = 200_000.0
 REPLICAS = {"llama-3-70b": 8, "llama-3-8b": 6}

@@ -23,14 +23,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from forecasting.features import rolling_features
-from policies.base import Decision, Observation, ObservationBuilder, reading_from_stats
-from policies.rl import OBS_CLIP, ActionCodec, policy_input, route_of_class, route_quality
-from policies.shield import Shield
-from simulations.errors import UserError
-from simulations.fleet import FleetSimulator, service_rate_per_replica
-from simulations.goal import GoalSpec, load_goal
-from simulations.traces import Trace, load_traces, parse_range
+from fleetpilot.forecasting.features import rolling_features
+from fleetpilot.policies.base import Decision, Observation, ObservationBuilder, reading_from_stats
+from fleetpilot.policies.rl import OBS_CLIP, ActionCodec, policy_input, route_of_class, route_quality
+from fleetpilot.policies.shield import Shield
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.fleet import FleetSimulator, service_rate_per_replica
+from fleetpilot.simulations.goal import GoalSpec, load_goal
+from fleetpilot.simulations.traces import Trace, load_traces, parse_range
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from forecasting.base import MODEL_NAMES, Forecaster, check_level, check_step, clean_rate
-from forecasting.robust import robust_fit
-from simulations.errors import UserError
+from fleetpilot.forecasting.base import MODEL_NAMES, Forecaster, check_level, check_step, clean_rate
+from fleetpilot.forecasting.robust import robust_fit
+from fleetpilot.simulations.errors import UserError
 
 DAY_S = 86400.0
 

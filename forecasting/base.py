@@ -21,7 +21,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
-from simulations.errors import PermanentError, UserError
+from fleetpilot.simulations.errors import PermanentError, UserError
 
 JSON_FORMAT = "fleetpilot.forecaster"
 JSON_VERSION = 1
@@ -294,12 +294,12 @@ def load_payload(text: str, kind: str | None = None) -> dict[str, Any]:
 
 #: registry name -> (module, class); aliases map onto the same class
 _REGISTRY: dict[str, tuple[str, str]] = {
-    "last-value": ("forecasting.models", "LastValue"),
-    "seasonal-naive": ("forecasting.models", "SeasonalNaive"),
-    "holt-winters": ("forecasting.models", "HoltWinters"),
-    "ets": ("forecasting.models", "HoltWinters"),
-    "prophet": ("forecasting.prophet_model", "ProphetForecaster"),
-    "fallback": ("forecasting.robust", "FallbackForecaster"),
+    "last-value": ("fleetpilot.forecasting.models", "LastValue"),
+    "seasonal-naive": ("fleetpilot.forecasting.models", "SeasonalNaive"),
+    "holt-winters": ("fleetpilot.forecasting.models", "HoltWinters"),
+    "ets": ("fleetpilot.forecasting.models", "HoltWinters"),
+    "prophet": ("fleetpilot.forecasting.prophet_model", "ProphetForecaster"),
+    "fallback": ("fleetpilot.forecasting.robust", "FallbackForecaster"),
 }
 
 #: the names a user may ask for (``fallback`` is internal)

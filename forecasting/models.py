@@ -2,7 +2,7 @@
 
 All three fit 14 days of 1-min data in milliseconds, serialise to JSON, and offer
 ``rolling_forecast(y_new, leads, level)``: forecasts after each of a batch of new observations without refitting
-(used by :mod:`forecasting.features`). Intervals are empirical quantiles of the model's own in-sample
+(used by :mod:`fleetpilot.forecasting.features`). Intervals are empirical quantiles of the model's own in-sample
 h-step-ahead errors (see :class:`forecasting.base.ErrorQuantiles`).
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Self
 import numpy as np
 from scipy.signal import lfilter
 
-from forecasting.base import (
+from fleetpilot.forecasting.base import (
     ErrorQuantiles,
     Forecast,
     check_horizon,
@@ -26,7 +26,7 @@ from forecasting.base import (
     load_payload,
     make_forecast,
 )
-from simulations.errors import UserError
+from fleetpilot.simulations.errors import UserError
 
 DAY_S = 86400.0
 

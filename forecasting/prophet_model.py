@@ -16,7 +16,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from forecasting.base import (
+from fleetpilot.forecasting.base import (
     ErrorQuantiles,
     Forecast,
     check_horizon,
@@ -28,7 +28,7 @@ from forecasting.base import (
     load_payload,
     make_forecast,
 )
-from simulations.errors import UserError
+from fleetpilot.simulations.errors import UserError
 
 DAY_S = 86400.0
 _QUIET = False
@@ -193,7 +193,7 @@ class ProphetForecaster:
 
     def _fit_correction(self, resid: np.ndarray, fitted: np.ndarray, mult: bool, floor: float) -> None:
         """Pick the residual-level smoothing and decay; build h-step error quantiles of the corrected forecast."""
-        from forecasting.models import _ses
+        from fleetpilot.forecasting.models import _ses
 
         phis = np.array([0.5 ** (self.step_s / hl) for hl in self.CORR_HALF_LIVES_S])
         sel_h = sorted({max(1, int(round(h / self.step_s))) for h in self.CORR_SELECT_HORIZONS_S})
@@ -261,7 +261,7 @@ class ProphetForecaster:
         path = np.maximum(self._yhat(self.t_last + self.step_s * steps), 0.0)
         mean = path[np.arange(k + 1)[:, None] + ld[None, :] - 1]
         if self.level_correction:
-            from forecasting.models import _ses
+            from fleetpilot.forecasting.models import _ses
 
             lev = np.concatenate([[self.corr_level], _ses(yn - path[:k], self.corr_alpha, self.corr_level)])
             mean = np.maximum(mean + self._correction(lev[:, None], ld[None, :]), 0.0)
@@ -318,7 +318,7 @@ class ProphetForecaster:
             try:
                 obj._model = model_from_json(d["prophet"])
             except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-                from simulations.errors import PermanentError
+                from fleetpilot.simulations.errors import PermanentError
 
                 raise PermanentError(f"corrupt Prophet model in forecaster JSON: {exc}") from None
         return obj

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from forecasting.base import (
+from fleetpilot.forecasting.base import (
     MODEL_NAMES,
     Forecast,
     Forecaster,
@@ -22,7 +22,7 @@ from forecasting.base import (
     load_payload,
     make_forecaster,
 )
-from simulations.errors import UserError
+from fleetpilot.simulations.errors import UserError
 
 FALLBACK_CHAIN: tuple[str, ...] = ("seasonal-naive", "last-value")
 #: options that the simpler models in the chain understand
@@ -89,7 +89,7 @@ class FallbackForecaster:
         self, y_new: np.ndarray, leads: Sequence[int], level: int = 95
     ) -> tuple[np.ndarray, np.ndarray]:
         """Delegate to the active model (see :func:`forecasting.features.rolling_forecast`)."""
-        from forecasting.features import rolling_forecast
+        from fleetpilot.forecasting.features import rolling_forecast
 
         return rolling_forecast(self._require(), y_new, leads, level)
 

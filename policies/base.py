@@ -23,8 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from simulations.fleet import Decision, IntervalStats, service_rate_per_replica, slots_per_replica
-from simulations.goal import GoalSpec
+from fleetpilot.simulations.fleet import Decision, IntervalStats, service_rate_per_replica, slots_per_replica
+from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = [
     "Decision",

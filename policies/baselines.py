@@ -45,12 +45,18 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import ModelObs, Observation, Policy
-from simulations.errors import UserError
-from simulations.fleet import Decision, latency_vector, route_matrix, service_rate_per_replica, slots_per_replica
-from simulations.goal import GoalSpec, ModelSpec
-from simulations.kernel import step_time
-from simulations.traces import Trace
+from fleetpilot.policies.base import ModelObs, Observation, Policy
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.fleet import (
+    Decision,
+    latency_vector,
+    route_matrix,
+    service_rate_per_replica,
+    slots_per_replica,
+)
+from fleetpilot.simulations.goal import GoalSpec, ModelSpec
+from fleetpilot.simulations.kernel import step_time
+from fleetpilot.simulations.traces import Trace
 
 __all__ = [
     "HPA_SCALE_UP_PODS",

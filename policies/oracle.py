@@ -47,10 +47,10 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Observation
-from simulations import kernel as K  # noqa: N812 - same alias as simulations.fleet
-from simulations.errors import UserError
-from simulations.fleet import (
+from fleetpilot.policies.base import Observation
+from fleetpilot.simulations import kernel as K  # noqa: N812 - same alias as simulations.fleet
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.fleet import (
     Decision,
     FleetSimulator,
     latency_vector,
@@ -58,8 +58,8 @@ from simulations.fleet import (
     service_rate_per_replica,
     slots_per_replica,
 )
-from simulations.goal import GoalSpec, ModelSpec
-from simulations.traces import Trace
+from fleetpilot.simulations.goal import GoalSpec, ModelSpec
+from fleetpilot.simulations.traces import Trace
 
 __all__ = [
     "Feasibility",

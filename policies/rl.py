@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Decision, Observation, ObservationBuilder
-from simulations.errors import UserError
-from simulations.goal import GoalSpec
+from fleetpilot.policies.base import Decision, Observation, ObservationBuilder
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import GoalSpec
 
 ARTIFACT_FORMAT = "fleetpilot-rl/v1"
 WEIGHTS_FILE = "policy.pt"
@@ -96,7 +96,7 @@ class ActionCodec:
     def __init__(self, goal: GoalSpec, headroom: float | None = None) -> None:
         self.goal = goal
         self.headroom = goal.baselines.predictive_headroom if headroom is None else float(headroom)
-        from policies.baselines import PredictivePolicy
+        from fleetpilot.policies.baselines import PredictivePolicy
 
         self._predictive = PredictivePolicy(goal, headroom=self.headroom)
         names = [f"scale.{m.name}" for m in goal.models]
@@ -114,7 +114,7 @@ class ActionCodec:
 
     def params(self) -> dict[str, Any]:
         return {"scale_range": SCALE_RANGE, "route_logit_scale": ROUTE_LOGIT_SCALE, "headroom": self.headroom,
-                "base": "policies.baselines.PredictivePolicy", "obs_clip": OBS_CLIP}
+                "base": "fleetpilot.policies.baselines.PredictivePolicy", "obs_clip": OBS_CLIP}
 
     # -- routing -------------------------------------------------------------------------------------
     def route_weights(self, action: np.ndarray) -> dict[str, dict[str, float]]:
@@ -335,7 +335,7 @@ def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: M
         "goal": {"name": goal.name, "digest": goal.digest(), "source": goal.source},
         "observation": {"layout": list(builder.layout), "clip": OBS_CLIP, "lead_times_s": list(builder.lead_times())},
         "action": {"layout": list(codec.layout), "low": -1.0, "high": 1.0, "params": codec.params(),
-                   "decoder": "policies.rl.ActionCodec (residual on the predictive controller)"},
+                   "decoder": "fleetpilot.policies.rl.ActionCodec (residual on the predictive controller)"},
         "network": spec,
         "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights), "format": "torch.save(state_dict)"},
         "provenance": dict(provenance),
@@ -445,7 +445,7 @@ def make_rl_policy(path: str | Path, goal: GoalSpec, **_kw: Any) -> RLPolicy:
 
 
 def _register() -> None:
-    from policies.baselines import PREFIX_FACTORIES, register_prefix
+    from fleetpilot.policies.baselines import PREFIX_FACTORIES, register_prefix
 
     if "rl" not in PREFIX_FACTORIES:
         register_prefix("rl", make_rl_policy)

@@ -45,9 +45,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from policies.base import ModelObs, Observation
-from simulations.fleet import Decision
-from simulations.goal import GoalSpec, ModelSpec, RouteSpec
+from fleetpilot.policies.base import ModelObs, Observation
+from fleetpilot.simulations.fleet import Decision
+from fleetpilot.simulations.goal import GoalSpec, ModelSpec, RouteSpec
 
 __all__ = ["Shield", "ShieldState", "project_weights"]
 

@@ -1,6 +1,6 @@
 """A per-request discrete-event reference simulator (slow, obviously correct) for fixed replica counts.
 
-It shares the fast simulator's *semantics* (:mod:`simulations.fleet`, :mod:`simulations.kernel`) but
+It shares the fast simulator's *semantics* (:mod:`fleetpilot.simulations.fleet`, :mod:`fleetpilot.simulations.kernel`) but
 none of its approximations (ticks, cohorts, fluid timing inside a tick, latency histograms):
 
 * **Arrivals.** For every trace interval, request class and model pool: ``Poisson(rate x share x interval)``
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulations.errors import UserError
-from simulations.fleet import route_matrix, service_rate_per_replica, slots_per_replica
-from simulations.goal import GoalSpec, ModelSpec
-from simulations.traces import Trace
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.fleet import route_matrix, service_rate_per_replica, slots_per_replica
+from fleetpilot.simulations.goal import GoalSpec, ModelSpec
+from fleetpilot.simulations.traces import Trace
 
 _EV_FIRST = 0  # first token of a request (end of its TTFT part)
 _EV_DONE = 1  # a replica's next completion on its token clock (validated by a version number)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulations import kernel as K  # noqa: N812
-from simulations.errors import UserError
-from simulations.goal import GoalSpec, ModelSpec
-from simulations.traces import Trace
+from fleetpilot.simulations import kernel as K  # noqa: N812
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import GoalSpec, ModelSpec
+from fleetpilot.simulations.traces import Trace
 
 
 @dataclass(frozen=True)

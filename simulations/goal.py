@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from simulations.errors import UserError
+from fleetpilot.simulations.errors import UserError
 
 API_VERSION = "fleetpilot/v1"
 KIND = "GoalSpec"

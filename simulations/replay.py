@@ -46,11 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Observation, ObservationBuilder, Policy, reading_from_stats
-from simulations.errors import UserError
-from simulations.fleet import Decision, FleetSimulator, IntervalStats, route_matrix, service_rate_per_replica
-from simulations.goal import GoalSpec
-from simulations.traces import Trace
+from fleetpilot.policies.base import Observation, ObservationBuilder, Policy, reading_from_stats
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.fleet import Decision, FleetSimulator, IntervalStats, route_matrix, service_rate_per_replica
+from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.traces import Trace
 
 __all__ = [
     "PolicyRun",
@@ -265,7 +265,7 @@ def class_forecasts(
     goal: GoalSpec, trace: Trace, model: str = "holt-winters", **kw: Any
 ) -> tuple[_Bins, dict[str, np.ndarray]]:
     """Causal forecast features per request class: ``(bins, {class: (n_bins, n_leads, 2)})``."""
-    from forecasting.features import rolling_features
+    from fleetpilot.forecasting.features import rolling_features
 
     bins, rate = _forecast_bins(trace, goal)
     leads = ObservationBuilder(goal).lead_times()
@@ -621,7 +621,7 @@ def _run_parallel(ctx: _Context, policies: list[tuple[Policy, str]], workers: in
 
 def _default_shield_factory() -> ShieldFactory | None:
     try:
-        from policies.shield import Shield
+        from fleetpilot.policies.shield import Shield
     except ModuleNotFoundError:
         return None
     return Shield
@@ -649,7 +649,7 @@ def replay(
     policy). The oracle's cost, when no :class:`~policies.oracle.OraclePolicy` is among ``policies``, comes from
     planning and verifying it in this process.
     """
-    from policies.oracle import OraclePolicy, plan_oracle, warm_start_replicas
+    from fleetpilot.policies.oracle import OraclePolicy, plan_oracle, warm_start_replicas
 
     started = time.perf_counter()
     if not policies:
@@ -665,7 +665,7 @@ def replay(
     if shield_factory == "default":
         shield_factory = _default_shield_factory()
         if shield_factory is None:
-            notes.append("policies.shield is not available: decisions were NOT shielded")
+            notes.append("fleetpilot.policies.shield is not available: decisions were NOT shielded")
     initial = dict(initial_replicas) if initial_replicas else warm_start_replicas(goal, trace, seed=seed, tick_s=tick)
     for m in goal.models:
         initial.setdefault(m.name, m.min_replicas)
@@ -675,11 +675,11 @@ def replay(
         base = str(getattr(p, "name", type(p).__name__))
         seen[base] = seen.get(base, 0) + 1
         named.append((p, base if seen[base] == 1 else f"{base}#{seen[base]}"))
-    if forecast_model and importlib.util.find_spec("forecasting.features") is None:
+    if forecast_model and importlib.util.find_spec("fleetpilot.forecasting.features") is None:
         notes.append("forecasting is not installed: policies saw the current rate as their forecast")
         forecast_model = None
     if forecast_model:
-        from forecasting.base import MODEL_NAMES
+        from fleetpilot.forecasting.base import MODEL_NAMES
 
         if forecast_model not in MODEL_NAMES:
             raise UserError(f"unknown forecaster {forecast_model!r}; choose one of {', '.join(MODEL_NAMES)}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulations.errors import UserError
+from fleetpilot.simulations.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_TRACES = REPO_ROOT / "data" / "traces"

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from needs import missing_tool
 
-from simulations.testbed.fleet_exporter import FleetExporter
-from simulations.testbed.k8s_emulator import K8sEmulator
-from simulations.testbed.prometheus import PrometheusNotFoundError, PrometheusServer
+from needs import missing_tool
+from testbed.fleet_exporter import FleetExporter
+from testbed.k8s_emulator import K8sEmulator
+from testbed.prometheus import PrometheusNotFoundError, PrometheusServer
 
 
 def token_means(trace: Any) -> tuple[float, float]:

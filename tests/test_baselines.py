@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.base import ModelObs, Observation, ObservationBuilder, Policy, reading_from_stats
-from policies.baselines import (
+from fleetpilot.policies.base import ModelObs, Observation, ObservationBuilder, Policy, reading_from_stats
+from fleetpilot.policies.baselines import (
     HPA_SCALE_UP_PODS,
     KEDAPolicy,
     KPAPolicy,
@@ -23,11 +23,11 @@ from policies.baselines import (
     register_prefix,
     static_peak_replicas,
 )
-from policies.shield import Shield
-from simulations.errors import UserError
-from simulations.fleet import Decision, FleetSimulator, service_rate_per_replica
-from simulations.goal import GoalSpec, load_goal
-from simulations.traces import Trace, load_trace
+from fleetpilot.policies.shield import Shield
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.fleet import Decision, FleetSimulator, service_rate_per_replica
+from fleetpilot.simulations.goal import GoalSpec, load_goal
+from fleetpilot.simulations.traces import Trace, load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE = load_goal(ROOT / "examples/goals/single-model.yaml")

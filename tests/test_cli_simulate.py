@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from fleetpilot.agent.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 TWO = str(REPO / "examples" / "goals" / "two-model-routed.yaml")

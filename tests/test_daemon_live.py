@@ -15,23 +15,23 @@ import time
 
 import numpy as np
 import pytest
-from livebed import start_testbed, stop_testbed, token_means
 
-from agent.audit import read_audit
-from agent.commands.run import build_daemon
-from agent.daemon import (
+from fleetpilot.agent.audit import read_audit
+from fleetpilot.agent.commands.run import build_daemon
+from fleetpilot.agent.daemon import (
     AuditSettings,
     DaemonSettings,
     KubeSettings,
     LeaderElectionSettings,
     PrometheusSettings,
 )
-from agent.kube import make_api_client
-from policies.baselines import PredictivePolicy
-from simulations.fleet import FleetSimulator
-from simulations.goal import parse_goal
-from simulations.testbed.fleet_exporter import compress_trace
-from simulations.traces import BUNDLED_TRACES, load_trace
+from fleetpilot.agent.kube import make_api_client
+from fleetpilot.policies.baselines import PredictivePolicy
+from fleetpilot.simulations.fleet import FleetSimulator
+from fleetpilot.simulations.goal import parse_goal
+from fleetpilot.simulations.traces import BUNDLED_TRACES, load_trace
+from livebed import start_testbed, stop_testbed, token_means
+from testbed.fleet_exporter import compress_trace
 
 pytestmark = pytest.mark.slow
 

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import requests
 
-from agent.audit import AuditLog, read_audit
-from agent.daemon import Daemon, DaemonSettings, FallbackSettings, make_fallback_policy
-from agent.kube import ApplyOutcome
-from agent.prom import FleetState, PrometheusSource, derive_class_rates
-from policies.base import Decision, ModelReading, Observation, Reading
-from simulations.errors import PermanentError, TemporaryError
-from simulations.goal import parse_goal
+from fleetpilot.agent.audit import AuditLog, read_audit
+from fleetpilot.agent.daemon import Daemon, DaemonSettings, FallbackSettings, make_fallback_policy
+from fleetpilot.agent.kube import ApplyOutcome
+from fleetpilot.agent.prom import FleetState, PrometheusSource, derive_class_rates
+from fleetpilot.policies.base import Decision, ModelReading, Observation, Reading
+from fleetpilot.simulations.errors import PermanentError, TemporaryError
+from fleetpilot.simulations.goal import parse_goal
 
 GOAL = """
 apiVersion: fleetpilot/v1
@@ -439,7 +439,7 @@ def test_run_forever_stops_on_event_after_finishing_interval(goal, tmp_path):
 
 
 def test_sigterm_finishes_interval_and_exits_zero(goal, tmp_path):
-    from agent.commands.run import install_signal_handlers
+    from fleetpilot.agent.commands.run import install_signal_handlers
 
     d, clock, act, src, pol = make(goal, tmp_path=tmp_path)
     stop = threading.Event()
@@ -611,7 +611,7 @@ def test_prometheus_source_http_errors_through_real_client(goal):
 def test_class_rates_derived_from_model_rates(goal):
     import dataclasses
 
-    from simulations.goal import RouteSpec
+    from fleetpilot.simulations.goal import RouteSpec
 
     g2 = dataclasses.replace(goal, routes=(
         RouteSpec("a", ("big",), None, (1.0,)), RouteSpec("b", ("small",), None, (1.0,))))
@@ -667,7 +667,7 @@ def test_shield_windows_use_monotonic_time(goal):
 
 
 def test_goal_file_reloaded_or_reported(goal, tmp_path):
-    from agent.daemon import GoalReloader
+    from fleetpilot.agent.daemon import GoalReloader
 
     path = tmp_path / "goal.yaml"
     path.write_text(GOAL)
@@ -701,7 +701,7 @@ def test_goal_file_reloaded_or_reported(goal, tmp_path):
 
 
 def _cli(argv, capsys):
-    from agent.cli import main
+    from fleetpilot.agent.cli import main
 
     code = main(argv)
     out = capsys.readouterr()
@@ -735,8 +735,8 @@ def test_run_missing_goal_exit_2(tmp_path, capsys):
 def test_run_once_against_emulator_with_prometheus_down(tmp_path, capsys):
     """The real wiring end to end: the official client against the emulator; Prometheus unreachable -> fallback,
     no scale-down; one record on stdout, one audit line, exit 0."""
-    from simulations.testbed.k8s_emulator import K8sEmulator, httproute_manifest
-    from simulations.testbed.prometheus import free_port
+    from testbed.k8s_emulator import K8sEmulator, httproute_manifest
+    from testbed.prometheus import free_port
 
     goal_path = tmp_path / "goal.yaml"
     goal_path.write_text(GOAL)
@@ -769,7 +769,7 @@ def test_freshness_query_that_fits_nothing_is_noted_not_stale(goal):
 
 
 def test_second_signal_interrupts(goal):
-    from agent.commands.run import install_signal_handlers
+    from fleetpilot.agent.commands.run import install_signal_handlers
 
     stop = threading.Event()
     restore = install_signal_handlers(stop)
@@ -814,7 +814,7 @@ def _histogram_quantile(q: float, bounds, cum) -> float:
 
 @pytest.mark.parametrize("p50, p95, p99", [(0.05, 0.3, 0.6), (0.2, 0.9, 3.0), (1.0, 4.0, 9.0)])
 def test_exporter_buckets_give_back_the_percentile(p50, p95, p99):
-    from simulations.testbed.fleet_exporter import TTFT_BUCKETS, bucket_counts
+    from testbed.fleet_exporter import TTFT_BUCKETS, bucket_counts
 
     cum, total = bucket_counts(1000.0, p50, p95, p99, TTFT_BUCKETS)
     cum = [*cum, 1000.0]
@@ -828,9 +828,9 @@ def test_exporter_buckets_give_back_the_percentile(p50, p95, p99):
 
 
 def test_exporter_follows_the_emulator(goal):
-    from simulations.testbed.fleet_exporter import FleetExporter, compress_trace
-    from simulations.testbed.k8s_emulator import K8sEmulator, httproute_manifest
-    from simulations.traces import BUNDLED_TRACES, load_trace
+    from fleetpilot.simulations.traces import BUNDLED_TRACES, load_trace
+    from testbed.fleet_exporter import FleetExporter, compress_trace
+    from testbed.k8s_emulator import K8sEmulator, httproute_manifest
 
     trace = compress_trace(load_trace(BUNDLED_TRACES / "azure_llm_2023_conv_1s.csv").slice(0, 1200), 10)
     emu = K8sEmulator(auto_status=False)  # the store only: no HTTP needed here

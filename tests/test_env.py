@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs import ENV_ID
-from envs.cluster import ClusterFleetEnv
-from policies.baselines import PredictivePolicy
-from policies.rl import ActionCodec, route_quality
-from simulations.goal import load_goal
-from simulations.traces import REPO_ROOT
+from fleetpilot.envs import ENV_ID
+from fleetpilot.envs.cluster import ClusterFleetEnv
+from fleetpilot.policies.baselines import PredictivePolicy
+from fleetpilot.policies.rl import ActionCodec, route_quality
+from fleetpilot.simulations.goal import load_goal
+from fleetpilot.simulations.traces import REPO_ROOT
 
 SINGLE = REPO_ROOT / "examples" / "goals" / "single-model.yaml"
 ROUTED = REPO_ROOT / "examples" / "goals" / "two-model-routed.yaml"

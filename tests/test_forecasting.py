@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forecasting.backtest import backtest, choose_cutoffs, mase_scale
-from forecasting.base import ErrorQuantiles, Forecast, clean_rate, forecaster_from_json, make_forecaster
-from forecasting.features import OnlineForecaster, rolling_features
-from forecasting.models import HoltWinters, LastValue, SeasonalNaive
-from forecasting.robust import FallbackForecaster, robust_fit
-from simulations.errors import PermanentError, UserError
+from fleetpilot.forecasting.backtest import backtest, choose_cutoffs, mase_scale
+from fleetpilot.forecasting.base import ErrorQuantiles, Forecast, clean_rate, forecaster_from_json, make_forecaster
+from fleetpilot.forecasting.features import OnlineForecaster, rolling_features
+from fleetpilot.forecasting.models import HoltWinters, LastValue, SeasonalNaive
+from fleetpilot.forecasting.robust import FallbackForecaster, robust_fit
+from fleetpilot.simulations.errors import PermanentError, UserError
 
 DAY = 86400.0
 FAST_MODELS = ("seasonal-naive", "holt-winters", "last-value")
@@ -176,7 +176,7 @@ def test_corrupt_json_is_a_permanent_error() -> None:
 
 def test_prophet_recovers_signal_and_round_trips() -> None:
     pytest.importorskip("prophet")
-    from forecasting.prophet_model import ProphetForecaster
+    from fleetpilot.forecasting.prophet_model import ProphetForecaster
 
     step = 900.0
     y, _ = seasonal_series(4, step, noise=0.3, seed=7)
@@ -196,7 +196,7 @@ def test_prophet_recovers_signal_and_round_trips() -> None:
 
 def test_prophet_level_correction_follows_a_recent_shift() -> None:
     pytest.importorskip("prophet")
-    from forecasting.prophet_model import ProphetForecaster
+    from fleetpilot.forecasting.prophet_model import ProphetForecaster
 
     step = 900.0
     y, _ = seasonal_series(4, step, noise=0.3, seed=18)
@@ -517,7 +517,7 @@ def small_trace(tmp_path):  # type: ignore[no-untyped-def]
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(small_trace, capsys, extra, needle) -> None:  # type: ignore[no-untyped-def]
-    from agent.cli import main
+    from fleetpilot.agent.cli import main
 
     rc = main(["forecast", "backtest", "--trace", str(small_trace), *extra])
     assert rc == 2
@@ -525,7 +525,7 @@ def test_cli_bad_input_exits_2_with_one_line(small_trace, capsys, extra, needle)
 
 
 def test_cli_missing_trace_exits_2(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from agent.cli import main
+    from fleetpilot.agent.cli import main
 
     assert main(["forecast", "backtest", "--trace", str(tmp_path / "nope.csv")]) == 2
     _one_error_line(capsys)
@@ -534,7 +534,7 @@ def test_cli_missing_trace_exits_2(tmp_path, capsys) -> None:  # type: ignore[no
 
 
 def test_cli_backtest_writes_json(small_trace, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from agent.cli import main
+    from fleetpilot.agent.cli import main
 
     out = tmp_path / "bt.json"
     rc = main(["forecast", "backtest", "--trace", str(small_trace), "--model", "seasonal-naive", "--horizon", "1h",

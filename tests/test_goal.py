@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.errors import UserError
-from simulations.goal import GoalSpec, json_schema, load_goal, parse_goal
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import GoalSpec, json_schema, load_goal, parse_goal
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "examples" / "goals").glob("*.yaml"))

@@ -13,7 +13,7 @@ import pytest
 import urllib3
 from kubernetes.client.rest import ApiException
 
-from simulations.testbed.k8s_emulator import (
+from testbed.k8s_emulator import (
     K8sEmulator,
     ScaleEvent,
     deployment_manifest,

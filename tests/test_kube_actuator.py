@@ -9,7 +9,7 @@ import kubernetes.client as k8s
 import numpy as np
 import pytest
 
-from agent.kube import (
+from fleetpilot.agent.kube import (
     ApplyOutcome,
     KubeActuator,
     KubePermanentError,
@@ -18,8 +18,8 @@ from agent.kube import (
     RouteTarget,
     make_api_client,
 )
-from simulations.errors import PermanentError, TemporaryError, UserError
-from simulations.testbed.k8s_emulator import K8sEmulator, hpa_manifest, httproute_manifest
+from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
+from testbed.k8s_emulator import K8sEmulator, hpa_manifest, httproute_manifest
 
 NS = "serving"
 ROUTE = RouteTarget(NS, "chat", {"llama": ("llama-svc", 8000), "qwen": ("qwen-svc", 8001)})

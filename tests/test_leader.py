@@ -13,8 +13,8 @@ from kubernetes.leaderelection import electionconfig
 from kubernetes.leaderelection.leaderelection import LeaderElection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
-from agent.leader import LeaderElector, LeaderSettings
-from simulations.testbed.k8s_emulator import K8sEmulator
+from fleetpilot.agent.leader import LeaderElector, LeaderSettings
+from testbed.k8s_emulator import K8sEmulator
 
 NS = "fleetpilot"
 LEASE = "fleetpilot-daemon"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.oracle import (
+from fleetpilot.policies.oracle import (
     OraclePolicy,
     launch_schedule,
     level_schedule,
@@ -16,10 +16,10 @@ from policies.oracle import (
     routing_lower_bound,
     window_requirements,
 )
-from simulations.fleet import Decision
-from simulations.goal import load_goal
-from simulations.replay import replay
-from simulations.traces import load_traces
+from fleetpilot.simulations.fleet import Decision
+from fleetpilot.simulations.goal import load_goal
+from fleetpilot.simulations.replay import replay
+from fleetpilot.simulations.traces import load_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 SINGLE = ROOT / "examples/goals/single-model.yaml"
@@ -178,7 +178,7 @@ def test_routing_bound_below_any_feasible_routed_schedule(routed) -> None:
 
 
 def test_cost_vs_oracle_at_least_one_for_goal_meeting_baselines(single_goal, conv_trace) -> None:
-    baselines = pytest.importorskip("policies.baselines")
+    baselines = pytest.importorskip("fleetpilot.policies.baselines")
     pols = [baselines.make_policy(n, single_goal, trace=conv_trace) for n in ("static", "hpa", "keda", "predictive")]
     pols += [_Static({"llama-3-8b": 12}, "static-12"), OraclePolicy(single_goal)]
     res = replay(single_goal, conv_trace, pols, seed=11, tick_s=1.0)

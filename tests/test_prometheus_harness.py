@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from simulations.testbed import prometheus as harness
-from simulations.testbed.prometheus import PrometheusNotFoundError, PrometheusServer
+from testbed import prometheus as harness
+from testbed.prometheus import PrometheusNotFoundError, PrometheusServer
 
 
 def _require_prometheus() -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.cli import main as cli_main
-from policies.oracle import OraclePolicy
-from simulations.fleet import Decision
-from simulations.goal import load_goal
-from simulations.replay import replay
-from simulations.report import write_report
-from simulations.traces import load_traces
+from fleetpilot.agent.cli import main as cli_main
+from fleetpilot.policies.oracle import OraclePolicy
+from fleetpilot.simulations.fleet import Decision
+from fleetpilot.simulations.goal import load_goal
+from fleetpilot.simulations.replay import replay
+from fleetpilot.simulations.report import write_report
+from fleetpilot.simulations.traces import load_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 SINGLE = ROOT / "examples/goals/single-model.yaml"

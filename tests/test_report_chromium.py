@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from policies.oracle import OraclePolicy
-from simulations.fleet import Decision
-from simulations.goal import load_goal
-from simulations.replay import replay
-from simulations.report import write_report
-from simulations.traces import load_traces
+from fleetpilot.policies.oracle import OraclePolicy
+from fleetpilot.simulations.fleet import Decision
+from fleetpilot.simulations.goal import load_goal
+from fleetpilot.simulations.replay import replay
+from fleetpilot.simulations.report import write_report
+from fleetpilot.simulations.traces import load_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -147,7 +147,7 @@ def report(tmp_path_factory):
     trace = load_traces(["azure_llm_2023_conv_1s"], (0.0, 1200.0)).scale_to_peak(250)
     pols = [_Static(12, "static-12"), _Static(3, "static-3"), OraclePolicy(goal)]
     try:
-        from policies.baselines import make_policy
+        from fleetpilot.policies.baselines import make_policy
 
         pols[1:1] = [make_policy("hpa", goal), make_policy("keda", goal)]
     except ImportError:

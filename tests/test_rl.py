@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from agent.commands.train import train
-from envs.cluster import ClusterFleetEnv
-from policies.rl import DecisionPredictor, RLPolicy, load_artifact, make_rl_policy, save_artifact
-from simulations.errors import UserError
-from simulations.fleet import Decision
-from simulations.goal import load_goal
-from simulations.traces import REPO_ROOT
+from fleetpilot.agent.commands.train import train
+from fleetpilot.envs.cluster import ClusterFleetEnv
+from fleetpilot.policies.rl import DecisionPredictor, RLPolicy, load_artifact, make_rl_policy, save_artifact
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.fleet import Decision
+from fleetpilot.simulations.goal import load_goal
+from fleetpilot.simulations.traces import REPO_ROOT
 
 SINGLE = REPO_ROOT / "examples" / "goals" / "single-model.yaml"
 ROUTED = REPO_ROOT / "examples" / "goals" / "two-model-routed.yaml"
@@ -164,7 +164,7 @@ def test_save_refuses_wrong_goal(artifact: tuple[Path, object], tmp_path: Path) 
 
 
 def test_registered_as_rl_prefix_with_scaling_only_ablation(artifact: tuple[Path, object]) -> None:
-    from policies.baselines import make_policy
+    from fleetpilot.policies.baselines import make_policy
 
     out, _ = artifact
     goal = load_goal(SINGLE)

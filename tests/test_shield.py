@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies.base import ModelObs, Observation
-from policies.shield import Shield, ShieldState, project_weights
-from simulations.fleet import Decision
-from simulations.goal import GoalSpec, load_goal
+from fleetpilot.policies.base import ModelObs, Observation
+from fleetpilot.policies.shield import Shield, ShieldState, project_weights
+from fleetpilot.simulations.fleet import Decision
+from fleetpilot.simulations.goal import GoalSpec, load_goal
 
 ROOT = Path(__file__).resolve().parent.parent
 TWO = load_goal(ROOT / "examples/goals/two-model-routed.yaml")
@@ -311,7 +311,7 @@ def test_current_is_capped_at_desired_when_ready_replicas_are_double_counted() -
 
 
 def test_model_missing_from_reading_holds_last_output() -> None:
-    from policies.base import ObservationBuilder, Reading
+    from fleetpilot.policies.base import ObservationBuilder, Reading
 
     name = ONE.model_names[0]
     reading = Reading(t_s=30.0, models={}, class_rates={"default": 5.0}, weights={}, ttft_p95_ms=math.nan,

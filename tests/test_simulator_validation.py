@@ -21,17 +21,17 @@ import numpy as np
 import pytest
 import yaml
 
-from simulations import kernel as K  # noqa: N812 - the kernel module's usual alias
-from simulations.des import simulate_des, step_time_py
-from simulations.fleet import (
+from fleetpilot.simulations import kernel as K  # noqa: N812 - the kernel module's usual alias
+from fleetpilot.simulations.des import simulate_des, step_time_py
+from fleetpilot.simulations.fleet import (
     Decision,
     FleetSimulator,
     latency_vector,
     service_rate_per_replica,
     slots_per_replica,
 )
-from simulations.goal import GoalSpec, ModelSpec, load_goal, parse_goal
-from simulations.traces import Trace, load_trace, load_traces
+from fleetpilot.simulations.goal import GoalSpec, ModelSpec, load_goal, parse_goal
+from fleetpilot.simulations.traces import Trace, load_trace, load_traces
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations.errors import UserError
-from simulations.traces import BUNDLED_TRACES, load_trace, load_traces, parse_range
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.traces import BUNDLED_TRACES, load_trace, load_traces, parse_range
 
 BUNDLED = sorted(BUNDLED_TRACES.glob("*.csv"))
 

@@ -19,7 +19,7 @@ def add_trace_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_trace_arguments(args: argparse.Namespace) -> Any:
     """The trace the arguments of :func:`add_trace_arguments` describe, sliced and rescaled (provenance kept)."""
-    from simulations.traces import load_traces, parse_range
+    from fleetpilot.simulations.traces import load_traces, parse_range
 
     trace = load_traces(args.trace, parse_range(args.range_))
     if args.scale_to_peak is not None:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from simulations.errors import UserError
+from fleetpilot.simulations.errors import UserError
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _MODELS = ("prophet", "seasonal-naive", "holt-winters", "ets", "last-value")
@@ -65,8 +65,8 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from forecasting.backtest import backtest
-    from simulations.traces import load_trace, parse_range
+    from fleetpilot.forecasting.backtest import backtest
+    from fleetpilot.simulations.traces import load_trace, parse_range
 
     horizon_s = parse_duration(args.horizon, "--horizon")
     season_s = parse_duration(args.season, "--season")

@@ -10,7 +10,7 @@ reachable at ``max_replicas``), an output folder that cannot be written.
 
 Policy names resolve through :func:`policies.baselines.make_policy`; ``oracle`` is
 :class:`policies.oracle.OraclePolicy`. Prefixed names (``rl:PATH``) use the prefix registry of
-:mod:`policies.baselines` (``register_prefix``); for ``rl`` the hook below registers
+:mod:`fleetpilot.policies.baselines` (``register_prefix``); for ``rl`` the hook below registers
 ``policies.rl.make_rl_policy`` on first use when nobody registered the prefix yet. Other prefixes can be added
 with :func:`register_policy_prefix` (same registry).
 """
@@ -26,12 +26,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.commands.common import add_trace_arguments, load_trace_arguments
-from simulations.errors import UserError
+from fleetpilot.agent.commands.common import add_trace_arguments, load_trace_arguments
+from fleetpilot.simulations.errors import UserError
 
 DEFAULT_POLICIES = "static,hpa,keda,kpa,predictive,oracle"
 #: prefix -> "module:function" loaded lazily; the function is called as ``function(ARG, goal)``
-LAZY_PREFIXES: dict[str, str] = {"rl": "policies.rl:make_rl_policy"}
+LAZY_PREFIXES: dict[str, str] = {"rl": "fleetpilot.policies.rl:make_rl_policy"}
 
 
 def register(sub: Any) -> None:
@@ -57,13 +57,13 @@ def register(sub: Any) -> None:
 
 def register_policy_prefix(prefix: str, factory: Callable[..., Any]) -> None:
     """Make ``--policies PREFIX:ARG`` call ``factory(ARG, goal, **kw)`` (shared with ``policies.baselines``)."""
-    from policies.baselines import register_prefix
+    from fleetpilot.policies.baselines import register_prefix
 
     register_prefix(prefix, factory)
 
 
 def _ensure_prefix(prefix: str) -> None:
-    from policies.baselines import PREFIX_FACTORIES
+    from fleetpilot.policies.baselines import PREFIX_FACTORIES
 
     if prefix in PREFIX_FACTORIES or prefix not in LAZY_PREFIXES:
         return
@@ -82,7 +82,7 @@ def _ensure_prefix(prefix: str) -> None:
 
 def known_policy_names() -> list[str]:
     """Names accepted by ``--policies``."""
-    from policies.baselines import known_policies
+    from fleetpilot.policies.baselines import known_policies
 
     names = set(known_policies()) | {"oracle"} | {f"{p}:PATH" for p in LAZY_PREFIXES}
     return sorted(n for n in names if not any(n == f"{p}:ARG" for p in LAZY_PREFIXES))
@@ -90,8 +90,8 @@ def known_policy_names() -> list[str]:
 
 def resolve_policies(spec: str, goal: Any, trace: Any) -> list[Any]:
     """Build the policies named in ``spec`` (comma-separated). Unknown names raise :class:`UserError`."""
-    from policies.baselines import POLICY_FACTORIES, PREFIX_FACTORIES, make_policy
-    from policies.oracle import OraclePolicy
+    from fleetpilot.policies.baselines import POLICY_FACTORIES, PREFIX_FACTORIES, make_policy
+    from fleetpilot.policies.oracle import OraclePolicy
 
     names = [s.strip() for s in (spec or "").split(",") if s.strip()]
     if not names:
@@ -138,7 +138,7 @@ def check_output_dir(out: Path) -> bool:
 
 def check_feasible(goal: Any, trace: Any, seed: int, tick_s: float) -> None:
     """Raise :class:`UserError` when no replica count can meet the SLO (see :func:`policies.oracle.slo_feasibility`)."""
-    from policies.oracle import slo_feasibility
+    from fleetpilot.policies.oracle import slo_feasibility
 
     bad = [f for f in slo_feasibility(goal, trace, seed=seed, tick_s=tick_s) if not f.ok]
     if bad:
@@ -153,9 +153,9 @@ def check_feasible(goal: Any, trace: Any, seed: int, tick_s: float) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the replay and write the report."""
-    from simulations.goal import load_goal
-    from simulations.replay import default_tick, replay
-    from simulations.report import write_report
+    from fleetpilot.simulations.goal import load_goal
+    from fleetpilot.simulations.replay import default_tick, replay
+    from fleetpilot.simulations.report import write_report
 
     goal = load_goal(args.goal)
     trace = load_trace_arguments(args)
@@ -191,6 +191,6 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience
-    from agent.cli import main as cli_main
+    from fleetpilot.agent.cli import main as cli_main
 
     return cli_main(["replay", *(argv or sys.argv[1:])])

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.audit import AuditLog
-from agent.daemon import (
+from fleetpilot.agent.audit import AuditLog
+from fleetpilot.agent.daemon import (
     MODES,
     AuditSettings,
     Daemon,
@@ -37,8 +37,8 @@ from agent.daemon import (
     LeaderElectionSettings,
     PrometheusSettings,
 )
-from simulations.errors import UserError
-from simulations.goal import GoalSpec, load_goal
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import GoalSpec, load_goal
 
 __all__ = ["build_daemon", "install_signal_handlers", "register", "resolve_policy", "run"]
 
@@ -89,11 +89,11 @@ def resolve_policy(spec: str, goal: GoalSpec) -> Any:
             raise UserError("--policy rl: needs a directory, e.g. rl:examples/policies/single-model")
         if not Path(path).exists():
             raise UserError("policy artifact not found", where=path)
-        from policies.rl import load_artifact
+        from fleetpilot.policies.rl import load_artifact
 
         return load_artifact(path, goal)
     try:
-        from policies.baselines import make_policy
+        from fleetpilot.policies.baselines import make_policy
     except ImportError:
         make_policy = None
     if make_policy is not None:
@@ -101,7 +101,7 @@ def resolve_policy(spec: str, goal: GoalSpec) -> Any:
     if spec in ("hold", "hpa"):  # the daemon's own fallbacks stand in until policies.baselines is installed
         from dataclasses import replace
 
-        from agent.daemon import make_fallback_policy
+        from fleetpilot.agent.daemon import make_fallback_policy
 
         return make_fallback_policy(replace(goal, fallback_policy=spec))
     raise UserError(f"unknown policy {spec!r}: use rl:DIR or one of hpa, hold")
@@ -110,11 +110,11 @@ def resolve_policy(spec: str, goal: GoalSpec) -> Any:
 def _forecaster_factory(name: str) -> Callable[[float], Any] | None:
     if name == "none":
         return None
-    from forecasting.base import MODEL_NAMES
+    from fleetpilot.forecasting.base import MODEL_NAMES
 
     if name not in MODEL_NAMES or name == "prophet":
         raise UserError(f"--forecaster must be one of none, {', '.join(n for n in MODEL_NAMES if n != 'prophet')}")
-    from forecasting.features import OnlineForecaster
+    from fleetpilot.forecasting.features import OnlineForecaster
 
     def make(step_s: float) -> Any:
         return OnlineForecaster(step_s=step_s, model=name, refit_every_s=max(60.0, 20 * step_s),
@@ -136,9 +136,9 @@ def build_daemon(
     policy_spec: str | None = None,
 ) -> Daemon:
     """Wire the real parts: PrometheusSource, KubeActuator, KubeStatusReader, LeaderElector, AuditLog."""
-    from agent.kube import KubeActuator, RouteTarget, make_api_client
-    from agent.leader import LeaderElector
-    from agent.prom import PrometheusSource
+    from fleetpilot.agent.kube import KubeActuator, RouteTarget, make_api_client
+    from fleetpilot.agent.leader import LeaderElector
+    from fleetpilot.agent.prom import PrometheusSource
 
     if api_client is None:
         k = settings.kube

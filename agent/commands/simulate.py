@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.commands.common import add_trace_arguments, load_trace_arguments
-from simulations.errors import UserError
-from simulations.goal import GoalSpec
+from fleetpilot.agent.commands.common import add_trace_arguments, load_trace_arguments
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import GoalSpec
 
 
 def register(sub: Any) -> None:
@@ -122,8 +122,8 @@ def _num(x: float) -> float | str | None:
 def handler(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from simulations.fleet import FleetSimulator
-    from simulations.goal import load_goal
+    from fleetpilot.simulations.fleet import FleetSimulator
+    from fleetpilot.simulations.goal import load_goal
 
     out = Path(args.out)
     _check_out(out)

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.errors import UserError
-from simulations.fleet import service_rate_per_replica
-from simulations.goal import GoalSpec, load_goal
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.fleet import service_rate_per_replica
+from fleetpilot.simulations.goal import GoalSpec, load_goal
 
 DEFAULTS: dict[str, Any] = {
     "n_envs": 4,
@@ -59,7 +59,7 @@ def make_env_fns(goal: GoalSpec, traces: Sequence[str], ranges: Sequence[str | N
     """Env constructors sharing one set of prepared traces (forecast features are computed once)."""
     from stable_baselines3.common.monitor import Monitor
 
-    from envs.cluster import ClusterFleetEnv
+    from fleetpilot.envs.cluster import ClusterFleetEnv
 
     first = ClusterFleetEnv(goal, list(traces), list(ranges), **env_kwargs)
 
@@ -89,7 +89,7 @@ def train(
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from policies.rl import save_artifact
+    from fleetpilot.policies.rl import save_artifact
 
     torch.set_num_threads(1)
     h = dict(DEFAULTS)

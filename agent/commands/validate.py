@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from simulations.goal import json_schema, load_goal
+from fleetpilot.simulations.goal import json_schema, load_goal
 
 
 def register(sub: Any) -> None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from simulations.goal import GoalSpec
-from simulations.testbed.k8s_emulator import K8sEmulator, ScaleEvent, httproute_manifest
+from fleetpilot.simulations.goal import GoalSpec
+from testbed.k8s_emulator import K8sEmulator, ScaleEvent, httproute_manifest
 
 # ---------------------------------------------------------------------------------------------------------------------
 # time
@@ -375,7 +375,7 @@ def workload_writes(emu: K8sEmulator, since_seq: int = 0) -> list[Any]:
 
 def dead_url() -> str:
     """A loopback URL where nothing listens (connection refused)."""
-    from simulations.testbed.prometheus import free_port
+    from testbed.prometheus import free_port
 
     return f"http://127.0.0.1:{free_port()}"
 
@@ -406,7 +406,7 @@ class ScriptedPolicy:
         return None
 
     def decide(self, obs: Any, state: Any) -> tuple[Any, Any]:
-        from policies.base import Decision
+        from fleetpilot.policies.base import Decision
 
         self.calls += 1
         want = self.want(obs) if callable(self.want) else self.want
@@ -418,7 +418,7 @@ def deployments_of(goal: GoalSpec) -> dict[str, tuple[str, str]]:
 
 
 def routes_of(goal: GoalSpec) -> dict[str, Any]:
-    from agent.kube import RouteTarget
+    from fleetpilot.agent.kube import RouteTarget
 
     out = {}
     for r in goal.routes:
@@ -460,11 +460,11 @@ class Rig:
         """A daemon wired like ``fleetpilot run`` builds it, in fake time. ``api_host`` points every Kubernetes call
         elsewhere (e.g. a dead port: the API unreachable); ``elector_host`` only the Lease calls (a partition that
         hits leader election but not the writes)."""
-        from agent.audit import AuditLog
-        from agent.daemon import Daemon, DaemonSettings, KubeStatusReader
-        from agent.kube import KubeActuator, RetrySettings, make_api_client
-        from agent.leader import LeaderElector
-        from agent.prom import PrometheusSource
+        from fleetpilot.agent.audit import AuditLog
+        from fleetpilot.agent.daemon import Daemon, DaemonSettings, KubeStatusReader
+        from fleetpilot.agent.kube import KubeActuator, RetrySettings, make_api_client
+        from fleetpilot.agent.leader import LeaderElector
+        from fleetpilot.agent.prom import PrometheusSource
 
         clk = clock or self.clock
         api = make_api_client(host=api_host or self.emu.url)

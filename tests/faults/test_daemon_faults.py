@@ -33,8 +33,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("agent.daemon", reason="agent/daemon.py is not there yet")
+pytest.importorskip("fleetpilot.agent.daemon", reason="agent/daemon.py is not there yet")
 
+from fleetpilot.agent.audit import AuditLog, read_audit  # noqa: E402
+from fleetpilot.agent.prom import PrometheusSource  # noqa: E402
+from fleetpilot.simulations.errors import UserError  # noqa: E402
+from fleetpilot.simulations.goal import GoalSpec, load_goal  # noqa: E402
 from harness import (  # noqa: E402
     FakeClock,
     FakePrometheusAPI,
@@ -47,12 +51,7 @@ from harness import (  # noqa: E402
     seed_cluster,
     workload_writes,
 )
-
-from agent.audit import AuditLog, read_audit  # noqa: E402
-from agent.prom import PrometheusSource  # noqa: E402
-from simulations.errors import UserError  # noqa: E402
-from simulations.goal import GoalSpec, load_goal  # noqa: E402
-from simulations.testbed.k8s_emulator import K8sEmulator, hpa_manifest  # noqa: E402
+from testbed.k8s_emulator import K8sEmulator, hpa_manifest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_PATH = REPO / "examples" / "goals" / "two-model-routed.yaml"
@@ -185,7 +184,7 @@ def test_prometheus_one_model_missing(rig: Rig, record_property: Any) -> None:
 
 @pytest.fixture(scope="module")
 def real_prom(goal: GoalSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, MetricsExporter]]:
-    from simulations.testbed.prometheus import PrometheusNotFoundError, PrometheusServer
+    from testbed.prometheus import PrometheusNotFoundError, PrometheusServer
 
     exporter = MetricsExporter(goal.model_names).start()
     server = PrometheusServer([exporter.hostport], scrape_interval_s=0.5, workdir=tmp_path_factory.mktemp("prom"))
@@ -265,7 +264,7 @@ def test_real_prometheus_target_down(rig: Rig, real_prom: Any, record_property: 
 @pytest.mark.fault(group="daemon: real Prometheus", scenario="real Prometheus process killed (SIGKILL) mid-run",
                    expected="the next interval falls back (connection refused), no scale-down, no exception")
 def test_real_prometheus_killed(rig: Rig, goal: GoalSpec, tmp_path: Path, record_property: Any) -> None:
-    from simulations.testbed.prometheus import PrometheusNotFoundError, PrometheusServer
+    from testbed.prometheus import PrometheusNotFoundError, PrometheusServer
 
     exporter = MetricsExporter(goal.model_names).start()
     server = PrometheusServer([exporter.hostport], scrape_interval_s=0.5, workdir=tmp_path / "prom")
@@ -727,8 +726,8 @@ def test_clock_steady(rig: Rig, record_property: Any) -> None:
 
 
 def _artifact(tmp: Path, g: GoalSpec, **over: Any) -> Path:
-    from policies.base import ObservationBuilder
-    from policies.rl import ARTIFACT_FORMAT, ActionCodec
+    from fleetpilot.policies.base import ObservationBuilder
+    from fleetpilot.policies.rl import ARTIFACT_FORMAT, ActionCodec
 
     codec = ActionCodec(g)
     layout = list(ObservationBuilder(g).layout)
@@ -759,7 +758,7 @@ ARTIFACT_CASES = {
                    expected="refused at load with a one-line UserError naming the file (CLI: exit 2)")
 @pytest.mark.parametrize("case", list(ARTIFACT_CASES))
 def test_artifact_refused(goal: GoalSpec, tmp_path: Path, case: str, record_property: Any) -> None:
-    from policies.rl import load_artifact
+    from fleetpilot.policies.rl import load_artifact
 
     d = tmp_path / "art"
     d.mkdir()
@@ -775,7 +774,7 @@ def test_artifact_refused(goal: GoalSpec, tmp_path: Path, case: str, record_prop
                    "(goal: 5, observation: [])", expected="refused with a UserError naming the file, no traceback")
 @pytest.mark.parametrize("field_name", ["goal", "observation", "weights"])
 def test_artifact_wrong_types(goal: GoalSpec, tmp_path: Path, field_name: str) -> None:
-    from policies.rl import load_artifact
+    from fleetpilot.policies.rl import load_artifact
 
     d = _artifact(tmp_path / "art", goal)
     meta = json.loads((d / "policy.json").read_text())
@@ -793,7 +792,7 @@ def test_artifact_wrong_types(goal: GoalSpec, tmp_path: Path, field_name: str) -
 
 _WRITER = textwrap.dedent("""
     import sys, math
-    from agent.audit import AuditLog
+    from fleetpilot.agent.audit import AuditLog
     log = AuditLog(sys.argv[1], fsync=False)
     pad = "x" * int(sys.argv[2])
     i = int(sys.argv[3])
@@ -849,7 +848,7 @@ def test_audit_sigkill(tmp_path: Path, record_property: Any) -> None:
 def _run_cmd_available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("agent.commands.run") is not None
+    return importlib.util.find_spec("fleetpilot.agent.commands.run") is not None
 
 
 class RunProcess:
@@ -859,7 +858,7 @@ class RunProcess:
                  log_path: Path, prom_timeout_s: float = 1.0) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
-        cmd = [sys.executable, "-m", "agent.cli", "run", "--goal", str(goal_path), "--policy", "hpa", "--mode",
+        cmd = [sys.executable, "-m", "fleetpilot.agent.cli", "run", "--goal", str(goal_path), "--policy", "hpa", "--mode",
                "control", "--kube-host", emu.url, "--prometheus", prom_url, "--prometheus-timeout", str(prom_timeout_s),
                "--audit", str(audit), "--interval", "0.5", "--forecaster", "none", "--identity", identity,
                "--lease-namespace", "inference", "--lease-duration", "3", "--log-level", "WARNING"]
@@ -1051,7 +1050,7 @@ def test_goal_changed_reported(live: Any, tmp_path: Path) -> None:
 
 
 def _reloading_daemon(rig: Rig, tmp_path: Path, policy_want: dict[str, Any]) -> tuple[Any, Path]:
-    from agent.daemon import GoalReloader
+    from fleetpilot.agent.daemon import GoalReloader
 
     path = tmp_path / "goal.yaml"
     path.write_text(GOAL_PATH.read_text())
@@ -1104,7 +1103,7 @@ def test_run_refuses_artifact(goal: GoalSpec, tmp_path: Path, case: str) -> None
     import contextlib
     import io
 
-    from agent.cli import main
+    from fleetpilot.agent.cli import main
 
     if not _run_cmd_available():
         pytest.skip("agent/commands/run.py is not there yet")

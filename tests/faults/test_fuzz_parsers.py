@@ -33,10 +33,10 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent.cli import main as cli_main
-from simulations.errors import UserError
-from simulations.goal import GoalSpec, load_goal, parse_goal
-from simulations.traces import load_trace
+from fleetpilot.agent.cli import main as cli_main
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import GoalSpec, load_goal, parse_goal
+from fleetpilot.simulations.traces import load_trace
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_FILES = sorted((REPO / "examples" / "goals").glob("*.yaml"))
@@ -53,7 +53,7 @@ FUZZ = settings(
 
 
 def has_command(name: str) -> bool:
-    return importlib.util.find_spec(f"agent.commands.{name}") is not None
+    return importlib.util.find_spec(f"fleetpilot.agent.commands.{name}") is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -455,7 +455,7 @@ def _simulate_argv(goal: Path, trace: Path, out: Path, replicas: str = "x=1") ->
     """The simulate command line, read from its parser (the command is written by someone else)."""
     if not has_command("simulate"):
         return None
-    from agent.cli import build_parser
+    from fleetpilot.agent.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001 - argparse has no public API here
@@ -613,8 +613,8 @@ def test_bug_trace_huge_gap(files: Files) -> None:
     code = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-        from simulations.errors import UserError
-        from simulations.traces import load_trace
+        from fleetpilot.simulations.errors import UserError
+        from fleetpilot.simulations.traces import load_trace
         try:
             load_trace({str(path)!r})
         except UserError as exc:

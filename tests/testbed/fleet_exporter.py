@@ -41,9 +41,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from simulations.fleet import Decision, FleetSimulator, IntervalStats
-from simulations.goal import GoalSpec
-from simulations.traces import Trace
+from fleetpilot.simulations.fleet import Decision, FleetSimulator, IntervalStats
+from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.traces import Trace
 
 __all__ = ["E2E_BUCKETS", "TTFT_BUCKETS", "FleetExporter", "bucket_counts", "compress_trace"]
 
@@ -220,7 +220,7 @@ class FleetExporter:
 
         Deployments that do not exist yet are created with the simulator's current replicas.
         """
-        from simulations.testbed.k8s_emulator import deployment_manifest
+        from testbed.k8s_emulator import deployment_manifest
 
         self._emulator = emulator
         for m in self.goal.models:
@@ -456,9 +456,9 @@ def _sec(ms: float, cap: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - manual use
-    """``python -m simulations.testbed.fleet_exporter --goal G --trace T [--port P]``: serve until Ctrl-C."""
-    from simulations.goal import load_goal
-    from simulations.traces import load_traces
+    """``python -m testbed.fleet_exporter --goal G --trace T [--port P]``: serve until Ctrl-C."""
+    from fleetpilot.simulations.goal import load_goal
+    from fleetpilot.simulations.traces import load_traces
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--goal", required=True)
