@@ -275,21 +275,10 @@ class _HpaLite:
 
 
 def make_fallback_policy(goal: GoalSpec) -> Policy:
-    """The goal's fallback (``hpa`` or ``hold``): from :mod:`fleetpilot.policies.baselines` when available."""
-    name = goal.fallback_policy
-    if name == "hold":
-        try:
-            from fleetpilot.policies.baselines import make_policy
+    """The goal's fallback (``hpa`` or ``hold``), built by the policy registry like every other policy."""
+    from fleetpilot.policies.registry import make
 
-            return make_policy("hold", goal)
-        except Exception:  # noqa: BLE001 -- baselines not there (yet): our own hold
-            return _Hold()
-    try:
-        from fleetpilot.policies.baselines import make_policy
-
-        return make_policy(name, goal)
-    except Exception:  # noqa: BLE001
-        return _HpaLite(goal)
+    return make(goal.fallback_policy, goal)
 
 
 def _make_shield(goal: GoalSpec) -> Any:

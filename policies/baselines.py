@@ -39,13 +39,13 @@ Concurrency targets default to 70 % of a replica's concurrent sequences (Knative
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fleetpilot.policies.base import ModelObs, Observation, Policy
+from fleetpilot.policies.base import ModelObs, Observation
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import (
     Decision,
@@ -64,8 +64,6 @@ __all__ = [
     "HPA_POLICY_PERIOD_S",
     "KPA_MAX_SCALE_UP_RATE",
     "KPA_MAX_SCALE_DOWN_RATE",
-    "POLICY_FACTORIES",
-    "PREFIX_FACTORIES",
     "HPAPolicy",
     "HoldPolicy",
     "KEDAPolicy",
@@ -76,10 +74,6 @@ __all__ = [
     "default_weights",
     "hpa_normalize",
     "hpa_ratio_replicas",
-    "known_policies",
-    "make_policy",
-    "register_policy",
-    "register_prefix",
     "static_peak_replicas",
 ]
 
@@ -761,76 +755,3 @@ class PredictivePolicy:
             need = math.ceil(max(0.0, max(cands)) * (1.0 + self.headroom) / cap - 1e-9)
             reps[spec.name] = min(max(need, spec.min_replicas), spec.max_replicas)
         return Decision(reps, {k: dict(v) for k, v in self._weights.items()}), state
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry
-# ---------------------------------------------------------------------------------------------
-
-PolicyFactory = Callable[..., Policy]
-PrefixFactory = Callable[..., Policy]
-
-
-def _make_static(goal: GoalSpec, *, replicas: Mapping[str, int] | None = None, trace: Trace | None = None,
-                 window_s: float | None = None, max_utilization: float = DEFAULT_MAX_UTILIZATION,
-                 **kw: Any) -> Policy:
-    unknown = set(kw) - set(_COMMON)
-    if unknown:
-        raise TypeError(f"static: unexpected keyword argument(s) {sorted(unknown)}")
-    if replicas is None:
-        if trace is None:
-            raise UserError("policy 'static' needs replicas=... or a trace to size for its peak")
-        replicas = static_peak_replicas(goal, trace, window_s=window_s, max_utilization=max_utilization)
-    return StaticPolicy(goal, replicas)
-
-
-def _drop(keys: tuple[str, ...], cls: type) -> PolicyFactory:
-    """A factory that ignores keyword arguments meant for other policies (e.g. ``trace``)."""
-
-    def make(goal: GoalSpec, **kw: Any) -> Policy:
-        return cls(goal, **{k: v for k, v in kw.items() if k not in keys})
-
-    return make
-
-
-_COMMON = ("trace", "rng", "seed")
-
-#: name -> factory(goal, **kw); others register more (e.g. "oracle") with :func:`register_policy`.
-POLICY_FACTORIES: dict[str, PolicyFactory] = {
-    "static": _make_static,
-    "hold": _drop(_COMMON, HoldPolicy),
-    "hpa": _drop(_COMMON, HPAPolicy),
-    "keda": _drop(_COMMON, KEDAPolicy),
-    "kpa": _drop(_COMMON, KPAPolicy),
-    "predictive": _drop(_COMMON, PredictivePolicy),
-}
-#: prefix -> factory(argument, goal, **kw) for names like "rl:PATH"; see :func:`register_prefix`.
-PREFIX_FACTORIES: dict[str, PrefixFactory] = {}
-
-
-def register_policy(name: str, factory: PolicyFactory) -> None:
-    """Make ``make_policy(name, goal, **kw)`` call ``factory(goal, **kw)``."""
-    POLICY_FACTORIES[name] = factory
-
-
-def register_prefix(prefix: str, factory: PrefixFactory) -> None:
-    """Make ``make_policy(f"{prefix}:ARG", goal, **kw)`` call ``factory(ARG, goal, **kw)``."""
-    PREFIX_FACTORIES[prefix] = factory
-
-
-def known_policies() -> list[str]:
-    """Names :func:`make_policy` accepts (prefixes shown as ``prefix:ARG``)."""
-    return sorted(POLICY_FACTORIES) + [f"{p}:ARG" for p in sorted(PREFIX_FACTORIES)]
-
-
-def make_policy(name: str, goal: GoalSpec, **kw: Any) -> Policy:
-    """Build a policy by name: static, hold, hpa, keda, kpa, predictive, or a registered name/prefix."""
-    key = name.strip()
-    if key in POLICY_FACTORIES:
-        return POLICY_FACTORIES[key](goal, **kw)
-    if ":" in key:
-        prefix, arg = key.split(":", 1)
-        if prefix in PREFIX_FACTORIES:
-            return PREFIX_FACTORIES[prefix](arg, goal, **kw)
-    raise UserError(f"unknown policy {name!r}; known policies: {', '.join(known_policies())}")
-

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetpilot.policies.base import Observation
+from fleetpilot.policies.base import Observation, PolicyBase, PrepareContext
 from fleetpilot.simulations import kernel as K  # noqa: N812 - same alias as simulations.fleet
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import (
@@ -872,16 +872,19 @@ def plan_oracle(
 # ---------------------------------------------------------------------------------------------
 
 
-class OraclePolicy:
+class OraclePolicy(PolicyBase):
     """Plays the oracle's precomputed schedule (replicas per model, weights per route) by the observation's clock.
 
-    The replay calls :meth:`prepare` with the goal, trace, seed and tick before the run; a plan can also be
-    given up front. ``bypass_shield`` tells the replay not to pass its decisions through the shield.
+    A run calls :meth:`prepare` with the goal, trace, seed and tick before the first decision; a plan can also
+    be given up front. It is a yardstick (``is_yardstick``), needs the whole trace (``needs_trace``: offline
+    only) and bypasses the shield, whose smoothing rules would only distort a bound.
     """
 
     bypass_shield = True
+    needs_trace = True
     uses_forecast = False
-    clock_only = True  # decide() reads only obs.t_s: the replay may hand it a clock-only observation
+    clock_only = True  # decide() reads only obs.t_s: the loop may hand it a clock-only observation
+    is_yardstick = True
 
     def __init__(self, goal: GoalSpec | None = None, plan: OraclePlan | None = None, *, name: str = "oracle",
                  verify_passes: int = 4) -> None:
@@ -890,19 +893,24 @@ class OraclePolicy:
         self.plan = plan
         self.verify_passes = verify_passes
 
-    def prepare(self, goal: GoalSpec, trace: Trace, *, seed: int, tick_s: float,
-                initial_replicas: Mapping[str, int] | None = None) -> None:
-        """Compute the plan for this replay (no-op when a plan for the same start was given)."""
+    def prepare(self, context: PrepareContext) -> None:
+        """Compute the plan for this run (no-op when a plan for the same start was given)."""
+        trace = context.trace
+        if trace is None:
+            raise UserError("the oracle needs the whole trace in advance: it cannot run live")
         if self.plan is not None and abs(self.plan.t0_s - trace.start_s) < 1e-9:
             return
-        self.goal = goal
-        self.plan = plan_oracle(goal, trace, seed=seed, tick_s=tick_s, initial_replicas=initial_replicas,
-                                verify_passes=self.verify_passes)
+        self.goal = context.goal
+        self.plan = plan_oracle(context.goal, trace, seed=context.seed, tick_s=context.tick_s,
+                                initial_replicas=context.initial_replicas, verify_passes=self.verify_passes)
 
     def initial_state(self) -> None:
         return None
 
     def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
         if self.plan is None:
-            raise RuntimeError("OraclePolicy needs prepare(goal, trace, ...) or a plan before decide()")
+            raise RuntimeError("OraclePolicy needs prepare(context) or a plan before decide()")
         return self.plan.decision_at(obs.t_s), state
+
+    def describe(self) -> dict[str, Any] | None:
+        return self.plan.describe() if self.plan is not None else None

@@ -442,13 +442,3 @@ def make_rl_policy(path: str | Path, goal: GoalSpec, **_kw: Any) -> RLPolicy:
         pol.scaling_only = True
         pol.name = f"{pol.name}#scaling-only"
     return pol
-
-
-def _register() -> None:
-    from fleetpilot.policies.baselines import PREFIX_FACTORIES, register_prefix
-
-    if "rl" not in PREFIX_FACTORIES:
-        register_prefix("rl", make_rl_policy)
-
-
-_register()

@@ -46,7 +46,16 @@ from typing import Any
 
 import numpy as np
 
-from fleetpilot.policies.base import Observation, ObservationBuilder, Policy, reading_from_stats
+from fleetpilot.policies.base import (
+    Observation,
+    ObservationBuilder,
+    Policy,
+    PrepareContext,
+    capabilities,
+    describe_policy,
+    prepare_policy,
+    reading_from_stats,
+)
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import Decision, FleetSimulator, IntervalStats, route_matrix, service_rate_per_replica
 from fleetpilot.simulations.goal import GoalSpec
@@ -376,15 +385,15 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     goal, trace = ctx.goal, ctx.trace
     started = time.perf_counter()
     cpu0 = time.process_time()
-    if getattr(policy, "uses_forecast", True):
+    caps = capabilities(policy)
+    if caps.uses_forecast:
         ctx.ensure_forecasts()
-    prepare = getattr(policy, "prepare", None)
-    if callable(prepare):
-        prepare(goal, trace, seed=ctx.seed, tick_s=ctx.tick_s, initial_replicas=ctx.initial)
+    prepare_policy(policy, PrepareContext(goal, trace, seed=ctx.seed, tick_s=ctx.tick_s,
+                                          initial_replicas=ctx.initial))
     sim = FleetSimulator(goal, trace, np.random.default_rng(ctx.seed), tick_s=ctx.tick_s,
                          initial_replicas=ctx.initial)
     builder = ObservationBuilder(goal)
-    bypass = bool(getattr(policy, "bypass_shield", False))
+    bypass = caps.bypass_shield
     shield = None if (bypass or ctx.shield_factory is None) else ctx.shield_factory(goal)
     sstate = shield.initial_state() if shield is not None else None
     pstate = policy.initial_state()
@@ -442,7 +451,7 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     record(i, stats, (), None)
     i += 1
     last_tick = 0
-    clock_only = bool(getattr(policy, "clock_only", False))  # e.g. the oracle: plays a schedule by the clock
+    clock_only = caps.clock_only  # e.g. the oracle: plays a schedule by the clock
     tok_cache: dict[Any, dict[str, tuple[float, float]]] = {}
     cap_cache: dict[tuple[str, float, float], float] = {}
     while not sim.done and i < n:
@@ -492,12 +501,12 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     summ["met_goal"] = bool(summ["slo_attainment"] >= goal.slo.attainment)
     summ["shield_rules_fired"] = dict(sorted(rule_counts.items()))
     summ["shielded"] = shield is not None
-    summ["is_oracle"] = bool(getattr(policy, "is_oracle", False) or type(policy).__name__ == "OraclePolicy")
+    summ["is_oracle"] = caps.is_yardstick
     summ["wall_s"] = round(time.perf_counter() - started, 3)
     summ["cpu_s"] = round(time.process_time() - cpu0, 3)  # this process's CPU: comparable on a busy machine
-    describe = getattr(getattr(policy, "plan", None), "describe", None)
-    if callable(describe):
-        summ["plan"] = describe()
+    facts = describe_policy(policy)
+    if facts is not None:
+        summ["plan"] = facts
     wins = sim.windows
     series = PolicySeries(
         t_s=t_s, offered_rps=offered, class_rps=class_rps, ready=ready, starting=starting, desired=desired,
@@ -572,7 +581,7 @@ def _run_parallel(ctx: _Context, policies: list[tuple[Policy, str]], workers: in
     # forecast users share a worker (each worker computes the forecasts it needs, once); the oracle, which
     # plans before it runs, goes to the other one
     def uses_fc(i: int) -> bool:
-        return bool(ctx.forecast_model) and bool(getattr(policies[i][0], "uses_forecast", True))
+        return bool(ctx.forecast_model) and capabilities(policies[i][0]).uses_forecast
 
     loads = [0.0] * workers
     fc_group = 0
@@ -586,7 +595,7 @@ def _run_parallel(ctx: _Context, policies: list[tuple[Policy, str]], workers: in
         if not groups[g] and uses_fc(i):
             loads[g] += 0.25  # the forecasts themselves
         groups[g].append((i, pol, policies[i][1]))
-        loads[g] += 1.5 if getattr(pol, "prepare", None) else 1.0
+        loads[g] += 1.5 if capabilities(pol).needs_trace else 1.0
         if uses_fc(i) and loads[g] > sum(loads) / workers + 1.0:
             fc_group = int(np.argmin(loads))  # too many forecast users for one worker: spill over
     with tempfile.TemporaryDirectory(prefix="fleetpilot-replay-") as tmp:
@@ -649,7 +658,7 @@ def replay(
     policy). The oracle's cost, when no :class:`~policies.oracle.OraclePolicy` is among ``policies``, comes from
     planning and verifying it in this process.
     """
-    from fleetpilot.policies.oracle import OraclePolicy, plan_oracle, warm_start_replicas
+    from fleetpilot.policies.oracle import plan_oracle, warm_start_replicas
 
     started = time.perf_counter()
     if not policies:
@@ -717,7 +726,7 @@ def replay(
     oc = float(oracle["cost_usd"])
     for r in runs:
         r.summary["cost_vs_oracle"] = r.summary["cost_usd"] / oc if oc > 0 else math.nan
-    if not any(isinstance(p, OraclePolicy) for p, _ in named) and oracle.get("slo_attainment", 1.0) < 1.0:
+    if not any(capabilities(p).is_yardstick for p, _ in named) and oracle.get("slo_attainment", 1.0) < 1.0:
         notes.append(f"the oracle met {oracle['slo_attainment']:.2%} of windows in its verification run")
     return ReplayResult(
         goal=goal, trace=trace.describe(), seed=int(seed), tick_s=tick, initial_replicas=initial, runs=runs,

@@ -18,11 +18,11 @@ from fleetpilot.policies.baselines import (
     PredictivePolicy,
     capacity_at_slo,
     hpa_ratio_replicas,
-    known_policies,
-    make_policy,
-    register_prefix,
     static_peak_replicas,
 )
+from fleetpilot.policies.registry import known as known_policies
+from fleetpilot.policies.registry import make as make_policy
+from fleetpilot.policies.registry import register_prefix
 from fleetpilot.policies.shield import Shield
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import Decision, FleetSimulator, service_rate_per_replica

@@ -178,8 +178,8 @@ def test_routing_bound_below_any_feasible_routed_schedule(routed) -> None:
 
 
 def test_cost_vs_oracle_at_least_one_for_goal_meeting_baselines(single_goal, conv_trace) -> None:
-    baselines = pytest.importorskip("fleetpilot.policies.baselines")
-    pols = [baselines.make_policy(n, single_goal, trace=conv_trace) for n in ("static", "hpa", "keda", "predictive")]
+    from fleetpilot.policies import registry
+    pols = [registry.make(n, single_goal, trace=conv_trace) for n in ("static", "hpa", "keda", "predictive")]
     pols += [_Static({"llama-3-8b": 12}, "static-12"), OraclePolicy(single_goal)]
     res = replay(single_goal, conv_trace, pols, seed=11, tick_s=1.0)
     met = [r for r in res.runs if r.summary["met_goal"] and not r.summary["is_oracle"]]

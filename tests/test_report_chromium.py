@@ -147,7 +147,7 @@ def report(tmp_path_factory):
     trace = load_traces(["azure_llm_2023_conv_1s"], (0.0, 1200.0)).scale_to_peak(250)
     pols = [_Static(12, "static-12"), _Static(3, "static-3"), OraclePolicy(goal)]
     try:
-        from fleetpilot.policies.baselines import make_policy
+        from fleetpilot.policies.registry import make as make_policy
 
         pols[1:1] = [make_policy("hpa", goal), make_policy("keda", goal)]
     except ImportError:

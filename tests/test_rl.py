@@ -164,7 +164,7 @@ def test_save_refuses_wrong_goal(artifact: tuple[Path, object], tmp_path: Path) 
 
 
 def test_registered_as_rl_prefix_with_scaling_only_ablation(artifact: tuple[Path, object]) -> None:
-    from fleetpilot.policies.baselines import make_policy
+    from fleetpilot.policies.registry import make as make_policy
 
     out, _ = artifact
     goal = load_goal(SINGLE)

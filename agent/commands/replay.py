@@ -8,11 +8,8 @@ prints where the report is. Bad input is a :class:`UserError` (one line, exit 2)
 ones are listed), a range outside the trace, a goal whose SLO no replica count can meet (with the best p95
 reachable at ``max_replicas``), an output folder that cannot be written.
 
-Policy names resolve through :func:`policies.baselines.make_policy`; ``oracle`` is
-:class:`policies.oracle.OraclePolicy`. Prefixed names (``rl:PATH``) use the prefix registry of
-:mod:`fleetpilot.policies.baselines` (``register_prefix``); for ``rl`` the hook below registers
-``policies.rl.make_rl_policy`` on first use when nobody registered the prefix yet. Other prefixes can be added
-with :func:`register_policy_prefix` (same registry).
+Policy names resolve through the one registry (:mod:`fleetpilot.policies.registry`): ``hpa``, ``keda``,
+``oracle``, ``rl:PATH``, ``rl:NAME`` (shipped), ``NAME#variant``...
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +27,6 @@ from fleetpilot.agent.commands.common import add_trace_arguments, load_trace_arg
 from fleetpilot.simulations.errors import UserError
 
 DEFAULT_POLICIES = "static,hpa,keda,kpa,predictive,oracle"
-#: prefix -> "module:function" loaded lazily; the function is called as ``function(ARG, goal)``
-LAZY_PREFIXES: dict[str, str] = {"rl": "fleetpilot.policies.rl:make_rl_policy"}
 
 
 def register(sub: Any) -> None:
@@ -55,69 +50,21 @@ def register(sub: Any) -> None:
     p.set_defaults(func=handler)
 
 
-def register_policy_prefix(prefix: str, factory: Callable[..., Any]) -> None:
-    """Make ``--policies PREFIX:ARG`` call ``factory(ARG, goal, **kw)`` (shared with ``policies.baselines``)."""
-    from fleetpilot.policies.baselines import register_prefix
-
-    register_prefix(prefix, factory)
-
-
-def _ensure_prefix(prefix: str) -> None:
-    from fleetpilot.policies.baselines import PREFIX_FACTORIES
-
-    if prefix in PREFIX_FACTORIES or prefix not in LAZY_PREFIXES:
-        return
-    import importlib
-
-    mod_name, fn_name = LAZY_PREFIXES[prefix].split(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as exc:
-        raise UserError(f"policy prefix {prefix!r} needs module {mod_name} ({exc.name} is not installed)") from None
-    if prefix in PREFIX_FACTORIES:  # the module registered itself on import
-        return
-    fn = getattr(mod, fn_name)
-    register_policy_prefix(prefix, lambda arg, goal, _fn=fn, **_kw: _fn(arg, goal))
-
-
 def known_policy_names() -> list[str]:
-    """Names accepted by ``--policies``."""
-    from fleetpilot.policies.baselines import known_policies
+    """Names accepted by ``--policies`` (the policy registry's)."""
+    from fleetpilot.policies.registry import known
 
-    names = set(known_policies()) | {"oracle"} | {f"{p}:PATH" for p in LAZY_PREFIXES}
-    return sorted(n for n in names if not any(n == f"{p}:ARG" for p in LAZY_PREFIXES))
+    return known()
 
 
-def resolve_policies(spec: str, goal: Any, trace: Any) -> list[Any]:
-    """Build the policies named in ``spec`` (comma-separated). Unknown names raise :class:`UserError`."""
-    from fleetpilot.policies.baselines import POLICY_FACTORIES, PREFIX_FACTORIES, make_policy
-    from fleetpilot.policies.oracle import OraclePolicy
+def resolve_policies(spec: str, goal: Any, trace: Any, seed: int = 0) -> list[Any]:
+    """Build the policies named in ``spec`` (comma-separated) through the registry; unknown names: UserError."""
+    from fleetpilot.policies.registry import make
 
     names = [s.strip() for s in (spec or "").split(",") if s.strip()]
     if not names:
         raise UserError(f"--policies is empty; known policies: {', '.join(known_policy_names())}")
-    out = []
-    for name in names:
-        if name == "oracle":
-            out.append(OraclePolicy(goal))
-            continue
-        if ":" in name:
-            prefix, arg = name.split(":", 1)
-            _ensure_prefix(prefix)
-            if prefix not in PREFIX_FACTORIES:
-                raise UserError(f"unknown policy {name!r}; known policies: {', '.join(known_policy_names())}")
-            if not arg:
-                raise UserError(f"policy {name!r} needs an argument after {prefix}:")
-        elif name not in POLICY_FACTORIES:
-            raise UserError(f"unknown policy {name!r}; known policies: {', '.join(known_policy_names())}")
-        pol = make_policy(name, goal, trace=trace)
-        if ":" in name and getattr(pol, "name", None) in (None, "", name.split(":", 1)[0]):
-            try:
-                pol.name = name.split(":", 1)[0] + ":" + Path(name.split(":", 1)[1]).name
-            except AttributeError:
-                pass
-        out.append(pol)
-    return out
+    return [make(name, goal, trace=trace, seed=seed) for name in names]
 
 
 def check_output_dir(out: Path) -> bool:
@@ -163,7 +110,7 @@ def handler(args: argparse.Namespace) -> int:
     if not (tick > 0 and math.isfinite(tick)) or abs(goal.control_interval_s / tick - round(goal.control_interval_s / tick)) > 1e-9:
         raise UserError(f"--tick {args.tick} must be a positive divisor of the control interval "
                         f"({goal.control_interval_s:g} s)")
-    policies = resolve_policies(args.policies, goal, trace)
+    policies = resolve_policies(args.policies, goal, trace, seed=args.seed)
     out = Path(args.out)
     created = check_output_dir(out)
     try:

@@ -82,29 +82,14 @@ def register(sub: Any) -> None:
 
 
 def resolve_policy(spec: str, goal: GoalSpec) -> Any:
-    """``rl:DIR`` -> the RL artifact (checked against the goal); anything else -> a baseline by name."""
-    if spec.startswith("rl:"):
-        path = spec[3:]
-        if not path:
-            raise UserError("--policy rl: needs a directory, e.g. rl:examples/policies/single-model")
-        if not Path(path).exists():
-            raise UserError("policy artifact not found", where=path)
-        from fleetpilot.policies.rl import load_artifact
+    """Any registry name (``hpa``, ``rl:DIR``, ``rl:NAME``, ...); offline-only policies are refused."""
+    from fleetpilot.policies.base import capabilities
+    from fleetpilot.policies.registry import make
 
-        return load_artifact(path, goal)
-    try:
-        from fleetpilot.policies.baselines import make_policy
-    except ImportError:
-        make_policy = None
-    if make_policy is not None:
-        return make_policy(spec, goal)
-    if spec in ("hold", "hpa"):  # the daemon's own fallbacks stand in until policies.baselines is installed
-        from dataclasses import replace
-
-        from fleetpilot.agent.daemon import make_fallback_policy
-
-        return make_fallback_policy(replace(goal, fallback_policy=spec))
-    raise UserError(f"unknown policy {spec!r}: use rl:DIR or one of hpa, hold")
+    policy = make(spec, goal)
+    if capabilities(policy).needs_trace:
+        raise UserError(f"policy {spec!r} needs the whole trace in advance and cannot run live")
+    return policy
 
 
 def _forecaster_factory(name: str) -> Callable[[float], Any] | None:

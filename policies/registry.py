@@ -1,0 +1,199 @@
+"""The one policy registry: every name form the CLI, replay, training and the daemon accept.
+
+Name forms (Gymnasium-style ``register``/``make``):
+
+* ``hpa``, ``keda``, ``kpa``, ``static``, ``hold``, ``predictive``, ``oracle`` -- plain names;
+* ``NAME#variant[,variant]`` -- a variant of a plain name (the factory receives ``variant="..."``);
+* ``PREFIX:ARG`` -- a prefix factory, e.g. ``rl:PATH`` (a trained artifact folder) or ``rl:NAME`` (a policy
+  shipped under ``examples/policies/NAME``); ``rl:PATH#scaling-only`` is that artifact's ablation.
+
+Plain factories are called as ``factory(goal, **kw)`` and prefix factories as ``factory(arg, goal, **kw)``,
+with ``kw`` the build context (``trace=``, ``seed=``, ``rng=``: a factory takes what it needs and ignores the
+rest). Other modules add names with :func:`register` (e.g. ``register("keda-tuned", factory)``).
+Unknown names raise :class:`~fleetpilot.simulations.errors.UserError` listing the known ones.
+
+This module sits at the top of the ``policies`` layer: it imports the baselines; the heavier RL and oracle
+modules are imported when their names are first made.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fleetpilot.policies.base import Policy
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import GoalSpec
+
+__all__ = [
+    "SHIPPED_POLICIES_DIR",
+    "CONTEXT_KEYS",
+    "Factory",
+    "known",
+    "make",
+    "register",
+    "register_prefix",
+    "shipped_policy",
+]
+
+Factory = Callable[..., Policy]
+
+_NAMES: dict[str, Factory] = {}
+_PREFIXES: dict[str, Factory] = {}
+_HELP: dict[str, str] = {}
+
+#: trained policies shipped with fleetpilot (``rl:NAME`` looks here when NAME is not a path)
+SHIPPED_POLICIES_DIR = Path(__file__).resolve().parent.parent / "examples" / "policies"
+
+
+def register(name: str, factory: Factory, *, help: str = "", replace: bool = True) -> None:  # noqa: A002
+    """Make ``make(name, goal, **kw)`` call ``factory(goal, **kw)``.
+
+    ``replace=False`` keeps an existing registration (for modules that register themselves on import).
+    """
+    key = _check_name(name, "policy name")
+    if key in _NAMES and not replace:
+        return
+    _NAMES[key] = factory
+    if help:
+        _HELP[key] = help
+
+
+def register_prefix(prefix: str, factory: Factory, *, help: str = "", replace: bool = True) -> None:  # noqa: A002
+    """Make ``make(f"{prefix}:ARG", goal, **kw)`` call ``factory(ARG, goal, **kw)``."""
+    key = _check_name(prefix, "policy prefix")
+    if key in _PREFIXES and not replace:
+        return
+    _PREFIXES[key] = factory
+    if help:
+        _HELP[key + ":"] = help
+
+
+def known() -> list[str]:
+    """Every accepted name (prefixes shown as ``prefix:ARG``)."""
+    return sorted(_NAMES) + [f"{p}:ARG" for p in sorted(_PREFIXES)]
+
+
+def make(name: str, goal: GoalSpec, **kw: Any) -> Policy:
+    """Build the policy called ``name`` for ``goal``; ``kw`` is the build context (``trace``, ``seed``, ...).
+
+    A policy built from a prefixed name that did not name itself is named ``prefix:basename(ARG)``.
+    """
+    key = str(name).strip()
+    if not key:
+        raise UserError(f"empty policy name; known policies: {', '.join(known())}")
+    head = key.split("#", 1)[0]
+    if ":" in head:
+        prefix, arg = key.split(":", 1)
+        factory = _PREFIXES.get(prefix)
+        if factory is None:
+            raise UserError(f"unknown policy {key!r}; known policies: {', '.join(known())}")
+        if not arg or arg.startswith("#"):
+            raise UserError(f"policy {key!r} needs an argument after {prefix}:")
+        pol = factory(arg, goal, **kw)
+        if getattr(pol, "name", None) in (None, "", prefix):
+            try:
+                pol.name = f"{prefix}:{Path(arg).name}"
+            except AttributeError:
+                pass
+        return pol
+    base, _, variant = key.partition("#")
+    factory = _NAMES.get(base)
+    if factory is None:
+        raise UserError(f"unknown policy {key!r}; known policies: {', '.join(known())}")
+    if variant:
+        if "variant" not in inspect.signature(factory).parameters:
+            raise UserError(f"policy {base!r} has no variants (got {key!r})")
+        return factory(goal, variant=variant, **kw)
+    return factory(goal, **kw)
+
+
+def shipped_policy(name: str) -> Path | None:
+    """The folder of a policy shipped under ``examples/policies`` called ``name``, if there is one."""
+    if not name or "/" in name or name.startswith("."):
+        return None
+    d = SHIPPED_POLICIES_DIR / name
+    return d if (d / "policy.json").is_file() else None
+
+
+def _check_name(name: str, what: str) -> str:
+    key = str(name).strip()
+    if not key or any(c in key for c in ":#, "):
+        raise ValueError(f"{what} {name!r} must be non-empty without ':', '#', ',' or spaces")
+    return key
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped names
+# ---------------------------------------------------------------------------------------------
+
+
+#: keywords every factory may receive (the build context); plain constructors do not take them
+CONTEXT_KEYS = ("trace", "rng", "seed")
+
+
+def _only(cls: type) -> Factory:
+    """A factory passing ``cls`` every keyword except the shared build context (unknown ones still fail)."""
+
+    def factory(goal: GoalSpec, **kw: Any) -> Policy:
+        return cls(goal, **{k: v for k, v in kw.items() if k not in CONTEXT_KEYS})
+
+    factory.__name__ = f"make_{cls.__name__}"
+    return factory
+
+
+def _static(goal: GoalSpec, *, replicas: Any = None, trace: Any = None, window_s: float | None = None,
+            max_utilization: float | None = None, **_ctx: Any) -> Policy:
+    from fleetpilot.policies.baselines import StaticPolicy, static_peak_replicas
+
+    if replicas is None:
+        if trace is None:
+            raise UserError("policy 'static' needs replicas=... or a trace to size for its peak")
+        extra = {} if max_utilization is None else {"max_utilization": max_utilization}
+        replicas = static_peak_replicas(goal, trace, window_s=window_s, **extra)
+    return StaticPolicy(goal, replicas)
+
+
+def _oracle(goal: GoalSpec, **_ctx: Any) -> Policy:
+    from fleetpilot.policies.oracle import OraclePolicy
+
+    return OraclePolicy(goal)
+
+
+def _rl(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:
+    from fleetpilot.policies.rl import make_rl_policy
+
+    path, sep, opts = arg.partition("#")
+    shipped = None if Path(path).exists() else shipped_policy(path)
+    if shipped is not None:
+        pol = make_rl_policy(str(shipped) + sep + opts, goal)
+        pol.name = f"rl:{path}" + (f"#{opts}" if opts else "")
+        return pol
+    if not Path(path).exists():
+        have = sorted(p.name for p in SHIPPED_POLICIES_DIR.glob("*/policy.json") for p in [p.parent]) \
+            if SHIPPED_POLICIES_DIR.is_dir() else []
+        raise UserError("policy artifact not found (rl:PATH, or rl:NAME for a shipped policy: "
+                        f"{', '.join(have) or 'none shipped'})", where=path)
+    return make_rl_policy(arg, goal)
+
+
+def _register_shipped() -> None:
+    from fleetpilot.policies.baselines import HoldPolicy, HPAPolicy, KEDAPolicy, KPAPolicy, PredictivePolicy
+
+    register("static", _static, help="fixed replicas sized for the trace's peak", replace=False)
+    register("hold", _only(HoldPolicy), help="keep the current replicas", replace=False)
+    register("hpa", _only(HPAPolicy),
+             help="Kubernetes HPA v2, upstream defaults", replace=False)
+    register("keda", _only(KEDAPolicy),
+             help="KEDA Prometheus scaler", replace=False)
+    register("kpa", _only(KPAPolicy),
+             help="Knative KPA", replace=False)
+    register("predictive", _only(PredictivePolicy),
+             help="sizes for the forecast one cold start ahead", replace=False)
+    register("oracle", _oracle, help="offline optimum (needs the whole trace; a yardstick)", replace=False)
+    register_prefix("rl", _rl, help="trained policy: rl:PATH or rl:NAME (shipped)", replace=False)
+
+
+_register_shipped()
