@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.safeyaml import load_yaml, read_text_limited
 
 API_VERSION = "fleetpilot/v1"
 KIND = "GoalSpec"
@@ -165,39 +167,81 @@ class GoalSpec:
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 MAX_REPLICAS = 10_000  # far above any real fleet; keeps counts in int32 (Deployment spec.replicas)
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+
+
+def _f(default: Any = ..., *, description: str, unit: str | None = None, example: Any, **constraints: Any) -> Any:
+    """A documented field: ``description`` (with its unit), one ``example``, and the unit as ``x-unit``.
+
+    The JSON Schema (``fleetpilot schema``) carries all three, so editors and YAML language servers explain
+    every field; ``default=...`` marks the field required.
+    """
+    text = description if unit is None else f"{description} Unit: {unit}."
+    extra = None if unit is None else {"x-unit": unit}
+    return Field(default, description=text, examples=[example], json_schema_extra=extra, **constraints)
 
 
 class _Ref(BaseModel):
+    """A namespaced Kubernetes object (a Deployment or a Gateway API HTTPRoute)."""
+
     model_config = _STRICT
-    namespace: str = Field("default", min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")
+    namespace: str = _f("default", description="Namespace of the object.", example="inference",
+                        min_length=1, pattern=_DNS_LABEL)
+    name: str = _f(description="Name of the object.", example="llama-3-8b", min_length=1, pattern=_DNS_SUBDOMAIN)
 
 
 class _Latency(BaseModel):
-    """Defaults: Llama-3-8B on one H100 (BLIS fit of vLLM 0.8.4, see examples/catalog.yaml)."""
+    """Engine step time of one replica: t0 + prefill x prompt tokens + kv x context tokens + seq x running sequences.
+
+    Defaults: Llama-3-8B on one H100 (BLIS fit of vLLM 0.8.4, see examples/catalog.yaml); fit your own with
+    measurements of your fleet.
+    """
 
     model_config = _STRICT
-    t0_ms: float = Field(5.75, ge=0)
-    prefill_us_per_token: float = Field(17.3, ge=0)
-    kv_us_per_token: float = Field(0.12, ge=0)
-    seq_us: float = Field(6.0, ge=0)
-    max_num_seqs: int = Field(256, ge=1)
-    kv_cache_tokens: int = Field(467_264, ge=1)
+    t0_ms: float = _f(5.75, description="Fixed cost of one engine step (decode iteration), whatever the batch.",
+                      unit="ms", example=5.75, ge=0)
+    prefill_us_per_token: float = _f(17.3, description="Added step time per prompt token prefilled in the step.",
+                                     unit="us per token", example=17.3, ge=0)
+    kv_us_per_token: float = _f(0.12, description="Added step time per token held in the running sequences' "
+                                "KV cache (attention over the context).", unit="us per token", example=0.12, ge=0)
+    seq_us: float = _f(6.0, description="Added step time per running sequence in the batch.", unit="us per sequence",
+                       example=6.0, ge=0)
+    max_num_seqs: int = _f(256, description="Most sequences one replica runs at once (vLLM --max-num-seqs).",
+                           unit="sequences", example=256, ge=1)
+    kv_cache_tokens: int = _f(467_264, description="KV-cache capacity of one replica (vLLM logs it at start as "
+                              "'GPU KV cache size').", unit="tokens", example=467264, ge=1)
 
 
 class _Model(BaseModel):
+    """One model served by one Kubernetes workload that fleetpilot scales."""
+
     model_config = _STRICT
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][-_.A-Za-z0-9]*$")
-    deployment: _Ref
-    service: str | None = None
-    port: int = Field(8000, ge=1, le=65535)
-    accelerator: str = "nvidia-h100-80gb"
-    cost_per_hour: float = Field(gt=0)
-    cold_start_s: float = Field(90.0, ge=0)
-    min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
-    max_replicas: int = Field(ge=1, le=MAX_REPLICAS)
-    latency: _Latency = _Latency()
-    quality: float = Field(1.0, ge=0, le=1)
+    name: str = _f(description="The model's name as vLLM reports it in the model_name label of its metrics.",
+                   example="llama-3-8b", min_length=1, pattern=r"^[A-Za-z0-9][-_.A-Za-z0-9]*$")
+    deployment: _Ref = _f(description="The Deployment serving this model; fleetpilot scales it through its scale "
+                          "subresource.", example={"namespace": "inference", "name": "llama-3-8b"})
+    service: str | None = _f(None, description="Service name of the model's pods (defaults to the Deployment's "
+                             "name).", example="llama-3-8b")
+    port: int = _f(8000, description="Port of the model's OpenAI-compatible API.", unit="TCP port", example=8000,
+                   ge=1, le=65535)
+    accelerator: str = _f("nvidia-h100-80gb", description="Accelerator of one replica (informational; the cost and "
+                          "latency fields carry its effect).", example="nvidia-h100-80gb")
+    cost_per_hour: float = _f(description="What one replica costs while it runs.", unit="$ per replica-hour",
+                              example=6.88, gt=0)
+    cold_start_s: float = _f(90.0, description="Time from a scale-up to the new replica serving (pod scheduling, "
+                             "image pull, weight load, warm-up).", unit="s", example=90, ge=0)
+    min_replicas: int = _f(1, description="Fewest replicas fleetpilot keeps (0 allows scale to zero).",
+                           unit="replicas", example=1, ge=0, le=MAX_REPLICAS)
+    max_replicas: int = _f(description="Most replicas fleetpilot asks for.", unit="replicas", example=40, ge=1,
+                           le=MAX_REPLICAS)
+    latency: _Latency = _f(_Latency(), description="Step-time model of one replica (used by the simulator, the "
+                           "capacity model and the policies).", example={"t0_ms": 5.75, "prefill_us_per_token": 17.3,
+                                                                       "kv_us_per_token": 0.12, "seq_us": 6.0,
+                                                                       "max_num_seqs": 256,
+                                                                       "kv_cache_tokens": 467264})
+    quality: float = _f(1.0, description="Answer quality score of this model relative to the best (1.0), for "
+                        "quality_floor.", unit="fraction 0-1", example=0.8, ge=0, le=1)
 
     @model_validator(mode="after")
     def _bounds(self) -> _Model:
@@ -209,11 +253,17 @@ class _Model(BaseModel):
 
 
 class _Route(BaseModel):
+    """A request class routed across models by weights (a Gateway API HTTPRoute rule's backendRefs)."""
+
     model_config = _STRICT
-    name: str = Field(min_length=1)
-    models: list[str] = Field(min_length=1)
-    http_route: _Ref | None = None
-    weights: list[float] | None = None
+    name: str = _f(description="Name of the request class (matches a trace class in replay).", example="chat",
+                   min_length=1)
+    models: list[str] = _f(description="Models that may serve this class (names from models[]).",
+                           example=["llama-3-70b", "llama-3-8b"], min_length=1)
+    http_route: _Ref | None = _f(None, description="The HTTPRoute whose backendRefs weights fleetpilot sets (omit "
+                                 "to route in simulation only).", example={"namespace": "inference", "name": "chat"})
+    weights: list[float] | None = _f(None, description="Starting weights, one per model, same order as models "
+                                     "(normalised; default equal).", unit="relative weight", example=[0.5, 0.5])
 
     @model_validator(mode="after")
     def _weights(self) -> _Route:
@@ -228,76 +278,142 @@ class _Route(BaseModel):
 
 
 class _SLO(BaseModel):
+    """The service-level objective: the percentile latency per window, met in a share of windows."""
+
     model_config = _STRICT
-    metric: Literal["ttft", "e2e"] = "ttft"
-    percentile: float = Field(95.0, gt=0, lt=100)
-    target_ms: float = Field(gt=0)
-    window_s: float = Field(60.0, gt=0)
-    attainment: float = Field(0.99, gt=0, le=1)
-    timeout_s: float = Field(60.0, gt=0)
+    metric: Literal["ttft", "e2e"] = _f("ttft", description="Latency judged: ttft (time to first token) or e2e "
+                                        "(whole request).", example="ttft")
+    percentile: float = _f(95.0, description="Latency percentile judged in each window.", unit="percent",
+                           example=95, gt=0, lt=100)
+    target_ms: float = _f(description="The percentile latency must be at most this.", unit="ms", example=500, gt=0)
+    window_s: float = _f(60.0, description="Length of one SLO window.", unit="s", example=60, gt=0)
+    attainment: float = _f(0.99, description="Share of windows that must meet the target.", unit="fraction 0-1",
+                           example=0.99, gt=0, le=1)
+    timeout_s: float = _f(60.0, description="A request waiting longer than this is dropped (counts as a miss).",
+                          unit="s", example=60, gt=0)
 
 
 class _Shield(BaseModel):
+    """Safety limits applied to every decision before it reaches Kubernetes."""
+
     model_config = _STRICT
-    max_step_up: int = Field(8, ge=1)
-    max_step_down: int = Field(2, ge=1)
-    max_step_up_fraction: float = Field(1.0, ge=0)
-    scale_down_stabilization_s: float = Field(300.0, ge=0)
-    dead_band: float = Field(0.0, ge=0, lt=1)
-    max_weight_step: float = Field(0.25, gt=0, le=1)
+    max_step_up: int = _f(8, description="Most replicas added to one model in one control interval.",
+                          unit="replicas per interval", example=8, ge=1)
+    max_step_down: int = _f(2, description="Most replicas removed from one model in one control interval.",
+                            unit="replicas per interval", example=2, ge=1)
+    max_step_up_fraction: float = _f(1.0, description="Scale-up also allowed up to this fraction of the current "
+                                     "replicas per interval (the larger of the two limits applies).",
+                                     unit="fraction of current replicas", example=1.0, ge=0)
+    scale_down_stabilization_s: float = _f(300.0, description="Scale down only to the highest recommendation of "
+                                           "this trailing window (like HPA's stabilizationWindowSeconds).",
+                                           unit="s", example=300, ge=0)
+    dead_band: float = _f(0.0, description="Ignore replica changes smaller than this fraction of the current count.",
+                          unit="fraction", example=0.1, ge=0, lt=1)
+    max_weight_step: float = _f(0.25, description="Most a route weight may change in one control interval.",
+                                unit="weight (fraction 0-1) per interval", example=0.25, gt=0, le=1)
 
 
 class _Prometheus(BaseModel):
+    """PromQL the daemon runs each interval; each result is one series per model (label model_name)."""
+
     model_config = _STRICT
-    arrival_rate: str = 'sum by (model_name) (rate(vllm:request_success_total[1m]))'
-    running: str = "sum by (model_name) (vllm:num_requests_running)"
-    waiting: str = "sum by (model_name) (vllm:num_requests_waiting)"
-    ttft_p95: str = (
-        "histogram_quantile(0.95, sum by (le, model_name) (rate(vllm:time_to_first_token_seconds_bucket[1m])))"
+    arrival_rate: str = _f('sum by (model_name) (rate(vllm:request_success_total[1m]))',
+                           description="Requests per second arriving at each model (PromQL).", unit="req/s",
+                           example='sum by (model_name) (rate(vllm:request_success_total[1m]))')
+    running: str = _f("sum by (model_name) (vllm:num_requests_running)",
+                      description="Requests running on each model's replicas (PromQL).", unit="requests",
+                      example="sum by (model_name) (vllm:num_requests_running)")
+    waiting: str = _f("sum by (model_name) (vllm:num_requests_waiting)",
+                      description="Requests queued at each model's replicas (PromQL).", unit="requests",
+                      example="sum by (model_name) (vllm:num_requests_waiting)")
+    ttft_p95: str = _f(
+        "histogram_quantile(0.95, sum by (le, model_name) (rate(vllm:time_to_first_token_seconds_bucket[1m])))",
+        description="p95 time to first token per model (PromQL).", unit="s",
+        example="histogram_quantile(0.95, sum by (le, model_name) (rate(vllm:time_to_first_token_seconds_bucket[1m])))",
     )
-    e2e_p95: str = (
-        "histogram_quantile(0.95, sum by (le, model_name) (rate(vllm:e2e_request_latency_seconds_bucket[1m])))"
+    e2e_p95: str = _f(
+        "histogram_quantile(0.95, sum by (le, model_name) (rate(vllm:e2e_request_latency_seconds_bucket[1m])))",
+        description="p95 end-to-end request latency per model (PromQL).", unit="s",
+        example="histogram_quantile(0.95, sum by (le, model_name) (rate(vllm:e2e_request_latency_seconds_bucket[1m])))",
     )
-    kv_cache_usage: str = "avg by (model_name) (vllm:kv_cache_usage_perc)"
-    prompt_tokens_rate: str = "sum by (model_name) (rate(vllm:prompt_tokens_total[1m]))"
-    generation_tokens_rate: str = "sum by (model_name) (rate(vllm:generation_tokens_total[1m]))"
+    kv_cache_usage: str = _f("avg by (model_name) (vllm:kv_cache_usage_perc)",
+                             description="KV-cache usage per model (PromQL).", unit="fraction 0-1",
+                             example="avg by (model_name) (vllm:kv_cache_usage_perc)")
+    prompt_tokens_rate: str = _f("sum by (model_name) (rate(vllm:prompt_tokens_total[1m]))",
+                                 description="Prompt tokens per second per model (PromQL).", unit="tokens/s",
+                                 example="sum by (model_name) (rate(vllm:prompt_tokens_total[1m]))")
+    generation_tokens_rate: str = _f("sum by (model_name) (rate(vllm:generation_tokens_total[1m]))",
+                                     description="Generated tokens per second per model (PromQL).", unit="tokens/s",
+                                     example="sum by (model_name) (rate(vllm:generation_tokens_total[1m]))")
 
 
 class _Baselines(BaseModel):
+    """Settings of the incumbent autoscalers fleetpilot compares with (replay) and falls back to (daemon)."""
+
     model_config = _STRICT
-    hpa_target_per_replica: float = Field(0.0, ge=0)  # 0 = 70% of max_num_seqs
-    hpa_metric: Literal["in_flight", "queue"] = "in_flight"
-    hpa_tolerance: float = Field(0.1, ge=0, lt=1)
-    hpa_sync_s: float = Field(15.0, gt=0)
-    hpa_scale_down_window_s: float = Field(300.0, ge=0)
-    keda_target_per_replica: float = Field(0.0, ge=0)  # 0 = 70% of max_num_seqs
-    keda_polling_s: float = Field(30.0, gt=0)
-    keda_cooldown_s: float = Field(300.0, ge=0)
-    kpa_target_concurrency: float = Field(0.0, ge=0)  # 0 = 70% of max_num_seqs
-    kpa_stable_window_s: float = Field(60.0, gt=0)
-    kpa_panic_window_s: float = Field(6.0, gt=0)
-    kpa_panic_threshold: float = Field(2.0, gt=1)
-    predictive_headroom: float = Field(0.15, ge=0)
+    hpa_target_per_replica: float = _f(0.0, description="HPA target of the metric per replica (0 = 70% of "
+                                       "max_num_seqs).", unit="requests per replica", example=180, ge=0)
+    hpa_metric: Literal["in_flight", "queue"] = _f("in_flight", description="HPA metric: in_flight (running + "
+                                                   "waiting) or queue (waiting).", example="in_flight")
+    hpa_tolerance: float = _f(0.1, description="HPA tolerance: no change while the ratio to target is within it.",
+                              unit="fraction", example=0.1, ge=0, lt=1)
+    hpa_sync_s: float = _f(15.0, description="HPA sync period.", unit="s", example=15, gt=0)
+    hpa_scale_down_window_s: float = _f(300.0, description="HPA scale-down stabilization window.", unit="s",
+                                        example=300, ge=0)
+    keda_target_per_replica: float = _f(0.0, description="KEDA Prometheus scaler threshold per replica (0 = 70% of "
+                                        "max_num_seqs).", unit="requests per replica", example=180, ge=0)
+    keda_polling_s: float = _f(30.0, description="KEDA pollingInterval.", unit="s", example=30, gt=0)
+    keda_cooldown_s: float = _f(300.0, description="KEDA cooldownPeriod (before scaling to zero).", unit="s",
+                                example=300, ge=0)
+    kpa_target_concurrency: float = _f(0.0, description="Knative KPA target concurrency per replica (0 = 70% of "
+                                       "max_num_seqs).", unit="requests per replica", example=180, ge=0)
+    kpa_stable_window_s: float = _f(60.0, description="Knative KPA stable window.", unit="s", example=60, gt=0)
+    kpa_panic_window_s: float = _f(6.0, description="Knative KPA panic window.", unit="s", example=6, gt=0)
+    kpa_panic_threshold: float = _f(2.0, description="Knative KPA panic threshold (ratio of panic-window demand to "
+                                    "capacity).", unit="ratio", example=2.0, gt=1)
+    predictive_headroom: float = _f(0.15, description="Spare capacity the predictive policy adds over the "
+                                    "forecast.", unit="fraction", example=0.15, ge=0)
 
 
 class GoalSpecModel(BaseModel):
-    """The YAML document, validated."""
+    """A fleetpilot goal: which models to scale and route, at what price, under which SLO and limits."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
-    apiVersion: Literal["fleetpilot/v1"]  # noqa: N815 - Kubernetes-style field name
-    kind: Literal["GoalSpec"]
-    name: str = Field("goal", min_length=1)
-    objective: Literal["minimize_cost"] = "minimize_cost"
-    slo: _SLO
-    budget_per_hour: float | None = Field(None, gt=0)
-    quality_floor: float | None = Field(None, ge=0, le=1)
-    control_interval_s: float = Field(15.0, gt=0)
-    models: list[_Model] = Field(min_length=1)
-    routes: list[_Route] = Field(default_factory=list)
-    prometheus: _Prometheus = _Prometheus()
-    shield: _Shield = _Shield()
-    baselines: _Baselines = _Baselines()
-    fallback_policy: Literal["hpa", "hold"] = "hpa"
+    apiVersion: Literal["fleetpilot/v1"] = _f(description="Version of the goal-spec format.",  # noqa: N815
+                                              example="fleetpilot/v1")
+    kind: Literal["GoalSpec"] = _f(description="Always GoalSpec.", example="GoalSpec")
+    name: str = _f("goal", description="Name of this goal (shown in logs, audit records, metrics and reports).",
+                   example="chat-8b", min_length=1)
+    objective: Literal["minimize_cost"] = _f("minimize_cost", description="What to minimise while the SLO holds.",
+                                             example="minimize_cost")
+    slo: _SLO = _f(description="The latency objective.", example={"metric": "ttft", "percentile": 95,
+                                                                  "target_ms": 500, "window_s": 60,
+                                                                  "attainment": 0.99})
+    budget_per_hour: float | None = _f(None, description="Optional cap on spend (the sum over models of replicas x "
+                                       "cost_per_hour).", unit="$ per hour", example=250, gt=0)
+    quality_floor: float | None = _f(None, description="Optional floor on the traffic-weighted average model "
+                                     "quality of every route.", unit="fraction 0-1", example=0.85, ge=0, le=1)
+    control_interval_s: float = _f(15.0, description="How often fleetpilot decides (one Prometheus read and at most "
+                                   "one scale/route change per model).", unit="s", example=15, gt=0)
+    models: list[_Model] = _f(description="The models fleetpilot scales (one workload each).",
+                              example=[{"name": "llama-3-8b",
+                                        "deployment": {"namespace": "inference", "name": "llama-3-8b"},
+                                        "cost_per_hour": 6.88, "max_replicas": 40}],
+                              min_length=1)
+    routes: list[_Route] = _f(default_factory=list, description="Request classes routed across several models "
+                              "(empty: each model gets its own traffic).",
+                              example=[{"name": "chat", "models": ["llama-3-70b", "llama-3-8b"],
+                                        "http_route": {"namespace": "inference", "name": "chat"}}])
+    prometheus: _Prometheus = _f(_Prometheus(), description="PromQL for the daemon's inputs (defaults: vLLM's "
+                                 "metric names).", example={"running": "sum by (model_name) "
+                                                            "(vllm:num_requests_running)"})
+    shield: _Shield = _f(_Shield(), description="Safety limits on every decision.",
+                         example={"max_step_up": 8, "max_step_down": 2, "scale_down_stabilization_s": 120})
+    baselines: _Baselines = _f(_Baselines(), description="Settings of the incumbent autoscalers (replay "
+                               "comparisons and the daemon's fallback).", example={"hpa_target_per_replica": 180})
+    fallback_policy: Literal["hpa", "hold"] = _f("hpa", description="What the daemon does when its inputs or policy "
+                                                 "fail: hpa (an HPA-like rule on the live metrics) or hold (keep "
+                                                 "replicas).", example="hpa")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GoalSpecModel:
@@ -397,8 +513,13 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    """A one-line, bounded rendering of a user value for error messages."""
-    text = repr(value) if not isinstance(value, str) else repr(value)
+    """A one-line, bounded rendering of a user value for error messages (never formats the whole value)."""
+    if isinstance(value, str):
+        text = repr(value[: limit + 1])
+    else:
+        r = reprlib.Repr()
+        r.maxlevel, r.maxother = 2, limit
+        text = r.repr(value)
     text = text.replace("\n", "\\n")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -432,15 +553,7 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
 
 def parse_goal(text: str, source: str = "<goal>") -> GoalSpec:
     """Parse YAML text into a :class:`GoalSpec`; raises :class:`UserError` with a one-line reason."""
-    try:
-        data = yaml.load(text, Loader=yaml.SafeLoader)
-    except RecursionError:
-        raise UserError("YAML nested too deeply to be a goal spec", where=source) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"not valid YAML: {' '.join(str(problem).split())[:120]}", where=where) from None
+    data = load_yaml(text, source)  # size, alias budget, duplicate keys, depth: one-line UserErrors
     if not isinstance(data, Mapping):
         raise UserError(f"expected a YAML mapping with apiVersion: {API_VERSION}, kind: {KIND}", where=source)
     try:
@@ -470,12 +583,7 @@ def parse_goal(text: str, source: str = "<goal>") -> GoalSpec:
 def load_goal(path: str | Path) -> GoalSpec:
     """Read and validate a goal spec file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("goal file not found", where=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read goal file: {exc.__class__.__name__}", where=str(p)) from None
+    text = read_text_limited(p, what="goal file")  # a regular file of bounded size, UTF-8
     return parse_goal(text, source=str(p))
 
 
