@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.resources import bundled_trace, bundled_trace_names, package_path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_TRACES = REPO_ROOT / "data" / "traces"
+#: the installed ``fleetpilot`` package folder (the repository root in a checkout); kept under its old name
+REPO_ROOT = package_path()
+#: the bundled traces (package data, resolved through importlib.resources: works from a wheel too)
+BUNDLED_TRACES = package_path("data", "traces")
 
 # Token defaults when a trace has no token columns (ShareGPT-like chat lengths).
 DEFAULT_INPUT_TOKENS = 512.0
@@ -236,10 +239,11 @@ def resolve_trace_path(spec: str) -> Path:
     p = Path(spec)
     if p.exists():
         return p
-    for cand in (BUNDLED_TRACES / spec, BUNDLED_TRACES / f"{spec}.csv"):
-        if cand.exists():
-            return cand
-    raise UserError("trace file not found (give a path or a bundled trace name)", where=spec)
+    bundled = bundled_trace(spec)
+    if bundled is not None:
+        return bundled
+    raise UserError("trace file not found (give a path or a bundled trace name: "
+                    f"{', '.join(bundled_trace_names()) or 'none installed'})", where=spec)
 
 
 def _num(value: str, path: str, line: int, column: str, *, allow_empty: bool) -> float:
