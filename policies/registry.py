@@ -26,6 +26,7 @@ from typing import Any
 from fleetpilot.policies.base import Policy
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.resources import package_path, require_extra
 
 __all__ = [
     "SHIPPED_POLICIES_DIR",
@@ -45,7 +46,7 @@ _PREFIXES: dict[str, Factory] = {}
 _HELP: dict[str, str] = {}
 
 #: trained policies shipped with fleetpilot (``rl:NAME`` looks here when NAME is not a path)
-SHIPPED_POLICIES_DIR = Path(__file__).resolve().parent.parent / "examples" / "policies"
+SHIPPED_POLICIES_DIR = package_path("examples", "policies")  # package data (importlib.resources): works from a wheel
 
 
 def register(name: str, factory: Factory, *, help: str = "", replace: bool = True) -> None:  # noqa: A002
@@ -163,6 +164,7 @@ def _oracle(goal: GoalSpec, **_ctx: Any) -> Policy:
 
 
 def _rl(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:
+    require_extra("rl", f"policy 'rl:{arg}'")  # one line naming the extra, not an ImportError from torch
     from fleetpilot.policies.rl import make_rl_policy
 
     path, sep, opts = arg.partition("#")
