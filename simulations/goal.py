@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.resources import example_goal, example_goal_names
 from fleetpilot.simulations.safeyaml import load_yaml, read_text_limited
 
 API_VERSION = "fleetpilot/v1"
@@ -580,9 +581,22 @@ def parse_goal(text: str, source: str = "<goal>") -> GoalSpec:
     return model.to_goal(source=source)
 
 
-def load_goal(path: str | Path) -> GoalSpec:
-    """Read and validate a goal spec file."""
+def resolve_goal_path(path: str | Path) -> Path:
+    """A goal file, or the name of an example goal shipped with fleetpilot (``single-model``)."""
     p = Path(path)
+    if not p.exists() and isinstance(path, str):
+        shipped = example_goal(path)
+        if shipped is not None:
+            return shipped
+    return p
+
+
+def load_goal(path: str | Path) -> GoalSpec:
+    """Read and validate a goal spec file (or an example goal shipped with fleetpilot, by name)."""
+    p = resolve_goal_path(path)
+    if not p.exists() and not p.is_symlink():
+        raise UserError("goal file not found (give a path or an example goal name: "
+                        f"{', '.join(example_goal_names()) or 'none installed'})", where=str(p))
     text = read_text_limited(p, what="goal file")  # a regular file of bounded size, UTF-8
     return parse_goal(text, source=str(p))
 
