@@ -16,6 +16,7 @@ from fleetpilot.simulations.errors import UserError
 
 COMMAND_MODULES = (
     "fleetpilot.agent.commands.validate",
+    "fleetpilot.agent.commands.examples",
     "fleetpilot.agent.commands.simulate",
     "fleetpilot.agent.commands.replay",
     "fleetpilot.agent.commands.forecast",
@@ -32,11 +33,26 @@ def one_line(text: str, limit: int = 600) -> str:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message, where=self.prog)
+        # main() prints "fleetpilot: error: ..."; name only the sub-command here, not the program again
+        sub = self.prog.removeprefix("fleetpilot").strip()
+        raise UserError(message, where=sub or None)
+
+
+def version_text() -> str:
+    """``fleetpilot --version``: the version, the Python, and which optional extras are installed."""
+    import platform
+
+    from fleetpilot import __version__
+    from fleetpilot.simulations.resources import EXTRAS, missing_extra
+
+    extras = ", ".join(f"{name} {'installed' if not missing_extra(name) else 'not installed'}" for name in EXTRAS)
+    return f"fleetpilot {__version__} (Python {platform.python_version()}; extras: {extras})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fleetpilot", description="Scale and route GenAI inference fleets under a declared goal.")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version and the installed extras, then exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
         try:
