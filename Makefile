@@ -7,9 +7,11 @@ OUT ?= out/demo
 
 .PHONY: setup setup-system demo test lint bench
 
+# Everything the demo and the tests use: the slim core plus the [rl] and [prophet] extras. torch first, from
+# the pinned range (where a CPU-only wheel is at hand pip takes it, instead of pulling the CUDA build via SB3).
 setup:
 	$(PIP) install -q 'torch>=2.3,<2.14'
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[rl,prophet,test]'
 
 setup-system:
 	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
