@@ -168,6 +168,7 @@ class GoalSpec:
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 MAX_REPLICAS = 10_000  # far above any real fleet; keeps counts in int32 (Deployment spec.replicas)
+DAY_S = 86_400.0  # upper bounds below: values past them make the work impossible (issue 11), not just odd
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
 
@@ -201,17 +202,17 @@ class _Latency(BaseModel):
 
     model_config = _STRICT
     t0_ms: float = _f(5.75, description="Fixed cost of one engine step (decode iteration), whatever the batch.",
-                      unit="ms", example=5.75, ge=0)
+                      unit="ms", example=5.75, ge=0, le=60_000)
     prefill_us_per_token: float = _f(17.3, description="Added step time per prompt token prefilled in the step.",
-                                     unit="us per token", example=17.3, ge=0)
+                                     unit="us per token", example=17.3, ge=0, le=1e6)
     kv_us_per_token: float = _f(0.12, description="Added step time per token held in the running sequences' "
-                                "KV cache (attention over the context).", unit="us per token", example=0.12, ge=0)
+                                "KV cache (attention over the context).", unit="us per token", example=0.12, ge=0, le=1e6)
     seq_us: float = _f(6.0, description="Added step time per running sequence in the batch.", unit="us per sequence",
-                       example=6.0, ge=0)
+                       example=6.0, ge=0, le=1e6)
     max_num_seqs: int = _f(256, description="Most sequences one replica runs at once (vLLM --max-num-seqs).",
-                           unit="sequences", example=256, ge=1)
+                           unit="sequences", example=256, ge=1, le=100_000)
     kv_cache_tokens: int = _f(467_264, description="KV-cache capacity of one replica (vLLM logs it at start as "
-                              "'GPU KV cache size').", unit="tokens", example=467264, ge=1)
+                              "'GPU KV cache size').", unit="tokens", example=467264, ge=1, le=10**10)
 
 
 class _Model(BaseModel):
@@ -229,9 +230,9 @@ class _Model(BaseModel):
     accelerator: str = _f("nvidia-h100-80gb", description="Accelerator of one replica (informational; the cost and "
                           "latency fields carry its effect).", example="nvidia-h100-80gb")
     cost_per_hour: float = _f(description="What one replica costs while it runs.", unit="$ per replica-hour",
-                              example=6.88, gt=0)
+                              example=6.88, gt=0, le=1e5)
     cold_start_s: float = _f(90.0, description="Time from a scale-up to the new replica serving (pod scheduling, "
-                             "image pull, weight load, warm-up).", unit="s", example=90, ge=0)
+                             "image pull, weight load, warm-up).", unit="s", example=90, ge=0, le=DAY_S)
     min_replicas: int = _f(1, description="Fewest replicas fleetpilot keeps (0 allows scale to zero).",
                            unit="replicas", example=1, ge=0, le=MAX_REPLICAS)
     max_replicas: int = _f(description="Most replicas fleetpilot asks for.", unit="replicas", example=40, ge=1,
@@ -273,8 +274,8 @@ class _Route(BaseModel):
         if self.weights is not None:
             if len(self.weights) != len(self.models):
                 raise ValueError(f"weights has {len(self.weights)} entries, expected one per model ({len(self.models)})")
-            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-                raise ValueError("weights must be non-negative and sum to more than 0")
+            if any(not 0 <= w <= 1e6 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be in [0, 1e6] and sum to more than 0")
         return self
 
 
@@ -286,12 +287,12 @@ class _SLO(BaseModel):
                                         "(whole request).", example="ttft")
     percentile: float = _f(95.0, description="Latency percentile judged in each window.", unit="percent",
                            example=95, gt=0, lt=100)
-    target_ms: float = _f(description="The percentile latency must be at most this.", unit="ms", example=500, gt=0)
-    window_s: float = _f(60.0, description="Length of one SLO window.", unit="s", example=60, gt=0)
+    target_ms: float = _f(description="The percentile latency must be at most this.", unit="ms", example=500, gt=0, le=1e7)
+    window_s: float = _f(60.0, description="Length of one SLO window.", unit="s", example=60, ge=1.0, le=7 * DAY_S)
     attainment: float = _f(0.99, description="Share of windows that must meet the target.", unit="fraction 0-1",
                            example=0.99, gt=0, le=1)
     timeout_s: float = _f(60.0, description="A request waiting longer than this is dropped (counts as a miss).",
-                          unit="s", example=60, gt=0)
+                          unit="s", example=60, gt=0, le=1e6)
 
 
 class _Shield(BaseModel):
@@ -299,15 +300,15 @@ class _Shield(BaseModel):
 
     model_config = _STRICT
     max_step_up: int = _f(8, description="Most replicas added to one model in one control interval.",
-                          unit="replicas per interval", example=8, ge=1)
+                          unit="replicas per interval", example=8, ge=1, le=MAX_REPLICAS)
     max_step_down: int = _f(2, description="Most replicas removed from one model in one control interval.",
-                            unit="replicas per interval", example=2, ge=1)
+                            unit="replicas per interval", example=2, ge=1, le=MAX_REPLICAS)
     max_step_up_fraction: float = _f(1.0, description="Scale-up also allowed up to this fraction of the current "
                                      "replicas per interval (the larger of the two limits applies).",
-                                     unit="fraction of current replicas", example=1.0, ge=0)
+                                     unit="fraction of current replicas", example=1.0, ge=0, le=1000)
     scale_down_stabilization_s: float = _f(300.0, description="Scale down only to the highest recommendation of "
                                            "this trailing window (like HPA's stabilizationWindowSeconds).",
-                                           unit="s", example=300, ge=0)
+                                           unit="s", example=300, ge=0, le=DAY_S)
     dead_band: float = _f(0.0, description="Ignore replica changes smaller than this fraction of the current count.",
                           unit="fraction", example=0.1, ge=0, lt=1)
     max_weight_step: float = _f(0.25, description="Most a route weight may change in one control interval.",
@@ -353,27 +354,27 @@ class _Baselines(BaseModel):
 
     model_config = _STRICT
     hpa_target_per_replica: float = _f(0.0, description="HPA target of the metric per replica (0 = 70% of "
-                                       "max_num_seqs).", unit="requests per replica", example=180, ge=0)
+                                       "max_num_seqs).", unit="requests per replica", example=180, ge=0, le=1e6)
     hpa_metric: Literal["in_flight", "queue"] = _f("in_flight", description="HPA metric: in_flight (running + "
                                                    "waiting) or queue (waiting).", example="in_flight")
     hpa_tolerance: float = _f(0.1, description="HPA tolerance: no change while the ratio to target is within it.",
                               unit="fraction", example=0.1, ge=0, lt=1)
-    hpa_sync_s: float = _f(15.0, description="HPA sync period.", unit="s", example=15, gt=0)
+    hpa_sync_s: float = _f(15.0, description="HPA sync period.", unit="s", example=15, ge=0.1, le=DAY_S)
     hpa_scale_down_window_s: float = _f(300.0, description="HPA scale-down stabilization window.", unit="s",
-                                        example=300, ge=0)
+                                        example=300, ge=0, le=DAY_S)
     keda_target_per_replica: float = _f(0.0, description="KEDA Prometheus scaler threshold per replica (0 = 70% of "
-                                        "max_num_seqs).", unit="requests per replica", example=180, ge=0)
-    keda_polling_s: float = _f(30.0, description="KEDA pollingInterval.", unit="s", example=30, gt=0)
+                                        "max_num_seqs).", unit="requests per replica", example=180, ge=0, le=1e6)
+    keda_polling_s: float = _f(30.0, description="KEDA pollingInterval.", unit="s", example=30, ge=0.1, le=DAY_S)
     keda_cooldown_s: float = _f(300.0, description="KEDA cooldownPeriod (before scaling to zero).", unit="s",
-                                example=300, ge=0)
+                                example=300, ge=0, le=DAY_S)
     kpa_target_concurrency: float = _f(0.0, description="Knative KPA target concurrency per replica (0 = 70% of "
-                                       "max_num_seqs).", unit="requests per replica", example=180, ge=0)
-    kpa_stable_window_s: float = _f(60.0, description="Knative KPA stable window.", unit="s", example=60, gt=0)
-    kpa_panic_window_s: float = _f(6.0, description="Knative KPA panic window.", unit="s", example=6, gt=0)
+                                       "max_num_seqs).", unit="requests per replica", example=180, ge=0, le=1e6)
+    kpa_stable_window_s: float = _f(60.0, description="Knative KPA stable window.", unit="s", example=60, ge=0.1, le=DAY_S)
+    kpa_panic_window_s: float = _f(6.0, description="Knative KPA panic window.", unit="s", example=6, ge=0.1, le=DAY_S)
     kpa_panic_threshold: float = _f(2.0, description="Knative KPA panic threshold (ratio of panic-window demand to "
-                                    "capacity).", unit="ratio", example=2.0, gt=1)
+                                    "capacity).", unit="ratio", example=2.0, gt=1, le=1000)
     predictive_headroom: float = _f(0.15, description="Spare capacity the predictive policy adds over the "
-                                    "forecast.", unit="fraction", example=0.15, ge=0)
+                                    "forecast.", unit="fraction", example=0.15, ge=0, le=100)
 
 
 class GoalSpecModel(BaseModel):
@@ -391,11 +392,11 @@ class GoalSpecModel(BaseModel):
                                                                   "target_ms": 500, "window_s": 60,
                                                                   "attainment": 0.99})
     budget_per_hour: float | None = _f(None, description="Optional cap on spend (the sum over models of replicas x "
-                                       "cost_per_hour).", unit="$ per hour", example=250, gt=0)
+                                       "cost_per_hour).", unit="$ per hour", example=250, gt=0, le=1e9)
     quality_floor: float | None = _f(None, description="Optional floor on the traffic-weighted average model "
                                      "quality of every route.", unit="fraction 0-1", example=0.85, ge=0, le=1)
     control_interval_s: float = _f(15.0, description="How often fleetpilot decides (one Prometheus read and at most "
-                                   "one scale/route change per model).", unit="s", example=15, gt=0)
+                                   "one scale/route change per model).", unit="s", example=15, ge=1.0, le=DAY_S)
     models: list[_Model] = _f(description="The models fleetpilot scales (one workload each).",
                               example=[{"name": "llama-3-8b",
                                         "deployment": {"namespace": "inference", "name": "llama-3-8b"},
