@@ -89,7 +89,7 @@ def test_duplicate_models_block_names_both_lines(tmp_path: Path) -> None:
 
 
 def test_duplicate_nested_key_is_refused() -> None:
-    with pytest.raises(UserError, match=r"g.yaml:3: duplicate key 'c'"):
+    with pytest.raises(UserError, match=r"g.yaml:4: duplicate key 'c' \(first at line 3\)"):
         load_yaml("a: 1\nb:\n  c: 2\n  c: 3\n", "g.yaml")
 
 
