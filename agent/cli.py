@@ -49,10 +49,21 @@ def version_text() -> str:
     return f"fleetpilot {__version__} (Python {platform.python_version()}; extras: {extras})"
 
 
+class _VersionAction(argparse.Action):
+    """Like argparse's "version" action, without re-wrapping the line to the terminal width."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fleetpilot", description="Scale and route GenAI inference fleets under a declared goal.")
-    parser.add_argument("--version", action="version", version=version_text(),
-                        help="print the version and the installed extras, then exit")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and the installed extras, then exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
         try:
