@@ -4,36 +4,60 @@ Every baseline implements the :class:`~policies.base.Policy` protocol with an ex
 and reads time only from the observation (``obs.t_s``). Each model is scaled independently on its own metrics
 and routing weights stay at the goal's defaults: that is all HPA, KEDA and Knative can do.
 
+**Incumbents run as their users run them.** :class:`HPAPolicy`, :class:`KEDAPolicy` and :class:`KPAPolicy`
+declare ``bypass_shield = True``: replay and the loop apply their decisions without fleetpilot's shield (no
+``max_step_down``, no fleetpilot stabilisation); only the goal's ``min_replicas`` / ``max_replicas`` bound them
+(their ``minReplicas``/``maxReplicas``, ``minReplicaCount``/``maxReplicaCount``, ``min-scale``/``max-scale``).
+Their fidelity is pinned by upstream's own test cases, transcribed in ``tests/test_incumbents_upstream.py``.
+
 Sources (the defaults below are theirs unless marked "fleetpilot's choice"):
 
-* Kubernetes HPA v2 (``pkg/controller/podautoscaler``): ``desired = ceil(ready * metric / target)`` with a 10 %
-  tolerance; 15 s sync period; unready (starting) pods count as zero load when scaling up and a scale-up that
-  this rebalancing reverses is dropped; default ``behavior``: scale-up ``selectPolicy: Max`` of +100 % and
-  +4 pods per 15 s with no stabilisation, scale-down 100 % per 15 s with a 300 s stabilisation window (the
-  highest recommendation of the window wins); no metrics -> no scaling. (The API reference comment still says
-  "per 60 seconds"; the controller's defaults and the HPA concept page use 15 s periods.) Not modelled: the
-  CPU-specific initialisation period, and the HPA's refusal to act on a target at 0 replicas (here a target
-  below ``minReplicas`` is raised to it). ``minReplicas`` is at least 1, as the HPA requires.
+* Kubernetes HPA v2 (``pkg/controller/podautoscaler``). Replica calculator (``calcPlainMetricReplicas``):
+  ``desired = ceil(ready * metric / target)`` with a 10 % tolerance; 15 s sync period. Starting vLLM pods are
+  Running but serve no ``/metrics`` until the weights are loaded, so they are the calculator's *missing* pods:
+  counted at 0 on a scale-up and **at the target on a scale-down**, and a result that this rebalancing turns
+  around (or brings within tolerance) keeps the current count. No ready pod reporting -> no scaling.
+  Normalisation: an HPA **without** ``spec.behavior`` (what ``kubectl autoscale`` and every KEDA-generated HPA
+  create; the API server does not default a nil ``behavior``) takes the highest recommendation of the last
+  300 s (``--horizontal-pod-autoscaler-downscale-stabilization``) and limits a scale-up to
+  ``max(2 x current, 4)`` per sync (``calculateScaleUpLimit``). With ``behavior=True`` the defaulted
+  ``spec.behavior`` applies instead: scale-up ``selectPolicy: Max`` of +100 % and +4 pods per 15 s with no
+  stabilisation, scale-down 100 % per 15 s after a 300 s stabilisation window. Both windows are exclusive at
+  their old edge: upstream compares timestamps with ``After``/``Before`` and its syncs drift later by their own
+  processing time, so the recommendation made exactly one window ago has already left it. ``minReplicas`` is
+  at least 1, as the HPA requires; a target outside ``[min, max]`` is moved into range without normalisation.
+  Not modelled: the CPU-only initialisation period and readiness delay (the metrics are not CPU).
 * KEDA (Prometheus scaler, ``metricType: AverageValue``): an External metric; the HPA computes
-  ``ceil(metric_total / target)`` when ``metric_total / (target * current)`` is outside the tolerance, then
-  applies its behaviour above. KEDA itself polls every ``pollingInterval`` (30 s) for activation, and scales to
-  zero only after ``cooldownPeriod`` (300 s) without activity. KEDA documents ``cooldownPeriod`` as applying
-  to the 1 -> 0 step only: N -> 1 scale-down is the HPA's stabilisation window. Both are modelled; the cooldown
-  therefore matters only for models with ``min_replicas: 0``.
-* Knative KPA (``autoscaler/pkg/autoscaler/scaling``): concurrency averaged over a 60 s stable window and a
-  6 s panic window (10 % of it); ``desired = ceil(avg / target)`` clamped to ``[floor(ready / 2), ceil(1000 *
-  ready)]`` (max scale-down rate 2, max scale-up rate 1000); panic when the panic-window desired count is at
-  least 2x the ready pods (panic threshold 200 %); while panicking the count never goes down, and panic ends
-  one stable window after the last time the threshold was crossed; scale-down delay 0 s. **Approximation**:
-  fleetpilot observes once per control interval (15 s by default), so the 6 s panic window is the last
-  observation and the stable window the observations of the last 60 s.
+  ``ceil(metric_total / target)`` when ``metric_total / (target * current)`` is outside the tolerance
+  (``GetExternalPerPodMetricReplicas``), then normalises **without behaviour** (KEDA leaves
+  ``advanced.horizontalPodAutoscalerConfig.behavior`` nil unless the user sets it), i.e. with the legacy
+  ``max(2 x current, 4)`` scale-up limit. KEDA's scale executor polls every ``pollingInterval`` (30 s): an
+  active trigger at 0 replicas scales to ``max(minReplicaCount, 1)``; with ``minReplicaCount: 0`` it scales to
+  zero once ``lastActiveTime + cooldownPeriod`` (300 s) is strictly in the past. N -> 1 is the HPA's job.
+* Knative KPA (``pkg/autoscaler/scaling/autoscaler.go``, config-autoscaler defaults): the decider
+  (:func:`kpa_scale`, a transcription of ``autoscaler.Scale``) runs on its own **2 s tick**; concurrency is
+  averaged over a 60 s stable window and a 6 s panic window (10 %); ``desired = ceil(avg / target)`` clamped
+  to ``[floor(ready / 2), ceil(1000 * ready)]``; panic when the panic-window count is at least 2x the ready
+  pods; while panicking the count never goes down, and panic ends once a full stable window has passed since
+  the last crossing; a new autoscaler **starts in panic mode** when more than one pod is ready
+  (``newAutoscaler``), holding the current scale until it has data; scale-down delay 0 s; scale to zero only
+  after the decider's 0 has held for ``scale-to-zero-grace-period`` (30 s), and only with ``min_replicas: 0``.
+  **Tick integration (documented approximation):** fleetpilot observes once per control interval (15 s by
+  default), so at each observation the policy replays the 2 s ticks of the interval just ended, with the
+  interval's observed concurrency standing for all of it (per-second buckets piecewise constant); panic-state
+  transitions, the windows and the delay window are evaluated tick by tick, and the last tick's count is the
+  one applied. What remains different from a live KPA: it cannot act *inside* an interval (at most one
+  control interval later than Knative would), and it sees one concurrency sample per interval instead of one
+  per second.
 * Predictive: sizes each model for ``max(current rate, forecast upper bound at its cold-start lead)`` plus
   ``predictive_headroom``, divided by the per-replica throughput at which the SLO percentile still holds
   (:func:`capacity_at_slo`).
 
 Concurrency targets default to 70 % of a replica's concurrent sequences (Knative's and KEDA-on-vLLM's usual
 70 % utilisation target); for the HPA's ``queue`` metric the default target is 10 % of the slots
-(fleetpilot's choice). "In-flight" means running + waiting requests (what a replica holds).
+(fleetpilot's choice). "In-flight" means running + waiting requests (what a replica holds). Every incumbent
+also takes ``targets={model: value}`` (per-model targets, what ``fleetpilot tune`` chooses) and the KPA a
+``stable_window_s``.
 """
 
 from __future__ import annotations
@@ -45,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetpilot.policies.base import ModelObs, Observation
+from fleetpilot.policies.base import ModelObs, Observation, PolicyBase
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import (
     Decision,
@@ -64,6 +88,11 @@ __all__ = [
     "HPA_POLICY_PERIOD_S",
     "KPA_MAX_SCALE_UP_RATE",
     "KPA_MAX_SCALE_DOWN_RATE",
+    "HPA_LEGACY_SCALE_UP_FACTOR",
+    "HPA_LEGACY_SCALE_UP_MINIMUM",
+    "KPA_SCALE_TO_ZERO_GRACE_S",
+    "KPA_TICK_S",
+    "RUNS_AS",
     "HPAPolicy",
     "HoldPolicy",
     "KEDAPolicy",
@@ -74,6 +103,12 @@ __all__ = [
     "default_weights",
     "hpa_normalize",
     "hpa_ratio_replicas",
+    "hpa_scale_up_limit",
+    "KPADecider",
+    "KPADeciderSpec",
+    "keda_executor",
+    "kpa_new_decider",
+    "kpa_scale",
     "static_peak_replicas",
 ]
 
@@ -82,9 +117,14 @@ HPA_SCALE_UP_PODS = 4
 HPA_SCALE_UP_PERCENT = 100.0
 HPA_SCALE_DOWN_PERCENT = 100.0
 HPA_POLICY_PERIOD_S = 15.0
+# HPA without spec.behavior (horizontal.go): scaleUpLimitFactor, scaleUpLimitMinimum
+HPA_LEGACY_SCALE_UP_FACTOR = 2.0
+HPA_LEGACY_SCALE_UP_MINIMUM = 4.0
 # Knative config-autoscaler defaults
 KPA_MAX_SCALE_UP_RATE = 1000.0
 KPA_MAX_SCALE_DOWN_RATE = 2.0
+KPA_TICK_S = 2.0  # the autoscaler's decision tick (pkg/autoscaler/scaling: tickInterval)
+KPA_SCALE_TO_ZERO_GRACE_S = 30.0  # config-autoscaler scale-to-zero-grace-period
 # fleetpilot's choices
 DEFAULT_UTILIZATION = 0.7
 DEFAULT_QUEUE_TARGET_FRACTION = 0.1
@@ -316,31 +356,59 @@ class HoldPolicy:
 # Kubernetes HPA
 # ---------------------------------------------------------------------------------------------
 
+RUNS_AS = "upstream behaviour, no fleetpilot shield; only the goal's min/max replicas bound it"
+
+
+def _ceil(x: float) -> int:
+    return int(math.ceil(x - 1e-9))
+
 
 def hpa_ratio_replicas(
-    current: int, ready: int, unready: int, metric_total: float, target_per_pod: float, tolerance: float
+    current: int,
+    ready: int,
+    missing: int,
+    metric_total: float,
+    target_per_pod: float,
+    tolerance: float,
+    *,
+    unready: int = 0,
 ) -> int | None:
     """The HPA replica calculator for a per-pod metric (``calcPlainMetricReplicas``).
 
-    ``metric_total`` is the sum over ready pods. Returns None when no ready pod reports (the HPA then does
-    not scale). When scaling up, unready pods are counted as reporting zero; if that flips the direction or
-    lands within the tolerance, the HPA keeps ``current``.
+    ``ready`` pods report the metric (``metric_total`` is their sum); ``missing`` pods are Running without a
+    metric (a vLLM pod loading its weights); ``unready`` pods are Pending. Returns None when no pod reports
+    (the HPA then does not scale). Missing pods count as the target on a scale-down and as 0 on a scale-up;
+    Pending pods count as 0 on a scale-up and are ignored otherwise; if that rebalancing lands within the
+    tolerance or turns the direction around, the HPA keeps ``current``.
     """
     if ready <= 0 or not _finite(metric_total) or target_per_pod <= 0:
         return None
     usage_ratio = metric_total / ready / target_per_pod
-    if unready <= 0 or usage_ratio <= 1.0:
+    scale_up_with_unready = unready > 0 and usage_ratio > 1.0
+    if not scale_up_with_unready and missing <= 0:
         if abs(1.0 - usage_ratio) <= tolerance:
             return current
-        return int(math.ceil(usage_ratio * ready - 1e-9))
-    pods = ready + unready
-    new_ratio = metric_total / pods / target_per_pod
-    if abs(1.0 - new_ratio) <= tolerance or new_ratio < 1.0:
+        return _ceil(usage_ratio * ready)
+    total, pods = float(metric_total), ready
+    if missing > 0:
+        pods += missing
+        if usage_ratio < 1.0:
+            total += missing * target_per_pod  # scale-down: missing pods use the target
+    if scale_up_with_unready:
+        pods += unready  # at 0
+    new_ratio = total / pods / target_per_pod
+    if (abs(1.0 - new_ratio) <= tolerance or (usage_ratio < 1.0 < new_ratio)
+            or (usage_ratio > 1.0 > new_ratio)):
         return current
-    new = int(math.ceil(new_ratio * pods - 1e-9))
-    if new < current:
+    new = _ceil(new_ratio * pods)
+    if (new_ratio < 1.0 and new > current) or (new_ratio > 1.0 and new < current):
         return current
     return new
+
+
+def hpa_scale_up_limit(current: int) -> int:
+    """``calculateScaleUpLimit``: an HPA without ``spec.behavior`` at most doubles per sync, or goes to 4."""
+    return int(max(HPA_LEGACY_SCALE_UP_FACTOR * current, HPA_LEGACY_SCALE_UP_MINIMUM))
 
 
 @dataclass(frozen=True)
@@ -361,22 +429,32 @@ def hpa_normalize(
     *,
     down_window_s: float,
     up_window_s: float = 0.0,
+    behavior: bool = False,
 ) -> tuple[int, HPAModelState]:
-    """The HPA's ``normalizeDesiredReplicasWithBehaviors`` with the default scaling rules.
+    """The HPA's normalisation of a recommendation, with or without ``spec.behavior``.
 
-    1. Stabilise: record the recommendation; the result moves from ``current`` towards it no further than the
-       lowest recommendation of the up window (0 s: the new one) and the highest of the down window.
-    2. Rate-limit: scale-up at most ``max(+4 pods, +100 %)`` relative to the replicas at the start of the
-       15 s policy period; scale-down at most 100 % per period (i.e. to ``min_replicas``).
-    3. Clamp to ``[min_replicas, max_replicas]``.
+    Without behaviour (``normalizeDesiredReplicas``): the highest recommendation of the last ``down_window_s``
+    wins, then ``convertDesiredReplicasWithRules`` clamps to ``[max(min, 1), min(max, max(2 x current, 4))]``.
+    With the defaulted behaviour (``normalizeDesiredReplicasWithBehaviors``): stabilise between the lowest
+    recommendation of the up window and the highest of the down window, then rate-limit: scale-up at most
+    ``max(+4 pods, +100 %)`` relative to the replicas at the start of the 15 s period, scale-down at most 100 %
+    per period; then clamp. Windows are exclusive at their old edge (see the module docstring).
     """
-    longest = max(down_window_s, up_window_s, HPA_POLICY_PERIOD_S)
+    lo = max(1, int(min_replicas))
     if not state.recommendations and not state.scale_events:
         # recordInitialRecommendation: a new HPA starts its stabilisation window with the current replicas
         state = HPAModelState(recommendations=((now, int(current)),))
-    prev = tuple((t, r) for t, r in state.recommendations if t > now - longest - _EPS)
-    up_rec = min([r for t, r in prev if up_window_s > 0 and t > now - up_window_s - _EPS] + [recommendation])
-    down_rec = max([r for t, r in prev if down_window_s > 0 and t > now - down_window_s - _EPS] + [recommendation])
+    if not behavior:
+        prev = tuple((t, r) for t, r in state.recommendations if t > now - down_window_s + _EPS)
+        stabilized = max([r for _t, r in prev] + [int(recommendation)])
+        recs = prev + ((now, int(recommendation)),)
+        hi = min(int(max_replicas), hpa_scale_up_limit(current))
+        desired = min(max(stabilized, lo), hi) if stabilized >= lo else lo
+        return desired, HPAModelState(recommendations=recs, scale_events=())
+    longest = max(down_window_s, up_window_s, HPA_POLICY_PERIOD_S)
+    prev = tuple((t, r) for t, r in state.recommendations if t > now - longest + _EPS)
+    up_rec = min([r for t, r in prev if up_window_s > 0 and t > now - up_window_s + _EPS] + [recommendation])
+    down_rec = max([r for t, r in prev if down_window_s > 0 and t > now - down_window_s + _EPS] + [recommendation])
     recs = prev + ((now, int(recommendation)),)
     desired = current
     if desired < up_rec:
@@ -387,14 +465,16 @@ def hpa_normalize(
     if desired > current:
         added = sum(d for _t, d in events if d > 0)
         start = current - added
-        limit = max(start + HPA_SCALE_UP_PODS, int(math.ceil(start * (1.0 + HPA_SCALE_UP_PERCENT / 100.0))))
+        limit = max(start + HPA_SCALE_UP_PODS, _ceil(start * (1.0 + HPA_SCALE_UP_PERCENT / 100.0)))
+        limit = max(limit, current)  # no further scale-up until the period ends
         desired = min(desired, limit, max_replicas)
     elif desired < current:
         removed = -sum(d for _t, d in events if d < 0)
         start = current + removed
         limit = int(math.floor(start * (1.0 - HPA_SCALE_DOWN_PERCENT / 100.0)))
-        desired = max(desired, limit, min_replicas)
-    desired = min(max(desired, min_replicas), max_replicas)
+        limit = min(limit, current)
+        desired = max(desired, limit, lo)
+    desired = min(max(desired, lo), max_replicas)
     if desired != current:
         events = events + ((now, desired - current),)
     return desired, HPAModelState(recommendations=recs, scale_events=events)
@@ -406,19 +486,34 @@ class HPAState:
     models: tuple[tuple[str, HPAModelState], ...] = ()
 
 
-class HPAPolicy:
+def _check_targets(goal: GoalSpec, targets: Mapping[str, float] | None, what: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in (targets or {}).items():
+        if k not in goal.model_names:
+            raise UserError(f"{what} targets name unknown model {k!r}; goal models: {list(goal.model_names)}")
+        if not (_finite(v) and float(v) > 0):
+            raise UserError(f"{what} target for {k!r} must be a positive number, got {v!r}")
+        out[k] = float(v)
+    return out
+
+
+class HPAPolicy(PolicyBase):
     """Kubernetes HPA v2 on a per-pod metric: in-flight requests (default) or queue length per replica."""
 
     name = "hpa"
     uses_forecast = False  # reactive: replay need not compute forecast features for it
+    bypass_shield = True  # runs as its users run it
 
-    def __init__(self, goal: GoalSpec, *, metric: str | None = None, target_per_replica: float | None = None) -> None:
+    def __init__(self, goal: GoalSpec, *, metric: str | None = None, target_per_replica: float | None = None,
+                 targets: Mapping[str, float] | None = None, behavior: bool = False) -> None:
         b = goal.baselines
         self.goal = goal
         self.metric = metric or b.hpa_metric
         if self.metric not in ("in_flight", "queue"):
             raise UserError(f"hpa metric must be 'in_flight' or 'queue', got {self.metric!r}")
         self.target_setting = b.hpa_target_per_replica if target_per_replica is None else float(target_per_replica)
+        self.targets = _check_targets(goal, targets, "hpa")
+        self.behavior = bool(behavior)
         self.tolerance = b.hpa_tolerance
         self.sync_s = b.hpa_sync_s
         self.down_window_s = b.hpa_scale_down_window_s
@@ -427,8 +522,14 @@ class HPAPolicy:
     def initial_state(self) -> HPAState:
         return HPAState()
 
-    def target(self, slots: int) -> float:
+    def describe(self) -> dict[str, Any]:
+        return {"runs_as": RUNS_AS, "spec_behavior": "defaulted" if self.behavior else "none (legacy limits)",
+                "targets": dict(self.targets) or "default"}
+
+    def target(self, slots: int, model: str | None = None) -> float:
         """Target metric value per replica."""
+        if model is not None and model in self.targets:
+            return self.targets[model]
         if self.target_setting > 0:
             return self.target_setting
         if self.metric == "queue":
@@ -459,14 +560,14 @@ class HPAPolicy:
                 models.append((spec.name, ms))
                 continue
             ready = _ready(m)
-            rec = hpa_ratio_replicas(
-                current, ready, max(0, current - ready), self.metric_total(m), self.target(m.slots), self.tolerance
-            )
+            rec = hpa_ratio_replicas(current, ready, max(0, current - ready), self.metric_total(m),
+                                     self.target(m.slots, spec.name), self.tolerance)
             if rec is None:  # no metrics: the HPA does not scale (so never down on missing data)
                 reps[spec.name] = current
                 models.append((spec.name, ms))
                 continue
-            desired, ms = hpa_normalize(rec, current, lo, hi, ms, now, down_window_s=self.down_window_s)
+            desired, ms = hpa_normalize(rec, current, lo, hi, ms, now, down_window_s=self.down_window_s,
+                                        behavior=self.behavior)
             reps[spec.name] = desired
             models.append((spec.name, ms))
         new = HPAState(last_sync_t=now if sync else state.last_sync_t, models=tuple(models))
@@ -486,18 +587,41 @@ class KEDAState:
     polled: tuple[tuple[str, float], ...] = ()  # metric value at the last poll
 
 
-class KEDAPolicy:
+def keda_executor(current: int, active: bool, min_replica_count: int, last_active_t: float | None, now: float,
+                  cooldown_s: float) -> int | None:
+    """KEDA's scale executor (``RequestScale`` for a ScaledObject) at one poll: the replicas it sets, or None.
+
+    Active at 0 replicas -> ``max(minReplicaCount, 1)``; inactive with ``minReplicaCount: 0`` and replicas > 0
+    -> 0 once ``lastActiveTime + cooldownPeriod`` is strictly before ``now`` (no last active time: at once);
+    inactive below ``minReplicaCount`` -> ``minReplicaCount``. Everything else is left to the HPA (None).
+    """
+    if active:
+        if current == 0:
+            return max(int(min_replica_count), 1)
+        return None
+    if current > 0 and min_replica_count == 0:
+        if last_active_t is None or last_active_t + cooldown_s < now - _EPS:
+            return 0
+        return None
+    if current < min_replica_count:
+        return int(min_replica_count)
+    return None
+
+
+class KEDAPolicy(PolicyBase):
     """KEDA ScaledObject with a Prometheus trigger (``metricType: AverageValue``) driving an HPA.
 
     ``metric="rate"`` (default): the query is the arrival rate turned into in-flight requests by Little's law,
     ``rate * slots / capacity_rps`` (rate x mean service time at saturation), so KEDA reacts to offered load
-    rather than to the backlog. ``metric="in_flight"``: running + waiting requests.
-    ``use_cached_metrics`` (KEDA's ``useCachedMetrics``, default false) makes the HPA read the value of the
-    last poll instead of a fresh query.
+    rather than to the backlog. ``metric="rps"``: the query is the request rate itself and the target is in
+    requests/s per replica (what ``fleetpilot tune`` writes into a ScaledObject). ``metric="in_flight"``:
+    running + waiting requests. ``use_cached_metrics`` (KEDA's ``useCachedMetrics``, default false) makes the
+    HPA read the value of the last poll instead of a fresh query.
     """
 
     name = "keda"
     uses_forecast = False  # reactive: replay need not compute forecast features for it
+    bypass_shield = True  # runs as its users run it
 
     def __init__(
         self,
@@ -505,17 +629,21 @@ class KEDAPolicy:
         *,
         metric: str = "rate",
         target_per_replica: float | None = None,
+        targets: Mapping[str, float] | None = None,
         activation_threshold: float = 0.0,
         use_cached_metrics: bool = False,
+        behavior: bool = False,
     ) -> None:
-        if metric not in ("rate", "in_flight"):
-            raise UserError(f"keda metric must be 'rate' or 'in_flight', got {metric!r}")
+        if metric not in ("rate", "rps", "in_flight"):
+            raise UserError(f"keda metric must be 'rate', 'rps' or 'in_flight', got {metric!r}")
         b = goal.baselines
         self.goal = goal
         self.metric = metric
         self.target_setting = b.keda_target_per_replica if target_per_replica is None else float(target_per_replica)
+        self.targets = _check_targets(goal, targets, "keda")
         self.activation = float(activation_threshold)
         self.cached = use_cached_metrics
+        self.behavior = bool(behavior)
         self.polling_s = b.keda_polling_s
         self.cooldown_s = b.keda_cooldown_s
         self.tolerance = b.hpa_tolerance
@@ -526,12 +654,30 @@ class KEDAPolicy:
     def initial_state(self) -> KEDAState:
         return KEDAState()
 
+    def describe(self) -> dict[str, Any]:
+        return {"runs_as": RUNS_AS, "metric": self.metric, "targets": dict(self.targets) or "default",
+                "hpa_behavior": "defaulted" if self.behavior else "none (KEDA default: legacy limits)"}
+
+    def target(self, m: ModelObs | None, model: str) -> float:
+        """Threshold per replica, in the query's unit."""
+        if model in self.targets:
+            return self.targets[model]
+        slots = m.slots if m is not None else 1
+        if self.metric == "rps":
+            if self.target_setting > 0:
+                return self.target_setting
+            cap = float(m.capacity_rps) if m is not None and _finite(m.capacity_rps) else 1.0
+            return DEFAULT_UTILIZATION * max(cap, 1e-9)
+        return concurrency_target(self.target_setting, slots)
+
     def query(self, m: ModelObs | None) -> float:
         """The trigger's metric value (total over the model's replicas); NaN when unknown."""
         if m is None:
             return math.nan
         if self.metric == "in_flight":
             return _in_flight_total(m)
+        if self.metric == "rps":
+            return max(0.0, float(m.arrival_rps)) if _finite(m.arrival_rps) else math.nan
         if not (_finite(m.arrival_rps) and _finite(m.capacity_rps) and m.capacity_rps > 0):
             return math.nan
         return max(0.0, float(m.arrival_rps)) * max(int(m.slots), 1) / float(m.capacity_rps)
@@ -550,31 +696,31 @@ class KEDAPolicy:
             last_active: float | None = _get(state.last_active_t, spec.name, None)
             value = self.query(m)
             last_value = _get(state.polled, spec.name, math.nan)
-            if poll:
-                last_value = value
-                if _finite(value) and value > self.activation:
-                    last_active = now
             current = spec_replicas(m, spec)
             hpa_min = max(1, spec.min_replicas)
             desired = current
-            if poll and _finite(last_value):
-                active = last_value > self.activation
-                if current == 0 and active:
-                    desired = hpa_min  # activation: 0 -> minReplicaCount (at least 1), then the HPA takes over
-                elif (current > 0 and not active and spec.min_replicas == 0
-                      and (last_active is None or now - last_active >= self.cooldown_s - _EPS)):
-                    desired = 0  # scale to zero after cooldownPeriod without activity
-            if desired == current and current > 0 and sync:
+            executor_set = False
+            if poll:
+                last_value = value
+                if _finite(value):
+                    active = value > self.activation
+                    if active:
+                        last_active = now
+                    ex = keda_executor(current, active, spec.min_replicas, last_active, now, self.cooldown_s)
+                    if ex is not None:
+                        desired, executor_set = ex, True
+            if not executor_set and current > 0 and sync:
                 hpa_value = last_value if self.cached else value
-                target = concurrency_target(self.target_setting, m.slots if m is not None else 1)
+                target = self.target(m, spec.name)
                 if current > spec.max_replicas or current < hpa_min:
                     desired = min(max(current, hpa_min), spec.max_replicas)
                 elif _finite(hpa_value):
+                    # GetExternalPerPodMetricReplicas: ratio against the current (status) replicas
                     ratio = hpa_value / (target * current)
-                    rec = current if abs(1.0 - ratio) <= self.tolerance else int(math.ceil(hpa_value / target - 1e-9))
+                    rec = current if abs(1.0 - ratio) <= self.tolerance else _ceil(hpa_value / target)
                     desired, ms = hpa_normalize(rec, current, hpa_min, spec.max_replicas, ms, now,
-                                                down_window_s=self.down_window_s)
-            reps[spec.name] = desired
+                                                down_window_s=self.down_window_s, behavior=self.behavior)
+            reps[spec.name] = min(desired, spec.max_replicas)
             hpa_models.append((spec.name, ms))
             if last_active is not None:
                 active_t.append((spec.name, last_active))
@@ -591,11 +737,75 @@ class KEDAPolicy:
 
 
 @dataclass(frozen=True)
-class KPAModelState:
-    samples: tuple[tuple[float, float], ...] = ()  # (time, observed concurrency) inside the stable window
-    panic_since: float | None = None  # last time the panic threshold was crossed (None: not panicking)
+class KPADeciderSpec:
+    """The parts of Knative's ``DeciderSpec`` the concurrency decider reads (panic threshold as a ratio)."""
+
+    target: float
+    max_scale_up_rate: float = KPA_MAX_SCALE_UP_RATE
+    max_scale_down_rate: float = KPA_MAX_SCALE_DOWN_RATE
+    panic_threshold: float = 2.0
+    stable_window_s: float = 60.0
+    scale_down_delay_s: float = 0.0
+    reachable: bool = True
+
+
+@dataclass(frozen=True)
+class KPADecider:
+    """The decider's own state: panic start, the most pods asked for while panicking, the delay window."""
+
+    panic_time: float | None = None
     max_panic_pods: int = 0
-    delay: tuple[tuple[float, int], ...] = ()  # scale-down-delay window of desired counts
+    delay: tuple[tuple[float, int], ...] = ()
+
+
+def kpa_new_decider(ready: int, now: float) -> KPADecider:
+    """``newAutoscaler``: a new decider starts in panic mode when more than one pod is ready, holding them."""
+    if ready > 1:
+        return KPADecider(panic_time=float(now), max_panic_pods=int(ready))
+    return KPADecider(max_panic_pods=max(int(ready), 0))
+
+
+def kpa_scale(spec: KPADeciderSpec, st: KPADecider, ready_count: int, stable: float, panic: float,
+              now: float) -> tuple[int, KPADecider]:
+    """One tick of Knative's ``autoscaler.Scale`` for the concurrency metric: (desired pods, next state)."""
+    ready = max(1.0, float(ready_count))
+    max_up = math.ceil(spec.max_scale_up_rate * ready)
+    max_down = math.floor(ready / spec.max_scale_down_rate) if spec.reachable else 0
+    dspc = math.ceil(stable / spec.target - 1e-12)
+    dppc = math.ceil(panic / spec.target - 1e-12)
+    want_stable = int(min(max(dspc, max_down), max_up))
+    want_panic = int(min(max(dppc, max_down), max_up))
+    over = dppc / ready >= spec.panic_threshold
+    panic_time, max_panic = st.panic_time, st.max_panic_pods
+    if over:
+        panic_time = now  # begin, or extend, panicking
+    elif panic_time is not None and panic_time + spec.stable_window_s < now - 1e-9:
+        panic_time, max_panic = None, 0  # the surge has made its way into the stable window
+    desired = want_stable
+    if panic_time is not None:
+        desired = max(desired, want_panic)
+        if desired > max_panic:
+            max_panic = desired
+        elif desired < max_panic:
+            desired = max_panic  # no scale-down while panicking
+    delay = st.delay
+    if spec.scale_down_delay_s > 0:
+        delay = tuple((t, d) for t, d in delay if t > now - spec.scale_down_delay_s + 1e-9) + ((now, desired),)
+        desired = max(d for _t, d in delay)
+    return int(desired), KPADecider(panic_time, int(max_panic), delay)
+
+
+@dataclass(frozen=True)
+class KPAModelState:
+    samples: tuple[tuple[float, float], ...] = ()  # (end time, concurrency over the interval ending then)
+    decider: KPADecider | None = None
+    last_tick: float | None = None
+    desired: int | None = None  # the decider's last count
+    zero_since: float | None = None  # when the decider's count first became 0 (scale-to-zero grace)
+
+    @property
+    def panic_since(self) -> float | None:
+        return self.decider.panic_time if self.decider is not None else None
 
 
 @dataclass(frozen=True)
@@ -603,34 +813,67 @@ class KPAState:
     models: tuple[tuple[str, KPAModelState], ...] = ()
 
 
-class KPAPolicy:
-    """Knative Pod Autoscaler on concurrency (running + waiting requests)."""
+def _window_avg(samples: tuple[tuple[float, float], ...], span: float, lo: float, hi: float) -> float:
+    """Time average over (lo, hi] of piecewise-constant samples, each covering (end - span, end]; NaN if none."""
+    tot = cov = 0.0
+    for end, v in samples:
+        a, b = max(lo, end - span), min(hi, end)
+        if b > a:
+            tot += v * (b - a)
+            cov += b - a
+    return tot / cov if cov > 0 else math.nan
+
+
+class KPAPolicy(PolicyBase):
+    """Knative Pod Autoscaler on concurrency (running + waiting requests), deciding on its own 2 s tick."""
 
     name = "kpa"
     uses_forecast = False  # reactive: replay need not compute forecast features for it
+    bypass_shield = True  # runs as its users run it
 
     def __init__(
         self,
         goal: GoalSpec,
         *,
         target_concurrency: float | None = None,
+        targets: Mapping[str, float] | None = None,
+        stable_window_s: float | None = None,
         scale_down_delay_s: float = 0.0,
         max_scale_up_rate: float = KPA_MAX_SCALE_UP_RATE,
         max_scale_down_rate: float = KPA_MAX_SCALE_DOWN_RATE,
+        scale_to_zero_grace_s: float = KPA_SCALE_TO_ZERO_GRACE_S,
+        tick_s: float = KPA_TICK_S,
     ) -> None:
         b = goal.baselines
         self.goal = goal
         self.target_setting = b.kpa_target_concurrency if target_concurrency is None else float(target_concurrency)
-        self.stable_s = b.kpa_stable_window_s
-        self.panic_s = b.kpa_panic_window_s
+        self.targets = _check_targets(goal, targets, "kpa")
+        self.stable_s = float(b.kpa_stable_window_s if stable_window_s is None else stable_window_s)
+        if not (6.0 <= self.stable_s <= 3600.0):
+            raise UserError(f"kpa stable window must be within Knative's 6s..1h, got {self.stable_s:g} s")
+        # Knative's panic window is a percentage of the stable window (default 10 % -> 6 s of 60 s)
+        self.panic_s = self.stable_s * (b.kpa_panic_window_s / b.kpa_stable_window_s)
         self.panic_threshold = b.kpa_panic_threshold
         self.delay_s = float(scale_down_delay_s)
         self.up_rate = float(max_scale_up_rate)
         self.down_rate = float(max_scale_down_rate)
+        self.grace_s = float(scale_to_zero_grace_s)
+        self.tick_s = float(tick_s)
+        if not self.tick_s > 0:
+            raise UserError(f"kpa tick must be positive, got {tick_s!r}")
         self._weights = default_weights(goal)
 
     def initial_state(self) -> KPAState:
         return KPAState()
+
+    def describe(self) -> dict[str, Any]:
+        return {"runs_as": RUNS_AS, "targets": dict(self.targets) or "default", "stable_window_s": self.stable_s,
+                "tick_s": self.tick_s}
+
+    def decider_spec(self, target: float) -> KPADeciderSpec:
+        return KPADeciderSpec(target=target, max_scale_up_rate=self.up_rate, max_scale_down_rate=self.down_rate,
+                              panic_threshold=self.panic_threshold, stable_window_s=self.stable_s,
+                              scale_down_delay_s=self.delay_s)
 
     def decide(self, obs: Observation, state: KPAState) -> tuple[Decision, KPAState]:
         now = float(obs.t_s)
@@ -641,7 +884,7 @@ class KPAPolicy:
             m = obs.models.get(spec.name)
             current = spec_replicas(m, spec)
             conc = _in_flight_total(m) if m is not None else math.nan
-            if not _finite(conc):  # no data in the window: Knative keeps the current scale
+            if not _finite(conc):  # no data: Knative keeps the current scale
                 reps[spec.name] = current
                 models.append((spec.name, ks))
                 continue
@@ -653,37 +896,39 @@ class KPAPolicy:
     def _decide_one(
         self, spec: ModelSpec, m: ModelObs, current: int, conc: float, ks: KPAModelState, now: float, interval: float
     ) -> tuple[int, KPAModelState]:
-        samples = tuple((t, c) for t, c in ks.samples if t > now - self.stable_s + _EPS) + ((now, conc),)
-        stable = float(np.mean([c for _t, c in samples]))
-        # panic window: the observations of the last panic_s seconds, at least the latest one
-        panic_span = max(self.panic_s, interval)
-        panic = float(np.mean([c for t, c in samples if t > now - panic_span + _EPS]))
-        target = concurrency_target(self.target_setting, m.slots)
-        ready = max(1.0, float(_ready(m)))
-        dspc = math.ceil(stable / target - 1e-9)
-        dppc = math.ceil(panic / target - 1e-9)
-        max_up = math.ceil(self.up_rate * ready)
-        max_down = math.floor(ready / self.down_rate) if self.down_rate > 0 else 0
-        want_stable = int(min(max(dspc, max_down), max_up))
-        want_panic = int(min(max(dppc, max_down), max_up))
-        over = dppc / ready >= self.panic_threshold
-        panic_since, max_panic = ks.panic_since, ks.max_panic_pods
-        if over:
-            panic_since = now  # enter, or extend, panic mode
-        elif panic_since is not None and now - panic_since > self.stable_s + _EPS:
-            panic_since, max_panic = None, 0  # one full stable window without crossing the threshold
-        if panic_since is not None:
-            want = max(want_panic, want_stable)
-            max_panic = max(max_panic, want)  # no scale-down while panicking
-            desired = max_panic
-        else:
-            desired = want_stable
-        delay = ks.delay
-        if self.delay_s > 0:
-            delay = tuple((t, d) for t, d in delay if t > now - self.delay_s + _EPS) + ((now, desired),)
-            desired = max(d for _t, d in delay)
-        desired = min(max(desired, spec.min_replicas), spec.max_replicas)
-        return desired, KPAModelState(samples, panic_since, max_panic, delay)
+        span = max(interval, _EPS)
+        keep = self.stable_s + span
+        samples = tuple((t, c) for t, c in ks.samples if t > now - keep) + ((now, conc),)
+        target = self.targets.get(spec.name) or concurrency_target(self.target_setting, m.slots)
+        dspec = self.decider_spec(target)
+        ready = _ready(m)
+        start = ks.last_tick if ks.last_tick is not None else now - span
+        decider = ks.decider
+        if decider is None:
+            decider = kpa_new_decider(ready, start)
+        desired = ks.desired if ks.desired is not None else current
+        zero_since = ks.zero_since
+        # the decider's 2 s ticks since the last one, up to now
+        k = max(1, int(math.floor((now - start) / self.tick_s + 1e-9)))
+        tick = start
+        for _ in range(k):
+            tick = tick + self.tick_s
+            stable = _window_avg(samples, span, tick - self.stable_s, tick)
+            panic = _window_avg(samples, span, tick - self.panic_s, tick)
+            if not (_finite(stable) and _finite(panic)):
+                continue
+            desired, decider = kpa_scale(dspec, decider, ready, stable, panic, tick)
+            if desired > 0:
+                zero_since = None
+            elif zero_since is None:
+                zero_since = tick
+        out = desired
+        if out == 0 and current > 0:
+            grace_over = zero_since is not None and tick - zero_since >= self.grace_s - _EPS
+            if not grace_over:
+                out = 1  # the last pod stays through scale-to-zero-grace-period
+        out = min(max(out, spec.min_replicas), spec.max_replicas)
+        return out, KPAModelState(samples, decider, tick, desired, zero_since)
 
 
 # ---------------------------------------------------------------------------------------------

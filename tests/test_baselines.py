@@ -126,15 +126,22 @@ def test_hpa_policy_no_change_at_105_percent_of_target() -> None:
 
 
 @pytest.mark.parametrize("current,expected", [(1, 1 + HPA_SCALE_UP_PODS), (3, 3 + HPA_SCALE_UP_PODS), (10, 20)])
-def test_hpa_scale_up_limit_is_max_of_4_pods_and_100_percent_per_15s(current: int, expected: int) -> None:
-    p = make_policy("hpa", ONE)
+def test_hpa_behavior_scale_up_limit_is_max_of_4_pods_and_100_percent_per_15s(current: int, expected: int) -> None:
+    p = make_policy("hpa", ONE, behavior=True)
+    d, _ = p.decide(obs_at(15.0, {M8: mobs(current, in_flight=load(30.0, current))}), p.initial_state())
+    assert d.replicas[M8] == expected
+
+
+@pytest.mark.parametrize("current,expected", [(1, 4), (3, 6), (10, 20)])
+def test_hpa_without_behavior_scale_up_limit_is_max_of_2x_and_4(current: int, expected: int) -> None:
+    p = make_policy("hpa", ONE)  # no spec.behavior: what kubectl autoscale and KEDA create
     d, _ = p.decide(obs_at(15.0, {M8: mobs(current, in_flight=load(30.0, current))}), p.initial_state())
     assert d.replicas[M8] == expected
 
 
 def test_hpa_scale_up_limit_counts_earlier_scale_ups_in_the_period() -> None:
     goal = replace(ONE, control_interval_s=5.0, baselines=replace(ONE.baselines, hpa_sync_s=5.0))
-    p = make_policy("hpa", goal)
+    p = make_policy("hpa", goal, behavior=True)
     s = p.initial_state()
     d, s = p.decide(obs_at(5.0, {M8: mobs(2, in_flight=load(30.0, 2))}, goal), s)
     assert d.replicas[M8] == 6
@@ -265,18 +272,38 @@ def test_kpa_panic_mode_scales_up_fast_and_never_down_while_panicking() -> None:
     assert out[-1][1] < 12  # panic ends one stable window after the last crossing
     # below the threshold (ceil(4 x 1.7) = 7 < 2 x 4 ready): stable mode
     q = KPAPolicy(ONE)
-    s = q.initial_state()
-    d, s = q.decide(obs_at(15.0, {M8: mobs(4, in_flight=4 * 1.7 * TARGET)}), s)
+    # a new KPA starts in panic mode (upstream newAutoscaler): let that end first, at a steady 1.7x load
+    s1 = _kpa_after_start_panic(q, 4, 1.7)
+    d, s = q.decide(obs_at(150.0, {M8: mobs(4, in_flight=4 * 1.7 * TARGET)}), s1)
     assert d.replicas[M8] == 7 and s.models[0][1].panic_since is None
     # Knative compares the rounded-up panic pod count: ceil(4 x 1.9) = 8 >= 2 x 4 -> panic
-    d, s = q.decide(obs_at(15.0, {M8: mobs(4, in_flight=4 * 1.9 * TARGET)}), q.initial_state())
-    assert s.models[0][1].panic_since == 15.0
+    d, s = q.decide(obs_at(150.0, {M8: mobs(4, in_flight=4 * 1.9 * TARGET)}), _kpa_after_start_panic(q, 4, 1.0))
+    assert s.models[0][1].panic_since is not None and s.models[0][1].panic_since > 135.0
+
+
+def _kpa_after_start_panic(p: KPAPolicy, ready: int, load_x: float) -> object:
+    s = p.initial_state()
+    for k in range(1, 10):  # 135 s at a steady load: the start-up panic (one stable window) is over
+        _, s = p.decide(obs_at(15.0 * k, {M8: mobs(ready, in_flight=ready * load_x * TARGET)}), s)
+    assert s.models[0][1].panic_since is None
+    return s
 
 
 def test_kpa_max_scale_down_rate_halves_at_most() -> None:
     p = KPAPolicy(ONE)
-    d, _ = p.decide(obs_at(15.0, {M8: mobs(10, in_flight=0.0)}), p.initial_state())
+    s = _kpa_after_start_panic(p, 10, 0.0)  # no load for over a stable window; 10 pods still ready
+    d, _ = p.decide(obs_at(150.0, {M8: mobs(10, in_flight=0.0)}), s)
     assert d.replicas[M8] == 5
+
+
+def test_kpa_starts_in_panic_mode_holding_the_ready_pods() -> None:
+    p = KPAPolicy(ONE)
+    s = p.initial_state()
+    out = []
+    for k in range(1, 8):
+        d, s = p.decide(obs_at(15.0 * k, {M8: mobs(10, in_flight=0.0)}), s)
+        out.append(d.replicas[M8])
+    assert out[:4] == [10, 10, 10, 10] and out[-1] == 5  # held one stable window, then halves
 
 
 # ---------------------------------------------------------------------------------------------
