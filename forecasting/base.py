@@ -318,6 +318,10 @@ def make_forecaster(name: str, step_s: float, **kw: Any) -> Forecaster:
     ``ets``, ``last-value``). Unknown names and bad options raise :class:`UserError`."""
     if name not in MODEL_NAMES:
         raise UserError(f"unknown forecaster {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if name == "prophet":  # an optional extra: say which, rather than silently falling back without it
+        from fleetpilot.simulations.resources import require_extra
+
+        require_extra("prophet", "forecaster 'prophet'")
     cls = _model_class(name)
     try:
         return cls(step_s, **kw)
