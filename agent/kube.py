@@ -1,26 +1,34 @@
-"""The Kubernetes actuator: scale Deployments and set HTTPRoute weights with the official ``kubernetes`` client.
+"""The Kubernetes actuator: scale any workload with a scale subresource and set fleetpilot's HTTPRoute weights.
 
 Only public client calls are used, so the same code runs against a real cluster and against the test emulator
-(:mod:`testbed.k8s_emulator`):
+(``testbed.k8s_emulator``):
 
-* replicas go through the Deployment's ``scale`` subresource (``read_``/``patch_namespaced_deployment_scale``),
-  the same door ``kubectl scale`` and the HPA use, so only ``deployments/scale`` RBAC is needed to write;
-* routing weights go into the first rule of a Gateway API ``HTTPRoute`` with a JSON merge patch. A merge patch
-  replaces lists wholesale, so the actuator reads the route, rewrites the first rule's complete ``backendRefs``
-  (every managed backend with its weight), sends the complete ``rules`` list back, and pins
-  ``metadata.resourceVersion`` so a concurrent edit answers 409 (retried) instead of being overwritten.
+* replicas go through the workload's ``scale`` subresource, the door ``kubectl scale``, the HPA and KEDA use, so
+  only ``<resource>/scale`` RBAC is needed to write. Any kind with that subresource works: ``apps/v1``
+  Deployments, StatefulSets and ReplicaSets (``AppsV1Api``) and custom resources such as
+  ``leaderworkerset.x-k8s.io/v1`` LeaderWorkerSets (``CustomObjectsApi``), named by :class:`WorkloadRef`;
+* routing weights: fleetpilot owns only the ``weight`` of the backendRefs that point at its models' Services. The
+  route is read, and a JSON patch replaces exactly those ``weight`` fields (by rule and ref index) and pins
+  ``metadata.resourceVersion``, so other rules, other refs, their order and every other field stay untouched
+  (GitOps tools see no drift beyond the weights; ignore ``/spec/rules/*/backendRefs/*/weight`` there) and a
+  concurrent edit answers 409 (retried after a re-read) instead of being overwritten. A backend missing from the
+  route is an error: fleetpilot never adds or removes refs;
+* every write carries the ``fleetpilot`` field manager (``managedFields`` names us) and every request the
+  ``fleetpilot/<version>`` user agent; a successful change records a Kubernetes Event on the object
+  (``SuccessfulRescale`` / ``WeightsChanged``, old -> new and why) through :class:`~fleetpilot.agent.events.
+  EventRecorder`, a write that failed for good a Warning.
 
 Failures become values (:class:`ApplyOutcome`), never exceptions out of :meth:`KubeActuator.scale` /
 :meth:`KubeActuator.set_weights`: 409, 429, 5xx, timeouts and connection errors are *temporary* and retried with
-exponential backoff (``sleep`` is injected; ``Retry-After`` is honoured up to ``max_delay_s``); 401/403, 404 and
-other 4xx (422 invalid, 400, 415) are *permanent* and reported at once. The read helpers, which must return a
-value, raise :class:`KubeTemporaryError` / :class:`KubePermanentError` (subclasses of the shared vocabulary in
-:mod:`fleetpilot.simulations.errors`) instead.
+capped exponential backoff (``sleep`` is injected; ``Retry-After`` is honoured up to ``max_delay_s``); 401/403, 404
+and other 4xx (422 invalid, 400, 415) are *permanent* and reported at once. This is the ONE retry layer:
+:func:`make_api_client` turns urllib3's own retries off, so a dead API server costs ``attempts`` connections, not
+``attempts`` x urllib3's three. The read helpers, which must return a value, raise :class:`KubeTemporaryError` /
+:class:`KubePermanentError` (subclasses of the shared vocabulary in :mod:`fleetpilot.simulations.errors`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -35,9 +43,13 @@ import numpy as np
 import urllib3
 from kubernetes.client.rest import ApiException
 
+from fleetpilot import __version__
+from fleetpilot.agent.events import FIELD_MANAGER, EventRecorder, ObjectReference
 from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 
 __all__ = [
+    "FIELD_MANAGER",
+    "USER_AGENT",
     "ApplyOutcome",
     "ApplyStatus",
     "KubeActuator",
@@ -45,6 +57,9 @@ __all__ = [
     "KubeTemporaryError",
     "RetrySettings",
     "RouteTarget",
+    "ScaleInfo",
+    "WorkloadRef",
+    "classify",
     "make_api_client",
 ]
 
@@ -54,23 +69,34 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAY_VERSION = "v1"
 HTTPROUTES = "httproutes"
 MAX_WEIGHT = 1_000_000  # Gateway API: backendRef weight is in [0, 1_000_000]
+USER_AGENT = f"fleetpilot/{__version__}"
 
 ApplyStatus = Literal["applied", "unchanged", "conflict-retried", "forbidden", "not-found", "error"]
 T = TypeVar("T")
+
+#: (group, kind) -> resource plural for the workload kinds known to have a scale subresource
+KNOWN_WORKLOADS: dict[tuple[str, str], str] = {
+    ("apps", "Deployment"): "deployments",
+    ("apps", "StatefulSet"): "statefulsets",
+    ("apps", "ReplicaSet"): "replicasets",
+    ("leaderworkerset.x-k8s.io", "LeaderWorkerSet"): "leaderworkersets",
+    ("argoproj.io", "Rollout"): "rollouts",
+}
+_APPS_SCALE = {"Deployment": "deployment", "StatefulSet": "stateful_set", "ReplicaSet": "replica_set"}
 
 
 def make_api_client(
     kubeconfig: str | None = None, in_cluster: bool = False, host: str | None = None
 ) -> kubernetes.client.ApiClient:
-    """Build an ``ApiClient``.
+    """Build an ``ApiClient`` with fleetpilot's user agent and urllib3's retries off (the actuator retries).
 
     * ``in_cluster=True``: the pod's service account (``load_incluster_config``);
     * ``kubeconfig`` given, or neither ``host`` nor ``in_cluster``: a kubeconfig file (``None`` = ``$KUBECONFIG`` or
       ``~/.kube/config``);
     * ``host`` alone: a bare configuration for that URL (the test emulator, ``kubectl proxy``).
 
-    ``host`` with either of the others overrides the server URL they name. Configuration problems raise
-    :class:`~simulations.errors.UserError`.
+    ``host`` with either of the others overrides the server URL they name. TLS stays verified as configured by the
+    kubeconfig / service account. Configuration problems raise :class:`~fleetpilot.simulations.errors.UserError`.
     """
     if in_cluster and kubeconfig:
         raise UserError("give either a kubeconfig or in-cluster configuration, not both")
@@ -85,7 +111,72 @@ def make_api_client(
         raise UserError(f"cannot load Kubernetes configuration: {exc}", where=source) from exc
     if host is not None:
         cfg.host = host.rstrip("/")
-    return kubernetes.client.ApiClient(cfg)
+    # One retry layer: the actuator's (capped backoff, injected sleep). urllib3 would otherwise retry each failed
+    # connection three more times inside every one of our attempts.
+    cfg.retries = False
+    client = kubernetes.client.ApiClient(cfg)
+    client.user_agent = USER_AGENT
+    return client
+
+
+@dataclass(frozen=True)
+class WorkloadRef:
+    """A scalable workload: namespace, name and group/version/kind (default ``apps/v1`` Deployment).
+
+    ``resource`` is the plural used in API paths; when empty it comes from :data:`KNOWN_WORKLOADS`, else the
+    lower-cased kind + ``s`` (the convention every CRD we know follows).
+    """
+
+    namespace: str
+    name: str
+    kind: str = "Deployment"
+    api_version: str = "apps/v1"
+    resource: str = ""
+
+    @property
+    def group(self) -> str:
+        """The API group (``""`` for the core group)."""
+        return self.api_version.split("/", 1)[0] if "/" in self.api_version else ""
+
+    @property
+    def version(self) -> str:
+        """The API version within the group."""
+        return self.api_version.rsplit("/", 1)[-1]
+
+    @property
+    def plural(self) -> str:
+        """The resource plural in API paths."""
+        return self.resource or KNOWN_WORKLOADS.get((self.group, self.kind), self.kind.lower() + "s")
+
+    def __str__(self) -> str:
+        return f"{self.kind.lower()}/{self.namespace}/{self.name}"
+
+    def matches(self, ref: Mapping[str, Any] | Any) -> bool:
+        """Whether a ``scaleTargetRef`` (HPA: kind/name/apiVersion; KEDA: kind and apiVersion optional) is us."""
+        get = ref.get if isinstance(ref, Mapping) else lambda k, d=None: getattr(ref, _snake(k), d)
+        kind = get("kind") or "Deployment"  # KEDA's default
+        api_version = get("apiVersion") or get("api_version") or ""
+        if get("name") != self.name or kind != self.kind:
+            return False
+        group = api_version.split("/", 1)[0] if "/" in api_version else ""
+        if not api_version:
+            return True
+        return group == self.group or (self.group == "apps" and group == "extensions")
+
+
+def _snake(key: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in key)
+
+
+def workload_ref(value: WorkloadRef | tuple[str, str] | Any) -> WorkloadRef:
+    """A :class:`WorkloadRef` from a ref, a ``(namespace, name)`` Deployment pair, or a goal's workload object."""
+    if isinstance(value, WorkloadRef):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        return WorkloadRef(str(value[0]), str(value[1]))
+    kind = getattr(value, "kind", "Deployment") or "Deployment"
+    api_version = getattr(value, "api_version", "apps/v1") or "apps/v1"
+    return WorkloadRef(value.namespace, value.name, kind, api_version)
 
 
 @dataclass(frozen=True)
@@ -124,10 +215,10 @@ class RetrySettings:
 
 @dataclass(frozen=True)
 class RouteTarget:
-    """One HTTPRoute whose first rule's backendRefs the actuator owns: model name -> (Service name, port).
+    """One HTTPRoute with fleetpilot's backends: model name -> (Service name, port).
 
-    The order of ``backends`` is the order of the written backendRefs. Refs of the first rule that are not listed
-    here are removed on the next write (fleetpilot owns that rule).
+    fleetpilot sets the ``weight`` of every backendRef (in any rule) that points at one of these Services and port;
+    refs to other Services, other rules, the order of refs and every other field are never written.
     """
 
     namespace: str
@@ -139,6 +230,16 @@ class RouteTarget:
 
 
 @dataclass(frozen=True)
+class ScaleInfo:
+    """A workload's Scale: desired (``spec.replicas``), current (``status.replicas``), and the workload's uid."""
+
+    desired: int
+    current: int
+    uid: str | None
+    selector: str = ""
+
+
+@dataclass(frozen=True)
 class ApplyOutcome:
     """What one write did. ``ok`` is True for applied/unchanged/conflict-retried.
 
@@ -146,6 +247,7 @@ class ApplyOutcome:
     after one or more 409s), ``forbidden`` (401/403), ``not-found`` (404, or not configured), ``error`` (invalid
     request, or temporary failures outlasting every attempt: see ``http_status`` and ``message``).
     ``http_status`` is the last HTTP status seen (None: no answer, e.g. a timeout, or no request made).
+    ``old`` / ``new``: the value before and after (replicas, or weights by model) when known.
     """
 
     target: str
@@ -154,6 +256,8 @@ class ApplyOutcome:
     http_status: int | None
     attempts: int
     message: str
+    old: Any = field(default=None, compare=False)
+    new: Any = field(default=None, compare=False)
 
 
 class KubeTemporaryError(TemporaryError):
@@ -213,119 +317,174 @@ def classify(exc: BaseException, what: str) -> KubeTemporaryError | KubePermanen
 class KubeActuator:
     """Applies replica counts and routing weights to Kubernetes, with retries, reporting outcomes as values.
 
-    ``deployments`` maps model name -> (namespace, Deployment name); ``routes`` maps a route key -> RouteTarget.
-    ``sleep`` is called for every backoff pause (inject a fake in tests); ``rng`` feeds jitter when
-    ``retry.jitter > 0``.
+    ``deployments`` maps model name -> workload (a :class:`WorkloadRef`, or a ``(namespace, name)`` Deployment
+    pair); ``routes`` maps a route key -> RouteTarget. ``sleep`` is called for every backoff pause (inject a fake in
+    tests); ``rng`` feeds jitter when ``retry.jitter > 0``. ``recorder`` (optional) receives an Event for every
+    change and every permanent failure.
     """
 
     def __init__(
         self,
         api_client: kubernetes.client.ApiClient,
-        deployments: Mapping[str, tuple[str, str]],
+        deployments: Mapping[str, WorkloadRef | tuple[str, str]],
         routes: Mapping[str, RouteTarget] | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
         rng: np.random.Generator | None = None,
         retry: RetrySettings | None = None,
+        field_manager: str = FIELD_MANAGER,
+        recorder: EventRecorder | None = None,
     ) -> None:
         self._apps = kubernetes.client.AppsV1Api(api_client)
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._autoscaling = kubernetes.client.AutoscalingV2Api(api_client)
-        self._deployments = dict(deployments)
+        self._workloads = {m: workload_ref(w) for m, w in deployments.items()}
         self._routes = dict(routes or {})
         self._sleep = sleep
         self._rng = rng
         self._retry = retry or RetrySettings()
+        self._manager = field_manager
+        self.recorder = recorder
 
     @property
     def retry(self) -> RetrySettings:
         """The retry settings in use."""
         return self._retry
 
+    @property
+    def field_manager(self) -> str:
+        """The field manager every write carries."""
+        return self._manager
+
+    @property
+    def workloads(self) -> Mapping[str, WorkloadRef]:
+        """Model name -> workload."""
+        return types.MappingProxyType(self._workloads)
+
+    @property
+    def routes(self) -> Mapping[str, RouteTarget]:
+        """Route key -> RouteTarget."""
+        return types.MappingProxyType(self._routes)
+
+    def workload(self, model: str) -> WorkloadRef:
+        """The model's workload; :class:`KubePermanentError` (``not-found``) for an unknown model."""
+        try:
+            return self._workloads[model]
+        except KeyError:
+            raise KubePermanentError(f"no workload configured for model {model!r}", None, "not-found") from None
+
     # --- reads (raise) ---------------------------------------------------------------------------------------------
 
+    def read_scale(self, model: str) -> ScaleInfo:
+        """The workload's Scale, retrying temporary failures (raises like :meth:`read_replicas`)."""
+        w = self.workload(model)
+        return self._with_retries(lambda: self._get_scale(w))
+
     def read_replicas(self, model: str) -> int:
-        """The Deployment's desired replicas (``spec.replicas`` of its Scale), retrying temporary failures.
+        """The workload's desired replicas (``spec.replicas`` of its Scale), retrying temporary failures.
 
         Raises :class:`KubeTemporaryError` when every attempt failed temporarily, :class:`KubePermanentError` on a
         permanent failure or an unknown model.
         """
-        ns, name = self._deployment(model)
-        scale = self._with_retries(
-            lambda: self._call(
-                f"read scale of deployment {ns}/{name}",
-                self._apps.read_namespaced_deployment_scale,
-                name,
-                ns,
-            )
-        )
-        return int(scale.spec.replicas or 0) if scale.spec is not None else 0
+        return self.read_scale(model).desired
 
     def foreign_controllers(self, model: str) -> list[str]:
-        """Names of HorizontalPodAutoscalers (autoscaling/v2) in the Deployment's namespace that target it.
+        """Other controllers that scale the model's workload, as ``Kind/name``, sorted.
 
-        KEDA ScaledObjects show up here too (KEDA drives a Deployment through an HPA it creates). The daemon
-        should refuse to scale a Deployment with a non-empty answer. Raises like :meth:`read_replicas`.
+        HorizontalPodAutoscalers (autoscaling/v2) in the workload's namespace whose ``scaleTargetRef`` is the
+        workload, and KEDA ScaledObjects that target it (KEDA drives the workload through an HPA it creates, so
+        both appear while KEDA is active). A ScaledObject taken over by fleetpilot (``--take-over keda``: paused
+        with fleetpilot's annotation) and the HPA KEDA generated for it are not foreign. The daemon refuses to scale
+        a workload with a non-empty answer. Raises like :meth:`read_replicas` (a cluster without KEDA is fine).
         """
-        ns, name = self._deployment(model)
-        hpas = self._with_retries(
+        from fleetpilot.agent.handover import TAKEN_OVER_ANNOTATION, is_paused
+
+        w = self.workload(model)
+        scaled = self.list_scaledobjects(w.namespace)
+        ours = {so["metadata"]["name"] for so in scaled
+                if (so["metadata"].get("annotations") or {}).get(TAKEN_OVER_ANNOTATION) and is_paused(so)}
+        found = [f"ScaledObject/{so['metadata']['name']}" for so in scaled
+                 if w.matches((so.get("spec") or {}).get("scaleTargetRef") or {}) and so["metadata"]["name"] not in ours]
+        for hpa in self.list_hpas(w.namespace):
+            ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            if not w.matches(ref) or _keda_owner(hpa) in ours:
+                continue
+            found.append(f"HorizontalPodAutoscaler/{hpa['metadata']['name']}")
+        return sorted(found)
+
+    def list_hpas(self, namespace: str) -> list[dict[str, Any]]:
+        """Every autoscaling/v2 HPA in the namespace, as plain dicts (camelCase keys)."""
+        result = self._with_retries(
             lambda: self._call(
-                f"list horizontalpodautoscalers in {ns}",
+                f"list horizontalpodautoscalers in {namespace}",
                 self._autoscaling.list_namespaced_horizontal_pod_autoscaler,
-                ns,
+                namespace,
             )
         )
-        found = []
-        for hpa in hpas.items or []:
-            ref = hpa.spec.scale_target_ref if hpa.spec is not None else None
-            if ref is None or ref.kind != "Deployment" or ref.name != name:
-                continue
-            if ref.api_version and ref.api_version.split("/")[0] not in ("apps", "extensions"):
-                continue
-            found.append(hpa.metadata.name)
-        return sorted(found)
+        client = kubernetes.client.ApiClient()
+        return [client.sanitize_for_serialization(h) for h in (result.items or [])]
+
+    def list_scaledobjects(self, namespace: str) -> list[dict[str, Any]]:
+        """Every KEDA ScaledObject in the namespace ([] when KEDA's CRD is not installed)."""
+        try:
+            result = self._with_retries(
+                lambda: self._call(
+                    f"list scaledobjects in {namespace}",
+                    self._custom.list_namespaced_custom_object,
+                    KEDA_GROUP, KEDA_VERSION, namespace, SCALEDOBJECTS,
+                )
+            )
+        except KubePermanentError as err:
+            if err.status == "not-found":
+                return []
+            raise
+        return [o for o in (result or {}).get("items") or [] if isinstance(o, dict) and "metadata" in o]
 
     # --- writes (return outcomes) ------------------------------------------------------------------------------------
 
-    def scale(self, model: str, replicas: int) -> ApplyOutcome:
-        """Set the model's Deployment to ``replicas`` through the scale subresource.
+    def scale(self, model: str, replicas: int, reason: str | None = None) -> ApplyOutcome:
+        """Set the model's workload to ``replicas`` through the scale subresource.
 
         Reads the Scale first: if it already says ``replicas`` the outcome is ``unchanged`` and nothing is written;
-        otherwise it patches ``{"spec": {"replicas": n}}``. A 409 re-reads and tries again.
+        otherwise it patches ``{"spec": {"replicas": n}}``. A 409 re-reads and tries again. ``reason`` goes into
+        the ``SuccessfulRescale`` Event.
         """
-        if model not in self._deployments:
-            return ApplyOutcome(model, False, "not-found", None, 0, f"no Deployment configured for model {model!r}")
-        ns, name = self._deployments[model]
-        target = f"deployment/{ns}/{name}"
+        if model not in self._workloads:
+            return ApplyOutcome(model, False, "not-found", None, 0, f"no workload configured for model {model!r}")
+        w = self._workloads[model]
+        target = str(w)
         if not isinstance(replicas, int | np.integer) or isinstance(replicas, bool) or replicas < 0:
             return ApplyOutcome(target, False, "error", None, 0, f"refusing to scale to {replicas!r}")
         wanted = int(replicas)
+        seen: dict[str, Any] = {}
 
         def attempt() -> tuple[ApplyStatus, str]:
-            scale = self._call(f"read scale of {target}", self._apps.read_namespaced_deployment_scale, name, ns)
-            current = scale.spec.replicas if scale.spec is not None else None
-            if current == wanted:
+            info = self._get_scale(w)
+            seen["old"], seen["uid"] = info.desired, info.uid
+            if info.desired == wanted:
                 return "unchanged", f"already at {wanted} replicas"
-            result = self._call(
-                f"patch scale of {target}",
-                self._apps.patch_namespaced_deployment_scale,
-                name,
-                ns,
-                {"spec": {"replicas": wanted}},
-            )
-            got = result.spec.replicas if result.spec is not None else None
+            got = self._patch_scale(w, wanted)
             if got != wanted:
                 raise KubeTemporaryError(f"patch scale of {target}: server answered replicas={got}, wanted {wanted}")
-            return "applied", f"scaled from {current} to {wanted} replicas"
+            return "applied", f"scaled from {info.desired} to {wanted} replicas"
 
-        return self._apply(target, attempt)
+        out = self._apply(target, attempt)
+        out = _with_values(out, seen.get("old"), wanted)
+        ref = ObjectReference(w.kind, w.namespace, w.name, w.api_version, seen.get("uid"))
+        if out.status in ("applied", "conflict-retried"):
+            why = f"; reason: {reason}" if reason else ""
+            self._event(ref, "Normal", "SuccessfulRescale", f"New size: {wanted} (was {seen.get('old')}){why}")
+        elif not out.ok:
+            self._event(ref, "Warning", "FailedRescale", f"failed to scale to {wanted}: {out.message}")
+        return out
 
-    def set_weights(self, route: str, weights: Mapping[str, int]) -> ApplyOutcome:
-        """Write the routing weights (model name -> weight) into the route's first rule.
+    def set_weights(self, route: str, weights: Mapping[str, int], reason: str | None = None) -> ApplyOutcome:
+        """Set the weights (model name -> weight) of fleetpilot's backendRefs in the route.
 
         ``weights`` must name every backend of the route (no more, no fewer), each in [0, 1_000_000], not all 0.
-        The full backendRefs list is written, keeping any extra fields (``kind``, ``filters``...) of existing refs
-        to the same Service and port.
+        Only the ``weight`` fields of the refs pointing at those Services change (JSON patch, resourceVersion
+        pinned); a backend with no ref in the route is a permanent error (fleetpilot does not edit the route's
+        structure).
         """
         if route not in self._routes:
             return ApplyOutcome(route, False, "not-found", None, 0, f"no HTTPRoute configured as {route!r}")
@@ -334,6 +493,7 @@ class KubeActuator:
         problem = _check_weights(rt, weights)
         if problem:
             return ApplyOutcome(target, False, "error", None, 0, problem)
+        seen: dict[str, Any] = {}
 
         def attempt() -> tuple[ApplyStatus, str]:
             obj = self._call(
@@ -345,16 +505,13 @@ class KubeActuator:
                 HTTPROUTES,
                 rt.name,
             )
-            rules = (obj.get("spec") or {}).get("rules") or []
-            if not rules or not isinstance(rules[0], dict):
-                raise KubePermanentError(f"{target} has no rules to put backendRefs in", None, "error")
-            old_refs = rules[0].get("backendRefs") or []
-            new_refs = _backend_refs(rt, weights, old_refs)
-            if new_refs == old_refs:
+            seen["uid"] = (obj.get("metadata") or {}).get("uid")
+            ops, old = _weight_patch(rt, weights, obj, target)
+            seen["old"] = old
+            if not ops:
                 return "unchanged", "weights already as requested"
-            new_rules = copy.deepcopy(rules)
-            new_rules[0]["backendRefs"] = new_refs
-            patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "spec": {"rules": new_rules}}
+            patch = [{"op": "replace", "path": "/metadata/resourceVersion", "value": obj["metadata"]["resourceVersion"]},
+                     *ops]
             self._call(
                 f"patch {target}",
                 self._custom.patch_namespaced_custom_object,
@@ -364,23 +521,67 @@ class KubeActuator:
                 HTTPROUTES,
                 rt.name,
                 patch,
+                field_manager=self._manager,
+                _content_type="application/json-patch+json",
             )
-            text = ", ".join(f"{r['name']}={r['weight']}" for r in new_refs)
+            text = ", ".join(f"{m}={weights[m]}" for m in rt.backends)
             return "applied", f"weights set: {text}"
 
-        return self._apply(target, attempt)
+        new = {m: int(weights[m]) for m in rt.backends}
+        out = _with_values(self._apply(target, attempt), seen.get("old"), new)
+        ref = ObjectReference("HTTPRoute", rt.namespace, rt.name, f"{GATEWAY_GROUP}/{GATEWAY_VERSION}", seen.get("uid"))
+        if out.status in ("applied", "conflict-retried"):
+            old = seen.get("old") or {}
+            change = ", ".join(f"{m} {old.get(m, '-')}->{new[m]}" for m in rt.backends)
+            why = f"; reason: {reason}" if reason else ""
+            self._event(ref, "Normal", "WeightsChanged", f"Weights: {change}{why}")
+        elif not out.ok:
+            self._event(ref, "Warning", "FailedSetWeights", f"failed to set weights: {out.message}")
+        return out
 
-    # --- machinery ---------------------------------------------------------------------------------------------------
+    def event_for_model(self, model: str, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        """Record an Event on the model's workload (no uid lookup; never raises)."""
+        w = self._workloads.get(model)
+        if w is not None:
+            self._event(ObjectReference(w.kind, w.namespace, w.name, w.api_version), type_, reason, message)
 
-    def _deployment(self, model: str) -> tuple[str, str]:
+    # --- machinery (also used by fleetpilot.agent.handover) ----------------------------------------------------------
+
+    def _event(self, ref: ObjectReference, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        if self.recorder is not None:
+            self.recorder.event(ref, type_, reason, message)
+
+    def _get_scale(self, w: WorkloadRef) -> ScaleInfo:
+        what = f"read scale of {w}"
+        if w.group == "apps" and w.kind in _APPS_SCALE:
+            fn = getattr(self._apps, f"read_namespaced_{_APPS_SCALE[w.kind]}_scale")
+            scale = self._call(what, fn, w.name, w.namespace)
+            desired = int(scale.spec.replicas or 0) if scale.spec is not None else 0
+            status = scale.status
+            uid = scale.metadata.uid if scale.metadata is not None else None
+            return ScaleInfo(desired, int((status.replicas if status else 0) or 0), uid,
+                             (status.selector if status else "") or "")
+        obj = self._call(
+            what, self._custom.get_namespaced_custom_object_scale, w.group, w.version, w.namespace, w.plural, w.name
+        )
+        return _scale_info(obj, what)
+
+    def _patch_scale(self, w: WorkloadRef, replicas: int) -> int | None:
+        what = f"patch scale of {w}"
+        body = {"spec": {"replicas": replicas}}
+        if w.group == "apps" and w.kind in _APPS_SCALE:
+            fn = getattr(self._apps, f"patch_namespaced_{_APPS_SCALE[w.kind]}_scale")
+            result = self._call(what, fn, w.name, w.namespace, body, field_manager=self._manager)
+            return result.spec.replicas if result.spec is not None else None
+        obj = self._call(
+            what, self._custom.patch_namespaced_custom_object_scale, w.group, w.version, w.namespace, w.plural,
+            w.name, body, field_manager=self._manager,
+        )
+        return _scale_info(obj, what).desired
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
-            return self._deployments[model]
-        except KeyError:
-            raise KubePermanentError(f"no Deployment configured for model {model!r}", None, "not-found") from None
-
-    def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return fn(*args, _request_timeout=self._retry.request_timeout_s)
+            return fn(*args, _request_timeout=self._retry.request_timeout_s, **kwargs)
         except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise classify(exc, what) from exc
 
@@ -432,6 +633,35 @@ class KubeActuator:
         )
 
 
+KEDA_GROUP = "keda.sh"
+KEDA_VERSION = "v1alpha1"
+SCALEDOBJECTS = "scaledobjects"
+
+
+def _keda_owner(hpa: Mapping[str, Any]) -> str | None:
+    """The ScaledObject that generated this HPA (ownerReference or KEDA's label), if any."""
+    meta = hpa.get("metadata") or {}
+    for owner in meta.get("ownerReferences") or []:
+        if owner.get("kind") == "ScaledObject" and str(owner.get("apiVersion", "")).startswith("keda.sh/"):
+            return owner.get("name")
+    return (meta.get("labels") or {}).get("scaledobject.keda.sh/name")
+
+
+def _with_values(out: ApplyOutcome, old: Any, new: Any) -> ApplyOutcome:
+    return ApplyOutcome(out.target, out.ok, out.status, out.http_status, out.attempts, out.message, old, new)
+
+
+def _scale_info(obj: Any, what: str) -> ScaleInfo:
+    if not isinstance(obj, Mapping):
+        raise KubePermanentError(f"{what}: answer is not a Scale object")
+    spec, status, meta = obj.get("spec") or {}, obj.get("status") or {}, obj.get("metadata") or {}
+    try:
+        return ScaleInfo(int(spec.get("replicas") or 0), int(status.get("replicas") or 0), meta.get("uid"),
+                         str(status.get("selector") or ""))
+    except (TypeError, ValueError):
+        raise KubePermanentError(f"{what}: replicas are not integers in the answer") from None
+
+
 def _check_weights(rt: RouteTarget, weights: Mapping[str, int]) -> str | None:
     missing = sorted(set(rt.backends) - set(weights))
     unknown = sorted(set(weights) - set(rt.backends))
@@ -446,13 +676,47 @@ def _check_weights(rt: RouteTarget, weights: Mapping[str, int]) -> str | None:
     return None
 
 
-def _backend_refs(rt: RouteTarget, weights: Mapping[str, int], old_refs: list[Any]) -> list[dict[str, Any]]:
-    refs = []
-    for model, (service, port) in rt.backends.items():
-        existing = next(
-            (r for r in old_refs if isinstance(r, dict) and r.get("name") == service and r.get("port") == port), None
+def _is_service_ref(ref: Mapping[str, Any]) -> bool:
+    return ref.get("group", "") in ("", None) and ref.get("kind", "Service") == "Service"
+
+
+def read_route_weights(rt: RouteTarget, obj: Mapping[str, Any]) -> dict[str, int]:
+    """The weights in force for fleetpilot's backends (first ref of each; an unset weight is Gateway API's 1)."""
+    out: dict[str, int] = {}
+    for rule in (obj.get("spec") or {}).get("rules") or []:
+        for ref in (rule.get("backendRefs") or []) if isinstance(rule, Mapping) else []:
+            if not isinstance(ref, Mapping) or not _is_service_ref(ref):
+                continue
+            for model, (service, port) in rt.backends.items():
+                if ref.get("name") == service and ref.get("port") == port and model not in out:
+                    out[model] = int(ref.get("weight", 1))
+    return out
+
+
+def _weight_patch(
+    rt: RouteTarget, weights: Mapping[str, int], obj: Mapping[str, Any], target: str
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """JSON-patch operations setting the weight of every ref to fleetpilot's backends, and the weights before."""
+    rules = (obj.get("spec") or {}).get("rules") or []
+    ops: list[dict[str, Any]] = []
+    found: set[str] = set()
+    for i, rule in enumerate(rules):
+        refs = rule.get("backendRefs") if isinstance(rule, Mapping) else None
+        for j, ref in enumerate(refs or []):
+            if not isinstance(ref, Mapping) or not _is_service_ref(ref):
+                continue
+            for model, (service, port) in rt.backends.items():
+                if ref.get("name") != service or ref.get("port") != port:
+                    continue
+                found.add(model)
+                want = int(weights[model])
+                if ref.get("weight", 1) != want or "weight" not in ref:
+                    op = "replace" if "weight" in ref else "add"
+                    ops.append({"op": op, "path": f"/spec/rules/{i}/backendRefs/{j}/weight", "value": want})
+    missing = [f"{rt.backends[m][0]}:{rt.backends[m][1]} ({m})" for m in rt.backends if m not in found]
+    if missing:
+        raise KubePermanentError(
+            f"{target} has no backendRef for {', '.join(missing)}; fleetpilot only sets the weights of existing "
+            "backendRefs (add them to the route)", None, "error"
         )
-        ref = copy.deepcopy(existing) if existing is not None else {"name": service, "port": port}
-        ref["weight"] = int(weights[model])
-        refs.append(ref)
-    return refs
+    return ops, read_route_weights(rt, obj)

@@ -30,6 +30,8 @@ import kubernetes.client
 import urllib3
 from kubernetes.client.rest import ApiException
 
+from fleetpilot.agent.events import FIELD_MANAGER
+
 __all__ = ["LeaderElector", "LeaderSettings"]
 
 log = logging.getLogger(__name__)
@@ -180,7 +182,9 @@ class LeaderElector:
             lease.spec.holder_identity = ""
             lease.spec.lease_duration_seconds = 1
             lease.spec.acquire_time = lease.spec.renew_time = _micro_time(now)
-            self._api.replace_namespaced_lease(s.name, s.namespace, lease, _request_timeout=s.request_timeout_s)
+            self._api.replace_namespaced_lease(
+                s.name, s.namespace, lease, field_manager=FIELD_MANAGER, _request_timeout=s.request_timeout_s
+            )
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             self.last_error = f"release lease: {exc}"
             log.warning("%s could not release lease %s/%s: %s", s.identity, s.namespace, s.name, exc)
@@ -220,7 +224,9 @@ class LeaderElector:
             ),
         )
         try:
-            self._api.create_namespaced_lease(s.namespace, body, _request_timeout=s.request_timeout_s)
+            self._api.create_namespaced_lease(
+                s.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=s.request_timeout_s
+            )
         except ApiException as exc:
             if exc.status == 409:
                 self._lose("another candidate created the lease first")
@@ -233,7 +239,9 @@ class LeaderElector:
     def _replace(self, lease: kubernetes.client.V1Lease, now: float, took_over: bool) -> bool:
         s = self._settings
         try:
-            self._api.replace_namespaced_lease(s.name, s.namespace, lease, _request_timeout=s.request_timeout_s)
+            self._api.replace_namespaced_lease(
+                s.name, s.namespace, lease, field_manager=FIELD_MANAGER, _request_timeout=s.request_timeout_s
+            )
         except ApiException as exc:
             if exc.status == 409:
                 self._lose("lost the race: the lease changed since it was read")

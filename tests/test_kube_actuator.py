@@ -192,26 +192,63 @@ def test_invalid_replicas_are_refused_without_a_request(emu: K8sEmulator, actuat
     assert emu.request_count == 0
 
 
-def test_set_weights_sends_the_full_backend_list(emu: K8sEmulator, actuator: KubeActuator) -> None:
+def test_set_weights_patches_only_fleetpilots_weights(emu: K8sEmulator, actuator: KubeActuator) -> None:
     out = actuator.set_weights("chat", {"qwen": 30, "llama": 70})
     assert out.ok and out.status == "applied" and out.attempts == 1, out
+    assert out.old == {"llama": 50, "qwen": 50} and out.new == {"llama": 70, "qwen": 30}
     stored = emu.objects.get("httproutes", NS, "chat")
     assert stored is not None
     rules = stored["spec"]["rules"]
-    assert rules[0]["backendRefs"] == [
+    assert rules[0]["backendRefs"] == [  # the route's order, not the call's
         {"name": "llama-svc", "port": 8000, "weight": 70},
         {"name": "qwen-svc", "port": 8001, "weight": 30},
     ]
     assert rules[0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]  # the rest of the rule survives
     assert rules[1] == {"matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}]}  # and the other rule
     patch = [r for r in emu.requests if r.method == "PATCH"][-1]
-    assert patch.content_type == "application/merge-patch+json"
-    assert [ref["name"] for ref in patch.body["spec"]["rules"][0]["backendRefs"]] == ["llama-svc", "qwen-svc"]
-    assert patch.body["metadata"]["resourceVersion"]
+    assert patch.content_type == "application/json-patch+json"
+    paths = [op["path"] for op in patch.body]
+    assert paths == ["/metadata/resourceVersion", "/spec/rules/0/backendRefs/0/weight",
+                     "/spec/rules/0/backendRefs/1/weight"]  # nothing else is written
+    assert patch.field_manager == "fleetpilot"
 
     emu.clear_requests()
     again = actuator.set_weights("chat", {"llama": 70, "qwen": 30})
     assert again.ok and again.status == "unchanged" and [r.method for r in emu.requests] == ["GET"]
+
+
+def test_set_weights_leaves_foreign_refs_rules_and_order_alone(emu: K8sEmulator, actuator: KubeActuator) -> None:
+    """A GitOps-owned route: a canary ref fleetpilot does not own, a second rule with our Service, extra fields."""
+    route = httproute_manifest("chat", [("canary-svc", 9000, 5), ("qwen-svc", 8001, 10), ("llama-svc", 8000, 85)])
+    route["spec"]["rules"][0]["backendRefs"][1]["filters"] = [{"type": "RequestHeaderModifier",
+                                                               "requestHeaderModifier": {"set": [{"name": "x",
+                                                                                                  "value": "1"}]}}]
+    route["spec"]["rules"].append({"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                                   "backendRefs": [{"name": "llama-svc", "port": 8000}]})
+    emu.objects.put(route, namespace=NS)
+    before = emu.objects.get("httproutes", NS, "chat")
+    out = actuator.set_weights("chat", {"llama": 600, "qwen": 400})
+    assert out.ok and out.status == "applied", out
+    after = emu.objects.get("httproutes", NS, "chat")
+    refs = after["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r["weight"]) for r in refs] == [("canary-svc", 5), ("qwen-svc", 400), ("llama-svc", 600)]
+    assert refs[1]["filters"] == before["spec"]["rules"][0]["backendRefs"][1]["filters"]
+    assert after["spec"]["rules"][1]["backendRefs"] == [{"name": "llama-svc", "port": 8000, "weight": 600}]
+    # apart from the weights, the object is what it was
+    strip = lambda o: [[{k: v for k, v in r.items() if k != "weight"} for r in rule.get("backendRefs", [])]  # noqa: E731
+                       for rule in o["spec"]["rules"]]
+    assert strip(after) == strip(before) and after["spec"]["parentRefs"] == before["spec"]["parentRefs"]
+    # managedFields: fleetpilot is recorded as the manager of that write
+    managers = {e["manager"] for e in after["metadata"].get("managedFields", [])}
+    assert "fleetpilot" in managers
+
+
+def test_set_weights_refuses_a_route_missing_a_backend(emu: K8sEmulator, actuator: KubeActuator) -> None:
+    emu.objects.put(httproute_manifest("chat", [("llama-svc", 8000, 1)]), namespace=NS)
+    emu.clear_requests()
+    out = actuator.set_weights("chat", {"llama": 1, "qwen": 1})
+    assert not out.ok and out.status == "error" and "qwen-svc:8001" in out.message
+    assert [r.method for r in emu.requests] == ["GET"]  # nothing written, not retried
 
 
 def test_set_weights_retries_when_the_route_changed_underneath(
@@ -253,8 +290,12 @@ def test_foreign_controllers_lists_hpas_on_the_deployment(emu: K8sEmulator, actu
     emu.objects.put(hpa_manifest("keda-hpa-llama", "llama-8b"), namespace=NS)
     emu.objects.put(hpa_manifest("qwen-hpa", "qwen-7b"), namespace=NS)
     emu.objects.put(hpa_manifest("elsewhere", "llama-8b"), namespace="other")
-    assert actuator.foreign_controllers("llama") == ["keda-hpa-llama", "llama-hpa"]
-    assert actuator.foreign_controllers("qwen") == ["qwen-hpa"]
+    sts = hpa_manifest("sts-hpa", "llama-8b")
+    sts["spec"]["scaleTargetRef"]["kind"] = "StatefulSet"  # same name, another kind: not ours
+    emu.objects.put(sts, namespace=NS)
+    assert actuator.foreign_controllers("llama") == [
+        "HorizontalPodAutoscaler/keda-hpa-llama", "HorizontalPodAutoscaler/llama-hpa"]
+    assert actuator.foreign_controllers("qwen") == ["HorizontalPodAutoscaler/qwen-hpa"]
     emu.inject(method="GET", path_regex="horizontalpodautoscalers", status=403, times=1)
     with pytest.raises(KubePermanentError) as err:
         actuator.foreign_controllers("llama")

@@ -10,8 +10,15 @@ talk to it over plain HTTP on ``127.0.0.1``::
 
 What it emulates
 ----------------
-* ``apps/v1`` Deployments: create, get, list, delete, replace (PUT), patch (strategic-merge, merge, JSON patch) and
-  the ``scale`` subresource (GET/PUT/PATCH answering an ``autoscaling/v1`` ``Scale``).
+* ``apps/v1`` Deployments and StatefulSets and ``leaderworkerset.x-k8s.io/v1`` LeaderWorkerSets: create, get, list,
+  delete, replace (PUT), patch (strategic-merge for the built-in kinds, merge, JSON patch) and the ``scale``
+  subresource (GET/PUT/PATCH answering an ``autoscaling/v1`` ``Scale``; a LeaderWorkerSet's selector is its
+  ``status.hpaPodSelector``).
+* ``keda.sh/v1alpha1`` ScaledObjects (a custom resource; the ``paused-replicas`` annotation must be an integer) and
+  core ``v1`` Events under ``/api/v1`` (list with ``fieldSelector`` such as ``involvedObject.name=x``).
+* ``metadata.managedFields`` for Update operations: the field manager is the ``fieldManager`` query parameter, else
+  the first segment of the ``User-Agent`` (as on a real server); a write to the scale subresource is recorded with
+  ``subresource: scale``. Lists are atomic (one field), as for most custom resources.
 * ``gateway.networking.k8s.io/v1`` HTTPRoutes (a custom resource: merge-patch and JSON patch only; a merge patch
   replaces lists such as ``backendRefs`` wholesale; PUT needs ``metadata.resourceVersion``; strategic merge is 415).
 * ``coordination.k8s.io/v1`` Leases and ``autoscaling/v2`` HorizontalPodAutoscalers (all verbs).
@@ -34,11 +41,14 @@ Test hooks
 * :attr:`K8sEmulator.objects` -- an :class:`ObjectStore` to read and write stored objects from test code.
 * :meth:`K8sEmulator.inject` -- fault injection, answered **before** anything is written.
 * :attr:`K8sEmulator.requests` -- a bounded request log (a ``deque``; appends are O(1), never rescanned).
-* :meth:`K8sEmulator.on_scale` -- callbacks when a Deployment's ``spec.replicas`` changes.
+* :meth:`K8sEmulator.on_scale` -- callbacks when a scalable workload's ``spec.replicas`` changes;
+  :meth:`K8sEmulator.on_write` -- callbacks on any stored change (a controller such as ``testbed.keda`` uses it).
+* :attr:`RequestRecord.user_agent` / :attr:`RequestRecord.field_manager` -- who sent each request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -48,7 +58,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -64,10 +74,14 @@ __all__ = [
     "RequestRecord",
     "ResourceType",
     "ScaleEvent",
+    "WriteEvent",
     "deployment_manifest",
     "hpa_manifest",
     "httproute_manifest",
     "lease_manifest",
+    "leaderworkerset_manifest",
+    "scaledobject_manifest",
+    "statefulset_manifest",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +93,11 @@ _MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{
 _PATH = re.compile(
     r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)"
     r"(?:/namespaces/(?P<namespace>[^/]+))?/(?P<plural>[^/]+)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?/?$"
+)
+# the core group ("" group, version v1) lives under /api/v1
+_CORE_PATH = re.compile(
+    r"^/api/(?P<version>v1)(?:/namespaces/(?P<namespace>[^/]+))?/(?P<plural>[^/]+)"
     r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?/?$"
 )
 _REASONS = {
@@ -185,12 +204,20 @@ class ResourceType:
 
 
 DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "Deployment", builtin=True, has_status=True)
+STATEFULSETS = ResourceType("apps", "v1", "statefulsets", "StatefulSet", builtin=True, has_status=True)
+LEADERWORKERSETS = ResourceType("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", "LeaderWorkerSet", False, True)
 HTTPROUTES = ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", builtin=False, has_status=True)
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease", builtin=True, has_status=False)
 HPAS = ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, True)
+SCALEDOBJECTS = ResourceType("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject", builtin=False, has_status=True)
+EVENTS = ResourceType("", "v1", "events", "Event", builtin=True, has_status=False)
 RESOURCES: dict[tuple[str, str, str], ResourceType] = {
-    (r.group, r.version, r.plural): r for r in (DEPLOYMENTS, HTTPROUTES, LEASES, HPAS)
+    (r.group, r.version, r.plural): r
+    for r in (DEPLOYMENTS, STATEFULSETS, LEADERWORKERSETS, HTTPROUTES, LEASES, HPAS, SCALEDOBJECTS, EVENTS)
 }
+#: workloads with a ``scale`` subresource (the HPA's and ``kubectl scale``'s door): the status path of their
+#: replica count and where the label selector comes from (LeaderWorkerSet: ``status.hpaPodSelector``)
+SCALABLE = (DEPLOYMENTS, STATEFULSETS, LEADERWORKERSETS)
 _BY_PLURAL = {r.plural: r for r in RESOURCES.values()}
 _BY_KIND = {r.kind: r for r in RESOURCES.values()}
 
@@ -207,6 +234,8 @@ class RequestRecord:
     status: int
     injected: bool
     body: Any = None
+    user_agent: str | None = None
+    field_manager: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +247,27 @@ class ScaleEvent:
     old_replicas: int | None
     new_replicas: int | None
     resource_version: str
+    kind: str = "Deployment"
+
+
+@dataclass(frozen=True)
+class WriteEvent:
+    """Any stored object changed (``old``/``new`` None when created/deleted); see :meth:`K8sEmulator.on_write`."""
+
+    plural: str
+    namespace: str
+    name: str
+    old: Mapping[str, Any] | None
+    new: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _WriteContext:
+    """Who is writing (for managedFields): the field manager, the operation and the subresource."""
+
+    manager: str
+    operation: str
+    subresource: str | None = None
 
 
 @dataclass
@@ -328,6 +378,72 @@ def hpa_manifest(
                 {
                     "type": "Resource",
                     "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+                }
+            ],
+        },
+    }
+
+
+def statefulset_manifest(
+    name: str, replicas: int = 1, image: str = "vllm/vllm-openai:latest", namespace: str | None = None
+) -> dict[str, Any]:
+    """A minimal valid ``apps/v1`` StatefulSet body."""
+    body = deployment_manifest(name, replicas, None, image, namespace)
+    body["kind"] = "StatefulSet"
+    body["spec"]["serviceName"] = name
+    return body
+
+
+def leaderworkerset_manifest(
+    name: str, replicas: int = 1, size: int = 2, image: str = "vllm/vllm-openai:latest", namespace: str | None = None
+) -> dict[str, Any]:
+    """A minimal ``leaderworkerset.x-k8s.io/v1`` LeaderWorkerSet (one group = a leader and ``size - 1`` workers)."""
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    pod = {"spec": {"containers": [{"name": "server", "image": image}]}}
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": meta,
+        "spec": {"replicas": replicas, "leaderWorkerTemplate": {"size": size, "workerTemplate": pod}},
+    }
+
+
+def scaledobject_manifest(
+    name: str,
+    target: str,
+    min_replicas: int = 1,
+    max_replicas: int = 10,
+    threshold: str = "64",
+    query: str = 'sum(vllm:num_requests_running{model_name="m"})',
+    namespace: str | None = None,
+    target_kind: str | None = None,
+    target_api_version: str | None = None,
+) -> dict[str, Any]:
+    """A KEDA ``keda.sh/v1alpha1`` ScaledObject with one Prometheus trigger."""
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    ref: dict[str, Any] = {"name": target}
+    if target_kind:
+        ref["kind"] = target_kind
+    if target_api_version:
+        ref["apiVersion"] = target_api_version
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": meta,
+        "spec": {
+            "scaleTargetRef": ref,
+            "minReplicaCount": min_replicas,
+            "maxReplicaCount": max_replicas,
+            "pollingInterval": 30,
+            "cooldownPeriod": 300,
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "metadata": {"serverAddress": "http://prometheus:9090", "query": query, "threshold": threshold},
                 }
             ],
         },
@@ -520,13 +636,41 @@ def _validate(rt: ResourceType, obj: dict[str, Any]) -> list[tuple[str, str]]:
         ):
             errors.append((f"metadata.{key}", "Invalid value: must be a map of strings"))
     spec = obj.get("spec")
-    if rt.kind in ("Deployment", "HorizontalPodAutoscaler") and not isinstance(spec, dict):
+    if rt in (*SCALABLE, HPAS, SCALEDOBJECTS) and not isinstance(spec, dict):
         return [*errors, ("spec", "Required value")]
     if spec is not None and not isinstance(spec, dict):
         return [*errors, ("spec", "Invalid value: must be an object")]
     spec = spec or {}
-    if rt is DEPLOYMENTS:
+    if rt in (DEPLOYMENTS, STATEFULSETS):
         errors += _validate_deployment(spec)
+    elif rt is LEADERWORKERSETS:
+        replicas = spec.get("replicas")
+        if not _is_int(replicas) or replicas < 0:
+            errors.append(("spec.replicas", f"Invalid value: {replicas!r}: must be greater than or equal to 0"))
+        size = (spec.get("leaderWorkerTemplate") or {}).get("size", 1)
+        if not _is_int(size) or size < 1:
+            errors.append(("spec.leaderWorkerTemplate.size", f"Invalid value: {size!r}: must be >= 1"))
+    elif rt is SCALEDOBJECTS:
+        ref = spec.get("scaleTargetRef")
+        if not isinstance(ref, dict) or not ref.get("name"):
+            errors.append(("spec.scaleTargetRef.name", "Required value"))
+        for key in ("minReplicaCount", "maxReplicaCount", "idleReplicaCount", "pollingInterval", "cooldownPeriod"):
+            if key in spec and (not _is_int(spec[key]) or spec[key] < 0):
+                errors.append((f"spec.{key}", f"Invalid value: {spec[key]!r}: must be a non-negative integer"))
+        paused = (obj["metadata"].get("annotations") or {}).get("autoscaling.keda.sh/paused-replicas")
+        if paused is not None and not (isinstance(paused, str) and paused.isdigit()):
+            errors.append(("metadata.annotations[autoscaling.keda.sh/paused-replicas]",
+                           f"Invalid value: {paused!r}: must be a non-negative integer"))
+    elif rt is EVENTS:
+        inv = obj.get("involvedObject")
+        if not isinstance(inv, dict) or not inv.get("name") or not inv.get("kind"):
+            errors.append(("involvedObject", "Required value: kind and name"))
+        if obj.get("type") not in (None, "Normal", "Warning"):
+            errors.append(("type", f"Unsupported value: {obj.get('type')!r}: supported values: Normal, Warning"))
+        if not obj.get("reason"):
+            errors.append(("reason", "Required value"))
+        if len(str(obj.get("message") or "")) > 1024:
+            errors.append(("message", "Too long: may not be longer than 1024"))
     elif rt is HTTPROUTES:
         errors += _validate_httproute(spec)
     elif rt is LEASES:
@@ -647,6 +791,122 @@ def _label_filter(selector: str) -> Callable[[Mapping[str, str]], bool]:
     return lambda labels: all(t(labels) for t in tests)
 
 
+def _field_filter(selector: str) -> Callable[[Mapping[str, Any]], bool]:
+    """A predicate for a ``fieldSelector`` query: ``a.b=v``, ``a.b==v``, ``a.b!=v``, comma-separated."""
+    tests: list[Callable[[Mapping[str, Any]], bool]] = []
+
+    def value_at(obj: Mapping[str, Any], dotted: str) -> str:
+        cur: Any = obj
+        for part in dotted.split("."):
+            cur = cur.get(part) if isinstance(cur, Mapping) else None
+        return "" if cur is None else str(cur)
+
+    for raw in (s.strip() for s in selector.split(",") if s.strip()):
+        if "!=" in raw:
+            k, v = (x.strip() for x in raw.split("!=", 1))
+            tests.append(lambda obj, k=k, v=v: value_at(obj, k) != v)
+        elif "=" in raw:
+            k, v = (x.strip() for x in raw.replace("==", "=").split("=", 1))
+            tests.append(lambda obj, k=k, v=v: value_at(obj, k) == v)
+        else:
+            raise ApiError(400, f"invalid field selector {raw!r}: expected key=value or key!=value")
+    return lambda obj: all(t(obj) for t in tests)
+
+
+_SERVER_META = ("resourceVersion", "generation", "managedFields", "uid", "creationTimestamp", "namespace", "name")
+
+
+def _leaf_paths(obj: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Every leaf of a JSON object by path (lists are atomic leaves, as for most list fields of CRDs)."""
+    if isinstance(obj, dict):  # an empty object holds no field
+        out: dict[tuple[str, ...], Any] = {}
+        for key, value in obj.items():
+            out.update(_leaf_paths(value, (*prefix, str(key))))
+        return out
+    return {prefix: obj} if prefix else {}
+
+
+def _owned_fields(rt: ResourceType, obj: Mapping[str, Any] | None, subresource: str | None) -> dict[tuple, Any]:
+    if obj is None:
+        return {}
+    if subresource == "scale":
+        return {("spec", "replicas"): obj.get("spec", {}).get("replicas")}
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status" if rt.has_status else "")}
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _SERVER_META}
+    body["metadata"] = meta
+    return _leaf_paths(body)
+
+
+def _fields_v1(paths: Iterable[tuple[str, ...]]) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    for path in sorted(paths):
+        node = root
+        for part in path:
+            node = node.setdefault(f"f:{part}", {})
+    return root
+
+
+def _paths_of(fields: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for key, value in fields.items():
+        if not key.startswith("f:"):
+            continue
+        path = (*prefix, key[2:])
+        if isinstance(value, Mapping) and any(k.startswith("f:") for k in value):
+            out |= _paths_of(value, path)
+        else:
+            out.add(path)
+    return out
+
+
+def _update_managed_fields(
+    rt: ResourceType, new: dict[str, Any], old: dict[str, Any] | None, ctx: _WriteContext, now: str
+) -> None:
+    """Record who set what, like the API server does for Update operations.
+
+    The writer's entry (manager, operation, subresource) gains every field this write changed or created; those
+    fields leave every other manager's entry (ownership moves to the last writer); removed fields leave every entry;
+    entries left with no field disappear. Lists count as one field (atomic), as for most custom resources.
+    """
+    before = _owned_fields(rt, old, None)
+    after = _owned_fields(rt, new, None)
+    if ctx.subresource == "scale":
+        changed = {("spec", "replicas")} if before.get(("spec", "replicas")) != after.get(("spec", "replicas")) else set()
+    else:
+        changed = {p for p, v in after.items() if before.get(p, _MISSING) != v}
+    removed = set(before) - set(after)
+    entries = []
+    mine = None
+    for entry in new["metadata"].get("managedFields") or []:
+        paths = _paths_of(entry.get("fieldsV1") or {}) - changed - removed
+        key = (entry.get("manager"), entry.get("operation"), entry.get("subresource"))
+        if key == (ctx.manager, ctx.operation, ctx.subresource):
+            mine = (entry, paths)
+            continue
+        if paths:
+            entries.append({**entry, "fieldsV1": _fields_v1(paths)})
+    own = (mine[1] if mine else set()) | changed
+    if own:
+        entry = {
+            "manager": ctx.manager,
+            "operation": ctx.operation,
+            "apiVersion": rt.api_version,
+            "time": now,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": _fields_v1(own),
+        }
+        if ctx.subresource:
+            entry["subresource"] = ctx.subresource
+        entries.append(entry)
+    if entries:
+        new["metadata"]["managedFields"] = entries
+    else:
+        new["metadata"].pop("managedFields", None)
+
+
+_MISSING = object()
+
+
 def _without_rv(obj: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(obj)
     out["metadata"] = {k: v for k, v in obj.get("metadata", {}).items() if k != "resourceVersion"}
@@ -672,6 +932,8 @@ class ObjectStore:
         self._data: dict[str, dict[tuple[str, str], dict[str, Any]]] = {p: {} for p in _BY_PLURAL}
         self._rv = 0
         self._scale_callbacks: list[Callable[[ScaleEvent], None]] = []
+        self._write_callbacks: list[Callable[[WriteEvent], None]] = []
+        self._ctx = threading.local()  # the HTTP request being served (field manager) in this thread
         self.callback_errors: list[BaseException] = []
 
     # --- test-facing API ------------------------------------------------------------------------------------------
@@ -731,6 +993,16 @@ class ObjectStore:
             mutate(new)
             new.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
             return self._replace(rt, namespace, name, new, old, keep_status=False)
+
+    @contextlib.contextmanager
+    def as_manager(self, manager: str, operation: str = "Update") -> Iterator[None]:
+        """Writes made inside the block (from test code or a callback) are recorded in managedFields as ``manager``."""
+        previous = getattr(self._ctx, "value", None)
+        self._ctx.value = _WriteContext(manager, operation)
+        try:
+            yield
+        finally:
+            self._ctx.value = previous
 
     def delete(self, plural: str, namespace: str, name: str) -> bool:
         """Delete an object; False if it was not there."""
@@ -849,14 +1121,18 @@ class ObjectStore:
     def _delete(self, rt: ResourceType, ns: str, name: str) -> dict[str, Any]:
         old = self._data[rt.plural].pop((ns, name))
         self._rv += 1
-        if rt is DEPLOYMENTS:
-            self._fire(ScaleEvent(ns, name, old["spec"].get("replicas"), None, str(self._rv)))
+        if rt in SCALABLE:
+            self._fire(ScaleEvent(ns, name, old["spec"].get("replicas"), None, str(self._rv), rt.kind))
+        self._fire_write(WriteEvent(rt.plural, ns, name, copy.deepcopy(old), None))
         return old
 
     def _default(self, rt: ResourceType, obj: dict[str, Any]) -> None:
         spec = obj.get("spec")
-        if rt is DEPLOYMENTS and isinstance(spec, dict):
+        if rt in SCALABLE and isinstance(spec, dict):
             spec.setdefault("replicas", 1)
+        elif rt is EVENTS:
+            obj.setdefault("count", 1)
+            obj.setdefault("type", "Normal")
         elif rt is HPAS and isinstance(spec, dict):
             spec.setdefault("minReplicas", 1)
             obj.setdefault("status", {"desiredReplicas": 0})
@@ -883,7 +1159,7 @@ class ObjectStore:
     def _commit(
         self, rt: ResourceType, ns: str, name: str, new: dict[str, Any], old: dict[str, Any] | None, dry_run: bool
     ) -> dict[str, Any]:
-        if rt is DEPLOYMENTS and self._auto_status:
+        if rt in SCALABLE and self._auto_status:
             replicas = new["spec"]["replicas"]
             new["status"] = {
                 "observedGeneration": new["metadata"]["generation"],
@@ -892,9 +1168,21 @@ class ObjectStore:
                 "readyReplicas": replicas,
                 "availableReplicas": replicas,
             }
+            if rt is LEADERWORKERSETS:
+                new["status"] = {"replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
+                                 "hpaPodSelector": f"leaderworkerset.sigs.k8s.io/name={name},"
+                                                   "leaderworkerset.sigs.k8s.io/worker-index=0"}
+        # managedFields are the server's: what the client sent is ignored, the old entries carry over
+        if old is not None and "managedFields" in old["metadata"]:
+            new["metadata"]["managedFields"] = copy.deepcopy(old["metadata"]["managedFields"])
+        else:
+            new["metadata"].pop("managedFields", None)
         if old is not None and _without_rv(new) == _without_rv(old):
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             return copy.deepcopy(old)  # a no-op write keeps the resourceVersion, as on a real server
+        ctx: _WriteContext | None = getattr(self._ctx, "value", None)
+        if ctx is not None:
+            _update_managed_fields(rt, new, old, ctx, self._now())
         rv = self._rv + (0 if dry_run else 1)
         new["metadata"]["resourceVersion"] = str(rv)
         if old is None:
@@ -903,12 +1191,21 @@ class ObjectStore:
             return copy.deepcopy(new)
         self._rv = rv
         self._data[rt.plural][(ns, name)] = copy.deepcopy(new)
-        if rt is DEPLOYMENTS:
+        if rt in SCALABLE:
             before = old["spec"].get("replicas") if old is not None else None
             after = new["spec"]["replicas"]
             if before != after:
-                self._fire(ScaleEvent(ns, name, before, after, str(rv)))
+                self._fire(ScaleEvent(ns, name, before, after, str(rv), rt.kind))
+        self._fire_write(WriteEvent(rt.plural, ns, name, copy.deepcopy(old), copy.deepcopy(new)))
         return copy.deepcopy(new)
+
+    def _fire_write(self, event: WriteEvent) -> None:
+        for callback in list(self._write_callbacks):
+            try:
+                callback(event)
+            except Exception as exc:  # a broken test callback must not break the API answer
+                log.exception("write callback %r failed", callback)
+                self.callback_errors.append(exc)
 
     def _fire(self, event: ScaleEvent) -> None:
         # Called with the store lock held, so callbacks see changes in commit order; they may use the store.
@@ -1091,6 +1388,27 @@ class K8sEmulator:
             self.objects._scale_callbacks.append(callback)
         return callback
 
+    def on_write(self, callback: Callable[[WriteEvent], None]) -> Callable[[WriteEvent], None]:
+        """Call ``callback(WriteEvent)`` after any stored object changes (a controller's watch, synchronously).
+
+        Same rules as :meth:`on_scale`: runs in commit order with the store locked and may use :attr:`objects`
+        (writes it makes fire callbacks in turn, so it must only react to what it does not itself write).
+        """
+        with self.objects._lock:
+            self.objects._write_callbacks.append(callback)
+        return callback
+
+    def remove_write_callback(self, callback: Callable[[WriteEvent], None]) -> None:
+        """Undo :meth:`on_write`."""
+        with self.objects._lock:
+            self.objects._write_callbacks.remove(callback)
+
+    def events(self, namespace: str | None = None, involved_name: str | None = None) -> list[dict[str, Any]]:
+        """Stored core/v1 Events (optionally of one involved object), oldest first (by lastTimestamp, name)."""
+        items = [e for e in self.objects.list("events", namespace)
+                 if involved_name is None or (e.get("involvedObject") or {}).get("name") == involved_name]
+        return sorted(items, key=lambda e: (str(e.get("lastTimestamp") or ""), e["metadata"]["name"]))
+
     def remove_scale_callback(self, callback: Callable[[ScaleEvent], None]) -> None:
         """Undo :meth:`on_scale`."""
         with self.objects._lock:
@@ -1161,7 +1479,11 @@ class K8sEmulator:
                 parse_error = exc
         injected = False
         headers: dict[str, str] = {}
+        user_agent = req.headers.get("User-Agent")
+        manager = (parse_qs(query).get("fieldManager") or [None])[0]
         try:
+            if manager is not None and (not manager or len(manager) > 128 or not manager.isprintable()):
+                raise ApiError(422, f"fieldManager: Invalid value: {manager!r}: must be 1-128 printable characters")
             fault = self._take_fault(method, path)
             if fault is not None:
                 if fault.delay_s > 0:
@@ -1173,19 +1495,28 @@ class K8sEmulator:
                     raise ApiError(fault.status, fault.message or f"injected fault ({fault.status})", None, extra, hdr)
             if parse_error is not None:
                 raise ApiError(400, f"couldn't get version/kind; json parse error: {parse_error}")
-            code, answer = self._dispatch(method, path, parse_qs(query), content_type, body, raw)
+            # the real server names an unnamed manager after the User-Agent's first segment ("OpenAPI-Generator")
+            who = manager or (user_agent or "unknown").split("/")[0] or "unknown"
+            self.objects._ctx.value = _WriteContext(who, "Update")
+            try:
+                code, answer = self._dispatch(method, path, parse_qs(query), content_type, body, raw)
+            finally:
+                self.objects._ctx.value = None
         except ApiError as err:
             code, answer, headers = err.code, err.status(), err.headers
         except Exception as exc:  # an emulator bug must still answer a valid Status
             log.exception("emulator failure on %s %s", method, path)
             code, answer = 500, ApiError(500, f"emulator internal error: {exc!r}").status()
-        self._record(method, path, query, content_type, code, injected, body)
+        self._record(method, path, query, content_type, code, injected, body, user_agent, manager)
         _send(req, code, answer, headers)
 
-    def _record(self, method: str, path: str, query: str, ctype: str | None, code: int, injected: bool, body: Any):
+    def _record(self, method: str, path: str, query: str, ctype: str | None, code: int, injected: bool, body: Any,
+                user_agent: str | None = None, manager: str | None = None) -> None:
         with self._log_lock:
             self._seq += 1
-            self._log.append(RequestRecord(self._seq, method, path, query, ctype, code, injected, body))
+            self._log.append(
+                RequestRecord(self._seq, method, path, query, ctype, code, injected, body, user_agent, manager)
+            )
 
     def _dispatch(
         self, method: str, path: str, query: dict[str, list[str]], ctype: str | None, body: Any, raw: bytes
@@ -1194,13 +1525,14 @@ class K8sEmulator:
             return 200, "ok"
         if path == "/version":
             return 200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0-fleetpilot-emulator", "platform": "linux"}
-        match = _PATH.match(path)
-        rt = RESOURCES.get((match["group"], match["version"], match["plural"])) if match else None
+        match = _PATH.match(path) or _CORE_PATH.match(path)
+        group = (match.groupdict().get("group") or "") if match else ""
+        rt = RESOURCES.get((group, match["version"], match["plural"])) if match else None
         if match is None or rt is None:
             raise ApiError(404, "the server could not find the requested resource", "NotFound")
         ns, name, sub = match["namespace"], match["name"], match["sub"]
         dry_run = "All" in query.get("dryRun", [])
-        if sub is not None and (sub != "scale" or rt is not DEPLOYMENTS or ns is None):
+        if sub is not None and (sub != "scale" or rt not in SCALABLE or ns is None):
             raise ApiError(404, "the server could not find the requested resource", "NotFound")
         if ns is None and (name is not None or method != "GET"):
             raise ApiError(404, "the server could not find the requested resource", "NotFound")
@@ -1209,7 +1541,9 @@ class K8sEmulator:
         store = self.objects
         with store._lock:
             if sub == "scale":
-                return self._scale(method, ns, name, ctype, body, raw, dry_run)
+                ctx = self.objects._ctx.value
+                self.objects._ctx.value = _WriteContext(ctx.manager, ctx.operation, "scale")
+                return self._scale(rt, method, ns, name, ctype, body, raw, dry_run)
             if name is None:
                 if method == "GET":
                     return 200, self._list(rt, ns, query)
@@ -1255,9 +1589,10 @@ class K8sEmulator:
         if query.get("watch", ["false"])[0] in ("true", "1"):
             raise ApiError(400, "watch is not supported by the fleetpilot emulator")
         keep = _label_filter(query.get("labelSelector", [""])[0])
+        keep_fields = _field_filter(query.get("fieldSelector", [""])[0])
         items = []
         for (item_ns, _), obj in sorted(self.objects._data[rt.plural].items()):
-            if (ns is None or item_ns == ns) and keep(obj["metadata"].get("labels") or {}):
+            if (ns is None or item_ns == ns) and keep(obj["metadata"].get("labels") or {}) and keep_fields(obj):
                 items.append(copy.deepcopy(obj))
         return {
             "apiVersion": rt.api_version,
@@ -1267,10 +1602,11 @@ class K8sEmulator:
         }
 
     def _scale(
-        self, method: str, ns: str, name: str, ctype: str | None, body: Any, raw: bytes, dry_run: bool
+        self, rt: ResourceType, method: str, ns: str, name: str, ctype: str | None, body: Any, raw: bytes,
+        dry_run: bool,
     ) -> tuple[int, Any]:
         store = self.objects
-        deployment = store._stored(DEPLOYMENTS, ns, name)
+        deployment = store._stored(rt, ns, name)
         current = _scale_of(deployment)
         if method == "GET":
             return 200, current
@@ -1306,7 +1642,7 @@ class K8sEmulator:
         new["metadata"]["resourceVersion"] = meta.get("resourceVersion") or deployment["metadata"]["resourceVersion"]
         if meta.get("uid"):
             new["metadata"]["uid"] = meta["uid"]
-        updated = store._replace(DEPLOYMENTS, ns, name, new, deployment, keep_status=True, dry_run=dry_run)
+        updated = store._replace(rt, ns, name, new, deployment, keep_status=True, dry_run=dry_run)
         return 200, _scale_of(updated)
 
 
@@ -1325,7 +1661,8 @@ def _scale_of(deployment: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {"replicas": deployment["spec"]["replicas"]},
         "status": {
             "replicas": int((deployment.get("status") or {}).get("replicas", 0)),
-            "selector": _selector_string(deployment["spec"].get("selector")),
+            "selector": (deployment.get("status") or {}).get("hpaPodSelector")
+            or _selector_string(deployment["spec"].get("selector")),
         },
     }
 

@@ -1,0 +1,449 @@
+"""Handover from the autoscaler a team already runs (an HPA or a KEDA ScaledObject) to fleetpilot, and back.
+
+Reading the incumbent
+---------------------
+:func:`read_incumbents` finds the autoscaling/v2 HPAs and KEDA ScaledObjects that target a model's workload and
+reads what their owners tuned: min/max replicas, the metric and its per-replica target, the scale-down
+stabilisation window (``behavior``), KEDA's polling interval and cooldown. :func:`incumbent_policy` turns them into
+fleetpilot's own HPA / KEDA policies (:mod:`fleetpilot.policies.baselines`, upstream behaviour) with those settings,
+so the shadow comparison and the daemon's fallback use *the user's* autoscaler, as tuned, not a default one.
+
+Only metrics fleetpilot observes can be mapped: per-replica concurrency of vLLM (``vllm:num_requests_running`` ->
+``in_flight``; ``..._waiting`` -> ``queue``) as an HPA Pods/Object/External metric or a KEDA ``prometheus`` trigger
+(``threshold`` is the per-replica target, KEDA's default ``AverageValue``). Anything else (CPU, a request rate, a
+custom metric) keeps the goal's default target, and :attr:`Incumbent.notes` says so -- never a silent guess.
+
+Taking over and handing back (KEDA)
+-----------------------------------
+``fleetpilot run --mode control --take-over keda`` pauses each ScaledObject on a managed workload with KEDA's own
+``autoscaling.keda.sh/paused-replicas`` annotation set to the current replicas, marks it
+``fleetpilot.io/taken-over-by: <identity>`` (keeping any earlier pause value in
+``fleetpilot.io/previous-paused-replicas``), and from then on writes every new replica count into the annotation
+*before* scaling the workload, so a KEDA that re-applies its paused count (or pins its HPA to it) agrees with
+fleetpilot. On exit or loss of leadership :meth:`KedaTakeover.give_back` removes fleetpilot's annotations (restoring
+an earlier pause), and KEDA resumes with its HPA. HPAs are never deleted or edited by fleetpilot: the user moves an
+HPA out of the way (docs/deploy.md shows the sequence: shadow -> shadow-report -> remove the HPA -> control).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fleetpilot.agent.kube import (
+    KEDA_GROUP,
+    KEDA_VERSION,
+    SCALEDOBJECTS,
+    ApplyOutcome,
+    KubeActuator,
+    KubePermanentError,
+    KubeTemporaryError,
+    _keda_owner,
+)
+from fleetpilot.policies.base import Decision, Observation, PolicyBase
+from fleetpilot.simulations.goal import GoalSpec
+
+__all__ = [
+    "PAUSED_ANNOTATION",
+    "PAUSED_REPLICAS_ANNOTATION",
+    "PREVIOUS_PAUSED_ANNOTATION",
+    "TAKEN_OVER_ANNOTATION",
+    "Incumbent",
+    "IncumbentPolicy",
+    "KedaTakeover",
+    "incumbent_goal",
+    "incumbent_policy",
+    "is_paused",
+    "parse_hpa",
+    "parse_scaledobject",
+    "read_incumbents",
+]
+
+log = logging.getLogger(__name__)
+
+PAUSED_REPLICAS_ANNOTATION = "autoscaling.keda.sh/paused-replicas"
+PAUSED_ANNOTATION = "autoscaling.keda.sh/paused"
+TAKEN_OVER_ANNOTATION = "fleetpilot.io/taken-over-by"
+PREVIOUS_PAUSED_ANNOTATION = "fleetpilot.io/previous-paused-replicas"
+
+KEDA_DEFAULT_MIN = 0
+KEDA_DEFAULT_MAX = 100
+KEDA_DEFAULT_POLLING_S = 30.0
+KEDA_DEFAULT_COOLDOWN_S = 300.0
+HPA_DEFAULT_DOWN_WINDOW_S = 300.0
+
+_RUNNING = re.compile(r"num_requests_running")
+_WAITING = re.compile(r"num_requests_waiting")
+
+
+def is_paused(so: Mapping[str, Any]) -> bool:
+    """Whether a ScaledObject is paused (``paused-replicas`` set, or ``paused: "true"``)."""
+    ann = (so.get("metadata") or {}).get("annotations") or {}
+    return PAUSED_REPLICAS_ANNOTATION in ann or str(ann.get(PAUSED_ANNOTATION, "")).lower() == "true"
+
+
+@dataclass(frozen=True)
+class Incumbent:
+    """An autoscaler found on a model's workload, with the settings its owner chose.
+
+    ``metric`` / ``target_per_replica``: fleetpilot's equivalent (``in_flight`` or ``queue`` and the per-replica
+    target) when the autoscaler's metric maps onto what fleetpilot observes, else None (see ``notes``).
+    ``down_window_s``: the scale-down stabilisation window; ``polling_s`` / ``cooldown_s``: KEDA only.
+    """
+
+    kind: Literal["hpa", "keda"]
+    namespace: str
+    name: str
+    min_replicas: int
+    max_replicas: int
+    metric: str | None
+    target_per_replica: float | None
+    down_window_s: float
+    polling_s: float | None = None
+    cooldown_s: float | None = None
+    paused: bool = False
+    taken_over_by: str | None = None
+    owner: str | None = None  # the ScaledObject that generated this HPA (KEDA), if any
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        """``HorizontalPodAutoscaler/name`` or ``ScaledObject/name``."""
+        return f"{'HorizontalPodAutoscaler' if self.kind == 'hpa' else 'ScaledObject'}/{self.name}"
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary (audit, shadow report)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, ())}
+
+
+def _num(value: Any) -> float | None:
+    """A Kubernetes quantity or number as float (``"500m"`` -> 0.5, ``"64"`` -> 64); None when unreadable."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else None
+    text = str(value).strip()
+    scale = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9}
+    try:
+        if text and text[-1] in scale:
+            return float(text[:-1]) * scale[text[-1]]
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _map_metric(name: str) -> str | None:
+    if _WAITING.search(name):
+        return "queue"
+    if _RUNNING.search(name):
+        return "in_flight"
+    return None
+
+
+def _down_window(behavior: Mapping[str, Any] | None, default: float) -> float:
+    down = (behavior or {}).get("scaleDown") or {}
+    value = _num(down.get("stabilizationWindowSeconds"))
+    return default if value is None else value
+
+
+def parse_hpa(hpa: Mapping[str, Any]) -> Incumbent:
+    """Read an autoscaling/v2 HPA (a plain dict, camelCase keys)."""
+    meta, spec = hpa.get("metadata") or {}, hpa.get("spec") or {}
+    notes: list[str] = []
+    metric, target = None, None
+    for m in spec.get("metrics") or []:
+        kind = m.get("type")
+        body = m.get({"Pods": "pods", "Object": "object", "External": "external",
+                      "Resource": "resource", "ContainerResource": "containerResource"}.get(kind, ""), {}) or {}
+        name = (body.get("metric") or {}).get("name") or body.get("name") or ""
+        tgt = body.get("target") or {}
+        mapped = _map_metric(str(name))
+        if mapped is None:
+            notes.append(f"{kind} metric {name!r} is not one fleetpilot observes: the goal's default target is used")
+            continue
+        value = _num(tgt.get("averageValue"))
+        if value is None and tgt.get("type") == "Value" and kind == "External":
+            notes.append(f"{kind} metric {name!r} has a total (Value) target, not per replica: not mapped")
+            continue
+        if value is None or value <= 0:
+            notes.append(f"{kind} metric {name!r}: no usable averageValue target")
+            continue
+        if metric is None:
+            metric, target = mapped, value
+        else:
+            notes.append(f"{kind} metric {name!r} ignored: fleetpilot's HPA follows one metric ({metric})")
+    owner = _keda_owner(hpa)
+    return Incumbent(
+        kind="hpa",
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        min_replicas=int(spec.get("minReplicas") or 1),
+        max_replicas=int(spec.get("maxReplicas") or 1),
+        metric=metric,
+        target_per_replica=target,
+        down_window_s=_down_window(spec.get("behavior"), HPA_DEFAULT_DOWN_WINDOW_S),
+        owner=owner,
+        notes=tuple(notes),
+    )
+
+
+def parse_scaledobject(so: Mapping[str, Any]) -> Incumbent:
+    """Read a KEDA ScaledObject (KEDA's defaults: min 0, max 100, polling 30 s, cooldown 300 s)."""
+    meta, spec = so.get("metadata") or {}, so.get("spec") or {}
+    ann = meta.get("annotations") or {}
+    notes: list[str] = []
+    metric, target = None, None
+    for trig in spec.get("triggers") or []:
+        md = trig.get("metadata") or {}
+        kind = trig.get("type")
+        query = str(md.get("query") or md.get("metricName") or "")
+        mapped = _map_metric(query) if kind == "prometheus" else None
+        if mapped is None:
+            notes.append(f"{kind} trigger ({query[:80]!r}) is not a metric fleetpilot observes: default target used")
+            continue
+        if trig.get("metricType", "AverageValue") != "AverageValue":
+            notes.append(f"prometheus trigger with metricType {trig.get('metricType')}: not per replica, not mapped")
+            continue
+        value = _num(md.get("threshold"))
+        if value is None or value <= 0:
+            notes.append("prometheus trigger without a usable threshold")
+            continue
+        if metric is None:
+            metric, target = mapped, value
+        else:
+            notes.append("more than one mappable trigger: the first is used")
+    hpa_cfg = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {})
+    polling = _num(spec.get("pollingInterval"))
+    cooldown = _num(spec.get("cooldownPeriod"))
+    min_r = spec.get("minReplicaCount")
+    max_r = spec.get("maxReplicaCount")
+    return Incumbent(
+        kind="keda",
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        min_replicas=KEDA_DEFAULT_MIN if min_r is None else int(min_r),
+        max_replicas=KEDA_DEFAULT_MAX if max_r is None else int(max_r),
+        metric=metric,
+        target_per_replica=target,
+        down_window_s=_down_window(hpa_cfg.get("behavior"), HPA_DEFAULT_DOWN_WINDOW_S),
+        polling_s=KEDA_DEFAULT_POLLING_S if polling is None else polling,
+        cooldown_s=KEDA_DEFAULT_COOLDOWN_S if cooldown is None else cooldown,
+        paused=is_paused(so),
+        taken_over_by=ann.get(TAKEN_OVER_ANNOTATION),
+        notes=tuple(notes),
+    )
+
+
+def read_incumbents(actuator: KubeActuator, model: str) -> list[Incumbent]:
+    """Every HPA and ScaledObject targeting the model's workload; a KEDA-generated HPA is folded into its
+    ScaledObject (the ScaledObject carries the settings). Raises like :meth:`KubeActuator.read_replicas`."""
+    w = actuator.workload(model)
+    scaled = [parse_scaledobject(so) for so in actuator.list_scaledobjects(w.namespace)
+              if w.matches((so.get("spec") or {}).get("scaleTargetRef") or {})]
+    keda_names = {s.name for s in scaled}
+    hpas = [parse_hpa(h) for h in actuator.list_hpas(w.namespace)
+            if w.matches((h.get("spec") or {}).get("scaleTargetRef") or {})]
+    return scaled + [h for h in hpas if h.owner not in keda_names]
+
+
+def incumbent_goal(goal: GoalSpec, model: str, inc: Incumbent) -> GoalSpec:
+    """The goal as the incumbent sees ``model``: only that model, the incumbent's min/max and windows."""
+    spec = goal.model(model)
+    lo = max(0, min(inc.min_replicas, inc.max_replicas))
+    m = dataclasses.replace(spec, min_replicas=lo, max_replicas=max(inc.max_replicas, lo, 1))
+    b = goal.baselines
+    changes: dict[str, Any] = {"hpa_scale_down_window_s": inc.down_window_s}
+    if inc.metric in ("in_flight", "queue"):
+        changes["hpa_metric"] = inc.metric
+    if inc.target_per_replica is not None:
+        changes["hpa_target_per_replica"] = inc.target_per_replica
+        changes["keda_target_per_replica"] = inc.target_per_replica
+    if inc.polling_s is not None:
+        changes["keda_polling_s"] = inc.polling_s
+    if inc.cooldown_s is not None:
+        changes["keda_cooldown_s"] = inc.cooldown_s
+    return dataclasses.replace(goal, models=(m,), routes=(), baselines=dataclasses.replace(b, **changes))
+
+
+class IncumbentPolicy(PolicyBase):
+    """The incumbents found on the workloads, each run by fleetpilot's upstream-faithful HPA/KEDA policy with the
+    settings read from the cluster; models without one follow ``others`` (the goal's fallback). Weights: the
+    goal's defaults (incumbents do not route)."""
+
+    bypass_shield = True  # an incumbent runs as its users run it
+    uses_forecast = False
+
+    def __init__(self, goal: GoalSpec, parts: Mapping[str, tuple[Incumbent | None, Any]]) -> None:
+        from fleetpilot.policies.baselines import default_weights
+
+        self.goal = goal
+        self._parts = dict(parts)
+        self._weights = default_weights(goal)
+        self.name = "incumbent(" + ",".join(
+            f"{m}={inc.kind}:{inc.name}" if inc is not None else f"{m}={getattr(p, 'name', '?')}"
+            for m, (inc, p) in self._parts.items()
+        ) + ")"
+
+    @property
+    def incumbents(self) -> dict[str, Incumbent]:
+        """Model -> the incumbent read for it."""
+        return {m: inc for m, (inc, _) in self._parts.items() if inc is not None}
+
+    def initial_state(self) -> tuple[tuple[str, Any], ...]:
+        return tuple((m, p.initial_state()) for m, (_, p) in self._parts.items())
+
+    def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
+        states = dict(state)
+        reps: dict[str, int] = {}
+        new: list[tuple[str, Any]] = []
+        for m, (_, policy) in self._parts.items():
+            d, s = policy.decide(obs, states.get(m))
+            if m in d.replicas:
+                reps[m] = int(d.replicas[m])
+            new.append((m, s))
+        return Decision(reps, {k: dict(v) for k, v in self._weights.items()}), tuple(new)
+
+
+def incumbent_policy(goal: GoalSpec, incumbents: Mapping[str, Sequence[Incumbent] | Incumbent | None],
+                     fallback: str | None = None) -> IncumbentPolicy:
+    """fleetpilot's HPA / KEDA policies configured like the incumbents (one per model; the first found wins;
+    models without one get ``fallback``, default the goal's ``fallback_policy``)."""
+    from fleetpilot.policies.baselines import HPAPolicy, KEDAPolicy
+    from fleetpilot.policies.registry import make
+
+    parts: dict[str, tuple[Incumbent | None, Any]] = {}
+    for spec in goal.models:
+        found = incumbents.get(spec.name)
+        inc = found[0] if isinstance(found, Sequence) and found else (found if isinstance(found, Incumbent) else None)
+        if inc is None:
+            g = dataclasses.replace(goal, models=(spec,), routes=())
+            parts[spec.name] = (None, make(fallback or goal.fallback_policy, g))
+            continue
+        g = incumbent_goal(goal, spec.name, inc)
+        if inc.kind == "keda":
+            policy: Any = KEDAPolicy(g, metric="in_flight", target_per_replica=inc.target_per_replica)
+        else:
+            policy = HPAPolicy(g, metric=inc.metric, target_per_replica=inc.target_per_replica)
+        parts[spec.name] = (inc, policy)
+    return IncumbentPolicy(goal, parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# KEDA take-over
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TakeoverOutcome:
+    """What a take-over or hand-back did for one ScaledObject."""
+
+    model: str
+    scaledobject: str
+    ok: bool
+    message: str
+
+
+class KedaTakeover:
+    """Pause the KEDA ScaledObjects on fleetpilot's workloads while fleetpilot controls them, and give them back.
+
+    Stateless with respect to the process: what is taken over is read from the cluster (fleetpilot's annotation),
+    so a restarted or newly elected fleetpilot sees its predecessor's take-over. Writes are JSON merge patches of
+    ``metadata.annotations`` only, with resourceVersion pinned, through the actuator's retry layer and field manager.
+    """
+
+    def __init__(self, actuator: KubeActuator, identity: str = "fleetpilot") -> None:
+        self.actuator = actuator
+        self.identity = identity
+
+    def scaledobjects(self, model: str) -> list[dict[str, Any]]:
+        """The ScaledObjects targeting the model's workload."""
+        w = self.actuator.workload(model)
+        return [so for so in self.actuator.list_scaledobjects(w.namespace)
+                if w.matches((so.get("spec") or {}).get("scaleTargetRef") or {})]
+
+    def take_over(self, model: str, replicas: int | None = None) -> list[TakeoverOutcome]:
+        """Pause every ScaledObject on the model at ``replicas`` (default: the workload's current replicas)."""
+        out = []
+        if replicas is None:
+            replicas = self.actuator.read_replicas(model)
+        for so in self.scaledobjects(model):
+            ann = so["metadata"].get("annotations") or {}
+            patch: dict[str, Any] = {TAKEN_OVER_ANNOTATION: self.identity, PAUSED_REPLICAS_ANNOTATION: str(replicas)}
+            if TAKEN_OVER_ANNOTATION not in ann and PAUSED_REPLICAS_ANNOTATION in ann:
+                patch[PREVIOUS_PAUSED_ANNOTATION] = ann[PAUSED_REPLICAS_ANNOTATION]
+            res = self._annotate(so, patch)
+            out.append(TakeoverOutcome(model, so["metadata"]["name"], res.ok, res.message))
+            if res.ok and TAKEN_OVER_ANNOTATION not in ann:
+                self.actuator.event_for_model(
+                    model, "Normal", "TookOver",
+                    f"ScaledObject {so['metadata']['name']} paused at {replicas} replicas "
+                    f"({PAUSED_REPLICAS_ANNOTATION}); fleetpilot ({self.identity}) controls the workload")
+        return out
+
+    def follow(self, model: str, replicas: int) -> list[TakeoverOutcome]:
+        """Before fleetpilot scales a taken-over workload: write the new count into ``paused-replicas``."""
+        out = []
+        for so in self.scaledobjects(model):
+            ann = so["metadata"].get("annotations") or {}
+            if ann.get(TAKEN_OVER_ANNOTATION) is None:
+                continue
+            if ann.get(PAUSED_REPLICAS_ANNOTATION) == str(replicas):
+                continue
+            res = self._annotate(so, {PAUSED_REPLICAS_ANNOTATION: str(replicas)})
+            out.append(TakeoverOutcome(model, so["metadata"]["name"], res.ok, res.message))
+        return out
+
+    def taken_over(self, model: str) -> list[str]:
+        """Names of the model's ScaledObjects fleetpilot has paused."""
+        return [so["metadata"]["name"] for so in self.scaledobjects(model)
+                if (so["metadata"].get("annotations") or {}).get(TAKEN_OVER_ANNOTATION)]
+
+    def give_back(self, model: str) -> list[TakeoverOutcome]:
+        """Remove fleetpilot's pause from every ScaledObject on the model (an earlier pause value is restored)."""
+        out = []
+        for so in self.scaledobjects(model):
+            ann = so["metadata"].get("annotations") or {}
+            if TAKEN_OVER_ANNOTATION not in ann:
+                continue
+            previous = ann.get(PREVIOUS_PAUSED_ANNOTATION)
+            patch = {TAKEN_OVER_ANNOTATION: None, PREVIOUS_PAUSED_ANNOTATION: None,
+                     PAUSED_REPLICAS_ANNOTATION: previous}
+            res = self._annotate(so, patch)
+            out.append(TakeoverOutcome(model, so["metadata"]["name"], res.ok, res.message))
+            if res.ok:
+                self.actuator.event_for_model(
+                    model, "Normal", "HandedBack",
+                    f"ScaledObject {so['metadata']['name']} unpaused: KEDA controls the workload again")
+        return out
+
+    def _annotate(self, so: Mapping[str, Any], annotations: Mapping[str, str | None]) -> ApplyOutcome:
+        a = self.actuator
+        ns, name = so["metadata"]["namespace"], so["metadata"]["name"]
+        target = f"scaledobject/{ns}/{name}"
+        state = {"rv": so["metadata"].get("resourceVersion")}
+
+        def attempt() -> tuple[str, str]:
+            if state["rv"] is None:
+                fresh = a._call(f"read {target}", a._custom.get_namespaced_custom_object,
+                                KEDA_GROUP, KEDA_VERSION, ns, SCALEDOBJECTS, name)
+                state["rv"] = fresh["metadata"]["resourceVersion"]
+            patch = {"metadata": {"resourceVersion": state["rv"], "annotations": dict(annotations)}}
+            try:
+                a._call(f"annotate {target}", a._custom.patch_namespaced_custom_object,
+                        KEDA_GROUP, KEDA_VERSION, ns, SCALEDOBJECTS, name, patch,
+                        field_manager=a.field_manager, _content_type="application/merge-patch+json")
+            except KubeTemporaryError:
+                state["rv"] = None  # re-read before the next attempt
+                raise
+            shown = ", ".join(f"{k}={v}" if v is not None else f"-{k}" for k, v in annotations.items())
+            return "applied", f"annotated {target}: {shown}"
+
+        try:
+            return a._apply(target, attempt)  # type: ignore[arg-type]
+        except KubePermanentError as err:  # pragma: no cover - _apply already turns these into outcomes
+            return ApplyOutcome(target, False, err.status, err.http_status, 1, str(err))
