@@ -38,6 +38,14 @@ class ObjectRef:
 
 
 @dataclass(frozen=True)
+class WorkloadRef(ObjectRef):
+    """A model's workload: any kind with a ``scale`` subresource (Deployment, StatefulSet, LeaderWorkerSet...)."""
+
+    kind: str = "Deployment"
+    api_version: str = "apps/v1"
+
+
+@dataclass(frozen=True)
 class LatencyProfile:
     """Engine step time ``t0 + prefill*prefill_tokens + kv*context_tokens + seq*running_sequences``."""
 
@@ -52,7 +60,7 @@ class LatencyProfile:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    deployment: ObjectRef
+    deployment: WorkloadRef
     service: str
     port: int
     accelerator: str
@@ -154,6 +162,9 @@ class GoalSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("source", None)
+        for m in d["models"]:  # the default workload kind is left out: digests of Deployment goals stay as they were
+            if (m["deployment"]["kind"], m["deployment"]["api_version"]) == ("Deployment", "apps/v1"):
+                del m["deployment"]["kind"], m["deployment"]["api_version"]
         return d
 
     def digest(self) -> str:
@@ -193,6 +204,17 @@ class _Ref(BaseModel):
     name: str = _f(description="Name of the object.", example="llama-3-8b", min_length=1, pattern=_DNS_SUBDOMAIN)
 
 
+class _WorkloadRef(_Ref):
+    """The model's workload: any kind with a scale subresource, named by group/version/kind."""
+
+    kind: str = _f("Deployment", description="Kind of the workload; it must have a scale subresource "
+                   "(Deployment, StatefulSet, LeaderWorkerSet, ...).", example="LeaderWorkerSet",
+                   min_length=1, max_length=63, pattern=r"^[A-Z][A-Za-z0-9]*$")
+    apiVersion: str = _f("apps/v1", description="API group/version of the workload kind.",  # noqa: N815
+                         example="leaderworkerset.x-k8s.io/v1", min_length=2, max_length=253,
+                         pattern=r"^([a-z0-9]([-.a-z0-9]*[a-z0-9])?/)?v[0-9]+((alpha|beta)[0-9]+)?$")
+
+
 class _Latency(BaseModel):
     """Engine step time of one replica: t0 + prefill x prompt tokens + kv x context tokens + seq x running sequences.
 
@@ -221,8 +243,9 @@ class _Model(BaseModel):
     model_config = _STRICT
     name: str = _f(description="The model's name as vLLM reports it in the model_name label of its metrics.",
                    example="llama-3-8b", min_length=1, pattern=r"^[A-Za-z0-9][-_.A-Za-z0-9]*$")
-    deployment: _Ref = _f(description="The Deployment serving this model; fleetpilot scales it through its scale "
-                          "subresource.", example={"namespace": "inference", "name": "llama-3-8b"})
+    deployment: _WorkloadRef = _f(description="The workload serving this model (a Deployment unless kind/apiVersion "
+                                  "say otherwise); fleetpilot scales it through its scale subresource.",
+                                  example={"namespace": "inference", "name": "llama-3-8b"})
     service: str | None = _f(None, description="Service name of the model's pods (defaults to the Deployment's "
                              "name).", example="llama-3-8b")
     port: int = _f(8000, description="Port of the model's OpenAI-compatible API.", unit="TCP port", example=8000,
@@ -455,7 +478,8 @@ class GoalSpecModel(BaseModel):
         models = tuple(
             ModelSpec(
                 name=m.name,
-                deployment=ObjectRef(m.deployment.namespace, m.deployment.name),
+                deployment=WorkloadRef(m.deployment.namespace, m.deployment.name, m.deployment.kind,
+                                       m.deployment.apiVersion),
                 service=m.service or m.deployment.name,
                 port=m.port,
                 accelerator=m.accelerator,
