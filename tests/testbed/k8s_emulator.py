@@ -211,9 +211,21 @@ LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease", builtin=Tr
 HPAS = ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, True)
 SCALEDOBJECTS = ResourceType("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject", builtin=False, has_status=True)
 EVENTS = ResourceType("", "v1", "events", "Event", builtin=True, has_status=False)
+#: stored generically (create/get/list/replace/patch/delete, no kind-specific semantics): what `kubectl apply -k
+#: deploy/...` creates besides the kinds above, so tests can apply the rendered manifests
+GENERIC = (
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", builtin=True, has_status=False),
+    ResourceType("", "v1", "configmaps", "ConfigMap", builtin=True, has_status=False),
+    ResourceType("", "v1", "services", "Service", builtin=True, has_status=True),
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", builtin=True, has_status=False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", builtin=True, has_status=False),
+    ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", builtin=True, has_status=True),
+    ResourceType("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", builtin=False, has_status=False),
+    ResourceType("monitoring.coreos.com", "v1", "prometheusrules", "PrometheusRule", builtin=False, has_status=False),
+)
 RESOURCES: dict[tuple[str, str, str], ResourceType] = {
     (r.group, r.version, r.plural): r
-    for r in (DEPLOYMENTS, STATEFULSETS, LEADERWORKERSETS, HTTPROUTES, LEASES, HPAS, SCALEDOBJECTS, EVENTS)
+    for r in (DEPLOYMENTS, STATEFULSETS, LEADERWORKERSETS, HTTPROUTES, LEASES, HPAS, SCALEDOBJECTS, EVENTS, *GENERIC)
 }
 #: workloads with a ``scale`` subresource (the HPA's and ``kubectl scale``'s door): the status path of their
 #: replica count and where the label selector comes from (LeaderWorkerSet: ``status.hpaPodSelector``)
