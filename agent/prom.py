@@ -25,29 +25,65 @@ for every query in :class:`~simulations.goal.PrometheusQueries`, each an instant
 Every failure to get an answer -- connection refused, timeout, HTTP 5xx, a body that is not the expected JSON --
 raises :class:`~simulations.errors.TemporaryError`; an HTTP 4xx (the server rejected the PromQL) raises
 :class:`~simulations.errors.PermanentError`. Nothing else escapes.
+
+Access as operators have it (:class:`PrometheusAccess`, CLI flags from :func:`add_access_arguments`):
+
+* TLS is **verified by default** (system CAs, or ``--prometheus-ca-file``); ``--insecure-skip-tls-verify`` turns
+  it off only when asked, and :attr:`PrometheusSource.tls_verified` reports it for metrics and audit;
+* a bearer token read from a file and re-read when the file changes (a projected ServiceAccount token rotates),
+  basic auth with the password in a file (or in the URL's userinfo, which is then taken out of the URL),
+  extra headers (``X-Scope-OrgID`` for multi-tenant Mimir/Cortex, API keys of managed services), client certs;
+* a **total deadline per request** (connect, TLS handshake, headers and body together): a watchdog shuts the
+  socket down when it passes, so a body trickling at 1 byte/s is cut at the deadline, not per socket read;
+  bodies are capped at :data:`MAX_BODY_BYTES`;
+* secrets (the token, the password, header values, URL userinfo) are replaced by ``***`` in every message this
+  module produces (:func:`redact`), and :func:`install_log_redaction` extends that to every log record.
+
+Ambiguous answers -- more than one series for the same model after the goal's label matchers (prod and staging
+both exporting ``model_name="llama"``) -- are never "last one wins": the model's input is stale
+(``<model>.<query>.ambiguous``) so the daemon falls back, and :attr:`PrometheusSource.last_ambiguous` names the
+labels that tell the series apart.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import math
+import os
+import re
+import socket
+import stat
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import requests
+import requests.adapters
+import requests.auth
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from fleetpilot.policies.base import ModelReading, Reading
-from fleetpilot.simulations.errors import PermanentError, TemporaryError
+from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = [
     "DEFAULT_FRESHNESS_QUERY",
+    "MAX_BODY_BYTES",
     "FleetState",
+    "PrometheusAccess",
     "PrometheusSource",
     "QueryClient",
+    "access_from_args",
+    "add_access_arguments",
+    "install_log_redaction",
+    "make_session",
+    "redact",
 ]
 
 DEFAULT_FRESHNESS_QUERY = "max by (model_name) (timestamp(vllm:num_requests_running))"
@@ -58,6 +94,420 @@ DEFAULT_CLASS = "default"  # request class name for a goal without routes (the s
 REQUIRED = ("arrival_rate", "running", "waiting")
 LATENCY = ("ttft_p95", "e2e_p95")
 OPTIONAL = ("kv_cache_usage", "prompt_tokens_rate", "generation_tokens_rate")
+
+
+MAX_BODY_BYTES = 64 << 20  # an instant-vector answer for a fleet is KiBs; a runaway body is cut here
+MAX_SECRET_FILE_BYTES = 64 << 10
+SECRET_REREAD_S = 60.0  # like client-go, re-read credential files at least this often even if unchanged
+REDACTED = "***"
+
+# ------------------------------------------------------------------------------------------------ secrets & redaction
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+_AUTH_HEADER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
+_MIN_SECRET_LEN = 4  # shorter values would redact innocent text ("1", "dev"); they are also too weak to matter
+
+
+def register_secret(value: str | None) -> None:
+    """Remember ``value`` as a secret: :func:`redact` (and the log filter) replace it with ``***`` from now on."""
+    if value and len(value) >= _MIN_SECRET_LEN:
+        with _SECRETS_LOCK:
+            _SECRETS.add(value)
+            quoted = urllib.parse.quote(value, safe="")
+            if quoted != value:
+                _SECRETS.add(quoted)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret, URL userinfo and ``Bearer``/``Basic`` credential replaced by ``***``."""
+    if not text:
+        return text
+    with _SECRETS_LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)
+    for sec in secrets:
+        if sec in text:
+            text = text.replace(sec, REDACTED)
+    text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    return _AUTH_HEADER.sub(lambda m: m.group(1) + " " + REDACTED, text)
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 -- a broken format string is not ours to fix here
+            return True
+        clean = redact(msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(exc_text)
+        if clean != msg or record.args:
+            record.msg, record.args = clean, None
+        return True
+
+
+_FILTER = _RedactingFilter()
+
+
+def install_log_redaction(logger: logging.Logger | None = None) -> None:
+    """Redact secrets from every record reaching the handlers of ``logger`` (default: the root logger).
+
+    Idempotent. Call after logging is configured (handlers exist); handlers added later are not covered.
+    """
+    lg = logger or logging.getLogger()
+    for handler in lg.handlers:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
+
+
+# ------------------------------------------------------------------------------------------------ access settings
+
+
+@dataclass(frozen=True)
+class PrometheusAccess:
+    """How to reach Prometheus: URL, TLS, credentials (from files), extra headers and the total deadline.
+
+    ``url`` may carry ``user:password@``: it is split off into basic auth (:meth:`from_url`) and never used or
+    shown again (:attr:`display_url`).
+    """
+
+    url: str
+    timeout_s: float = 5.0
+    ca_file: str | None = None
+    insecure_skip_tls_verify: bool = False
+    bearer_token_file: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password_file: str | None = None
+    basic_auth_password: str | None = field(default=None, repr=False)  # only from URL userinfo
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **kw: Any) -> PrometheusAccess:
+        """Split ``user:password@`` out of ``url`` into basic auth; the password is registered as a secret."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return cls(url=url, **kw)
+        user = urllib.parse.unquote(parts.username or "")
+        password = urllib.parse.unquote(parts.password or "")
+        register_secret(password)
+        register_secret(parts.password)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        if kw.pop("basic_auth_user", None) or kw.get("bearer_token_file") or kw.get("basic_auth_password_file"):
+            raise UserError("--prometheus URL carries user:password and another credential flag is set; use one")
+        kw.pop("basic_auth_password", None)
+        return cls(url=clean, basic_auth_user=user, basic_auth_password=password or None, **kw)
+
+    @property
+    def display_url(self) -> str:
+        """The URL safe to log (no userinfo; it never has any after :meth:`from_url`)."""
+        return redact(self.url.rstrip("/"))
+
+    @property
+    def tls_verified(self) -> bool:
+        """False only for ``https`` with ``insecure_skip_tls_verify`` (plain http has no TLS to verify)."""
+        return not (self.url.lower().startswith("https://") and self.insecure_skip_tls_verify)
+
+    def validate(self) -> PrometheusAccess:
+        """Check what can be checked before connecting; every problem is a one-line UserError naming the flag."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"--prometheus must be an http:// or https:// URL with a host, got {redact(self.url)!r}"
+                            [:200])
+        if not (math.isfinite(self.timeout_s) and 0.01 <= self.timeout_s <= 600):
+            raise UserError(f"--prometheus-timeout must be between 0.01 and 600 seconds, got {self.timeout_s:g}")
+        for flag, path in (("--prometheus-ca-file", self.ca_file),
+                           ("--prometheus-bearer-token-file", self.bearer_token_file),
+                           ("--prometheus-basic-auth-password-file", self.basic_auth_password_file),
+                           ("--prometheus-client-cert", self.client_cert_file),
+                           ("--prometheus-client-key", self.client_key_file)):
+            if path is not None:
+                _check_secret_file(path, flag)
+        if self.ca_file and self.insecure_skip_tls_verify:
+            raise UserError("--prometheus-ca-file and --insecure-skip-tls-verify contradict each other; use one")
+        if self.bearer_token_file and (self.basic_auth_user or self.basic_auth_password_file):
+            raise UserError("use either a bearer token or basic auth for Prometheus, not both")
+        if self.basic_auth_password_file and not self.basic_auth_user:
+            raise UserError("--prometheus-basic-auth-password-file needs --prometheus-basic-auth-user")
+        if bool(self.client_cert_file) != bool(self.client_key_file):
+            raise UserError("--prometheus-client-cert and --prometheus-client-key go together")
+        for name, value in self.headers:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}", name):
+                raise UserError(f"--prometheus-header: invalid header name {name[:40]!r}")
+            if any(c in value for c in "\r\n\0") or len(value) > 8192:
+                raise UserError(f"--prometheus-header {name}: value must be one line of at most 8192 characters")
+            if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
+                raise UserError(f"--prometheus-header: {name} is set by the HTTP client, not by a flag")
+        return self
+
+
+def _check_secret_file(path: str, flag: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UserError(f"cannot read the file given to {flag}: {exc.strerror}", where=path) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{flag} must name a regular file", where=path)
+    if st.st_size > MAX_SECRET_FILE_BYTES and flag != "--prometheus-ca-file":
+        raise UserError(f"{flag}: file larger than {MAX_SECRET_FILE_BYTES} bytes", where=path)
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{flag}: file not readable by this user", where=path)
+
+
+class _SecretFile:
+    """A credential kept in a file: re-read when the file changes (or every SECRET_REREAD_S), cached otherwise."""
+
+    def __init__(self, path: str, what: str, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.path, self.what, self._mono = path, what, monotonic
+        self._sig: tuple[int, int, int] | None = None
+        self._read_at = -math.inf
+        self._value = ""
+
+    def get(self) -> str:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise TemporaryError(f"{self.what} file {self.path} unreadable: {exc.strerror}") from None
+        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        now = self._mono()
+        if sig != self._sig or now - self._read_at >= SECRET_REREAD_S:
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SECRET_FILE_BYTES:
+                raise TemporaryError(f"{self.what} file {self.path} is not a small regular file")
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    value = f.read(MAX_SECRET_FILE_BYTES).strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TemporaryError(f"{self.what} file {self.path} unreadable: {exc.__class__.__name__}") from None
+            if not value or any(c in value for c in "\r\n\0"):
+                raise TemporaryError(f"{self.what} file {self.path} is empty or not one line")
+            register_secret(value)
+            self._value, self._sig, self._read_at = value, sig, now
+        return self._value
+
+
+class _FileAuth(requests.auth.AuthBase):
+    """``Authorization`` from files at every request: ``Bearer <token>`` or ``Basic user:password``."""
+
+    def __init__(self, access: PrometheusAccess) -> None:
+        self._token = _SecretFile(access.bearer_token_file, "bearer token") if access.bearer_token_file else None
+        self._user = access.basic_auth_user
+        self._password_file = (_SecretFile(access.basic_auth_password_file, "basic-auth password")
+                               if access.basic_auth_password_file else None)
+        self._password = access.basic_auth_password
+        register_secret(self._password)
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        if self._token is not None:
+            r.headers["Authorization"] = f"Bearer {self._token.get()}"
+        elif self._user is not None:
+            password = self._password_file.get() if self._password_file is not None else (self._password or "")
+            r.prepare_auth(requests.auth.HTTPBasicAuth(self._user, password))
+            register_secret(r.headers.get("Authorization", "").removeprefix("Basic ").strip())
+        return r
+
+
+# ------------------------------------------------------------------------------------------------ total deadline
+
+
+class _Tracker:
+    """Connections in use, per thread, so a watchdog can shut their sockets at the deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, set[Any]] = {}
+
+    def add(self, conn: Any) -> None:
+        with self._lock:
+            self._active.setdefault(threading.get_ident(), set()).add(conn)
+
+    def discard(self, conn: Any) -> None:
+        with self._lock:
+            for conns in self._active.values():
+                conns.discard(conn)
+
+    def cut(self, thread_id: int) -> None:
+        with self._lock:
+            conns = list(self._active.get(thread_id, ()))
+        for conn in conns:
+            sock = getattr(conn, "sock", None)
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread (close() would not)
+            except OSError:
+                pass
+
+
+def _tracked_pool(base: type, tracker: _Tracker) -> type:
+    class Pool(base):  # type: ignore[misc, valid-type]
+        def _get_conn(self, timeout: float | None = None) -> Any:
+            conn = super()._get_conn(timeout)
+            tracker.add(conn)
+            return conn
+
+        def _put_conn(self, conn: Any) -> None:
+            if conn is not None:
+                tracker.discard(conn)
+            super()._put_conn(conn)
+
+    return Pool
+
+
+class _TrackingAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, tracker: _Tracker) -> None:
+        self._tracker = tracker
+        super().__init__(max_retries=Retry(total=0, raise_on_status=False))  # one retry layer: the daemon's
+
+    def _track(self, manager: Any) -> Any:
+        manager.pool_classes_by_scheme = {"http": _tracked_pool(HTTPConnectionPool, self._tracker),
+                                          "https": _tracked_pool(HTTPSConnectionPool, self._tracker)}
+        return manager
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self._track(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        fresh = proxy not in self.proxy_manager
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        return self._track(manager) if fresh else manager
+
+
+class DeadlineExceeded(requests.exceptions.Timeout):
+    """The request's total deadline passed (connect + TLS + headers + body)."""
+
+
+class DeadlineSession(requests.Session):
+    """A ``requests.Session`` whose every request has a **total** deadline and a capped body.
+
+    ``timeout`` (seconds, a number) is the budget for the whole request. The body is streamed into memory up to
+    ``max_body_bytes``; a watchdog timer shuts the socket down at the deadline, which interrupts a read blocked on
+    a trickling server, and the request raises :class:`DeadlineExceeded` (a ``requests`` Timeout).
+    """
+
+    def __init__(self, access: PrometheusAccess, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        super().__init__()
+        self.default_timeout_s = float(access.timeout_s)
+        self.max_body_bytes = int(max_body_bytes)
+        self._tracker = _Tracker()
+        adapter = _TrackingAdapter(self._tracker)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+        if access.insecure_skip_tls_verify:
+            self.verify = False
+        else:
+            self.verify = access.ca_file or True
+        if access.client_cert_file:
+            self.cert = (access.client_cert_file, access.client_key_file)
+        self.auth = _FileAuth(access)
+        self.headers["User-Agent"] = "fleetpilot"
+        for name, value in access.headers:
+            self.headers[name] = value
+            register_secret(value)
+
+    def remount(self, prefix: str) -> None:
+        """Put the tracking adapter back on ``prefix`` (``PrometheusConnect`` mounts its own on its URL)."""
+        self.mount(prefix, self.get_adapter("http://") if prefix.startswith("http:") else self.get_adapter("https://"))
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        budget = kwargs.pop("timeout", None)
+        if isinstance(budget, tuple):
+            budget = max(x for x in budget if x is not None) if any(x is not None for x in budget) else None
+        total = float(budget) if budget else self.default_timeout_s
+        start = time.monotonic()
+        deadline = start + total
+        fired = threading.Event()
+        me = threading.get_ident()
+
+        def cut() -> None:
+            fired.set()
+            self._tracker.cut(me)
+
+        watchdog = threading.Timer(total, cut)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            kwargs["stream"] = True
+            kwargs["timeout"] = (total, total)
+            try:
+                resp = super().request(method, url, *args, **kwargs)
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in resp.iter_content(chunk_size=1 << 16):
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        resp.close()
+                        raise requests.exceptions.ContentDecodingError(
+                            f"response body larger than {self.max_body_bytes} bytes")
+                    chunks.append(chunk)
+                    if fired.is_set() or time.monotonic() > deadline:
+                        break
+                resp._content = b"".join(chunks)  # noqa: SLF001 -- what Response.content would have read
+                resp._content_consumed = True  # noqa: SLF001
+            except requests.exceptions.RequestException:
+                if fired.is_set() or time.monotonic() >= deadline:
+                    raise DeadlineExceeded(f"no complete answer within the total deadline of {total:g}s") from None
+                raise
+            if fired.is_set() or time.monotonic() > deadline:
+                resp.close()
+                raise DeadlineExceeded(f"no complete answer within the total deadline of {total:g}s")
+            return resp
+        finally:
+            watchdog.cancel()
+
+
+def make_session(access: PrometheusAccess) -> DeadlineSession:
+    """The HTTP session for ``access`` (TLS, credentials, headers, total deadline); for other Prometheus readers."""
+    return DeadlineSession(access.validate())
+
+
+def add_access_arguments(p: argparse.ArgumentParser, *, url_default: str | None = None) -> None:
+    """Add ``--prometheus`` and the access flags (TLS, credentials, headers, timeout) to a sub-command's parser."""
+    g = p.add_argument_group("Prometheus access")
+    g.add_argument("--prometheus", default=url_default or os.environ.get("FLEETPILOT_PROMETHEUS",
+                                                                         "http://127.0.0.1:9090"),
+                   help="Prometheus base URL (https verified by default; user:password@ is moved to basic auth "
+                        "and never logged)")
+    g.add_argument("--prometheus-timeout", type=float, default=5.0,
+                   help="total seconds per query: connect, TLS, headers and body together (default 5)")
+    g.add_argument("--prometheus-ca-file", help="PEM CA bundle to verify Prometheus' certificate")
+    g.add_argument("--insecure-skip-tls-verify", action="store_true",
+                   help="do not verify Prometheus' TLS certificate (shown in metrics and audit; avoid)")
+    g.add_argument("--prometheus-bearer-token-file",
+                   help="file holding a bearer token, re-read when it changes (e.g. "
+                        "/var/run/secrets/kubernetes.io/serviceaccount/token)")
+    g.add_argument("--prometheus-basic-auth-user", help="basic-auth user name")
+    g.add_argument("--prometheus-basic-auth-password-file", help="file holding the basic-auth password")
+    g.add_argument("--prometheus-header", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="extra HTTP header on every query (repeatable), e.g. 'X-Scope-OrgID: team-a'")
+    g.add_argument("--prometheus-client-cert", help="PEM client certificate (mutual TLS)")
+    g.add_argument("--prometheus-client-key", help="PEM client key (mutual TLS)")
+
+
+def access_from_args(args: argparse.Namespace) -> PrometheusAccess:
+    """The validated :class:`PrometheusAccess` from :func:`add_access_arguments`' flags (UserError if wrong)."""
+    headers = []
+    for raw in getattr(args, "prometheus_header", None) or []:
+        name, sep, value = str(raw).partition(":")
+        if not sep or not name.strip():
+            raise UserError(f"--prometheus-header must look like 'Name: value', got {redact(str(raw))[:60]!r}")
+        headers.append((name.strip(), value.strip()))
+        register_secret(value.strip())
+    timeout = float(args.prometheus_timeout)
+    access = PrometheusAccess.from_url(
+        str(args.prometheus), timeout_s=timeout, ca_file=args.prometheus_ca_file,
+        insecure_skip_tls_verify=bool(args.insecure_skip_tls_verify),
+        bearer_token_file=args.prometheus_bearer_token_file, basic_auth_user=args.prometheus_basic_auth_user,
+        basic_auth_password_file=args.prometheus_basic_auth_password_file, headers=tuple(headers),
+        client_cert_file=args.prometheus_client_cert, client_key_file=args.prometheus_client_key)
+    return access.validate()
 
 
 class QueryClient(Protocol):
@@ -76,19 +526,25 @@ class FleetState:
 
 @dataclass(frozen=True)
 class _Vector:
-    """One query's answer: value per model (NaN = garbage) and the evaluation time Prometheus reported."""
+    """One query's answer: value per model (NaN = garbage or ambiguous) and the evaluation time Prometheus reported.
+
+    ``ambiguous`` maps a model to a short description of the labels telling its several series apart.
+    """
 
     values: dict[str, float] = field(default_factory=dict)
     garbage: tuple[str, ...] = ()
     eval_ts: float | None = None
+    ambiguous: dict[str, str] = field(default_factory=dict)
 
 
 class PrometheusSource:
     """Reads the goal's metrics from Prometheus at ``url`` once per control interval.
 
-    ``clock`` (epoch seconds) stamps readings and times queue growth; ``timeout_s`` bounds each HTTP request.
-    ``client`` replaces the ``PrometheusConnect`` built from ``url`` (tests). ``interval_s`` defaults to the goal's
-    control interval. Queries run one after another; a failure of any required query fails the whole read.
+    ``clock`` (epoch seconds) stamps readings and times queue growth; ``timeout_s`` is the **total** deadline of
+    each HTTP request. ``access`` (TLS, credentials, headers; :class:`PrometheusAccess`) replaces ``url`` and
+    ``timeout_s`` when given. ``client`` replaces the ``PrometheusConnect`` built from them (tests). ``interval_s``
+    defaults to the goal's control interval. Queries run one after another; a failure of any required query fails
+    the whole read.
     """
 
     def __init__(
@@ -106,13 +562,17 @@ class PrometheusSource:
         class_rate_query: str | None = None,
         route_label: str = "route",
         queue_growth: bool = True,
+        access: PrometheusAccess | None = None,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
-        self.url = url.rstrip("/")
+        if access is None:
+            if not (math.isfinite(timeout_s) and timeout_s > 0):
+                raise ValueError("timeout_s must be a finite number > 0")
+            access = PrometheusAccess.from_url(url, timeout_s=timeout_s)
+        self.access = access
+        self.url = access.display_url  # for messages: never carries credentials
         self.goal = goal
         self.clock = clock
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = float(access.timeout_s)
         self.interval_s = float(interval_s or goal.control_interval_s)
         self.label = label
         self.freshness_query = freshness_query
@@ -123,9 +583,15 @@ class PrometheusSource:
         if client is None:
             from prometheus_api_client import PrometheusConnect
 
-            # no retries inside the client: the daemon owns backoff (and its sleep is injected)
-            client = PrometheusConnect(url=self.url, disable_ssl=True, retry=Retry(total=0, raise_on_status=False))
+            # no retries inside the client: the daemon owns backoff (and its sleep is injected); TLS verified unless
+            # asked otherwise; the session enforces the total deadline and adds credentials from files
+            session = make_session(access)
+            base = access.url.rstrip("/")
+            client = PrometheusConnect(url=base, retry=Retry(total=0, raise_on_status=False), session=session,
+                                       timeout=self.timeout_s)
+            session.remount(base)
         self._client = client
+        self.last_ambiguous: dict[str, str] = {}
         self._prev_queue: dict[str, tuple[float, float]] = {}  # model -> (t, waiting)
         self.last_raw: dict[str, dict[str, float]] = {}
         self.last_ages: dict[str, float] = {}
@@ -140,23 +606,37 @@ class PrometheusSource:
         key = key or self.label
         try:
             result = self._client.custom_query(promql, timeout=self.timeout_s)  # type: ignore[arg-type]
-        except requests.exceptions.Timeout as exc:
-            raise TemporaryError(f"prometheus {name}: timeout after {self.timeout_s:g}s") from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise TemporaryError(f"prometheus {name}: cannot connect to {self.url}") from exc
+        except requests.exceptions.Timeout:
+            raise TemporaryError(f"prometheus {name}: timeout: no complete answer within {self.timeout_s:g}s "
+                                 f"(total deadline) from {self.url}") from None
+        except requests.exceptions.SSLError as exc:
+            raise TemporaryError(f"prometheus {name}: TLS verification failed for {self.url} "
+                                 f"({_tls_reason(exc)}; trust its CA with --prometheus-ca-file)") from None
+        except requests.exceptions.ConnectionError:
+            raise TemporaryError(f"prometheus {name}: cannot connect to {self.url}") from None
+        except TemporaryError as exc:  # a credential file that cannot be read right now
+            raise TemporaryError(redact(f"prometheus {name}: {exc}")) from None
         except ValueError as exc:  # bad JSON (requests' JSONDecodeError is a ValueError)
-            raise TemporaryError(f"prometheus {name}: answer is not JSON ({exc})") from exc
+            raise TemporaryError(redact(f"prometheus {name}: answer is not JSON ({str(exc)[:120]})")) from None
         except (KeyError, TypeError) as exc:
-            raise TemporaryError(f"prometheus {name}: answer without data.result ({exc!r})") from exc
+            raise TemporaryError(redact(f"prometheus {name}: answer without data.result ({exc!r})"[:300])) from None
         except requests.exceptions.RequestException as exc:
-            raise TemporaryError(f"prometheus {name}: {type(exc).__name__}: {exc}") from exc
+            raise TemporaryError(redact(f"prometheus {name}: {type(exc).__name__}: {str(exc)[:300]}")) from None
         except Exception as exc:  # noqa: BLE001 -- PrometheusApiClientException and anything else the client raises
-            text = str(exc)
+            text = redact(str(exc)[:2000])[:300]
             code = _http_code(text)
+            if code in (401, 403):
+                raise PermanentError(f"prometheus {name}: HTTP {code}: credentials refused or missing "
+                                     f"(--prometheus-bearer-token-file / basic auth)") from None
             if code is not None and 400 <= code < 500 and code not in (408, 429):
-                raise PermanentError(f"prometheus {name}: query rejected ({text[:300]})") from exc
-            raise TemporaryError(f"prometheus {name}: {type(exc).__name__}: {text[:300]}") from exc
+                raise PermanentError(f"prometheus {name}: query rejected ({text})") from None
+            raise TemporaryError(f"prometheus {name}: {type(exc).__name__}: {text}") from None
         return self._parse(name, result, key)
+
+    @property
+    def tls_verified(self) -> bool:
+        """False when TLS to Prometheus is not verified (``--insecure-skip-tls-verify``): export and audit it."""
+        return self.access.tls_verified
 
     def _parse(self, name: str, result: Any, key: str) -> _Vector:
         if not isinstance(result, list):
@@ -164,12 +644,16 @@ class PrometheusSource:
         values: dict[str, float] = {}
         garbage: list[str] = []
         eval_ts: float | None = None
+        seen: dict[str, list[dict[str, Any]]] = {}
         for item in result:
             if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
-                raise TemporaryError(f"prometheus {name}: malformed series {str(item)[:120]}")
+                raise TemporaryError(redact(f"prometheus {name}: malformed series {str(item)[:120]}"))
             label = item["metric"].get(key)
             if label is None:
                 continue  # a series without the label (e.g. someone else's server) is not ours
+            seen.setdefault(str(label), []).append(item["metric"])
+            if len(seen[str(label)]) > 1:
+                continue  # ambiguous: decided below, never "last one wins"
             pair = item.get("value")
             try:
                 ts, raw = float(pair[0]), pair[1]  # type: ignore[index]
@@ -180,7 +664,10 @@ class PrometheusSource:
                 values[str(label)] = math.nan
                 continue
             values[str(label)] = value
-        return _Vector(values, tuple(garbage), eval_ts)
+        ambiguous = {m: _describe_ambiguity(key, series) for m, series in seen.items() if len(series) > 1}
+        for m in ambiguous:
+            values[m] = math.nan
+        return _Vector(values, tuple(garbage), eval_ts, ambiguous)
 
     # --- the reading ----------------------------------------------------------------------------------------------
 
@@ -202,6 +689,7 @@ class PrometheusSource:
         self.last_notes = [] if fresh is None or fresh.values else [
             f"freshness query answered nothing, sample age not checked: {self.freshness_query}"]
         stale: list[str] = []
+        ambiguous: dict[str, str] = {}
         models: dict[str, ModelReading] = {}
         weights = _weights(self.goal, weights)
         for spec in self.goal.models:
@@ -210,6 +698,10 @@ class PrometheusSource:
 
             def get(name: str, m: str = m) -> float:
                 vec = answers[name]
+                if m in vec.ambiguous:
+                    stale.append(f"{m}.{name}.ambiguous")
+                    ambiguous[f"{m}.{name}"] = vec.ambiguous[m]
+                    return math.nan
                 if m in vec.garbage:
                     stale.append(f"{m}.{name}")
                     return math.nan
@@ -235,7 +727,10 @@ class PrometheusSource:
             e2e_s = get("e2e_p95")
             prompt = get("prompt_tokens_rate")
             gen = get("generation_tokens_rate")
-            if fresh is not None and fresh.values:  # an empty answer: the query does not fit this server
+            if fresh is not None and m in fresh.ambiguous:
+                stale.append(f"{m}.age.ambiguous")
+                ambiguous[f"{m}.freshness"] = fresh.ambiguous[m]
+            elif fresh is not None and fresh.values:  # an empty answer: the query does not fit this server
                 ts = fresh.values.get(m, math.nan)
                 evaluated = fresh.eval_ts if fresh.eval_ts is not None else now
                 age = evaluated - ts if math.isfinite(ts) else math.inf
@@ -266,6 +761,8 @@ class PrometheusSource:
                 output_tokens=tout,
             )
         class_rates = self._class_rates(models, weights, stale)
+        self.last_ambiguous = ambiguous
+        self.last_notes += [f"ambiguous {k}: {v}" for k, v in ambiguous.items()]
         return Reading(
             t_s=now,
             models=models,
@@ -338,6 +835,29 @@ def _fleet_latency(models: Mapping[str, ModelReading], attr: str) -> float:
     """Fleet p95 approximated by the traffic-weighted worst model (an upper bound on the mixture's p95)."""
     vals = [getattr(r, attr) for r in models.values() if math.isfinite(getattr(r, attr))]
     return max(vals) if vals else math.nan
+
+
+def _describe_ambiguity(key: str, series: list[dict[str, Any]]) -> str:
+    """'3 series for model_name="x" differ in namespace (prod, staging, ...)': bounded, for audit and metrics."""
+    names = sorted({k for s in series for k in s} - {key})
+    differ = [k for k in names if len({str(s.get(k, "")) for s in series}) > 1]
+    parts = []
+    for k in differ[:3]:
+        vals = list(dict.fromkeys(str(s.get(k, ""))[:40] for s in series))
+        parts.append(f"{k[:40]} ({', '.join(vals[:4])}{', ...' if len(vals) > 4 else ''})")
+    label = str(series[0].get(key, ""))[:60]
+    what = "; ".join(parts) or "no other label (the query returns duplicates)"
+    return redact(f"{len(series)} series for {key}={label!r} differ in {what}; add a label matcher to the goal's "
+                  "prometheus queries")
+
+
+def _tls_reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("certificate verify failed", "hostname mismatch", "self-signed certificate", "wrong version number",
+                   "unable to get local issuer certificate", "certificate has expired"):
+        if marker in text.lower():
+            return marker
+    return "handshake failed"
 
 
 def _http_code(text: str) -> int | None:
