@@ -31,9 +31,10 @@ _LOG_LO = math.log10(HIST_LO)
 L_T0, L_PREFILL, L_KV, L_SEQ, L_IN, L_OUT, L_FIXED, L_MU = range(8)
 N_LAT = 8
 
-# Column layout of per-tick outputs
-O_ARR, O_ADMIT, O_DEP, O_DROP, O_QUEUE, O_INSERV, O_WAITSUM, O_TTFTSUM = range(8)
-N_OUT = 8
+# Column layout of per-tick outputs (the *SUM columns add up over the requests admitted in the tick:
+# queue wait, TTFT, e2e latency and mean inter-token latency = the engine step time at admission, in seconds)
+O_ARR, O_ADMIT, O_DEP, O_DROP, O_QUEUE, O_INSERV, O_WAITSUM, O_TTFTSUM, O_E2ESUM, O_ITLSUM = range(10)
+N_OUT = 10
 
 
 @njit(cache=True)
@@ -201,6 +202,7 @@ def _substep(
     k = 0
     wait_sum = 0.0
     ttft_sum = 0.0
+    itl = decode / lp[L_OUT] if lp[L_OUT] > 0 else 0.0
     while k < cap and q_len[p] > 0:
         j = q_head[p]
         tot = q_total[p, j]
@@ -233,6 +235,8 @@ def _substep(
     acc[O_ADMIT] += k
     acc[O_WAITSUM] += wait_sum
     acc[O_TTFTSUM] += ttft_sum
+    acc[O_E2ESUM] += ttft_sum + k * decode
+    acc[O_ITLSUM] += k * itl
 
 
 def bin_edges() -> np.ndarray:
