@@ -196,6 +196,19 @@ def _register_shipped() -> None:
              help="sizes for the forecast one cold start ahead", replace=False)
     register("oracle", _oracle, help="offline optimum (needs the whole trace; a yardstick)", replace=False)
     register_prefix("rl", _rl, help="trained policy: rl:PATH or rl:NAME (shipped)", replace=False)
+    for kind in ("hpa", "keda", "kpa"):  # tuned incumbents: KIND-tuned:PATH (a `fleetpilot tune` result)
+        register_prefix(f"{kind}-tuned", _tuned(kind), replace=False,
+                        help=f"{kind} with the target chosen by `fleetpilot tune` (PATH: its JSON or --out folder)")
+
+
+def _tuned(kind: str) -> Factory:
+    def factory(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:
+        from fleetpilot.policies.tuning import make_tuned
+
+        return make_tuned(kind, arg, goal)
+
+    factory.__name__ = f"make_{kind}_tuned"
+    return factory
 
 
 _register_shipped()
