@@ -1,0 +1,223 @@
+"""``fleetpilot tune`` -- tune the incumbent autoscaler's target on recorded traffic, as an SRE would.
+
+``fleetpilot tune --goal G --trace T [--trace CLASS=T ...] --range START:END [--scale-to-peak RPS]
+--autoscaler keda|hpa|kpa[,...] --out DIR [--margin 0.005] [--seed 0] [--force]``
+
+For each autoscaler: replays the range under every candidate setting (:func:`fleetpilot.policies.tuning.candidates`:
+a utilisation fraction shared by the goal's models, and for the KPA the stable window) with the incumbent as it
+runs upstream, and keeps the cheapest setting whose SLO attainment is at least the goal's plus ``--margin``
+(:func:`fleetpilot.policies.tuning.select`). Writes, per autoscaler:
+
+* ``DIR/tuning-KIND.json`` -- the chosen target per model, every candidate's cost and attainment, the rule and
+  the command (``KIND-tuned:DIR`` replays it: ``fleetpilot replay --policies keda,keda-tuned:DIR``);
+* a ready-to-apply manifest: ``keda-scaledobject.yaml`` (KEDA ScaledObject), ``hpa.yaml`` (autoscaling/v2
+  HPA) or ``knative-service.yaml`` (Knative KPA annotations), one document per model.
+
+Existing files are never overwritten unless ``--force`` is given. Tune on a range you will *not* judge the
+result on (e.g. the days before the ones you evaluate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fleetpilot.agent.commands.common import add_trace_arguments, load_trace_arguments
+from fleetpilot.simulations.errors import UserError
+
+__all__ = ["register", "search", "write_outputs"]
+
+
+def register(sub: Any) -> None:
+    """Add ``tune`` to the CLI's sub-parsers."""
+    p = sub.add_parser(
+        "tune", help="tune HPA / KEDA / Knative targets on recorded traffic and write ready-to-apply manifests",
+        description="Replay search for the cheapest incumbent setting that meets the goal (plus a margin) on a "
+                    "tuning range; writes the chosen values (JSON) and a KEDA ScaledObject / HPA / Knative "
+                    "manifest per model.")
+    add_trace_arguments(p)
+    p.add_argument("--autoscaler", required=True, metavar="KIND[,KIND]",
+                   help="keda, hpa or kpa (comma-separated for several)")
+    p.add_argument("--margin", type=float, default=None, metavar="X",
+                   help="attainment margin over the goal's (default 0.005: a 0.99 goal is tuned to 0.995)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the replays (default 0)")
+    p.add_argument("--tick", type=float, default=None, metavar="S",
+                   help="simulator tick (default: 1 s for sub-minute traces, 5 s otherwise)")
+    p.add_argument("--workers", type=int, default=2, help="processes for the candidate replays (default 2)")
+    p.add_argument("--force", action="store_true", help="overwrite existing tuning files in --out")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for tuning-KIND.json and the manifests")
+    p.set_defaults(func=handler)
+
+
+def parse_kinds(text: str) -> list[str]:
+    from fleetpilot.policies.tuning import KINDS
+
+    kinds = [k.strip().lower() for k in (text or "").split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if not kinds or bad:
+        raise UserError(f"--autoscaler must be one or more of {', '.join(KINDS)} (comma-separated), got {text!r}")
+    return list(dict.fromkeys(kinds))
+
+
+def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s: float | None = None,
+           workers: int = 2, margin: float | None = None, fractions: dict[str, Sequence[float]] | None = None,
+           windows: Sequence[float] | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """Replay every candidate of every kind on ``trace`` (one replay run) and choose per kind.
+
+    Returns ``{kind: document}``, each the JSON :func:`write_outputs` writes (without the command line).
+    """
+    from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.tuning import (
+        DEFAULT_MARGIN,
+        TUNING_FORMAT,
+        build_incumbent,
+        candidates,
+        select,
+        unit_capacity,
+    )
+
+    mg = DEFAULT_MARGIN if margin is None else float(margin)
+    if not (0.0 <= mg < 1.0):
+        raise UserError(f"--margin must be in [0, 1), got {margin!r}")
+    threshold = min(1.0, goal.slo.attainment + mg)
+    cands = {k: candidates(k, goal, trace, fractions=(fractions or {}).get(k), windows=windows) for k in kinds}
+    flat = [c for k in kinds for c in cands[k]]
+    pols = [build_incumbent(c.kind, goal, dict(c.targets), c.stable_window_s, c.label) for c in flat]
+    res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
+                 forecast_model=None)
+    by_name = {r.name: r.summary for r in res.runs}
+    units = unit_capacity(goal, trace)
+    out: dict[str, dict[str, Any]] = {}
+    for k in kinds:
+        rows = [(c, float(by_name[c.label]["cost_usd"]), float(by_name[c.label]["slo_attainment"]))
+                for c in cands[k]]
+        chosen, met = select(rows, threshold)
+        srow = next(r for r in rows if r[0] is chosen)
+        basis = "saturated throughput" if k == "keda" else "concurrent sequences (max_num_seqs at the token mix)"
+        models = {}
+        for name, target in chosen.targets:
+            u = units[name]
+            b = u["capacity_rps"] if k == "keda" else u["slots"]
+            models[name] = {
+                "target": target, "unit": _unit(k), "fraction": chosen.fraction, "basis_value": round(b, 6),
+                "note": f"{chosen.fraction:g} x one replica's {basis} ({b:.4g}) at the tuning range's token mix",
+                "input_tokens": round(u["input_tokens"], 3), "output_tokens": round(u["output_tokens"], 3)}
+        out[k] = {
+            "format": TUNING_FORMAT,
+            "autoscaler": k,
+            "goal": {"name": goal.name, "source": goal.source, "slo_attainment": goal.slo.attainment,
+                     "models": list(goal.model_names)},
+            "trace": res.trace,
+            "range": f"{trace.start_s:g}:{trace.end_s:g}",
+            "scale_to_peak": _peak(res.trace),
+            "seed": int(seed),
+            "tick_s": res.tick_s,
+            "margin": mg,
+            "threshold": threshold,
+            "rule": (f"cheapest candidate with SLO attainment >= {threshold:g} (goal {goal.slo.attainment:g} + "
+                     f"margin {mg:g}) on this tuning range; else the highest attainment"),
+            "chosen": {"label": chosen.label, "fraction": chosen.fraction, "stable_window_s": chosen.stable_window_s,
+                       "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
+            "models": models,
+            "stable_window_s": chosen.stable_window_s,
+            "candidates": [{"label": c.label, "fraction": c.fraction, "stable_window_s": c.stable_window_s,
+                            "targets": dict(c.targets), "cost_usd": cost, "slo_attainment": att,
+                            "meets": att >= threshold - 1e-12} for c, cost, att in rows],
+            "oracle_cost_usd": res.oracle.get("cost_usd"),
+        }
+    return out
+
+
+def _unit(kind: str) -> str:
+    from fleetpilot.policies.tuning import _UNITS
+
+    return _UNITS[kind]
+
+
+def _peak(trace_desc: dict[str, Any]) -> float | None:
+    for p in trace_desc.get("provenance") or []:
+        if isinstance(p, str) and p.startswith("rescaled to peak "):
+            try:
+                return float(p.split()[3])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(out: Path, docs: dict[str, dict[str, Any]], goal: Any, *, force: bool = False,
+                  command: str = "") -> list[Path]:
+    """Write ``tuning-KIND.json`` and the manifest per kind; refuses to overwrite unless ``force``."""
+    from fleetpilot.policies.tuning import manifest_filename, render_manifest, tuning_filename
+
+    if out.exists() and not out.is_dir():
+        raise UserError("output path exists and is not a folder", where=str(out))
+    targets = [(out / tuning_filename(k), out / manifest_filename(k)) for k in docs]
+    existing = [str(p) for pair in targets for p in pair if p.exists()]
+    if existing and not force:
+        raise UserError(f"refusing to overwrite {', '.join(existing)} (use --force, or another --out)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder ({exc.strerror})", where=str(out)) from None
+    written: list[Path] = []
+    try:
+        for (jpath, mpath), (_k, doc) in zip(targets, docs.items(), strict=True):
+            doc = dict(doc, command=command)
+            _atomic_write(jpath, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+            written.append(jpath)
+            _atomic_write(mpath, render_manifest(doc, goal))
+            written.append(mpath)
+    except OSError as exc:
+        raise UserError(f"cannot write the tuning output ({exc.strerror})", where=str(out)) from None
+    return written
+
+
+def handler(args: argparse.Namespace) -> int:
+    from fleetpilot.simulations.goal import load_goal
+
+    kinds = parse_kinds(args.autoscaler)
+    if args.range_ is None:
+        raise UserError("--range is required: tune on a range you will not evaluate on (START:END)")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    out = Path(args.out)
+    from fleetpilot.policies.tuning import manifest_filename, tuning_filename
+
+    if not args.force:  # fail before the (long) search, not after it
+        existing = [str(out / f) for k in kinds for f in (tuning_filename(k), manifest_filename(k))
+                    if (out / f).exists()]
+        if existing:
+            raise UserError(f"refusing to overwrite {', '.join(existing)} (use --force, or another --out)")
+    goal = load_goal(args.goal)
+    trace = load_trace_arguments(args)
+    docs = search(goal, trace, kinds, seed=args.seed, tick_s=args.tick, workers=args.workers, margin=args.margin,
+                  progress=sys.stderr.isatty())
+    command = "fleetpilot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["tune"] else ""
+    written = write_outputs(out, docs, goal, force=args.force, command=command)
+    for k, doc in docs.items():
+        ch = doc["chosen"]
+        tg = ", ".join(f"{m}={v['target']:.4g}" for m, v in doc["models"].items())
+        win = f", window {ch['stable_window_s']:g} s" if ch["stable_window_s"] is not None else ""
+        state = "meets" if ch["met"] else "does NOT meet"
+        print(f"{k}: target {tg} ({_unit(k)}; fraction {ch['fraction']:g}{win}): cost ${ch['cost_usd']:.2f}, "
+              f"attainment {ch['slo_attainment']:.4f} ({state} {doc['threshold']:g})")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0

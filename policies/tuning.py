@@ -1,0 +1,361 @@
+"""Tuned incumbents: the HPA, KEDA and Knative KPA with the target an SRE would pick from their own traffic.
+
+Every SRE tunes the target of the autoscaler they run, so fleetpilot compares against tuned incumbents, not
+only against upstream defaults. A tuning is a replay search on a *tuning* range (never the range it is then
+evaluated on):
+
+* **What is searched.** Per incumbent one utilisation fraction ``f`` shared by the goal's models (a 1-D search;
+  per-model targets still differ, since each is ``f`` x that model's own unit):
+
+  - ``hpa``  -- Pods metric in-flight requests (running + waiting) per replica, target ``f`` x the replica's
+    concurrent sequences (``max_num_seqs`` at the range's token mix);
+  - ``keda`` -- Prometheus trigger on the request rate, ``AverageValue`` threshold ``f`` x one replica's
+    saturated throughput (req/s at the range's token mix);
+  - ``kpa``  -- concurrency target ``f`` x the replica's concurrent sequences, and the stable window (the panic
+    window stays 10 % of it).
+
+  The fractions are :data:`FRACTIONS` (and :data:`KPA_WINDOWS_S`), fixed before any evaluation range was seen.
+* **Selection rule.** The cheapest candidate whose SLO attainment on the tuning range is at least the goal's
+  attainment plus :data:`DEFAULT_MARGIN`; if none reaches it, the one with the highest attainment (cheapest
+  among equals), marked ``met: false``.
+* **Result.** A JSON file (``fleetpilot tune``; format :data:`TUNING_FORMAT`) with the chosen target per model,
+  every candidate's cost and attainment, and how it was obtained; ``hpa-tuned:PATH``, ``keda-tuned:PATH``,
+  ``kpa-tuned:PATH`` build the tuned policy from it (PATH: the file, or the ``--out`` folder), and
+  :func:`render_manifest` writes the ready-to-apply KEDA ScaledObject / HPA (autoscaling/v2) / Knative Service
+  annotations.
+
+This module is pure (no replay): the search itself lives with the ``tune`` command, which runs the replay
+engine (:mod:`fleetpilot.agent.commands.tune`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleetpilot.policies.baselines import HPAPolicy, KEDAPolicy, KPAPolicy, default_weights
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.fleet import route_matrix, service_rate_per_replica, slots_per_replica
+from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.traces import Trace
+
+__all__ = [
+    "DEFAULT_MARGIN",
+    "FRACTIONS",
+    "KINDS",
+    "KPA_WINDOWS_S",
+    "TUNED_NAMES",
+    "TUNING_FORMAT",
+    "Candidate",
+    "Tuning",
+    "build_incumbent",
+    "candidates",
+    "load_tuning",
+    "make_tuned",
+    "manifest_filename",
+    "render_manifest",
+    "select",
+    "token_mix",
+    "tuning_filename",
+    "unit_capacity",
+]
+
+KINDS = ("hpa", "keda", "kpa")
+TUNED_NAMES = {k: f"{k}-tuned" for k in KINDS}
+TUNING_FORMAT = "fleetpilot/tuning-v1"
+#: utilisation fractions searched, per incumbent (fixed a priori: in-flight targets far below max_num_seqs are
+#: normal for vLLM, whose latency grows well before the batch is full; the rate target is a share of throughput)
+FRACTIONS: dict[str, tuple[float, ...]] = {
+    "hpa": (0.1, 0.15, 0.2, 0.3, 0.45, 0.7),
+    "keda": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    "kpa": (0.1, 0.15, 0.2, 0.3, 0.45, 0.7),
+}
+#: Knative stable windows searched (``autoscaling.knative.dev/window``; 60 s is Knative's default)
+KPA_WINDOWS_S: tuple[float, ...] = (30.0, 60.0, 120.0)
+#: attainment margin over the goal's attainment a tuned setting must reach on the tuning range
+DEFAULT_MARGIN = 0.005
+_UNITS = {"hpa": "in-flight requests per replica", "keda": "requests/s per replica",
+          "kpa": "concurrent requests per replica"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidates and the selection rule
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One setting tried: the fraction, the per-model targets it gives, and (KPA) the stable window."""
+
+    kind: str
+    fraction: float
+    targets: tuple[tuple[str, float], ...]
+    stable_window_s: float | None = None
+
+    @property
+    def label(self) -> str:
+        w = f",window={self.stable_window_s:g}s" if self.stable_window_s is not None else ""
+        return f"{TUNED_NAMES[self.kind]}[f={self.fraction:g}{w}]"
+
+
+def token_mix(goal: GoalSpec, trace: Trace) -> dict[str, tuple[float, float]]:
+    """Request-weighted mean (input, output) tokens each model receives at the goal's default weights."""
+    routes, models_of = route_matrix(goal, trace.classes)
+    weights = default_weights(goal)
+    out: dict[str, tuple[float, float]] = {}
+    for m in goal.models:
+        share = np.zeros(len(trace.classes))
+        for c, (route, models) in enumerate(zip(routes, models_of, strict=True)):
+            if m.name in models:
+                share[c] = weights[route][m.name] if route else 1.0
+        vol = trace.arrivals * share
+        tot = float(vol.sum())
+        if tot <= 0:
+            out[m.name] = (512.0, 256.0)
+            continue
+        out[m.name] = (float((trace.input_tokens * vol).sum() / tot), float((trace.output_tokens * vol).sum() / tot))
+    return out
+
+
+def unit_capacity(goal: GoalSpec, trace: Trace) -> dict[str, dict[str, float]]:
+    """Per model: concurrent sequences and saturated throughput of one replica at the trace's token mix."""
+    mix = token_mix(goal, trace)
+    return {m.name: {"slots": float(slots_per_replica(m, *mix[m.name])),
+                     "capacity_rps": float(service_rate_per_replica(m, *mix[m.name])),
+                     "input_tokens": mix[m.name][0], "output_tokens": mix[m.name][1]}
+            for m in goal.models}
+
+
+def _basis(kind: str, unit: Mapping[str, float]) -> float:
+    return float(unit["capacity_rps"] if kind == "keda" else unit["slots"])
+
+
+def candidates(kind: str, goal: GoalSpec, trace: Trace, *, fractions: Sequence[float] | None = None,
+               windows: Sequence[float] | None = None) -> list[Candidate]:
+    """The settings tried for ``kind`` on ``trace`` (the tuning range)."""
+    _check_kind(kind)
+    units = unit_capacity(goal, trace)
+    fr = tuple(fractions) if fractions is not None else FRACTIONS[kind]
+    ws: tuple[float | None, ...] = (tuple(windows) if windows is not None else KPA_WINDOWS_S) if kind == "kpa" \
+        else (None,)
+    out = []
+    for w in ws:
+        for f in fr:
+            if not (f > 0 and math.isfinite(f)):
+                raise UserError(f"tuning fractions must be positive numbers, got {f!r}")
+            targets = tuple((name, round(f * _basis(kind, u), 6)) for name, u in units.items())
+            out.append(Candidate(kind, float(f), targets, w))
+    return out
+
+
+def select(results: Sequence[tuple[Candidate, float, float]], threshold: float) -> tuple[Candidate, bool]:
+    """The cheapest candidate with attainment >= ``threshold``; else the highest attainment (cheapest of ties).
+
+    ``results`` holds (candidate, cost, attainment). Returns (chosen, whether it met the threshold).
+    """
+    if not results:
+        raise UserError("no tuning candidate was evaluated")
+    ok = [r for r in results if r[2] >= threshold - 1e-12]
+    if ok:
+        return min(ok, key=lambda r: (r[1], -r[2]))[0], True
+    return min(results, key=lambda r: (-r[2], r[1]))[0], False
+
+
+def build_incumbent(kind: str, goal: GoalSpec, targets: Mapping[str, float], stable_window_s: float | None = None,
+                    name: str | None = None) -> Any:
+    """The incumbent policy with the given per-model targets (the tuned variant's constructor)."""
+    _check_kind(kind)
+    if kind == "hpa":
+        pol: Any = HPAPolicy(goal, metric="in_flight", targets=targets)
+    elif kind == "keda":
+        pol = KEDAPolicy(goal, metric="rps", targets=targets)
+    else:
+        pol = KPAPolicy(goal, targets=targets, stable_window_s=stable_window_s)
+    pol.name = name or TUNED_NAMES[kind]
+    return pol
+
+
+# ---------------------------------------------------------------------------------------------
+# The tuning file
+# ---------------------------------------------------------------------------------------------
+
+
+class _TunedModel(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    target: float = Field(gt=0)
+    unit: str = ""
+    fraction: float | None = None
+
+
+class _TuningFile(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    format: Literal["fleetpilot/tuning-v1"]
+    autoscaler: Literal["hpa", "keda", "kpa"]
+    models: dict[str, _TunedModel] = Field(min_length=1)
+    stable_window_s: float | None = Field(None, ge=6, le=3600)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A tuning result as read back: which incumbent, the targets per model, the KPA window, and the source."""
+
+    kind: str
+    targets: tuple[tuple[str, float], ...]
+    stable_window_s: float | None
+    source: str
+    met: bool | None = None
+
+
+def tuning_filename(kind: str) -> str:
+    return f"tuning-{kind}.json"
+
+
+def manifest_filename(kind: str) -> str:
+    return {"hpa": "hpa.yaml", "keda": "keda-scaledobject.yaml", "kpa": "knative-service.yaml"}[kind]
+
+
+def load_tuning(path: str | Path, kind: str | None = None) -> Tuning:
+    """Read a tuning JSON (or ``DIR/tuning-KIND.json`` when ``path`` is a folder)."""
+    p = Path(path)
+    if p.is_dir():
+        if kind is None:
+            found = [k for k in KINDS if (p / tuning_filename(k)).is_file()]
+            if len(found) != 1:
+                raise UserError(f"expected one tuning-<hpa|keda|kpa>.json in the folder, found {found or 'none'}",
+                                where=str(p))
+            kind = found[0]
+        p = p / tuning_filename(kind)
+    if not p.is_file():
+        raise UserError("tuning file not found (write one with `fleetpilot tune`)", where=str(p))
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"not a readable tuning JSON file ({type(exc).__name__}: {exc})", where=str(p)) from None
+    try:
+        doc = _TuningFile.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        field = ".".join(str(x) for x in e.get("loc", ())) or "(file)"
+        raise UserError(f"field {field}: {e.get('msg', 'invalid')}", where=str(p)) from None
+    if kind is not None and doc.autoscaler != kind:
+        raise UserError(f"this file tunes {doc.autoscaler!r}, not {kind!r}", where=str(p))
+    if doc.autoscaler == "kpa" and doc.stable_window_s is None:
+        raise UserError("field stable_window_s: required for a kpa tuning", where=str(p))
+    met = (raw.get("chosen") or {}).get("met") if isinstance(raw.get("chosen"), dict) else None
+    return Tuning(doc.autoscaler, tuple((k, float(v.target)) for k, v in doc.models.items()),
+                  doc.stable_window_s if doc.autoscaler == "kpa" else None, str(p),
+                  bool(met) if met is not None else None)
+
+
+def make_tuned(kind: str, arg: str, goal: GoalSpec, **_ctx: Any) -> Any:
+    """``KIND-tuned:PATH`` -> the incumbent with the targets of that tuning (models must match the goal's)."""
+    t = load_tuning(arg, kind)
+    names = [k for k, _ in t.targets]
+    missing = [m for m in goal.model_names if m not in names]
+    extra = [m for m in names if m not in goal.model_names]
+    if missing or extra:
+        raise UserError(f"tuning models {names} do not match the goal's {list(goal.model_names)} "
+                        f"(missing {missing}, unknown {extra})", where=t.source)
+    return build_incumbent(kind, goal, dict(t.targets), t.stable_window_s, TUNED_NAMES[kind])
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise UserError(f"--autoscaler must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ready-to-apply manifests
+# ---------------------------------------------------------------------------------------------
+
+_PROM_PLACEHOLDER = "http://prometheus-operated.monitoring.svc:9090"  # the user's Prometheus
+
+
+def _qty(x: float) -> str:
+    """A Kubernetes quantity for a (possibly fractional) target: milli-units when not an integer."""
+    if abs(x - round(x)) < 1e-9:
+        return str(int(round(x)))
+    return f"{int(round(x * 1000))}m"
+
+
+def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
+    """YAML documents (one per model) applying the tuning ``doc`` (the JSON written by ``fleetpilot tune``)."""
+    import yaml
+
+    kind = str(doc["autoscaler"])
+    _check_kind(kind)
+    header = [f"# fleetpilot tune: {kind} tuned on {doc.get('trace', {}).get('name', '?')} "
+              f"range {doc.get('range', '?')} (peak {doc.get('scale_to_peak', 'as recorded')} req/s)",
+              f"# rule: {doc.get('rule', '')}",
+              f"# command: {doc.get('command', '')}"]
+    docs: list[str] = []
+    for m in goal.models:
+        tm = doc["models"][m.name]
+        target = float(tm["target"])
+        ns, dep = m.deployment.namespace, m.deployment.name
+        if kind == "keda":
+            obj: dict[str, Any] = {
+                "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                "metadata": {"name": f"{dep}-tuned", "namespace": ns,
+                             "annotations": {"fleetpilot.io/tuning": tm.get("note", "")}},
+                "spec": {
+                    "scaleTargetRef": {"name": dep, "kind": getattr(m.deployment, "kind", "Deployment"),
+                                       "apiVersion": getattr(m.deployment, "api_version", "apps/v1")},
+                    "pollingInterval": int(goal.baselines.keda_polling_s),
+                    "cooldownPeriod": int(goal.baselines.keda_cooldown_s),
+                    "minReplicaCount": int(m.min_replicas), "maxReplicaCount": int(m.max_replicas),
+                    "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
+                        "serverAddress": _PROM_PLACEHOLDER,
+                        "query": f'sum(rate(vllm:request_success_total{{model_name="{m.name}"}}[1m]))',
+                        "threshold": f"{target:.4g}"}}],
+                },
+            }
+        elif kind == "hpa":
+            obj = {
+                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": f"{dep}-tuned", "namespace": ns,
+                             "annotations": {"fleetpilot.io/tuning": tm.get("note", "")}},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": getattr(m.deployment, "api_version", "apps/v1"),
+                                       "kind": getattr(m.deployment, "kind", "Deployment"), "name": dep},
+                    "minReplicas": max(1, int(m.min_replicas)), "maxReplicas": int(m.max_replicas),
+                    "metrics": [{"type": "Pods", "pods": {
+                        "metric": {"name": "vllm_requests_in_flight"},
+                        "target": {"type": "AverageValue", "averageValue": _qty(target)}}}],
+                },
+            }
+        else:
+            ann = {
+                "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
+                "autoscaling.knative.dev/metric": "concurrency",
+                "autoscaling.knative.dev/target": f"{target:.4g}",
+                "autoscaling.knative.dev/target-utilization-percentage": "100",
+                "autoscaling.knative.dev/window": f"{float(doc['stable_window_s']):g}s",
+                "autoscaling.knative.dev/min-scale": str(int(m.min_replicas)),
+                "autoscaling.knative.dev/max-scale": str(int(m.max_replicas)),
+            }
+            obj = {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                   "metadata": {"name": m.service or dep, "namespace": ns},
+                   "spec": {"template": {"metadata": {"annotations": ann}}}}
+        docs.append(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+    notes = {
+        "keda": ["# serverAddress: point it at your Prometheus. The threshold is requests/s per replica (the",
+                 "# Prometheus scaler's AverageValue): KEDA's HPA asks for ceil(rate / threshold) replicas."],
+        "hpa": ["# Needs the Pods metric vllm_requests_in_flight from prometheus-adapter, e.g. the rule:",
+                "#   - seriesQuery: 'vllm:num_requests_running{namespace!=\"\",pod!=\"\"}'",
+                "#     resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}",
+                "#     name: {as: vllm_requests_in_flight}",
+                "#     metricsQuery: 'sum(vllm:num_requests_running{<<.LabelMatchers>>} + "
+                "vllm:num_requests_waiting{<<.LabelMatchers>>}) by (<<.GroupBy>>)'",
+                "# No spec.behavior on purpose: the setting was tuned with the HPA's default (legacy) limits."],
+        "kpa": ["# Merge these annotations into your Knative Service's revision template (spec.template).",
+                "# target-utilization-percentage 100: the tuned target already is the effective one."],
+    }[kind]
+    return "\n".join(header + notes) + "\n---\n" + "---\n".join(docs)
