@@ -73,7 +73,10 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
 
     Returns ``{kind: document}``, each the JSON :func:`write_outputs` writes (without the command line).
     """
-    from fleetpilot.agent.replay import replay
+    try:
+        from fleetpilot.agent.replay import replay
+    except ModuleNotFoundError:  # before the replay engine moved to the agent layer
+        from fleetpilot.simulations.replay import replay  # type: ignore[no-redef]
     from fleetpilot.policies.tuning import (
         DEFAULT_MARGIN,
         TUNING_FORMAT,
