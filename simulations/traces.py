@@ -30,6 +30,11 @@ BUNDLED_TRACES = package_path("data", "traces")
 # Token defaults when a trace has no token columns (ShareGPT-like chat lengths).
 DEFAULT_INPUT_TOKENS = 512.0
 DEFAULT_OUTPUT_TOKENS = 256.0
+# Bounds that keep request counts exact in the simulator's int64/Poisson arithmetic (issue 11: a count of 1e20
+# became a negative request total): far above any real fleet, far below where float/int precision breaks.
+MAX_TRACE_RPS = 1e7  # requests per second in one interval
+MAX_TOKENS_PER_REQUEST = 1e7
+MIN_INTERVAL_S = 1e-3  # rows closer than 1 ms: per-request timestamps; aggregate them into counts per interval
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,12 @@ class Trace:
     peak_1s: np.ndarray | None = None  # (n,) largest per-second count inside the interval, when known
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.interval_s) and self.interval_s >= MIN_INTERVAL_S):
+            raise UserError(f"trace {self.name}: interval {self.interval_s!r} s is below {MIN_INTERVAL_S:g} s")
+        a = np.asarray(self.arrivals, dtype=float)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= MAX_TRACE_RPS * self.interval_s):
+            raise UserError(f"trace {self.name}: arrivals must be finite, >= 0 and at most {MAX_TRACE_RPS:g} req/s "
+                            f"(got up to {float(np.nanmax(np.abs(a))):.3g} per {self.interval_s:g}s interval)")
         for arr in (self.t_s, self.arrivals, self.input_tokens, self.output_tokens):
             arr.setflags(write=False)
 
@@ -332,6 +343,22 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
         interval = 1.0
     if interval <= 0:
         raise UserError("cannot infer the interval from t_s", where=where)
+    if interval < MIN_INTERVAL_S:
+        i = int(np.argmin(np.diff(t_s))) + 1
+        raise UserError(f"rows {t_s[i] - t_s[i - 1]:.3g}s apart: finer than {MIN_INTERVAL_S:g}s (per-request "
+                        "timestamps? aggregate them into requests per interval)", where=f"{where}:{lines[i]}")
+    too_many = np.nonzero(np.asarray(req) > MAX_TRACE_RPS * interval)[0]
+    if too_many.size:
+        i = int(too_many[0])
+        raise UserError(f"requests {req[i]:.3g} in one {interval:g}s interval is more than {MAX_TRACE_RPS:g} req/s",
+                        where=f"{where}:{lines[i]}")
+    for column, vals in (("input_tokens_mean", tin), ("output_tokens_mean", tout)):
+        big = np.nonzero(~(np.nan_to_num(np.asarray(vals), nan=0.0) <= MAX_TOKENS_PER_REQUEST)
+                         | (np.nan_to_num(np.asarray(vals), nan=0.0) < 0))[0]
+        if big.size:
+            i = int(big[0])
+            raise UserError(f"column {column!r}: {vals[i]:.3g} is outside 0..{MAX_TOKENS_PER_REQUEST:g} tokens",
+                            where=f"{where}:{lines[i]}")
     # Missing intervals (gaps in the source) become zero-arrival rows so the clock stays regular;
     # a row off that grid, or a gap far larger than the file, is an error (never silently merged or allocated).
     pos = (t_s - t_s[0]) / interval
