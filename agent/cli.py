@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "fleetpilot.agent.commands.train",
     "fleetpilot.agent.commands.run",
     "fleetpilot.agent.commands.trace_import",
+    "fleetpilot.agent.commands.shadow_report",
 )
 
 
