@@ -31,6 +31,7 @@ from fleetpilot.simulations.errors import UserError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "check_regular_file",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_NODES",
     "load_json",
@@ -96,6 +97,26 @@ def read_text_limited(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, what
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{what} is not UTF-8 text (byte {exc.start})", where=str(p)) from None
+
+
+def check_regular_file(path: str | Path, max_bytes: int, what: str = "file") -> int:
+    """The size of ``path`` if it is a regular file (after symlinks) of at most ``max_bytes``; else a UserError.
+
+    For binary artifacts read by another library (torch weights): checked before any byte is read or hashed, so a
+    symlink to ``/dev/zero`` or a FIFO is refused instead of read forever.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise UserError(f"{what} missing", where=str(p)) from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what}: {exc.strerror or exc.__class__.__name__}", where=str(p)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{what} is not a regular file", where=str(p))
+    if st.st_size > max_bytes:
+        raise UserError(f"{what} is {st.st_size} bytes, more than the limit of {max_bytes}", where=str(p))
+    return int(st.st_size)
 
 
 # --------------------------------------------------------------------------------------------------------- YAML
