@@ -388,6 +388,30 @@ class KubeActuator:
         """
         return self.read_scale(model).desired
 
+    def read_state(self, model: str) -> tuple[int, int]:
+        """The workload's desired (``spec.replicas``) and ready (``status.readyReplicas``) replicas, for any kind.
+
+        Needs ``get`` on the workload's resource. Raises like :meth:`read_replicas`.
+        """
+        w = self.workload(model)
+        what = f"read {w}"
+
+        def read() -> tuple[int, int]:
+            if w.group == "apps" and w.kind in _APPS_SCALE:
+                fn = getattr(self._apps, f"read_namespaced_{_APPS_SCALE[w.kind]}")
+                obj = self._call(what, fn, w.name, w.namespace)
+                desired = int(obj.spec.replicas or 0) if obj.spec is not None else 0
+                return desired, int((obj.status.ready_replicas if obj.status is not None else 0) or 0)
+            obj = self._call(what, self._custom.get_namespaced_custom_object, w.group, w.version, w.namespace,
+                             w.plural, w.name)
+            spec, status = (obj or {}).get("spec") or {}, (obj or {}).get("status") or {}
+            try:
+                return int(spec.get("replicas") or 0), int(status.get("readyReplicas") or 0)
+            except (TypeError, ValueError):
+                raise KubePermanentError(f"{what}: replicas are not integers") from None
+
+        return self._with_retries(read)
+
     def foreign_controllers(self, model: str) -> list[str]:
         """Other controllers that scale the model's workload, as ``Kind/name``, sorted.
 

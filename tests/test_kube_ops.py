@@ -106,6 +106,7 @@ def test_statefulsets_and_leaderworkersets_scale_through_their_subresource(
     patch = [r for r in emu.requests if r.method == "PATCH"][-1]
     assert patch.path.endswith(f"/{plural}/{name}/scale")
     assert act.scale(model, 3).status == "unchanged"
+    assert act.read_state(model) == (3, 3)  # desired and ready (the emulator's instant controller)
     if model == "lws":  # the LWS scale subresource answers its pod selector for the HPA
         assert "leaderworkerset.sigs.k8s.io/name=llama-405b" in act.read_scale(model).selector
 
