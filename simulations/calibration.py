@@ -19,6 +19,7 @@ nothing queued; :func:`fit_cold_start` is the median of observed launch-to-ready
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ class StepSample:
     context_tokens: float  # mean context length of a running sequence (tokens)
     prefill_tokens_per_s: float  # prompt tokens prefilled per second per replica (uncached)
     weight: float = 1.0
+    ttft_s: float = math.nan  # mean TTFT while nothing queued (NaN: no TTFT information in this sample)
+    prompt_tokens: float = math.nan  # mean prompt tokens per request (with ttft_s)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class StepTimeFit:
     running_range: tuple[float, float]
     context_range: tuple[float, float]
     prefill_share_range: tuple[float, float]  # prefill * P at the fit
+    ttft_constant_s: float = 0.0  # TTFT = constant + T_step + prefill * prompt (when TTFT was used)
+    n_ttft: int = 0  # samples whose TTFT entered the fit
+    ttft_rel_rmse: float = math.nan
 
     def predict_itl(self, running: np.ndarray | float, context_tokens: np.ndarray | float,
                     prefill_tokens_per_s: np.ndarray | float) -> np.ndarray:
@@ -118,6 +124,8 @@ def fit_step_time(
     prefill_s_per_token: float | None = None,
     seq_s: float | None = None,
     kv_s_per_token: float | None = None,
+    use_ttft: bool = False,
+    ttft_constant_s: float | None = None,
     loss: str = "soft_l1",
     f_scale: float = 0.05,
 ) -> StepTimeFit:
@@ -127,38 +135,63 @@ def fit_step_time(
     count alike; ``loss``/``f_scale`` are scipy's robust loss and its inlier scale (0.05 = 5 %), so a few
     windows disturbed by something the model does not know (a preemption storm, a scrape gap) do not drag
     the fit. Coefficients are bounded at zero.
+
+    With ``use_ttft`` the samples that carry ``ttft_s`` (taken while nothing queued) add residuals of
+    ``TTFT = constant + T_step + prefill * prompt_tokens``: that is what pins the prefill coefficient down when
+    the prefill share of the step is small; the constant (client/API time, fitted >= 0 unless
+    ``ttft_constant_s`` is given) is reported, not part of the simulator.
     """
     itl, n, ctx, pft, w = _arrays(samples)
+    ttft = np.array([s.ttft_s for s in samples], dtype=float)
+    prompt = np.array([s.prompt_tokens for s in samples], dtype=float)
+    has_ttft = np.isfinite(ttft) & np.isfinite(prompt) & (ttft > 0) & (prompt >= 0) if use_ttft else np.zeros(len(itl), bool)
     held = {"prefill": prefill_s_per_token, "seq": seq_s, "kv": kv_s_per_token}
     names = ["t0"] + [k for k in ("kv", "seq", "prefill") if held[k] is None]
+    fit_const = bool(has_ttft.any()) and ttft_constant_s is None
+    if fit_const:
+        names.append("const")
+    scale = dict(_SCALE, const=1e-3)
     sw = np.sqrt(w)
 
     def unpack(x: np.ndarray) -> dict[str, float]:
-        vals = dict(zip(names, (float(v) * _SCALE[k] for k, v in zip(names, x, strict=True)), strict=True))
+        vals = {k: float(v) * scale[k] for k, v in zip(names, x, strict=True)}
         for k, v in held.items():
             if v is not None:
                 vals[k] = float(v)
+        vals.setdefault("const", float(ttft_constant_s or 0.0))
         return vals
 
     def resid(x: np.ndarray) -> np.ndarray:
         c = unpack(x)
-        return (predict_itl(c["t0"], c["kv"], c["seq"], c["prefill"], n, ctx, pft) / itl - 1.0) * sw
+        step = predict_itl(c["t0"], c["kv"], c["seq"], c["prefill"], n, ctx, pft)
+        r = (step / itl - 1.0) * sw
+        if has_ttft.any():
+            pred = c["const"] + step[has_ttft] + c["prefill"] * prompt[has_ttft]
+            r = np.concatenate([r, (pred / ttft[has_ttft] - 1.0) * sw[has_ttft]])
+        return r
 
     # start: t0 from the least-loaded sample, slopes at their typical magnitudes
     x0 = np.array([max(float(itl[np.argmin(n)]) * 0.8, 1e-6) / _SCALE["t0"]] + [1.0] * (len(names) - 1))
     upper = np.full(len(names), np.inf)
     if "prefill" in names:  # keep the prefill share of the busiest sample below the model's cap
-        upper[names.index("prefill")] = MAX_PREFILL_SHARE / max(float(pft.max()), 1e-9) / _SCALE["prefill"]
-        x0[names.index("prefill")] = min(1.0, 0.5 * upper[names.index("prefill")])
+        i = names.index("prefill")
+        upper[i] = MAX_PREFILL_SHARE / max(float(pft.max()), 1e-9) / _SCALE["prefill"]
+        x0[i] = min(1.0, 0.5 * upper[i])
     res = least_squares(resid, x0, loss=loss, f_scale=f_scale, bounds=(np.zeros(len(names)), upper), method="trf")
     c = unpack(res.x)
-    rel = predict_itl(c["t0"], c["kv"], c["seq"], c["prefill"], n, ctx, pft) / itl - 1.0
+    step = predict_itl(c["t0"], c["kv"], c["seq"], c["prefill"], n, ctx, pft)
+    rel = step / itl - 1.0
+    ttft_rmse = math.nan
+    if has_ttft.any():
+        rt = (c["const"] + step[has_ttft] + c["prefill"] * prompt[has_ttft]) / ttft[has_ttft] - 1.0
+        ttft_rmse = float(np.sqrt(np.mean(rt**2)))
     return StepTimeFit(
         t0_s=c["t0"], kv_s_per_token=c["kv"], seq_s=c["seq"], prefill_s_per_token=c["prefill"],
         fitted=tuple(names), n_samples=len(itl),
         rel_rmse=float(np.sqrt(np.mean(rel**2))), max_rel_err=float(np.max(np.abs(rel))),
         running_range=(float(n.min()), float(n.max())), context_range=(float(ctx.min()), float(ctx.max())),
         prefill_share_range=(float((c["prefill"] * pft).min()), float((c["prefill"] * pft).max())),
+        ttft_constant_s=c["const"], n_ttft=int(has_ttft.sum()), ttft_rel_rmse=ttft_rmse,
     )
 
 
