@@ -10,8 +10,11 @@ so the shadow comparison and the daemon's fallback use *the user's* autoscaler, 
 
 Only metrics fleetpilot observes can be mapped: per-replica concurrency of vLLM (``vllm:num_requests_running`` ->
 ``in_flight``; ``..._waiting`` -> ``queue``) as an HPA Pods/Object/External metric or a KEDA ``prometheus`` trigger
-(``threshold`` is the per-replica target, KEDA's default ``AverageValue``). Anything else (CPU, a request rate, a
-custom metric) keeps the goal's default target, and :attr:`Incumbent.notes` says so -- never a silent guess.
+(``threshold`` is the per-replica target, KEDA's default ``AverageValue``), and for KEDA the request rate
+(``rate(vllm:request_success_total[...])`` -> ``rps``, requests/s per replica). Anything else (CPU, a custom metric)
+keeps the goal's default target, and :attr:`Incumbent.notes` says so -- never a silent guess. An HPA with
+``spec.behavior`` (or a ScaledObject with ``advanced.horizontalPodAutoscalerConfig.behavior``) runs with the
+defaulted behaviour; without one, with the HPA's legacy scale-up limits, as upstream does.
 
 Taking over and handing back (KEDA)
 -----------------------------------
@@ -79,6 +82,7 @@ HPA_DEFAULT_DOWN_WINDOW_S = 300.0
 
 _RUNNING = re.compile(r"num_requests_running")
 _WAITING = re.compile(r"num_requests_waiting")
+_RATE = re.compile(r"\b(i?rate)\s*\(\s*[^)]*(request_success_total|requests_total)")
 
 
 def is_paused(so: Mapping[str, Any]) -> bool:
@@ -106,6 +110,7 @@ class Incumbent:
     down_window_s: float
     polling_s: float | None = None
     cooldown_s: float | None = None
+    behavior: bool = False
     paused: bool = False
     taken_over_by: str | None = None
     owner: str | None = None  # the ScaledObject that generated this HPA (KEDA), if any
@@ -187,6 +192,7 @@ def parse_hpa(hpa: Mapping[str, Any]) -> Incumbent:
         metric=metric,
         target_per_replica=target,
         down_window_s=_down_window(spec.get("behavior"), HPA_DEFAULT_DOWN_WINDOW_S),
+        behavior=bool(spec.get("behavior")),
         owner=owner,
         notes=tuple(notes),
     )
@@ -202,7 +208,9 @@ def parse_scaledobject(so: Mapping[str, Any]) -> Incumbent:
         md = trig.get("metadata") or {}
         kind = trig.get("type")
         query = str(md.get("query") or md.get("metricName") or "")
-        mapped = _map_metric(query) if kind == "prometheus" else None
+        mapped = None
+        if kind == "prometheus":
+            mapped = _map_metric(query) or ("rps" if _RATE.search(query) else None)
         if mapped is None:
             notes.append(f"{kind} trigger ({query[:80]!r}) is not a metric fleetpilot observes: default target used")
             continue
@@ -231,6 +239,7 @@ def parse_scaledobject(so: Mapping[str, Any]) -> Incumbent:
         metric=metric,
         target_per_replica=target,
         down_window_s=_down_window(hpa_cfg.get("behavior"), HPA_DEFAULT_DOWN_WINDOW_S),
+        behavior=bool(hpa_cfg.get("behavior")),
         polling_s=KEDA_DEFAULT_POLLING_S if polling is None else polling,
         cooldown_s=KEDA_DEFAULT_COOLDOWN_S if cooldown is None else cooldown,
         paused=is_paused(so),
@@ -258,11 +267,8 @@ def incumbent_goal(goal: GoalSpec, model: str, inc: Incumbent) -> GoalSpec:
     m = dataclasses.replace(spec, min_replicas=lo, max_replicas=max(inc.max_replicas, lo, 1))
     b = goal.baselines
     changes: dict[str, Any] = {"hpa_scale_down_window_s": inc.down_window_s}
-    if inc.metric in ("in_flight", "queue"):
+    if inc.metric in ("in_flight", "queue") and inc.kind == "hpa":
         changes["hpa_metric"] = inc.metric
-    if inc.target_per_replica is not None:
-        changes["hpa_target_per_replica"] = inc.target_per_replica
-        changes["keda_target_per_replica"] = inc.target_per_replica
     if inc.polling_s is not None:
         changes["keda_polling_s"] = inc.polling_s
     if inc.cooldown_s is not None:
@@ -325,10 +331,13 @@ def incumbent_policy(goal: GoalSpec, incumbents: Mapping[str, Sequence[Incumbent
             parts[spec.name] = (None, make(fallback or goal.fallback_policy, g))
             continue
         g = incumbent_goal(goal, spec.name, inc)
+        targets = {spec.name: inc.target_per_replica} if inc.target_per_replica is not None else None
         if inc.kind == "keda":
-            policy: Any = KEDAPolicy(g, metric="in_flight", target_per_replica=inc.target_per_replica)
+            metric = inc.metric if inc.metric in ("rps", "in_flight") else "rate"
+            policy: Any = KEDAPolicy(g, metric=metric, targets=targets, behavior=inc.behavior)
         else:
-            policy = HPAPolicy(g, metric=inc.metric, target_per_replica=inc.target_per_replica)
+            policy = HPAPolicy(g, metric=inc.metric if inc.metric in ("in_flight", "queue") else None,
+                               targets=targets, behavior=inc.behavior)
         parts[spec.name] = (inc, policy)
     return IncumbentPolicy(goal, parts)
 

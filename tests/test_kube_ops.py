@@ -3,6 +3,7 @@ one retry layer, any workload with a scale subresource (StatefulSet, LeaderWorke
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -296,3 +297,35 @@ def test_hpas_are_never_written(emu: K8sEmulator) -> None:
     KedaTakeover(act).give_back("llama")
     read_incumbents(act, "llama")
     assert not [r for r in emu.requests if "horizontalpodautoscalers" in r.path and r.method != "GET"]
+
+
+def test_handover_command_writes_the_incumbent_as_a_tuned_baseline(tmp_path, capsys) -> None:  # noqa: ANN001
+    from fleetpilot.agent.cli import main
+    from fleetpilot.policies.registry import make
+
+    goal = load_goal("single-model")
+    spec = goal.models[0]
+    ns = spec.deployment.namespace
+    with K8sEmulator() as emu:
+        emu.add_deployment(ns, spec.deployment.name, replicas=2)
+        out = tmp_path / "handover"
+        assert main(["handover", "--goal", "single-model", "--kube-host", emu.url]) == 0
+        assert "no HPA or ScaledObject" in capsys.readouterr().out
+        so = scaledobject_manifest("llm", spec.deployment.name, min_replicas=2, max_replicas=30, threshold="3.5",
+                                   query=f'sum(rate(vllm:request_success_total{{model_name="{spec.name}"}}[1m]))')
+        so["spec"]["advanced"] = {"horizontalPodAutoscalerConfig": {"behavior": {
+            "scaleDown": {"stabilizationWindowSeconds": 120}}}}
+        emu.objects.put(so, namespace=ns)
+        assert main(["handover", "--goal", "single-model", "--kube-host", emu.url, "--out", str(out)]) == 0
+        assert not [r for r in emu.requests if r.method != "GET"]  # read-only
+    text = capsys.readouterr().out
+    assert "ScaledObject/llm min 2 max 30, target 3.5 (rps), scale-down window 120s, behavior set" in text
+    doc = json.loads((out / "tuning-keda.json").read_text())
+    assert doc["autoscaler"] == "keda" and doc["models"][spec.name]["target"] == 3.5
+    tuned = make(f"keda-tuned:{out}", goal)
+    assert tuned.metric == "rps" and tuned.targets == {spec.name: 3.5}
+    inc = json.loads((out / "incumbents.json").read_text())["models"][spec.name][0]
+    assert inc["kind"] == "keda" and inc["down_window_s"] == 120.0 and inc["behavior"] is True
+    # never overwritten (checked before anything is read)
+    assert main(["handover", "--goal", "single-model", "--kube-host", "http://127.0.0.1:1", "--out", str(out)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
