@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "fleetpilot.agent.commands.run",
     "fleetpilot.agent.commands.trace_import",
     "fleetpilot.agent.commands.shadow_report",
+    "fleetpilot.agent.commands.handover",
 )
 
 
