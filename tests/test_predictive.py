@@ -1,0 +1,179 @@
+"""The predictive core: conformal quantile calibration and the scale-down rule (policies/predictive.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fleetpilot.policies.base import ModelObs, Observation
+from fleetpilot.policies.predictive import (
+    ModelCalibration,
+    PredictivePolicy,
+    PredictiveState,
+    conformal_quantile,
+    slo_utilisation,
+)
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import load_goal
+
+GOAL = load_goal("examples/goals/single-model.yaml")
+M = GOAL.models[0].name
+CAP = 60.0  # saturated req/s of one replica in the synthetic observations
+DT = GOAL.control_interval_s
+
+
+def obs(t: float, rate: float, forecast: float | None = None, *, ready: int = 4, ttft: float = 100.0) -> Observation:
+    f = rate if forecast is None else forecast
+    mo = ModelObs(ready=ready, starting=0, desired=ready, arrival_rps=rate, in_flight=0.0, queued=0.0,
+                  ttft_p95_ms=ttft, e2e_p95_ms=ttft, capacity_rps=CAP, slots=256, forecast=(f, 1.2 * f, f, 1.2 * f))
+    return Observation(t_s=t, interval_s=DT, models={M: mo}, class_rates={"default": rate}, class_forecast={},
+                       weights={}, ttft_p95_ms=ttft, e2e_p95_ms=ttft, cost_per_hour=0.0)
+
+
+def run(policy: PredictivePolicy, rates: list[float], forecasts: list[float] | None = None,
+        state: PredictiveState | None = None, t0: float = 0.0) -> tuple[list[int], PredictiveState]:
+    st = policy.initial_state() if state is None else state
+    out = []
+    for i, r in enumerate(rates):
+        d, st = policy.decide(obs(t0 + (i + 1) * DT, r, None if forecasts is None else forecasts[i]), st)
+        out.append(d.replicas[M])
+    return out, st
+
+
+# ---------------------------------------------------------------------------------------------
+# conformal quantile
+# ---------------------------------------------------------------------------------------------
+
+
+def test_conformal_quantile_is_the_finite_sample_order_statistic() -> None:
+    scores = np.arange(1.0, 20.0)  # 19 scores
+    assert conformal_quantile(scores, 0.9) == 18.0  # ceil(20 * 0.9) = 18th smallest
+    assert conformal_quantile(scores, 0.5) == 10.0
+    assert conformal_quantile(scores, 0.99) == math.inf  # needs ceil(20 * .99) = 20 > 19 scores
+    assert math.isnan(conformal_quantile([], 0.9))
+    assert conformal_quantile([1.0, math.nan, 2.0, 3.0], 0.5) == 2.0  # non-finite scores are ignored
+
+
+@pytest.mark.parametrize("alpha", [0.8, 0.95])
+def test_conformal_quantile_covers_a_fresh_exchangeable_score(alpha: float) -> None:
+    rng = np.random.default_rng(7)
+    trials, n = 4000, 59
+    draws = rng.lognormal(0.0, 1.0, size=(trials, n + 1))
+    covered = np.mean([draws[i, -1] <= conformal_quantile(draws[i, :-1], alpha) for i in range(trials)])
+    # the guarantee is >= alpha (and < alpha + 1/(n+1)); 4000 trials: a 3-sigma band
+    sd = math.sqrt(alpha * (1 - alpha) / trials)
+    assert covered >= alpha - 3 * sd
+    assert covered <= alpha + 1.0 / (n + 1) + 3 * sd
+
+
+# ---------------------------------------------------------------------------------------------
+# online calibration
+# ---------------------------------------------------------------------------------------------
+
+
+def test_calibration_learns_a_biased_forecast_and_stays_causal() -> None:
+    """The forecaster says 600 req/s; demand is really 900: the policy learns to size for 900."""
+    pol = PredictivePolicy(GOAL, quantile=0.9)
+    r_slo = CAP * slo_utilisation(GOAL, M)
+    lead_n = int(math.ceil(GOAL.models[0].cold_start_s / DT))
+    reps, st = run(pol, [900.0] * 200, [600.0] * 200)
+    # warm-up: no score has matured before one lead has passed, so the forecast's own upper bound is used
+    assert reps[0] == math.ceil(900.0 * pol.warmup_factor / r_slo - 1e-6)
+    assert len(st.model(M).scores) == 200 - lead_n
+    assert reps[-1] == math.ceil(900.0 / r_slo - 1e-6)  # base = current rate (900), factor learned ~ 0
+    # noisy demand around a flat forecast: the calibrated demand covers the horizon maximum at the level asked
+    pol2 = PredictivePolicy(GOAL, quantile=0.9)
+    rng = np.random.default_rng(3)
+    noisy = 700.0 + 100.0 * rng.standard_normal(1200)
+    st2 = pol2.initial_state()
+    dq = []
+    for i, r in enumerate(noisy):
+        o = obs((i + 1) * DT, float(r), 700.0)
+        d, st2 = pol2.decide(o, st2)
+        cal = st2.model(M)  # the decision's own calibration: scores matured up to now only
+        _, _, x = pol2.demand(M, o.models[M], ModelCalibration((), cal.scores, cal.scale, cal.level),
+                              pol2.eps_replicas * r_slo)
+        dq.append(x)
+    hmax = np.array([noisy[i + 1:i + 1 + lead_n].max() for i in range(len(noisy) - lead_n)])
+    covered = np.array(dq[:len(hmax)]) >= hmax
+    assert 0.85 <= covered[300:].mean() <= 0.97  # about the 0.9 asked (scores are serially correlated)
+    assert pol2.factor(st2.model(M)) > 0
+
+
+def test_scores_use_the_routing_shares_in_force_when_the_decision_was_made() -> None:
+    goal = load_goal("examples/goals/two-model-routed.yaml")
+    pol = PredictivePolicy(goal)
+    st = pol.initial_state()
+    big, small = goal.model_names
+
+    def o(t: float, w_big: float) -> Observation:
+        models = {}
+        for name, share in ((big, w_big), (small, 1 - w_big)):
+            r = 100.0 * share
+            models[name] = ModelObs(ready=3, starting=0, desired=3, arrival_rps=r, in_flight=0, queued=0,
+                                    ttft_p95_ms=50, e2e_p95_ms=50, capacity_rps=20.0, slots=256,
+                                    forecast=(r, r, r, r))
+        w = {big: w_big, small: 1 - w_big}
+        return Observation(t_s=t, interval_s=DT, models=models, class_rates={"chat": 50.0, "code": 50.0},
+                           class_forecast={}, weights={"chat": w, "code": w}, ttft_p95_ms=50, e2e_p95_ms=50,
+                           cost_per_hour=0.0)
+
+    for i in range(40):  # weights flip every interval: the routed rate per model jumps, demand per class does not
+        _, st = pol.decide(o((i + 1) * DT, 0.3 if i % 2 else 0.7), st)
+    for name in (big, small):
+        scores = st.model(name).scores
+        assert scores, name
+        assert max(scores) < 1e-6  # a routing change is not a forecast error
+
+
+# ---------------------------------------------------------------------------------------------
+# scale-down rule
+# ---------------------------------------------------------------------------------------------
+
+
+def test_scale_down_waits_while_demand_may_return_within_the_lead() -> None:
+    """Same observation, two histories: where dips have rebounded within the lead, a dip keeps the replicas."""
+    lead_n = int(math.ceil(GOAL.models[0].cold_start_s / DT))
+    r_slo = CAP * slo_utilisation(GOAL, M)
+    hi, lo = 1200.0, 300.0
+    # history A: short dips (one interval) inside a high plateau -> the horizon maximum stays high after a dip
+    dips = [lo if i % (lead_n - 2) == 0 else hi for i in range(600)]
+    pol = PredictivePolicy(GOAL, quantile=0.95)
+    _, st_a = run(pol, dips, dips)
+    # history B: slow, steady traffic -> a dip is a dip
+    _, st_b = run(pol, [lo] * 600, [lo] * 600)
+    d_a, _ = pol.decide(obs(601 * DT, lo, lo, ready=20), st_a)
+    d_b, _ = pol.decide(obs(601 * DT, lo, lo, ready=20), st_b)
+    assert d_b.replicas[M] == math.ceil(lo / r_slo - 1e-6)  # scales down to what the dip needs
+    assert d_a.replicas[M] >= math.ceil(hi / r_slo - 1e-6)  # keeps what the rebound within the lead needs
+
+
+def test_holds_without_data_and_respects_bounds() -> None:
+    pol = PredictivePolicy(GOAL)
+    st = pol.initial_state()
+    nan_obs = obs(DT, math.nan, math.nan, ready=5)
+    d, st = pol.decide(nan_obs, st)
+    assert d.replicas[M] == 5  # no measurement, no forecast: hold
+    d, _ = pol.decide(obs(2 * DT, 1e6), st)
+    assert d.replicas[M] == GOAL.models[0].max_replicas
+    d, _ = pol.decide(obs(2 * DT, 0.0), pol.initial_state())
+    assert d.replicas[M] == GOAL.models[0].min_replicas
+
+
+def test_same_inputs_same_decisions_and_immutable_state() -> None:
+    rng = np.random.default_rng(11)
+    rates = list(500 + 200 * rng.random(120))
+    a, sa = run(PredictivePolicy(GOAL), rates)
+    b, sb = run(PredictivePolicy(GOAL), rates)
+    assert a == b and sa == sb
+    with pytest.raises(AttributeError):
+        sa.rates = ()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kw", [{"quantile": 1.0}, {"quantile": 0.2}, {"window": 0}, {"eps_replicas": 0.0},
+                                {"lead_s": {"nope": 10.0}}])
+def test_bad_settings_are_user_errors(kw: dict) -> None:
+    with pytest.raises(UserError):
+        PredictivePolicy(GOAL, **kw)
