@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -11,6 +13,21 @@ from needs import missing_tool
 from testbed.fleet_exporter import FleetExporter
 from testbed.k8s_emulator import K8sEmulator
 from testbed.prometheus import PrometheusNotFoundError, PrometheusServer
+
+T = TypeVar("T")
+
+
+def wait_until(what: str, check: Callable[[], T], timeout_s: float, poll_s: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy (returned) or ``timeout_s`` passes (AssertionError naming
+    ``what``). Live tests wait on conditions with deadlines like this, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for: {what}")
+        time.sleep(poll_s)
 
 
 def token_means(trace: Any) -> tuple[float, float]:
