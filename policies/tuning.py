@@ -9,8 +9,12 @@ evaluated on):
 
   - ``hpa``  -- Pods metric in-flight requests (running + waiting) per replica, target ``f`` x the replica's
     concurrent sequences (``max_num_seqs`` at the range's token mix);
-  - ``keda`` -- Prometheus trigger on the request rate, ``AverageValue`` threshold ``f`` x one replica's
-    saturated throughput (req/s at the range's token mix);
+  - ``keda`` -- the Prometheus trigger fleetpilot's ``keda`` baseline uses: requests in flight at saturation by
+    Little's law (request rate x a replica's mean service time at full batch, which follows the live token
+    mix), ``AverageValue`` threshold ``f`` x the replica's concurrent sequences. In the manifest the query is
+    that product written in vLLM's counters: ``a*rate(requests) + b*rate(prompt tokens) + c*rate(generated
+    tokens)``, with ``a, b, c`` a least-squares fit of the capacity model's service time
+    (:func:`keda_query_coefficients`);
   - ``kpa``  -- concurrency target ``f`` x the replica's concurrent sequences, and the stable window (the panic
     window stays 10 % of it).
 
@@ -74,14 +78,14 @@ TUNING_FORMAT = "fleetpilot/tuning-v1"
 #: normal for vLLM, whose latency grows well before the batch is full; the rate target is a share of throughput)
 FRACTIONS: dict[str, tuple[float, ...]] = {
     "hpa": (0.1, 0.15, 0.2, 0.3, 0.45, 0.7),
-    "keda": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    "keda": (0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
     "kpa": (0.1, 0.15, 0.2, 0.3, 0.45, 0.7),
 }
 #: Knative stable windows searched (``autoscaling.knative.dev/window``; 60 s is Knative's default)
 KPA_WINDOWS_S: tuple[float, ...] = (30.0, 60.0, 120.0)
 #: attainment margin over the goal's attainment a tuned setting must reach on the tuning range
 DEFAULT_MARGIN = 0.005
-_UNITS = {"hpa": "in-flight requests per replica", "keda": "requests/s per replica",
+_UNITS = {"hpa": "in-flight requests per replica", "keda": "in-flight requests at saturation per replica",
           "kpa": "concurrent requests per replica"}
 
 
@@ -134,7 +138,30 @@ def unit_capacity(goal: GoalSpec, trace: Trace) -> dict[str, dict[str, float]]:
 
 
 def _basis(kind: str, unit: Mapping[str, float]) -> float:
-    return float(unit["capacity_rps"] if kind == "keda" else unit["slots"])
+    return float(unit["slots"])
+
+
+def keda_query_coefficients(spec: Any, input_tokens: float, output_tokens: float) -> tuple[float, ...]:
+    """(a, b, c, max relative error): service time at full batch ~= a + b * input + c * output tokens (s).
+
+    A relative least-squares fit of ``slots / saturated throughput`` over token mixes from half to twice the
+    tuning range's mean (the capacity model is not linear over all mixes, so the fit is local to the user's
+    traffic), so that ``a*rate(requests) + b*rate(prompt tokens) + c*rate(generated tokens)`` is the in-flight
+    load the ``keda`` baseline scales on.
+    """
+    rows, ys = [], []
+    for fi in (0.5, 0.7, 1.0, 1.4, 2.0):
+        for fo in (0.5, 0.7, 1.0, 1.4, 2.0):
+            tin, tout = max(1.0, input_tokens * fi), max(1.0, output_tokens * fo)
+            mu = service_rate_per_replica(spec, tin, tout)
+            if mu > 0:
+                rows.append((1.0, tin, tout))
+                ys.append(slots_per_replica(spec, tin, tout) / mu)
+    x, y = np.asarray(rows), np.asarray(ys)
+    w = 1.0 / y
+    coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
+    err = float(np.max(np.abs(x @ coef - y) / y))
+    return float(coef[0]), float(coef[1]), float(coef[2]), err
 
 
 def candidates(kind: str, goal: GoalSpec, trace: Trace, *, fractions: Sequence[float] | None = None,
@@ -175,7 +202,7 @@ def build_incumbent(kind: str, goal: GoalSpec, targets: Mapping[str, float], sta
     if kind == "hpa":
         pol: Any = HPAPolicy(goal, metric="in_flight", targets=targets)
     elif kind == "keda":
-        pol = KEDAPolicy(goal, metric="rps", targets=targets)
+        pol = KEDAPolicy(goal, metric="rate", targets=targets)
     else:
         pol = KPAPolicy(goal, targets=targets, stable_window_s=stable_window_s)
     pol.name = name or TUNED_NAMES[kind]
@@ -301,10 +328,17 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
         target = float(tm["target"])
         ns, dep = m.deployment.namespace, m.deployment.name
         if kind == "keda":
+            a, b, c, err = keda_query_coefficients(m, float(tm.get("input_tokens", 512.0)),
+                                                   float(tm.get("output_tokens", 256.0)))
+            sel = f'{{model_name="{m.name}"}}'
+            query = (f"{a:.6g} * sum(rate(vllm:request_success_total{sel}[1m])) + {b:.6g} * "
+                     f"sum(rate(vllm:prompt_tokens_total{sel}[1m])) + {c:.6g} * "
+                     f"sum(rate(vllm:generation_tokens_total{sel}[1m]))")
             obj: dict[str, Any] = {
                 "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
                 "metadata": {"name": f"{dep}-tuned", "namespace": ns,
-                             "annotations": {"fleetpilot.io/tuning": tm.get("note", "")}},
+                             "annotations": {"fleetpilot.io/tuning": tm.get("note", ""),
+                                             "fleetpilot.io/query-fit-max-error": f"{err:.1%}"}},
                 "spec": {
                     "scaleTargetRef": {"name": dep, "kind": getattr(m.deployment, "kind", "Deployment"),
                                        "apiVersion": getattr(m.deployment, "api_version", "apps/v1")},
@@ -313,8 +347,7 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
                     "minReplicaCount": int(m.min_replicas), "maxReplicaCount": int(m.max_replicas),
                     "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
                         "serverAddress": _PROM_PLACEHOLDER,
-                        "query": f'sum(rate(vllm:request_success_total{{model_name="{m.name}"}}[1m]))',
-                        "threshold": f"{target:.4g}"}}],
+                        "query": query, "threshold": f"{target:.4g}"}}],
                 },
             }
         elif kind == "hpa":
@@ -346,8 +379,10 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
                    "spec": {"template": {"metadata": {"annotations": ann}}}}
         docs.append(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
     notes = {
-        "keda": ["# serverAddress: point it at your Prometheus. The threshold is requests/s per replica (the",
-                 "# Prometheus scaler's AverageValue): KEDA's HPA asks for ceil(rate / threshold) replicas."],
+        "keda": ["# serverAddress: point it at your Prometheus. The query is the load in requests in flight at",
+                 "# saturation (Little's law: request rate x a replica's service time at full batch, linear in the",
+                 "# token rates); the threshold is per replica (AverageValue): KEDA's HPA asks for",
+                 "# ceil(query / threshold) replicas."],
         "hpa": ["# Needs the Pods metric vllm_requests_in_flight from prometheus-adapter, e.g. the rule:",
                 "#   - seriesQuery: 'vllm:num_requests_running{namespace!=\"\",pod!=\"\"}'",
                 "#     resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}",

@@ -103,11 +103,11 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
                 for c in cands[k]]
         chosen, met = select(rows, threshold)
         srow = next(r for r in rows if r[0] is chosen)
-        basis = "saturated throughput" if k == "keda" else "concurrent sequences (max_num_seqs at the token mix)"
+        basis = "concurrent sequences (max_num_seqs, or fewer if the KV cache is short)"
         models = {}
         for name, target in chosen.targets:
             u = units[name]
-            b = u["capacity_rps"] if k == "keda" else u["slots"]
+            b = u["slots"]
             models[name] = {
                 "target": target, "unit": _unit(k), "fraction": chosen.fraction, "basis_value": round(b, 6),
                 "note": f"{chosen.fraction:g} x one replica's {basis} ({b:.4g}) at the tuning range's token mix",

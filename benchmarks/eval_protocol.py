@@ -1,0 +1,463 @@
+"""The frozen evaluation protocol (issue 15): every policy, tuned incumbents included, on held-out ranges.
+
+One command::
+
+    python benchmarks/eval_protocol.py                      # non-learned policies, writes the RESULTS_rl.md section
+    python benchmarks/eval_protocol.py --single-policies rl:examples/policies/single-model \\
+        --routed-policies rl:examples/policies/two-model-routed,rl:examples/policies/two-model-routed#scaling-only \\
+        --section learned
+
+What is frozen (change it only with a new section and say why):
+
+* **Ranges** (:data:`SINGLE`, :data:`ROUTED`): the validation ranges of the 7 single-model traces and of the 2
+  routed pairs used since RESULTS_rl.md (Twitter with its zero-traffic gaps included). Training ranges are the
+  complement before them; nothing here reads a validation range except to score it.
+* **Load scales** :data:`SCALES` (peak 200 and 1,000 req/s; every range rescaled to that peak, Poisson re-sampled)
+  and **seeds** :data:`SEEDS` (3; every policy sees the same arrivals for a given seed).
+* **Tuned incumbents** (``hpa-tuned``, ``keda-tuned``, ``kpa-tuned``): tuned per (range, scale) by
+  ``fleetpilot tune``'s search (:func:`fleetpilot.agent.commands.tune.search`) on the **last**
+  :data:`TUNE_DAYS` days of the training range (the whole training range when shorter), rescaled to the same
+  peak, seed 0: the cheapest setting with attainment >= goal + 0.005. Cached in :data:`TUNING_CACHE` (keyed by
+  goal, range, scale and the search grid) so reruns are cheap; ``--retune`` recomputes.
+* **Static** is sized for the peak of the tuning range (not of the evaluated one).
+* Reported per (range, scale): mean cost over seeds, mean cost/oracle (the oracle of the same seed), mean and
+  minimum attainment, and the ratio to the cheapest tuned incumbent whose mean attainment meets the goal.
+
+Policies are a CLI argument (``--policies`` for both goals, ``--single-policies`` / ``--routed-policies`` added
+for one goal only), so a learned policy is evaluated by the same command. Jobs run in ``--workers`` forked
+processes that hand results back as JSON files (no pickle). Results: ``--json`` (every seed's numbers) and the
+generated section of ``benchmarks/RESULTS_rl.md`` between ``<!-- eval-protocol:NAME:begin -->`` and
+``<!-- eval-protocol:NAME:end -->`` (``--section NAME``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TUNING_CACHE = ROOT / "benchmarks" / "eval_tuning.json"
+RESULTS_JSON = ROOT / "benchmarks" / "eval_results.json"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS_rl.md"
+SINGLE_GOAL = ROOT / "examples" / "goals" / "single-model.yaml"
+ROUTED_GOAL = ROOT / "examples" / "goals" / "two-model-routed.yaml"
+
+SCALES = (200.0, 1000.0)
+SEEDS = (0, 1, 2)
+TUNE_DAYS = 2.0
+DEFAULT_POLICIES = "static,hpa,keda,kpa,hpa-tuned,keda-tuned,kpa-tuned,predictive,oracle"
+TUNED = {"hpa-tuned": "hpa", "keda-tuned": "keda", "kpa-tuned": "kpa"}
+
+
+@dataclass(frozen=True)
+class Range:
+    """One evaluation range: traces (``CLASS=name`` for routed), the training end = validation start."""
+
+    key: str
+    label: str
+    traces: tuple[str, ...]
+    split_s: float  # training is [start, split), validation [split, end]
+    routed: bool = False
+
+
+SINGLE = (
+    Range("nasa", "NASA HTTP Jul 1995", ("nasa_http_1995_jul_1min",), 1814400.0),
+    Range("twitter", "Twitter stream 2021", ("twitter_stream_2021_08_1min",), 1036800.0),
+    Range("servegen-mid", "ServeGen m-mid", ("servegen_m-mid_10min",), 777600.0),
+    Range("servegen-large", "ServeGen m-large", ("servegen_m-large_10min",), 777600.0),
+    Range("servegen-small", "ServeGen m-small", ("servegen_m-small_10min",), 777600.0),
+    Range("azure-conv", "Azure LLM conv 2023", ("azure_llm_2023_conv_1s",), 2760.0),
+    Range("nab-elb", "NAB ELB request count", ("nab_elb_request_count_5min",), 969360.0),
+)
+ROUTED = (
+    Range("servegen-mid+small", "ServeGen chat=m-mid, code=m-small",
+          ("chat=servegen_m-mid_10min", "code=servegen_m-small_10min"), 777600.0, True),
+    Range("azure-conv+code", "Azure chat=conv, code=code",
+          ("chat=azure_llm_2023_conv_1s", "code=azure_llm_2023_code_1s"), 2760.0, True),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Traces and tuning
+# ---------------------------------------------------------------------------------------------
+
+
+def goal_for(r: Range) -> Any:
+    from fleetpilot.simulations.goal import load_goal
+
+    return load_goal(ROUTED_GOAL if r.routed else SINGLE_GOAL)
+
+
+def traces_for(r: Range, scale: float) -> tuple[Any, Any, str]:
+    """(tuning trace, validation trace, tuning range text), both rescaled to ``scale``."""
+    from fleetpilot.simulations.traces import load_traces
+
+    full = load_traces(list(r.traces))
+    start = float(full.start_s)
+    tune_lo = max(start, r.split_s - TUNE_DAYS * 86400.0)
+    tune = load_traces(list(r.traces), (tune_lo, r.split_s)).scale_to_peak(scale)
+    val = load_traces(list(r.traces), (r.split_s, None)).scale_to_peak(scale)
+    return tune, val, f"{tune_lo:g}:{r.split_s:g}"
+
+
+def _grid_key() -> str:
+    from fleetpilot.policies import tuning as tn
+
+    return json.dumps({"fr": tn.FRACTIONS, "w": tn.KPA_WINDOWS_S, "m": tn.DEFAULT_MARGIN, "days": TUNE_DAYS},
+                      sort_keys=True)
+
+
+def tuning_key(r: Range, scale: float, goal: Any) -> str:
+    g = Path(goal.source).read_bytes() if goal.source and Path(goal.source).is_file() else goal.name.encode()
+    h = hashlib.sha256(g + _grid_key().encode() + repr((r.traces, r.split_s)).encode()).hexdigest()[:16]
+    return f"{r.key}@{scale:g}#{h}"
+
+
+def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
+    from fleetpilot.agent.commands.tune import search
+
+    goal = goal_for(r)
+    tune, _val, rng = traces_for(r, scale)
+    started = time.perf_counter()
+    docs = search(goal, tune, kinds, seed=0, tick_s=None, workers=1)
+    for d in docs.values():
+        d["command"] = (f"fleetpilot tune --goal {Path(goal.source).relative_to(ROOT) if goal.source else '?'} "
+                        + " ".join(f"--trace {t}" for t in r.traces)
+                        + f" --range {rng} --scale-to-peak {scale:g} --autoscaler {d['autoscaler']} --out DIR")
+    return {"key": tuning_key(r, scale, goal), "range": r.key, "scale": scale, "tuning_range": rng,
+            "wall_s": round(time.perf_counter() - started, 2), "docs": docs}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def eval_job(r: Range, scale: float, seed: int, names: list[str], tuning: dict[str, Any]) -> dict[str, Any]:
+    from fleetpilot.policies.registry import make
+    from fleetpilot.policies.tuning import build_incumbent
+
+    try:
+        from fleetpilot.agent.replay import replay
+    except ModuleNotFoundError:
+        from fleetpilot.simulations.replay import replay  # type: ignore[no-redef]
+
+    goal = goal_for(r)
+    tune, val, _rng = traces_for(r, scale)
+    pols = []
+    for n in names:
+        if n in TUNED:
+            doc = tuning["docs"][TUNED[n]]
+            pol = build_incumbent(TUNED[n], goal, {m: v["target"] for m, v in doc["models"].items()},
+                                  doc.get("stable_window_s"), n)
+        else:
+            pol = make(n, goal, trace=tune, seed=seed)  # static: sized on the tuning range, not this one
+        pol.name = n
+        pols.append(pol)
+    started = time.perf_counter()
+    res = replay(goal, val, pols, seed=seed, tick_s=None, workers=1)
+    rows = {}
+    for run in res.runs:
+        s = run.summary
+        rows[run.name] = {"cost_usd": float(s["cost_usd"]), "cost_vs_oracle": float(s.get("cost_vs_oracle", math.nan)),
+                          "slo_attainment": float(s["slo_attainment"]), "shielded": bool(s.get("shielded")),
+                          "cpu_s": float(s.get("cpu_s", 0.0))}
+    return {"range": r.key, "scale": scale, "seed": seed, "oracle_cost_usd": float(res.oracle["cost_usd"]),
+            "wall_s": round(time.perf_counter() - started, 2), "tick_s": res.tick_s, "policies": rows}
+
+
+def run_parallel(jobs: list[tuple[str, Any]], workers: int, fn: Any) -> list[dict[str, Any]]:
+    """Run ``fn(*args)`` for every job in ``workers`` forked processes; results come back as JSON files."""
+    import multiprocessing as mp
+
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for label, args in jobs:
+            t = time.perf_counter()
+            out.append(fn(*args))
+            print(f"  {label}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+        return out
+    ctx = mp.get_context("fork")
+    nxt = ctx.Value("i", 0)
+    with tempfile.TemporaryDirectory(prefix="fleetpilot-eval-") as tmp:
+        def worker() -> None:
+            os.environ["OMP_NUM_THREADS"] = "1"
+            while True:
+                with nxt.get_lock():
+                    i = nxt.value
+                    nxt.value += 1
+                if i >= len(jobs):
+                    return
+                label, args = jobs[i]
+                t = time.perf_counter()
+                try:
+                    res: Any = {"ok": fn(*args)}
+                except Exception as exc:  # noqa: BLE001 - reported by the parent
+                    res = {"error": f"{label}: {type(exc).__name__}: {exc}"}
+                Path(tmp, f"{i}.json").write_text(json.dumps(res, allow_nan=True))
+                print(f"  {label}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+
+        procs = [ctx.Process(target=worker, daemon=True) for _ in range(min(workers, len(jobs)))]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        out = []
+        for i, (label, _a) in enumerate(jobs):
+            f = Path(tmp, f"{i}.json")
+            if not f.exists():
+                raise RuntimeError(f"job {label} died without a result")
+            res = json.loads(f.read_text())
+            if "error" in res:
+                raise RuntimeError(res["error"])
+            out.append(res["ok"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation and the Markdown section
+# ---------------------------------------------------------------------------------------------
+
+
+def aggregate(results: list[dict[str, Any]], goal_att: dict[str, float]) -> dict[tuple[str, float], dict[str, Any]]:
+    """Per (range, scale): per policy the seed means, and the ratio to the cheapest SLO-meeting tuned incumbent."""
+    by: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for res in results:
+        by.setdefault((res["range"], float(res["scale"])), []).append(res)
+    out: dict[tuple[str, float], dict[str, Any]] = {}
+    for key, runs in by.items():
+        names = list(runs[0]["policies"])
+        rows: dict[str, dict[str, Any]] = {}
+        for n in names:
+            per = [r["policies"][n] for r in runs if n in r["policies"]]
+            rows[n] = {
+                "cost_usd": statistics.fmean(p["cost_usd"] for p in per),
+                "cost_vs_oracle": statistics.fmean(p["cost_vs_oracle"] for p in per),
+                "slo_attainment": statistics.fmean(p["slo_attainment"] for p in per),
+                "min_attainment": min(p["slo_attainment"] for p in per),
+                "seeds": len(per),
+            }
+            rows[n]["meets"] = rows[n]["slo_attainment"] >= goal_att[key[0]] - 1e-12
+        tuned_ok = [(rows[n]["cost_usd"], n) for n in rows if n in TUNED and rows[n]["meets"]]
+        best = min(tuned_ok) if tuned_ok else None
+        for n in rows:
+            rows[n]["vs_best_tuned"] = rows[n]["cost_usd"] / best[0] if best else math.nan
+        oracle_meets = rows.get("oracle", {}).get("meets")
+        out[key] = {"rows": rows, "best_tuned": best[1] if best else None, "oracle_meets": oracle_meets,
+                    "oracle_cost_usd": statistics.fmean(r["oracle_cost_usd"] for r in runs)}
+    return out
+
+
+def _f(x: float, nd: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
+
+
+def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: dict[str, Any],
+             tuning: dict[str, dict[str, Any]]) -> str:
+    ranges = {r.key: r for r in SINGLE + ROUTED}
+    lines = [f"<!-- eval-protocol:{section}:begin -->",
+             f"## Frozen evaluation protocol: {section} (machine-generated by benchmarks/eval_protocol.py)", "",
+             f"Command: `{meta['command']}`  ", f"Tree: commit {meta['commit']}; run {meta['date']}; "
+             f"wall {meta['wall_s']:.0f} s on {meta['workers']} worker processes (tuning {meta['tune_wall_s']:.0f} s "
+             f"of it{', cached' if meta['tuning_cached'] else ''}); seeds {meta['seeds']}; "
+             f"scales (peak req/s) {meta['scales']}.", "",
+             "How every hyperparameter was chosen (none by looking at a validation range):", "",
+             "* tuned incumbents: `fleetpilot tune`'s search on the last "
+             f"{TUNE_DAYS:g} days of each training range (whole range if shorter), rescaled to the same peak, seed 0; "
+             "per incumbent one utilisation fraction shared by the goal's models (HPA in-flight x slots, KEDA "
+             "request rate x saturated throughput, KPA concurrency x slots, and the KPA stable window), grid fixed "
+             "a priori in `policies/tuning.py`; rule: the cheapest setting with attainment >= goal + 0.005 "
+             "(chosen values: `benchmarks/eval_tuning.json`, columns below);",
+             "* hpa / keda / kpa: upstream defaults (70 % of slots), no fleetpilot shield, goal min/max only;",
+             "* static: replicas for the tuning range's peak at 70 % utilisation (capacity model at the SLO);",
+             "* predictive: the goal's `predictive_headroom` (0.15) and the capacity model, fixed before this "
+             "protocol existed; rl:* policies: see their own section (trained on training ranges only);",
+             "* oracle: the offline optimum of the same seed (a bound, not a controller).", "",
+             "Columns: cost = mean $ over seeds; c/o = mean cost / oracle cost of the same seed; att = mean SLO "
+             "attainment (min over seeds); meets = mean att >= goal (0.99); vs tuned = cost / cost of the "
+             "cheapest tuned incumbent that meets the goal on that range and scale (n/a: none does).", ""]
+    for scale in meta["scales"]:
+        lines += [f"### Peak {scale:g} req/s", "",
+                  "| range | policy | cost $ | c/o | att (min) | meets | vs tuned |", "|---|---|---:|---:|---:|:-:|---:|"]
+        for rk in [r.key for r in SINGLE + ROUTED]:
+            a = agg.get((rk, float(scale)))
+            if a is None:
+                continue
+            first = True
+            for n, row in a["rows"].items():
+                lab = f"{ranges[rk].label} (val t >= {ranges[rk].split_s:g})" if first else ""
+                tn = ""
+                if n in TUNED:
+                    doc = tuning.get(f"{rk}@{scale:g}", {}).get(TUNED[n])
+                    if doc:
+                        ch = doc["chosen"]
+                        tn = f" (f={ch['fraction']:g}" + (f", {ch['stable_window_s']:g}s" if ch.get("stable_window_s")
+                                                        else "") + ("" if ch["met"] else ", unmet on tuning") + ")"
+                lines.append(f"| {lab} | {n}{tn} | {row['cost_usd']:.1f} | {_f(row['cost_vs_oracle'])} | "
+                             f"{row['slo_attainment']:.4f} ({row['min_attainment']:.4f}) | "
+                             f"{'yes' if row['meets'] else 'no'} | {_f(row['vs_best_tuned'])} |")
+                first = False
+        lines.append("")
+    # summary per policy and scale
+    lines += ["### Summary per policy", "",
+              "| scale | policy | ranges meeting SLO (of those where the oracle does) | median c/o | "
+              "<= 0.85x best tuned | > 1.0x best tuned |", "|---|---|---:|---:|---:|---:|"]
+    for scale in meta["scales"]:
+        keys = [k for k in agg if k[1] == float(scale)]
+        names = list(dict.fromkeys(n for k in keys for n in agg[k]["rows"]))
+        for n in names:
+            rows = [(k, agg[k]["rows"][n]) for k in keys if n in agg[k]["rows"]]
+            eligible = [(k, r) for k, r in rows if agg[k]["oracle_meets"] is not False]
+            meets = sum(1 for _k, r in eligible if r["meets"])
+            co = statistics.median(r["cost_vs_oracle"] for _k, r in rows) if rows else math.nan
+            comp = [r for _k, r in rows if math.isfinite(r["vs_best_tuned"])]
+            le = sum(1 for r in comp if r["vs_best_tuned"] <= 0.85 and r["meets"])
+            gt = sum(1 for r in comp if r["vs_best_tuned"] > 1.0)
+            lines.append(f"| {scale:g} | {n} | {meets}/{len(eligible)} | {_f(co)} | {le}/{len(comp)} | "
+                         f"{gt}/{len(comp)} |")
+    lines += ["", f"<!-- eval-protocol:{section}:end -->"]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str, text: str) -> None:
+    """Replace the generated section ``section`` in ``path`` (append it when absent)."""
+    begin, end = f"<!-- eval-protocol:{section}:begin -->", f"<!-- eval-protocol:{section}:end -->"
+    old = path.read_text() if path.exists() else ""
+    if begin in old and end in old:
+        a = old.index(begin)
+        b = old.index(end) + len(end)
+        new = old[:a] + text.rstrip("\n") + old[b:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def _names(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--policies", default=DEFAULT_POLICIES, help=f"both goals (default {DEFAULT_POLICIES})")
+    ap.add_argument("--single-policies", default="", help="added for the single-model ranges only (e.g. rl:PATH)")
+    ap.add_argument("--routed-policies", default="", help="added for the routed pairs only")
+    ap.add_argument("--ranges", default="all", help="comma-separated range keys (default: all): "
+                    + ", ".join(r.key for r in SINGLE + ROUTED))
+    ap.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES))
+    ap.add_argument("--seeds", default=",".join(str(s) for s in SEEDS))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--retune", action="store_true", help="recompute the tuned incumbents (else cached)")
+    ap.add_argument("--tuning-cache", type=Path, default=TUNING_CACHE)
+    ap.add_argument("--json", type=Path, default=RESULTS_JSON, help="every seed's numbers")
+    ap.add_argument("--results-md", type=Path, default=RESULTS_MD)
+    ap.add_argument("--section", default="baselines", help="name of the generated section in --results-md")
+    ap.add_argument("--no-write", action="store_true", help="print the section instead of writing files")
+    a = ap.parse_args(argv)
+    started = time.perf_counter()
+    sel = [r for r in SINGLE + ROUTED if a.ranges == "all" or r.key in _names(a.ranges)]
+    unknown = set(_names(a.ranges)) - {r.key for r in SINGLE + ROUTED} if a.ranges != "all" else set()
+    if unknown or not sel:
+        print(f"eval_protocol: unknown range(s) {sorted(unknown)}", file=sys.stderr)
+        return 2
+    scales = [float(s) for s in _names(a.scales)]
+    seeds = [int(s) for s in _names(a.seeds)]
+    base = _names(a.policies)
+    names_for = {False: base + _names(a.single_policies), True: base + _names(a.routed_policies)}
+    # check every policy name resolves before hours of work
+    from fleetpilot.policies.registry import make
+
+    for routed in (False, True):
+        if not any(r.routed == routed for r in sel):
+            continue
+        g = goal_for(next(r for r in sel if r.routed == routed))
+        for n in names_for[routed]:
+            if n not in TUNED and n != "static":
+                make(n, g)
+    kinds = sorted({TUNED[n] for n in base + _names(a.single_policies) + _names(a.routed_policies) if n in TUNED})
+    cache: dict[str, Any] = {}
+    if a.tuning_cache.exists() and not a.retune:
+        cache = json.loads(a.tuning_cache.read_text())
+    tune_jobs = []
+    keys = {}
+    for r in sel:
+        g = goal_for(r)
+        for s in scales:
+            k = tuning_key(r, s, g)
+            keys[(r.key, s)] = k
+            have = cache.get(k, {}).get("docs", {})
+            need = [kd for kd in kinds if kd not in have]
+            if need:
+                tune_jobs.append((f"tune {r.key}@{s:g} {','.join(kinds)}", (r, s, kinds)))
+    t0 = time.perf_counter()
+    if tune_jobs:
+        print(f"tuning {len(tune_jobs)} (range, scale) pairs...", file=sys.stderr)
+        for res in run_parallel(tune_jobs, a.workers, tune_job):
+            cache[res["key"]] = res
+        if not a.no_write:
+            a.tuning_cache.write_text(json.dumps(cache, indent=1, allow_nan=False) + "\n")
+    tune_wall = time.perf_counter() - t0
+    jobs = []
+    for r in sel:
+        for s in scales:
+            for seed in seeds:
+                jobs.append((f"eval {r.key}@{s:g} seed {seed}", (r, s, seed, names_for[r.routed],
+                                                                 cache.get(keys[(r.key, s)], {}))))
+    # longest first, for balance
+    jobs.sort(key=lambda j: -_cost_hint(j[1][0]))
+    print(f"evaluating {len(jobs)} (range, scale, seed) jobs...", file=sys.stderr)
+    results = run_parallel(jobs, a.workers, eval_job)
+    goal_att = {r.key: goal_for(r).slo.attainment for r in sel}
+    agg = aggregate(results, goal_att)
+    tuning_view = {f"{r.key}@{s:g}": cache.get(keys[(r.key, s)], {}).get("docs", {}) for r in sel for s in scales}
+    meta = {"command": "python benchmarks/eval_protocol.py" + ("" if argv is None and len(sys.argv) <= 1 else " "
+                                                               + " ".join(sys.argv[1:] if argv is None else argv)),
+            "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "wall_s": time.perf_counter() - started, "workers": a.workers, "tune_wall_s": tune_wall,
+            "tuning_cached": not tune_jobs, "seeds": seeds, "scales": scales}
+    text = markdown(a.section, agg, meta, tuning_view)
+    if a.no_write:
+        print(text)
+    else:
+        a.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+        write_section(a.results_md, a.section, text)
+        print(f"wrote {a.results_md} (section {a.section}), {a.json}, {a.tuning_cache}", file=sys.stderr)
+    print(f"total wall {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _cost_hint(r: Range) -> float:
+    from fleetpilot.simulations.traces import load_traces
+
+    t = load_traces(list(r.traces), (r.split_s, None))
+    tick = 1.0 if t.interval_s < 60 else 5.0
+    return (t.end_s - t.start_s) / tick * (2 if r.routed else 1)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=False, timeout=10).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
