@@ -329,3 +329,24 @@ def test_handover_command_writes_the_incumbent_as_a_tuned_baseline(tmp_path, cap
     # never overwritten (checked before anything is read)
     assert main(["handover", "--goal", "single-model", "--kube-host", "http://127.0.0.1:1", "--out", str(out)]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_weight_changes_are_events_on_the_route(emu: K8sEmulator) -> None:
+    from fleetpilot.agent.kube import RouteTarget
+    from testbed.k8s_emulator import httproute_manifest
+
+    emu.objects.put(httproute_manifest("chat", [("a-svc", 8000, 500), ("b-svc", 8000, 500)]), namespace=NS)
+    api = make_api_client(host=emu.url)
+    act = KubeActuator(api, {}, {"chat": RouteTarget(NS, "chat", {"a": ("a-svc", 8000), "b": ("b-svc", 8000)})},
+                       recorder=EventRecorder(api, clock=Clock()))
+    assert act.set_weights("chat", {"a": 700, "b": 300}, reason="quality floor met, a is cheaper").ok
+    (ev,) = emu.events(NS, "chat")
+    assert ev["reason"] == "WeightsChanged" and ev["involvedObject"]["kind"] == "HTTPRoute"
+    assert ev["message"] == "Weights: a 500->700, b 500->300; reason: quality floor met, a is cheaper"
+
+
+def test_a_scaledobject_paused_by_someone_else_stays_foreign(emu: K8sEmulator) -> None:
+    so = scaledobject_manifest("llama", "llama-8b")
+    so["metadata"]["annotations"] = {"autoscaling.keda.sh/paused": "true"}  # maintenance by a human
+    emu.objects.put(so, namespace=NS)
+    assert make_actuator(emu).foreign_controllers("llama") == ["ScaledObject/llama"]
