@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,9 @@ COMMAND_MODULES = (
     "fleetpilot.agent.commands.trace_import",
     "fleetpilot.agent.commands.shadow_report",
     "fleetpilot.agent.commands.handover",
+    "fleetpilot.agent.commands.calibrate",
+    "fleetpilot.agent.commands.tune",
+    "fleetpilot.agent.commands.rbac",
 )
 
 
@@ -83,13 +87,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        from fleetpilot.agent.argcheck import check_args
+
+        check_args(args)  # impossible flag values and unusable outputs: refused before any work
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"fleetpilot: error: {one_line(str(exc))}", file=sys.stderr)
+        print(f"fleetpilot: error: {one_line(_redact(str(exc)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fleetpilot: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("fleetpilot: error: out of memory (an input larger than this machine can hold?)", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug, not bad input: one line unless FLEETPILOT_DEBUG=1 asks for the traceback
+        if os.environ.get("FLEETPILOT_DEBUG") == "1":
+            raise
+        print(f"fleetpilot: internal error: {type(exc).__name__}: {one_line(_redact(str(exc)), 300)} "
+              "(set FLEETPILOT_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
+        return 1
+
+
+def _redact(text: str) -> str:
+    """Secrets (URL userinfo, tokens, passwords registered by agent.prom) never reach stderr."""
+    try:
+        from fleetpilot.agent.prom import redact
+    except Exception:  # noqa: BLE001 -- an error message must still print if the import itself is what failed
+        return text
+    return redact(text)
 
 
 if __name__ == "__main__":  # pragma: no cover
