@@ -196,9 +196,17 @@ def _register_shipped() -> None:
              help="sizes for the forecast one cold start ahead", replace=False)
     register("oracle", _oracle, help="offline optimum (needs the whole trace; a yardstick)", replace=False)
     register_prefix("rl", _rl, help="trained policy: rl:PATH or rl:NAME (shipped)", replace=False)
+    register_prefix("incumbent", _incumbent, replace=False,
+                    help="the HPA/KEDA settings read by `fleetpilot handover --out DIR` (PATH: DIR or its JSON)")
     for kind in ("hpa", "keda", "kpa"):  # tuned incumbents: KIND-tuned:PATH (a `fleetpilot tune` result)
         register_prefix(f"{kind}-tuned", _tuned(kind), replace=False,
                         help=f"{kind} with the target chosen by `fleetpilot tune` (PATH: its JSON or --out folder)")
+
+
+def _incumbent(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:
+    from fleetpilot.policies.incumbent import load_incumbents
+
+    return load_incumbents(arg, goal)
 
 
 def _tuned(kind: str) -> Factory:
