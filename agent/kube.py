@@ -421,7 +421,7 @@ class KubeActuator:
         with fleetpilot's annotation) and the HPA KEDA generated for it are not foreign. The daemon refuses to scale
         a workload with a non-empty answer. Raises like :meth:`read_replicas` (a cluster without KEDA is fine).
         """
-        from fleetpilot.agent.handover import TAKEN_OVER_ANNOTATION, is_paused
+        from fleetpilot.policies.incumbent import TAKEN_OVER_ANNOTATION, is_paused, keda_owner
 
         w = self.workload(model)
         scaled = self.list_scaledobjects(w.namespace)
@@ -431,7 +431,7 @@ class KubeActuator:
                  if w.matches((so.get("spec") or {}).get("scaleTargetRef") or {}) and so["metadata"]["name"] not in ours]
         for hpa in self.list_hpas(w.namespace):
             ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
-            if not w.matches(ref) or _keda_owner(hpa) in ours:
+            if not w.matches(ref) or keda_owner(hpa) in ours:
                 continue
             found.append(f"HorizontalPodAutoscaler/{hpa['metadata']['name']}")
         return sorted(found)
@@ -660,15 +660,6 @@ class KubeActuator:
 KEDA_GROUP = "keda.sh"
 KEDA_VERSION = "v1alpha1"
 SCALEDOBJECTS = "scaledobjects"
-
-
-def _keda_owner(hpa: Mapping[str, Any]) -> str | None:
-    """The ScaledObject that generated this HPA (ownerReference or KEDA's label), if any."""
-    meta = hpa.get("metadata") or {}
-    for owner in meta.get("ownerReferences") or []:
-        if owner.get("kind") == "ScaledObject" and str(owner.get("apiVersion", "")).startswith("keda.sh/"):
-            return owner.get("name")
-    return (meta.get("labels") or {}).get("scaledobject.keda.sh/name")
 
 
 def _with_values(out: ApplyOutcome, old: Any, new: Any) -> ApplyOutcome:

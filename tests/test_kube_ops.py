@@ -320,12 +320,15 @@ def test_handover_command_writes_the_incumbent_as_a_tuned_baseline(tmp_path, cap
         assert not [r for r in emu.requests if r.method != "GET"]  # read-only
     text = capsys.readouterr().out
     assert "ScaledObject/llm min 2 max 30, target 3.5 (rps), scale-down window 120s, behavior set" in text
-    doc = json.loads((out / "tuning-keda.json").read_text())
-    assert doc["autoscaler"] == "keda" and doc["models"][spec.name]["target"] == 3.5
-    tuned = make(f"keda-tuned:{out}", goal)
-    assert tuned.metric == "rps" and tuned.targets == {spec.name: 3.5}
     inc = json.loads((out / "incumbents.json").read_text())["models"][spec.name][0]
     assert inc["kind"] == "keda" and inc["down_window_s"] == 120.0 and inc["behavior"] is True
+    assert not (out / "tuning-keda.json").exists()  # keda-tuned replays another metric: incumbent:DIR instead
+    replayed = make(f"incumbent:{out}", goal)  # the registry name replay and the daemon accept
+    (part,) = replayed._parts.values()
+    policy = part[1]
+    assert policy.metric == "rps" and policy.targets == {spec.name: 3.5} and policy.behavior
+    assert policy.goal.models[0].min_replicas == 2 and policy.goal.models[0].max_replicas == 30
+    assert policy.goal.baselines.hpa_scale_down_window_s == 120.0
     # never overwritten (checked before anything is read)
     assert main(["handover", "--goal", "single-model", "--kube-host", "http://127.0.0.1:1", "--out", str(out)]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
@@ -350,3 +353,23 @@ def test_a_scaledobject_paused_by_someone_else_stays_foreign(emu: K8sEmulator) -
     so["metadata"]["annotations"] = {"autoscaling.keda.sh/paused": "true"}  # maintenance by a human
     emu.objects.put(so, namespace=NS)
     assert make_actuator(emu).foreign_controllers("llama") == ["ScaledObject/llama"]
+
+
+def test_handover_of_hpas_on_concurrency_also_writes_an_hpa_tuning(tmp_path) -> None:  # noqa: ANN001
+    from fleetpilot.agent.cli import main
+    from fleetpilot.policies.registry import make
+
+    goal = load_goal("single-model")
+    spec = goal.models[0]
+    ns = spec.deployment.namespace
+    with K8sEmulator() as emu:
+        emu.add_deployment(ns, spec.deployment.name, replicas=2)
+        hpa = hpa_manifest("llm-hpa", spec.deployment.name, min_replicas=1, max_replicas=12)
+        hpa["spec"]["metrics"] = [{"type": "Pods", "pods": {"metric": {"name": "vllm:num_requests_running"},
+                                                            "target": {"type": "AverageValue", "averageValue": "40"}}}]
+        emu.objects.put(hpa, namespace=ns)
+        out = tmp_path / "h"
+        assert main(["handover", "--goal", "single-model", "--kube-host", emu.url, "--out", str(out)]) == 0
+    doc = json.loads((out / "tuning-hpa.json").read_text())
+    assert doc["autoscaler"] == "hpa" and doc["models"][spec.name]["target"] == 40.0
+    assert make(f"hpa-tuned:{out}", goal).targets == {spec.name: 40.0}

@@ -4,11 +4,11 @@ Reads the autoscalers already running on the goal's workloads -- autoscaling/v2 
 shows what their owners tuned (min/max, metric and per-replica target, scale-down window, KEDA polling/cooldown,
 whether ``behavior`` is set), with a note for anything fleetpilot cannot map. With ``--out`` it writes:
 
-* ``DIR/incumbents.json``: everything read, per model;
-* ``DIR/tuning-hpa.json`` or ``DIR/tuning-keda.json`` when every model has the same kind of incumbent on a metric
-  fleetpilot replays (HPA on vLLM concurrency, KEDA on the request rate): then
-  ``fleetpilot replay --policy keda-tuned:DIR`` (or ``hpa-tuned:DIR``) replays *your* autoscaler as you tuned it
-  next to fleetpilot's policy, on your own traffic (``fleetpilot trace import``).
+* ``DIR/incumbents.json``: everything read, per model -- ``fleetpilot replay --policy incumbent:DIR`` replays
+  *your* autoscalers as you tuned them (each model's kind, metric, target, min/max, window, behavior) next to
+  fleetpilot's policy, on your own traffic (``fleetpilot trace import``);
+* ``DIR/tuning-hpa.json`` as well when every model has an HPA on vLLM concurrency (``hpa-tuned:DIR``, the format of
+  ``fleetpilot tune``).
 
 It only reads (``list`` on horizontalpodautoscalers and scaledobjects.keda.sh); it never writes to the cluster.
 ``fleetpilot run --fallback incumbent`` uses the same reading as the daemon's fallback policy.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +38,9 @@ def register(sub: Any) -> None:
 
 
 def tuning_document(goal: Any, incumbents: dict[str, list[Any]]) -> tuple[str | None, dict[str, Any] | None, str]:
-    """A ``fleetpilot/tuning-v1`` document for the incumbents when they map onto one replayable kind, else why not.
-
-    HPA targets replay as in-flight requests per replica, KEDA targets as requests/s per replica (the metrics
-    :func:`fleetpilot.policies.tuning.build_incumbent` uses).
-    """
+    """A ``fleetpilot/tuning-v1`` document when every model has an HPA on in-flight requests (the metric
+    :func:`fleetpilot.policies.tuning.build_incumbent` replays ``hpa-tuned`` with), else None and why not. KEDA
+    incumbents replay exactly through ``incumbent:DIR`` (``keda-tuned`` uses its own Little's-law metric)."""
     firsts = {m: (v[0] if v else None) for m, v in incumbents.items()}
     missing = [m for m in goal.model_names if firsts.get(m) is None]
     if missing:
@@ -52,8 +49,9 @@ def tuning_document(goal: Any, incumbents: dict[str, list[Any]]) -> tuple[str | 
     if len(kinds) != 1:
         return None, None, f"models run different autoscalers ({sorted(kinds)})"
     kind = kinds.pop()
-    wanted = {"hpa": "in_flight", "keda": "rps"}[kind]
-    unit = {"hpa": "in-flight requests per replica", "keda": "requests/s per replica"}[kind]
+    if kind != "hpa":
+        return None, None, f"{kind} incumbents replay through incumbent:DIR"
+    wanted, unit = "in_flight", "in-flight requests per replica"
     bad = [m for m, i in firsts.items() if i.metric != wanted or i.target_per_replica is None]
     if bad:
         return None, None, (f"{kind} on {bad} does not use a metric fleetpilot replays as {kind} ({wanted}); "
@@ -103,20 +101,16 @@ def handler(args: argparse.Namespace) -> int:
                   f"window {i.down_window_s:g}s, behavior {'set' if i.behavior else 'unset (legacy limits)'}{extra}")
             for note in i.notes:
                 print(f"  note: {note}")
-    kind, doc, why = tuning_document(goal, found)
+    kind, doc, _why = tuning_document(goal, found)
     if out is None:
-        if doc is None:
-            print(f"not replayable as one tuned incumbent: {why}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     targets = [out / "incumbents.json"] + ([out / f"tuning-{kind}.json"] if doc is not None else [])
     targets[0].write_text(json.dumps({"goal": goal.name, "models": {m: [i.describe() for i in v]
                                                                      for m, v in found.items()}},
                                      indent=2, sort_keys=True) + "\n")
+    print(f"wrote {targets[0]}: replay your autoscalers with --policy incumbent:{out}")
     if doc is not None:
         targets[1].write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {targets[1]}: replay it with --policy {kind}-tuned:{out}")
-    else:
-        print(f"not replayable as one tuned incumbent: {why}", file=sys.stdout)
-    print(f"wrote {targets[0]}")
+        print(f"wrote {targets[1]}: also --policy {kind}-tuned:{out}")
     return 0
