@@ -30,6 +30,7 @@ import numpy as np
 from fleetpilot.policies.base import Decision, Observation, ObservationBuilder
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.safeyaml import check_regular_file, load_json_file
 
 ARTIFACT_FORMAT = "fleetpilot-rl/v1"
 WEIGHTS_FILE = "policy.pt"
@@ -345,6 +346,33 @@ def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: M
     return out
 
 
+MAX_SIDECAR_BYTES = 4 << 20
+MAX_WEIGHTS_BYTES = 256 << 20  # an MLP policy is KiBs to a few MiB
+MAX_LAYER_WIDTH = 4096
+MAX_LAYERS = 16
+
+
+def _check_network_spec(spec: Mapping[str, Any], where: str) -> None:
+    """Refuse network descriptions that would allocate absurd layers before torch sees them (one line)."""
+    def layers(value: Any, name: str) -> None:
+        if not isinstance(value, list) or len(value) > MAX_LAYERS or not all(
+                isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_LAYER_WIDTH for w in value):
+            raise UserError(f"policy.json network.{name} must be a list of at most {MAX_LAYERS} layer widths in "
+                            f"1..{MAX_LAYER_WIDTH}", where=where)
+
+    arch = spec.get("net_arch")
+    if isinstance(arch, dict):
+        if set(arch) - {"pi", "vf"}:
+            raise UserError("policy.json network.net_arch may only have keys pi and vf", where=where)
+        for k, v in arch.items():
+            layers(v, f"net_arch.{k}")
+    elif arch is not None:
+        layers(arch, "net_arch")
+    lsi = spec.get("log_std_init", 0.0)
+    if not isinstance(lsi, int | float) or isinstance(lsi, bool) or not -20.0 <= float(lsi) <= 5.0:
+        raise UserError("policy.json network.log_std_init must be a number in -20..5", where=where)
+
+
 def _build_network(spec: Mapping[str, Any]) -> Any:
     import gymnasium as gym
     import torch
@@ -370,12 +398,10 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
     p = Path(path)
     sidecar = p if p.suffix == ".json" else p / SIDECAR_FILE
     where = str(sidecar)
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError("RL policy artifact not found (expected a directory with policy.json)", where=where) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read RL policy sidecar: {exc.__class__.__name__}", where=where) from None
+    if not sidecar.exists():
+        raise UserError("RL policy artifact not found (expected a directory with policy.json)", where=where)
+    # regular file, size before reading, no duplicate keys or NaN (simulations.safeyaml)
+    meta = load_json_file(sidecar, "RL policy sidecar (policy.json)", max_bytes=MAX_SIDECAR_BYTES)
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
         raise UserError(f"not a fleetpilot RL policy (format must be {ARTIFACT_FORMAT})", where=where)
     for key in ("goal", "observation", "action", "network", "weights"):  # each section must be a JSON object
@@ -398,10 +424,13 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
     spec = meta.get("network", {})
     if spec.get("obs_dim") != len(layout) or spec.get("act_dim") != codec.size:
         raise UserError("network input/output sizes do not match the layouts", where=where)
+    _check_network_spec(spec, where)
     # the weights live beside policy.json: a file name, never a path out of the artifact directory
-    wfile = sidecar.parent / Path(str(meta.get("weights", {}).get("file", WEIGHTS_FILE))).name
-    if not wfile.exists():
-        raise UserError("weights file missing", where=str(wfile))
+    name = Path(str(meta.get("weights", {}).get("file", WEIGHTS_FILE))).name
+    if name in ("", ".", "..") or name == SIDECAR_FILE:
+        raise UserError("policy.json weights.file must name a file beside policy.json", where=where)
+    wfile = sidecar.parent / name
+    check_regular_file(wfile, MAX_WEIGHTS_BYTES, "weights file")  # before hashing or torch.load: no /dev/zero
     want_sha = meta.get("weights", {}).get("sha256")
     if want_sha and _sha256(wfile) != want_sha:
         raise UserError("weights file does not match the sha256 in policy.json", where=str(wfile))
