@@ -101,11 +101,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fleetpilot: error: out of memory (an input larger than this machine can hold?)", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug, not bad input: one line unless FLEETPILOT_DEBUG=1 asks for the traceback
+        extra = _extra_of(exc.name) if isinstance(exc, ModuleNotFoundError) else None
+        if extra is not None:  # an optional extra's module, imported lazily deep inside a command
+            print(f"fleetpilot: error: this needs the optional dependencies fleetpilot[{extra}] (missing: "
+                  f"{exc.name}); install them with: pip install 'fleetpilot[{extra}]'", file=sys.stderr)
+            return 2
         if os.environ.get("FLEETPILOT_DEBUG") == "1":
             raise
         print(f"fleetpilot: internal error: {type(exc).__name__}: {one_line(_redact(str(exc)), 300)} "
               "(set FLEETPILOT_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
         return 1
+
+
+def _extra_of(module: str | None) -> str | None:
+    """The optional extra (``rl``, ``prophet``) that provides ``module``, if one does."""
+    from fleetpilot.simulations.resources import EXTRAS
+
+    top = (module or "").split(".")[0]
+    return next((extra for extra, mods in EXTRAS.items() if top in mods), None)
 
 
 def _redact(text: str) -> str:

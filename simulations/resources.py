@@ -39,8 +39,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][-_.A-Za-z0-9]*$")
 
 #: optional dependency groups (``pip install 'fleetpilot[NAME]'``) and the modules each one provides
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "rl": ("torch", "stable_baselines3", "gymnasium"),
-    "prophet": ("prophet",),
+    "rl": ("torch", "stable_baselines3"),
+    "prophet": ("prophet", "cmdstanpy", "pandas"),
 }
 
 
