@@ -104,6 +104,8 @@ __all__ = [
     "hpa_normalize",
     "hpa_ratio_replicas",
     "hpa_scale_up_limit",
+    "hpa_convert_with_rules",
+    "hpa_external_average_replicas",
     "KPADecider",
     "KPADeciderSpec",
     "keda_executor",
@@ -411,6 +413,32 @@ def hpa_scale_up_limit(current: int) -> int:
     return int(max(HPA_LEGACY_SCALE_UP_FACTOR * current, HPA_LEGACY_SCALE_UP_MINIMUM))
 
 
+def hpa_convert_with_rules(current: int, desired: int, min_replicas: int, max_replicas: int) -> int:
+    """``convertDesiredReplicasWithRules`` (no ``spec.behavior``): clamp to ``[max(min, 1), min(max, limit)]``."""
+    lo = max(1, int(min_replicas))
+    hi = min(int(max_replicas), hpa_scale_up_limit(current))
+    if desired < lo:
+        return lo
+    if desired > hi:
+        return hi
+    return int(desired)
+
+
+def hpa_external_average_replicas(status_replicas: int, usage_total: float, target_per_pod: float,
+                                  tolerance: float) -> int | None:
+    """``GetExternalPerPodMetricReplicas`` (an External metric with an ``AverageValue`` target, KEDA's kind).
+
+    ``ceil(usage / target)`` when ``usage / (target x status replicas)`` is outside the tolerance, else the
+    status replicas; None when the metric is unknown.
+    """
+    if not _finite(usage_total) or target_per_pod <= 0 or status_replicas <= 0:
+        return None
+    ratio = usage_total / (target_per_pod * status_replicas)
+    if abs(1.0 - ratio) > tolerance:
+        return _ceil(usage_total / target_per_pod)
+    return int(status_replicas)
+
+
 @dataclass(frozen=True)
 class HPAModelState:
     """Per scale target: recommendations in the stabilisation window and recent scale events."""
@@ -448,8 +476,7 @@ def hpa_normalize(
         prev = tuple((t, r) for t, r in state.recommendations if t > now - down_window_s + _EPS)
         stabilized = max([r for _t, r in prev] + [int(recommendation)])
         recs = prev + ((now, int(recommendation)),)
-        hi = min(int(max_replicas), hpa_scale_up_limit(current))
-        desired = min(max(stabilized, lo), hi) if stabilized >= lo else lo
+        desired = hpa_convert_with_rules(current, stabilized, lo, max_replicas)
         return desired, HPAModelState(recommendations=recs, scale_events=())
     longest = max(down_window_s, up_window_s, HPA_POLICY_PERIOD_S)
     prev = tuple((t, r) for t, r in state.recommendations if t > now - longest + _EPS)
@@ -714,10 +741,7 @@ class KEDAPolicy(PolicyBase):
                 target = self.target(m, spec.name)
                 if current > spec.max_replicas or current < hpa_min:
                     desired = min(max(current, hpa_min), spec.max_replicas)
-                elif _finite(hpa_value):
-                    # GetExternalPerPodMetricReplicas: ratio against the current (status) replicas
-                    ratio = hpa_value / (target * current)
-                    rec = current if abs(1.0 - ratio) <= self.tolerance else _ceil(hpa_value / target)
+                elif (rec := hpa_external_average_replicas(current, hpa_value, target, self.tolerance)) is not None:
                     desired, ms = hpa_normalize(rec, current, hpa_min, spec.max_replicas, ms, now,
                                                 down_window_s=self.down_window_s, behavior=self.behavior)
             reps[spec.name] = min(desired, spec.max_replicas)
