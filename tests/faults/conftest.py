@@ -108,6 +108,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return  # a partial or diagnostic run must not overwrite the full table
     if all(r.result == "not run" for r in rows.values()):
         return
+    # only a run of the whole fault suite (every tests/faults/test_*.py collected) rewrites the table
+    files = {Path(item.fspath).name for item in session.items}
+    wanted = {p.name for p in Path(__file__).parent.glob("test_*.py")}
+    if not wanted <= files:
+        return
     write_table(list(rows.values()), TABLE_PATH)
 
 
