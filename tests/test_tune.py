@@ -1,0 +1,148 @@
+"""``fleetpilot tune`` and the tuned incumbents (policies/tuning.py, agent/commands/tune.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleetpilot.agent.cli import main
+from fleetpilot.agent.commands.tune import search
+from fleetpilot.policies.base import capabilities
+from fleetpilot.policies.registry import make
+from fleetpilot.policies.tuning import Candidate, candidates, load_tuning, select, unit_capacity
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import load_goal
+from fleetpilot.simulations.traces import load_traces
+
+ROOT = Path(__file__).resolve().parent.parent
+GOAL = ROOT / "examples/goals/single-model.yaml"
+ONE = load_goal(GOAL)
+TRACE = "azure_llm_2023_conv_1s"
+
+
+def _c(f: float) -> Candidate:
+    return Candidate("keda", f, (("m", f),))
+
+
+def test_select_takes_the_cheapest_setting_that_meets_the_threshold() -> None:
+    rows = [(_c(0.5), 100.0, 1.0), (_c(0.7), 80.0, 0.996), (_c(0.9), 60.0, 0.97)]
+    chosen, met = select(rows, 0.995)
+    assert chosen.fraction == 0.7 and met
+    # the cheapest overall misses: not chosen; a cheaper one that meets wins even if its fraction is lower
+    rows = [(_c(0.5), 70.0, 0.999), (_c(0.7), 80.0, 0.996), (_c(0.9), 60.0, 0.97)]
+    assert select(rows, 0.995)[0].fraction == 0.5
+
+
+def test_select_without_a_meeting_setting_takes_the_highest_attainment_and_says_so() -> None:
+    rows = [(_c(0.5), 100.0, 0.98), (_c(0.7), 80.0, 0.98), (_c(0.9), 60.0, 0.90)]
+    chosen, met = select(rows, 0.995)
+    assert not met and chosen.fraction == 0.7  # highest attainment, cheapest of the tie
+    with pytest.raises(UserError):
+        select([], 0.99)
+
+
+def test_candidates_are_fractions_of_the_replicas_own_unit() -> None:
+    tr = load_traces([TRACE], (0.0, 900.0))
+    units = unit_capacity(ONE, tr)["llama-3-8b"]
+    cs = candidates("kpa", ONE, tr, fractions=(0.2, 0.5), windows=(30.0, 60.0))
+    assert len(cs) == 4 and {c.stable_window_s for c in cs} == {30.0, 60.0}
+    assert dict(cs[1].targets)["llama-3-8b"] == pytest.approx(0.5 * units["slots"])
+    assert len({c.label for c in cs}) == 4
+    with pytest.raises(UserError):
+        candidates("vpa", ONE, tr)
+
+
+@pytest.fixture(scope="module")
+def tuned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tune") / "out"
+    rc = main(["tune", "--goal", str(GOAL), "--trace", TRACE, "--range", "0:1200", "--scale-to-peak", "300",
+               "--autoscaler", "keda,kpa", "--workers", "1", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_tune_writes_values_and_ready_to_apply_manifests(tuned_dir: Path) -> None:
+    doc = json.loads((tuned_dir / "tuning-keda.json").read_text())
+    assert doc["autoscaler"] == "keda" and doc["range"] == "0:1200" and doc["scale_to_peak"] == 300.0
+    assert doc["threshold"] == pytest.approx(ONE.slo.attainment + 0.005)
+    chosen = doc["chosen"]
+    meeting = [c for c in doc["candidates"] if c["slo_attainment"] >= doc["threshold"]]
+    if meeting:  # the rule, checked against the file's own candidate table
+        assert chosen["met"] and chosen["cost_usd"] == min(c["cost_usd"] for c in meeting)
+    target = doc["models"]["llama-3-8b"]["target"]
+    docs = [d for d in yaml.safe_load_all((tuned_dir / "keda-scaledobject.yaml").read_text()) if d]
+    assert len(docs) == len(ONE.models)
+    so = docs[0]
+    assert so["apiVersion"] == "keda.sh/v1alpha1" and so["kind"] == "ScaledObject"
+    trig = so["spec"]["triggers"][0]
+    assert trig["type"] == "prometheus" and trig["metricType"] == "AverageValue"
+    assert float(trig["metadata"]["threshold"]) == pytest.approx(target, rel=1e-3)
+    assert so["spec"]["minReplicaCount"] == ONE.models[0].min_replicas
+    assert so["spec"]["maxReplicaCount"] == ONE.models[0].max_replicas
+    kn = [d for d in yaml.safe_load_all((tuned_dir / "knative-service.yaml").read_text()) if d][0]
+    ann = kn["spec"]["template"]["metadata"]["annotations"]
+    kdoc = json.loads((tuned_dir / "tuning-kpa.json").read_text())
+    assert ann["autoscaling.knative.dev/window"] == f"{kdoc['stable_window_s']:g}s"
+    assert float(ann["autoscaling.knative.dev/target"]) == pytest.approx(kdoc["models"]["llama-3-8b"]["target"],
+                                                                         rel=1e-3)
+
+
+def test_tuned_policy_from_the_file_runs_as_its_users_run_it(tuned_dir: Path) -> None:
+    pol = make(f"keda-tuned:{tuned_dir}", ONE)
+    doc = json.loads((tuned_dir / "tuning-keda.json").read_text())
+    assert pol.targets == {m: v["target"] for m, v in doc["models"].items()}
+    assert capabilities(pol).bypass_shield
+    kpa = make(f"kpa-tuned:{tuned_dir / 'tuning-kpa.json'}", ONE)
+    assert kpa.stable_s == json.loads((tuned_dir / "tuning-kpa.json").read_text())["stable_window_s"]
+    with pytest.raises(UserError, match="tunes 'keda', not 'hpa'"):
+        make(f"hpa-tuned:{tuned_dir / 'tuning-keda.json'}", ONE)
+    with pytest.raises(UserError, match="tuning file not found"):
+        make(f"hpa-tuned:{tuned_dir}", ONE)
+
+
+def test_tune_never_overwrites_silently(tuned_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (tuned_dir / "tuning-keda.json").read_bytes()
+    rc = main(["tune", "--goal", str(GOAL), "--trace", TRACE, "--range", "0:1200", "--autoscaler", "keda",
+               "--out", str(tuned_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "refusing to overwrite" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (tuned_dir / "tuning-keda.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--autoscaler", "vpa", "--range", "0:600"], "--autoscaler must be"),
+    (["--autoscaler", "keda"], "--range is required"),
+    (["--autoscaler", "keda", "--range", "0:600", "--margin", "2"], "--margin"),
+])
+def test_tune_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["tune", "--goal", str(GOAL), "--trace", TRACE, "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_tuning_file_names_the_field(tmp_path: Path) -> None:
+    p = tmp_path / "tuning-keda.json"
+    p.write_text(json.dumps({"format": "fleetpilot/tuning-v1", "autoscaler": "keda",
+                             "models": {"llama-3-8b": {"target": -3}}}))
+    with pytest.raises(UserError, match=r"models\.llama-3-8b\.target"):
+        load_tuning(p)
+    p.write_text("{not json")
+    with pytest.raises(UserError, match="not a readable tuning JSON"):
+        load_tuning(p)
+    p.write_text(json.dumps({"format": "fleetpilot/tuning-v1", "autoscaler": "keda",
+                             "models": {"other-model": {"target": 3}}}))
+    with pytest.raises(UserError, match="do not match the goal"):
+        make(f"keda-tuned:{p}", ONE)
+
+
+def test_search_is_deterministic_for_a_seed() -> None:
+    tr = load_traces([TRACE], (0.0, 600.0)).scale_to_peak(200.0)
+    kw = dict(seed=3, workers=1, fractions={"hpa": (0.2, 0.45)})
+    a = search(ONE, tr, ["hpa"], **kw)["hpa"]  # type: ignore[arg-type]
+    b = search(ONE, tr, ["hpa"], **kw)["hpa"]  # type: ignore[arg-type]
+    assert a["candidates"] == b["candidates"] and a["chosen"] == b["chosen"]
+    assert [c["fraction"] for c in a["candidates"]] == [0.2, 0.45]
