@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fleetpilot.agent.audit import AuditLog  # noqa: E402
-from fleetpilot.agent.daemon import Daemon, DaemonSettings  # noqa: E402
+from fleetpilot.agent.daemon import Daemon, DaemonDeps, DaemonSettings  # noqa: E402
 from fleetpilot.agent.prom import FleetState  # noqa: E402
 from fleetpilot.policies.base import ModelReading, Reading  # noqa: E402
 from fleetpilot.simulations.goal import GoalSpec, parse_goal  # noqa: E402
@@ -233,13 +233,13 @@ class Result:
 
 def _refit_marks(daemon: Daemon) -> tuple[Any, ...]:
     """When each forecaster last started a refit (reaches into OnlineForecaster): a change = a refit started."""
-    return tuple(getattr(fc, "_last_refit_t", None) for fc in daemon._forecasters.values())  # noqa: SLF001
+    return tuple(getattr(fc, "_last_refit_t", None) for fc in daemon.forecasts.forecasters.values())
 
 
 def _wait_for_refits(daemon: Daemon) -> None:
     """Live, 15 s pass between intervals and a background refit finishes in them; here the next interval starts at
     once, so wait (untimed) for refits started during the last interval. Reaches into OnlineForecaster's thread."""
-    for fc in list(daemon._forecasters.values()):  # noqa: SLF001 - benchmark-only pacing
+    for fc in list(daemon.forecasts.forecasters.values()):  # benchmark-only pacing
         thread = getattr(fc, "_thread", None)
         if thread is not None:
             thread.join()
@@ -255,10 +255,9 @@ def run_config(goal: GoalSpec, policy_name: str, forecaster: str, intervals: int
     policy = resolve_policy(policy_name, goal)
     with tempfile.TemporaryDirectory(prefix="fleetpilot-bench-") as tmp:
         audit = AuditLog(Path(tmp) / "audit.jsonl", fsync=fsync)
-        daemon = Daemon(goal, policy, source, cluster, None, audit, clock=clock, sleep=None,
-                        settings=DaemonSettings(mode="control", forecaster=forecaster),
-                        forecaster_factory=_forecaster_factory(forecaster), status_reader=cluster.status,
-                        monotonic=clock)
+        deps = DaemonDeps(source, cluster, None, audit, clock=clock, sleep=None, monotonic=clock,
+                          status_reader=cluster.status, forecaster_factory=_forecaster_factory(forecaster))
+        daemon = Daemon(goal, policy, deps, DaemonSettings(mode="control", forecaster=forecaster))
         lat = np.empty(intervals)
         refit = np.zeros(intervals, dtype=bool)
         fallback = 0

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fleetpilot.agent.commands.replay import resolve_policies  # noqa: E402
+from fleetpilot.agent.replay import class_forecasts, default_tick, replay  # noqa: E402
+from fleetpilot.agent.report import write_report  # noqa: E402
 from fleetpilot.simulations.goal import load_goal  # noqa: E402
-from fleetpilot.simulations.replay import class_forecasts, default_tick, replay  # noqa: E402
-from fleetpilot.simulations.report import write_report  # noqa: E402
 from fleetpilot.simulations.traces import load_traces  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def _memoise_capacity() -> None:
     import fleetpilot.simulations.fleet as fleet
 
     cached = functools.lru_cache(maxsize=65536)(fleet.service_rate_per_replica)
-    for name in ("fleetpilot.simulations.fleet", "fleetpilot.policies.base", "fleetpilot.policies.baselines", "fleetpilot.simulations.replay", "fleetpilot.policies.oracle"):
+    for name in ("fleetpilot.simulations.fleet", "fleetpilot.policies.base", "fleetpilot.policies.baselines", "fleetpilot.agent.replay", "fleetpilot.policies.oracle"):
         mod = importlib.import_module(name)
         if hasattr(mod, "service_rate_per_replica"):
             mod.service_rate_per_replica = cached

@@ -3,10 +3,12 @@
 * ``reset(seed=...)`` seeds the env's own generator (``self.np_random``), picks a trace, a window of it
   (``episode_s``) and domain randomisation (load scale, cold-start scale, service-rate noise), and creates a
   :class:`~simulations.fleet.FleetSimulator` with a generator spawned from ``self.np_random``.
-* Observations are the :class:`~policies.base.ObservationBuilder` vector (the daemon's), clipped to a Box.
-  Forecast features come from :func:`forecasting.features.rolling_features` (causal), computed once per trace.
-* Actions are decoded by :class:`policies.rl.ActionCodec` (residual on the predictive controller) and passed
-  through the Shield before the simulator sees them.
+* Each step runs the one control loop (:class:`~fleetpilot.envs.loop.ControlLoop`) on a
+  :class:`~fleetpilot.envs.sources.SimulatedFleet`: the loop's policy is the agent's action decoded by
+  :class:`policies.rl.ActionCodec` (residual on the predictive controller), and its shield filters it, exactly
+  as in replay and the daemon. Observations are the loop's vector (the daemon's), clipped to a Box; forecast
+  features and token mixes come from :class:`~fleetpilot.envs.sources.TraceFeatures` (causal: only bins
+  complete at ``t``), computed once per trace.
 * Reward: ``-(cost $ / cost_norm) - miss_penalty * missed SLO windows - ttft shaping - quality-floor penalty``.
   The episode is *truncated* when the trace window ends; it never terminates (no terminal state exists).
 """
@@ -16,29 +18,38 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from fleetpilot.forecasting.features import rolling_features
-from fleetpilot.policies.base import Decision, Observation, ObservationBuilder, reading_from_stats
+from fleetpilot.envs.loop import ControlLoop
+from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures
+from fleetpilot.policies.base import PolicyBase
 from fleetpilot.policies.rl import OBS_CLIP, ActionCodec, policy_input, route_of_class, route_quality
 from fleetpilot.policies.shield import Shield
+from fleetpilot.simulations.capacity import service_rate_per_replica
+from fleetpilot.simulations.contract import Decision, Observation
 from fleetpilot.simulations.errors import UserError
-from fleetpilot.simulations.fleet import FleetSimulator, service_rate_per_replica
 from fleetpilot.simulations.goal import GoalSpec, load_goal
+from fleetpilot.simulations.routing import RoutingMap
 from fleetpilot.simulations.traces import Trace, load_traces, parse_range
 
 
-@dataclass(frozen=True)
-class _TraceData:
-    trace: Trace
-    fc_step_s: float
-    fc_start_s: float
-    features: np.ndarray  # (n_fc, k, L, 2)
+class _AgentAction(PolicyBase):
+    """The env's policy: the agent's pending action decoded by the action codec (as :class:`RLPolicy` does)."""
+
+    name = "agent"
+
+    def __init__(self, codec: ActionCodec) -> None:
+        self.codec = codec
+        self.pending: np.ndarray | None = None
+
+    def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
+        if self.pending is None:
+            raise RuntimeError("no action to decode")
+        return self.codec.decode(self.pending, obs), state
 
 
 def _as_trace(spec: Trace | str | Sequence[str], rng_s: tuple[float | None, float | None]) -> Trace:
@@ -81,9 +92,8 @@ class ClusterFleetEnv(gym.Env):
             ranges = [ranges] * len(traces)  # type: ignore[list-item]
         if len(ranges) != len(traces):
             raise UserError(f"{len(ranges)} ranges for {len(traces)} traces")
-        self.builder = ObservationBuilder(self.goal)
         self.codec = ActionCodec(self.goal)
-        self.leads = self.builder.lead_times()
+        self._agent = _AgentAction(self.codec)
         self.control_s = float(self.goal.control_interval_s)
         ep = (float(episode_s), float(episode_s)) if isinstance(episode_s, int | float) else tuple(map(float, episode_s))
         self.episode_s = (max(ep[0], self.control_s), max(ep[1], ep[0], self.control_s))
@@ -94,7 +104,7 @@ class ClusterFleetEnv(gym.Env):
         self.use_shield = use_shield
         self.ttft_shaping = float(ttft_shaping)
         self.quality_penalty = float(quality_penalty)
-        self._data: list[_TraceData] = []
+        self._data: list[TraceFeatures] = []
         self.trace_names: list[str] = []
         for spec, rg in zip(traces, ranges, strict=True):
             rng_s = parse_range(rg) if isinstance(rg, str) or rg is None else rg
@@ -102,7 +112,9 @@ class ClusterFleetEnv(gym.Env):
             if peak_rps is not None:
                 tr = tr.scale_to_peak(peak_rps)
             self.trace_names.append(tr.name)
-            self._data.append(self._prepare(tr, forecast_model))
+            feats = TraceFeatures(self.goal, tr, forecast_model)
+            feats.ensure_forecasts()  # once per trace, shared by every episode (and clone)
+            self._data.append(feats)
         # reward scales: cost of the whole fleet at max replicas for one interval = 2 reward units
         full = sum(m.max_replicas * m.cost_per_hour for m in self.goal.models) * self.control_s / 3600.0
         self.cost_norm = 0.5 * full
@@ -111,50 +123,19 @@ class ClusterFleetEnv(gym.Env):
         # a missed window costs what a half-full fleet costs over 1/(1-attainment) windows
         self.miss_penalty = (float(miss_penalty) if miss_penalty is not None
                              else 1.0 * 0.5 * window_steps / slack)
+        self.shield = Shield(self.goal) if use_shield else None
+        self.loop = ControlLoop(self.goal, self._agent, self.shield)
+        self.builder = self.loop.builder
         self.observation_space = gym.spaces.Box(-OBS_CLIP, OBS_CLIP, (self.builder.size,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.codec.size,), dtype=np.float32)
-        self.shield = Shield(self.goal) if use_shield else None
-        self.sim: FleetSimulator | None = None
+        self.fleet: SimulatedFleet | None = None
         self.observation: Observation | None = None
         self._next_decision: Decision | None = None
 
-    # ------------------------------------------------------------------ setup
-    def _prepare(self, tr: Trace, model: str) -> _TraceData:
-        fc_tr = tr
-        if tr.interval_s < self.control_s:
-            ratio = self.control_s / tr.interval_s
-            if abs(ratio - round(ratio)) < 1e-9 and tr.n >= 2 * ratio:
-                fc_tr = tr.resample(self.control_s)
-        rates = fc_tr.rate()
-        feats = np.stack(
-            [rolling_features(rates[:, k], fc_tr.interval_s, self.leads, model=model, t0_s=fc_tr.start_s)
-             for k in range(rates.shape[1])],
-            axis=1,
-        )
-        feats = np.nan_to_num(np.maximum(feats, 0.0))
-        return _TraceData(tr, fc_tr.interval_s, fc_tr.start_s, feats)
-
-    def _class_forecast(self, t: float) -> dict[str, list[float]] | None:
-        d = self._cur
-        j = int(math.floor((t - d.fc_start_s) / d.fc_step_s + 1e-9)) - 1  # last completed forecast step
-        if j < 0:
-            return None
-        j = min(j, d.features.shape[0] - 1)
-        return {c: list(d.features[j, k].reshape(-1) * self._scale) for k, c in enumerate(d.trace.classes)}
-
-    def _tokens(self, t: float) -> dict[str, tuple[float, float]]:
-        tr = self._episode_trace
-        i = min(max(int((t - 1e-9 - tr.start_s) // tr.interval_s), 0), tr.n - 1)
-        rates = tr.arrivals[i] + 1e-9
-        out = {}
-        weights = self.sim.current_weights() if self.sim is not None else {}
-        shares = self.codec._shares(weights, tr.classes)
-        for m in self.goal.models:
-            w = np.array([shares.get((c, m.name), 0.0) for c in tr.classes]) * rates
-            if w.sum() <= 0:
-                w = rates
-            out[m.name] = (float(w @ tr.input_tokens[i] / w.sum()), float(w @ tr.output_tokens[i] / w.sum()))
-        return out
+    @property
+    def sim(self) -> Any:
+        """The episode's :class:`~fleetpilot.simulations.fleet.FleetSimulator` (``None`` before reset)."""
+        return self.fleet.sim if self.fleet is not None else None
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict]:
@@ -185,33 +166,27 @@ class ClusterFleetEnv(gym.Env):
                              "cold_start_scale": cold, "service_scale": service}
         sim_rng = np.random.Generator(np.random.PCG64(rng.integers(0, 2**63 - 1)))
         init = self._initial_replicas(win)
-        self.sim = FleetSimulator(self.goal, win, sim_rng, tick_s=self.tick_s, initial_replicas=init,
-                                  cold_start_scale=cold, service_scale=service)
-        self.shield_state = self.shield.initial_state() if self.shield is not None else None
+        self.fleet = SimulatedFleet(self.goal, win, sim_rng, d.scaled(self._scale), tick_s=self.tick_s,
+                                    initial_replicas=init, cold_start_scale=cold, service_scale=service)
+        self.loop.reset()
         self._next_decision = None
         # one warm-up interval at the initial fleet gives the first reading
-        stats = self.sim.step(Decision(replicas=init))
+        self.fleet.start(Decision(replicas=init))
         self._n_windows = len(self.sim.windows)
-        self.observation = self._observe(stats)
+        self.observation = self.loop.observe(*self.fleet.read())
         return policy_input(self.observation.vector), {"episode": dict(self.episode_info)}
 
     def _initial_replicas(self, win: Trace) -> dict[str, int]:
-        rates = win.rate()[0]
-        shares = self.codec._shares({}, win.classes)
+        """Replicas for the window's first row under the goal's weights, with the codec's headroom + 20 %."""
+        routing = RoutingMap(self.goal, win.classes, strict=False)
+        lam = routing.model_rates(win.rate()[0])
+        tin, tout = routing.token_mix(np.ones(len(win.classes)), win.input_tokens[0], win.output_tokens[0])
         out = {}
-        for m in self.goal.models:
-            lam = sum(shares.get((c, m.name), 0.0) * rates[k] for k, c in enumerate(win.classes))
-            w = np.array([shares.get((c, m.name), 0.0) for c in win.classes]) + 1e-9
-            cap = service_rate_per_replica(m, float(w @ win.input_tokens[0] / w.sum()),
-                                           float(w @ win.output_tokens[0] / w.sum()))
-            n = math.ceil(lam * (1.0 + self.codec.headroom) * 1.2 / max(cap, 1e-9))
+        for p, m in enumerate(self.goal.models):
+            cap = service_rate_per_replica(m, float(tin[p]), float(tout[p])) if np.isfinite(tin[p]) else 0.0
+            n = math.ceil(lam[p] * (1.0 + self.codec.headroom) * 1.2 / max(cap, 1e-9)) if cap > 0 else m.min_replicas
             out[m.name] = int(min(max(n, m.min_replicas), m.max_replicas))
         return out
-
-    def _observe(self, stats: Any) -> Observation:
-        assert self.sim is not None
-        reading = reading_from_stats(stats, self.sim.current_weights())
-        return self.builder.build(reading, self._class_forecast(reading.t_s), self._tokens(reading.t_s))
 
     def set_next_decision(self, decision: Decision) -> None:
         """Use ``decision`` instead of decoding the next action (evaluating baselines through the same env)."""
@@ -222,15 +197,13 @@ class ClusterFleetEnv(gym.Env):
         return self.codec.decode(action, self.observation)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self.sim is None or self.observation is None:
+        if self.fleet is None or self.observation is None:
             raise RuntimeError("call reset() before step()")
         obs = self.observation
-        decision = self._next_decision if self._next_decision is not None else self.codec.decode(action, obs)
+        self._agent.pending = np.asarray(action)
+        decision, fired, _rec = self.loop.decide(obs, override=self._next_decision)
         self._next_decision = None
-        fired: list[str] = []
-        if self.shield is not None:
-            decision, self.shield_state, fired = self.shield.apply(decision, obs, self.shield_state, obs.t_s)
-        stats = self.sim.step(decision)
+        stats = self.fleet.apply(decision)
         new_windows = self.sim.windows[self._n_windows:]
         self._n_windows = len(self.sim.windows)
         missed = sum(1 for w in new_windows if not w.met)
@@ -245,7 +218,7 @@ class ClusterFleetEnv(gym.Env):
             for r in self.goal.routes:
                 q_def += max(0.0, self.goal.quality_floor - route_quality(self.goal, r.name, weights[r.name]))
         reward = -cost_term - self.miss_penalty * missed - shaping - self.quality_penalty * q_def
-        self.observation = self._observe(stats)
+        self.observation = self.loop.observe(*self.fleet.read())
         truncated = bool(self.sim.done)
         info = {
             "cost_usd": stats.cost_usd,
@@ -266,8 +239,11 @@ class ClusterFleetEnv(gym.Env):
         new = copy.copy(self)
         new._np_random = None
         new._np_random_seed = None
-        new.sim = None
+        new.fleet = None
         new.observation = None
+        new._agent = _AgentAction(self.codec)
+        new.loop = ControlLoop(self.goal, new._agent, Shield(self.goal) if self.use_shield else None)
+        new.shield = new.loop._shield
         new._next_decision = None
         return new
 

@@ -336,3 +336,21 @@ def forecaster_from_json(text: str) -> Forecaster:
     if kind not in _REGISTRY:
         raise PermanentError(f"unknown forecaster kind {kind!r} in JSON")
     return _model_class(kind).from_json(text)
+
+
+def rolling_forecast(
+    model: Forecaster, y_new: np.ndarray, leads: Sequence[int], level: int = 95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forecasts (mean, upper) at ``leads`` (steps) after the fit and after each of ``y_new``'s observations.
+
+    Returns two arrays of shape ``(len(y_new) + 1, len(leads))``. Models with their own ``rolling_forecast``
+    (all built-in ones) update their state; any other :class:`Forecaster` has its last fitted path shifted along.
+    """
+    own = getattr(model, "rolling_forecast", None)
+    if own is not None:
+        return own(y_new, leads, level)
+    ld = np.asarray(leads, dtype=int).reshape(-1)
+    k = np.asarray(y_new).size
+    fc = model.predict(k + int(ld.max()), levels=(check_level(level),))
+    idx = np.arange(k + 1)[:, None] + ld[None, :] - 1
+    return fc.mean[idx], fc.upper[int(level)][idx]

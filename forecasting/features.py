@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from fleetpilot.forecasting.base import MODEL_NAMES, Forecaster, check_level, check_step, clean_rate
+from fleetpilot.forecasting.base import (  # noqa: F401 - rolling_forecast re-exported
+    MODEL_NAMES,
+    Forecaster,
+    check_level,
+    check_step,
+    clean_rate,
+    rolling_forecast,
+)
 from fleetpilot.forecasting.robust import robust_fit
 from fleetpilot.simulations.errors import UserError
 
@@ -32,24 +39,6 @@ def lead_steps(leads_s: Sequence[float], step_s: float) -> np.ndarray:
     if arr.size == 0 or not np.isfinite(arr).all() or (arr <= 0).any():
         raise UserError(f"leads_s must be positive numbers of seconds, got {list(leads_s)!r}")
     return np.maximum(1, np.round(arr / step_s)).astype(int)
-
-
-def rolling_forecast(
-    model: Forecaster, y_new: np.ndarray, leads: Sequence[int], level: int = 95
-) -> tuple[np.ndarray, np.ndarray]:
-    """Forecasts (mean, upper) at ``leads`` (steps) after the fit and after each of ``y_new``'s observations.
-
-    Returns two arrays of shape ``(len(y_new) + 1, len(leads))``. Models with their own ``rolling_forecast``
-    (all built-in ones) update their state; any other :class:`Forecaster` has its last fitted path shifted along.
-    """
-    own = getattr(model, "rolling_forecast", None)
-    if own is not None:
-        return own(y_new, leads, level)
-    ld = np.asarray(leads, dtype=int).reshape(-1)
-    k = np.asarray(y_new).size
-    fc = model.predict(k + int(ld.max()), levels=(check_level(level),))
-    idx = np.arange(k + 1)[:, None] + ld[None, :] - 1
-    return fc.mean[idx], fc.upper[int(level)][idx]
 
 
 def rolling_features(

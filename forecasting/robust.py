@@ -21,6 +21,7 @@ from fleetpilot.forecasting.base import (
     forecaster_from_json,
     load_payload,
     make_forecaster,
+    rolling_forecast,
 )
 from fleetpilot.simulations.errors import UserError
 
@@ -88,9 +89,7 @@ class FallbackForecaster:
     def rolling_forecast(
         self, y_new: np.ndarray, leads: Sequence[int], level: int = 95
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Delegate to the active model (see :func:`forecasting.features.rolling_forecast`)."""
-        from fleetpilot.forecasting.features import rolling_forecast
-
+        """Delegate to the active model (see :func:`forecasting.base.rolling_forecast`)."""
         return rolling_forecast(self._require(), y_new, leads, level)
 
     def to_json(self) -> str:

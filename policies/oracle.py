@@ -49,16 +49,12 @@ import numpy as np
 
 from fleetpilot.policies.base import Observation, PolicyBase, PrepareContext
 from fleetpilot.simulations import kernel as K  # noqa: N812 - same alias as simulations.fleet
+from fleetpilot.simulations.capacity import latency_vector, service_rate_per_replica, slots_per_replica
+from fleetpilot.simulations.contract import Decision
 from fleetpilot.simulations.errors import UserError
-from fleetpilot.simulations.fleet import (
-    Decision,
-    FleetSimulator,
-    latency_vector,
-    route_matrix,
-    service_rate_per_replica,
-    slots_per_replica,
-)
+from fleetpilot.simulations.fleet import FleetSimulator
 from fleetpilot.simulations.goal import GoalSpec, ModelSpec
+from fleetpilot.simulations.routing import RoutingMap
 from fleetpilot.simulations.traces import Trace
 
 __all__ = [
@@ -114,7 +110,8 @@ class _Frame:
 
 
 def _class_shares(goal: GoalSpec, trace: Trace) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    return route_matrix(goal, trace.classes)
+    r = RoutingMap(goal, trace.classes)
+    return r.route_of_class, r.models_of_class
 
 
 def _window_class_rates(trace: Trace, frame: _Frame) -> np.ndarray:
@@ -141,19 +138,8 @@ class RoutingPlan:
 
 
 def _default_share(goal: GoalSpec, trace: Trace, n_windows: int) -> np.ndarray:
-    routes, models_of_class = _class_shares(goal, trace)
-    idx = {m.name: i for i, m in enumerate(goal.models)}
-    share = np.zeros((len(trace.classes), len(goal.models)))
-    by_name = {r.name: r for r in goal.routes}
-    for k, models in enumerate(models_of_class):
-        if routes[k]:
-            r = by_name[routes[k]]
-            w = np.array([max(0.0, x) for x in r.weights])
-            w = w / w.sum() if w.sum() > 0 else np.ones(len(w)) / len(w)
-            for m, x in zip(r.models, w, strict=True):
-                share[k, idx[m]] += x
-        else:
-            share[k, idx[models[0]]] = 1.0
+    """The routing map's shares under the goal's default weights, repeated per window: (W, k, P)."""
+    share = RoutingMap(goal, trace.classes).shares(None)
     return np.repeat(share[None], n_windows, axis=0)
 
 
@@ -199,10 +185,9 @@ def routing_lower_bound(
     frac = goal.slo.percentile / 100.0
     price = np.array([m.cost_per_hour for m in goal.models])
     # per-model saturated throughput at the token mix it would see under default weights
-    share0 = _default_share(goal, trace, 1)[0]
-    vol = rates.sum(axis=0)[:, None] * share0 + 1e-12
-    tin_p = (tin_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
-    tout_p = (tout_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
+    tin_p, tout_p = RoutingMap(goal, trace.classes).token_mix(rates.sum(axis=0), tin_k, tout_k)
+    tin_p = np.where(np.isfinite(tin_p), tin_p, tin_k.mean())
+    tout_p = np.where(np.isfinite(tout_p), tout_p, tout_k.mean())
     mu = np.array([service_rate_per_replica(m, tin_p[i], tout_p[i]) for i, m in enumerate(goal.models)])
     lo = np.array([m.min_replicas for m in goal.models], dtype=float)
     hi = np.array([m.max_replicas for m in goal.models], dtype=float)

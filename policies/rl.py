@@ -30,6 +30,7 @@ import numpy as np
 from fleetpilot.policies.base import Decision, Observation, ObservationBuilder
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.routing import RoutingMap
 from fleetpilot.simulations.safeyaml import check_regular_file, load_json_file
 
 ARTIFACT_FORMAT = "fleetpilot-rl/v1"
@@ -53,15 +54,9 @@ def _finite(x: float, default: float = 0.0) -> float:
 
 
 def route_of_class(goal: GoalSpec, classes: Sequence[str]) -> dict[str, str]:
-    """Which route each request class belongs to (same rule as the simulator and the observation builder)."""
-    names = {r.name for r in goal.routes}
-    out: dict[str, str] = {}
-    for c in classes:
-        if c in names:
-            out[c] = c
-        elif len(goal.routes) == 1:
-            out[c] = goal.routes[0].name
-    return out
+    """Which route each request class belongs to (the routing map's rule; classes without a route left out)."""
+    rmap = RoutingMap(goal, tuple(classes), strict=False)
+    return {c: r for c, r in zip(rmap.classes, rmap.route_of_class, strict=True) if r}
 
 
 def route_quality(goal: GoalSpec, route: str, weights: Mapping[str, float]) -> float:
@@ -104,6 +99,7 @@ class ActionCodec:
         for r in goal.routes:
             names += [f"route.{r.name}.logit.{m}" for m in r.models]
         self._layout = tuple(names)
+        self._routing: dict[tuple[str, ...], RoutingMap] = {}
 
     @property
     def layout(self) -> tuple[str, ...]:
@@ -132,20 +128,12 @@ class ActionCodec:
         return out
 
     def _shares(self, weights: Mapping[str, Mapping[str, float]], classes: Sequence[str]) -> dict[tuple[str, str], float]:
-        shares: dict[tuple[str, str], float] = {}
-        if not self.goal.routes:
-            for c in classes:
-                shares[(c, self.goal.models[0].name)] = 1.0
-            return shares
-        rmap = route_of_class(self.goal, classes)
-        by_name = {r.name: r for r in self.goal.routes}
-        for c, rn in rmap.items():
-            r = by_name[rn]
-            w = weights.get(rn) or dict(zip(r.models, r.weights, strict=True))
-            tot = sum(max(0.0, float(w.get(m, 0.0))) for m in r.models) or 1.0
-            for m in r.models:
-                shares[(c, m)] = max(0.0, float(w.get(m, 0.0))) / tot
-        return shares
+        """``{(class, model): share}`` under ``weights``: the routing map's rule."""
+        key = tuple(classes)
+        rmap = self._routing.get(key)
+        if rmap is None:
+            rmap = self._routing[key] = RoutingMap(self.goal, key, strict=False)
+        return rmap.share_of(weights)
 
     def demand_ratio(self, obs: Observation, new_weights: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         """Per model: (rate it gets under ``new_weights``) / (rate it gets under the weights in force)."""

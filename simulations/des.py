@@ -41,9 +41,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleetpilot.simulations.capacity import service_rate_per_replica, slots_per_replica
 from fleetpilot.simulations.errors import UserError
-from fleetpilot.simulations.fleet import route_matrix, service_rate_per_replica, slots_per_replica
 from fleetpilot.simulations.goal import GoalSpec, ModelSpec
+from fleetpilot.simulations.routing import RoutingMap
 from fleetpilot.simulations.traces import Trace
 
 _EV_FIRST = 0  # first token of a request (end of its TTFT part)
@@ -140,25 +141,16 @@ class _Replica:
         self.pause_end = t  # "engine" prefill mode: decodes are paused until then (prefill steps in progress)
 
 
-def _shares(goal: GoalSpec, trace: Trace, weights: Mapping[str, Mapping[str, float]] | None) -> np.ndarray:
-    """(classes, pools) share of each class's rate sent to each pool (same rule as the fast simulator)."""
-    routes, models = route_matrix(goal, trace.classes)
-    w_all = {r.name: dict(zip(r.models, r.weights, strict=True)) for r in goal.routes}
+def _routing(goal: GoalSpec, trace: Trace, weights: Mapping[str, Mapping[str, float]] | None
+             ) -> tuple[RoutingMap, dict[str, dict[str, float]]]:
+    """The routing map for the trace's classes and the weights in force (the goal's, overridden by ``weights``)."""
+    routing = RoutingMap(goal, trace.classes)
+    full = {r.name: dict(zip(r.models, r.weights, strict=True)) for r in goal.routes}
     for name, w in (weights or {}).items():
-        if name not in w_all:
+        if name not in full:
             raise UserError(f"unknown route {name!r} in weights")
-        w_all[name] = {m: float(w.get(m, 0.0)) for m in w_all[name]}
-    index = {m: i for i, m in enumerate(goal.model_names)}
-    share = np.zeros((len(trace.classes), len(goal.models)))
-    for k, ms in enumerate(models):
-        w = w_all.get(routes[k]) if routes[k] else None
-        ws = np.array([max(0.0, float(w.get(m, 0.0))) if w else 1.0 for m in ms])
-        if ws.sum() <= 0:
-            ws = np.ones(len(ms))
-        ws = ws / ws.sum()
-        for m, x in zip(ms, ws, strict=True):
-            share[k, index[m]] += x
-    return share
+        full[name] = {m: float(w.get(m, 0.0)) for m in full[name]}
+    return routing, full
 
 
 def simulate_des(
@@ -193,7 +185,8 @@ def simulate_des(
         if int(v) < 0:
             raise UserError(f"replicas for {name} must be >= 0")
         reps[name] = int(v)
-    share = _shares(goal, trace, weights)
+    routing, full_w = _routing(goal, trace, weights)
+    share = routing.shares(full_w)
     rates = trace.rate()  # (n, k)
     dt_tr = trace.interval_s
     n_int, n_cls = rates.shape
@@ -232,11 +225,11 @@ def simulate_des(
     fixed_draw = rng.exponential(fixed_service_s, n_req) if fixed_service_s else None
 
     # --- per-pool constants: rate-weighted token means over the whole run (as the fast simulator per segment)
-    vol = rates.sum(axis=0)[:, None] * share + 1e-12  # (k, P)
     tin_k = trace.input_tokens.mean(axis=0)
     tout_k = trace.output_tokens.mean(axis=0)
-    pool_tin = (tin_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
-    pool_tout = (tout_k[:, None] * vol).sum(axis=0) / vol.sum(axis=0)
+    pool_tin, pool_tout = routing.token_mix(rates.sum(axis=0), tin_k, tout_k, full_w)
+    pool_tin = np.where(np.isfinite(pool_tin), pool_tin, tin_k.mean())
+    pool_tout = np.where(np.isfinite(pool_tout), pool_tout, tout_k.mean())
     slots = [
         int(slots_override or slots_per_replica(m, float(pool_tin[i]), float(pool_tout[i])))
         for i, m in enumerate(models)

@@ -10,25 +10,32 @@ semantics and ``docs/simulator.md`` for the model and its validation.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from fleetpilot.simulations import kernel as K  # noqa: N812
+from fleetpilot.simulations.capacity import latency_vector, service_rate_per_replica, slots_per_replica
+from fleetpilot.simulations.contract import Decision, ModelReading, Reading
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec, ModelSpec
+from fleetpilot.simulations.routing import RoutingMap, Weights, route_matrix
 from fleetpilot.simulations.traces import Trace
 
-
-@dataclass(frozen=True)
-class Decision:
-    """What a policy asks for: desired replicas per model, routing weights per route (model -> weight)."""
-
-    replicas: Mapping[str, int]
-    weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+__all__ = [
+    "Decision",
+    "FleetSimulator",
+    "IntervalStats",
+    "PoolStats",
+    "WindowStats",
+    "latency_vector",
+    "reading_from_stats",
+    "route_matrix",
+    "service_rate_per_replica",
+    "slots_per_replica",
+]
 
 
 @dataclass(frozen=True)
@@ -91,87 +98,30 @@ class _Pool:
     desired: int
 
 
-def slots_per_replica(m: ModelSpec, input_tokens: float, output_tokens: float) -> int:
-    """Concurrent sequences per replica: max_num_seqs, or fewer when the KV cache cannot hold them."""
-    per_seq = max(1.0, input_tokens + output_tokens)
-    return max(1, min(m.latency.max_num_seqs, int(m.latency.kv_cache_tokens // per_seq)))
-
-
-def service_rate_per_replica(m: ModelSpec, input_tokens: float, output_tokens: float) -> float:
-    """Saturated throughput of one replica in requests per second; cached per model and token mix."""
-    return _service_rate(m, round(float(input_tokens), 1), round(float(output_tokens), 1))
-
-
-@functools.lru_cache(maxsize=65536)
-def _service_rate(m: ModelSpec, input_tokens: float, output_tokens: float) -> float:
-    """Saturated throughput of one replica in requests per second (used by baselines and the oracle).
-
-    The fixed point ``mu = n / S(mu)``: ``n`` concurrent sequences, each taking its TTFT part plus
-    ``output_tokens`` engine steps, the step inflated by the prefill work of ``mu`` admissions per second.
-    ``n / S(mu)`` decreases in ``mu``, so bisection finds it.
-    """
-    n = float(slots_per_replica(m, input_tokens, output_tokens))
-    lat = latency_vector(m, input_tokens, output_tokens, capacity=False)
-    pf = m.latency.prefill_s_per_token
-
-    def excess(mu: float) -> float:
-        t = K.step_time(lat, n, mu * input_tokens * pf)
-        return n / (t + pf * input_tokens + output_tokens * t) - mu
-
-    lo, hi = 0.0, n / (K.step_time(lat, n, 0.0) * (1.0 + output_tokens) + pf * input_tokens)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if excess(mid) > 0:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def latency_vector(
-    m: ModelSpec, input_tokens: float, output_tokens: float, fixed_service_s: float = 0.0, *, capacity: bool = True
-) -> np.ndarray:
-    """The kernel's per-pool latency parameters (see ``kernel.L_*``); ``capacity`` fills the saturated rate."""
-    lat = m.latency
-    v = np.zeros(K.N_LAT)
-    v[K.L_T0] = lat.t0_s
-    v[K.L_PREFILL] = lat.prefill_s_per_token
-    v[K.L_KV] = lat.kv_s_per_token
-    v[K.L_SEQ] = lat.seq_s
-    v[K.L_IN] = input_tokens
-    v[K.L_OUT] = output_tokens
-    v[K.L_FIXED] = fixed_service_s
-    if capacity and not fixed_service_s:
-        v[K.L_MU] = service_rate_per_replica(m, input_tokens, output_tokens)
-    return v
-
-
-def route_matrix(goal: GoalSpec, trace_classes: tuple[str, ...]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """Map the trace's request classes onto the goal's routes; returns (route per class, models per class)."""
-    names = goal.model_names
-    if not goal.routes:
-        if len(names) != 1:
-            raise UserError(f"goal has {len(names)} models but no routes: add routes to say which requests go where")
-        return tuple("" for _ in trace_classes), [names for _ in trace_classes]
-    by_name = {r.name: r for r in goal.routes}
-    if len(goal.routes) == 1 and len(trace_classes) == 1:
-        r = goal.routes[0]
-        return (r.name,), [r.models]
-    out_routes, out_models = [], []
-    for c in trace_classes:
-        if c not in by_name:
-            if len(goal.routes) == 1:
-                r = goal.routes[0]
-            else:
-                raise UserError(
-                    f"trace request class {c!r} matches no route; routes are {sorted(by_name)} "
-                    "(name traces as CLASS=PATH)"
-                )
-        else:
-            r = by_name[c]
-        out_routes.append(r.name)
-        out_models.append(r.models)
-    return tuple(out_routes), out_models
+def reading_from_stats(stats: IntervalStats, weights: Weights) -> Reading:
+    """The simulator's interval report as the common :class:`~fleetpilot.simulations.contract.Reading`."""
+    models = {
+        name: ModelReading(
+            arrival_rps=p.arrivals / stats.duration_s,
+            in_flight=p.in_flight,
+            queued=p.queued,
+            ttft_p95_ms=p.ttft_p95_ms,
+            e2e_p95_ms=p.e2e_p95_ms,
+            ready=p.ready,
+            starting=p.starting,
+            desired=p.desired,
+        )
+        for name, p in stats.pools.items()
+    }
+    return Reading(
+        t_s=stats.t_s + stats.duration_s,
+        models=models,
+        class_rates=dict(stats.class_rates),
+        weights={k: dict(v) for k, v in weights.items()},
+        ttft_p95_ms=stats.ttft_p95_ms,
+        e2e_p95_ms=stats.e2e_p95_ms,
+        dropped=stats.dropped,
+    )
 
 
 class FleetSimulator:
@@ -202,7 +152,8 @@ class FleetSimulator:
         self.service_scale = service_scale
         self.fixed_service_s = fixed_service_s
         self.slots_override = slots_override
-        self.route_of_class, self.models_of_class = route_matrix(goal, trace.classes)
+        self.routing = RoutingMap(goal, trace.classes)
+        self.route_of_class, self.models_of_class = self.routing.route_of_class, self.routing.models_of_class
         self.model_index = {m.name: i for i, m in enumerate(goal.models)}
         init = dict(initial_replicas or {})
         for name in init:
@@ -270,20 +221,9 @@ class FleetSimulator:
 
     def _share_matrix(self) -> np.ndarray:
         """(classes, pools): share of each request class routed to each pool under the weights in force."""
-        if self._share is not None:
-            return self._share
-        share = np.zeros((len(self.trace.classes), len(self.pools)))
-        for k, models in enumerate(self.models_of_class):
-            route = self.route_of_class[k]
-            w = self.weights.get(route) if route else None
-            ws = np.array([max(0.0, float(w.get(m, 0.0))) if w else 1.0 for m in models])
-            if ws.sum() <= 0:
-                ws = np.ones(len(models))
-            ws = ws / ws.sum()
-            for m, x in zip(models, ws, strict=True):
-                share[k, self.model_index[m]] += x
-        self._share = share
-        return share
+        if self._share is None:
+            self._share = self.routing.shares(self.weights)
+        return self._share
 
     def _tick_class_rates(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Offered rate per tick and request class, and the trace row of each tick.
@@ -314,10 +254,10 @@ class FleetSimulator:
         wsum = w.sum(axis=0)
         tin_k = (self.trace.input_tokens[lo:hi] * w).sum(axis=0) / wsum
         tout_k = (self.trace.output_tokens[lo:hi] * w).sum(axis=0) / wsum
-        vol = (wsum[:, None]) * share + 1e-12  # (k, P)
-        den = vol.sum(axis=0)
-        tin = np.round((tin_k[:, None] * vol).sum(axis=0) / den)
-        tout = np.round((tout_k[:, None] * vol).sum(axis=0) / den)
+        tin, tout = self.routing.token_mix(wsum, tin_k, tout_k, self.weights)
+        # a pool no class reaches (all its weights 0) keeps the classes' plain mean: it still has a drain time
+        tin = np.round(np.where(np.isfinite(tin), tin, tin_k.mean()))
+        tout = np.round(np.where(np.isfinite(tout), tout, tout_k.mean()))
         return rates, tin, tout
 
     # ------------------------------------------------------------------ actions

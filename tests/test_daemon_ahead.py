@@ -178,8 +178,8 @@ def test_scales_up_ahead_of_a_learned_recurring_burst(tmp_path):
             policy = PredictivePolicy(goal, tokens={MODEL: (tin, tout)})
             # build_daemon wires the real parts; rebuild the Daemon with our forecaster factory (public constructor)
             w = build_daemon(goal, policy, settings, api_client=make_api_client(host=emulator.url))
-            d = Daemon(goal, policy, w.source, w.actuator, w.elector, w.audit, settings=settings,
-                       forecaster_factory=factory, status_reader=w.status_reader, monotonic=time.monotonic)
+            d = Daemon(goal, policy, dataclasses.replace(w.deps, forecaster_factory=factory, monotonic=time.monotonic),
+                       settings)
             th = threading.Thread(target=d.run_forever, args=(stop,), name=ident, daemon=True)
             daemons.append(d)
             threads.append(th)

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from fleetpilot.agent.audit import AuditLog, read_audit
-from fleetpilot.agent.daemon import Daemon, DaemonSettings, FallbackSettings, make_fallback_policy
+from fleetpilot.agent.daemon import Daemon, DaemonDeps, DaemonSettings, FallbackSettings, make_fallback_policy
 from fleetpilot.agent.kube import ApplyOutcome
 from fleetpilot.agent.prom import FleetState, PrometheusSource, derive_class_rates
 from fleetpilot.policies.base import Decision, ModelReading, Observation, Reading
@@ -160,8 +160,8 @@ def make(goal, want=None, mode="control", replicas=None, tmp_path=None, elector=
     pol = AskPolicy(want or {"big": 2, "small": 2})
     audit = AuditLog(tmp_path / "audit.jsonl", fsync=False) if tmp_path is not None else None
     settings = kw.pop("settings", DaemonSettings(mode=mode))
-    d = Daemon(goal, pol, src, act, elector, audit, clock, clock.sleep, settings=settings,
-               fallback=kw.pop("fallback", HoldPolicy()), **kw)
+    deps = DaemonDeps(src, act, elector, audit, clock, clock.sleep, fallback=kw.pop("fallback", HoldPolicy()), **kw)
+    d = Daemon(goal, pol, deps, settings)
     return d, clock, act, src, pol
 
 
@@ -274,7 +274,7 @@ def test_default_fallback_policy_is_goal_driven(goal):
 
 def test_never_outside_bounds_nor_max_step(goal):
     rng = np.random.default_rng(3)
-    d, clock, act, src, pol = make(goal, shield=None)  # the hard guard alone must hold the limits
+    d, clock, act, src, pol = make(goal)  # the shield is the only limiter: it must hold bounds and the max step
     specs = {m.name: m for m in goal.models}
     for _ in range(200):
         pol.want = {m: int(rng.integers(-5, 40)) for m in specs}
@@ -466,7 +466,7 @@ def test_unexpected_errors_back_off_not_crash(goal):
         return real()
 
     d.run_once = flaky
-    d._sleep = delays.append
+    d._set_dep("sleep", delays.append)
     d.run_forever(threading.Event(), max_intervals=5)
     assert delays[:3] == [1.0, 2.0, 4.0] and delays[3] == pytest.approx(15.0)
 

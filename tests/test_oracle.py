@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleetpilot.agent.replay import replay
 from fleetpilot.policies.oracle import (
     OraclePolicy,
     launch_schedule,
@@ -18,7 +19,6 @@ from fleetpilot.policies.oracle import (
 )
 from fleetpilot.simulations.fleet import Decision
 from fleetpilot.simulations.goal import load_goal
-from fleetpilot.simulations.replay import replay
 from fleetpilot.simulations.traces import load_traces
 
 ROOT = Path(__file__).resolve().parent.parent

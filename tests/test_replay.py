@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from fleetpilot.agent.cli import main as cli_main
+from fleetpilot.agent.replay import replay
+from fleetpilot.agent.report import write_report
 from fleetpilot.policies.oracle import OraclePolicy
 from fleetpilot.simulations.fleet import Decision
 from fleetpilot.simulations.goal import load_goal
-from fleetpilot.simulations.replay import replay
-from fleetpilot.simulations.report import write_report
 from fleetpilot.simulations.traces import load_traces
 
 ROOT = Path(__file__).resolve().parent.parent

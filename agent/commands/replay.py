@@ -100,9 +100,9 @@ def check_feasible(goal: Any, trace: Any, seed: int, tick_s: float) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the replay and write the report."""
+    from fleetpilot.agent.replay import default_tick, replay
+    from fleetpilot.agent.report import write_report
     from fleetpilot.simulations.goal import load_goal
-    from fleetpilot.simulations.replay import default_tick, replay
-    from fleetpilot.simulations.report import write_report
 
     goal = load_goal(args.goal)
     trace = load_trace_arguments(args)

@@ -30,6 +30,7 @@ from fleetpilot.agent.daemon import (
     MODES,
     AuditSettings,
     Daemon,
+    DaemonDeps,
     DaemonSettings,
     GoalReloader,
     KubeSettings,
@@ -152,10 +153,10 @@ def build_daemon(
     reloader = None
     if goal_path is not None and policy_spec is not None:
         reloader = GoalReloader(goal_path, lambda g: resolve_policy(policy_spec, g))
-    return Daemon(goal, policy, source, actuator, elector, audit, clock, sleep, settings=settings,
-                  forecaster_factory=_forecaster_factory(settings.forecaster),
-                  status_reader=KubeStatusReader(api_client, deployments), monotonic=monotonic,
-                  goal_reloader=reloader)
+    deps = DaemonDeps(source, actuator, elector, audit, clock=clock, sleep=sleep, monotonic=monotonic,
+                      status_reader=KubeStatusReader(api_client, deployments),
+                      forecaster_factory=_forecaster_factory(settings.forecaster), goal_reloader=reloader)
+    return Daemon(goal, policy, deps, settings)
 
 
 def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:

@@ -461,7 +461,7 @@ class Rig:
         elsewhere (e.g. a dead port: the API unreachable); ``elector_host`` only the Lease calls (a partition that
         hits leader election but not the writes)."""
         from fleetpilot.agent.audit import AuditLog
-        from fleetpilot.agent.daemon import Daemon, DaemonSettings, KubeStatusReader
+        from fleetpilot.agent.daemon import Daemon, DaemonDeps, DaemonSettings, KubeStatusReader
         from fleetpilot.agent.kube import KubeActuator, RetrySettings, make_api_client
         from fleetpilot.agent.leader import LeaderElector
         from fleetpilot.agent.prom import PrometheusSource
@@ -476,12 +476,10 @@ class Rig:
                                 request_timeout_s=self.kube_timeout_s) if leader else None
         src = source or PrometheusSource(self.prom_url, self.goal, clock=clk, timeout_s=self.prom_timeout_s)
         log = AuditLog(self.audit_dir / f"audit-{identity}.jsonl", fsync=False) if audit else None
-        return Daemon(
-            self.goal, policy or ScriptedPolicy({m.name: m.min_replicas for m in self.goal.models}), src, actuator,
-            elector, log, clock=clk, sleep=clk.sleep, settings=DaemonSettings(mode=mode),  # type: ignore[arg-type]
-            status_reader=KubeStatusReader(api, deployments_of(self.goal), timeout_s=self.kube_timeout_s),
-            monotonic=clk.monotonic,
-        )
+        deps = DaemonDeps(src, actuator, elector, log, clock=clk, sleep=clk.sleep, monotonic=clk.monotonic,
+                          status_reader=KubeStatusReader(api, deployments_of(self.goal), timeout_s=self.kube_timeout_s))
+        return Daemon(self.goal, policy or ScriptedPolicy({m.name: m.min_replicas for m in self.goal.models}), deps,
+                      DaemonSettings(mode=mode))  # type: ignore[arg-type]
 
     def replicas(self) -> dict[str, int]:
         out = {}

@@ -46,18 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from fleetpilot.policies.base import (
-    Observation,
-    ObservationBuilder,
-    Policy,
-    PrepareContext,
-    capabilities,
-    describe_policy,
-    prepare_policy,
-    reading_from_stats,
-)
+from fleetpilot.envs.loop import ControlLoop
+from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures, class_forecasts
+from fleetpilot.policies.base import Policy, PrepareContext, capabilities, describe_policy, prepare_policy
+from fleetpilot.simulations.capacity import DEFAULT_TOKENS, service_rate_per_replica
 from fleetpilot.simulations.errors import UserError
-from fleetpilot.simulations.fleet import Decision, FleetSimulator, IntervalStats, route_matrix, service_rate_per_replica
+from fleetpilot.simulations.fleet import IntervalStats
 from fleetpilot.simulations.goal import GoalSpec
 from fleetpilot.simulations.traces import Trace
 
@@ -246,82 +240,8 @@ def default_tick(trace: Trace, goal: GoalSpec) -> float:
     return 1.0
 
 
-@dataclass(frozen=True)
-class _Bins:
-    t0: float
-    step: float
-    n: int
-
-    def last_complete(self, t: float) -> int:
-        return int(math.floor((t - self.t0) / self.step + 1e-9)) - 1
-
-
-def _forecast_bins(trace: Trace, goal: GoalSpec) -> tuple[_Bins, np.ndarray]:
-    """Per-class rate binned at the control interval when the trace is finer (and the ratio is whole)."""
-    c = goal.control_interval_s
-    f = c / trace.interval_s
-    rate = trace.rate()
-    if f > 1 and abs(f - round(f)) < 1e-9:
-        f = int(round(f))
-        m = trace.n // f
-        if m >= 2:
-            rate = trace.arrivals[: m * f].reshape(m, f, -1).sum(axis=1) / c
-            return _Bins(trace.start_s, c, m), rate
-    return _Bins(trace.start_s, trace.interval_s, trace.n), rate
-
-
-def class_forecasts(
-    goal: GoalSpec, trace: Trace, model: str = "holt-winters", **kw: Any
-) -> tuple[_Bins, dict[str, np.ndarray]]:
-    """Causal forecast features per request class: ``(bins, {class: (n_bins, n_leads, 2)})``."""
-    from fleetpilot.forecasting.features import rolling_features
-
-    bins, rate = _forecast_bins(trace, goal)
-    leads = ObservationBuilder(goal).lead_times()
-    out = {}
-    for k, c in enumerate(trace.classes):
-        out[c] = np.asarray(rolling_features(rate[:, k], bins.step, leads, model=model, t0_s=trace.start_s, **kw))
-    return bins, out
-
-
-def _token_bins(trace: Trace, goal: GoalSpec) -> tuple[_Bins, np.ndarray, np.ndarray, np.ndarray]:
-    """Request-weighted token means per class per bin (carried over empty bins).
-
-    Bins are control intervals, or the trace's own bins when those are coarser (a 1-minute trace knows nothing
-    finer, and equal keys let the replay reuse the per-model token mix).
-    """
-    c = max(goal.control_interval_s, trace.interval_s)
-    n_bins = max(1, int(math.ceil(trace.duration_s / c)))
-    b = np.minimum(((trace.t_s - trace.start_s) // c).astype(np.int64), n_bins - 1)
-    k = len(trace.classes)
-    req = np.zeros((n_bins, k))
-    sin = np.zeros((n_bins, k))
-    sout = np.zeros((n_bins, k))
-    np.add.at(req, b, trace.arrivals)
-    np.add.at(sin, b, trace.arrivals * trace.input_tokens)
-    np.add.at(sout, b, trace.arrivals * trace.output_tokens)
-    tin = np.full((n_bins, k), np.nan)
-    tout = np.full((n_bins, k), np.nan)
-    has = req > 0
-    tin[has] = sin[has] / req[has]
-    tout[has] = sout[has] / req[has]
-    for arr, default in ((tin, trace.input_tokens.mean(axis=0)), (tout, trace.output_tokens.mean(axis=0))):
-        for j in range(k):
-            col = arr[:, j]
-            valid = ~np.isnan(col)
-            if not valid.any():
-                col[:] = default[j]
-                continue
-            idx = np.where(valid, np.arange(n_bins), 0)
-            np.maximum.accumulate(idx, out=idx)
-            filled = col[idx]
-            filled[: int(np.argmax(valid))] = col[int(np.argmax(valid))]
-            arr[:, j] = filled
-    return _Bins(trace.start_s, c, n_bins), req, tin, tout
-
-
 # ---------------------------------------------------------------------------------------------
-# One policy
+# One policy: the control loop over the simulated fleet
 # ---------------------------------------------------------------------------------------------
 
 
@@ -332,53 +252,12 @@ class _Context:
     seed: int
     tick_s: float
     initial: dict[str, int]
-    fc_bins: _Bins | None
-    forecasts: dict[str, np.ndarray] | None
-    tok_bins: _Bins
-    tok_req: np.ndarray
-    tok_in: np.ndarray
-    tok_out: np.ndarray
+    features: TraceFeatures  # forecasts computed lazily, once per process, by the first policy that uses them
     shield_factory: ShieldFactory | None
-    forecast_model: str | None = None  # computed lazily, once per process, by the first policy that uses it
-
-    def ensure_forecasts(self) -> None:
-        if self.forecasts is None and self.forecast_model:
-            self.fc_bins, self.forecasts = class_forecasts(self.goal, self.trace, self.forecast_model)
 
 
 def _n_intervals(goal: GoalSpec, trace: Trace) -> int:
     return max(1, int(math.ceil(trace.duration_s / goal.control_interval_s - 1e-9)))
-
-
-def _tokens_for(ctx: _Context, t: float, weights: Mapping[str, Mapping[str, float]],
-                routes: tuple[str, ...], models_of_class: list[tuple[str, ...]]) -> dict[str, tuple[float, float]]:
-    j = ctx.tok_bins.last_complete(t)
-    if j < 0:
-        return {}
-    j = min(j, ctx.tok_bins.n - 1)
-    vol: dict[str, float] = {}
-    sin: dict[str, float] = {}
-    sout: dict[str, float] = {}
-    for k, models in enumerate(models_of_class):
-        w = weights.get(routes[k]) if routes[k] else None
-        tot = sum(max(0.0, w.get(m, 0.0)) for m in models) if w else 0.0
-        for m in models:
-            s = (max(0.0, w.get(m, 0.0)) / tot) if (w and tot > 0) else (1.0 / len(models))
-            v = max(ctx.tok_req[j, k], 1e-9) * s
-            vol[m] = vol.get(m, 0.0) + v
-            sin[m] = sin.get(m, 0.0) + v * ctx.tok_in[j, k]
-            sout[m] = sout.get(m, 0.0) + v * ctx.tok_out[j, k]
-    return {m: (sin[m] / vol[m], sout[m] / vol[m]) for m in vol if vol[m] > 0}
-
-
-def _forecast_for(ctx: _Context, t: float) -> dict[str, np.ndarray] | None:
-    if ctx.forecasts is None or ctx.fc_bins is None:
-        return None
-    j = ctx.fc_bins.last_complete(t)
-    if j < 0:
-        return None
-    j = min(j, ctx.fc_bins.n - 1)
-    return {c: f[j].reshape(-1) for c, f in ctx.forecasts.items()}
 
 
 def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], None] | None) -> PolicyRun:
@@ -386,18 +265,13 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     started = time.perf_counter()
     cpu0 = time.process_time()
     caps = capabilities(policy)
-    if caps.uses_forecast:
-        ctx.ensure_forecasts()
     prepare_policy(policy, PrepareContext(goal, trace, seed=ctx.seed, tick_s=ctx.tick_s,
                                           initial_replicas=ctx.initial))
-    sim = FleetSimulator(goal, trace, np.random.default_rng(ctx.seed), tick_s=ctx.tick_s,
-                         initial_replicas=ctx.initial)
-    builder = ObservationBuilder(goal)
-    bypass = caps.bypass_shield
-    shield = None if (bypass or ctx.shield_factory is None) else ctx.shield_factory(goal)
-    sstate = shield.initial_state() if shield is not None else None
-    pstate = policy.initial_state()
-    routes, models_of_class = route_matrix(goal, trace.classes)
+    features = ctx.features if caps.uses_forecast else _no_forecasts(ctx.features)
+    fleet = SimulatedFleet(goal, trace, np.random.default_rng(ctx.seed), features, tick_s=ctx.tick_s,
+                           initial_replicas=ctx.initial)
+    sim = fleet.sim
+    loop = ControlLoop(goal, policy, ctx.shield_factory(goal) if ctx.shield_factory is not None else None)
     n = _n_intervals(goal, trace)
     models = list(goal.model_names)
     classes = list(trace.classes)
@@ -417,7 +291,7 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     rule_counts: dict[str, int] = {}
     per_replica = _initial_capacity(goal, ctx)
 
-    def record(i: int, st: IntervalStats, fired: Sequence[str], obs: Observation | None) -> None:
+    def record(i: int, st: IntervalStats, fired: Sequence[str]) -> None:
         t_s[i] = st.t_s
         tot = 0.0
         for c in classes:
@@ -447,40 +321,19 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
                 rule_counts[f] = rule_counts.get(f, 0) + 1
 
     i = 0
-    stats = sim.step(None)  # the first interval runs with the warm-start fleet: no reading exists before it
-    record(i, stats, (), None)
+    record(i, fleet.start(None), ())  # the first interval runs with the warm-start fleet: no reading before it
     i += 1
     last_tick = 0
-    clock_only = caps.clock_only  # e.g. the oracle: plays a schedule by the clock
-    tok_cache: dict[Any, dict[str, tuple[float, float]]] = {}
     cap_cache: dict[tuple[str, float, float], float] = {}
-    while not sim.done and i < n:
-        now = stats.t_s + stats.duration_s
-        cur_w = sim.weights
-        key = (ctx.tok_bins.last_complete(now), tuple(tuple(sorted(w.items())) for w in cur_w.values()))
-        tokens = tok_cache.get(key)
-        if tokens is None:
-            if len(tok_cache) > 64:
-                tok_cache.clear()
-            tokens = tok_cache[key] = _tokens_for(ctx, now, cur_w, routes, models_of_class)
-            for m, (tin, tout) in tokens.items():  # capacity series: one replica's saturated throughput
-                ck = (m, round(tin, 3), round(tout, 3))
-                if ck not in cap_cache:
-                    cap_cache[ck] = service_rate_per_replica(goal.model(m), tin, tout)
-                per_replica[m] = cap_cache[ck]
-        if clock_only:
-            obs = Observation(t_s=now, interval_s=goal.control_interval_s, models={}, class_rates={},
-                              class_forecast={}, weights={}, ttft_p95_ms=math.nan, e2e_p95_ms=math.nan,
-                              cost_per_hour=math.nan)
-        else:
-            reading = reading_from_stats(stats, sim.current_weights())
-            obs = builder.build(reading, _forecast_for(ctx, reading.t_s), tokens or None)
-        decision, pstate = policy.decide(obs, pstate)
-        fired: Sequence[str] = ()
-        if shield is not None:
-            decision, sstate, fired = shield.apply(decision, obs, sstate, obs.t_s)
-        stats = sim.step(_clean(decision))
-        record(i, stats, fired, obs)
+    while not fleet.done and i < n:
+        reading, forecast, tokens = fleet.read()
+        for m, (tin, tout) in tokens.items():  # capacity series: one replica's saturated throughput
+            ck = (m, round(tin, 3), round(tout, 3))
+            if ck not in cap_cache:
+                cap_cache[ck] = service_rate_per_replica(goal.model(m), tin, tout)
+            per_replica[m] = cap_cache[ck]
+        decision, fired, _rec = loop.step(reading, forecast, tokens)
+        record(i, fleet.apply(decision), fired)
         i += 1
         if tick is not None and i - last_tick >= 500:
             tick(i - last_tick)
@@ -500,7 +353,7 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     summ["name"] = name
     summ["met_goal"] = bool(summ["slo_attainment"] >= goal.slo.attainment)
     summ["shield_rules_fired"] = dict(sorted(rule_counts.items()))
-    summ["shielded"] = shield is not None
+    summ["shielded"] = loop.shield is not None
     summ["is_oracle"] = caps.is_yardstick
     summ["wall_s"] = round(time.perf_counter() - started, 3)
     summ["cpu_s"] = round(time.process_time() - cpu0, 3)  # this process's CPU: comparable on a busy machine
@@ -517,19 +370,18 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     return PolicyRun(name, summ, series)
 
 
+def _no_forecasts(features: TraceFeatures) -> TraceFeatures:
+    """The same token table without forecasts (a policy that declares ``uses_forecast = False``)."""
+    new = features.scaled(features.scale)
+    new.forecast_model = None
+    return new
+
+
 def _initial_capacity(goal: GoalSpec, ctx: _Context) -> dict[str, float]:
-    tin = float(np.nanmean(ctx.tok_in[0])) if ctx.tok_in.size else 512.0
-    tout = float(np.nanmean(ctx.tok_out[0])) if ctx.tok_out.size else 256.0
+    tb = ctx.features.tokens
+    tin = float(np.nanmean(tb.input_tokens[0])) if np.isfinite(tb.input_tokens[0]).any() else DEFAULT_TOKENS[0]
+    tout = float(np.nanmean(tb.output_tokens[0])) if np.isfinite(tb.output_tokens[0]).any() else DEFAULT_TOKENS[1]
     return {m.name: service_rate_per_replica(m, tin, tout) for m in goal.models}
-
-
-def _clean(d: Decision) -> Decision:
-    """Integer, non-negative replicas (a policy may hand back numpy numbers or floats)."""
-    reps = {}
-    for m, v in d.replicas.items():
-        x = float(v)
-        reps[m] = 0 if not math.isfinite(x) else max(0, int(round(x)))
-    return Decision(replicas=reps, weights=d.weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,7 +433,7 @@ def _run_parallel(ctx: _Context, policies: list[tuple[Policy, str]], workers: in
     # forecast users share a worker (each worker computes the forecasts it needs, once); the oracle, which
     # plans before it runs, goes to the other one
     def uses_fc(i: int) -> bool:
-        return bool(ctx.forecast_model) and capabilities(policies[i][0]).uses_forecast
+        return bool(ctx.features.forecast_model) and capabilities(policies[i][0]).uses_forecast
 
     loads = [0.0] * workers
     fc_group = 0
@@ -692,9 +544,8 @@ def replay(
 
         if forecast_model not in MODEL_NAMES:
             raise UserError(f"unknown forecaster {forecast_model!r}; choose one of {', '.join(MODEL_NAMES)}")
-    tok_bins, tok_req, tok_in, tok_out = _token_bins(trace, goal)
-    ctx = _Context(goal, trace, int(seed), tick, initial, None, None, tok_bins, tok_req, tok_in, tok_out,
-                   shield_factory, forecast_model)  # type: ignore[arg-type]
+    ctx = _Context(goal, trace, int(seed), tick, initial, TraceFeatures(goal, trace, forecast_model),
+                   shield_factory)  # type: ignore[arg-type]
     n = _n_intervals(goal, trace)
     workers = max(1, min(int(workers), len(named)))
     bar = None

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from fleetpilot.agent.replay import PolicyRun, ReplayResult
 from fleetpilot.simulations.errors import UserError
-from fleetpilot.simulations.replay import PolicyRun, ReplayResult
 
 __all__ = ["write_report", "render_html", "policy_colors"]
 

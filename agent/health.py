@@ -1,0 +1,130 @@
+"""Health: the live forecast feed and the checks that switch the control loop to the fallback policy.
+
+* :class:`ForecastFeed` -- one online forecaster per request class (created by the injected factory, refits
+  staggered across classes); each interval it observes the class rates and returns the forecast features at the
+  observation builder's leads, and remembers its one-interval-ahead prediction for the next check.
+* :class:`HealthCheck` -- the problem (a one-line reason) that makes the fallback decide this interval:
+  the source failed; an input is stale or missing; the observed class rate was outside the forecast's band for
+  ``forecast_bad_intervals`` intervals in a row; an observation feature is outside the policy's training range
+  (``observation_range``) by more than ``range_margin`` of that range. The switch back after
+  ``recover_intervals`` healthy intervals is the loop's (:class:`fleetpilot.envs.loop.FallbackSwitch`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fleetpilot.simulations.contract import Observation, Reading
+
+__all__ = ["ForecastFeed", "HealthCheck"]
+
+
+class ForecastFeed:
+    """Live forecast features per request class (``factory(step_s)`` makes one online forecaster)."""
+
+    def __init__(self, factory: Callable[[float], Any] | None, interval_s: float, n_classes: int) -> None:
+        self.factory = factory
+        self.interval_s = float(interval_s)
+        self.n_classes = max(1, int(n_classes))
+        self.forecasters: dict[str, Any] = {}
+        self.pending: dict[str, tuple[float, float, float]] = {}  # class -> (due t, mean, upper)
+
+    def _forecaster(self, cls: str) -> Any:
+        if cls not in self.forecasters:
+            fc = self.forecasters[cls] = self.factory(self.interval_s)  # type: ignore[misc]
+            k = len(self.forecasters) - 1
+            if hasattr(fc, "refit_phase_s") and hasattr(fc, "refit_every_s"):  # stagger refits across classes
+                fc.refit_phase_s = (k * fc.refit_every_s / self.n_classes) % fc.refit_every_s
+        return self.forecasters[cls]
+
+    def features(self, reading: Reading, leads: tuple[float, ...], errors: list[str]) -> dict[str, list[float]] | None:
+        """Observe ``reading``'s class rates; (mean, upper) per lead per class, flattened (``None``: no forecast)."""
+        if self.factory is None:
+            return None
+        out: dict[str, list[float]] = {}
+        for cls, rate in reading.class_rates.items():
+            fc = self._forecaster(cls)
+            try:
+                if math.isfinite(rate):
+                    fc.observe(reading.t_s, float(rate))
+                arr = np.asarray(fc.features([self.interval_s, *leads]), dtype=float)
+            except Exception as exc:  # noqa: BLE001 -- no forecast: the builder uses the last value
+                errors.append(f"forecast {cls}: {type(exc).__name__}: {exc}")
+                return None
+            if arr.shape != (len(leads) + 1, 2) or not np.isfinite(arr).all():
+                return None
+            self.pending[cls] = (reading.t_s + self.interval_s, float(arr[0, 0]), float(arr[0, 1]))
+            out[cls] = [float(x) for x in arr[1:].reshape(-1)]
+        return out
+
+    def close(self) -> None:
+        for fc in self.forecasters.values():
+            closer = getattr(fc, "close", None)
+            if closer is not None:
+                closer(timeout=1.0)
+
+
+class HealthCheck:
+    """This interval's problem, or ``None`` (see the module docstring); ``settings`` is a ``FallbackSettings``."""
+
+    def __init__(self, settings: Any, interval_s: float) -> None:
+        self.settings = settings
+        self.interval_s = float(interval_s)
+        self.forecast_misses = 0
+
+    def check_forecast(self, feed: ForecastFeed, reading: Reading) -> str | None:
+        """Compare each class rate with the forecast made one interval ago for now."""
+        f = self.settings
+        missed: list[str] = []
+        checked = False
+        for cls, (due, mean, upper) in list(feed.pending.items()):
+            if reading.t_s + 1e-6 < due - 0.5 * self.interval_s:
+                continue
+            del feed.pending[cls]
+            obs = reading.class_rates.get(cls, math.nan)
+            if not math.isfinite(obs):
+                continue
+            checked = True
+            half = max(max(upper - mean, 0.0) * (1.0 + f.forecast_tolerance), f.forecast_rel_floor * max(mean, 0.0))
+            half += f.forecast_floor_rps
+            if abs(obs - mean) > half:
+                missed.append(f"{cls}: observed {obs:.2f} req/s outside {mean - half:.2f}..{mean + half:.2f}")
+        if missed:
+            self.forecast_misses += 1
+        elif checked:
+            self.forecast_misses = 0
+        if self.forecast_misses >= f.forecast_bad_intervals:
+            return f"forecast off for {self.forecast_misses} intervals ({'; '.join(missed)})"
+        return None
+
+    def check_range(self, policy: Any, obs: Observation, layout: tuple[str, ...]) -> str | None:
+        rng = getattr(policy, "observation_range", None)
+        if rng is None:
+            return None
+        try:
+            lo, hi = (np.asarray(x, dtype=float).reshape(-1) for x in (rng() if callable(rng) else rng))
+        except Exception:  # noqa: BLE001 -- a malformed range is ignored, not fatal
+            return None
+        v = np.asarray(obs.vector, dtype=float)
+        if lo.shape != v.shape or hi.shape != v.shape:
+            return None
+        margin = self.settings.range_margin * np.maximum(hi - lo, 1e-9)
+        bad = np.where((v < lo - margin) | (v > hi + margin))[0]
+        bad = [i for i in bad if not layout[i].startswith(("time.", "data."))]
+        if not bad:
+            return None
+        text = ", ".join(f"{layout[i]}={v[i]:.3g} not in [{lo[i]:.3g}, {hi[i]:.3g}]" for i in bad[:4])
+        return f"observation outside the policy's training range: {text}"
+
+    def problem(self, source_problem: str | None, reading: Reading, forecast_problem: str | None,
+                policy: Any, obs: Observation, layout: tuple[str, ...]) -> str | None:
+        """The first problem found, in order: source, stale inputs, forecast, training range."""
+        if source_problem is not None:
+            return source_problem
+        if reading.stale:
+            return "stale or missing inputs: " + ", ".join(reading.stale)
+        return forecast_problem or self.check_range(policy, obs, layout)
