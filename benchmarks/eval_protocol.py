@@ -55,7 +55,8 @@ ROUTED_GOAL = ROOT / "examples" / "goals" / "two-model-routed.yaml"
 
 SCALES = (200.0, 1000.0)
 SEEDS = (0, 1, 2)
-TUNE_DAYS = 2.0
+TUNE_DAYS = 1.0
+VAL_DAYS = 1.0  # the first day of each validation range (all of it when shorter)
 DEFAULT_POLICIES = "static,hpa,keda,kpa,hpa-tuned,keda-tuned,kpa-tuned,predictive,oracle"
 TUNED = {"hpa-tuned": "hpa", "keda-tuned": "keda", "kpa-tuned": "kpa"}
 
@@ -107,7 +108,7 @@ def traces_for(r: Range, scale: float) -> tuple[Any, Any, str]:
     start = float(full.start_s)
     tune_lo = max(start, r.split_s - TUNE_DAYS * 86400.0)
     tune = load_traces(list(r.traces), (tune_lo, r.split_s)).scale_to_peak(scale)
-    val = load_traces(list(r.traces), (r.split_s, None)).scale_to_peak(scale)
+    val = load_traces(list(r.traces), (r.split_s, r.split_s + VAL_DAYS * 86400.0)).scale_to_peak(scale)
     return tune, val, f"{tune_lo:g}:{r.split_s:g}"
 
 
@@ -446,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
 def _cost_hint(r: Range) -> float:
     from fleetpilot.simulations.traces import load_traces
 
-    t = load_traces(list(r.traces), (r.split_s, None))
+    t = load_traces(list(r.traces), (r.split_s, r.split_s + VAL_DAYS * 86400.0))
     tick = 1.0 if t.interval_s < 60 else 5.0
     return (t.end_s - t.start_s) / tick * (2 if r.routed else 1)
 

@@ -77,12 +77,12 @@ TUNING_FORMAT = "fleetpilot/tuning-v1"
 #: utilisation fractions searched, per incumbent (fixed a priori: in-flight targets far below max_num_seqs are
 #: normal for vLLM, whose latency grows well before the batch is full; the rate target is a share of throughput)
 FRACTIONS: dict[str, tuple[float, ...]] = {
-    "hpa": (0.1, 0.15, 0.2, 0.3, 0.45, 0.7),
-    "keda": (0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-    "kpa": (0.1, 0.15, 0.2, 0.3, 0.45, 0.7),
+    "hpa": (0.15, 0.2, 0.3, 0.45),
+    "keda": (0.6, 0.7, 0.8, 0.9),
+    "kpa": (0.15, 0.2, 0.3, 0.45),
 }
 #: Knative stable windows searched (``autoscaling.knative.dev/window``; 60 s is Knative's default)
-KPA_WINDOWS_S: tuple[float, ...] = (30.0, 60.0, 120.0)
+KPA_WINDOWS_S: tuple[float, ...] = (60.0, 120.0)
 #: attainment margin over the goal's attainment a tuned setting must reach on the tuning range
 DEFAULT_MARGIN = 0.005
 _UNITS = {"hpa": "in-flight requests per replica", "keda": "in-flight requests at saturation per replica",
