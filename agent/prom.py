@@ -52,7 +52,6 @@ import logging
 import math
 import os
 import re
-import socket
 import stat
 import threading
 import time
@@ -65,9 +64,10 @@ import numpy as np
 import requests
 import requests.adapters
 import requests.auth
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
+from fleetpilot.agent.deadline import DeadlineExceededError as TotalDeadlineExceeded
+from fleetpilot.agent.deadline import DeadlineGuard
 from fleetpilot.policies.base import ModelReading, Reading
 from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 from fleetpilot.simulations.goal import GoalSpec
@@ -316,68 +316,21 @@ class _FileAuth(requests.auth.AuthBase):
 # ------------------------------------------------------------------------------------------------ total deadline
 
 
-class _Tracker:
-    """Connections in use, per thread, so a watchdog can shut their sockets at the deadline."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active: dict[int, set[Any]] = {}
-
-    def add(self, conn: Any) -> None:
-        with self._lock:
-            self._active.setdefault(threading.get_ident(), set()).add(conn)
-
-    def discard(self, conn: Any) -> None:
-        with self._lock:
-            for conns in self._active.values():
-                conns.discard(conn)
-
-    def cut(self, thread_id: int) -> None:
-        with self._lock:
-            conns = list(self._active.get(thread_id, ()))
-        for conn in conns:
-            sock = getattr(conn, "sock", None)
-            if sock is None:
-                continue
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread (close() would not)
-            except OSError:
-                pass
-
-
-def _tracked_pool(base: type, tracker: _Tracker) -> type:
-    class Pool(base):  # type: ignore[misc, valid-type]
-        def _get_conn(self, timeout: float | None = None) -> Any:
-            conn = super()._get_conn(timeout)
-            tracker.add(conn)
-            return conn
-
-        def _put_conn(self, conn: Any) -> None:
-            if conn is not None:
-                tracker.discard(conn)
-            super()._put_conn(conn)
-
-    return Pool
-
-
 class _TrackingAdapter(requests.adapters.HTTPAdapter):
-    def __init__(self, tracker: _Tracker) -> None:
-        self._tracker = tracker
-        super().__init__(max_retries=Retry(total=0, raise_on_status=False))  # one retry layer: the daemon's
+    """An adapter whose pools report their connections to a :class:`~fleetpilot.agent.deadline.DeadlineGuard`."""
 
-    def _track(self, manager: Any) -> Any:
-        manager.pool_classes_by_scheme = {"http": _tracked_pool(HTTPConnectionPool, self._tracker),
-                                          "https": _tracked_pool(HTTPSConnectionPool, self._tracker)}
-        return manager
+    def __init__(self, guard: DeadlineGuard) -> None:
+        self._guard = guard
+        super().__init__(max_retries=Retry(total=0, raise_on_status=False))  # one retry layer: the daemon's
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self._track(self.poolmanager)
+        self._guard.install(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         fresh = proxy not in self.proxy_manager
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        return self._track(manager) if fresh else manager
+        return self._guard.install(manager) if fresh else manager
 
 
 class DeadlineExceeded(requests.exceptions.Timeout):
@@ -396,8 +349,8 @@ class DeadlineSession(requests.Session):
         super().__init__()
         self.default_timeout_s = float(access.timeout_s)
         self.max_body_bytes = int(max_body_bytes)
-        self._tracker = _Tracker()
-        adapter = _TrackingAdapter(self._tracker)
+        self._guard = DeadlineGuard()
+        adapter = _TrackingAdapter(self._guard)
         self.mount("http://", adapter)
         self.mount("https://", adapter)
         if access.insecure_skip_tls_verify:
@@ -421,46 +374,28 @@ class DeadlineSession(requests.Session):
         if isinstance(budget, tuple):
             budget = max(x for x in budget if x is not None) if any(x is not None for x in budget) else None
         total = float(budget) if budget else self.default_timeout_s
-        start = time.monotonic()
-        deadline = start + total
-        fired = threading.Event()
-        me = threading.get_ident()
+        kwargs["stream"] = True
+        kwargs["timeout"] = (total, total)
 
-        def cut() -> None:
-            fired.set()
-            self._tracker.cut(me)
-
-        watchdog = threading.Timer(total, cut)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            kwargs["stream"] = True
-            kwargs["timeout"] = (total, total)
-            try:
-                resp = super().request(method, url, *args, **kwargs)
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in resp.iter_content(chunk_size=1 << 16):
-                    size += len(chunk)
-                    if size > self.max_body_bytes:
-                        resp.close()
-                        raise requests.exceptions.ContentDecodingError(
-                            f"response body larger than {self.max_body_bytes} bytes")
-                    chunks.append(chunk)
-                    if fired.is_set() or time.monotonic() > deadline:
-                        break
-                resp._content = b"".join(chunks)  # noqa: SLF001 -- what Response.content would have read
-                resp._content_consumed = True  # noqa: SLF001
-            except requests.exceptions.RequestException:
-                if fired.is_set() or time.monotonic() >= deadline:
-                    raise DeadlineExceeded(f"no complete answer within the total deadline of {total:g}s") from None
-                raise
-            if fired.is_set() or time.monotonic() > deadline:
-                resp.close()
-                raise DeadlineExceeded(f"no complete answer within the total deadline of {total:g}s")
+        def whole() -> requests.Response:
+            resp = super(DeadlineSession, self).request(method, url, *args, **kwargs)
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in resp.iter_content(chunk_size=1 << 16):
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    resp.close()
+                    raise requests.exceptions.ContentDecodingError(
+                        f"response body larger than {self.max_body_bytes} bytes")
+                chunks.append(chunk)
+            resp._content = b"".join(chunks)  # noqa: SLF001 -- what Response.content would have read
+            resp._content_consumed = True  # noqa: SLF001
             return resp
-        finally:
-            watchdog.cancel()
+
+        try:
+            return self._guard.call(whole, total, "prometheus")
+        except TotalDeadlineExceeded:
+            raise DeadlineExceeded(f"no complete answer within the total deadline of {total:g}s") from None
 
 
 def make_session(access: PrometheusAccess) -> DeadlineSession:

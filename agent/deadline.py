@@ -1,0 +1,153 @@
+"""Total deadlines for blocking HTTP calls made through urllib3 (``requests`` for Prometheus, the official
+``kubernetes`` client for the API server).
+
+Socket timeouts bound each *read*, not the request: a server trickling its headers or body one byte at a time never
+trips them, and the daemon's interval never ends. :class:`DeadlineGuard` fixes that for every connection of a
+urllib3 ``PoolManager`` it is installed on (:meth:`DeadlineGuard.install`): :meth:`DeadlineGuard.call` runs a
+function with a watchdog timer that, at the deadline, shuts down the sockets the *calling thread* is using -- which
+wakes a blocked ``recv`` at once (``close`` would not) -- and then raises :class:`DeadlineExceededError`.
+
+:func:`install_kube_deadline` applies it to a ``kubernetes.client.ApiClient``: every API call is bounded by the
+``_request_timeout`` it passes (or a default), as a total.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+__all__ = ["DeadlineExceededError", "DeadlineGuard", "install_kube_deadline"]
+
+T = TypeVar("T")
+
+
+class DeadlineExceededError(TimeoutError):
+    """The call's total deadline passed; its connection was shut down."""
+
+
+class DeadlineGuard:
+    """Tracks connections in use per thread and cuts them when a call's total deadline passes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, set[Any]] = {}
+
+    # -- tracking -----------------------------------------------------------------------------------------------------
+
+    def add(self, conn: Any) -> None:
+        with self._lock:
+            self._active.setdefault(threading.get_ident(), set()).add(conn)
+
+    def discard(self, conn: Any) -> None:
+        with self._lock:
+            for conns in self._active.values():
+                conns.discard(conn)
+
+    def cut(self, thread_id: int) -> None:
+        """Shut down every socket ``thread_id`` is using (a blocked recv returns at once)."""
+        with self._lock:
+            conns = list(self._active.get(thread_id, ()))
+        for conn in conns:
+            sock = getattr(conn, "sock", None)
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def pool_classes(self) -> dict[str, type]:
+        """urllib3 pool classes that report the connections they hand out to this guard."""
+        guard = self
+
+        def tracked(base: type) -> type:
+            class Pool(base):  # type: ignore[misc, valid-type]
+                def _get_conn(self, timeout: float | None = None) -> Any:
+                    conn = super()._get_conn(timeout)
+                    guard.add(conn)
+                    return conn
+
+                def _put_conn(self, conn: Any) -> None:
+                    if conn is not None:
+                        guard.discard(conn)
+                    super()._put_conn(conn)
+
+            return Pool
+
+        return {"http": tracked(HTTPConnectionPool), "https": tracked(HTTPSConnectionPool)}
+
+    def install(self, pool_manager: Any) -> Any:
+        """Make ``pool_manager`` (a urllib3 PoolManager or ProxyManager) create tracked pools; returns it."""
+        pool_manager.pool_classes_by_scheme = self.pool_classes()
+        pool_manager.clear()  # pools made before this point would not be tracked
+        return pool_manager
+
+    # -- bounded calls ------------------------------------------------------------------------------------------------
+
+    def call(self, fn: Callable[[], T], total_s: float, what: str = "call") -> T:
+        """``fn()`` with a total deadline of ``total_s`` seconds: connect, TLS, headers and body together."""
+        fired = threading.Event()
+        me = threading.get_ident()
+
+        def cut() -> None:
+            fired.set()
+            self.cut(me)
+
+        watchdog = threading.Timer(max(0.0, float(total_s)), cut)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            result = fn()
+        except Exception as exc:
+            if fired.is_set():
+                raise DeadlineExceededError(f"{what}: no complete answer within the total deadline of {total_s:g}s") \
+                    from exc
+            raise
+        finally:
+            watchdog.cancel()
+        if fired.is_set():
+            raise DeadlineExceededError(f"{what}: no complete answer within the total deadline of {total_s:g}s")
+        return result
+
+
+def _total(timeout: Any, default_s: float) -> float:
+    if timeout is None:
+        return default_s
+    if isinstance(timeout, tuple | list):
+        parts = [float(x) for x in timeout if x is not None]
+        return sum(parts) if parts else default_s  # connect + read: the most one attempt was allowed before
+    return float(timeout)
+
+
+def install_kube_deadline(api_client: Any, default_s: float = 30.0) -> DeadlineGuard:
+    """Bound every call of a ``kubernetes.client.ApiClient`` by a total deadline (its ``_request_timeout`` or
+    ``default_s``); a call past it raises :class:`DeadlineExceededError` (a ``TimeoutError``). Idempotent."""
+    rest = api_client.rest_client
+    existing = getattr(rest, "_fleetpilot_guard", None)
+    if existing is not None:
+        return existing
+    guard = DeadlineGuard()
+    guard.install(rest.pool_manager)
+    original = rest.request
+
+    @functools.wraps(original)
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        total = _total(kwargs.get("_request_timeout"), default_s)
+
+        def whole() -> Any:
+            resp = original(method, url, *args, **kwargs)
+            read = getattr(resp, "read", None)
+            if callable(read) and kwargs.get("_preload_content", True) is not False:
+                read()  # the client reads the body after request() returns: read it here, inside the deadline
+            return resp
+
+        return guard.call(whole, total, f"{method} {url.split('?')[0]}")
+
+    rest.request = request
+    rest._fleetpilot_guard = guard  # noqa: SLF001
+    return guard
