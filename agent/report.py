@@ -647,8 +647,10 @@ def _policy_section(result: ReplayResult, run: PolicyRun, colors: dict[str, str]
         base = k.split(":", 1)[0]
         agg[base] = agg.get(base, 0) + int(v)
     shield_txt = ("shield: " + ", ".join(f"{k} ×{v:,}" for k, v in sorted(agg.items(), key=lambda kv: -kv[1])[:4])
-                  if agg else ("shield bypassed (a bound, not a controller)" if not sm.get("shielded") else
-                               "shield: no rule fired"))
+                  if agg else ("shield: no rule fired" if sm.get("shielded") else
+                               "shield bypassed (a bound, not a controller)" if sm.get("is_oracle") else
+                               "runs as its users run it: upstream behaviour, no fleetpilot shield, "
+                               "goal min/max replicas only"))
     legend_items: list[tuple[str, str, str | None]] = [("offered traffic", "#8a8f98", None),
                                                       ("ready capacity", color, None)]
     legend_items += [(m, _MODEL_COLORS[i % len(_MODEL_COLORS)], None) for i, m in enumerate(goal.model_names)]
