@@ -116,6 +116,10 @@ def make_api_client(
     cfg.retries = False
     client = kubernetes.client.ApiClient(cfg)
     client.user_agent = USER_AGENT
+    # every call's _request_timeout is a TOTAL deadline (a trickling API server cannot stall an interval)
+    from fleetpilot.agent.deadline import install_kube_deadline
+
+    install_kube_deadline(client)
     return client
 
 
