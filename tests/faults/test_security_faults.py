@@ -306,3 +306,26 @@ def test_alias_bomb_reload_is_refused(rig: Rig, tmp_path: Path, record_property:
     d = rig.daemon("a")
     assert step(rig, d).active == "policy"  # the daemon itself is untouched
     record_property("observed", f"{error[:110]}; {took * 1e3:.0f} ms")
+
+
+class _TrickleKube(_Trickle):
+    """An API server that answers every request with headers at once and a body at one byte per 0.2 s."""
+
+
+@pytest.mark.fault(group=GROUP, scenario="Kubernetes API server trickles every answer (1 byte per 0.2 s)",
+                   expected="each call is cut at its total deadline (not per socket read); state unknown -> no write; "
+                   "the interval completes and the audit names the timeouts")
+def test_trickling_kube_api_is_cut(rig: Rig, record_property: Any) -> None:
+    srv = _TrickleKube()
+    try:
+        d = rig.daemon("a", api_host=srv.url, leader=False, attempts=1)
+        before = rig.replicas()
+        t0 = time.monotonic()
+        rec = step(rig, d)
+        took = time.monotonic() - t0
+        assert rig.replicas() == before
+        assert any("deadline" in e for e in rec.errors), rec.errors
+        assert took < 60, f"interval took {took:.1f}s"  # one trickled answer alone would take 20,000 s
+        record_property("observed", f"interval {took:.1f}s real; {len(rec.errors)} errors, e.g. {rec.errors[0][:90]}")
+    finally:
+        srv.close()
