@@ -150,7 +150,24 @@ def write_table(rows: list[_Row], path: Path) -> None:
         for i, r in enumerate(sorted((r for r in rows if r.group == group), key=lambda r: r.order), 1):
             lines.append(f"| {i} | {_cell(r.scenario)} | {_cell(r.expected)} | {r.result} | {_cell(r.observed)} |")
         lines.append("")
+    kept = _kept_section(path)
+    if kept:
+        lines += ["", kept.rstrip("\n"), ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
+
+
+KEPT_HEADING = "## Live tests repeated"
+
+
+def _kept_section(path: Path) -> str:
+    """The repetition record of the live tests (``## Live tests repeated`` to the end), kept across regenerations:
+    it comes from ``.ci/repeat-live`` runs, not from this suite."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    i = text.find("\n" + KEPT_HEADING)
+    return text[i + 1:] if i >= 0 else ""
