@@ -380,3 +380,21 @@ def test_kpa_scale_to_zero_waits_for_the_grace_period() -> None:
     first_zero = next(t for t, n, _z in seen if n == 0)
     assert first_zero - first_zero_decision >= KPA_SCALE_TO_ZERO_GRACE_S - 1e-9
     assert all(n == 1 for t, n, _z in seen if t < first_zero)
+
+
+def test_replay_runs_the_incumbents_without_fleetpilots_shield() -> None:
+    """HPA, KEDA, KPA (default and tuned) are replayed unshielded -- and said to be; fleetpilot's own are not."""
+    from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.registry import make
+    from fleetpilot.policies.tuning import build_incumbent
+    from fleetpilot.simulations.traces import load_traces
+
+    goal = load_goal(ROOT / "examples/goals/single-model.yaml")
+    tr = load_traces(["azure_llm_2023_conv_1s"], (0.0, 300.0)).scale_to_peak(200.0)
+    pols = [make("hpa", goal), make("keda", goal), make("kpa", goal), make("predictive", goal),
+            build_incumbent("keda", goal, {"llama-3-8b": 150.0})]
+    res = replay(goal, tr, pols, seed=0, tick_s=None, forecast_model=None)
+    shielded = {r.name: r.summary["shielded"] for r in res.runs}
+    assert shielded == {"hpa": False, "keda": False, "kpa": False, "predictive": True, "keda-tuned": False}
+    assert all(r.summary["plan"]["runs_as"].startswith("upstream behaviour") for r in res.runs
+               if r.name != "predictive")
