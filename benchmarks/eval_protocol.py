@@ -26,7 +26,7 @@ What is frozen (change it only with a new section and say why):
 Policies are a CLI argument (``--policies`` for both goals, ``--single-policies`` / ``--routed-policies`` added
 for one goal only), so a learned policy is evaluated by the same command. Jobs run in ``--workers`` forked
 processes that hand results back as JSON files (no pickle). Results: ``--json`` (every seed's numbers) and the
-generated section of ``benchmarks/RESULTS_rl.md`` between ``<!-- eval-protocol:NAME:begin -->`` and
+generated section of ``benchmarks/RESULTS_rl.md`` (default section ``baselines``) between ``<!-- eval-protocol:NAME:begin -->`` and
 ``<!-- eval-protocol:NAME:end -->`` (``--section NAME``).
 """
 
@@ -48,7 +48,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNING_CACHE = ROOT / "benchmarks" / "eval_tuning.json"
-RESULTS_JSON = ROOT / "benchmarks" / "eval_results.json"
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS_rl.md"
 SINGLE_GOAL = ROOT / "examples" / "goals" / "single-model.yaml"
 ROUTED_GOAL = ROOT / "examples" / "goals" / "two-model-routed.yaml"
@@ -367,11 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--retune", action="store_true", help="recompute the tuned incumbents (else cached)")
     ap.add_argument("--tuning-cache", type=Path, default=TUNING_CACHE)
-    ap.add_argument("--json", type=Path, default=RESULTS_JSON, help="every seed's numbers")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="every seed's numbers (default benchmarks/eval_results_SECTION.json)")
     ap.add_argument("--results-md", type=Path, default=RESULTS_MD)
     ap.add_argument("--section", default="baselines", help="name of the generated section in --results-md")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing files")
     a = ap.parse_args(argv)
+    if a.json is None:
+        a.json = ROOT / "benchmarks" / f"eval_results_{a.section}.json"
     started = time.perf_counter()
     sel = [r for r in SINGLE + ROUTED if a.ranges == "all" or r.key in _names(a.ranges)]
     unknown = set(_names(a.ranges)) - {r.key for r in SINGLE + ROUTED} if a.ranges != "all" else set()
