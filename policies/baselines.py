@@ -49,6 +49,15 @@ Sources (the defaults below are theirs unless marked "fleetpilot's choice"):
   one applied. What remains different from a live KPA: it cannot act *inside* an interval (at most one
   control interval later than Knative would), and it sees one concurrency sample per interval instead of one
   per second.
+* **Departures kept, and why.** (1) KPA acts at control-interval boundaries and sees one concurrency sample
+  per interval (above): the live loop is interval-based by design, and the simulator has no per-second
+  metric stream. (2) Starting pods are all Running-without-metrics (vLLM loading weights); a pod Pending on
+  node provisioning would be an *unready* pod for the HPA (0 on scale-up, ignored otherwise); the simulator
+  does not separate the two phases of a cold start. (3) HPA syncs are exactly 15 s apart (upstream drifts by
+  its own processing time; the exclusive window edge reproduces the effect that matters). (4) Not modelled:
+  the HPA's CPU initialisation period and readiness delay (CPU metrics only), KEDA's ``idleReplicaCount``,
+  ``fallback`` and paused annotations, Knative's activation scale, target burst capacity / activator in the
+  path, and ``scale-to-zero-pod-retention-period`` (0 by default), none of which is set in a default install.
 * Predictive: sizes each model for ``max(current rate, forecast upper bound at its cold-start lead)`` plus
   ``predictive_headroom``, divided by the per-replica throughput at which the SLO percentile still holds
   (:func:`capacity_at_slo`).
