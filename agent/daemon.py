@@ -394,6 +394,8 @@ class Daemon:
     audit = property(lambda self: self.deps.audit, lambda self, v: self._set_dep("audit", v))
     status_reader = property(lambda self: self.deps.status_reader,
                              lambda self, v: self._set_dep("status_reader", v))
+    goal_reloader = property(lambda self: self.deps.goal_reloader,
+                             lambda self, v: self._set_dep("goal_reloader", v))
 
     # the loop's parts, by name
     policy = property(lambda self: self.loop.policy, lambda self, p: self.loop.replace(policy=p))

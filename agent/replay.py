@@ -32,7 +32,6 @@ Details that matter for a fair comparison:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -49,6 +48,7 @@ import numpy as np
 from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures, class_forecasts
 from fleetpilot.policies.base import Policy, PrepareContext, capabilities, describe_policy, prepare_policy
+from fleetpilot.policies.shield import Shield
 from fleetpilot.simulations.capacity import DEFAULT_TOKENS, service_rate_per_replica
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import IntervalStats
@@ -480,14 +480,6 @@ def _run_parallel(ctx: _Context, policies: list[tuple[Policy, str]], workers: in
 # ---------------------------------------------------------------------------------------------
 
 
-def _default_shield_factory() -> ShieldFactory | None:
-    try:
-        from fleetpilot.policies.shield import Shield
-    except ModuleNotFoundError:
-        return None
-    return Shield
-
-
 def replay(
     goal: GoalSpec,
     trace: Trace,
@@ -524,9 +516,7 @@ def replay(
         notes.append(f"simulator tick {tick:g} s is coarse: queueing inside a tick is fluid, expect pessimistic "
                      "latency and spurious drops (defaults: 1 s for sub-minute traces, 5 s otherwise)")
     if shield_factory == "default":
-        shield_factory = _default_shield_factory()
-        if shield_factory is None:
-            notes.append("fleetpilot.policies.shield is not available: decisions were NOT shielded")
+        shield_factory = Shield
     initial = dict(initial_replicas) if initial_replicas else warm_start_replicas(goal, trace, seed=seed, tick_s=tick)
     for m in goal.models:
         initial.setdefault(m.name, m.min_replicas)
@@ -536,9 +526,6 @@ def replay(
         base = str(getattr(p, "name", type(p).__name__))
         seen[base] = seen.get(base, 0) + 1
         named.append((p, base if seen[base] == 1 else f"{base}#{seen[base]}"))
-    if forecast_model and importlib.util.find_spec("fleetpilot.forecasting.features") is None:
-        notes.append("forecasting is not installed: policies saw the current rate as their forecast")
-        forecast_model = None
     if forecast_model:
         from fleetpilot.forecasting.base import MODEL_NAMES
 

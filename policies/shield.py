@@ -379,6 +379,10 @@ class Shield:
             n, hit = step_stabilization(n, cur, hist, now, window)
             if hit:
                 fired.append(f"stabilization:{name}")
+            # bounds win over every smoothing rule (a goal reloaded with a lower max_replicas holds at once)
+            n, side = step_bounds(n, m)
+            if side:
+                fired.append(f"bounds:{name}:{side}")
             hists.append((name, hist if window > 0 else ()))
             out[name] = n
             floors[name] = min(n, max(m.min_replicas, lo))
