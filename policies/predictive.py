@@ -21,8 +21,11 @@ One decision per model and control interval, no stacked margins::
   quantile needs anywhere in ``(t, t + L]``: a replica is removed only when no replica removed now could be needed
   before a replacement could be ready (the same forward running maximum the offline oracle's launch schedule
   uses; Lin & Wierman's keep-warm rule).
-* **Before calibration** (fewer than ``min_scores`` matured scores: the first ``L`` of a run), the forecaster's own
-  upper bound at ``L`` is the base and the factor is ``warmup_factor``.
+* **Before calibration** (fewer than ``min_scores`` matured scores, by default ``ceil(1 / (1 - alpha))``: enough
+  for the conformal quantile to be an order statistic below the maximum; about ``L`` + 8 min at 0.97), the
+  policy sizes for ``warmup_factor`` x the larger of the current rate and the forecaster's own upper bound at
+  ``L``, and never scales down: without calibration it cannot tell that a removed replica will not be needed
+  within the lead. Decisions are recorded for calibration once the scale has seen ``min_scale_samples`` changes.
 
 The state is an immutable :class:`PredictiveState`; the policy reads time only from the observation.
 """
@@ -52,7 +55,7 @@ __all__ = [
 ]
 
 #: demand quantile sized for (fleetpilot's choice, chosen on training ranges; see benchmarks/RESULTS_rl.md)
-DEFAULT_QUANTILE = 0.99
+DEFAULT_QUANTILE = 0.97
 #: calibration scores kept (control intervals; 2880 x 15 s = 12 h)
 DEFAULT_WINDOW = 2880
 _EPS = 1e-9
@@ -97,6 +100,8 @@ class ModelCalibration:
     scale: float = math.nan  # EWMA of the absolute change of the routed rate between intervals (req/s)
     level: float = math.nan  # the adaptive coverage level in force (starts at ``quantile``)
     n_scale: int = 0  # changes seen (the EWMA is a plain mean until 1 / alpha of them)
+    derate: float = 1.0  # measured throughput / modelled throughput, from saturated intervals (<= 1)
+    queued: float = math.nan  # requests waiting at the end of the last interval
 
 
 @dataclass(frozen=True)
@@ -132,11 +137,13 @@ class PredictivePolicy:
         *,
         quantile: float = DEFAULT_QUANTILE,
         window: int = DEFAULT_WINDOW,
-        min_scores: int = 8,
+        min_scores: int | None = None,
+        min_scale_samples: int = 4,
         eps_replicas: float = 0.1,
         warmup_factor: float = 1.1,
         scale_halflife: int = 120,
         adapt_rate: float = 0.0,
+        derate_halflife: int = 240,
         target_miss: float = 0.005,
         min_level: float = 0.8,
         max_level: float = 0.995,
@@ -145,6 +152,8 @@ class PredictivePolicy:
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
+        if min_scores is None:
+            min_scores = int(math.ceil(1.0 / (1.0 - float(quantile)) - 1e-9))
         if int(window) < 1 or int(min_scores) < 1:
             raise UserError(f"predictive window and min_scores must be >= 1, got {window!r}, {min_scores!r}")
         if not (eps_replicas > 0 and warmup_factor >= 1.0):
@@ -156,11 +165,13 @@ class PredictivePolicy:
         self.quantile = float(quantile)
         self.window = int(window)
         self.min_scores = int(min_scores)
+        self.min_scale_samples = int(min_scale_samples)
         self.eps_replicas = float(eps_replicas)
         self.warmup_factor = float(warmup_factor)
         self.tokens = dict(tokens or {})
         self.scale_alpha = 1.0 - 0.5 ** (1.0 / max(1, int(scale_halflife)))
         self.adapt_rate = float(adapt_rate)
+        self._derate_keep = 0.5 ** (1.0 / max(1, int(derate_halflife)))
         self.target_miss = float(target_miss)
         self.min_level = float(min_level)
         self.max_level = float(max_level)
@@ -235,6 +246,27 @@ class PredictivePolicy:
             return base, scale, max(base, upper) * self.warmup_factor
         return base, scale, max(0.0, base + q * scale)
 
+    def _derate(self, cal: ModelCalibration, m: ModelObs | None, max_replicas: int) -> float:
+        """Throughput correction from saturated intervals: the capacity model may be optimistic (a token mix not
+        measured yet, slower engines than the profile). When every slot is busy and a queue stands, the measured
+        throughput ``arrivals - d(queue)/dt`` per ready replica over the modelled one lowers the correction at
+        once; otherwise it recovers towards 1 with a half-life of ``derate_halflife`` intervals."""
+        derate = cal.derate
+        if m is None or not all(_finite(x) for x in (m.ready, m.in_flight, m.queued, m.arrival_rps, m.capacity_rps)):
+            return derate
+        ready = int(m.ready)
+        if ready <= 0 or not m.capacity_rps > 0:
+            return derate
+        slots = max(1, int(m.slots)) * ready
+        saturated = m.queued > 0.01 * slots and m.in_flight >= 0.9 * slots
+        if saturated and _finite(cal.queued):
+            thr = float(m.arrival_rps) - (float(m.queued) - float(cal.queued)) / self.goal.control_interval_s
+            seen = thr / (ready * float(m.capacity_rps))
+            if 0.0 < seen < 0.95 * derate:
+                return max(0.25, seen)
+            return derate
+        return 1.0 - (1.0 - derate) * self._derate_keep
+
     # ------------------------------------------------------------------ calibration
     def _calibrate(self, obs: Observation, state: PredictiveState) -> tuple[
             tuple[tuple[float, tuple[tuple[str, float], ...]], ...], dict[str, ModelCalibration]]:
@@ -269,6 +301,7 @@ class PredictivePolicy:
                     and _finite(m.arrival_rps) and m.arrival_rps > 0:
                 miss = 1.0 if float(lat) > target else 0.0
                 level = min(self.max_level, max(self.min_level, level + self.adapt_rate * (miss - self.target_miss)))
+            derate = self._derate(cal, m, spec.max_replicas)
             pending = list(cal.pending)
             scores = list(cal.scores)
             while pending and pending[0][0] + lead <= now + _EPS:
@@ -279,7 +312,8 @@ class PredictivePolicy:
                     scores.append((max(ys) - base) / sc)
             if len(scores) > self.window:
                 scores = scores[-self.window:]
-            cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, level, n_scale)
+            cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, level, n_scale, derate,
+                                               float(m.queued) if m is not None and _finite(m.queued) else math.nan)
             if pending:
                 oldest = min(oldest, pending[0][0])
         rates = tuple(r for r in rates if r[0] > oldest + _EPS)
@@ -299,15 +333,18 @@ class PredictivePolicy:
             if m is None:
                 reps[spec.name] = current
                 continue
-            cap = self.capacity(spec.name, m)
+            cap = self.capacity(spec.name, m) * cal.derate
             base, scale, dq = self.demand(spec.name, m, cal, self.eps_replicas * cap)
             if not (_finite(dq) and cap > 0):
                 reps[spec.name] = current
                 continue
             need = math.ceil(dq / cap - 1e-6)
+            if math.isnan(self.factor(cal)):  # not calibrated yet: no scale-down
+                need = max(need, current)
             reps[spec.name] = min(max(need, spec.min_replicas), spec.max_replicas)
-            entry = (now, base, scale, self.shares(obs, spec.name))
-            cals[spec.name] = replace(cal, pending=cal.pending + (entry,))
+            if cal.n_scale >= self.min_scale_samples:
+                entry = (now, base, scale, self.shares(obs, spec.name))
+                cals[spec.name] = replace(cal, pending=cal.pending + (entry,))
         last = tuple(sorted((c, float(v)) for c, v in obs.class_rates.items())) \
             if obs.class_rates and all(_finite(v) for v in obs.class_rates.values()) else state.last_rates
         new_state = PredictiveState(rates, last, tuple((k, cals[k]) for k in self.goal.model_names))

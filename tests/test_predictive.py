@@ -81,7 +81,7 @@ def test_calibration_learns_a_biased_forecast_and_stays_causal() -> None:
     reps, st = run(pol, [900.0] * 200, [600.0] * 200)
     # warm-up: no score has matured before one lead has passed, so the forecast's own upper bound is used
     assert reps[0] == math.ceil(900.0 * pol.warmup_factor / r_slo - 1e-6)
-    assert len(st.model(M).scores) == 200 - lead_n
+    assert len(st.model(M).scores) == 200 - lead_n - pol.min_scale_samples
     assert reps[-1] == math.ceil(900.0 / r_slo - 1e-6)  # base = current rate (900), factor learned ~ 0
     # noisy demand around a flat forecast: the calibrated demand covers the horizon maximum at the level asked
     pol2 = PredictivePolicy(GOAL, quantile=0.9)
@@ -158,8 +158,20 @@ def test_holds_without_data_and_respects_bounds() -> None:
     assert d.replicas[M] == 5  # no measurement, no forecast: hold
     d, _ = pol.decide(obs(2 * DT, 1e6), st)
     assert d.replicas[M] == GOAL.models[0].max_replicas
-    d, _ = pol.decide(obs(2 * DT, 0.0), pol.initial_state())
+    _, st = run(pol, [0.0] * 200)
+    d, _ = pol.decide(obs(201 * DT, 0.0, ready=4), st)
     assert d.replicas[M] == GOAL.models[0].min_replicas
+
+
+def test_no_scale_down_before_calibration() -> None:
+    """A fresh policy cannot know that a dip will not rebound within the lead: it keeps what it has."""
+    pol = PredictivePolicy(GOAL, quantile=0.97)
+    assert pol.min_scores == 34  # ceil(1 / 0.03)
+    reps, st = run(pol, [50.0] * 10)  # ready = 4 in every observation
+    assert reps == [4] * 10
+    reps, st = run(pol, [50.0] * 200, state=st, t0=10 * DT)
+    assert not math.isnan(pol.factor(st.model(M)))
+    assert reps[-1] == GOAL.models[0].min_replicas  # calibrated: the dip is the level, scale down
 
 
 def test_same_inputs_same_decisions_and_immutable_state() -> None:
