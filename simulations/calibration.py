@@ -43,6 +43,7 @@ class StepSample:
     weight: float = 1.0
     ttft_s: float = math.nan  # mean TTFT while nothing queued (NaN: no TTFT information in this sample)
     prompt_tokens: float = math.nan  # mean prompt tokens per request (with ttft_s)
+    running_var: float = 0.0  # variance of the running count within the window (see window_itl)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,29 @@ def predict_itl(t0: float, kv: float, seq: float, prefill: float, running: np.nd
     return base / (1.0 - busy)
 
 
+def window_itl(t0: float, kv: float, seq: float, prefill: float, running: np.ndarray | float,
+               context_tokens: np.ndarray | float, prefill_tokens_per_s: np.ndarray | float,
+               running_var: np.ndarray | float = 0.0) -> np.ndarray:
+    """Mean ITL over a window in which the running count ``n`` has mean ``running`` and variance ``running_var``.
+
+    vLLM's ITL histogram observes every token, so a window's mean ITL is token-weighted: ``sum(n) / sum(n / T(n))``,
+    which exceeds ``T(mean n)`` when ``n`` moves within the window (more tokens are observed, slower, while more
+    sequences run). With ``T = k (a + b n)`` (``k`` the prefill inflation, ``a = t0``, ``b = seq + kv ctx``) a
+    second-order expansion gives ``E[n / T] = n / T - a b k^2 var / T^3``; the window mean is ``n / E[n / T]``.
+    """
+    n = np.asarray(running, dtype=float)
+    t = predict_itl(t0, kv, seq, prefill, n, context_tokens, prefill_tokens_per_s)
+    var = np.asarray(running_var, dtype=float)
+    if not np.any(var > 0):
+        return t
+    k = 1.0 / (1.0 - np.minimum(prefill * np.asarray(prefill_tokens_per_s, dtype=float), MAX_PREFILL_SHARE))
+    b = seq + kv * np.asarray(context_tokens, dtype=float)
+    rate = np.where(n > 0, n / t, 0.0)
+    corr = t0 * b * k * k * var / t**3
+    denom = np.maximum(rate - corr, 0.5 * rate)
+    return np.where((n > 0) & (var > 0), n / np.maximum(denom, 1e-300), t)
+
+
 def _round(x: float, digits: int) -> float:
     if x == 0 or not np.isfinite(x):
         return float(x)
@@ -111,7 +135,7 @@ def _arrays(samples: Sequence[StepSample]) -> tuple[np.ndarray, ...]:
         raise UserError("no step-time samples to fit")
     a = np.array([(s.itl_s, s.running, s.context_tokens, s.prefill_tokens_per_s, s.weight) for s in samples],
                  dtype=float)
-    if not np.all(np.isfinite(a)):
+    if not np.all(np.isfinite(a)) or not all(math.isfinite(s.running_var) and s.running_var >= 0 for s in samples):
         raise UserError("step-time samples contain NaN or infinite values")
     if np.any(a[:, 0] <= 0) or np.any(a[:, 1] < 0) or np.any(a[:, 2] < 0) or np.any(a[:, 3] < 0) or np.any(a[:, 4] <= 0):
         raise UserError("step-time samples need ITL > 0, running >= 0, context >= 0, prefill rate >= 0, weight > 0")
@@ -142,6 +166,7 @@ def fit_step_time(
     ``ttft_constant_s`` is given) is reported, not part of the simulator.
     """
     itl, n, ctx, pft, w = _arrays(samples)
+    var = np.array([s.running_var for s in samples], dtype=float)
     ttft = np.array([s.ttft_s for s in samples], dtype=float)
     prompt = np.array([s.prompt_tokens for s in samples], dtype=float)
     has_ttft = np.isfinite(ttft) & np.isfinite(prompt) & (ttft > 0) & (prompt >= 0) if use_ttft else np.zeros(len(itl), bool)
@@ -164,7 +189,7 @@ def fit_step_time(
     def resid(x: np.ndarray) -> np.ndarray:
         c = unpack(x)
         step = predict_itl(c["t0"], c["kv"], c["seq"], c["prefill"], n, ctx, pft)
-        r = (step / itl - 1.0) * sw
+        r = (window_itl(c["t0"], c["kv"], c["seq"], c["prefill"], n, ctx, pft, var) / itl - 1.0) * sw
         if has_ttft.any():
             pred = c["const"] + step[has_ttft] + c["prefill"] * prompt[has_ttft]
             r = np.concatenate([r, (pred / ttft[has_ttft] - 1.0) * sw[has_ttft]])
@@ -180,7 +205,7 @@ def fit_step_time(
     res = least_squares(resid, x0, loss=loss, f_scale=f_scale, bounds=(np.zeros(len(names)), upper), method="trf")
     c = unpack(res.x)
     step = predict_itl(c["t0"], c["kv"], c["seq"], c["prefill"], n, ctx, pft)
-    rel = step / itl - 1.0
+    rel = window_itl(c["t0"], c["kv"], c["seq"], c["prefill"], n, ctx, pft, var) / itl - 1.0
     ttft_rmse = math.nan
     if has_ttft.any():
         rt = (c["const"] + step[has_ttft] + c["prefill"] * prompt[has_ttft]) / ttft[has_ttft] - 1.0

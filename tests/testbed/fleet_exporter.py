@@ -11,7 +11,21 @@ series set per ``model_name``, on a loopback port:
   or the model's p95 and the fleet's p50/p99 ratios (e2e). Timed-out requests land in ``+Inf``. ``histogram_quantile``
   over these buckets therefore gives back approximately the simulator's percentiles, at vLLM's bucket resolution;
 * counters ``vllm:request_success_total{finished_reason="stop"|"abort"}`` (served | timed out),
-  ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``.
+  ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``;
+* the inter-token latency histogram (``vllm:inter_token_latency_seconds``, or the pre-V1 name
+  ``vllm:time_per_output_token_seconds`` with ``itl_metric=``): every token of an interval observes the engine step
+  time of the goal's step-time model at the state the simulator reports (running per ready replica, prompt tokens
+  admitted per second, the trace's token lengths) -- the known coefficients ``fleetpilot calibrate`` must recover;
+* kube-state-metrics-like pod series per replica (``kube_pod_created``, ``kube_pod_status_ready{condition}``,
+  ``kube_pod_status_ready_time``; wall-clock epoch seconds from the injected ``wall_clock``): a replica is created
+  when the simulator launches it and ready when the simulator makes it ready, so ready time - created time is the
+  cold start at the exporter's step resolution. Replicas present at the start were created ``cold_start_s`` earlier.
+
+``per_replica=True`` (calibration tests) serves the vLLM series once per ready replica with a ``pod`` label, as a
+Prometheus scraping every vLLM pod sees them: running/waiting/KV usage are the pool's per-replica averages,
+counters and histograms the pool's divided evenly, and the TTFT histogram's ``_sum`` is the simulator's mean TTFT
+(queue wait + step + prefill) times the count. The default (one series per ``model_name``) is what the live daemon
+tests use.
 
 The fleet follows the Kubernetes API emulator: :meth:`FleetExporter.attach` registers an ``on_scale`` callback so a
 change of a Deployment's ``spec.replicas`` (by the daemon, or anyone) is applied to the simulator at the next step,
@@ -45,11 +59,15 @@ from fleetpilot.simulations.fleet import Decision, FleetSimulator, IntervalStats
 from fleetpilot.simulations.goal import GoalSpec
 from fleetpilot.simulations.traces import Trace
 
-__all__ = ["E2E_BUCKETS", "TTFT_BUCKETS", "FleetExporter", "bucket_counts", "compress_trace"]
+__all__ = ["E2E_BUCKETS", "ITL_BUCKETS", "TTFT_BUCKETS", "FleetExporter", "bucket_counts", "compress_trace"]
 
 log = logging.getLogger(__name__)
 
-# vLLM's bucket bounds (vllm/engine/metrics.py, v0.6-0.8)
+# vLLM's bucket bounds (vllm/engine/metrics.py, v0.6-0.8; ITL: vllm/v1/metrics/loggers.py)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+               80.0)
+ITL_METRIC_NEW = "vllm:inter_token_latency_seconds"
+ITL_METRIC_OLD = "vllm:time_per_output_token_seconds"
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                 40.0, 80.0, 160.0, 640.0, 2560.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
@@ -101,6 +119,19 @@ class _Series:
         self.e2e = [0.0] * len(E2E_BUCKETS)
         self.e2e_count = 0.0
         self.e2e_sum = 0.0
+        self.itl = [0.0] * len(ITL_BUCKETS)
+        self.itl_count = 0.0
+        self.itl_sum = 0.0
+
+
+@dataclasses.dataclass
+class _Pod:
+    """One simulated replica: its name, wall-clock creation and readiness, and its own vLLM series."""
+
+    name: str
+    created: float
+    ready_at: float | None = None
+    series: _Series = dataclasses.field(default_factory=_Series)
 
 
 class _Collector:
@@ -108,43 +139,68 @@ class _Collector:
         self.exporter = exporter
 
     def collect(self) -> Iterator[Any]:
-        with self.exporter._lock:
-            snap = {m: _copy(s) for m, s in self.exporter._series.items()}
-        lab = ["model_name"]
+        ex = self.exporter
+        with ex._lock:
+            if ex.per_replica:
+                snap = {(m, p.name): _copy(p.series) for m, pods in ex._pods.items() for p in pods
+                        if p.ready_at is not None}
+                lab = ["model_name", "pod"]
+            else:
+                snap = {(m,): _copy(s) for m, s in ex._series.items()}
+                lab = ["model_name"]
+            pods = [(ex.goal.model(m).deployment.namespace, dataclasses.replace(p))
+                    for m, ps in ex._pods.items() for p in ps]
         gauges = [
             ("vllm:num_requests_running", "Number of requests in model execution batches.", "running"),
             ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", "waiting"),
-            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "kv"),
+            (ex.kv_metric, "KV-cache usage. 1 means 100 percent usage.", "kv"),
         ]
         for name, doc, attr in gauges:
             g = GaugeMetricFamily(name, doc, labels=lab)
-            for m, s in snap.items():
-                g.add_metric([m], getattr(s, attr))
+            for key, s in snap.items():
+                g.add_metric(list(key), getattr(s, attr))
             yield g
         c = CounterMetricFamily("vllm:request_success", "Count of successfully processed requests.",
-                                labels=["model_name", "finished_reason"])
-        for m, s in snap.items():
-            c.add_metric([m, "stop"], s.success)
-            c.add_metric([m, "abort"], s.aborted)
+                                labels=[*lab, "finished_reason"])
+        for key, s in snap.items():
+            c.add_metric([*key, "stop"], s.success)
+            c.add_metric([*key, "abort"], s.aborted)
         yield c
         for name, doc, attr in (("vllm:prompt_tokens", "Number of prefill tokens processed.", "prompt"),
                                 ("vllm:generation_tokens", "Number of generation tokens processed.", "generation")):
             c = CounterMetricFamily(name, doc, labels=lab)
-            for m, s in snap.items():
-                c.add_metric([m], getattr(s, attr))
+            for key, s in snap.items():
+                c.add_metric(list(key), getattr(s, attr))
             yield c
         for name, doc, bounds, attr in (
             ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS, "ttft"),
             ("vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", E2E_BUCKETS,
              "e2e"),
+            (ex.itl_metric, "Histogram of inter-token latency in seconds.", ITL_BUCKETS, "itl"),
         ):
             h = HistogramMetricFamily(name, doc, labels=lab)
-            for m, s in snap.items():
+            for key, s in snap.items():
                 cum = getattr(s, attr)
                 count = getattr(s, attr + "_count")
                 buckets = [(_le(b), min(v, count)) for b, v in zip(bounds, cum, strict=True)] + [("+Inf", count)]
-                h.add_metric([m], buckets, getattr(s, attr + "_sum"))
+                h.add_metric(list(key), buckets, getattr(s, attr + "_sum"))
             yield h
+        # kube-state-metrics-like pod series
+        created = GaugeMetricFamily("kube_pod_created", "Unix creation timestamp", labels=["namespace", "pod"])
+        ready = GaugeMetricFamily("kube_pod_status_ready", "Describes whether the pod is ready to serve requests.",
+                                  labels=["namespace", "pod", "condition"])
+        ready_time = GaugeMetricFamily("kube_pod_status_ready_time", "Readiness achieved time in unix timestamp for "
+                                       "a pod.", labels=["namespace", "pod"])
+        for ns, p in pods:
+            created.add_metric([ns, p.name], p.created)
+            is_ready = p.ready_at is not None
+            ready.add_metric([ns, p.name, "true"], 1.0 if is_ready else 0.0)
+            ready.add_metric([ns, p.name, "false"], 0.0 if is_ready else 1.0)
+            if is_ready:
+                ready_time.add_metric([ns, p.name], p.ready_at)
+        yield created
+        yield ready
+        yield ready_time
 
 
 def _copy(s: _Series) -> _Series:
@@ -181,6 +237,10 @@ class FleetExporter:
         sleep: Callable[[float], None] = time.sleep,
         loop: bool = False,
         history_size: int = 100_000,
+        per_replica: bool = False,
+        itl_metric: str = ITL_METRIC_NEW,
+        kv_metric: str = "vllm:kv_cache_usage_perc",
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if interval_s <= 0 or speed <= 0:
             raise ValueError("interval_s and speed must be > 0")
@@ -212,6 +272,16 @@ class FleetExporter:
         self.replica_history: deque[tuple[float, dict[str, int], dict[str, int]]] = deque(maxlen=history_size)
         self.steps = 0
         self.errors: list[str] = []
+        self.per_replica = bool(per_replica)
+        self.itl_metric = itl_metric
+        self.kv_metric = kv_metric
+        self.wall_clock = wall_clock
+        self._pod_seq = 0
+        self._pods: dict[str, list[_Pod]] = {m.name: [] for m in self.goal.models}
+        now = self.wall_clock()
+        for m in self.goal.models:  # replicas present at the start were launched one cold start ago
+            for _ in range(self.sim.ready_replicas()[m.name]):
+                self._pods[m.name].append(self._new_pod(m.name, now - m.cold_start_s * cold_start_scale, now))
 
     # --- the emulator link ----------------------------------------------------------------------------------------
 
@@ -299,6 +369,31 @@ class FleetExporter:
 
     # --- stepping -------------------------------------------------------------------------------------------------
 
+    def _new_pod(self, model: str, created: float, ready_at: float | None = None) -> _Pod:
+        self._pod_seq += 1
+        dep = self.goal.model(model).deployment.name
+        return _Pod(f"{dep}-5f7d9c{self._pod_seq % 1000:03d}-{self._pod_seq:05x}", created, ready_at)
+
+    def _sync_pods(self) -> None:
+        """Follow the simulator's ready/starting replicas with pod objects (oldest starting pod becomes ready first;
+        cancelled launches and removed replicas are the newest)."""
+        now = self.wall_clock()  # the wall time of the interval just simulated: launches happened at its start,
+        end = now + self.interval_s / self.speed  # replicas that became ready did so by its end
+        ready = self.sim.ready_replicas()
+        starting = self.sim.starting_replicas()
+        with self._lock:
+            for m, pods in self._pods.items():
+                while len(_ready(pods)) < ready[m] and _starting(pods):
+                    _starting(pods)[0].ready_at = end
+                while len(_ready(pods)) > ready[m]:
+                    pods.remove(_ready(pods)[-1])
+                while len(_starting(pods)) > starting[m]:
+                    pods.remove(_starting(pods)[-1])
+                while len(_starting(pods)) < starting[m]:
+                    pods.append(self._new_pod(m, now))
+                while len(_ready(pods)) < ready[m]:
+                    pods.append(self._new_pod(m, now, end))
+
     def step(self) -> IntervalStats | None:
         """Apply pending replica changes, advance the simulator one interval and update the metrics."""
         if self.sim.done:
@@ -312,6 +407,7 @@ class FleetExporter:
         changes = {m: n for m, n in pending.items() if current.get(m) != n}
         weights = self._route_weights()
         stats = self.sim.step(Decision(changes, weights) if changes or weights else None)
+        self._sync_pods()
         self._record(stats)
         self._write_status()
         self.history.append(stats)
@@ -332,26 +428,63 @@ class FleetExporter:
         with self._lock:
             for m in self.goal.models:
                 p = stats.pools[m.name]
-                s = self._series[m.name]
-                s.running = float(p.in_flight)
-                s.waiting = float(p.queued)
-                denom = max(p.ready, 1) * m.latency.kv_cache_tokens
-                s.kv = float(min(1.0, p.in_flight * (tin + 0.5 * tout) / denom)) if p.ready else 0.0
-                s.success += float(p.served)
-                s.aborted += float(p.dropped)
-                s.prompt += float(p.admitted) * tin
-                s.generation += float(p.served) * tout
-                t50, t95, t99 = (_sec(x, cap) for x in (p.ttft_p50_ms, p.ttft_p95_ms, p.ttft_p99_ms))
-                cum, total = bucket_counts(float(p.admitted), t50, t95, t99, TTFT_BUCKETS)
-                s.ttft = [a + b for a, b in zip(s.ttft, cum, strict=True)]
-                s.ttft_count += float(p.admitted) + float(p.dropped)
-                s.ttft_sum += total + float(p.dropped) * self.goal.slo.timeout_s
-                e95 = _sec(p.e2e_p95_ms, cap)
-                cum, total = bucket_counts(float(p.served), e95 * min(ratio50, 1.0), e95, e95 * max(ratio99, 1.0),
-                                           E2E_BUCKETS)
-                s.e2e = [a + b for a, b in zip(s.e2e, cum, strict=True)]
-                s.e2e_count += float(p.served)
-                s.e2e_sum += total
+                step_s, prefill_part_s = self._step_time(m.name, p, stats.duration_s, tin, tout)
+                targets = [(self._series[m.name], 1.0, float(p.in_flight), float(p.queued))]
+                if self.per_replica and p.ready > 0:
+                    share = 1.0 / p.ready
+                    targets += [(pod.series, share, p.in_flight * share, p.queued * share)
+                                for pod in self._pods[m.name] if pod.ready_at is not None]
+                for s, share, running, waiting in targets:
+                    self._record_series(s, share, running, waiting, m, p, tin, tout, ratio50, ratio99, cap, step_s,
+                                        prefill_part_s, stats.duration_s)
+
+    def _step_time(self, model: str, p: Any, dt: float, tin: float, tout: float) -> tuple[float, float]:
+        """(engine step time, TTFT service part) of one replica from the goal's step-time model at the reported
+        state: running per ready replica, prompt tokens admitted per second per replica."""
+        from fleetpilot.simulations import kernel as K  # noqa: N812
+        from fleetpilot.simulations.fleet import latency_vector
+
+        spec = self.goal.model(model)
+        if p.ready <= 0:
+            return 0.0, 0.0
+        lat = latency_vector(spec, tin, tout, capacity=False)
+        pf = spec.latency.prefill_s_per_token
+        per_rep_rate = float(p.admitted) / max(dt, 1e-9) / p.ready
+        step = float(K.step_time(lat, float(p.in_flight) / p.ready, per_rep_rate * tin * pf))
+        return step, step + pf * tin
+
+    def _record_series(self, s: _Series, share: float, running: float, waiting: float, m: Any, p: Any, tin: float,
+                       tout: float, ratio50: float, ratio99: float, cap: float, step_s: float, prefill_part_s: float,
+                       dt: float) -> None:
+        s.running = running
+        s.waiting = waiting
+        denom = max(p.ready, 1) * m.latency.kv_cache_tokens
+        s.kv = float(min(1.0, p.in_flight * (tin + 0.5 * tout) / denom)) if p.ready else 0.0
+        s.success += float(p.served) * share
+        s.aborted += float(p.dropped) * share
+        s.prompt += float(p.admitted) * tin * share
+        s.generation += float(p.served) * tout * share
+        t50, t95, t99 = (_sec(x, cap) for x in (p.ttft_p50_ms, p.ttft_p95_ms, p.ttft_p99_ms))
+        admitted = float(p.admitted) * share
+        cum, total = bucket_counts(admitted, t50, t95, t99, TTFT_BUCKETS)
+        if self.per_replica:  # the simulator's mean TTFT: queue wait + step + own prefill
+            total = admitted * (p.mean_wait_ms / 1e3 + prefill_part_s)
+        s.ttft = [a + b for a, b in zip(s.ttft, cum, strict=True)]
+        s.ttft_count += admitted + float(p.dropped) * share
+        s.ttft_sum += total + float(p.dropped) * share * self.goal.slo.timeout_s
+        e95 = _sec(p.e2e_p95_ms, cap)
+        cum, total = bucket_counts(float(p.served) * share, e95 * min(ratio50, 1.0), e95,
+                                   e95 * max(ratio99, 1.0), E2E_BUCKETS)
+        s.e2e = [a + b for a, b in zip(s.e2e, cum, strict=True)]
+        s.e2e_count += float(p.served) * share
+        s.e2e_sum += total
+        if step_s > 0 and p.in_flight > 0:  # every token of the interval observes the step time
+            tokens = p.in_flight * share * dt / step_s
+            b = next((i for i, x in enumerate(ITL_BUCKETS) if step_s <= x), len(ITL_BUCKETS))
+            for i in range(b, len(ITL_BUCKETS)):
+                s.itl[i] += tokens
+            s.itl_count += tokens
+            s.itl_sum += tokens * step_s
 
     def run(self) -> None:
         """Step every ``interval_s / speed`` wall seconds until :meth:`stop` (or the trace ends, without ``loop``)."""
@@ -447,6 +580,14 @@ class FleetExporter:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _ready(pods: list[_Pod]) -> list[_Pod]:
+    return [p for p in pods if p.ready_at is not None]
+
+
+def _starting(pods: list[_Pod]) -> list[_Pod]:
+    return [p for p in pods if p.ready_at is None]
 
 
 def _sec(ms: float, cap: float) -> float:

@@ -1,0 +1,545 @@
+"""``fleetpilot calibrate``: fit a model's step-time coefficients and cold start from its fleet's own Prometheus.
+
+    fleetpilot calibrate --goal G --prometheus URL --model NAME --range 6h --out patch.yaml
+
+The simulator (and the capacity model the policies use) describes one replica by its engine step time
+``T = (t0 + seq*n + kv*n*ctx) / (1 - prefill*P)`` and a model by its cold start (``simulations/kernel.py``,
+docs/simulator.md). This command reads, per replica (the ``--replica-label``, ``pod`` by default) and per window
+of ``--step`` seconds over ``--range``, what vLLM itself exports:
+
+* mean inter-token latency: ``vllm:inter_token_latency_seconds`` (vLLM V1 >= 0.10), else the older
+  ``vllm:time_per_output_token_seconds`` histogram (``_sum`` / ``_count`` increases);
+* running sequences ``vllm:num_requests_running`` (window average and variance: the ITL histogram is
+  token-weighted, so a window in which the running count moved reads slower than its average count explains;
+  :func:`simulations.calibration.window_itl` corrects for it), queued ``vllm:num_requests_waiting``
+  (window maximum: windows with a queue give no TTFT sample);
+* prompt and generation tokens (``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``) and finished
+  requests (``vllm:request_success_total``): prompt tokens per second, tokens per request, hence the context
+  ``ctx = prompt + generation / 2`` of a running sequence;
+* mean TTFT (``vllm:time_to_first_token_seconds``) of windows without queueing, which pins the prefill coefficient;
+* KV-cache usage (``vllm:kv_cache_usage_perc``, older ``vllm:gpu_cache_usage_perc``), optional: an estimate of the
+  replica's KV capacity in tokens, reported only;
+
+and the pods' launch-to-ready times from kube-state-metrics (``kube_pod_status_ready_time - kube_pod_created`` of
+the goal Deployment's pods; ``--cold-start-query`` replaces it). It fits them with
+:func:`simulations.calibration.fit_step_time` (robust least squares) and writes a goal-spec patch: the model's new
+``latency:`` and ``cold_start_s`` under ``models:``, and under ``calibration:`` the fit's error, the range of load
+the data covered, the previous values and warnings -- above all when the range never saw high concurrency, so that
+capacity near ``max_num_seqs`` is an extrapolation. ``--merged-out`` also writes the whole goal with the patch
+applied (validated). An existing output is never overwritten unless ``--force``.
+
+Missing or unusable series are one line naming the series (exit 2), never a silent default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import re
+import string
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fleetpilot.simulations.calibration import StepSample, StepTimeFit, fit_cold_start, fit_step_time
+from fleetpilot.simulations.errors import UserError
+from fleetpilot.simulations.goal import GoalSpec, ModelSpec, load_goal, parse_goal
+
+ITL_METRICS = ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")  # new, old
+KV_METRICS = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+DEFAULT_COLD_START_QUERY = (
+    'max by (namespace, pod) (max_over_time((kube_pod_status_ready_time{namespace="$namespace", '
+    'pod=~"$deployment-[a-z0-9]+-[a-z0-9]+"} - on (namespace, pod) kube_pod_created)[$range:$step]))'
+)
+FIT_F_SCALE = 0.02  # robust loss: windows more than ~2 % off the model (transitions, preemptions) weigh less
+MIN_TOKENS_PER_WINDOW = 20.0  # ITL observations a window needs to count
+HIGH_CONCURRENCY_SHARE = 0.5  # warn when running per replica never exceeded this share of max_num_seqs
+MAX_WINDOWS = 200_000  # range / step x replicas: bounded memory and time
+
+
+# ------------------------------------------------------------------------------------------------------ the CLI
+def register(sub: Any) -> None:
+    from fleetpilot.agent.prom import add_access_arguments
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a model's step-time coefficients and cold start from its fleet's Prometheus (vLLM metrics)",
+        description=__doc__.split("\n\n")[0] + " Writes a goal-spec patch (see docs/simulator.md).",
+    )
+    p.add_argument("--goal", required=True, help="goal spec the model belongs to")
+    p.add_argument("--model", required=True, help="the goal's model name")
+    p.add_argument("--served-name", help="value of the model label in the vLLM metrics (default: --model)")
+    p.add_argument("--label", default="model_name", help="vLLM's model label (default model_name)")
+    p.add_argument("--selector", default="",
+                   help="extra PromQL label matchers for the vLLM series, e.g. 'namespace=\"prod\"'")
+    p.add_argument("--replica-label", default="pod",
+                   help="label that tells one replica's series from another's (default pod)")
+    p.add_argument("--range", default="6h", help="how far back to read, e.g. 90m, 6h, 2d (default 6h)")
+    p.add_argument("--step", default="60s", help="window length; each window of each replica is one sample")
+    p.add_argument("--end", help="end of the range: RFC 3339 or unix seconds (default: now)")
+    p.add_argument("--cold-start-query", default=DEFAULT_COLD_START_QUERY,
+                   help="PromQL (instant, at --end) answering one launch-to-ready time in seconds per pod; "
+                        "$namespace, $deployment, $range and $step are filled in (default: kube-state-metrics "
+                        "kube_pod_status_ready_time - kube_pod_created of the goal Deployment's pods)")
+    p.add_argument("--skip-cold-start", action="store_true", help="do not fit cold_start_s (keep the goal's)")
+    p.add_argument("--hold", action="append", default=[], choices=["prefill", "seq", "kv"],
+                   help="keep this coefficient at the goal's value instead of fitting it (repeatable)")
+    p.add_argument("--out", required=True, help="where to write the goal-spec patch (YAML)")
+    p.add_argument("--merged-out", help="also write the whole goal with the patch applied (YAML; comments of the "
+                                        "original goal are not kept)")
+    p.add_argument("--force", action="store_true", help="replace --out / --merged-out if they exist")
+    add_access_arguments(p)
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from fleetpilot.agent.argcheck import check_output_path
+    from fleetpilot.agent.prom import access_from_args
+
+    for flag, path in (("--out", args.out), ("--merged-out", args.merged_out)):
+        if path is None:
+            continue
+        check_output_path(path, "file", flag)
+        if Path(path).exists() and not args.force:
+            raise UserError(f"{path} exists; not overwriting it (use --force to replace it)", where=flag)
+    goal = load_goal(args.goal)
+    try:
+        spec = goal.model(args.model)
+    except KeyError:
+        raise UserError(f"no model {args.model!r} in the goal; its models are {list(goal.model_names)}",
+                        where="--model") from None
+    range_s = parse_duration(args.range, "--range")
+    step_s = parse_duration(args.step, "--step")
+    if not 1 <= step_s <= range_s:
+        raise UserError(f"must be between 1 s and --range ({range_s:g} s), got {step_s:g} s", where="--step")
+    end = parse_time(args.end, "--end") if args.end else time.time()
+    access = access_from_args(args)
+    client = _client(access)
+    settings = Settings(
+        model=spec.name, served_name=args.served_name or spec.name, label=args.label, selector=args.selector,
+        replica_label=args.replica_label, range_s=range_s, step_s=step_s, end=end,
+        cold_start_query=None if args.skip_cold_start else args.cold_start_query, hold=tuple(args.hold),
+        source=access.display_url,
+    )
+    result = calibrate(client, goal, settings)
+    text = patch_yaml(result)
+    _write_atomic(args.out, text)
+    if args.merged_out:
+        merged = merged_goal_yaml(Path(args.goal).read_text(encoding="utf-8"), result, source=args.goal)
+        _write_atomic(args.merged_out, merged)
+    print(summary_line(result) + f"; patch written to {args.out}")
+    for w in result.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def _client(access: Any) -> Any:
+    from prometheus_api_client import PrometheusConnect
+    from urllib3.util.retry import Retry
+
+    from fleetpilot.agent.prom import make_session
+
+    session = make_session(access)
+    base = access.url.rstrip("/")
+    client = PrometheusConnect(url=base, retry=Retry(total=0, raise_on_status=False), session=session,
+                               timeout=access.timeout_s)
+    session.remount(base)
+    return client
+
+
+# ------------------------------------------------------------------------------------------------ settings
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """Prometheus-style duration (``90s``, ``15m``, ``6h``, ``2d``) in seconds."""
+    m = _DURATION.match(str(text).strip())
+    if not m:
+        raise UserError(f"expected a duration like 90s, 15m, 6h or 2d, got {str(text)[:40]!r}", where=flag)
+    value = float(m.group(1)) * _UNITS[m.group(2)]
+    if not (0 < value <= 400 * 86400):
+        raise UserError(f"must be more than 0 and at most 400d, got {text!r}", where=flag)
+    return value
+
+
+def parse_time(text: str, flag: str) -> float:
+    """RFC 3339 (``2026-12-04T10:00:00Z``) or unix seconds, as unix seconds."""
+    s = str(text).strip()
+    try:
+        return float(s) if re.fullmatch(r"\d+(\.\d+)?", s) else dt.datetime.fromisoformat(
+            s.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise UserError(f"expected RFC 3339 (2026-12-04T10:00:00Z) or unix seconds, got {s[:40]!r}",
+                        where=flag) from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str  # the goal's model name
+    served_name: str  # its value of the vLLM model label
+    label: str = "model_name"
+    selector: str = ""
+    replica_label: str = "pod"
+    range_s: float = 6 * 3600.0
+    step_s: float = 60.0
+    end: float = 0.0  # unix seconds
+    cold_start_query: str | None = DEFAULT_COLD_START_QUERY
+    hold: tuple[str, ...] = ()
+    source: str = ""  # Prometheus URL for the record (no credentials)
+
+
+@dataclass(frozen=True)
+class Result:
+    settings: Settings
+    spec: ModelSpec
+    fit: StepTimeFit
+    itl_metric: str
+    replicas: int
+    cold_start_s: float | None
+    cold_start_spread_s: float
+    cold_start_pods: int
+    kv_capacity_tokens: float | None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def latency(self) -> dict[str, float]:
+        lat = self.spec.latency
+        return {**self.fit.latency_block(), "max_num_seqs": lat.max_num_seqs, "kv_cache_tokens": lat.kv_cache_tokens}
+
+
+# ------------------------------------------------------------------------------------------------ Prometheus
+def _selector(s: Settings) -> str:
+    matchers = [f'{s.label}="{_escape(s.served_name)}"']
+    if s.selector.strip():
+        matchers.append(s.selector.strip().strip("{}"))
+    return "{" + ", ".join(matchers) + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _range_query(client: Any, s: Settings, promql: str, what: str) -> dict[str, dict[float, float]]:
+    """One range query; {replica: {timestamp: value}} (NaN/inf values dropped)."""
+    start = dt.datetime.fromtimestamp(s.end - s.range_s + s.step_s, tz=dt.UTC)
+    end = dt.datetime.fromtimestamp(s.end, tz=dt.UTC)
+    result = _call(lambda: client.custom_query_range(promql, start_time=start, end_time=end,
+                                                     step=f"{s.step_s:g}s"), what, s)
+    out: dict[str, dict[float, float]] = {}
+    try:
+        for series in result or []:
+            key = str(series.get("metric", {}).get(s.replica_label, ""))
+            vals = out.setdefault(key, {})
+            for ts, v in series.get("values", []):
+                x = float(v)
+                if math.isfinite(x):
+                    vals[round(float(ts), 3)] = x
+    except (AttributeError, TypeError, ValueError):
+        raise UserError(f"prometheus answered {what} with something that is not a range vector",
+                        where=s.source) from None
+    return out
+
+
+def _call(fn: Callable[[], Any], what: str, s: Settings) -> Any:
+    import requests
+
+    from fleetpilot.agent.prom import redact
+
+    try:
+        return fn()
+    except requests.exceptions.Timeout:
+        raise UserError(f"no answer to the {what} query in time (--prometheus-timeout)", where=s.source) from None
+    except requests.exceptions.SSLError:
+        raise UserError("TLS verification failed (trust its CA with --prometheus-ca-file)", where=s.source) from None
+    except requests.exceptions.ConnectionError:
+        raise UserError("cannot connect to Prometheus", where=s.source) from None
+    except Exception as exc:  # noqa: BLE001 -- PrometheusApiClientException (HTTP 4xx/5xx: bad PromQL) and the like
+        raise UserError(redact(f"query for {what} failed: {type(exc).__name__}: {str(exc)[:300]}"),
+                        where=s.source) from None
+
+
+def _first_with_data(client: Any, s: Settings, names: tuple[str, ...], build: Callable[[str], str], what: str
+                     ) -> tuple[str, dict[str, dict[float, float]]]:
+    for name in names:
+        data = _range_query(client, s, build(name), f"{name} ({what})")
+        if any(data.values()):
+            return name, data
+    return "", {}
+
+
+def _missing(series: str, s: Settings) -> UserError:
+    return UserError(f"no samples of {series}{_selector(s)} in the {s.range_s:g} s before "
+                     f"{_iso(s.end)} (is the model label --label/--served-name right, and does Prometheus scrape "
+                     "the vLLM pods?)", where=s.source)
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Per (replica, window end) values read from Prometheus."""
+
+    samples: list[StepSample]
+    replicas: int
+    itl_metric: str
+    kv_estimates: list[float]
+
+
+def read_windows(client: Any, s: Settings) -> Windows:
+    """Read every window of every replica and turn it into a :class:`StepSample` (UserError naming a missing
+    series)."""
+    sel = _selector(s)
+    w = f"{s.step_s:g}s"
+    by = f"sum by ({s.replica_label})"
+    itl_name, itl_sum = _first_with_data(client, s, ITL_METRICS,
+                                         lambda n: f"{by} (increase({n}_sum{sel}[{w}]))", "mean inter-token latency")
+    if not itl_name:
+        raise _missing(" or ".join(f"{n}_sum" for n in ITL_METRICS), s)
+    itl_cnt = _range_query(client, s, f"{by} (increase({itl_name}_count{sel}[{w}]))", f"{itl_name}_count")
+    need = {
+        "vllm:num_requests_running": f"{by} (avg_over_time(vllm:num_requests_running{sel}[{w}]))",
+        "vllm:num_requests_waiting": f"{by} (max_over_time(vllm:num_requests_waiting{sel}[{w}]))",
+        "stddev of vllm:num_requests_running": f"{by} (stddev_over_time(vllm:num_requests_running{sel}[{w}]))",
+        "vllm:prompt_tokens_total": f"{by} (increase(vllm:prompt_tokens_total{sel}[{w}]))",
+        "vllm:generation_tokens_total": f"{by} (increase(vllm:generation_tokens_total{sel}[{w}]))",
+        "vllm:request_success_total": f"{by} (increase(vllm:request_success_total{sel}[{w}]))",
+        "vllm:time_to_first_token_seconds_sum": f"{by} (increase(vllm:time_to_first_token_seconds_sum{sel}[{w}]))",
+        "vllm:time_to_first_token_seconds_count":
+            f"{by} (increase(vllm:time_to_first_token_seconds_count{sel}[{w}]))",
+    }
+    data = {name: _range_query(client, s, q, name) for name, q in need.items()}
+    if not any(itl_cnt.values()):
+        raise _missing(f"{itl_name}_count", s)
+    for name, d in data.items():
+        if not any(d.values()):
+            raise _missing(name.removeprefix("stddev of "), s)
+    _, kv = _first_with_data(client, s, KV_METRICS, lambda n: f"{by} (avg_over_time({n}{sel}[{w}]))",
+                             "KV-cache usage")
+    samples: list[StepSample] = []
+    kv_est: list[float] = []
+    negative: set[str] = set()
+    for rep, sums in itl_sum.items():
+        for ts, isum in sums.items():
+            vals = {"itl_count": itl_cnt.get(rep, {}).get(ts, math.nan),
+                    **{n: d.get(rep, {}).get(ts, math.nan) for n, d in data.items()}}
+            if any(v < 0 for v in vals.values() if math.isfinite(v)) or isum < 0:
+                negative.update(n for n, v in vals.items() if math.isfinite(v) and v < 0)
+                continue
+            cnt = vals["itl_count"]
+            running = vals["vllm:num_requests_running"]
+            started = vals["vllm:time_to_first_token_seconds_count"]
+            finished = vals["vllm:request_success_total"]
+            if not (cnt >= MIN_TOKENS_PER_WINDOW and running > 0 and started >= 1 and finished >= 1):
+                continue  # an idle or half-scraped window says nothing about the step time
+            prompt = vals["vllm:prompt_tokens_total"] / started
+            gen = vals["vllm:generation_tokens_total"] / finished
+            if not (math.isfinite(prompt) and math.isfinite(gen)):
+                continue
+            ttft = math.nan
+            if vals["vllm:num_requests_waiting"] == 0 and math.isfinite(vals["vllm:time_to_first_token_seconds_sum"]):
+                ttft = vals["vllm:time_to_first_token_seconds_sum"] / started
+            sd = vals["stddev of vllm:num_requests_running"]
+            samples.append(StepSample(isum / cnt, running, prompt + gen / 2.0,
+                                      vals["vllm:prompt_tokens_total"] / s.step_s, ttft_s=ttft, prompt_tokens=prompt,
+                                      running_var=sd * sd if math.isfinite(sd) else 0.0))
+            usage = kv.get(rep, {}).get(ts, math.nan)
+            if math.isfinite(usage) and 0.02 < usage <= 1.0:
+                kv_est.append(running * (prompt + gen / 2.0) / usage)
+    if negative:
+        raise UserError(f"negative increases of {', '.join(sorted(negative))} (counter resets are handled by "
+                        "increase(); a negative value means the series is not a counter)", where=s.source)
+    if len(samples) > MAX_WINDOWS:
+        raise UserError(f"{len(samples)} windows: use a longer --step or a shorter --range (at most {MAX_WINDOWS})",
+                        where="--step")
+    if len(samples) < 8:
+        raise UserError(f"only {len(samples)} usable windows (a window needs >= {MIN_TOKENS_PER_WINDOW:g} tokens, "
+                        f"running > 0 and finished requests): widen --range or shorten --step", where=s.source)
+    return Windows(samples, len(itl_sum), itl_name, kv_est)
+
+
+def read_cold_starts(client: Any, goal: GoalSpec, s: Settings) -> list[float]:
+    """Launch-to-ready seconds per pod from ``s.cold_start_query`` (an instant query at ``s.end``)."""
+    assert s.cold_start_query is not None
+    spec = goal.model(s.model)
+    q = string.Template(s.cold_start_query).safe_substitute(
+        namespace=spec.deployment.namespace, deployment=spec.deployment.name, range=f"{s.range_s:g}s",
+        step=f"{s.step_s:g}s")
+    result = _call(lambda: client.custom_query(q, params={"time": s.end}), "cold start", s)
+    values = []
+    try:
+        for series in result or []:
+            values.append(float(series["value"][1]))
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise UserError("prometheus answered the cold-start query with something that is not an instant vector",
+                        where="--cold-start-query") from None
+    good = [v for v in values if math.isfinite(v) and v >= 0]
+    if not good:
+        what = "kube_pod_status_ready_time / kube_pod_created" if s.cold_start_query == DEFAULT_COLD_START_QUERY \
+            else "--cold-start-query"
+        raise UserError(f"no pod launch-to-ready times from {what} for Deployment "
+                        f"{spec.deployment.namespace}/{spec.deployment.name} (kube-state-metrics scraped? "
+                        "--cold-start-query to use another series, --skip-cold-start to keep the goal's)",
+                        where=s.source)
+    return good
+
+
+# ------------------------------------------------------------------------------------------------ the fit
+def calibrate(client: Any, goal: GoalSpec, s: Settings) -> Result:
+    """Read the windows and pod start times, fit, and collect warnings (see the module docstring)."""
+    spec = goal.model(s.model)
+    win = read_windows(client, s)
+    held: dict[str, float] = {}
+    if "prefill" in s.hold:
+        held["prefill_s_per_token"] = spec.latency.prefill_s_per_token
+    if "seq" in s.hold:
+        held["seq_s"] = spec.latency.seq_s
+    if "kv" in s.hold:
+        held["kv_s_per_token"] = spec.latency.kv_s_per_token
+    fit = fit_step_time(win.samples, use_ttft="prefill" not in s.hold, f_scale=FIT_F_SCALE, **held)
+    cold = spread = None
+    pods = 0
+    if s.cold_start_query is not None:
+        cold, spread, pods = fit_cold_start(read_cold_starts(client, goal, s))
+    warnings = _warnings(fit, spec, win, s)
+    kv_cap = float(np.median(win.kv_estimates)) if len(win.kv_estimates) >= 3 else None
+    return Result(s, spec, fit, win.itl_metric, win.replicas, cold, float(spread or 0.0), pods, kv_cap,
+                  tuple(warnings))
+
+
+def _warnings(fit: StepTimeFit, spec: ModelSpec, win: Windows, s: Settings) -> list[str]:
+    out = []
+    lo, hi = fit.running_range
+    limit = spec.latency.max_num_seqs
+    if hi < HIGH_CONCURRENCY_SHARE * limit:
+        out.append(f"the range never saw high concurrency: at most {hi:.1f} running sequences per replica of "
+                   f"max_num_seqs {limit}; latency and capacity near the limit are extrapolated -- calibrate again "
+                   "over a busier range (or a load test) before trusting capacity")
+    if hi < 2.0 * max(lo, 1e-9):
+        out.append(f"running sequences per replica only spanned {lo:.1f}-{hi:.1f}: t0 and the per-sequence / "
+                   "per-context-token terms are weakly separated")
+    if fit.rel_rmse > 0.10:
+        out.append(f"the step-time model fits this fleet's ITL with {fit.rel_rmse:.0%} RMS error: look for "
+                   "preemptions, speculative decoding or mixed hardware before trusting it")
+    if "prefill" not in s.hold and fit.n_ttft < 5:
+        out.append(f"only {fit.n_ttft} windows without queueing carried TTFT: the prefill coefficient rests on "
+                   "the step-time inflation alone")
+    if len(win.samples) < 30:
+        out.append(f"only {len(win.samples)} usable windows: the fit's error estimate is rough")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ output
+def summary_line(r: Result) -> str:
+    f = r.fit
+    lat = r.latency
+    cold = f"cold_start_s {r.cold_start_s:.1f} ({r.cold_start_pods} pods)" if r.cold_start_s is not None \
+        else "cold start not fitted"
+    return (f"calibrated {r.settings.model}: t0 {lat['t0_ms']:g} ms, kv {lat['kv_us_per_token']:g} us/token, "
+            f"seq {lat['seq_us']:g} us, prefill {lat['prefill_us_per_token']:g} us/token; {cold}; "
+            f"ITL error {f.rel_rmse:.1%} RMS over {f.n_samples} windows of {r.replicas} replicas, running "
+            f"{f.running_range[0]:.1f}-{f.running_range[1]:.1f} per replica")
+
+
+def _num(x: float | None, digits: int = 4) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+def patch_dict(r: Result) -> dict[str, Any]:
+    f, s, spec = r.fit, r.settings, r.spec
+    entry: dict[str, Any] = {"name": spec.name}
+    if r.cold_start_s is not None:
+        entry["cold_start_s"] = _num(r.cold_start_s)
+    entry["latency"] = r.latency
+    lat = spec.latency
+    return {
+        "models": [entry],
+        "calibration": {
+            "model": spec.name,
+            "source": {"prometheus": s.source, "selector": _selector(s), "replica_label": s.replica_label,
+                       "start": _iso(s.end - s.range_s), "end": _iso(s.end), "window_s": s.step_s,
+                       "itl_metric": r.itl_metric},
+            "fit": {
+                "windows": f.n_samples, "replicas": r.replicas, "fitted": list(f.fitted), "held": list(s.hold),
+                "itl_rel_rmse": _num(f.rel_rmse, 3), "itl_max_rel_err": _num(f.max_rel_err, 3),
+                "ttft_windows": f.n_ttft, "ttft_rel_rmse": _num(f.ttft_rel_rmse, 3),
+                "ttft_constant_ms": _num(f.ttft_constant_s * 1e3, 3),
+                "method": f"scipy.optimize.least_squares, soft-L1 loss (inlier scale {FIT_F_SCALE:g}) on relative "
+                          "residuals of window-mean ITL and TTFT (fleetpilot simulations.calibration.fit_step_time)",
+            },
+            "load_seen": {
+                "running_per_replica": [_num(f.running_range[0], 3), _num(f.running_range[1], 3)],
+                "max_num_seqs": lat.max_num_seqs,
+                "context_tokens": [_num(f.context_range[0], 4), _num(f.context_range[1], 4)],
+                "prefill_share_of_step": [_num(f.prefill_share_range[0], 3), _num(f.prefill_share_range[1], 3)],
+            },
+            "cold_start": None if r.cold_start_s is None else {
+                "pods": r.cold_start_pods, "median_s": _num(r.cold_start_s), "spread_s": _num(r.cold_start_spread_s)},
+            "kv_capacity_tokens_estimate": _num(r.kv_capacity_tokens, 3),
+            "previous": {"cold_start_s": spec.cold_start_s,
+                         "latency": {"t0_ms": _num(lat.t0_s * 1e3), "prefill_us_per_token":
+                                     _num(lat.prefill_s_per_token * 1e6), "kv_us_per_token":
+                                     _num(lat.kv_s_per_token * 1e6), "seq_us": _num(lat.seq_s * 1e6)}},
+            "warnings": list(r.warnings),
+        },
+    }
+
+
+def patch_yaml(r: Result) -> str:
+    head = ("# fleetpilot calibrate: a goal-spec patch. `models:` entries merge into the goal's model of the same\n"
+            "# name (fleetpilot calibrate --merged-out writes the merged goal); `calibration:` records where the\n"
+            "# numbers come from and how well they fit, and is not part of the goal.\n")
+    if r.warnings:
+        head += "".join(f"# WARNING: {w}\n" for w in r.warnings)
+    return head + yaml.safe_dump(patch_dict(r), sort_keys=False, default_flow_style=None, width=118)
+
+
+def apply_patch(goal_doc: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The goal document with each patched model's ``latency`` / ``cold_start_s`` replaced (by model name)."""
+    doc = dict(goal_doc)
+    models = [dict(m) for m in doc.get("models") or []]
+    for entry in patch.get("models") or []:
+        for m in models:
+            if m.get("name") == entry["name"]:
+                for key in ("latency", "cold_start_s"):
+                    if key in entry:
+                        m[key] = dict(entry[key]) if isinstance(entry[key], Mapping) else entry[key]
+                break
+        else:
+            raise UserError(f"patch names model {entry['name']!r}, which the goal does not have")
+    doc["models"] = models
+    return doc
+
+
+def merged_goal_yaml(goal_text: str, r: Result, source: str) -> str:
+    doc = yaml.safe_load(goal_text)
+    merged = apply_patch(doc, patch_dict(r))
+    text = (f"# {Path(source).name} with fleetpilot calibrate's fit for {r.spec.name} applied "
+            f"({_iso(r.settings.end)}); see the patch file for the fit's error and load range\n")
+    text += yaml.safe_dump(merged, sort_keys=False, default_flow_style=None, width=118)
+    parse_goal(text, source="<merged goal>")  # the result must be a valid goal
+    return text
+
+
+def _write_atomic(path: str, text: str) -> None:
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=str(p.resolve().parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
