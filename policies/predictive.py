@@ -222,17 +222,19 @@ class PredictivePolicy:
         """The coverage level in force for a model (``quantile`` until adapted)."""
         return self.quantile if not _finite(cal.level) else float(cal.level)
 
-    def factor(self, cal: ModelCalibration) -> float:
-        """The calibrated score quantile ``q`` (``nan`` while fewer than ``min_scores`` scores have matured)."""
+    def factor(self, cal: ModelCalibration, level: float | None = None) -> float:
+        """The calibrated score quantile ``q`` at ``level`` (default: the level in force; ``nan`` while fewer
+        than ``min_scores`` scores have matured)."""
         if len(cal.scores) < self.min_scores:
             return math.nan
-        q = conformal_quantile(cal.scores, self.level(cal))
+        q = conformal_quantile(cal.scores, self.level(cal) if level is None else float(level))
         if math.isinf(q):  # too few scores for this coverage: the largest seen
             q = max(cal.scores)
         return q
 
-    def demand(self, name: str, m: ModelObs, cal: ModelCalibration, eps: float) -> tuple[float, float, float]:
-        """``(base, scale, demand quantile)`` in requests/s for model ``name``."""
+    def demand(self, name: str, m: ModelObs, cal: ModelCalibration, eps: float,
+               level: float | None = None) -> tuple[float, float, float]:
+        """``(base, scale, demand quantile)`` in requests/s for model ``name`` (``level``: as in :meth:`factor`)."""
         cur = float(m.arrival_rps) if _finite(m.arrival_rps) else math.nan
         mean_l = float(m.forecast[0]) if len(m.forecast) > 0 and _finite(m.forecast[0]) else math.nan
         cands = [x for x in (cur, mean_l) if _finite(x)]
@@ -240,7 +242,7 @@ class PredictivePolicy:
             return math.nan, math.nan, math.nan
         base = max(0.0, max(cands))
         scale = max(eps, float(cal.scale)) if _finite(cal.scale) else eps
-        q = self.factor(cal)
+        q = self.factor(cal, level)
         if math.isnan(q):
             upper = float(m.forecast[1]) if len(m.forecast) > 1 and _finite(m.forecast[1]) else base
             return base, scale, max(base, upper) * self.warmup_factor
@@ -320,34 +322,56 @@ class PredictivePolicy:
         return rates, cals
 
     # ------------------------------------------------------------------ decide
-    def decide(self, obs: Observation, state: PredictiveState) -> tuple[Decision, PredictiveState]:
+    def update(self, obs: Observation, state: PredictiveState | None) -> PredictiveState:
+        """The calibration after observing ``obs`` (matured scores, scale, level, derating; no decision yet)."""
         if not isinstance(state, PredictiveState):
             state = PredictiveState()
         rates, cals = self._calibrate(obs, state)
+        last = tuple(sorted((c, float(v)) for c, v in obs.class_rates.items())) \
+            if obs.class_rates and all(_finite(v) for v in obs.class_rates.values()) else state.last_rates
+        return PredictiveState(rates, last, tuple((k, cals[k]) for k in self.goal.model_names))
+
+    def plan(
+        self,
+        obs: Observation,
+        state: PredictiveState,
+        *,
+        levels: Mapping[str, float] | None = None,
+        ratio: Mapping[str, float] | None = None,
+    ) -> tuple[dict[str, int], PredictiveState]:
+        """Replicas per model on an :meth:`update`-d state, and the state with this decision recorded.
+
+        ``levels[model]`` overrides the coverage level (a learned policy chooses it); ``ratio[model]`` scales the
+        demand when new routing weights will move traffic (rate under the new weights / under the ones in force).
+        """
         reps: dict[str, int] = {}
         now = float(obs.t_s)
+        cals = dict(state.models)
         for spec in self.goal.models:
             m = obs.models.get(spec.name)
             current = spec_replicas(m, spec)
-            cal = cals[spec.name]
+            cal = cals.get(spec.name, ModelCalibration())
             if m is None:
                 reps[spec.name] = current
                 continue
             cap = self.capacity(spec.name, m) * cal.derate
-            base, scale, dq = self.demand(spec.name, m, cal, self.eps_replicas * cap)
+            level = None if levels is None else levels.get(spec.name)
+            base, scale, dq = self.demand(spec.name, m, cal, self.eps_replicas * cap, level)
             if not (_finite(dq) and cap > 0):
                 reps[spec.name] = current
                 continue
-            need = math.ceil(dq / cap - 1e-6)
+            f = 1.0 if ratio is None else float(ratio.get(spec.name, 1.0))
+            need = math.ceil(dq * f / cap - 1e-6)
             if math.isnan(self.factor(cal)):  # not calibrated yet: no scale-down
                 need = max(need, current)
             reps[spec.name] = min(max(need, spec.min_replicas), spec.max_replicas)
             if cal.n_scale >= self.min_scale_samples:
                 entry = (now, base, scale, self.shares(obs, spec.name))
                 cals[spec.name] = replace(cal, pending=cal.pending + (entry,))
-        last = tuple(sorted((c, float(v)) for c, v in obs.class_rates.items())) \
-            if obs.class_rates and all(_finite(v) for v in obs.class_rates.values()) else state.last_rates
-        new_state = PredictiveState(rates, last, tuple((k, cals[k]) for k in self.goal.model_names))
+        return reps, replace(state, models=tuple((k, cals[k]) for k in self.goal.model_names if k in cals))
+
+    def decide(self, obs: Observation, state: PredictiveState) -> tuple[Decision, PredictiveState]:
+        reps, new_state = self.plan(obs, self.update(obs, state))
         return Decision(reps, {k: dict(v) for k, v in self._weights.items()}), new_state
 
 
