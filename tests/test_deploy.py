@@ -268,6 +268,9 @@ def test_objects_hang_together(objs: list[dict[str, Any]]) -> None:
     assert "emptyDir" in volumes[mounts[audit_dir]["name"]] or "persistentVolumeClaim" in volumes[
         mounts[audit_dir]["name"]]
     assert args.metrics_port == next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
+    # probes and Prometheus reach the pod IP: the metrics server must not listen on loopback only
+    bind = getattr(args, "metrics_bind_address", None)
+    assert bind in (None, "0.0.0.0", "::", ""), f"--metrics-bind-address={bind}: kubelet probes would fail"
     assert args.in_cluster and args.lease_name
     assert any(e["name"] == "POD_NAME" for e in c["env"]) and any(e["name"] == "POD_NAMESPACE" for e in c["env"])
 
