@@ -13,8 +13,10 @@ Replica steps, per model (``current`` = ready + starting replicas in the observa
 2. ``bounds``         clamp to ``[min_replicas, max_replicas]``.
 3. ``max_step_up`` /  at most ``max(max_step_up, floor(max_step_up_fraction * current))`` more and
    ``max_step_down``  ``max_step_down`` fewer replicas than ``current`` per control interval (the larger of an
-                      absolute and a relative limit, like the HPA's ``selectPolicy: Max``). Bounds win when
-                      ``current`` itself is outside them.
+                      absolute and a relative limit, like the HPA's ``selectPolicy: Max``). A fleet outside its
+                      bounds (changed from outside, or a goal reloaded with tighter bounds) is brought back by at
+                      most one step per interval (``bounds`` and ``max_step_*`` both fire), and never scaled down
+                      while its data is missing (issue 11: 100 -> 40 in one interval with Prometheus down).
 4. ``dead_band``      a relative change smaller than ``shield.dead_band`` is ignored.
 5. ``stabilization``  HPA-style scale-down stabilisation: the recommendation is recorded at ``now`` and a
                       scale-down goes no lower than the highest recommendation of the last
@@ -142,13 +144,15 @@ def step_limits(current: int, up: int, up_fraction: float, down: int) -> tuple[i
 
 
 def step_max_step(n: int, current: int, spec: ModelSpec, lo: int, hi: int) -> tuple[int, str | None]:
-    """Clamp to the step limits, then to the bounds (bounds win when ``current`` is outside them)."""
+    """Clamp to the bounds, then to the step limits: the step wins, so a fleet outside its bounds moves back
+    towards them by at most one step per interval."""
+    n = min(max(n, spec.min_replicas), spec.max_replicas)
     rule = None
     if n > hi:
         n, rule = hi, "max_step_up"
     elif n < lo:
         n, rule = lo, "max_step_down"
-    return min(max(n, spec.min_replicas), spec.max_replicas), rule
+    return n, rule
 
 
 def step_dead_band(n: int, current: int, spec: ModelSpec, band: float) -> tuple[int, bool]:
@@ -365,6 +369,8 @@ class Shield:
             rec = n
             # (3) max step
             lo, hi = step_limits(cur, sh.max_step_up, sh.max_step_up_fraction, sh.max_step_down)
+            if missing:
+                lo = max(lo, cur)  # never down on missing data, not even towards the bounds
             n, rule = step_max_step(n, cur, m, lo, hi)
             if rule:
                 fired.append(f"{rule}:{name}")
@@ -379,8 +385,9 @@ class Shield:
             n, hit = step_stabilization(n, cur, hist, now, window)
             if hit:
                 fired.append(f"stabilization:{name}")
-            # bounds win over every smoothing rule (a goal reloaded with a lower max_replicas holds at once)
+            # bounds again after the smoothing rules, within the step limits (out-of-bounds fleets: one step)
             n, side = step_bounds(n, m)
+            n = min(max(n, lo), hi)
             if side:
                 fired.append(f"bounds:{name}:{side}")
             hists.append((name, hist if window > 0 else ()))
