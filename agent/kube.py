@@ -392,6 +392,19 @@ class KubeActuator:
         """
         return self.read_scale(model).desired
 
+    def read_weights(self, route: str) -> dict[str, int]:
+        """The weights in force for fleetpilot's backendRefs of ``route`` (model -> weight), retrying temporary
+        failures; the daemon compares them with its last write to detect another writer. Raises like
+        :meth:`read_replicas` (an unknown route is a :class:`KubePermanentError`)."""
+        if route not in self._routes:
+            raise KubePermanentError(f"no HTTPRoute configured as {route!r}", None, "not-found")
+        rt = self._routes[route]
+        target = f"httproute/{rt.namespace}/{rt.name}"
+        obj = self._with_retries(lambda: self._call(
+            f"read {target}", self._custom.get_namespaced_custom_object, GATEWAY_GROUP, GATEWAY_VERSION, rt.namespace,
+            HTTPROUTES, rt.name))
+        return read_route_weights(rt, obj)
+
     def read_state(self, model: str) -> tuple[int, int]:
         """The workload's desired (``spec.replicas``) and ready (``status.readyReplicas``) replicas, for any kind.
 
