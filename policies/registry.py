@@ -182,7 +182,8 @@ def _rl(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:
 
 
 def _register_shipped() -> None:
-    from fleetpilot.policies.baselines import HoldPolicy, HPAPolicy, KEDAPolicy, KPAPolicy, PredictivePolicy
+    from fleetpilot.policies.baselines import HoldPolicy, HPAPolicy, KEDAPolicy, KPAPolicy
+    from fleetpilot.policies.predictive import PredictivePolicy
 
     register("static", _static, help="fixed replicas sized for the trace's peak", replace=False)
     register("hold", _only(HoldPolicy), help="keep the current replicas", replace=False)
@@ -193,7 +194,7 @@ def _register_shipped() -> None:
     register("kpa", _only(KPAPolicy),
              help="Knative KPA", replace=False)
     register("predictive", _only(PredictivePolicy),
-             help="sizes for the forecast one cold start ahead", replace=False)
+             help="sizes for a calibrated quantile of demand over the cold-start lead", replace=False)
     register("oracle", _oracle, help="offline optimum (needs the whole trace; a yardstick)", replace=False)
     register_prefix("rl", _rl, help="trained policy: rl:PATH or rl:NAME (shipped)", replace=False)
     register_prefix("incumbent", _incumbent, replace=False,
