@@ -134,13 +134,43 @@ def build() -> DashboardBuilder:
                "{{model_name}} p95 TTFT", "A"),
         _query("vector($slo_target_seconds)", "SLO target", "B"),
     )
+    cost = _panel(
+        "$ per hour",
+        "What the replicas fleetpilot decided cost per hour (fleetpilot) and what the replicas in force cost "
+        "(current), from the goal's cost_per_hour. In shadow mode: fleetpilot's fleet vs the incumbent's.",
+        "currencyUSD",
+        _query(f"max by (source) (fleetpilot_cost_per_hour_dollars{{{SEL}}})", "{{source}}", "A"),
+        stepped=True,
+    )
+    weights = _panel(
+        "Route weights",
+        "Share of each route's traffic per model: fleetpilot's decision and the weights in force in the HTTPRoute.",
+        "percentunit",
+        _query(f"max by (route, model, source) (fleetpilot_route_weight{{{MODEL_SEL}}})",
+               "{{route}} / {{model}} ({{source}})", "A"),
+        stepped=True,
+    )
+    demand = _panel(
+        "Demand: arrivals vs forecast",
+        "Requests per second arriving at each model (vLLM) and the forecast the policy used, per request class, "
+        "horizon and bound.",
+        "reqps",
+        _query('sum by (model_name) (rate(vllm:request_success_total{model_name=~"$model"}[$__rate_interval]))',
+               "{{model_name}} arrivals", "A"),
+        _query(f"max by (class, horizon, bound) (fleetpilot_forecast_requests_per_second{{{SEL}}})",
+               "forecast {{class}} +{{horizon}} ({{bound}})", "B"),
+    )
     fallback = _panel(
         "Fallback and shield events",
-        "Intervals decided by the fallback policy, by why (per scrape step), and whether the fallback is active.",
+        "Intervals decided by the fallback policy by reason, the reason in force, and the shield rules that "
+        "changed a decision (per scrape step).",
         "short",
         _query(f"sum by (kind) (increase(fleetpilot_fallback_intervals_total{{{SEL}}}[$__rate_interval]))",
                "fallback: {{kind}}", "A"),
-        _query(f"max(fleetpilot_fallback_active{{{SEL}}})", "fallback active", "B"),
+        _query(f"max by (reason) (fleetpilot_fallback_reason{{{SEL}}}) > 0", "fallback active: {{reason}}", "B"),
+        _query(f"sum by (rule) (increase(fleetpilot_shield_clamps_total{{{SEL}}}[$__rate_interval]))",
+               "shield: {{rule}}", "C"),
+        width=24,
     )
     leader = _panel(
         "Leader",
@@ -186,8 +216,13 @@ def build() -> DashboardBuilder:
         .with_row(Row("Scaling"))
         .with_panel(replicas)
         .with_panel(shadow)
-        .with_row(Row("SLO"))
+        .with_row(Row("SLO and cost"))
         .with_panel(ttft)
+        .with_panel(cost)
+        .with_row(Row("Routing and demand"))
+        .with_panel(weights)
+        .with_panel(demand)
+        .with_row(Row("Fallback and shield"))
         .with_panel(fallback)
         .with_row(Row("Health"))
         .with_panel(leader)

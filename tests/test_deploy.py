@@ -33,10 +33,11 @@ import kubernetes
 import kubernetes_validate
 import pytest
 import yaml
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from fleetpilot.agent.cli import build_parser
 from fleetpilot.agent.daemon import DaemonMetrics
+from fleetpilot.agent.ops import OpsMetrics
 from fleetpilot.simulations.goal import parse_goal
 from fleetpilot.simulations.resources import example_goal
 from needs import missing_tool
@@ -540,17 +541,21 @@ def _dashboard_queries() -> list[tuple[str, str]]:
 
 def test_dashboard_shows_what_the_issue_asks_for() -> None:
     titles = {t for t, _ in _dashboard_queries()}
-    assert {"Replicas: desired vs ready", "p95 TTFT vs target", "Fallback and shield events"} <= titles
+    assert {"Replicas: desired vs ready", "p95 TTFT vs target", "$ per hour", "Route weights",
+            "Fallback and shield events"} <= titles
     exprs = " ".join(e for _, e in _dashboard_queries())
     for name in ("fleetpilot_desired_replicas", "fleetpilot_ready_replicas", "vllm:time_to_first_token_seconds",
-                 "fleetpilot_fallback_intervals_total"):
+                 "fleetpilot_cost_per_hour_dollars", "fleetpilot_route_weight", "fleetpilot_fallback_intervals_total",
+                 "fleetpilot_shield_clamps_total"):
         assert name in exprs
 
 
 def _exported_names() -> set[str]:
     """Every series name the daemon's metrics registry can export (counter _total, histogram _bucket...)."""
     names: set[str] = set()
-    for metric in DaemonMetrics().registry.collect():
+    metrics = DaemonMetrics()
+    OpsMetrics(metrics.registry)  # the daemon registers the operations metrics on the same registry
+    for metric in metrics.registry.collect():
         base = metric.name
         suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"],
                     "gauge": [""], "summary": ["", "_sum", "_count"]}.get(metric.type, [""])
@@ -605,6 +610,16 @@ def live_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Promet
         metrics.ready.labels(model).set(ready)
         metrics.shadow_diff.labels(model).set(desired - spec)
         metrics.foreign.labels(model).set(0)
+    ops = OpsMetrics(metrics.registry)
+    for route, shares in {"chat": {"llama-3-70b": 0.4, "llama-3-8b": 0.6}}.items():
+        for model, share in shares.items():
+            ops.route_weight.labels(route, model, "fleetpilot").set(share)
+            ops.route_weight.labels(route, model, "in_force").set(0.5)
+    ops.cost.labels("fleetpilot").set(96.28)
+    ops.cost.labels("current").set(89.4)
+    ops.forecast.labels("chat", "240s", "p90").set(41.0)
+    ops.fallback_reason.labels("stale_inputs").set(1)
+    ops.clamps.labels("max_step_up").inc()
     metrics.leader.set(1)
     metrics.fallback_active.set(1)
     metrics.fallbacks.labels("prometheus").inc()
@@ -616,6 +631,7 @@ def live_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Promet
     vllm = CollectorRegistry()
     ttft = Histogram("vllm:time_to_first_token_seconds", "TTFT", ["model_name"], registry=vllm,
                      buckets=(0.1, 0.25, 0.5, 1.0, 2.5))
+    served = Counter("vllm:request_success", "Finished requests", ["model_name", "finished_reason"], registry=vllm)
     servers = [_serve(r) for r in (metrics.registry, vllm)]
     try:
         with PrometheusServer([f"127.0.0.1:{s.server_address[1]}" for s, _ in servers], scrape_interval_s=1,
@@ -628,8 +644,10 @@ def live_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Promet
                 metrics.writes.labels("scale", "ok").inc()
                 metrics.decisions.labels("shadow", "predictive").inc()
                 metrics.loop_duration.observe(0.3)
+                ops.clamps.labels("max_step_up").inc()
                 for m in ("llama-3-8b", "llama-3-70b"):
                     ttft.labels(m).observe(0.3)
+                    served.labels(m, "stop").inc(3)
                 if prom.query("count_over_time(vllm:time_to_first_token_seconds_count[1m]) >= 4") and prom.query(
                         "count_over_time(fleetpilot_api_errors_total[1m]) >= 4"):
                     break
