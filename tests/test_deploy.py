@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from fleetpilot.agent.cli import build_parser
 from fleetpilot.agent.daemon import DaemonMetrics
 from fleetpilot.agent.ops import OpsMetrics
+from fleetpilot.agent.rbac import rbac_manifests
 from fleetpilot.simulations.goal import parse_goal
 from fleetpilot.simulations.resources import example_goal
 from needs import missing_tool
@@ -322,6 +323,18 @@ def test_rbac_is_least_privilege(objs: list[dict[str, Any]]) -> None:
             assert "create" not in rule["verbs"], rule
     lease_rules = [r for r in _rules(objs) if r["resources"] == ["leases"]]
     assert any(r.get("resourceNames") == ["fleetpilot"] and set(r["verbs"]) == {"get", "update"} for r in lease_rules)
+
+
+def test_rbac_is_what_fleetpilot_rbac_generates_for_the_goal() -> None:
+    """The overlay's workload RBAC and the base's leader-election Role are `fleetpilot rbac --goal`'s output."""
+    goal = parse_goal(_one(OVERLAY, "ConfigMap", "fleetpilot-goal")["data"]["goal.yaml"])
+    generated = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in rbac_manifests(goal)}
+    shipped = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in OVERLAY
+               if o["kind"] in ("Role", "RoleBinding")}
+    assert set(shipped) == set(generated)
+    for key, obj in generated.items():
+        for field in ("rules", "subjects", "roleRef"):
+            assert shipped[key].get(field) == obj.get(field), (key, field)
 
 
 def test_overlay_grants_the_workload_access_the_daemon_uses() -> None:
