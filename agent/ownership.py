@@ -6,6 +6,14 @@ A model is *foreign* (fleetpilot refuses to fight over it) while
 * its replicas changed since fleetpilot's last write (someone else scaled it): held for ``cooldown_s`` of
   elapsed (monotonic) time, extended while it keeps changing.
 
+A route is foreign (its weights are left alone, replicas still controlled) under the same rule: the weights of
+fleetpilot's backendRefs changed since its last write (a person, a canary tool, a GitOps sync).
+
+Back-off, not a fight: each time another writer reverts fleetpilot's write again, the hands-off time doubles
+(``cooldown_s``, 2x, 4x ... capped at :data:`MAX_BACKOFF_S`); :attr:`Ownership.conflicts` counts the consecutive
+reverts per target (exported as ``fleetpilot_writer_conflict``: alert when it is 2 or more). A write that stands
+for a whole ``cooldown_s`` ends the conflict.
+
 Leadership changes reset the memory of our own writes (someone else may have written while we followed).
 """
 
@@ -20,7 +28,10 @@ from fleetpilot.simulations.contract import Decision
 from fleetpilot.simulations.errors import FleetpilotError
 from fleetpilot.simulations.goal import GoalSpec
 
-__all__ = ["Ownership"]
+__all__ = ["MAX_BACKOFF_S", "Ownership"]
+
+MAX_BACKOFF_S = 24 * 3600.0
+ROUTE = "route:"  # key prefix of routes in ``last_written`` / ``foreign`` (models use their bare name)
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +45,11 @@ class Ownership:
         self.status_reader = status_reader
         self.cooldown_s = float(cooldown_s)
         self._on_error = on_error or (lambda api: None)
-        self.last_written: dict[str, int] = {}
-        self._foreign_until: dict[str, tuple[float, int | None, str]] = {}  # model -> (until, seen replicas, why)
+        self.last_written: dict[str, Any] = {}  # model -> replicas, "route:<name>" -> {model: weight}
+        self._written_at: dict[str, float] = {}
+        self._foreign_until: dict[str, tuple[float, Any, str]] = {}  # key -> (until, seen value, why)
+        self.conflicts: dict[str, int] = {}  # key -> consecutive reverts by another writer
+        self._surveyed_at = 0.0  # monotonic time of the interval's survey (writes follow it)
 
     def forget_writes(self) -> None:
         """Leadership changed: our last writes no longer tell whether someone else scaled."""
@@ -43,28 +57,53 @@ class Ownership:
 
     def wrote(self, model: str, replicas: int) -> None:
         self.last_written[model] = int(replicas)
+        self._written_at[model] = self._surveyed_at
+
+    def wrote_weights(self, route: str, weights: Mapping[str, int]) -> None:
+        key = ROUTE + route
+        self.last_written[key] = {m: int(w) for m, w in weights.items()}
+        self._written_at[key] = self._surveyed_at
 
     def survey(self, goal: GoalSpec, now: float, errors: list[str]
                ) -> tuple[dict[str, FleetState | None], dict[str, str]]:
         """Desired/ready replicas per model (``None``: unknown) and the foreign models with why (``now``: monotonic)."""
         state: dict[str, FleetState | None] = {}
         foreign: dict[str, str] = {}
+        self._surveyed_at = now
         for spec in goal.models:
             m = spec.name
             state[m] = st = self._read(m, errors)
             why = self._foreign(m, st.desired if st is not None else None, now, errors)
             if why is not None:
                 foreign[m] = why
+        reader = getattr(self.actuator, "read_weights", None) if self.actuator is not None else None
+        for r in goal.routes:
+            if r.http_route is None or reader is None:
+                continue
+            try:
+                current = dict(reader(r.name))
+            except (FleetpilotError, OSError) as exc:
+                errors.append(f"kube route {r.name}: {exc}")
+                self._on_error("kubernetes")
+                continue
+            why = self._other_writer(ROUTE + r.name, current, now, f"weights of HTTPRoute {r.name}")
+            if why is not None:
+                foreign[ROUTE + r.name] = why
         return state, foreign
 
     def exclude(self, decision: Decision, foreign: Mapping[str, str], rules: list[str]) -> Decision:
-        """Drop foreign-owned models from the decision (their weights stay)."""
+        """Drop foreign-owned models (replicas) and foreign routes (weights) from the decision."""
         replicas = dict(decision.replicas)
-        for m, why in foreign.items():
-            replicas.pop(m, None)
-            rules.append(f"foreign:{m}")
-            log.warning("not scaling %s: %s", m, why)
-        return Decision(replicas, decision.weights)
+        weights = dict(decision.weights)
+        for key, why in foreign.items():
+            if key.startswith(ROUTE):
+                weights.pop(key[len(ROUTE):], None)
+                log.warning("not routing %s: %s", key[len(ROUTE):], why)
+            else:
+                replicas.pop(key, None)
+                log.warning("not scaling %s: %s", key, why)
+            rules.append(f"foreign:{key}")
+        return Decision(replicas, weights)
 
     def _read(self, m: str, errors: list[str]) -> FleetState | None:
         try:
@@ -89,21 +128,37 @@ class Ownership:
                 self._on_error("kubernetes")
         if hpas:
             return f"HorizontalPodAutoscaler(s) {', '.join(hpas)} target the Deployment"
-        held = self._foreign_until.get(m)
+        return self._other_writer(m, current, now, "replicas")
+
+    def backoff_s(self, key: str) -> float:
+        """Hands-off time after the latest revert of ``key``: ``cooldown_s`` doubled per consecutive revert."""
+        n = max(1, self.conflicts.get(key, 1))
+        return min(self.cooldown_s * 2.0 ** (n - 1), max(self.cooldown_s, MAX_BACKOFF_S))
+
+    def _other_writer(self, key: str, current: Any, now: float, what: str) -> str | None:
+        """Whether another writer changed ``key`` since our last write (see the module docstring)."""
+        held = self._foreign_until.get(key)
         if held is not None:
             until, seen, why = held
             if current is not None and seen is not None and current != seen:
-                until = now + self.cooldown_s  # still being changed: extend
-                why = f"replicas changed by someone else again ({seen} -> {current})"
+                until = now + self.backoff_s(key)  # still being changed: extend
+                why = f"{what} changed by someone else again ({seen} -> {current})"
             if now < until:
-                self._foreign_until[m] = (until, current, why)
+                self._foreign_until[key] = (until, current, why)
                 return why
-            del self._foreign_until[m]
-            self.last_written.pop(m, None)
-        wrote = self.last_written.get(m)
+            del self._foreign_until[key]
+            self.last_written.pop(key, None)
+        wrote = self.last_written.get(key)
         if wrote is not None and current is not None and current != wrote:
-            why = f"replicas changed by someone else since our last write ({wrote} -> {current})"
-            self._foreign_until[m] = (now + self.cooldown_s, current, why)
-            self.last_written.pop(m, None)
+            self.conflicts[key] = self.conflicts.get(key, 0) + 1
+            n, hold = self.conflicts[key], self.backoff_s(key)
+            why = f"{what} changed by someone else since our last write ({wrote} -> {current}); hands off for {hold:.0f}s"
+            if n > 1:
+                why += f" (reverted {n} times in a row: backing off instead of fighting)"
+            self._foreign_until[key] = (now + hold, current, why)
+            self.last_written.pop(key, None)
             return why
+        if wrote is not None and current == wrote and key in self.conflicts:
+            if now - self._written_at.get(key, now) >= self.cooldown_s:
+                del self.conflicts[key]  # our write stood for a whole cool-down: the conflict is over
         return None
