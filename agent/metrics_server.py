@@ -40,6 +40,14 @@ class DaemonMetrics:
         self.writes = Counter("fleetpilot_kube_writes", "Actuator write outcomes", ["kind", "status"], registry=r)
         self.last_success = Gauge("fleetpilot_last_interval_timestamp_seconds", "Clock time of the last interval",
                                   registry=r)
+        self.writer_conflict = Gauge(
+            "fleetpilot_writer_conflict", "Consecutive reverts of fleetpilot's writes by another writer, per target "
+            "(model or route:<name>); 2 or more: fleetpilot backs off instead of fighting -- alert on it",
+            ["target"], registry=r)
+        self.prometheus_tls_verified = Gauge(
+            "fleetpilot_prometheus_tls_verified", "0 when TLS to Prometheus is not verified "
+            "(--insecure-skip-tls-verify), 1 otherwise", registry=r)
+        self.prometheus_tls_verified.set(1.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
