@@ -34,6 +34,7 @@ class Actuation:
         self.ownership = ownership
         self.metrics = metrics
         self.weights = weights  # the weights in force (shared with the daemon's readings)
+        self._conflict_keys: set[str] = set()
 
     def apply(self, goal: GoalSpec, decision: Decision, state: Mapping[str, FleetState | None], may_act: bool,
               mode: str, errors: list[str]) -> list[dict[str, Any]]:
@@ -42,6 +43,11 @@ class Actuation:
             w = decision.weights.get(route.name)
             if w and route.http_route is not None:
                 outcomes.append(self._weights(route.name, int_weights(w, route.models), may_act, mode, errors))
+        conflict = getattr(self.metrics, "writer_conflict", None)
+        if conflict is not None:  # reverts by another writer, per target (0 once the conflict is over)
+            for key in {*self._conflict_keys, *self.ownership.conflicts}:
+                conflict.labels(key).set(float(self.ownership.conflicts.get(key, 0)))
+            self._conflict_keys = set(self.ownership.conflicts)
         return [o for o in outcomes if o is not None]
 
     def _scale(self, m: str, n: int, st: FleetState | None, may_act: bool, mode: str, errors: list[str]
@@ -82,6 +88,7 @@ class Actuation:
         if rec["ok"]:
             tot = sum(ints.values()) or 1
             self.weights[route] = {m: x / tot for m, x in ints.items()}
+            self.ownership.wrote_weights(route, ints)
         else:
             errors.append(f"weights {route}: {rec['message']}")
             self.metrics.api_errors.labels("kubernetes").inc()
