@@ -346,13 +346,15 @@ class SafetyMonitor:
             self.violations.append(Violation(t, f"{name}: Deployment created or deleted by the daemon"))
             return
         old, new = ev.old_replicas, ev.new_replicas
-        if not m.min_replicas <= new <= m.max_replicas:
+        # outside the bounds only while moving back towards them from outside (one step per interval, issue 11)
+        towards = (old > m.max_replicas and m.max_replicas <= new < old) or (old < m.min_replicas and old < new
+                                                                             <= m.min_replicas)
+        if not m.min_replicas <= new <= m.max_replicas and not towards:
             self.violations.append(Violation(t, f"{name}: {new} outside [{m.min_replicas}, {m.max_replicas}]"))
         up = max(sh.max_step_up, int(math.floor(sh.max_step_up_fraction * old + 1e-9)))
-        in_bounds_before = m.min_replicas <= old <= m.max_replicas
-        if in_bounds_before and new - old > up:
+        if new - old > up:
             self.violations.append(Violation(t, f"{name}: step up {old}->{new} > {up}"))
-        if in_bounds_before and old - new > sh.max_step_down:
+        if old - new > sh.max_step_down:
             self.violations.append(Violation(t, f"{name}: step down {old}->{new} > {sh.max_step_down}"))
 
     def scale_downs(self, model: str) -> list[tuple[float, int, int]]:
@@ -439,8 +441,10 @@ class Rig:
     prom_url: str
     audit_dir: Any
     monitor: SafetyMonitor
-    kube_timeout_s: float = 0.5
-    prom_timeout_s: float = 0.5
+    # total deadlines per call (agent/deadline.py): generous enough for a loaded 2-core machine, where the in-process
+    # emulator shares the GIL with the test; scenarios about timeouts set their own
+    kube_timeout_s: float = 1.5
+    prom_timeout_s: float = 1.5
 
     def daemon(
         self,

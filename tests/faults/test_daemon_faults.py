@@ -359,6 +359,7 @@ def test_kube_403(rig: Rig, record_property: Any) -> None:
                    "client timeout 0.5 s)",
                    expected="state unknown -> no write for that model (skipped), interval bounded in real time")
 def test_kube_timeout(rig: Rig, record_property: Any) -> None:
+    rig.kube_timeout_s = 0.5
     d = rig.daemon("a", attempts=2)
     rig.emu.inject(method="GET", path_regex=r"/deployments/llama-3-8b$", status=None, delay_s=2.0, times=None)
     t0 = time.monotonic()
@@ -1060,8 +1061,8 @@ def _reloading_daemon(rig: Rig, tmp_path: Path, policy_want: dict[str, Any]) -> 
 
 
 @pytest.mark.fault(group="daemon: goal reload", scenario="the goal file is changed to a valid goal with a lower "
-                   "max_replicas (in process)", expected="applied at the next interval (audit says so); the new "
-                   "bound holds at once, nothing else jumps")
+                   "max_replicas (in process)", expected="applied at the next interval (audit says so); the fleet "
+                   "moves down to the new bound by max_step_down per interval (no cliff), nothing else jumps")
 def test_goal_changed_valid(rig: Rig, tmp_path: Path, record_property: Any) -> None:
     d, path = _reloading_daemon(rig, tmp_path, {BIG: START, SMALL: 30})
     step(rig, d)
@@ -1071,9 +1072,15 @@ def test_goal_changed_valid(rig: Rig, tmp_path: Path, record_property: Any) -> N
     rec, _ = step(rig, d)
     assert d.goal.digest() == new_goal.digest()
     assert any("goal reloaded" in e for e in rec.errors), rec.errors
-    assert rig.replicas()[SMALL] <= 6 and rig.replicas()[BIG] == START
+    seen = [rig.replicas()[SMALL]]
+    for _ in range(20):
+        step(rig, d)
+        seen.append(rig.replicas()[SMALL])
+    down = new_goal.shield.max_step_down
+    assert all(0 <= a - b <= down for a, b in zip(seen, seen[1:], strict=False)), seen
+    assert seen[-1] <= 6 and rig.replicas()[BIG] == START, seen
     msgs = [e.replace(str(tmp_path), "$TMP") for e in rec.errors if "goal" in e]
-    note(record_property, f"{SMALL}: {rig.replicas()[SMALL]} (new max 6); {msgs}")
+    note(record_property, f"{SMALL}: {seen[:4]}... -> {seen[-1]} (new max 6); {msgs}")
 
 
 @pytest.mark.fault(group="daemon: goal reload", scenario="the goal file is changed to broken YAML, then to a change "

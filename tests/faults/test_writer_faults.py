@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 GOAL_PATH = REPO / "examples" / "goals" / "two-model-routed.yaml"
 BIG, SMALL = "llama-3-70b", "llama-3-8b"
 GROUP = "daemon: other writers and bounds"
-PENDING = pytest.mark.xfail(strict=True, reason="issue 11 item 3: daemon-side fix pending (Task D1, after the restructure)")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,6 @@ def test_out_of_bounds_not_cut_on_missing_data(over_rig: Rig, record_property: A
 @pytest.mark.fault(group=GROUP, scenario="another writer sets an HTTPRoute's weights",
                    expected="detected before writing (like replicas): the route is left alone for the cool-down, "
                    "reported in the audit (foreign), never overwritten at the next interval")
-@PENDING
 def test_foreign_route_weights_left_alone(rig: Rig, record_property: Any) -> None:
     route = next(r for r in rig.goal.routes if r.http_route is not None)
     a, b = route.models[0], route.models[1]
@@ -141,7 +139,6 @@ def test_foreign_route_weights_left_alone(rig: Rig, record_property: Any) -> Non
 @pytest.mark.fault(group=GROUP, scenario="a GitOps controller reverts every scale (back to 10) as soon as it sees it",
                    expected="after repeated reverts the daemon backs off (growing cool-down) instead of fighting every "
                    "cool-down, and raises fleetpilot_writer_conflict for the model")
-@PENDING
 def test_repeated_reverts_back_off_and_alert(rig: Rig, record_property: Any) -> None:
     d = rig.daemon("a", policy=ScriptedPolicy({BIG: 10, SMALL: 8}))
     cooldown = d.settings.fallback.foreign_cooldown_s
