@@ -78,6 +78,34 @@ def conformal_quantile(scores: np.ndarray | tuple[float, ...], alpha: float) -> 
     return float(np.partition(s, k - 1)[k - 1])
 
 
+class _SortedScores:
+    """Small cache: sorted arrays of the last score tuples asked for (a decision asks several levels per model).
+
+    Keyed by identity; the cache keeps the tuples alive, so an identity is never reused while cached."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._items: list[tuple[tuple[float, ...], np.ndarray]] = []
+        self._size = size
+
+    def __call__(self, scores: tuple[float, ...]) -> np.ndarray:
+        for key, srt in self._items:
+            if key is scores:
+                return srt
+        arr = np.asarray(scores, dtype=float)
+        srt = np.sort(arr[np.isfinite(arr)])
+        self._items = [(scores, srt), *self._items[: self._size - 1]]
+        return srt
+
+
+def sorted_quantile(sorted_scores: np.ndarray, alpha: float) -> float:
+    """:func:`conformal_quantile` on finite scores already sorted ascending."""
+    n = sorted_scores.size
+    if n == 0:
+        return math.nan
+    k = int(math.ceil((n + 1) * alpha - 1e-12))
+    return math.inf if k > n else float(sorted_scores[k - 1])
+
+
 def slo_utilisation(goal: GoalSpec, name: str, input_tokens: float = 512.0, output_tokens: float = 256.0) -> float:
     """Share of one replica's saturated throughput it can take while the goal's latency percentile holds."""
     spec = goal.model(name)
@@ -185,6 +213,7 @@ class PredictivePolicy:
             if spec.name in self.tokens:
                 self._fixed_cap[spec.name] = service_rate_per_replica(spec, tin, tout) * self._util[spec.name]
         self._routes = {r.name: r for r in goal.routes}
+        self._sorted = _SortedScores()
 
     # ------------------------------------------------------------------ pieces
     def initial_state(self) -> PredictiveState:
@@ -227,9 +256,10 @@ class PredictivePolicy:
         than ``min_scores`` scores have matured)."""
         if len(cal.scores) < self.min_scores:
             return math.nan
-        q = conformal_quantile(cal.scores, self.level(cal) if level is None else float(level))
+        srt = self._sorted(cal.scores)
+        q = sorted_quantile(srt, self.level(cal) if level is None else float(level))
         if math.isinf(q):  # too few scores for this coverage: the largest seen
-            q = max(cal.scores)
+            q = float(srt[-1])
         return q
 
     def demand(self, name: str, m: ModelObs, cal: ModelCalibration, eps: float,
