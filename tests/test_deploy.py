@@ -705,3 +705,19 @@ def test_live_values_drive_the_alerts(live_prometheus: PrometheusServer) -> None
     assert not live_prometheus.query(by_name["FleetpilotLeaderLost"])
     assert not live_prometheus.query(by_name["FleetpilotForeignController"])
     assert not live_prometheus.query(by_name["FleetpilotIntervalsStalled"])
+
+
+def test_goal_loads_from_a_configmap_volume_layout(tmp_path: Path) -> None:
+    """kubelet mounts ConfigMap keys as symlinks through `..data` (swapped atomically on update): the daemon's goal
+    reader follows them."""
+    from fleetpilot.simulations.goal import load_goal
+
+    cm = _one(BASE, "ConfigMap", "fleetpilot-goal")
+    stamp = tmp_path / "..2026_12_04_14_00_00.000000001"
+    stamp.mkdir()
+    for key, text in cm["data"].items():
+        (stamp / key).write_text(text)
+        (tmp_path / key).symlink_to(Path("..data") / key)
+    (tmp_path / "..data").symlink_to(stamp.name)
+    goal = load_goal(str(tmp_path / "goal.yaml"))
+    assert goal.digest() == parse_goal(cm["data"]["goal.yaml"]).digest()
