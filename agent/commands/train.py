@@ -185,6 +185,9 @@ def register(sub: Any) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    from fleetpilot.simulations.resources import require_extra
+
+    require_extra("rl", "fleetpilot train")  # torch + SB3: one line naming the extra, before any work
     goal = load_goal(args.goal)
     if args.timesteps <= 0:
         raise UserError(f"--timesteps must be positive, got {args.timesteps}")
