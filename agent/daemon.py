@@ -37,6 +37,7 @@ from fleetpilot.agent.actuation import WEIGHT_SCALE, Actuation
 from fleetpilot.agent.audit import AuditLog, to_jsonable
 from fleetpilot.agent.health import ForecastFeed, HealthCheck
 from fleetpilot.agent.metrics_server import DaemonMetrics, MetricsServer
+from fleetpilot.agent.ops import fallback_kind
 from fleetpilot.agent.ownership import Ownership
 from fleetpilot.agent.prom import FleetState
 from fleetpilot.envs.loop import ControlLoop
@@ -322,6 +323,7 @@ class DecisionRecord:
     outcomes: tuple[Mapping[str, Any], ...]
     errors: tuple[str, ...]
     duration_s: float
+    shadow: Mapping[str, Any] | None = None  # agent/ops.py: decision vs incumbent per model, weights, $/h
 
     def to_json(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -349,6 +351,8 @@ class DaemonDeps:
     goal_reloader: GoalReloader | None = None
     fallback: Policy | None = None  # None: the goal's fallback_policy from the registry
     shield: Any = "auto"  # "auto": default_shield(goal); None: no shield
+    ops: Any = None  # agent/ops.Ops: shadow metrics/audit, bounded labels, fallback Events
+    takeover: Any = None  # agent/handover.TakeoverSession (``--take-over keda``)
 
 
 class Daemon:
@@ -442,18 +446,26 @@ class Daemon:
                                                  hold_weights=source_problem is not None)
         errors += step.errors
         if step.active == "fallback":
-            self.metrics.fallbacks.labels(str(step.reason).split(":")[0][:40]).inc()
+            self.metrics.fallbacks.labels(fallback_kind(step.reason) or "other").inc()
         rules = list(fired)
-        decision = self.ownership.exclude(decision, foreign, rules)  # foreign-owned models: refuse to fight
-        outcomes = self.actuation.apply(self.goal, decision, state, may_act, mode, errors)
+        acting = self.ownership.exclude(decision, foreign, rules)  # foreign-owned models: refuse to fight
+        if self.deps.takeover is not None and may_act:
+            self.deps.takeover.before_writes(acting.replicas, state, errors)  # KEDA's pause value follows first
+        outcomes = self.actuation.apply(self.goal, acting, state, may_act, mode, errors)
+        # every model is decided and exported, owned or not (shadow beside an HPA); only the writes skip foreign ones
         self.metrics.export(self.goal.model_names, decision.replicas, state, foreign, mode)
+        shadow = None
+        if self.deps.ops is not None:
+            shadow = self.deps.ops.after(decision=decision, state=state, foreign=foreign,
+                                         weights_in_force=self.weights, forecast=forecast, fired=fired,
+                                         active=step.active, reason=step.reason)
         record = DecisionRecord(
             t=now, mode=mode, leader=leader, acted=may_act, policy=str(getattr(self.loop.policy, "name", "policy")),
             active=step.active, fallback_reason=step.reason,
             state={m: (dataclasses.asdict(s) if s is not None else None) for m, s in state.items()},
             reading=reading, forecast=forecast, raw=step.raw, fallback_raw=step.fallback_raw, shielded=decision,
             rules=tuple(rules), foreign=dict(foreign), outcomes=tuple(outcomes), errors=tuple(errors),
-            duration_s=self._monotonic() - t0,
+            duration_s=self._monotonic() - t0, shadow=shadow,
         )
         return self._finish(record, now)
 
@@ -472,6 +484,8 @@ class Daemon:
             if (leader and not self._was_leader) or not leader:
                 self.ownership.forget_writes()  # someone else may have written while we followed
             self._was_leader = leader
+            if self.deps.takeover is not None:
+                self.deps.takeover.on_leadership(bool(leader), errors)  # --take-over keda: pause / give back
         self.metrics.leader.set(1.0 if leader else 0.0)
         return leader
 
@@ -495,7 +509,8 @@ class Daemon:
         return reading, problem
 
     def _finish(self, record: DecisionRecord, now: float) -> DecisionRecord:
-        self.metrics.decisions.labels(record.mode, record.active).inc()
+        decider = record.policy if record.active == "policy" else str(getattr(self.loop.fallback, "name", "fallback"))
+        self.metrics.decisions.labels(record.mode, decider).inc()  # the policy's name, not "policy"/"fallback"
         self.metrics.fallback_active.set(1.0 if record.active == "fallback" else 0.0)
         self.metrics.loop_duration.observe(record.duration_s)
         self.metrics.last_success.set(now)
@@ -574,7 +589,10 @@ class Daemon:
         return 0
 
     def close(self) -> None:
-        """Release the Lease (if held), stop the HTTP server and forecasters, close the audit log."""
+        """Hand KEDA back (``--take-over``), release the Lease (if held), stop the HTTP server and forecasters,
+        close the audit log."""
+        if self.deps.takeover is not None:
+            self.deps.takeover.give_back()
         release = getattr(self.deps.elector, "release", None)
         if release is not None and self.settings.mode == "control":
             try:

@@ -58,6 +58,7 @@ __all__ = [
     "IncumbentPolicy",
     "KedaTakeover",
     "TakeoverOutcome",
+    "TakeoverSession",
     "incumbent_goal",
     "incumbent_policy",
     "is_paused",
@@ -197,3 +198,54 @@ class KedaTakeover:
             return a._apply(target, attempt)  # type: ignore[arg-type]
         except KubePermanentError as err:  # pragma: no cover - _apply already turns these into outcomes
             return ApplyOutcome(target, False, err.status, err.http_status, 1, str(err))
+
+
+class TakeoverSession:
+    """The daemon's side of ``--take-over keda``: take over when leadership starts, let the pause value follow every
+    scale, give back when leadership ends or the daemon exits. Failures are reported, never raised: a ScaledObject
+    that could not be paused stays a foreign controller, so fleetpilot does not scale that workload."""
+
+    def __init__(self, takeover: KedaTakeover, models: list[str]) -> None:
+        self.takeover = takeover
+        self.models = list(models)
+        self.holding = False
+
+    def on_leadership(self, leader: bool, errors: list[str]) -> None:
+        """Call every interval with this interval's leadership."""
+        if leader and not self.holding:
+            self._each("take over", self.takeover.take_over, errors)
+            self.holding = True
+        elif not leader and self.holding:
+            self.give_back(errors)
+
+    def before_writes(self, replicas: Mapping[str, int], state: Mapping[str, Any], errors: list[str]) -> None:
+        """Write each changing count into ``paused-replicas`` before the workload is scaled."""
+        if not self.holding:
+            return
+        for m, n in replicas.items():
+            st = state.get(m)
+            if st is None or getattr(st, "desired", None) == n:
+                continue
+            try:
+                for out in self.takeover.follow(m, int(n)):
+                    if not out.ok:
+                        errors.append(f"take-over {m}: {out.message}")
+            except Exception as exc:  # noqa: BLE001 -- reported; the ScaledObject then stays KEDA's
+                errors.append(f"take-over {m}: {exc}")
+
+    def give_back(self, errors: list[str] | None = None) -> None:
+        """Hand every taken-over ScaledObject back to KEDA (exit, loss of leadership)."""
+        sink: list[str] = errors if errors is not None else []
+        self._each("give back", self.takeover.give_back, sink)
+        self.holding = False
+        for e in sink if errors is None else ():
+            log.warning("%s", e)
+
+    def _each(self, what: str, fn: Any, errors: list[str]) -> None:
+        for m in self.models:
+            try:
+                for out in fn(m):
+                    if not out.ok:
+                        errors.append(f"{what} {m}: {out.message}")
+            except Exception as exc:  # noqa: BLE001 -- reported in the audit, never fatal
+                errors.append(f"{what} {m}: {exc}")

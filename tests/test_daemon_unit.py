@@ -479,7 +479,7 @@ def test_metrics_and_healthz_served(goal):
         d.run_once()
         base = f"http://127.0.0.1:{server.port}"
         text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-        assert 'fleetpilot_decisions_total{mode="control",policy="policy"} 1.0' in text
+        assert 'fleetpilot_decisions_total{mode="control",policy="ask"} 1.0' in text  # the policy's name (issue 12)
         assert "fleetpilot_loop_duration_seconds_count 1.0" in text
         assert urllib.request.urlopen(base + "/healthz", timeout=5).status == 200
         now["t"] += 10_000  # no interval for a long time: unhealthy
