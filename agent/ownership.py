@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fleetpilot.agent.logs import WarnOnce
 from fleetpilot.agent.prom import FleetState
 from fleetpilot.simulations.contract import Decision
 from fleetpilot.simulations.errors import FleetpilotError
@@ -50,6 +51,7 @@ class Ownership:
         self._foreign_until: dict[str, tuple[float, Any, str]] = {}  # key -> (until, seen value, why)
         self.conflicts: dict[str, int] = {}  # key -> consecutive reverts by another writer
         self._surveyed_at = 0.0  # monotonic time of the interval's survey (writes follow it)
+        self._warn = WarnOnce(log)  # a foreign owner is logged when it appears or changes, not every interval
 
     def forget_writes(self) -> None:
         """Leadership changed: our last writes no longer tell whether someone else scaled."""
@@ -98,11 +100,14 @@ class Ownership:
         for key, why in foreign.items():
             if key.startswith(ROUTE):
                 weights.pop(key[len(ROUTE):], None)
-                log.warning("not routing %s: %s", key[len(ROUTE):], why)
+                self._warn.update(key, f"not routing {key[len(ROUTE):]}: {why}")
             else:
                 replicas.pop(key, None)
-                log.warning("not scaling %s: %s", key, why)
+                self._warn.update(key, f"not scaling {key}: {why}")
             rules.append(f"foreign:{key}")
+        for key in list(self._warn.active):
+            if key not in foreign:
+                self._warn.update(key, None)
         return Decision(replicas, weights)
 
     def _read(self, m: str, errors: list[str]) -> FleetState | None:
@@ -126,8 +131,8 @@ class Ownership:
             except (FleetpilotError, OSError) as exc:
                 errors.append(f"foreign controllers {m}: {exc}")
                 self._on_error("kubernetes")
-        if hpas:
-            return f"HorizontalPodAutoscaler(s) {', '.join(hpas)} target the Deployment"
+        if hpas:  # "HorizontalPodAutoscaler/x", "ScaledObject/y"
+            return f"{', '.join(hpas)} {'targets' if len(hpas) == 1 else 'target'} the workload"
         return self._other_writer(m, current, now, "replicas")
 
     def backoff_s(self, key: str) -> float:
