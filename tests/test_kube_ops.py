@@ -373,3 +373,17 @@ def test_handover_of_hpas_on_concurrency_also_writes_an_hpa_tuning(tmp_path) -> 
     doc = json.loads((out / "tuning-hpa.json").read_text())
     assert doc["autoscaler"] == "hpa" and doc["models"][spec.name]["target"] == 40.0
     assert make(f"hpa-tuned:{out}", goal).targets == {spec.name: 40.0}
+
+
+def test_read_weights_of_our_backends(emu: K8sEmulator) -> None:
+    from fleetpilot.agent.kube import KubePermanentError, RouteTarget
+    from testbed.k8s_emulator import httproute_manifest
+
+    route = httproute_manifest("chat", [("canary", 9000, 5), ("a-svc", 8000, 300), ("b-svc", 8000, 700)])
+    del route["spec"]["rules"][0]["backendRefs"][2]["weight"]  # unset: Gateway API's default of 1
+    emu.objects.put(route, namespace=NS)
+    act = KubeActuator(make_api_client(host=emu.url), {},
+                       {"chat": RouteTarget(NS, "chat", {"a": ("a-svc", 8000), "b": ("b-svc", 8000)})})
+    assert act.read_weights("chat") == {"a": 300, "b": 1}
+    with pytest.raises(KubePermanentError):
+        act.read_weights("nope")
