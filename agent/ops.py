@@ -16,7 +16,8 @@
   :data:`FALLBACK_REASONS`), the incumbent kind per model (``fleetpilot_incumbent{model,kind}``);
 * **Events** on fallback entry and exit (``FallbackEntered`` Warning / ``FallbackExited`` Normal, on every managed
   workload, control mode only: shadow and dry-run write nothing to the cluster);
-* **no per-interval warning spam**: foreign controllers and fallback are logged when they change (:class:`WarnOnce`).
+* no per-interval warning spam: foreign owners are logged once by :class:`~fleetpilot.agent.ownership.Ownership`,
+  fallback switches once by the control loop.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fleetpilot.agent.logs import WarnOnce
 from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = ["FALLBACK_REASONS", "Ops", "SHIELD_RULES", "fallback_kind", "shield_rule"]
@@ -112,7 +112,6 @@ class Ops:
         self.actuator = actuator
         self.mode = mode
         self.incumbents: dict[str, list[Any]] = {m: list(v) for m, v in (incumbents or {}).items()}
-        self.warn = WarnOnce(log)
         self._in_fallback = False
         for spec in goal.models:
             self.set_incumbents(spec.name, self.incumbents.get(spec.name, []))
@@ -135,12 +134,6 @@ class Ops:
         for r in FALLBACK_REASONS:
             self.metrics.fallback_reason.labels(r).set(1.0 if r == kind else 0.0)
         self._fallback_events(active == "fallback", reason)
-        for m, why in foreign.items():
-            self.warn.update(f"foreign:{m}", f"not acting on {m}: {why}" if self.mode == "control"
-                             else f"{m} is scaled by {why} (shadowing it)")
-        for spec in goal.models:
-            if spec.name not in foreign:
-                self.warn.update(f"foreign:{spec.name}", None)
 
         models: dict[str, Any] = {}
         cost_ours = cost_now = 0.0

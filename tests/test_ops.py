@@ -86,12 +86,15 @@ def test_fallback_events_on_entry_and_exit_in_control_mode_only(caplog) -> None:
 
 
 def test_foreign_owner_is_logged_once(caplog) -> None:  # noqa: ANN001
-    goal = load_goal("single-model")
-    m = goal.model_names[0]
-    ops = Ops(goal, CollectorRegistry(), mode="shadow")
-    with caplog.at_level(logging.INFO, logger="fleetpilot.agent.ops"):
+    from fleetpilot.agent.ownership import Ownership
+
+    own = Ownership(None, None, 300.0)
+    with caplog.at_level(logging.INFO, logger="fleetpilot.agent.ownership"):
         for _ in range(20):
-            ops.after(decision=Decision({m: 2}, {}), state={m: FleetState(2, 2)},
-                      foreign={m: "HorizontalPodAutoscaler/hpa"}, weights_in_force={}, forecast=None, fired=[],
-                      active="policy", reason=None)
-    assert len([r for r in caplog.records if "HorizontalPodAutoscaler/hpa" in r.getMessage()]) == 1
+            rules: list[str] = []
+            kept = own.exclude(Decision({"m": 2, "n": 1}, {}), {"m": "HorizontalPodAutoscaler/hpa targets it"}, rules)
+            assert kept.replicas == {"n": 1} and rules == ["foreign:m"]
+        own.exclude(Decision({"m": 2}, {}), {}, [])  # the HPA is gone
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([x for x in messages if "HorizontalPodAutoscaler/hpa" in x]) == 2  # appeared once, cleared once
+    assert "cleared" in messages[-1]
