@@ -86,6 +86,7 @@ class PrometheusSettings:
     stale_after_intervals: float = 2.0
     freshness_query: str | None = "max by (model_name) (timestamp(vllm:num_requests_running))"
     class_rate_query: str | None = None  # per-route request rate (label ``route``), e.g. from the gateway
+    access: Any = None  # agent.prom.PrometheusAccess (TLS, credentials, headers); None: from ``url``/``timeout_s``
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -163,7 +164,7 @@ class DaemonSettings:
     leader: LeaderElectionSettings = field(default_factory=LeaderElectionSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics_port: int | None = None  # None: no HTTP server; 0: a free port
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # --metrics-bind-address; in a pod 0.0.0.0 (probes and scraping reach it)
     fallback: FallbackSettings = field(default_factory=FallbackSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
     forecaster: str = "holt-winters"  # an OnlineForecaster model name, or "none" (last value)
@@ -238,8 +239,8 @@ def make_fallback_policy(goal: GoalSpec) -> Policy:
 
 
 def default_shield(goal: GoalSpec) -> Shield:
-    """The live shield: never scale down on missing data (scaling up stays possible)."""
-    return Shield(goal, missing="no_down")
+    """The live shield: never scale on missing data (issue 11): a model whose inputs are missing or stale holds."""
+    return Shield(goal, missing="hold")
 
 
 class GoalReloader:
@@ -324,6 +325,7 @@ class DecisionRecord:
     errors: tuple[str, ...]
     duration_s: float
     shadow: Mapping[str, Any] | None = None  # agent/ops.py: decision vs incumbent per model, weights, $/h
+    prometheus_tls_verified: bool | None = None  # False: --insecure-skip-tls-verify is in force (audited)
 
     def to_json(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -466,6 +468,7 @@ class Daemon:
             reading=reading, forecast=forecast, raw=step.raw, fallback_raw=step.fallback_raw, shielded=decision,
             rules=tuple(rules), foreign=dict(foreign), outcomes=tuple(outcomes), errors=tuple(errors),
             duration_s=self._monotonic() - t0, shadow=shadow,
+            prometheus_tls_verified=getattr(self.deps.source, "tls_verified", None),
         )
         return self._finish(record, now)
 
@@ -539,7 +542,7 @@ class Daemon:
         shield = self.loop._shield
         self.loop.replace(goal=goal, policy=policy,
                           fallback="keep" if self.deps.fallback is not None else make_fallback_policy(goal),
-                          shield=type(shield)(goal, missing="no_down") if isinstance(shield, Shield) else "keep")
+                          shield=default_shield(goal) if isinstance(shield, Shield) else "keep")
         self.forecasts.pending.clear()
         errors.append(f"goal reloaded from {reloader.path} (digest {goal.digest()})")
 
