@@ -59,9 +59,9 @@ def register(sub: Any) -> None:
     kube.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     kube.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
     kube.add_argument("--kube-host", help="API server URL without credentials (kubectl proxy, the test emulator)")
-    p.add_argument("--prometheus", default=os.environ.get("FLEETPILOT_PROMETHEUS", "http://127.0.0.1:9090"),
-                   help="Prometheus base URL")
-    p.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per query (default 5)")
+    from fleetpilot.agent.prom import add_access_arguments
+
+    add_access_arguments(p)  # --prometheus, TLS (verified by default), credentials from files, headers, deadline
     p.add_argument("--freshness-query", default=PrometheusSettings.freshness_query,
                    help="PromQL giving the newest raw sample time per model_name ('' to skip age checks)")
     p.add_argument("--class-rate-query", default=None,
@@ -70,6 +70,9 @@ def register(sub: Any) -> None:
     p.add_argument("--audit", help="append one JSON line per interval to this file")
     p.add_argument("--interval", type=float, help="seconds between decisions (default: the goal's control_interval_s)")
     p.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port (0: any free port)")
+    p.add_argument("--metrics-bind-address", default="127.0.0.1", metavar="ADDR",
+                   help="address /metrics and /healthz listen on (default 127.0.0.1, local runs; in a pod use "
+                        "0.0.0.0 so kubelet probes and Prometheus reach it)")
     p.add_argument("--once", action="store_true", help="run one interval, print its record and exit")
     p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
     p.add_argument("--lease-name", default="fleetpilot")
@@ -145,7 +148,11 @@ def build_daemon(
     source = PrometheusSource(settings.prometheus.url, goal, clock, settings.prometheus.timeout_s, interval_s=interval,
                               stale_after_intervals=settings.prometheus.stale_after_intervals,
                               freshness_query=settings.prometheus.freshness_query,
-                              class_rate_query=settings.prometheus.class_rate_query)
+                              class_rate_query=settings.prometheus.class_rate_query,
+                              access=settings.prometheus.access)
+    if not source.tls_verified:
+        log.warning("TLS to Prometheus at %s is NOT verified (--insecure-skip-tls-verify); shown in the audit and "
+                    "in fleetpilot_prometheus_tls_verified", source.url)
     audit = AuditLog(settings.audit.path, fsync=settings.audit.fsync) if settings.audit.path else None
     if audit is not None and audit.repaired:
         log.warning("audit log %s ended in a partial line (a crash mid-write); moved it to %s",
@@ -156,7 +163,9 @@ def build_daemon(
     deps = DaemonDeps(source, actuator, elector, audit, clock=clock, sleep=sleep, monotonic=monotonic,
                       status_reader=KubeStatusReader(api_client, deployments),
                       forecaster_factory=_forecaster_factory(settings.forecaster), goal_reloader=reloader)
-    return Daemon(goal, policy, deps, settings)
+    daemon = Daemon(goal, policy, deps, settings)
+    daemon.metrics.prometheus_tls_verified.set(1.0 if source.tls_verified else 0.0)
+    return daemon
 
 
 def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
@@ -187,10 +196,9 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
         raise UserError(f"--interval must be a positive number of seconds, got {args.interval:g}")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UserError(f"--metrics-port must be in 0..65535, got {args.metrics_port}")
-    if not str(args.prometheus).startswith(("http://", "https://")):
-        raise UserError(f"--prometheus must be an http:// or https:// URL, got {args.prometheus!r}")
-    if not args.prometheus_timeout > 0:
-        raise UserError("--prometheus-timeout must be > 0")
+    from fleetpilot.agent.prom import access_from_args
+
+    access = access_from_args(args)  # one-line UserErrors, credentials never echoed
     if args.lease_duration < 2:
         raise UserError("--lease-duration must be at least 2 seconds")
     if args.kube_host is not None and not args.kube_host.startswith(("http://", "https://")):
@@ -202,7 +210,7 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
     return DaemonSettings(
         mode=args.mode,
         interval_s=args.interval,
-        prometheus=PrometheusSettings(url=args.prometheus, timeout_s=args.prometheus_timeout,
+        prometheus=PrometheusSettings(url=access.url, timeout_s=access.timeout_s, access=access,
                                       freshness_query=args.freshness_query or None,
                                       class_rate_query=args.class_rate_query or None),
         kube=KubeSettings(kubeconfig=args.kubeconfig, in_cluster=bool(args.in_cluster), host=args.kube_host),
@@ -211,6 +219,7 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
                                       lease_duration_s=args.lease_duration),
         audit=AuditSettings(path=args.audit),
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_bind_address,
         forecaster=args.forecaster,
     )
 
@@ -218,6 +227,9 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from fleetpilot.agent.prom import install_log_redaction
+
+    install_log_redaction()  # secrets (URL userinfo, tokens, passwords, header values) never reach the logs
     settings = _settings(args)
     goal = load_goal(args.goal)
     _forecaster_factory(settings.forecaster)  # validate before connecting anywhere
