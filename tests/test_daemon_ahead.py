@@ -239,7 +239,9 @@ def test_scales_up_ahead_of_a_learned_recurring_burst(tmp_path):
         """When the daemon's policy first wanted 2+ replicas more than its own pre-burst level (seconds of play;
         one more can be noise: the low phase sits near one replica's capacity)."""
         raw = [(rel(r), r["raw"]["replicas"][MODEL]) for r in records if r["raw"]]
-        own = max(n for t, n in raw if steady[0] <= t < steady[1])
+        # the median, not the max: a daemon's first decision (a forecaster just started) is a warm-up outlier that
+        # fell inside this window in about 1 run in 5 depending on start-up timing, making the test flaky
+        own = float(np.median([n for t, n in raw if steady[0] <= t < steady[1]]))
         return next((t for t, n in raw if t >= steady[1] and n >= own + 2), math.inf)
 
     # the control saw the same readings with no history: it wanted more replicas only after the burst began
