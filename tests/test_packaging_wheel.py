@@ -136,6 +136,8 @@ def test_slim_install_validates_and_replays_bundled_data_by_name(slim_venv: Path
           "--policies", "rl:single-model", "--out", "rl"], "fleetpilot[rl]"),
         ([fp, "forecast", "backtest", "--trace", "azure_llm_2023_conv_1s", "--range", "0:2h", "--model", "prophet"],
          "fleetpilot[prophet]"),
+        ([fp, "train", "--goal", "single-model", "--trace", "azure_llm_2023_conv_1s", "--timesteps", "64",
+          "--out", "trained"], "fleetpilot[rl]"),
     ):
         proc = _run(cmd, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
