@@ -479,7 +479,9 @@ class PrometheusSource:
     each HTTP request. ``access`` (TLS, credentials, headers; :class:`PrometheusAccess`) replaces ``url`` and
     ``timeout_s`` when given. ``client`` replaces the ``PrometheusConnect`` built from them (tests). ``interval_s``
     defaults to the goal's control interval. Queries run one after another; a failure of any required query fails
-    the whole read.
+    the whole read. ``read_budget_s`` (default: half the interval, at least ``timeout_s``) bounds all the queries of
+    one read together (``monotonic`` times it): each query gets what is left, and a read past it fails with an
+    "interval deadline" TemporaryError, so the daemon falls back within the interval.
     """
 
     def __init__(
@@ -498,6 +500,8 @@ class PrometheusSource:
         route_label: str = "route",
         queue_growth: bool = True,
         access: PrometheusAccess | None = None,
+        read_budget_s: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if access is None:
             if not (math.isfinite(timeout_s) and timeout_s > 0):
@@ -509,6 +513,11 @@ class PrometheusSource:
         self.clock = clock
         self.timeout_s = float(access.timeout_s)
         self.interval_s = float(interval_s or goal.control_interval_s)
+        # all queries of one read together: at most half an interval (never less than one query's deadline), so
+        # the interval still has time to act or fall back; past it the read fails and the daemon falls back
+        self.read_budget_s = float(read_budget_s or max(self.timeout_s, 0.5 * self.interval_s))
+        self._monotonic = monotonic
+        self._read_started: float | None = None
         self.label = label
         self.freshness_query = freshness_query
         self.stale_after_s = stale_after_intervals * self.interval_s
@@ -539,10 +548,17 @@ class PrometheusSource:
 
     def _query(self, name: str, promql: str, key: str | None = None) -> _Vector:
         key = key or self.label
+        timeout = self.timeout_s
+        if self._read_started is not None:  # the whole read has a budget too: each query gets what is left of it
+            left = self.read_budget_s - (self._monotonic() - self._read_started)
+            if left <= 0.01:
+                raise TemporaryError(f"prometheus {name}: interval deadline: the reads of this interval took more "
+                                     f"than {self.read_budget_s:g}s (the rest of the queries were not sent)")
+            timeout = min(timeout, left)
         try:
-            result = self._client.custom_query(promql, timeout=self.timeout_s)  # type: ignore[arg-type]
+            result = self._client.custom_query(promql, timeout=timeout)  # type: ignore[arg-type]
         except requests.exceptions.Timeout:
-            raise TemporaryError(f"prometheus {name}: timeout: no complete answer within {self.timeout_s:g}s "
+            raise TemporaryError(f"prometheus {name}: timeout: no complete answer within {timeout:g}s "
                                  f"(total deadline) from {self.url}") from None
         except requests.exceptions.SSLError as exc:
             raise TemporaryError(f"prometheus {name}: TLS verification failed for {self.url} "
@@ -618,8 +634,12 @@ class PrometheusSource:
         Raises :class:`TemporaryError` / :class:`PermanentError` as described in the module docstring.
         """
         now = self.clock()
-        answers = {name: self._query(name, q) for name, q in self.queries.items()}
-        fresh = self._query("freshness", self.freshness_query) if self.freshness_query else None
+        self._read_started = self._monotonic()
+        try:
+            answers = {name: self._query(name, q) for name, q in self.queries.items()}
+            fresh = self._query("freshness", self.freshness_query) if self.freshness_query else None
+        finally:
+            self._read_started = None
         self.last_raw = {k: dict(v.values) for k, v in answers.items()}
         self.last_notes = [] if fresh is None or fresh.values else [
             f"freshness query answered nothing, sample age not checked: {self.freshness_query}"]

@@ -404,3 +404,24 @@ def test_two_series_for_one_model_are_ambiguous_not_last_one_wins() -> None:
     assert math.isnan(r.models["m"].in_flight)  # never 0 (the last series) nor 1000 (the first)
     note = src.last_ambiguous["m.running"]
     assert "namespace" in note and "prod" in note and "staging" in note
+
+
+def test_the_whole_read_has_a_budget() -> None:
+    """Each query answers just inside its own deadline, but all of them together would take ~9x that: the read
+    stops at its budget (an interval deadline), naming it."""
+    t = [0.0]
+
+    class Slow:
+        calls = 0
+
+        def custom_query(self, query: str, params: dict | None = None, timeout: float | None = None) -> Any:
+            Slow.calls += 1
+            t[0] += 0.9 * (timeout or 0)  # each answer uses 90 % of the time it was given
+            return []
+
+    src = PrometheusSource("http://x", GOAL, clock=lambda: 1_767_225_600.0, client=Slow(), timeout_s=2.0,
+                           read_budget_s=5.0, monotonic=lambda: t[0], freshness_query=None)
+    with pytest.raises(TemporaryError, match="interval deadline"):
+        src.read()
+    assert Slow.calls < len(src.queries)  # the rest of the queries were not sent
+    assert t[0] <= 5.0 + 1e-9  # never past the budget: the last query got only what was left
