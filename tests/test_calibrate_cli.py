@@ -33,62 +33,70 @@ END = 1_800_000_000.0
 
 
 class FakeProm:
-    """Answers calibrate's queries for 2 pods over 60 windows of 60 s with a known model; ``drop`` removes metrics."""
+    """Raw samples of 2 pods scraped every 15 s for an hour; each minute has its own load, from a known model.
 
-    def __init__(self, *, old_names: bool = False, drop: tuple[str, ...] = (), negative: str = "",
-                 cold: tuple[float, ...] = (88.0, 91.0, 95.0), windows: int = 60, seed: int = 0) -> None:
+    Answers calibrate's instant range-vector queries (``METRIC{...}[3600s]``) by metric name and the cold-start
+    query; ``drop`` removes metrics, ``reset`` restarts a counter (process restart) halfway.
+    """
+
+    SCRAPE = 15.0
+
+    def __init__(self, *, old_names: bool = False, drop: tuple[str, ...] = (), negative_gauge: bool = False,
+                 cold: tuple[float, ...] = (88.0, 91.0, 95.0), minutes: int = 60, reset: str = "",
+                 seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        self.old, self.drop, self.negative, self.cold = old_names, drop, negative, cold
-        self.w = 60.0
-        self.ts = END - self.w * np.arange(windows)[::-1]
-        self.n = rng.uniform(2, 120, (2, windows))
-        self.prompt = rng.uniform(200, 3000, (2, windows))
-        self.gen = rng.uniform(100, 600, (2, windows))
-        self.started = rng.uniform(30, 300, (2, windows))
+        self.old, self.drop, self.cold = old_names, drop, cold
+        per = int(60 / self.SCRAPE)
+        k = minutes * per  # scrape intervals
+        self.ts = END - self.SCRAPE * np.arange(k + 1)[::-1]
+
+        def minutely(lo: float, hi: float) -> np.ndarray:
+            return np.repeat(rng.uniform(lo, hi, (2, minutes)), per, axis=1)
+
+        n, prompt, gen = minutely(2, 120), minutely(200, 3000), minutely(100, 600)
+        started = minutely(0.5, 5) * self.SCRAPE  # requests per interval
         t0, kv, seq, pf = TRUE
-        self.step = predict_itl(t0, kv, seq, pf, self.n, self.prompt + self.gen / 2,
-                                self.started * self.prompt / self.w)
-        self.ttft = 0.004 + self.step + pf * self.prompt
-        self.queries: list[str] = []
+        step = predict_itl(t0, kv, seq, pf, n, prompt + gen / 2, started * prompt / self.SCRAPE)
+        ttft = 0.004 + step + pf * prompt
 
-    def _values(self, q: str) -> np.ndarray | None:
-        itl = "vllm:time_per_output_token_seconds" if self.old else "vllm:inter_token_latency_seconds"
-        kvm = "vllm:gpu_cache_usage_perc" if self.old else "vllm:kv_cache_usage_perc"
-        tokens = self.n * self.w / self.step
-        table = {
-            f"{itl}_sum": self.n * self.w, f"{itl}_count": tokens,
-            "stddev_over_time(vllm:num_requests_running": np.zeros_like(self.n),
-            "vllm:num_requests_running": self.n, "vllm:num_requests_waiting": np.zeros_like(self.n),
-            "vllm:prompt_tokens_total": self.started * self.prompt,
-            "vllm:generation_tokens_total": self.started * self.gen,
-            "vllm:request_success_total": self.started,
-            "vllm:time_to_first_token_seconds_sum": self.started * self.ttft,
-            "vllm:time_to_first_token_seconds_count": self.started,
-            kvm: np.minimum(1.0, self.n * (self.prompt + self.gen / 2) / 400_000),
+        def counter(per_interval: np.ndarray) -> np.ndarray:
+            return np.concatenate([np.zeros((2, 1)), np.cumsum(per_interval, axis=1)], axis=1)
+
+        def gauge(x: np.ndarray) -> np.ndarray:
+            return np.concatenate([x[:, :1], x], axis=1)  # the sample at the end of each interval
+
+        itl = "vllm:time_per_output_token_seconds" if old_names else "vllm:inter_token_latency_seconds"
+        kvm = "vllm:gpu_cache_usage_perc" if old_names else "vllm:kv_cache_usage_perc"
+        self.table = {
+            f"{itl}_sum": counter(n * self.SCRAPE), f"{itl}_count": counter(n * self.SCRAPE / step),
+            "vllm:num_requests_running": gauge(n) * (-1 if negative_gauge else 1),
+            "vllm:num_requests_waiting": gauge(np.zeros_like(n)),
+            "vllm:prompt_tokens_total": counter(started * prompt),
+            "vllm:generation_tokens_total": counter(started * gen),
+            "vllm:request_success_total": counter(started),
+            "vllm:time_to_first_token_seconds_sum": counter(started * ttft),
+            "vllm:time_to_first_token_seconds_count": counter(started),
+            kvm: gauge(np.minimum(1.0, n * (prompt + gen / 2) / 400_000)),
         }
-        for key, v in table.items():  # the first key found in the query (stddev before the plain gauge)
-            if key in q:
-                if any(d in key for d in self.drop):
-                    return None
-                return -v if self.negative and self.negative in key else v
-        return None
-
-    def custom_query_range(self, query: str, start_time: dt.datetime, end_time: dt.datetime, step: str,
-                           params: dict | None = None) -> list:
-        self.queries.append(query)
-        assert re.search(r'model_name="llama-3-8b"', query), query
-        v = self._values(query)
-        if v is None:
-            return []
-        return [{"metric": {"pod": f"llama-3-8b-abc-{i}"}, "values": [[t, str(x)] for t, x in zip(self.ts, v[i],
-                                                                                                   strict=True)]}
-                for i in range(2)]
+        if reset:
+            c = self.table[reset]
+            half = c.shape[1] // 2
+            c[:, half:] -= c[:, half:half + 1] - 1.0  # the process restarted: the counter starts again near 0
+        self.queries: list[str] = []
 
     def custom_query(self, query: str, params: dict | None = None) -> list:
         self.queries.append(query)
-        if "kube_pod" not in query or "kube_pod" in "".join(self.drop):
+        if "kube_pod" in query:
+            if any("kube_pod" in d for d in self.drop):
+                return []
+            return [{"metric": {"pod": f"p{i}"}, "value": [END, str(c)]} for i, c in enumerate(self.cold)]
+        assert 'model_name="llama-3-8b"' in query and query.endswith("s]"), query
+        name = query.split("{", 1)[0]
+        if name not in self.table or any(d in name for d in self.drop):
             return []
-        return [{"metric": {"pod": f"p{i}"}, "value": [END, str(c)]} for i, c in enumerate(self.cold)]
+        v = self.table[name]
+        return [{"metric": {"__name__": name, "pod": f"llama-3-8b-abc-{i}"},
+                 "values": [[t, str(x)] for t, x in zip(self.ts, v[i], strict=True)]} for i in range(2)]
 
 
 def _settings(**kw: object) -> Settings:
@@ -109,7 +117,7 @@ def test_fit_from_vllm_metrics_recovers_the_model(old: bool) -> None:
     assert r.fit.prefill_s_per_token == pytest.approx(TRUE[3], rel=0.01)
     assert r.fit.ttft_constant_s == pytest.approx(0.004, rel=0.02)
     assert r.cold_start_s == 91.0 and r.cold_start_pods == 3
-    assert r.replicas == 2 and r.fit.n_samples == 120
+    assert r.replicas == 2 and r.fit.n_samples == 120  # 60 one-minute windows x 2 pods
     assert r.kv_capacity_tokens == pytest.approx(400_000, rel=0.01)
     # 120 of 256 sequences per replica at most: warned
     assert any("never saw high concurrency" in w for w in r.warnings)
@@ -153,14 +161,20 @@ def test_cold_start_query_gets_the_deployment() -> None:
     assert DEFAULT_COLD_START_QUERY.startswith("max by (namespace, pod)")
 
 
-def test_negative_counter_increase_is_refused() -> None:
-    with pytest.raises(UserError, match="negative increases of vllm:prompt_tokens_total"):
-        calibrate(FakeProm(negative="vllm:prompt_tokens_total"), load_goal(GOAL), _settings())
+def test_counter_reset_is_a_restart_not_a_negative_increase() -> None:
+    r = calibrate(FakeProm(reset="vllm:prompt_tokens_total"), load_goal(GOAL), _settings())
+    assert r.fit.prefill_s_per_token == pytest.approx(TRUE[3], rel=0.02)
+    assert r.fit.n_samples == 120
+
+
+def test_negative_gauge_is_refused() -> None:
+    with pytest.raises(UserError, match="vllm:num_requests_running has negative samples"):
+        calibrate(FakeProm(negative_gauge=True), load_goal(GOAL), _settings())
 
 
 def test_too_few_windows_is_refused() -> None:
     with pytest.raises(UserError, match="only 6 usable windows"):
-        calibrate(FakeProm(windows=3), load_goal(GOAL), _settings())
+        calibrate(FakeProm(minutes=3), load_goal(GOAL), _settings(range_s=180.0))
 
 
 def test_durations_and_times() -> None:

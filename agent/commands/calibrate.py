@@ -4,15 +4,18 @@
 
 The simulator (and the capacity model the policies use) describes one replica by its engine step time
 ``T = (t0 + seq*n + kv*n*ctx) / (1 - prefill*P)`` and a model by its cold start (``simulations/kernel.py``,
-docs/simulator.md). This command reads, per replica (the ``--replica-label``, ``pod`` by default) and per window
-of ``--step`` seconds over ``--range``, what vLLM itself exports:
+docs/simulator.md). This command reads the raw samples of what vLLM itself exports over ``--range``, per replica
+(the ``--replica-label``, ``pod`` by default), pairs every scrape interval's counter increases with the gauges
+scraped at its end (so that averages and increases cover exactly the same intervals, whatever the scrape interval:
+``avg_over_time`` and ``increase`` over the same ``[w]`` do not), and groups the intervals into windows of
+``--step`` seconds, each window of each replica one sample:
 
 * mean inter-token latency: ``vllm:inter_token_latency_seconds`` (vLLM V1 >= 0.10), else the older
   ``vllm:time_per_output_token_seconds`` histogram (``_sum`` / ``_count`` increases);
 * running sequences ``vllm:num_requests_running`` (window average and variance: the ITL histogram is
   token-weighted, so a window in which the running count moved reads slower than its average count explains;
   :func:`simulations.calibration.window_itl` corrects for it), queued ``vllm:num_requests_waiting``
-  (window maximum: windows with a queue give no TTFT sample);
+  (windows with a queue give no TTFT sample);
 * prompt and generation tokens (``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``) and finished
   requests (``vllm:request_success_total``): prompt tokens per second, tokens per request, hence the context
   ``ctx = prompt + generation / 2`` of a running sequence;
@@ -63,6 +66,7 @@ FIT_F_SCALE = 0.02  # robust loss: windows more than ~2 % off the model (transit
 MIN_TOKENS_PER_WINDOW = 20.0  # ITL observations a window needs to count
 HIGH_CONCURRENCY_SHARE = 0.5  # warn when running per replica never exceeded this share of max_num_seqs
 MAX_WINDOWS = 200_000  # range / step x replicas: bounded memory and time
+MAX_POINTS = 20_000_000  # raw samples read in all (Prometheus' own default limit per query is 50M)
 
 
 # ------------------------------------------------------------------------------------------------------ the CLI
@@ -228,27 +232,6 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _range_query(client: Any, s: Settings, promql: str, what: str) -> dict[str, dict[float, float]]:
-    """One range query; {replica: {timestamp: value}} (NaN/inf values dropped)."""
-    start = dt.datetime.fromtimestamp(s.end - s.range_s + s.step_s, tz=dt.UTC)
-    end = dt.datetime.fromtimestamp(s.end, tz=dt.UTC)
-    result = _call(lambda: client.custom_query_range(promql, start_time=start, end_time=end,
-                                                     step=f"{s.step_s:g}s"), what, s)
-    out: dict[str, dict[float, float]] = {}
-    try:
-        for series in result or []:
-            key = str(series.get("metric", {}).get(s.replica_label, ""))
-            vals = out.setdefault(key, {})
-            for ts, v in series.get("values", []):
-                x = float(v)
-                if math.isfinite(x):
-                    vals[round(float(ts), 3)] = x
-    except (AttributeError, TypeError, ValueError):
-        raise UserError(f"prometheus answered {what} with something that is not a range vector",
-                        where=s.source) from None
-    return out
-
-
 def _call(fn: Callable[[], Any], what: str, s: Settings) -> Any:
     import requests
 
@@ -265,15 +248,6 @@ def _call(fn: Callable[[], Any], what: str, s: Settings) -> Any:
     except Exception as exc:  # noqa: BLE001 -- PrometheusApiClientException (HTTP 4xx/5xx: bad PromQL) and the like
         raise UserError(redact(f"query for {what} failed: {type(exc).__name__}: {str(exc)[:300]}"),
                         where=s.source) from None
-
-
-def _first_with_data(client: Any, s: Settings, names: tuple[str, ...], build: Callable[[str], str], what: str
-                     ) -> tuple[str, dict[str, dict[float, float]]]:
-    for name in names:
-        data = _range_query(client, s, build(name), f"{name} ({what})")
-        if any(data.values()):
-            return name, data
-    return "", {}
 
 
 def _missing(series: str, s: Settings) -> UserError:
@@ -296,69 +270,131 @@ class Windows:
     kv_estimates: list[float]
 
 
+def _raw_series(client: Any, s: Settings, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The raw samples of ``metric`` over the range, summed per replica: {replica: (timestamps, values)}.
+
+    One instant query of a range vector (``metric{sel}[range]`` at ``end``) returns every scraped sample; series of
+    one replica that differ only in other labels (``finished_reason``...) are added up at equal timestamps.
+    """
+    q = f"{metric}{_selector(s)}[{s.range_s:g}s]"
+    result = _call(lambda: client.custom_query(q, params={"time": s.end}), metric, s)
+    acc: dict[str, dict[float, float]] = {}
+    try:
+        for series in result or []:
+            key = str(series.get("metric", {}).get(s.replica_label, ""))
+            vals = acc.setdefault(key, {})
+            for ts, v in series.get("values", []):
+                x = float(v)
+                if math.isfinite(x):
+                    t = round(float(ts), 3)
+                    vals[t] = vals.get(t, 0.0) + x
+    except (AttributeError, TypeError, ValueError):
+        raise UserError(f"prometheus answered {metric}[range] with something that is not a range vector",
+                        where=s.source) from None
+    out = {}
+    for key, vals in acc.items():
+        ts = np.array(sorted(vals))
+        out[key] = (ts, np.array([vals[t] for t in ts]))
+    return out
+
+
+def _deltas(ts: np.ndarray, v: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Counter increase over each interval ``(at[k-1], at[k]]`` (NaN for k = 0 or a missing sample); a decrease is a
+    counter reset (the process restarted), counted from zero as Prometheus' ``increase`` does."""
+    idx = np.searchsorted(ts, at)
+    ok = (idx < len(ts)) & (ts[np.minimum(idx, len(ts) - 1)] == at)
+    cur = np.where(ok, v[np.minimum(idx, len(ts) - 1)], np.nan)
+    prev = np.concatenate([[np.nan], cur[:-1]])
+    d = cur - prev
+    return np.where(d < 0, cur, d)
+
+
+def _at(ts: np.ndarray, v: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Gauge value at each timestamp of ``at`` (NaN where this series has no sample then)."""
+    idx = np.searchsorted(ts, at)
+    ok = (idx < len(ts)) & (ts[np.minimum(idx, len(ts) - 1)] == at)
+    return np.where(ok, v[np.minimum(idx, len(ts) - 1)], np.nan)
+
+
+COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total",
+            "vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count")
+GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
 def read_windows(client: Any, s: Settings) -> Windows:
-    """Read every window of every replica and turn it into a :class:`StepSample` (UserError naming a missing
-    series)."""
-    sel = _selector(s)
-    w = f"{s.step_s:g}s"
-    by = f"sum by ({s.replica_label})"
-    itl_name, itl_sum = _first_with_data(client, s, ITL_METRICS,
-                                         lambda n: f"{by} (increase({n}_sum{sel}[{w}]))", "mean inter-token latency")
+    """Read the raw samples of every series, pair each scrape interval's counter increases with the gauges scraped
+    at its end (so averages and increases cover the same intervals, whatever the scrape interval), group the
+    intervals into windows of ``s.step_s`` and turn each window of each replica into a :class:`StepSample`."""
+    itl_name, itl_sum = "", {}
+    for name in ITL_METRICS:
+        itl_sum = _raw_series(client, s, f"{name}_sum")
+        if any(len(t) for t, _ in itl_sum.values()):
+            itl_name = name
+            break
     if not itl_name:
         raise _missing(" or ".join(f"{n}_sum" for n in ITL_METRICS), s)
-    itl_cnt = _range_query(client, s, f"{by} (increase({itl_name}_count{sel}[{w}]))", f"{itl_name}_count")
-    need = {
-        "vllm:num_requests_running": f"{by} (avg_over_time(vllm:num_requests_running{sel}[{w}]))",
-        "vllm:num_requests_waiting": f"{by} (max_over_time(vllm:num_requests_waiting{sel}[{w}]))",
-        "stddev of vllm:num_requests_running": f"{by} (stddev_over_time(vllm:num_requests_running{sel}[{w}]))",
-        "vllm:prompt_tokens_total": f"{by} (increase(vllm:prompt_tokens_total{sel}[{w}]))",
-        "vllm:generation_tokens_total": f"{by} (increase(vllm:generation_tokens_total{sel}[{w}]))",
-        "vllm:request_success_total": f"{by} (increase(vllm:request_success_total{sel}[{w}]))",
-        "vllm:time_to_first_token_seconds_sum": f"{by} (increase(vllm:time_to_first_token_seconds_sum{sel}[{w}]))",
-        "vllm:time_to_first_token_seconds_count":
-            f"{by} (increase(vllm:time_to_first_token_seconds_count{sel}[{w}]))",
-    }
-    data = {name: _range_query(client, s, q, name) for name, q in need.items()}
-    if not any(itl_cnt.values()):
-        raise _missing(f"{itl_name}_count", s)
-    for name, d in data.items():
-        if not any(d.values()):
-            raise _missing(name.removeprefix("stddev of "), s)
-    _, kv = _first_with_data(client, s, KV_METRICS, lambda n: f"{by} (avg_over_time({n}{sel}[{w}]))",
-                             "KV-cache usage")
+    series = {f"{itl_name}_count": _raw_series(client, s, f"{itl_name}_count")}
+    for name in (*GAUGES, *COUNTERS):
+        series[name] = _raw_series(client, s, name)
+    for name, d in series.items():
+        if not any(len(t) for t, _ in d.values()):
+            raise _missing(name, s)
+    kv: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in KV_METRICS:
+        kv = _raw_series(client, s, name)
+        if kv:
+            break
+    points = sum(len(t) for d in (itl_sum, *series.values()) for t, _ in d.values())
+    if points > MAX_POINTS:
+        raise UserError(f"{points} raw samples: use a shorter --range (at most {MAX_POINTS} samples in all)",
+                        where="--range")
     samples: list[StepSample] = []
     kv_est: list[float] = []
-    negative: set[str] = set()
-    for rep, sums in itl_sum.items():
-        for ts, isum in sums.items():
-            vals = {"itl_count": itl_cnt.get(rep, {}).get(ts, math.nan),
-                    **{n: d.get(rep, {}).get(ts, math.nan) for n, d in data.items()}}
-            if any(v < 0 for v in vals.values() if math.isfinite(v)) or isum < 0:
-                negative.update(n for n, v in vals.items() if math.isfinite(v) and v < 0)
+    start = s.end - s.range_s
+    for rep, (ts, vsum) in itl_sum.items():
+        if len(ts) < 2:
+            continue
+        d_sum = _deltas(ts, vsum, ts)
+        d_cnt = _deltas(*series[f"{itl_name}_count"].get(rep, (ts[:0], vsum[:0])), ts)
+        d = {n: _deltas(*series[n].get(rep, (ts[:0], vsum[:0])), ts) for n in COUNTERS}
+        g = {n: _at(*series[n].get(rep, (ts[:0], vsum[:0])), ts) for n in GAUGES}
+        for n, arr in g.items():
+            if np.any(arr[np.isfinite(arr)] < 0):
+                raise UserError(f"{n} has negative samples (for {s.replica_label}={rep!r}): not vLLM's gauge",
+                                where=s.source)
+        usage = _at(*kv[rep], ts) if rep in kv else np.full(len(ts), np.nan)
+        dt_s = np.concatenate([[np.nan], np.diff(ts)])
+        mid = ts - 0.5 * np.nan_to_num(dt_s)  # an interval belongs to the window holding its middle
+        win = np.floor((mid - start) / s.step_s).astype(np.int64)
+        for w in np.unique(win):
+            m = (win == w) & np.isfinite(dt_s) & np.isfinite(d_sum) & np.isfinite(d_cnt)
+            m &= np.isfinite(g["vllm:num_requests_running"])
+            for n in COUNTERS:
+                m &= np.isfinite(d[n])
+            if m.sum() < 1:
                 continue
-            cnt = vals["itl_count"]
-            running = vals["vllm:num_requests_running"]
-            started = vals["vllm:time_to_first_token_seconds_count"]
-            finished = vals["vllm:request_success_total"]
+            span = float(dt_s[m].sum())
+            cnt = float(d_cnt[m].sum())
+            started = float(d["vllm:time_to_first_token_seconds_count"][m].sum())
+            finished = float(d["vllm:request_success_total"][m].sum())
+            run = g["vllm:num_requests_running"][m]
+            wts = dt_s[m] / span
+            running = float(np.sum(run * wts))
             if not (cnt >= MIN_TOKENS_PER_WINDOW and running > 0 and started >= 1 and finished >= 1):
                 continue  # an idle or half-scraped window says nothing about the step time
-            prompt = vals["vllm:prompt_tokens_total"] / started
-            gen = vals["vllm:generation_tokens_total"] / finished
-            if not (math.isfinite(prompt) and math.isfinite(gen)):
-                continue
+            var = float(np.sum(wts * (run - running) ** 2))
+            prompt_sum = float(d["vllm:prompt_tokens_total"][m].sum())
+            prompt = prompt_sum / started
+            gen = float(d["vllm:generation_tokens_total"][m].sum()) / finished
+            waiting = g["vllm:num_requests_waiting"][m]
             ttft = math.nan
-            if vals["vllm:num_requests_waiting"] == 0 and math.isfinite(vals["vllm:time_to_first_token_seconds_sum"]):
-                ttft = vals["vllm:time_to_first_token_seconds_sum"] / started
-            sd = vals["stddev of vllm:num_requests_running"]
-            samples.append(StepSample(isum / cnt, running, prompt + gen / 2.0,
-                                      vals["vllm:prompt_tokens_total"] / s.step_s, ttft_s=ttft, prompt_tokens=prompt,
-                                      running_var=sd * sd if math.isfinite(sd) else 0.0))
-            usage = kv.get(rep, {}).get(ts, math.nan)
-            if math.isfinite(usage) and 0.02 < usage <= 1.0:
-                kv_est.append(running * (prompt + gen / 2.0) / usage)
-    if negative:
-        raise UserError(f"negative increases of {', '.join(sorted(negative))} (counter resets are handled by "
-                        "increase(); a negative value means the series is not a counter)", where=s.source)
+            if np.all(np.isfinite(waiting)) and float(np.max(waiting)) == 0:
+                ttft = float(d["vllm:time_to_first_token_seconds_sum"][m].sum()) / started
+            samples.append(StepSample(float(d_sum[m].sum()) / cnt, running, prompt + gen / 2.0, prompt_sum / span,
+                                      ttft_s=ttft, prompt_tokens=prompt, running_var=var))
+            u = float(np.nanmean(usage[m])) if np.any(np.isfinite(usage[m])) else math.nan
+            if math.isfinite(u) and 0.02 < u <= 1.0:
+                kv_est.append(running * (prompt + gen / 2.0) / u)
     if len(samples) > MAX_WINDOWS:
         raise UserError(f"{len(samples)} windows: use a longer --step or a shorter --range (at most {MAX_WINDOWS})",
                         where="--step")
