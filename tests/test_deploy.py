@@ -497,6 +497,13 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[tuple[str, list[dict[str
      [{"series": f'fleetpilot_api_errors_total{{{POD_A}, api="audit"}}', "values": "0x5 1 2 2x10"},
       {"series": f'fleetpilot_api_errors_total{{{POD_A}, api="prometheus"}}', "values": "0+1x20"}],
      [("4m", [], ""), ("8m", [NS], "2"), ("20m", [], "")]),
+    ("FleetpilotWriterConflict",
+     [{"series": f'fleetpilot_writer_conflict{{{POD_A}, target="llama-3-8b"}}', "values": "0 1 1 2 3 0x5"},
+      {"series": f'fleetpilot_writer_conflict{{{POD_A}, target="route:chat"}}', "values": "1x10"}],
+     [("2m", [], ""), ("3m", [{**NS, "target": "llama-3-8b"}], "2"), ("6m", [], "")]),
+    ("FleetpilotPrometheusTLSUnverified",
+     [{"series": f"fleetpilot_prometheus_tls_verified{{{POD_A}}}", "values": "1 1 0 0"}],
+     [("1m", [], ""), ("3m", [NS], "0")]),
     ("FleetpilotIntervalsStalled",
      [{"series": f"fleetpilot_last_interval_timestamp_seconds{{{POD_A}}}", "values": "0+60x5 300x20"}],
      [("5m", [], ""), ("12m", [], ""), ("14m", [NS], "540")]),
@@ -633,6 +640,7 @@ def live_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Promet
     ops.forecast.labels("chat", "240s", "p90").set(41.0)
     ops.fallback_reason.labels("stale_inputs").set(1)
     ops.clamps.labels("max_step_up").inc()
+    metrics.writer_conflict.labels("llama-3-8b").set(1)
     metrics.leader.set(1)
     metrics.fallback_active.set(1)
     metrics.fallbacks.labels("prometheus").inc()
@@ -705,6 +713,8 @@ def test_live_values_drive_the_alerts(live_prometheus: PrometheusServer) -> None
     assert not live_prometheus.query(by_name["FleetpilotLeaderLost"])
     assert not live_prometheus.query(by_name["FleetpilotForeignController"])
     assert not live_prometheus.query(by_name["FleetpilotIntervalsStalled"])
+    assert not live_prometheus.query(by_name["FleetpilotWriterConflict"])
+    assert not live_prometheus.query(by_name["FleetpilotPrometheusTLSUnverified"])
 
 
 def test_goal_loads_from_a_configmap_volume_layout(tmp_path: Path) -> None:
