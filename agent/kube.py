@@ -405,6 +405,35 @@ class KubeActuator:
             HTTPROUTES, rt.name))
         return read_route_weights(rt, obj)
 
+    def read_metadata(self, model: str) -> dict[str, Any]:
+        """The workload's ``metadata`` (labels, annotations) as a dict, for the opt-in check. Raises like
+        :meth:`read_replicas`."""
+        w = self.workload(model)
+        what = f"read {w}"
+
+        def read() -> dict[str, Any]:
+            if w.group == "apps" and w.kind in _APPS_SCALE:
+                fn = getattr(self._apps, f"read_namespaced_{_APPS_SCALE[w.kind]}")
+                obj = self._call(what, fn, w.name, w.namespace)
+                meta = obj.metadata
+                return {"labels": dict(meta.labels or {}), "annotations": dict(meta.annotations or {})} if meta else {}
+            obj = self._call(what, self._custom.get_namespaced_custom_object, w.group, w.version, w.namespace,
+                             w.plural, w.name)
+            return dict((obj or {}).get("metadata") or {})
+
+        return self._with_retries(read)
+
+    def read_route_metadata(self, route: str) -> dict[str, Any]:
+        """The HTTPRoute's ``metadata`` as a dict, for the opt-in check. Raises like :meth:`read_weights`."""
+        if route not in self._routes:
+            raise KubePermanentError(f"no HTTPRoute configured as {route!r}", None, "not-found")
+        rt = self._routes[route]
+        target = f"httproute/{rt.namespace}/{rt.name}"
+        obj = self._with_retries(lambda: self._call(
+            f"read {target}", self._custom.get_namespaced_custom_object, GATEWAY_GROUP, GATEWAY_VERSION, rt.namespace,
+            HTTPROUTES, rt.name))
+        return dict((obj or {}).get("metadata") or {})
+
     def read_state(self, model: str) -> tuple[int, int]:
         """The workload's desired (``spec.replicas``) and ready (``status.readyReplicas``) replicas, for any kind.
 
