@@ -139,6 +139,26 @@ def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
             "wall_s": round(time.perf_counter() - started, 2), "docs": docs}
 
 
+def extend_job(r: Range, scale: float, cached: dict[str, Any]) -> dict[str, Any]:
+    """Extend a cached tuning below its grid for the incumbents where nothing met the threshold."""
+    from fleetpilot.agent.commands.tune import extend
+
+    goal = goal_for(r)
+    tune, _val, _rng = traces_for(r, scale)
+    started = time.perf_counter()
+    docs = extend(goal, tune, cached["docs"], seed=0, tick_s=None, workers=1)
+    for k, d in docs.items():
+        d["command"] = cached["docs"][k].get("command", "")
+    return dict(cached, docs=docs, wall_s=round(cached.get("wall_s", 0.0) + time.perf_counter() - started, 2))
+
+
+def _needs_extension(entry: dict[str, Any]) -> bool:
+    from fleetpilot.agent.commands.tune import EXTEND_ROUNDS
+
+    return any(not d["chosen"]["met"] and d.get("extension_rounds", 0) < EXTEND_ROUNDS
+               for d in entry.get("docs", {}).values())
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation jobs
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +301,8 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
              f"{TUNE_DAYS:g} days of each training range (whole range if shorter), rescaled to the same peak, seed 0; "
              "per incumbent one utilisation fraction shared by the goal's models (HPA in-flight x slots, KEDA "
              "request rate x saturated throughput, KPA concurrency x slots, and the KPA stable window), grid fixed "
-             "a priori in `policies/tuning.py`; rule: the cheapest setting with attainment >= goal + 0.005 "
+             "a priori in `policies/tuning.py`, extended below its lowest fraction (x0.7, x0.5, at most 2 rounds) "
+             "while nothing meets; rule: the cheapest setting with attainment >= goal + 0.005 "
              "(chosen values: `benchmarks/eval_tuning.json`, columns below);",
              "* hpa / keda / kpa: upstream defaults (70 % of slots), no fleetpilot shield, goal min/max only;",
              "* static: replicas for the tuning range's peak at 70 % utilisation (capacity model at the SLO);",
@@ -375,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-md", type=Path, default=RESULTS_MD)
     ap.add_argument("--section", default="baselines", help="name of the generated section in --results-md")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing files")
+    ap.add_argument("--tune-only", action="store_true", help="tune (or extend cached tunings) and stop")
     ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
                     help="re-render the section from a results JSON of an earlier run (no replay)")
     a = ap.parse_args(argv)
@@ -406,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     cache: dict[str, Any] = {}
     if a.tuning_cache.exists() and not a.retune:
         cache = json.loads(a.tuning_cache.read_text())
-    tune_jobs = []
+    tune_jobs: list[tuple[str, Any]] = []
+    ext_jobs: list[tuple[str, Any]] = []
     keys = {}
     for r in sel:
         g = goal_for(r)
@@ -417,13 +440,18 @@ def main(argv: list[str] | None = None) -> int:
             need = [kd for kd in kinds if kd not in have]
             if need:
                 tune_jobs.append((f"tune {r.key}@{s:g} {','.join(kinds)}", (r, s, kinds)))
+            elif _needs_extension(cache[k]):
+                ext_jobs.append((f"extend {r.key}@{s:g}", (r, s, cache[k])))
     t0 = time.perf_counter()
-    if tune_jobs:
-        print(f"tuning {len(tune_jobs)} (range, scale) pairs...", file=sys.stderr)
-        for res in run_parallel(tune_jobs, a.workers, tune_job):
+    if tune_jobs or ext_jobs:
+        print(f"tuning {len(tune_jobs)} (range, scale) pairs, extending {len(ext_jobs)}...", file=sys.stderr)
+        for res in run_parallel(tune_jobs, a.workers, tune_job) + run_parallel(ext_jobs, a.workers, extend_job):
             cache[res["key"]] = res
         if not a.no_write:
             a.tuning_cache.write_text(json.dumps(cache, indent=1, allow_nan=False) + "\n")
+    if a.tune_only:
+        print(f"tuning cached in {a.tuning_cache} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        return 0
     tune_wall = time.perf_counter() - t0
     jobs = []
     for r in sel:
@@ -442,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                + " ".join(sys.argv[1:] if argv is None else argv)),
             "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "wall_s": time.perf_counter() - started, "workers": a.workers, "tune_wall_s": tune_wall,
-            "tuning_cached": not tune_jobs, "seeds": seeds, "scales": scales}
+            "tuning_cached": not (tune_jobs or ext_jobs), "seeds": seeds, "scales": scales}
     text = markdown(a.section, agg, meta, tuning_view)
     if a.no_write:
         print(text)

@@ -146,3 +146,28 @@ def test_search_is_deterministic_for_a_seed() -> None:
     b = search(ONE, tr, ["hpa"], **kw)["hpa"]  # type: ignore[arg-type]
     assert a["candidates"] == b["candidates"] and a["chosen"] == b["chosen"]
     assert [c["fraction"] for c in a["candidates"]] == [0.2, 0.45]
+
+
+def test_grid_extends_downwards_while_nothing_meets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an SRE does when even the lowest target tried misses: try lower ones (0.7x, 0.5x, two rounds)."""
+    import fleetpilot.agent.commands.tune as tune_cmd
+
+    class _Res:
+        trace: dict = {"name": "t", "provenance": []}
+        tick_s = 1.0
+        oracle: dict = {"cost_usd": 1.0}
+
+    calls: list[list[float]] = []
+
+    def fake(goal, trace, cands, **kw):  # attainment 1.0 only below fraction 0.08; cost falls with the fraction
+        calls.append(sorted(c.fraction for c in cands))
+        return {c.label: (100.0 * (1 - c.fraction), 1.0 if c.fraction < 0.08 else 0.9) for c in cands}, _Res()
+
+    monkeypatch.setattr(tune_cmd, "_evaluate", fake)
+    tr = load_traces([TRACE], (0.0, 600.0))
+    doc = tune_cmd.search(ONE, tr, ["hpa"], fractions={"hpa": (0.15, 0.3)})["hpa"]
+    assert calls == [[0.15, 0.3], [0.075, 0.105]]  # one extension round was enough
+    assert doc["chosen"]["met"] and doc["chosen"]["fraction"] == 0.075 and doc["extension_rounds"] == 1
+    calls.clear()
+    doc = tune_cmd.search(ONE, tr, ["hpa"], fractions={"hpa": (0.5,)})["hpa"]
+    assert len(calls) == 3 and not doc["chosen"]["met"] and doc["extension_rounds"] == 2  # gives up after two

@@ -32,7 +32,7 @@ from typing import Any
 from fleetpilot.agent.commands.common import add_trace_arguments, load_trace_arguments
 from fleetpilot.simulations.errors import UserError
 
-__all__ = ["register", "search", "write_outputs"]
+__all__ = ["EXTEND_ROUNDS", "extend", "register", "search", "write_outputs"]
 
 
 def register(sub: Any) -> None:
@@ -66,25 +66,125 @@ def parse_kinds(text: str) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
-def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s: float | None = None,
-           workers: int = 2, margin: float | None = None, fractions: dict[str, Sequence[float]] | None = None,
-           windows: Sequence[float] | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
-    """Replay every candidate of every kind on ``trace`` (one replay run) and choose per kind.
-
-    Returns ``{kind: document}``, each the JSON :func:`write_outputs` writes (without the command line).
-    """
+def _replay_fn() -> Any:
     try:
         from fleetpilot.agent.replay import replay
     except ModuleNotFoundError:  # before the replay engine moved to the agent layer
         from fleetpilot.simulations.replay import replay  # type: ignore[no-redef]
-    from fleetpilot.policies.tuning import (
-        DEFAULT_MARGIN,
-        TUNING_FORMAT,
-        build_incumbent,
-        candidates,
-        select,
-        unit_capacity,
-    )
+    return replay
+
+
+def _evaluate(goal: Any, trace: Any, cands: Sequence[Any], *, seed: int, tick_s: float | None, workers: int,
+              progress: bool) -> tuple[dict[str, tuple[float, float]], Any]:
+    """Replay the candidates (one run, common random numbers): label -> (cost, attainment), and the result."""
+    from fleetpilot.policies.tuning import build_incumbent
+
+    pols = [build_incumbent(c.kind, goal, dict(c.targets), c.stable_window_s, c.label) for c in cands]
+    res = _replay_fn()(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
+                       forecast_model=None)
+    return {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}, res
+
+
+def _document(goal: Any, trace: Any, kind: str, rows: list[tuple[Any, float, float]], threshold: float,
+              margin: float, seed: int, res_meta: dict[str, Any], extension_rounds: int) -> dict[str, Any]:
+    from fleetpilot.policies.tuning import TUNING_FORMAT, select, unit_capacity
+
+    chosen, met = select(rows, threshold)
+    srow = next(r for r in rows if r[0] is chosen)
+    units = unit_capacity(goal, trace)
+    basis = "concurrent sequences (max_num_seqs, or fewer if the KV cache is short)"
+    models = {}
+    for name, target in chosen.targets:
+        u = units[name]
+        b = u["slots"]
+        models[name] = {
+            "target": target, "unit": _unit(kind), "fraction": chosen.fraction, "basis_value": round(b, 6),
+            "note": f"{chosen.fraction:g} x one replica's {basis} ({b:.4g}) at the tuning range's token mix",
+            "input_tokens": round(u["input_tokens"], 3), "output_tokens": round(u["output_tokens"], 3)}
+    return {
+        "format": TUNING_FORMAT,
+        "autoscaler": kind,
+        "goal": {"name": goal.name, "source": goal.source, "slo_attainment": goal.slo.attainment,
+                 "models": list(goal.model_names)},
+        "trace": res_meta["trace"],
+        "range": f"{trace.start_s:g}:{trace.end_s:g}",
+        "scale_to_peak": _peak(res_meta["trace"]),
+        "seed": int(seed),
+        "tick_s": res_meta["tick_s"],
+        "margin": margin,
+        "threshold": threshold,
+        "rule": (f"cheapest candidate with SLO attainment >= {threshold:g} (goal {goal.slo.attainment:g} + "
+                 f"margin {margin:g}) on this tuning range; else the highest attainment. The grid extends below "
+                 f"its lowest fraction (x0.7, x0.5 per round, at most {EXTEND_ROUNDS} rounds) while nothing meets"),
+        "chosen": {"label": chosen.label, "fraction": chosen.fraction, "stable_window_s": chosen.stable_window_s,
+                   "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
+        "models": models,
+        "stable_window_s": chosen.stable_window_s,
+        "extension_rounds": extension_rounds,
+        "candidates": [{"label": c.label, "fraction": c.fraction, "stable_window_s": c.stable_window_s,
+                        "targets": dict(c.targets), "cost_usd": cost, "slo_attainment": att,
+                        "meets": att >= threshold - 1e-12} for c, cost, att in rows],
+        "oracle_cost_usd": res_meta.get("oracle_cost_usd"),
+    }
+
+
+#: rounds of grid extension below the lowest fraction while no candidate meets the threshold
+EXTEND_ROUNDS = 2
+_MIN_FRACTION = 0.02
+
+
+def _rows_of(doc: dict[str, Any]) -> list[tuple[Any, float, float]]:
+    from fleetpilot.policies.tuning import Candidate
+
+    return [(Candidate(doc["autoscaler"], float(c["fraction"]), tuple((m, float(v)) for m, v in c["targets"].items()),
+                       c.get("stable_window_s")), float(c["cost_usd"]), float(c["slo_attainment"]))
+            for c in doc["candidates"]]
+
+
+def extend(goal: Any, trace: Any, docs: dict[str, dict[str, Any]], *, seed: int = 0, tick_s: float | None = None,
+           workers: int = 2, windows: Sequence[float] | None = None, progress: bool = False,
+           rounds: int = EXTEND_ROUNDS) -> dict[str, dict[str, Any]]:
+    """Extend the search below the lowest fraction for the kinds where no candidate met the threshold.
+
+    What an SRE does when even the most conservative target tried misses the SLO: try lower ones. Each round
+    adds 0.7x and 0.5x the lowest fraction tried (for the KPA at every window tried) in one replay run.
+    """
+    from fleetpilot.policies.tuning import candidates
+
+    docs = {k: dict(d) for k, d in docs.items()}
+    for _ in range(rounds):
+        todo = [k for k, d in docs.items() if not d["chosen"]["met"] and d.get("extension_rounds", 0) < rounds]
+        new: dict[str, list[Any]] = {}
+        for k in todo:
+            fmin = min(float(c["fraction"]) for c in docs[k]["candidates"])
+            fr = [round(fmin * x, 6) for x in (0.7, 0.5) if fmin * x >= _MIN_FRACTION - 1e-12]
+            if not fr:
+                continue
+            ws = sorted({c["stable_window_s"] for c in docs[k]["candidates"] if c.get("stable_window_s")}) or None
+            new[k] = candidates(k, goal, trace, fractions=fr, windows=ws if k == "kpa" else windows)
+        if not new:
+            break
+        flat = [c for k in new for c in new[k]]
+        vals, res = _evaluate(goal, trace, flat, seed=seed, tick_s=tick_s, workers=workers, progress=progress)
+        meta = {"trace": res.trace, "tick_s": res.tick_s, "oracle_cost_usd": res.oracle.get("cost_usd")}
+        for k, cs in new.items():
+            d = docs[k]
+            rows = _rows_of(d) + [(c, *vals[c.label]) for c in cs]
+            docs[k] = _document(goal, trace, k, rows, d["threshold"], d["margin"], seed, meta,
+                                int(d.get("extension_rounds", 0)) + 1)
+    return docs
+
+
+def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s: float | None = None,
+           workers: int = 2, margin: float | None = None, fractions: dict[str, Sequence[float]] | None = None,
+           windows: Sequence[float] | None = None, progress: bool = False,
+           extend_rounds: int = EXTEND_ROUNDS) -> dict[str, dict[str, Any]]:
+    """Replay every candidate of every kind on ``trace`` (one replay run) and choose per kind; extend the grid
+    downwards (:func:`extend`) for kinds where nothing met the threshold.
+
+    Returns ``{kind: document}``, each the JSON :func:`write_outputs` writes (without the command line).
+    """
+    from fleetpilot.policies.tuning import DEFAULT_MARGIN, candidates
 
     mg = DEFAULT_MARGIN if margin is None else float(margin)
     if not (0.0 <= mg < 1.0):
@@ -92,50 +192,14 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
     threshold = min(1.0, goal.slo.attainment + mg)
     cands = {k: candidates(k, goal, trace, fractions=(fractions or {}).get(k), windows=windows) for k in kinds}
     flat = [c for k in kinds for c in cands[k]]
-    pols = [build_incumbent(c.kind, goal, dict(c.targets), c.stable_window_s, c.label) for c in flat]
-    res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
-                 forecast_model=None)
-    by_name = {r.name: r.summary for r in res.runs}
-    units = unit_capacity(goal, trace)
-    out: dict[str, dict[str, Any]] = {}
-    for k in kinds:
-        rows = [(c, float(by_name[c.label]["cost_usd"]), float(by_name[c.label]["slo_attainment"]))
-                for c in cands[k]]
-        chosen, met = select(rows, threshold)
-        srow = next(r for r in rows if r[0] is chosen)
-        basis = "concurrent sequences (max_num_seqs, or fewer if the KV cache is short)"
-        models = {}
-        for name, target in chosen.targets:
-            u = units[name]
-            b = u["slots"]
-            models[name] = {
-                "target": target, "unit": _unit(k), "fraction": chosen.fraction, "basis_value": round(b, 6),
-                "note": f"{chosen.fraction:g} x one replica's {basis} ({b:.4g}) at the tuning range's token mix",
-                "input_tokens": round(u["input_tokens"], 3), "output_tokens": round(u["output_tokens"], 3)}
-        out[k] = {
-            "format": TUNING_FORMAT,
-            "autoscaler": k,
-            "goal": {"name": goal.name, "source": goal.source, "slo_attainment": goal.slo.attainment,
-                     "models": list(goal.model_names)},
-            "trace": res.trace,
-            "range": f"{trace.start_s:g}:{trace.end_s:g}",
-            "scale_to_peak": _peak(res.trace),
-            "seed": int(seed),
-            "tick_s": res.tick_s,
-            "margin": mg,
-            "threshold": threshold,
-            "rule": (f"cheapest candidate with SLO attainment >= {threshold:g} (goal {goal.slo.attainment:g} + "
-                     f"margin {mg:g}) on this tuning range; else the highest attainment"),
-            "chosen": {"label": chosen.label, "fraction": chosen.fraction, "stable_window_s": chosen.stable_window_s,
-                       "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
-            "models": models,
-            "stable_window_s": chosen.stable_window_s,
-            "candidates": [{"label": c.label, "fraction": c.fraction, "stable_window_s": c.stable_window_s,
-                            "targets": dict(c.targets), "cost_usd": cost, "slo_attainment": att,
-                            "meets": att >= threshold - 1e-12} for c, cost, att in rows],
-            "oracle_cost_usd": res.oracle.get("cost_usd"),
-        }
-    return out
+    vals, res = _evaluate(goal, trace, flat, seed=seed, tick_s=tick_s, workers=workers, progress=progress)
+    meta = {"trace": res.trace, "tick_s": res.tick_s, "oracle_cost_usd": res.oracle.get("cost_usd")}
+    docs = {k: _document(goal, trace, k, [(c, *vals[c.label]) for c in cands[k]], threshold, mg, seed, meta, 0)
+            for k in kinds}
+    if extend_rounds > 0:
+        docs = extend(goal, trace, docs, seed=seed, tick_s=tick_s, workers=workers, windows=windows,
+                      progress=progress, rounds=extend_rounds)
+    return docs
 
 
 def _unit(kind: str) -> str:
