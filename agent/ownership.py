@@ -14,6 +14,10 @@ Back-off, not a fight: each time another writer reverts fleetpilot's write again
 reverts per target (exported as ``fleetpilot_writer_conflict``: alert when it is 2 or more). A write that stands
 for a whole ``cooldown_s`` ends the conflict.
 
+With ``require_opt_in`` every workload and HTTPRoute must carry the opt-in marker ``fleetpilot.io/managed: "true"``
+(label or annotation, :mod:`fleetpilot.agent.rbac`); an object without it is refused like a foreign one, with the
+reason (``fleetpilot run`` requires it by default).
+
 Leadership changes reset the memory of our own writes (someone else may have written while we followed).
 """
 
@@ -41,7 +45,8 @@ class Ownership:
     """Cluster state per model and the models another controller owns (see the module docstring)."""
 
     def __init__(self, actuator: Any, status_reader: Callable[[str], FleetState] | None, cooldown_s: float,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None, require_opt_in: bool = False) -> None:
+        self.require_opt_in = bool(require_opt_in)
         self.actuator = actuator
         self.status_reader = status_reader
         self.cooldown_s = float(cooldown_s)
@@ -75,7 +80,7 @@ class Ownership:
         for spec in goal.models:
             m = spec.name
             state[m] = st = self._read(m, errors)
-            why = self._foreign(m, st.desired if st is not None else None, now, errors)
+            why = self._refused(m, errors) or self._foreign(m, st.desired if st is not None else None, now, errors)
             if why is not None:
                 foreign[m] = why
         reader = getattr(self.actuator, "read_weights", None) if self.actuator is not None else None
@@ -88,7 +93,8 @@ class Ownership:
                 errors.append(f"kube route {r.name}: {exc}")
                 self._on_error("kubernetes")
                 continue
-            why = self._other_writer(ROUTE + r.name, current, now, f"weights of HTTPRoute {r.name}")
+            why = self._refused(ROUTE + r.name, errors) or self._other_writer(
+                ROUTE + r.name, current, now, f"weights of HTTPRoute {r.name}")
             if why is not None:
                 foreign[ROUTE + r.name] = why
         return state, foreign
@@ -134,6 +140,25 @@ class Ownership:
         if hpas:  # "HorizontalPodAutoscaler/x", "ScaledObject/y"
             return f"{', '.join(hpas)} {'targets' if len(hpas) == 1 else 'target'} the workload"
         return self._other_writer(m, current, now, "replicas")
+
+    def _refused(self, key: str, errors: list[str]) -> str | None:
+        """The opt-in check (``require_opt_in``): the reason the object is not touched, or ``None``."""
+        if not self.require_opt_in or self.actuator is None:
+            return None
+        from fleetpilot.agent.rbac import opt_in_refusal
+
+        route = key.startswith(ROUTE)
+        reader = getattr(self.actuator, "read_route_metadata" if route else "read_metadata", None)
+        if reader is None:
+            return None
+        name = key[len(ROUTE):] if route else key
+        try:
+            meta = reader(name)
+        except (FleetpilotError, OSError) as exc:
+            errors.append(f"opt-in check {key}: {exc}")
+            self._on_error("kubernetes")
+            return f"opt-in marker unknown (the object could not be read): {str(exc)[:120]}"
+        return opt_in_refusal({"metadata": meta}, f"HTTPRoute of route {name}" if route else f"workload of {name}")
 
     def backoff_s(self, key: str) -> float:
         """Hands-off time after the latest revert of ``key``: ``cooldown_s`` doubled per consecutive revert."""
