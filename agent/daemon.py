@@ -165,6 +165,7 @@ class DaemonSettings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics_port: int | None = None  # None: no HTTP server; 0: a free port
     metrics_host: str = "127.0.0.1"  # --metrics-bind-address; in a pod 0.0.0.0 (probes and scraping reach it)
+    require_opt_in: bool = False  # only touch objects labelled fleetpilot.io/managed=true (fleetpilot run: on)
     fallback: FallbackSettings = field(default_factory=FallbackSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
     forecaster: str = "holt-winters"  # an OnlineForecaster model name, or "none" (last value)
@@ -375,7 +376,8 @@ class Daemon:
         self.weights: dict[str, dict[str, float]] = {r.name: dict(zip(r.models, r.weights, strict=True))
                                                      for r in goal.routes}
         self.ownership = Ownership(deps.actuator, deps.status_reader, self.settings.fallback.foreign_cooldown_s,
-                                   on_error=lambda api: self.metrics.api_errors.labels(api).inc())
+                                   on_error=lambda api: self.metrics.api_errors.labels(api).inc(),
+                                   require_opt_in=self.settings.require_opt_in)
         self.actuation = Actuation(deps.actuator, deps.elector, self.ownership, self.metrics, self.weights)
         self.forecasts = ForecastFeed(deps.forecaster_factory, self.interval_s, len(goal.routes))
         self.health = HealthCheck(self.settings.fallback, self.interval_s)
