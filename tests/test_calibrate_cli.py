@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fleetpilot.agent.cli import main
-from fleetpilot.agent.commands.calibrate import (
+from fleetpilot.agent.calibrate import (
     DEFAULT_COLD_START_QUERY,
     Settings,
     apply_patch,
@@ -22,6 +21,7 @@ from fleetpilot.agent.commands.calibrate import (
     parse_time,
     patch_dict,
 )
+from fleetpilot.agent.cli import main
 from fleetpilot.simulations.calibration import predict_itl
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import load_goal
