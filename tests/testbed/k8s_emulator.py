@@ -323,10 +323,14 @@ def deployment_manifest(
     labels: Mapping[str, str] | None = None,
     image: str = "vllm/vllm-openai:latest",
     namespace: str | None = None,
+    managed: bool = True,
 ) -> dict[str, Any]:
-    """A minimal valid ``apps/v1`` Deployment body."""
+    """A minimal valid ``apps/v1`` Deployment body; ``managed`` adds fleetpilot's opt-in annotation
+    (``fleetpilot.io/managed: "true"``), as an operator would on the workloads fleetpilot may scale."""
     labels = dict(labels or {"app": name})
     meta: dict[str, Any] = {"name": name, "labels": dict(labels)}
+    if managed:
+        meta["annotations"] = {"fleetpilot.io/managed": "true"}
     if namespace:
         meta["namespace"] = namespace
     return {
@@ -350,9 +354,13 @@ def httproute_manifest(
     parent_gateway: str = "inference-gateway",
     path_prefix: str = "/",
     namespace: str | None = None,
+    managed: bool = True,
 ) -> dict[str, Any]:
-    """A valid Gateway API ``HTTPRoute`` with one rule whose backendRefs are ``(service, port, weight)``."""
+    """A valid Gateway API ``HTTPRoute`` with one rule whose backendRefs are ``(service, port, weight)``;
+    ``managed`` adds fleetpilot's opt-in annotation."""
     meta: dict[str, Any] = {"name": name}
+    if managed:
+        meta["annotations"] = {"fleetpilot.io/managed": "true"}
     if namespace:
         meta["namespace"] = namespace
     return {
