@@ -70,6 +70,9 @@ def register(sub: Any) -> None:
     p.add_argument("--audit", help="append one JSON line per interval to this file")
     p.add_argument("--interval", type=float, help="seconds between decisions (default: the goal's control_interval_s)")
     p.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port (0: any free port)")
+    p.add_argument("--require-opt-in", action=argparse.BooleanOptionalAction, default=True,
+                   help="only scale workloads and route HTTPRoutes that carry fleetpilot.io/managed=true (label or "
+                        "annotation); others are refused with the reason (default on; fleetpilot rbac prints the RBAC)")
     p.add_argument("--metrics-bind-address", default="127.0.0.1", metavar="ADDR",
                    help="address /metrics and /healthz listen on (default 127.0.0.1, local runs; in a pod use "
                         "0.0.0.0 so kubelet probes and Prometheus reach it)")
@@ -220,6 +223,7 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
         audit=AuditSettings(path=args.audit),
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_bind_address,
+        require_opt_in=bool(args.require_opt_in),
         forecaster=args.forecaster,
     )
 
