@@ -329,3 +329,34 @@ def test_trickling_kube_api_is_cut(rig: Rig, record_property: Any) -> None:
         record_property("observed", f"interval {took:.1f}s real; {len(rec.errors)} errors, e.g. {rec.errors[0][:90]}")
     finally:
         srv.close()
+
+
+@pytest.mark.fault(group=GROUP, scenario="a Deployment and an HTTPRoute without the opt-in marker fleetpilot.io/managed",
+                   expected="neither is touched (refused like a foreign object, the reason in the audit); the opted-in "
+                   "model is still scaled")
+def test_objects_without_opt_in_are_refused(rig: Rig, record_property: Any) -> None:
+    from harness import ScriptedPolicy
+
+    def unmark(plural: str, ns: str, name: str) -> None:
+        def mutate(obj: dict[str, Any]) -> None:
+            (obj["metadata"].get("annotations") or {}).pop("fleetpilot.io/managed", None)
+            (obj["metadata"].get("labels") or {}).pop("fleetpilot.io/managed", None)
+
+        rig.emu.objects.update(plural, ns, name, mutate)
+
+    small = rig.goal.model(SMALL).deployment
+    route = next(r for r in rig.goal.routes if r.http_route is not None)
+    unmark("deployments", small.namespace, small.name)
+    unmark("httproutes", route.http_route.namespace, route.http_route.name)
+    a, b = route.models[0], route.models[1]
+    d = rig.daemon("a", policy=ScriptedPolicy({BIG: START - 2, SMALL: START - 2}, weights={route.name: {a: 0.9, b: 0.1}}))
+    d.ownership.require_opt_in = True
+    seq = rig.emu.requests[-1].seq if rig.emu.requests else 0
+    rec = step(rig, d)
+    writes = [r for r in rig.emu.requests if r.seq > seq and r.method in ("PATCH", "PUT") and r.status < 400]
+    assert rig.replicas()[SMALL] == START and rig.replicas()[BIG] == START - 2
+    assert not [w for w in writes if SMALL in w.path or w.path.endswith(f"/httproutes/{route.http_route.name}")], \
+        [w.path for w in writes]
+    assert "not opted in" in rec.foreign[SMALL] and "fleetpilot.io/managed" in rec.foreign[SMALL]
+    assert any(route.name in k for k in rec.foreign)
+    record_property("observed", rec.foreign[SMALL][:120])
