@@ -1,4 +1,4 @@
-"""Calibration from a live fleet (Prometheus side): fit a model's step-time coefficients and cold start from its fleet's own Prometheus.
+"""Calibration from a live fleet's Prometheus: fit a model's step-time coefficients and cold start to its own metrics.
 
     fleetpilot calibrate --goal G --prometheus URL --model NAME --range 6h --out patch.yaml
 
