@@ -66,7 +66,8 @@ class AuditLog:
         self.partial_path: Path | None = None
         self._repair()
         self._lock = threading.Lock()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # 0640: the audit holds readings, decisions and error texts -- not for every local user (issue 11)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self.records_written = 0
 
     def _repair(self) -> None:
