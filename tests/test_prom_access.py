@@ -425,3 +425,36 @@ def test_the_whole_read_has_a_budget() -> None:
         src.read()
     assert Slow.calls < len(src.queries)  # the rest of the queries were not sent
     assert t[0] <= 5.0 + 1e-9  # never past the budget: the last query got only what was left
+
+
+def test_fleetpilot_run_never_prints_or_audits_credentials(tmp_path: Path) -> None:
+    """End to end through the CLI: a password in the URL, a bearer token file and a secret header; one interval
+    against unreachable endpoints (so every error path runs); the secrets appear in no output and no audit line,
+    and the audit file is not world-readable."""
+    import os
+    import subprocess
+    import sys
+
+    from testbed.prometheus import free_port
+
+    token = tmp_path / "token"
+    token.write_text("tok-E2E-SECRET-5151\n")
+    goal = tmp_path / "goal.yaml"
+    goal.write_text(Path(__file__).resolve().parent.parent.joinpath("examples", "goals", "single-model.yaml")
+                    .read_text())
+    audit = tmp_path / "audit.jsonl"
+    dead = free_port()
+    for extra in (["--prometheus", f"http://ops:pw-E2E-SECRET-4242@127.0.0.1:{dead}"],
+                  ["--prometheus", f"http://127.0.0.1:{dead}", "--prometheus-bearer-token-file", str(token),
+                   "--prometheus-header", "X-Api-Key: key-E2E-SECRET-6363"]):
+        r = subprocess.run([sys.executable, "-m", "fleetpilot", "run", "--goal", str(goal), "--once", "--kube-host",
+                            f"http://127.0.0.1:{free_port()}", "--audit", str(audit), "--prometheus-timeout", "0.5",
+                            "--log-level", "DEBUG", *extra], capture_output=True, text=True, timeout=180)
+        assert r.returncode in (0, 2), r.stderr[-2000:]
+        for secret in ("pw-E2E-SECRET-4242", "tok-E2E-SECRET-5151", "key-E2E-SECRET-6363"):
+            assert secret not in r.stdout and secret not in r.stderr
+    text = audit.read_text()
+    assert text.count("\n") >= 2 and "prometheus" in text
+    for secret in ("pw-E2E-SECRET-4242", "tok-E2E-SECRET-5151", "key-E2E-SECRET-6363"):
+        assert secret not in text
+    assert os.stat(audit).st_mode & 0o004 == 0, oct(os.stat(audit).st_mode)  # not world-readable
