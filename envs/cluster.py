@@ -5,10 +5,14 @@
   :class:`~simulations.fleet.FleetSimulator` with a generator spawned from ``self.np_random``.
 * Each step runs the one control loop (:class:`~fleetpilot.envs.loop.ControlLoop`) on a
   :class:`~fleetpilot.envs.sources.SimulatedFleet`: the loop's policy is the agent's action decoded by
-  :class:`policies.rl.ActionCodec` (residual on the predictive controller), and its shield filters it, exactly
-  as in replay and the daemon. Observations are the loop's vector (the daemon's), clipped to a Box; forecast
-  features and token mixes come from :class:`~fleetpilot.envs.sources.TraceFeatures` (causal: only bins
-  complete at ``t``), computed once per trace.
+  :class:`policies.rl.ActionCodec` (the demand quantile per model over the predictive core, route logits), and
+  its shield filters it, exactly as in replay and the daemon. Observations are the loop's vector (the daemon's)
+  followed by :class:`policies.rl.PolicyFeatures` (computed from the policy state the loop keeps, as
+  :class:`~policies.rl.RLPolicy` does), clipped to a Box; forecast features and token mixes come from
+  :class:`~fleetpilot.envs.sources.TraceFeatures` (causal: only bins complete at ``t``), computed once per trace
+  and load scale.
+* ``peak_rps`` may list several peaks (e.g. ``(200, 1000)``): every trace is prepared at each, and an episode
+  picks one (both load scales in one training run).
 * Reward: ``-(cost $ / cost_norm) - miss_penalty * missed SLO windows - ttft shaping - quality-floor penalty``.
   The episode is *truncated* when the trace window ends; it never terminates (no terminal state exists).
 """
@@ -27,7 +31,7 @@ import numpy as np
 from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures
 from fleetpilot.policies.base import PolicyBase
-from fleetpilot.policies.rl import OBS_CLIP, ActionCodec, policy_input, route_of_class, route_quality
+from fleetpilot.policies.rl import OBS_CLIP, ActionCodec, RLState, policy_input, route_of_class, route_quality
 from fleetpilot.policies.shield import Shield
 from fleetpilot.simulations.capacity import service_rate_per_replica
 from fleetpilot.simulations.contract import Decision, Observation
@@ -38,7 +42,10 @@ from fleetpilot.simulations.traces import Trace, load_traces, parse_range
 
 
 class _AgentAction(PolicyBase):
-    """The env's policy: the agent's pending action decoded by the action codec (as :class:`RLPolicy` does)."""
+    """The env's policy: the agent's pending action decoded by the action codec (as :class:`RLPolicy` does).
+
+    Its state (kept by the loop) is an :class:`~policies.rl.RLState` that the env has already advanced with
+    :meth:`PolicyFeatures.observe` when it built the agent's observation."""
 
     name = "agent"
 
@@ -46,10 +53,13 @@ class _AgentAction(PolicyBase):
         self.codec = codec
         self.pending: np.ndarray | None = None
 
+    def initial_state(self) -> RLState:
+        return RLState()
+
     def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
         if self.pending is None:
             raise RuntimeError("no action to decode")
-        return self.codec.decode(self.pending, obs), state
+        return self.codec.decode(self.pending, obs, state)
 
 
 def _as_trace(spec: Trace | str | Sequence[str], rng_s: tuple[float | None, float | None]) -> Trace:
@@ -71,16 +81,17 @@ class ClusterFleetEnv(gym.Env):
         ranges: Sequence[str | tuple[float | None, float | None] | None] | str | None = None,
         *,
         episode_s: float | tuple[float, float] = (3600.0, 7200.0),
-        peak_rps: float | None = None,
+        peak_rps: float | Sequence[float] | None = None,
         load_scale: tuple[float, float] = (0.4, 1.3),
         cold_start_scale: tuple[float, float] = (0.85, 1.3),
         service_noise: float = 0.1,
-        tick_s: float = 1.0,
+        tick_s: float | None = None,
         forecast_model: str = "holt-winters",
         miss_penalty: float | None = None,
         ttft_shaping: float = 0.5,
         quality_penalty: float = 50.0,
         use_shield: bool = True,
+        core: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.goal = goal if isinstance(goal, GoalSpec) else load_goal(goal)
@@ -92,7 +103,8 @@ class ClusterFleetEnv(gym.Env):
             ranges = [ranges] * len(traces)  # type: ignore[list-item]
         if len(ranges) != len(traces):
             raise UserError(f"{len(ranges)} ranges for {len(traces)} traces")
-        self.codec = ActionCodec(self.goal)
+        self.codec = ActionCodec(self.goal, core=core)
+        self.features = self.codec.features
         self._agent = _AgentAction(self.codec)
         self.control_s = float(self.goal.control_interval_s)
         ep = (float(episode_s), float(episode_s)) if isinstance(episode_s, int | float) else tuple(map(float, episode_s))
@@ -100,21 +112,23 @@ class ClusterFleetEnv(gym.Env):
         self.load_scale = tuple(map(float, load_scale))
         self.cold_start_scale = tuple(map(float, cold_start_scale))
         self.service_noise = float(service_noise)
-        self.tick_s = float(tick_s)
+        self.tick_s = None if tick_s is None else float(tick_s)
         self.use_shield = use_shield
         self.ttft_shaping = float(ttft_shaping)
         self.quality_penalty = float(quality_penalty)
         self._data: list[TraceFeatures] = []
         self.trace_names: list[str] = []
+        peaks: list[float | None] = [None] if peak_rps is None else (
+            [float(peak_rps)] if isinstance(peak_rps, int | float) else [float(p) for p in peak_rps])
         for spec, rg in zip(traces, ranges, strict=True):
             rng_s = parse_range(rg) if isinstance(rg, str) or rg is None else rg
-            tr = _as_trace(spec, rng_s)
-            if peak_rps is not None:
-                tr = tr.scale_to_peak(peak_rps)
-            self.trace_names.append(tr.name)
-            feats = TraceFeatures(self.goal, tr, forecast_model)
-            feats.ensure_forecasts()  # once per trace, shared by every episode (and clone)
-            self._data.append(feats)
+            raw = _as_trace(spec, rng_s)
+            for peak in peaks:
+                tr = raw.scale_to_peak(peak) if peak is not None else raw
+                self.trace_names.append(tr.name if len(peaks) == 1 else f"{tr.name}@{peak:g}")
+                feats = TraceFeatures(self.goal, tr, forecast_model)
+                feats.ensure_forecasts()  # once per trace and peak, shared by every episode (and clone)
+                self._data.append(feats)
         # reward scales: cost of the whole fleet at max replicas for one interval = 2 reward units
         full = sum(m.max_replicas * m.cost_per_hour for m in self.goal.models) * self.control_s / 3600.0
         self.cost_norm = 0.5 * full
@@ -126,7 +140,8 @@ class ClusterFleetEnv(gym.Env):
         self.shield = Shield(self.goal) if use_shield else None
         self.loop = ControlLoop(self.goal, self._agent, self.shield)
         self.builder = self.loop.builder
-        self.observation_space = gym.spaces.Box(-OBS_CLIP, OBS_CLIP, (self.builder.size,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-OBS_CLIP, OBS_CLIP, (self.builder.size + self.features.size,),
+                                                dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.codec.size,), dtype=np.float32)
         self.fleet: SimulatedFleet | None = None
         self.observation: Observation | None = None
@@ -166,25 +181,43 @@ class ClusterFleetEnv(gym.Env):
                              "cold_start_scale": cold, "service_scale": service}
         sim_rng = np.random.Generator(np.random.PCG64(rng.integers(0, 2**63 - 1)))
         init = self._initial_replicas(win)
-        self.fleet = SimulatedFleet(self.goal, win, sim_rng, d.scaled(self._scale), tick_s=self.tick_s,
+        self.fleet = SimulatedFleet(self.goal, win, sim_rng, d.scaled(self._scale), tick_s=self._tick(tr),
                                     initial_replicas=init, cold_start_scale=cold, service_scale=service)
         self.loop.reset()
         self._next_decision = None
         # one warm-up interval at the initial fleet gives the first reading
         self.fleet.start(Decision(replicas=init))
         self._n_windows = len(self.sim.windows)
+        return policy_input(self._observe()), {"episode": dict(self.episode_info)}
+
+    def _observe(self) -> np.ndarray:
+        """The loop's observation, and the agent's vector (the policy state advanced as RLPolicy does)."""
+        assert self.fleet is not None
         self.observation = self.loop.observe(*self.fleet.read())
-        return policy_input(self.observation.vector), {"episode": dict(self.episode_info)}
+        vec, self.loop.policy_state = self.features.observe(self.observation, self.loop.policy_state)
+        return vec
+
+    def _tick(self, tr: Trace) -> float:
+        """The simulator tick: ``tick_s``, else replay's default (1 s for sub-minute traces, else 5 s or the
+        largest divisor of the control interval below it)."""
+        if self.tick_s is not None:
+            return self.tick_s
+        if tr.interval_s < 60.0:
+            return 1.0
+        for t in (5.0, 3.0, 2.5, 2.0, 1.0):
+            if abs(self.control_s / t - round(self.control_s / t)) < 1e-9:
+                return t
+        return 1.0
 
     def _initial_replicas(self, win: Trace) -> dict[str, int]:
-        """Replicas for the window's first row under the goal's weights, with the codec's headroom + 20 %."""
+        """Replicas for the window's first row under the goal's weights, at saturation + 35 %."""
         routing = RoutingMap(self.goal, win.classes, strict=False)
         lam = routing.model_rates(win.rate()[0])
         tin, tout = routing.token_mix(np.ones(len(win.classes)), win.input_tokens[0], win.output_tokens[0])
         out = {}
         for p, m in enumerate(self.goal.models):
             cap = service_rate_per_replica(m, float(tin[p]), float(tout[p])) if np.isfinite(tin[p]) else 0.0
-            n = math.ceil(lam[p] * (1.0 + self.codec.headroom) * 1.2 / max(cap, 1e-9)) if cap > 0 else m.min_replicas
+            n = math.ceil(lam[p] * 1.35 / max(cap, 1e-9)) if cap > 0 else m.min_replicas
             out[m.name] = int(min(max(n, m.min_replicas), m.max_replicas))
         return out
 
@@ -193,8 +226,9 @@ class ClusterFleetEnv(gym.Env):
         self._next_decision = decision
 
     def decode(self, action: np.ndarray) -> Decision:
+        """The decision ``action`` would give now (the policy state is not advanced)."""
         assert self.observation is not None
-        return self.codec.decode(action, self.observation)
+        return self.codec.decode(action, self.observation, self.loop.policy_state)[0]
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self.fleet is None or self.observation is None:
@@ -218,7 +252,7 @@ class ClusterFleetEnv(gym.Env):
             for r in self.goal.routes:
                 q_def += max(0.0, self.goal.quality_floor - route_quality(self.goal, r.name, weights[r.name]))
         reward = -cost_term - self.miss_penalty * missed - shaping - self.quality_penalty * q_def
-        self.observation = self.loop.observe(*self.fleet.read())
+        vec = self._observe()
         truncated = bool(self.sim.done)
         info = {
             "cost_usd": stats.cost_usd,
@@ -232,7 +266,7 @@ class ClusterFleetEnv(gym.Env):
         }
         if truncated:
             info["episode_summary"] = self.sim.summary()
-        return policy_input(self.observation.vector), float(reward), False, truncated, info
+        return policy_input(vec), float(reward), False, truncated, info
 
     def clone(self) -> ClusterFleetEnv:
         """A fresh env sharing this one's prepared traces and forecast features (read-only)."""

@@ -1,18 +1,31 @@
-"""The learned policy: residual RL on top of a predictive controller, and its artifact format.
+"""The learned policy: a network that chooses, per model, the demand quantile the predictive core sizes for (and,
+for routed goals, the routing weights), and its artifact format.
 
 Action contract (shared by :class:`envs.cluster.ClusterFleetEnv` and :class:`RLPolicy` -- the only decoder is
 :class:`ActionCodec`):
 
-* one entry per model, ``a in [-1, 1]``: a multiplier ``1 + SCALE_RANGE * a`` on the (fractional) replicas
-  :class:`policies.baselines.PredictivePolicy` asks for (forecast upper bound at the model's cold-start lead, the
-  goal's predictive headroom, per-replica capacity at the SLO), rounded up. ``a = 0`` *is* the predictive
-  controller (with the route's default weights).
+* one entry per model, ``a in [-1, 1]``: the coverage level of the demand quantile the predictive core
+  (:class:`policies.predictive.PredictivePolicy`: calibrated quantile of the demand over the cold-start horizon /
+  the replica's rate at the SLO) sizes for. The tail probability is ``t0 * r ** a`` with ``t0 = 1 - core
+  quantile`` (0.03) and ``r = t0 / 0.5``: ``a = -1`` sizes for the median horizon demand, ``a = 0`` *is* the
+  predictive core, ``a = 1`` for the ``1 - t0 ** 2 / 0.5`` quantile (0.9982). The policy can thus go well below
+  the core (and the old predictive base) as far as the median demand, and above it where the core is short.
 * per route, one logit per model: ``weights = softmax(log(default_weights) + ROUTE_LOGIT_SCALE * a)``, then
   mixed with the route's best-quality model just enough to meet ``quality_floor``. ``a = 0`` keeps the
   route's default weights. The per-model demand follows the new weights.
 
+Observation: the loop's vector (:class:`~simulations.contract.ObservationBuilder`, the same in training, replay
+and the daemon) followed by :class:`PolicyFeatures` -- what a forecast cannot give, computed from the policy's own
+state: the margin each coverage level costs in replicas (calibrated quantiles x scale / rate at the SLO), the
+latest forecast errors, the rate noise, the measured throughput derating, the time since the last interval that
+missed the SLO, the cold-start lead (goal and measured) and the queueing trend.
+
+The policy is stateful (the core's calibration): :meth:`RLPolicy.decide` = :meth:`PolicyFeatures.observe`
+(update the state, build the vector) -> network -> :meth:`ActionCodec.decode` (record the decision). The env calls
+the same two functions around the agent.
+
 Artifact (directory): ``policy.pt`` (``torch.save(state_dict)``, loaded with ``weights_only=True``, never
-pickle) and ``policy.json`` (layouts, goal digest, network architecture, provenance, library versions).
+pickle) and ``policy.json`` (layouts, goal digest, core settings, network architecture, provenance, versions).
 """
 
 from __future__ import annotations
@@ -22,25 +35,29 @@ import json
 import math
 import platform
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fleetpilot.policies.base import Decision, Observation, ObservationBuilder
+from fleetpilot.policies.base import Decision, Observation, ObservationBuilder, PolicyBase
+from fleetpilot.policies.predictive import PredictivePolicy, PredictiveState
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec
 from fleetpilot.simulations.routing import RoutingMap
 from fleetpilot.simulations.safeyaml import check_regular_file, load_json_file
 
-ARTIFACT_FORMAT = "fleetpilot-rl/v1"
+ARTIFACT_FORMAT = "fleetpilot-rl/v2"
 WEIGHTS_FILE = "policy.pt"
 SIDECAR_FILE = "policy.json"
 
 OBS_CLIP = 100.0  # observation vectors are clipped to [-OBS_CLIP, OBS_CLIP] (the env's Box bounds)
-SCALE_RANGE = 0.5  # scaling multiplier 1 + SCALE_RANGE * a, a in [-1, 1]
+MEDIAN_TAIL = 0.5  # a = -1: size for the median of the horizon demand
 ROUTE_LOGIT_SCALE = 3.0
 QUALITY_MARGIN = 1e-3
+FEATURE_LEVELS = (0.5, 0.9, 0.97, 0.99)  # margins reported to the network, in replicas
+MISS_MEMORY_S = 3600.0  # "time since the last miss" saturates at one hour
 
 
 def policy_input(vector: np.ndarray) -> np.ndarray:
@@ -49,7 +66,7 @@ def policy_input(vector: np.ndarray) -> np.ndarray:
     return np.clip(v, -OBS_CLIP, OBS_CLIP).astype(np.float32)
 
 
-def _finite(x: float, default: float = 0.0) -> float:
+def _finite(x: float | None, default: float = 0.0) -> float:
     return float(x) if x is not None and math.isfinite(x) else default
 
 
@@ -86,20 +103,137 @@ def project_quality(goal: GoalSpec, route_models: Sequence[str], w: np.ndarray) 
     return (1.0 - alpha) * w + alpha * e
 
 
-class ActionCodec:
-    """Decodes a ``[-1, 1]`` action vector into a :class:`Decision` (one place, for the env and the policy)."""
+# ---------------------------------------------------------------------------------------------------
+# State and features
+# ---------------------------------------------------------------------------------------------------
 
-    def __init__(self, goal: GoalSpec, headroom: float | None = None) -> None:
+
+@dataclass(frozen=True)
+class RLState:
+    """The learned policy's state: the predictive core's calibration and what the features remember.
+
+    Per model: ``last_miss`` the time of the last interval whose latency percentile missed the target;
+    ``lead`` ``(starting replica-seconds, launches)`` since the start (their ratio is the measured cold start,
+    Little's law); ``prev`` ``(ready + starting, queued)`` of the last interval.
+    """
+
+    core: PredictiveState = field(default_factory=PredictiveState)
+    last_miss: tuple[tuple[str, float], ...] = ()
+    lead: tuple[tuple[str, tuple[float, float]], ...] = ()
+    prev: tuple[tuple[str, tuple[float, float]], ...] = ()
+
+
+def _get(items: tuple[tuple[str, Any], ...], key: str, default: Any) -> Any:
+    for k, v in items:
+        if k == key:
+            return v
+    return default
+
+
+class PolicyFeatures:
+    """The features a forecast cannot give, per model, appended to the loop's observation vector."""
+
+    NAMES = (
+        "calibrated", "margin_q50", "margin_q90", "margin_q97", "margin_q99", "last_error", "recent_error",
+        "noise", "derate", "since_miss", "lead_goal", "lead_measured", "queue_trend", "base_vs_ready",
+    )
+
+    def __init__(self, goal: GoalSpec, core: PredictivePolicy) -> None:
         self.goal = goal
-        self.headroom = goal.baselines.predictive_headroom if headroom is None else float(headroom)
-        from fleetpilot.policies.baselines import PredictivePolicy
+        self.core = core
+        self._layout = tuple(f"learned.{m.name}.{n}" for m in goal.models for n in self.NAMES)
 
-        self._predictive = PredictivePolicy(goal, headroom=self.headroom)
-        names = [f"scale.{m.name}" for m in goal.models]
+    @property
+    def layout(self) -> tuple[str, ...]:
+        return self._layout
+
+    @property
+    def size(self) -> int:
+        return len(self._layout)
+
+    def observe(self, obs: Observation, state: RLState | None) -> tuple[np.ndarray, RLState]:
+        """Update the state with ``obs`` and return (the full network input vector, the new state)."""
+        if not isinstance(state, RLState):
+            state = RLState()
+        core = self.core.update(obs, state.core)
+        target = self.goal.slo.target_ms
+        now = float(obs.t_s)
+        dt = float(obs.interval_s)
+        feats: list[float] = []
+        last_miss, lead, prev = [], [], []
+        for spec in self.goal.models:
+            name = spec.name
+            m = obs.models.get(name)
+            cal = core.model(name)
+            cap = self.core.capacity(name, m) * cal.derate
+            cap = cap if cap > 0 else 1.0
+            scale = max(self.core.eps_replicas * cap, _finite(cal.scale, 0.0))
+            qs = [self.core.factor(cal, lv) for lv in FEATURE_LEVELS]
+            calibrated = not math.isnan(qs[0])
+            margins = [(_finite(q) * scale / cap) if calibrated else 0.0 for q in qs]
+            sc = cal.scores
+            last_err = sc[-1] if sc else 0.0
+            recent = float(np.mean(sc[-8:])) if sc else 0.0
+            # misses, measured cold start, queueing trend
+            t_miss = _get(state.last_miss, name, -math.inf)
+            lat = math.nan if m is None else (m.e2e_p95_ms if self.goal.slo.metric == "e2e" else m.ttft_p95_ms)
+            if m is not None and _finite(m.arrival_rps) > 0 and (math.isinf(float(lat)) or
+                                                                 (_finite(lat, -1.0) > target)):
+                t_miss = now
+            since = min(1.0, (now - t_miss) / MISS_MEMORY_S) if math.isfinite(t_miss) else 1.0
+            s_sum, launches = _get(state.lead, name, (0.0, 0.0))
+            p_total, p_queued = _get(state.prev, name, (math.nan, math.nan))
+            total = math.nan
+            queued = math.nan
+            if m is not None and all(math.isfinite(float(x)) for x in (m.ready, m.starting)):
+                total = float(m.ready) + float(m.starting)
+                s_sum += float(m.starting) * dt
+                if math.isfinite(p_total):
+                    launches += max(0.0, total - p_total)
+            if m is not None and math.isfinite(float(m.queued)):
+                queued = float(m.queued)
+            lead_goal = float(spec.cold_start_s)
+            lead_meas = s_sum / launches if launches >= 1.0 else lead_goal
+            slots = max(1.0, float(m.slots) if m is not None else 1.0) * max(1.0, _finite(m.ready if m else 0.0))
+            q_trend = (queued - p_queued) / slots if math.isfinite(queued) and math.isfinite(p_queued) else 0.0
+            base = max(_finite(m.arrival_rps if m else None), _finite(m.forecast[0] if m and m.forecast else None))
+            base_vs_ready = base / (cap * max(1.0, _finite(m.ready if m else 0.0)))
+            feats += [
+                1.0 if calibrated else 0.0, *margins, max(-10.0, min(10.0, last_err)),
+                max(-10.0, min(10.0, recent)), scale / cap, cal.derate, since, lead_goal / 600.0,
+                lead_meas / 600.0, max(-10.0, min(10.0, q_trend)), min(10.0, base_vs_ready),
+            ]
+            if math.isfinite(t_miss):
+                last_miss.append((name, t_miss))
+            lead.append((name, (s_sum, launches)))
+            prev.append((name, (total, queued)))
+        vec = np.concatenate([np.asarray(obs.vector, dtype=np.float32), np.asarray(feats, dtype=np.float32)])
+        return vec, RLState(core, tuple(last_miss), tuple(lead), tuple(prev))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Actions
+# ---------------------------------------------------------------------------------------------------
+
+
+class ActionCodec:
+    """Decodes a ``[-1, 1]`` action vector into a :class:`Decision` (one place, for the env and the policy).
+
+    ``core`` are keyword settings of :class:`~policies.predictive.PredictivePolicy` (recorded in the artifact).
+    """
+
+    def __init__(self, goal: GoalSpec, core: Mapping[str, Any] | None = None) -> None:
+        self.goal = goal
+        self.core_settings = dict(core or {})
+        self.core = PredictivePolicy(goal, **self.core_settings)
+        self.tail0 = 1.0 - self.core.quantile
+        self.ratio = self.tail0 / MEDIAN_TAIL
+        names = [f"level.{m.name}" for m in goal.models]
         for r in goal.routes:
             names += [f"route.{r.name}.logit.{m}" for m in r.models]
         self._layout = tuple(names)
         self._routing: dict[tuple[str, ...], RoutingMap] = {}
+        self.features = PolicyFeatures(goal, self.core)
 
     @property
     def layout(self) -> tuple[str, ...]:
@@ -110,8 +244,13 @@ class ActionCodec:
         return len(self._layout)
 
     def params(self) -> dict[str, Any]:
-        return {"scale_range": SCALE_RANGE, "route_logit_scale": ROUTE_LOGIT_SCALE, "headroom": self.headroom,
-                "base": "fleetpilot.policies.baselines.PredictivePolicy", "obs_clip": OBS_CLIP}
+        return {"median_tail": MEDIAN_TAIL, "core_quantile": self.core.quantile, "route_logit_scale": ROUTE_LOGIT_SCALE,
+                "core": self.core_settings, "base": "fleetpilot.policies.predictive.PredictivePolicy",
+                "obs_clip": OBS_CLIP}
+
+    def level(self, a: float) -> float:
+        """Coverage level for action ``a`` in [-1, 1]: ``1 - t0 * r ** a`` (``a = 0``: the core's quantile)."""
+        return 1.0 - self.tail0 * self.ratio ** float(np.clip(a, -1.0, 1.0))
 
     # -- routing -------------------------------------------------------------------------------------
     def route_weights(self, action: np.ndarray) -> dict[str, dict[str, float]]:
@@ -149,42 +288,19 @@ class ActionCodec:
             out[m.name] = n / o if o > 1e-9 else (1.0 if n <= 1e-9 else 2.0)
         return out
 
-    # -- scaling -------------------------------------------------------------------------------------
-    def base_replicas(self, obs: Observation, ratio: Mapping[str, float] | None = None) -> dict[str, float]:
-        """The predictive controller's fractional replica need per model (its formula, before rounding up).
-
-        ``max(rate, forecast upper @ cold-start lead) * demand ratio * (1 + headroom) / capacity at the SLO``,
-        with :class:`policies.baselines.PredictivePolicy`'s per-replica capacity at the SLO.
-        """
-        out = {}
-        for m in self.goal.models:
-            mo = obs.models.get(m.name)
-            if mo is None:
-                out[m.name] = math.nan
-                continue
-            rate = _finite(mo.arrival_rps)
-            up = _finite(mo.forecast[1], rate) if len(mo.forecast) > 1 else rate
-            f = (ratio or {}).get(m.name, 1.0)
-            cap = self._predictive.capacity(m.name, mo)
-            out[m.name] = max(rate, up) * f * (1.0 + self.headroom) / cap if cap > 0 else math.nan
-        return out
-
-    def decode(self, action: np.ndarray, obs: Observation) -> Decision:
+    # -- decoding ------------------------------------------------------------------------------------
+    def decode(self, action: np.ndarray, obs: Observation, state: RLState | None) -> tuple[Decision, RLState]:
+        """The decision for ``action`` on an observed state (:meth:`PolicyFeatures.observe` ran on ``obs``)."""
+        if not isinstance(state, RLState):
+            state = RLState(core=self.core.update(obs, None))
         a = np.clip(np.nan_to_num(np.asarray(action, dtype=float).reshape(-1), nan=0.0), -1.0, 1.0)
         if a.size != self.size:
             raise ValueError(f"action has {a.size} entries, expected {self.size} ({', '.join(self.layout)})")
         weights = self.route_weights(a)
-        need = self.base_replicas(obs, self.demand_ratio(obs, weights) if weights else None)
-        replicas = {}
-        for i, m in enumerate(self.goal.models):
-            n = need[m.name]
-            if not math.isfinite(n):  # no measurement: hold what is there (the shield does the same)
-                mo = obs.models.get(m.name)
-                replicas[m.name] = int(mo.desired) if mo is not None else m.min_replicas
-                continue
-            want = math.ceil(n * (1.0 + SCALE_RANGE * a[i]) - 1e-9)
-            replicas[m.name] = int(min(max(want, m.min_replicas), m.max_replicas))
-        return Decision(replicas=replicas, weights=weights)
+        ratio = self.demand_ratio(obs, weights) if weights else None
+        levels = {m.name: self.level(a[i]) for i, m in enumerate(self.goal.models)}
+        reps, core = self.core.plan(obs, state.core, levels=levels, ratio=ratio)
+        return Decision(replicas=reps, weights=weights), replace(state, core=core)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -192,8 +308,8 @@ class ActionCodec:
 # ---------------------------------------------------------------------------------------------------
 
 
-class RLPolicy:
-    """A trained actor network behind the :class:`~policies.base.Policy` protocol (stateless)."""
+class RLPolicy(PolicyBase):
+    """A trained actor network behind the :class:`~policies.base.Policy` protocol (state: :class:`RLState`)."""
 
     def __init__(self, goal: GoalSpec, network: Any, meta: Mapping[str, Any] | None = None, name: str = "rl",
                  *, scaling_only: bool = False) -> None:
@@ -202,11 +318,13 @@ class RLPolicy:
         self.network = network
         self.meta = dict(meta or {})
         self.name = name
-        self.codec = ActionCodec(goal, headroom=self.meta.get("action", {}).get("params", {}).get("headroom"))
+        params = self.meta.get("action", {}).get("params", {})
+        self.codec = ActionCodec(goal, core=params.get("core") if isinstance(params, dict) else None)
+        self.features = self.codec.features
         self.network.set_training_mode(False)
 
-    def initial_state(self) -> None:
-        return None
+    def initial_state(self) -> RLState:
+        return RLState()
 
     def act(self, vector: np.ndarray) -> np.ndarray:
         """The deterministic action for one observation vector."""
@@ -214,7 +332,8 @@ class RLPolicy:
         return actions[0]
 
     def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
-        return self.codec.decode(self.act(obs.vector), obs), state
+        vec, st = self.features.observe(obs, state)
+        return self.codec.decode(self.act(vec), obs, st)
 
     def predict(
         self,
@@ -302,19 +421,29 @@ def network_spec(policy: Any) -> dict[str, Any]:
     }
 
 
-def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: Mapping[str, Any]) -> Path:
-    """Write ``policy.pt`` (state dict) and ``policy.json`` (sidecar) for an SB3 model or policy; returns the dir."""
+def observation_layout(goal: GoalSpec, codec: ActionCodec | None = None) -> list[str]:
+    """Names of the network's inputs: the loop's observation vector, then the learned policy's features."""
+    codec = codec or ActionCodec(goal)
+    return list(ObservationBuilder(goal).layout) + list(codec.features.layout)
+
+
+def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: Mapping[str, Any],
+                  core: Mapping[str, Any] | None = None) -> Path:
+    """Write ``policy.pt`` (state dict) and ``policy.json`` (sidecar) for an SB3 model or policy; returns the dir.
+
+    ``core``: the predictive core's settings the policy was trained with (recorded, and used when loading)."""
     import torch
 
     policy = getattr(model, "policy", model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     builder = ObservationBuilder(goal)
-    codec = ActionCodec(goal)
+    codec = ActionCodec(goal, core=core)
+    layout = observation_layout(goal, codec)
     spec = network_spec(policy)
-    if spec["obs_dim"] != builder.size or spec["act_dim"] != codec.size:
+    if spec["obs_dim"] != len(layout) or spec["act_dim"] != codec.size:
         raise UserError(f"network shape ({spec['obs_dim']} -> {spec['act_dim']}) does not match the goal "
-                        f"({builder.size} observations -> {codec.size} actions)")
+                        f"({len(layout)} observations -> {codec.size} actions)")
     weights = out / WEIGHTS_FILE
     state = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
     torch.save(state, weights)
@@ -322,9 +451,10 @@ def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: M
         "format": ARTIFACT_FORMAT,
         "algorithm": type(model).__name__ if model is not policy else "unknown",
         "goal": {"name": goal.name, "digest": goal.digest(), "source": goal.source},
-        "observation": {"layout": list(builder.layout), "clip": OBS_CLIP, "lead_times_s": list(builder.lead_times())},
+        "observation": {"layout": layout, "clip": OBS_CLIP, "lead_times_s": list(builder.lead_times())},
         "action": {"layout": list(codec.layout), "low": -1.0, "high": 1.0, "params": codec.params(),
-                   "decoder": "fleetpilot.policies.rl.ActionCodec (residual on the predictive controller)"},
+                   "decoder": "fleetpilot.policies.rl.ActionCodec (demand quantile per model over the predictive "
+                              "core, route logits)"},
         "network": spec,
         "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights), "format": "torch.save(state_dict)"},
         "provenance": dict(provenance),
@@ -391,7 +521,10 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
     # regular file, size before reading, no duplicate keys or NaN (simulations.safeyaml)
     meta = load_json_file(sidecar, "RL policy sidecar (policy.json)", max_bytes=MAX_SIDECAR_BYTES)
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
-        raise UserError(f"not a fleetpilot RL policy (format must be {ARTIFACT_FORMAT})", where=where)
+        got = meta.get("format") if isinstance(meta, dict) else None
+        hint = "; an older fleetpilot's policy: retrain with fleetpilot train" if isinstance(got, str) and \
+            got.startswith("fleetpilot-rl/") else ""
+        raise UserError(f"not a fleetpilot RL policy (format must be {ARTIFACT_FORMAT}){hint}", where=where)
     for key in ("goal", "observation", "action", "network", "weights"):  # each section must be a JSON object
         if not isinstance(meta.get(key, {}), dict):
             raise UserError(f"policy.json field {key!r} must be an object, got {type(meta[key]).__name__}",
@@ -400,13 +533,21 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
     if digest != goal.digest():
         raise UserError(f"policy was trained for goal digest {digest or '?'} ({meta.get('goal', {}).get('name', '?')}),"
                         f" this goal is {goal.digest()} ({goal.name}); retrain with fleetpilot train", where=where)
-    layout = list(ObservationBuilder(goal).layout)
+    params = meta.get("action", {}).get("params", {})
+    core = params.get("core") if isinstance(params, dict) else None
+    if core is not None and not isinstance(core, dict):
+        raise UserError("policy.json action.params.core must be an object", where=where)
+    try:
+        codec = ActionCodec(goal, core=core)
+    except TypeError as exc:
+        raise UserError(f"policy.json action.params.core is not a predictive-core setting: {exc}", where=where) \
+            from None
+    layout = observation_layout(goal, codec)
     got = meta.get("observation", {}).get("layout")
     if got != layout:
         diff = next((f"{a!r} vs {b!r}" for a, b in zip(got or [], layout, strict=False) if a != b),
                     f"{len(got or [])} vs {len(layout)} entries")
         raise UserError(f"observation layout differs from this fleetpilot's ({diff}); retrain the policy", where=where)
-    codec = ActionCodec(goal)
     if meta.get("action", {}).get("layout") != list(codec.layout):
         raise UserError("action layout differs from this goal's; retrain the policy", where=where)
     spec = meta.get("network", {})

@@ -9,8 +9,8 @@ from gymnasium.utils.env_checker import check_env
 
 from fleetpilot.envs import ENV_ID
 from fleetpilot.envs.cluster import ClusterFleetEnv
-from fleetpilot.policies.baselines import PredictivePolicy
-from fleetpilot.policies.rl import ActionCodec, route_quality
+from fleetpilot.policies.predictive import PredictivePolicy
+from fleetpilot.policies.rl import route_quality
 from fleetpilot.simulations.goal import load_goal
 from fleetpilot.simulations.traces import REPO_ROOT
 
@@ -114,13 +114,22 @@ def test_shield_keeps_replicas_in_bounds(routed_env: ClusterFleetEnv) -> None:
             break
 
 
-def test_zero_action_is_the_predictive_recommendation(single_env: ClusterFleetEnv) -> None:
+def test_zero_action_is_the_predictive_core(single_env: ClusterFleetEnv) -> None:
+    """Step by step, a = 0 decides what the predictive core decides on the same observations (its state too)."""
     env = single_env.clone()
     env.reset(seed=4)
-    codec = ActionCodec(env.goal)
-    obs = env.observation
-    m = env.goal.models[0]
-    d0 = codec.decode(np.zeros(1), obs).replicas[m.name]
-    pred, _ = PredictivePolicy(env.goal).decide(obs, None)
-    assert d0 == pred.replicas[m.name]
-    assert codec.decode(np.ones(1), obs).replicas[m.name] >= d0 >= codec.decode(-np.ones(1), obs).replicas[m.name]
+    m = env.goal.models[0].name
+    core = PredictivePolicy(env.goal)
+    st = core.initial_state()
+    zero = np.zeros(env.action_space.shape, dtype=np.float32)
+    for _ in range(40):
+        obs = env.observation
+        st = core.update(obs, st)
+        want, st = core.plan(obs, st)
+        assert env.decode(zero).replicas[m] == want[m]
+        lo, hi = env.decode(-np.ones_like(zero)).replicas[m], env.decode(np.ones_like(zero)).replicas[m]
+        assert lo <= want[m] <= hi
+        _, _, _, trunc, _ = env.step(zero)
+        if trunc:
+            break
+    assert env.loop.policy_state.core.model(m).scores  # the core calibrated along the way

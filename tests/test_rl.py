@@ -1,4 +1,5 @@
-"""RL policy: seeded training is reproducible, artifacts round-trip without pickle and refuse mismatches."""
+"""RL policy: seeded training is reproducible, artifacts round-trip without pickle and refuse mismatches; the action
+is the demand quantile over the predictive core (a = 0 is the core); checkpoints are selected on training episodes."""
 
 from __future__ import annotations
 
@@ -10,9 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from fleetpilot.agent.commands.train import train
+from fleetpilot.agent.commands.train import CheckpointSelector, train
 from fleetpilot.envs.cluster import ClusterFleetEnv
-from fleetpilot.policies.rl import DecisionPredictor, RLPolicy, load_artifact, make_rl_policy, save_artifact
+from fleetpilot.policies.predictive import PredictivePolicy
+from fleetpilot.policies.rl import (
+    ActionCodec,
+    DecisionPredictor,
+    RLPolicy,
+    RLState,
+    load_artifact,
+    make_rl_policy,
+    observation_layout,
+    save_artifact,
+)
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import Decision
 from fleetpilot.simulations.goal import load_goal
@@ -21,7 +32,8 @@ from fleetpilot.simulations.traces import REPO_ROOT
 SINGLE = REPO_ROOT / "examples" / "goals" / "single-model.yaml"
 ROUTED = REPO_ROOT / "examples" / "goals" / "two-model-routed.yaml"
 ENV_KW = {"forecast_model": "last-value", "episode_s": (600.0, 600.0), "peak_rps": 600.0}
-TINY = {"n_envs": 1, "n_steps": 64, "batch_size": 32, "n_epochs": 2, "net_arch": [16, 16]}
+TINY = {"n_envs": 1, "n_steps": 64, "batch_size": 32, "n_epochs": 2, "net_arch": [16, 16], "eval_every": 64,
+        "eval_episodes": 1}
 
 
 def _tiny(goal_path: Path, out: Path | None, seed: int = 7) -> tuple[object, dict]:
@@ -60,12 +72,16 @@ def test_round_trip_gives_identical_actions(artifact: tuple[Path, object]) -> No
     want, _ = model.predict(x, deterministic=True)
     got, _ = pol.predict(x)
     np.testing.assert_array_equal(np.clip(want, -1, 1), got)
-    # and as a Policy on a structured observation
+    # and as a Policy on a structured observation: the same features and decoder as the env
     env = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", **ENV_KW)
     env.reset(seed=0)
-    decision, state = make_rl_policy(out, goal).decide(env.observation, pol.initial_state())
-    assert isinstance(decision, Decision) and state is None
-    assert decision == env.decode(pol.act(env.observation.vector))
+    rl = make_rl_policy(out, goal)
+    decision, state = rl.decide(env.observation, rl.initial_state())
+    assert isinstance(decision, Decision) and isinstance(state, RLState)
+    vec, _ = rl.features.observe(env.observation, RLState())
+    assert decision == env.decode(pol.act(vec))
+    assert meta["observation"]["layout"] == observation_layout(goal)
+    assert meta["action"]["params"]["core_quantile"] == PredictivePolicy(goal).quantile
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -174,3 +190,63 @@ def test_registered_as_rl_prefix_with_scaling_only_ablation(artifact: tuple[Path
     assert abl.scaling_only and abl.name.endswith("#scaling-only")
     with pytest.raises(UserError, match="unknown rl policy option"):
         make_policy(f"rl:{out}#bogus", goal)
+
+
+def test_action_is_a_coverage_level_and_zero_is_the_core() -> None:
+    goal = load_goal(SINGLE)
+    codec = ActionCodec(goal)
+    q = codec.core.quantile
+    assert codec.level(0.0) == pytest.approx(q)
+    assert codec.level(-1.0) == pytest.approx(0.5)
+    assert codec.level(1.0) == pytest.approx(1.0 - (1.0 - q) ** 2 / 0.5)
+    levels = [codec.level(a) for a in np.linspace(-1, 1, 21)]
+    assert levels == sorted(levels) and len(set(levels)) == len(levels)
+    assert codec.level(5.0) == codec.level(1.0)  # clipped
+    # a different core setting moves the a = 0 point with it (recorded in the artifact)
+    assert ActionCodec(goal, core={"quantile": 0.9}).level(0.0) == pytest.approx(0.9)
+
+
+def test_old_residual_artifacts_are_refused_with_a_retrain_hint(artifact: tuple[Path, object], tmp_path: Path) -> None:
+    out, _ = artifact
+    old = _copy(out, tmp_path / "v1")
+    meta = json.loads((old / "policy.json").read_text())
+    meta["format"] = "fleetpilot-rl/v1"
+    (old / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="retrain") as exc:
+        load_artifact(old, load_goal(SINGLE))
+    assert "\n" not in str(exc.value)
+    bad = _copy(out, tmp_path / "core")
+    meta = json.loads((bad / "policy.json").read_text())
+    meta["action"]["params"]["core"] = {"quantile": 2.0}
+    (bad / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError):
+        load_artifact(bad, load_goal(SINGLE))
+
+
+def test_checkpoint_selection_rule() -> None:
+    sel = CheckpointSelector(env=None, every=10, episodes=1, target=0.99, seed=0)
+
+    def offer(step: int, cost: float, att: float) -> None:
+        rec = {"step": step, "cost_usd": cost, "attainment": att, "windows": 100}
+        if sel._better(rec):
+            sel.best = rec
+
+    offer(0, 100.0, 0.985)  # the core misses on these episodes
+    offer(10, 120.0, 0.988)  # better attainment wins while nothing meets the target
+    assert sel.best["step"] == 10
+    offer(20, 130.0, 0.995)  # the first that meets the target wins over any that does not
+    offer(30, 90.0, 0.97)
+    assert sel.best["step"] == 20
+    offer(40, 110.0, 0.992)  # then the cheapest that meets it
+    offer(50, 115.0, 1.0)
+    assert sel.best["step"] == 40
+
+
+def test_selection_is_recorded_and_kept_weights_are_a_played_checkpoint(artifact: tuple[Path, object]) -> None:
+    out, model = artifact
+    meta = json.loads((out / "policy.json").read_text())
+    sel = meta["provenance"]["checkpoint_selection"]
+    steps = [c["step"] for c in sel["checkpoints"]]
+    assert steps[0] == 0 and sel["selected"] in sel["checkpoints"]
+    assert all(c["windows"] > 0 for c in sel["checkpoints"])
+

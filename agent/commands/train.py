@@ -6,8 +6,14 @@
 * Each ``--trace`` is one training trace; ``A+B`` (with ``CLASS=PATH`` parts, e.g. ``chat=X+code=Y``) makes one
   multi-class trace. ``--range`` is given once (for every trace) or once per ``--trace``; keep validation ranges
   out (see data/traces/README.md).
-* PPO (stable-baselines3) on ``fleetpilot/ClusterFleet-v0``: residual actions on the predictive controller,
-  domain randomisation, shield in the loop. One torch thread; seeded: the same command gives the same weights.
+* PPO (stable-baselines3) on ``fleetpilot/ClusterFleet-v0``: the action is the demand quantile per model over the
+  predictive core (and route logits), domain randomisation (load, cold start, service time), every trace at each
+  ``--scale-to-peak`` (e.g. ``200,1000``), shield in the loop. One torch thread; seeded: the same command gives
+  the same weights.
+* **Checkpoint selection on training ranges only**: every ``--eval-every`` steps (and before the first update:
+  the untrained network *is* the predictive core) the deterministic policy plays the same ``--eval-episodes``
+  seeded episodes drawn from the training ranges; the checkpoint kept is the cheapest whose SLO attainment over
+  those episodes is at least the goal's plus ``--eval-margin``, else the one with the best attainment.
 * Writes ``policy.pt`` + ``policy.json`` (no pickle) into ``--out``.
 """
 
@@ -36,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
     "ent_coef": 0.0,
     "net_arch": [64, 64],
     "log_std_init": -1.0,
+    "eval_every": 50_000,
+    "eval_episodes": 12,
+    "eval_margin": 0.002,
 }
 
 
@@ -84,7 +93,10 @@ def train(
     hyper: dict[str, Any] | None = None,
     provenance_extra: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train PPO; returns (model, provenance). Writes the artifact when ``out`` is given."""
+    """Train PPO; returns (model, provenance). Writes the artifact when ``out`` is given.
+
+    The returned model holds the selected checkpoint's weights (``hyper["eval_every"] = 0``: no selection, the
+    last weights)."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -109,11 +121,20 @@ def train(
     )
     rollout = int(h["n_steps"]) * int(h["n_envs"])  # PPO trains whole rollouts: round up like it does
     callback = _ProgressBar(math.ceil(int(timesteps) / rollout) * rollout) if progress else None
-    model.learn(total_timesteps=int(timesteps), callback=callback, progress_bar=False)
+    env0 = venv.envs[0].unwrapped
+    select = None
+    callbacks: list[Any] = [c for c in (callback,) if c is not None]
+    if int(h["eval_every"]) > 0 and int(h["eval_episodes"]) > 0:
+        select = CheckpointSelector(env0.clone(), int(h["eval_every"]), int(h["eval_episodes"]),
+                                    goal.slo.attainment + float(h["eval_margin"]), seed)
+        callbacks.append(select.callback())
+    model.learn(total_timesteps=int(timesteps), callback=callbacks or None, progress_bar=False)
     if callback is not None:
         callback.close()
+    if select is not None:
+        select.evaluate(model)  # the final weights are a candidate too
+        select.restore(model)
     wall = time.perf_counter() - t_start
-    env0 = venv.envs[0].unwrapped
     prov = {
         "algorithm": "PPO",
         "traces": list(traces),
@@ -126,12 +147,99 @@ def train(
         "env": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ekw.items()},
         "reward": {"cost_norm_usd": env0.cost_norm, "miss_penalty": env0.miss_penalty,
                    "ttft_shaping": env0.ttft_shaping, "quality_penalty": env0.quality_penalty},
+        "checkpoint_selection": select.summary() if select is not None else None,
     }
     prov.update(provenance_extra or {})
     if out is not None:
-        save_artifact(model, goal, out, prov)
+        save_artifact(model, goal, out, prov, core=ekw.get("core"))
     venv.close()
     return model, prov
+
+
+class CheckpointSelector:
+    """Scores checkpoints on fixed, seeded episodes of the training ranges and keeps the best weights.
+
+    Episodes are those ``env.reset(seed=base + k)`` draws (trace, window, load, cold start, service time): every
+    checkpoint plays the same ones with deterministic actions, so their cost and attainment are comparable.
+    """
+
+    def __init__(self, env: Any, every: int, episodes: int, target: float, seed: int) -> None:
+        self.env = env
+        self.every = int(every)
+        self.episodes = int(episodes)
+        self.target = float(target)
+        self.seeds = [10_000 + 97 * int(seed) + k for k in range(self.episodes)]
+        self.results: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self._best_state: dict[str, Any] | None = None
+
+    def play(self, policy: Any) -> tuple[float, int, int]:
+        """(cost $, windows, missed windows) over the evaluation episodes."""
+        import torch
+
+        cost, windows, missed = 0.0, 0, 0
+        for s in self.seeds:
+            obs, _ = self.env.reset(seed=s)
+            while True:
+                with torch.no_grad():
+                    action, _ = policy.predict(obs[None, :], deterministic=True)
+                obs, _r, term, trunc, info = self.env.step(action[0])
+                cost += info["cost_usd"]
+                windows += info["windows"]
+                missed += info["missed_windows"]
+                if term or trunc:
+                    break
+        return cost, windows, missed
+
+    def evaluate(self, model: Any) -> None:
+        step = int(model.num_timesteps)
+        if any(r["step"] == step for r in self.results):
+            return
+        cost, windows, missed = self.play(model.policy)
+        att = 1.0 - missed / windows if windows else 1.0
+        rec = {"step": step, "cost_usd": round(cost, 4), "attainment": round(att, 5), "windows": windows}
+        self.results.append(rec)
+        if self._better(rec):
+            self.best = rec
+            self._best_state = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
+
+    def _better(self, rec: dict[str, Any]) -> bool:
+        b = self.best
+        if b is None:
+            return True
+        ok, bok = rec["attainment"] >= self.target, b["attainment"] >= self.target
+        if ok != bok:
+            return ok
+        if ok:
+            return rec["cost_usd"] < b["cost_usd"]
+        return (rec["attainment"], -rec["cost_usd"]) > (b["attainment"], -b["cost_usd"])
+
+    def restore(self, model: Any) -> None:
+        if self._best_state is not None:
+            model.policy.load_state_dict(self._best_state)
+
+    def summary(self) -> dict[str, Any]:
+        return {"rule": f"cheapest checkpoint with attainment >= {self.target:g} on the evaluation episodes, "
+                        "else the best attainment", "episodes": self.episodes, "seeds": self.seeds,
+                "every": self.every, "checkpoints": self.results, "selected": self.best}
+
+    def callback(self) -> Any:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        sel = self
+
+        class _CB(BaseCallback):
+            def _on_training_start(self) -> None:
+                sel.evaluate(self.model)  # step 0: the untrained network, i.e. the predictive core
+
+            def _on_rollout_end(self) -> None:
+                if self.model.num_timesteps - max((r["step"] for r in sel.results), default=0) >= sel.every:
+                    sel.evaluate(self.model)
+
+            def _on_step(self) -> bool:
+                return True
+
+        return _CB()
 
 
 class _ProgressBar:
@@ -170,8 +278,9 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard logs here")
     p.add_argument("--out", required=True, metavar="DIR", help="artifact directory (policy.pt, policy.json)")
-    p.add_argument("--scale-to-peak", type=float, default=None, metavar="RPS",
-                   help="rescale each training trace to this peak req/s (default: half the fleet's max capacity)")
+    p.add_argument("--scale-to-peak", default=None, metavar="RPS[,RPS...]",
+                   help="rescale each training trace to this peak req/s; several (e.g. 200,1000) train on each "
+                        "(default: half the fleet's max capacity)")
     p.add_argument("--episode", default="3600:7200", metavar="MIN:MAX",
                    help="episode length range in seconds (default 3600:7200)")
     p.add_argument("--forecast-model", default="holt-winters", help="forecaster for features (default holt-winters)")
@@ -180,6 +289,10 @@ def register(sub: Any) -> None:
     p.add_argument("--ttft-shaping", type=float, default=0.5,
                    help="reward penalty per interval per unit of p95 latency above target (default 0.5)")
     p.add_argument("--n-envs", type=int, default=DEFAULTS["n_envs"], help="parallel (in-process) envs")
+    p.add_argument("--eval-every", type=int, default=DEFAULTS["eval_every"],
+                   help="checkpoint selection: evaluate every N steps on training episodes (0: keep the last weights)")
+    p.add_argument("--eval-episodes", type=int, default=DEFAULTS["eval_episodes"],
+                   help="seeded training-range episodes each checkpoint plays")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handler)
 
@@ -191,8 +304,9 @@ def handler(args: argparse.Namespace) -> int:
     goal = load_goal(args.goal)
     if args.timesteps <= 0:
         raise UserError(f"--timesteps must be positive, got {args.timesteps}")
-    if args.scale_to_peak is not None and not (args.scale_to_peak > 0 and math.isfinite(args.scale_to_peak)):
-        raise UserError(f"--scale-to-peak must be a positive number, got {args.scale_to_peak}")
+    peaks = _peaks(args.scale_to_peak)
+    if args.eval_every < 0 or args.eval_episodes < 0:
+        raise UserError("--eval-every and --eval-episodes must be >= 0")
     try:
         lo, hi = (float(x) for x in args.episode.split(":"))
     except ValueError:
@@ -200,14 +314,30 @@ def handler(args: argparse.Namespace) -> int:
     ranges = _ranges(args.trace, args.range_)
     env_kwargs: dict[str, Any] = {"episode_s": (lo, hi), "forecast_model": args.forecast_model,
                                   "miss_penalty": args.miss_penalty, "ttft_shaping": args.ttft_shaping}
-    if args.scale_to_peak is not None:
-        env_kwargs["peak_rps"] = args.scale_to_peak
+    if peaks is not None:
+        env_kwargs["peak_rps"] = peaks if len(peaks) > 1 else peaks[0]
     _, prov = train(goal, args.trace, ranges, args.timesteps, args.out, seed=args.seed,
                     tensorboard=args.tensorboard, progress=not args.no_progress, env_kwargs=env_kwargs,
-                    hyper={"n_envs": args.n_envs},
+                    hyper={"n_envs": args.n_envs, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes},
                     provenance_extra={"command": "fleetpilot train " + " ".join(_argv(args))})
     print(f"wrote {Path(args.out) / 'policy.json'} ({prov['timesteps']} steps, {prov['wall_time_s']:.0f} s)")
     return 0
+
+
+def _peaks(text: str | None) -> list[float] | None:
+    """``--scale-to-peak`` values (comma-separated positive numbers), or None."""
+    if text is None:
+        return None
+    out = []
+    for part in str(text).split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            v = math.nan
+        if not (v > 0 and math.isfinite(v)):
+            raise UserError(f"--scale-to-peak must be positive numbers separated by commas, got {text!r}")
+        out.append(v)
+    return out
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
@@ -218,9 +348,10 @@ def _argv(args: argparse.Namespace) -> list[str]:
         out += ["--range", r]
     out += ["--timesteps", str(args.timesteps), "--seed", str(args.seed), "--out", str(args.out)]
     if args.scale_to_peak is not None:
-        out += ["--scale-to-peak", f"{args.scale_to_peak:g}"]
+        out += ["--scale-to-peak", str(args.scale_to_peak)]
     if args.miss_penalty is not None:
         out += ["--miss-penalty", f"{args.miss_penalty:g}"]
     out += ["--ttft-shaping", f"{args.ttft_shaping:g}"]
-    out += ["--episode", args.episode, "--forecast-model", args.forecast_model, "--n-envs", str(args.n_envs)]
+    out += ["--episode", args.episode, "--forecast-model", args.forecast_model, "--n-envs", str(args.n_envs),
+            "--eval-every", str(args.eval_every), "--eval-episodes", str(args.eval_episodes)]
     return out
