@@ -356,6 +356,7 @@ class DaemonDeps:
     shield: Any = "auto"  # "auto": default_shield(goal); None: no shield
     ops: Any = None  # agent/ops.Ops: shadow metrics/audit, bounded labels, fallback Events
     takeover: Any = None  # agent/handover.TakeoverSession (``--take-over keda``)
+    drift: Any = None  # agent/latency_drift.LatencyDrift: shadow re-calibration (run --recalibrate-every)
 
 
 class Daemon:
@@ -458,6 +459,14 @@ class Daemon:
         outcomes = self.actuation.apply(self.goal, acting, state, may_act, mode, errors)
         # every model is decided and exported, owned or not (shadow beside an HPA); only the writes skip foreign ones
         self.metrics.export(self.goal.model_names, decision.replicas, state, foreign, mode)
+        if self.deps.drift is not None:  # shadow re-calibration when due: a gauge, and an audit record on drift
+            self.deps.drift.set_goal(self.goal)
+            for rep in self.deps.drift.maybe_run(now):
+                if (rep.exceeded or rep.error) and self.deps.audit is not None:
+                    try:
+                        self.deps.audit.write(rep.audit_record())
+                    except OSError as exc:
+                        errors.append(f"audit: {exc}")
         shadow = None
         if self.deps.ops is not None:
             shadow = self.deps.ops.after(decision=decision, state=state, foreign=foreign,

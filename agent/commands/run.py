@@ -68,6 +68,12 @@ def register(sub: Any) -> None:
                    help="PromQL giving the request rate per route (label 'route'); default: derived from the model "
                         "rates and the weights in force")
     p.add_argument("--audit", help="append one JSON line per interval to this file")
+    p.add_argument("--recalibrate-every", metavar="DURATION",
+                   help="shadow re-calibration: every DURATION (e.g. 1h) compare the last DURATION of vLLM metrics "
+                        "with the goal's latency model; drift is exported (fleetpilot_latency_model_drift) and "
+                        "audited beyond --drift-margin; the goal is never changed")
+    p.add_argument("--drift-margin", type=float, default=0.15,
+                   help="relative ITL drift that counts as the fleet departing from the goal (default 0.15)")
     p.add_argument("--interval", type=float, help="seconds between decisions (default: the goal's control_interval_s)")
     p.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port (0: any free port)")
     p.add_argument("--require-opt-in", action=argparse.BooleanOptionalAction, default=True,
@@ -194,6 +200,23 @@ def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
     return restore
 
 
+def _wire_drift(daemon: Any, goal: GoalSpec, settings: DaemonSettings, every: str, margin: float) -> None:
+    """``--recalibrate-every``: the daemon checks the goal's latency model against the live metrics on a schedule."""
+    from fleetpilot.agent.calibrate import make_client, parse_duration
+    from fleetpilot.agent.latency_drift import DriftSettings, LatencyDrift
+
+    every_s = parse_duration(every, "--recalibrate-every")
+    if not (0 < margin < 10):
+        raise UserError(f"--drift-margin must be between 0 and 10, got {margin:g}")
+    access = settings.prometheus.access
+    if access is None:
+        raise UserError("--recalibrate-every needs --prometheus")
+    step = min(60.0, every_s)
+    daemon._set_dep("drift", LatencyDrift(goal, make_client(access), DriftSettings(every_s=every_s, lookback_s=every_s,
+                                                                                step_s=step, margin=margin),
+                                          registry=daemon.metrics.registry, source=access.display_url))
+
+
 def _settings(args: argparse.Namespace) -> DaemonSettings:
     if args.interval is not None and not args.interval > 0:
         raise UserError(f"--interval must be a positive number of seconds, got {args.interval:g}")
@@ -239,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     _forecaster_factory(settings.forecaster)  # validate before connecting anywhere
     policy = resolve_policy(args.policy, goal)
     daemon = build_daemon(goal, policy, settings, goal_path=args.goal, policy_spec=args.policy)
+    if args.recalibrate_every:
+        _wire_drift(daemon, goal, settings, args.recalibrate_every, args.drift_margin)
     try:
         if settings.metrics_port is not None:
             server = daemon.serve_metrics()
