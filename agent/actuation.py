@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ class Actuation:
         self.metrics = metrics
         self.weights = weights  # the weights in force (shared with the daemon's readings)
         self._conflict_keys: set[str] = set()
+        self.reason: str | None = None  # why this interval decided what it did (the Events' "reason: ...")
 
     def apply(self, goal: GoalSpec, decision: Decision, state: Mapping[str, FleetState | None], may_act: bool,
               mode: str, errors: list[str]) -> list[dict[str, Any]]:
@@ -99,7 +101,10 @@ class Actuation:
         if self.actuator is None:
             return None
         try:
-            return getattr(self.actuator, verb)(target, value)
+            fn = getattr(self.actuator, verb)
+            if self.reason is not None and _takes_reason(fn):
+                return fn(target, value, reason=self.reason)
+            return fn(target, value)
         except Exception as exc:  # noqa: BLE001 -- reported in the audit, never fatal
             return _Failed(f"{verb} raised {type(exc).__name__}: {exc}")
 
@@ -113,6 +118,14 @@ class Actuation:
                 self.ownership.forget_writes()
             return flag
         return True
+
+
+def _takes_reason(fn: Any) -> bool:
+    """Whether an actuator write accepts ``reason=`` (the Kubernetes actuator does; test doubles may not)."""
+    try:
+        return "reason" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def int_weights(w: Mapping[str, float], models: Sequence[str]) -> dict[str, int]:

@@ -37,7 +37,7 @@ from fleetpilot.agent.actuation import WEIGHT_SCALE, Actuation
 from fleetpilot.agent.audit import AuditLog, to_jsonable
 from fleetpilot.agent.health import ForecastFeed, HealthCheck
 from fleetpilot.agent.metrics_server import DaemonMetrics, MetricsServer
-from fleetpilot.agent.ops import fallback_kind
+from fleetpilot.agent.ops import decision_reason, fallback_kind
 from fleetpilot.agent.ownership import Ownership
 from fleetpilot.agent.prom import FleetState
 from fleetpilot.envs.loop import ControlLoop
@@ -454,9 +454,10 @@ class Daemon:
             self.metrics.fallbacks.labels(fallback_kind(step.reason) or "other").inc()
         rules = list(fired)
         acting = self.ownership.exclude(decision, foreign, rules)  # foreign-owned models: refuse to fight
-        if self.deps.takeover is not None and may_act:
-            self.deps.takeover.before_writes(acting.replicas, state, errors)  # KEDA's pause value follows first
+        self.actuation.reason = decision_reason(step, self.loop, reading)  # the Events say why
         outcomes = self.actuation.apply(self.goal, acting, state, may_act, mode, errors)
+        if self.deps.takeover is not None and may_act:
+            self.deps.takeover.after_writes(outcomes, errors)  # --take-over keda: the pause value follows
         # every model is decided and exported, owned or not (shadow beside an HPA); only the writes skip foreign ones
         self.metrics.export(self.goal.model_names, decision.replicas, state, foreign, mode)
         if self.deps.drift is not None:  # shadow re-calibration when due: a gauge, and an audit record on drift

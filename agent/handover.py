@@ -23,7 +23,7 @@ HPA out of the way (docs/deploy.md shows the sequence: shadow -> shadow-report -
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,7 @@ class KedaTakeover:
         return out
 
     def follow(self, model: str, replicas: int) -> list[TakeoverOutcome]:
-        """Before fleetpilot scales a taken-over workload: write the new count into ``paused-replicas``."""
+        """After fleetpilot scaled a taken-over workload: write the new count into ``paused-replicas``."""
         out = []
         for so in self.scaledobjects(model):
             ann = so["metadata"].get("annotations") or {}
@@ -218,19 +218,23 @@ class TakeoverSession:
         elif not leader and self.holding:
             self.give_back(errors)
 
-    def before_writes(self, replicas: Mapping[str, int], state: Mapping[str, Any], errors: list[str]) -> None:
-        """Write each changing count into ``paused-replicas`` before the workload is scaled."""
+    def after_writes(self, outcomes: Sequence[Mapping[str, Any]], errors: list[str]) -> None:
+        """After fleetpilot scaled a taken-over workload, write the new count into ``paused-replicas``.
+
+        fleetpilot scales first (it is the scaler of record: its Event, its field manager), then the pause value
+        follows, so KEDA -- which re-applies its pause value whenever it reconciles the ScaledObject -- agrees.
+        """
         if not self.holding:
             return
-        for m, n in replicas.items():
-            st = state.get(m)
-            if st is None or getattr(st, "desired", None) == n:
+        for out in outcomes:
+            if out.get("kind") != "scale" or not out.get("ok") or out.get("target") not in self.models:
                 continue
+            m, n = str(out["target"]), int(out["value"])
             try:
-                for out in self.takeover.follow(m, int(n)):
-                    if not out.ok:
-                        errors.append(f"take-over {m}: {out.message}")
-            except Exception as exc:  # noqa: BLE001 -- reported; the ScaledObject then stays KEDA's
+                for res in self.takeover.follow(m, n):
+                    if not res.ok:
+                        errors.append(f"take-over {m}: {res.message}")
+            except Exception as exc:  # noqa: BLE001 -- reported; KEDA may then scale back to its pause value
                 errors.append(f"take-over {m}: {exc}")
 
     def give_back(self, errors: list[str] | None = None) -> None:

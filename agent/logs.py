@@ -79,10 +79,10 @@ class WarnOnce:
             return False
         if text is None:
             del self._state[key]
-            self._log.info("%s: cleared (was: %s)", key, before)
+            self._log.info("cleared: %s", before)
             return True
         self._state[key] = text
-        self._log.log(self._level, "%s: %s", key, text)
+        self._log.log(self._level, "%s", text)
         return True
 
     @property

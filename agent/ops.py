@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fleetpilot.simulations.goal import GoalSpec
 
-__all__ = ["FALLBACK_REASONS", "Ops", "SHIELD_RULES", "fallback_kind", "shield_rule"]
+__all__ = ["FALLBACK_REASONS", "Ops", "SHIELD_RULES", "decision_reason", "fallback_kind", "shield_rule"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,25 @@ def shield_rule(fired: str) -> str:
     """The bounded label of one fired shield rule (``bounds:llama:max`` -> ``bounds``)."""
     head = str(fired).split(":", 1)[0]
     return head if head in SHIELD_RULES else "other"
+
+
+def decision_reason(step: Any, loop: Any, reading: Any, limit: int = 300) -> str:
+    """One line saying who decided and on what: ``policy predictive: 42.1 req/s, p95 TTFT 320 ms`` or
+    ``fallback hpa (stale or missing inputs: llama.age)`` -- the ``reason:`` of fleetpilot's Events."""
+    if getattr(step, "active", "policy") == "fallback":
+        text = f"fallback {getattr(loop.fallback, 'name', 'fallback')} ({getattr(step, 'reason', None) or 'unhealthy'})"
+    else:
+        text = f"policy {getattr(loop.policy, 'name', 'policy')}"
+        parts = []
+        rates = [float(v) for v in (getattr(reading, "class_rates", None) or {}).values()]
+        if rates and all(math.isfinite(r) for r in rates):
+            parts.append(f"{sum(rates):.1f} req/s")
+        ttft = float(getattr(reading, "ttft_p95_ms", math.nan))
+        if math.isfinite(ttft):
+            parts.append(f"p95 TTFT {ttft:.0f} ms")
+        if parts:
+            text += ": " + ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _share(w: Mapping[str, float] | None, models: Sequence[str]) -> dict[str, float]:

@@ -261,8 +261,8 @@ def test_keda_take_over_and_hand_back(emu: K8sEmulator) -> None:
     assert act.foreign_controllers("llama") == []  # ours now
     assert emu.replicas(NS, "llama-8b") == 2  # paused at the count in force: nothing jumped
 
-    takeover.follow("llama", 6)  # fleetpilot scales: the pause value follows first, then the workload
-    assert act.scale("llama", 6).status in ("applied", "unchanged")
+    assert act.scale("llama", 6).status == "applied"  # fleetpilot scales, then the pause value follows
+    takeover.follow("llama", 6)
     assert emu.replicas(NS, "llama-8b") == 6
     assert emu.objects.get("scaledobjects", NS, "llama")["metadata"]["annotations"][PAUSED_REPLICAS_ANNOTATION] == "6"
 

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +33,6 @@ from fleetpilot.agent.daemon import (
     DaemonSettings,
     GoalReloader,
     KubeSettings,
-    KubeStatusReader,
     LeaderElectionSettings,
     PrometheusSettings,
 )
@@ -91,6 +89,14 @@ def register(sub: Any) -> None:
     p.add_argument("--forecaster", default="holt-winters",
                    help="online forecaster: holt-winters, ets, seasonal-naive, last-value, none")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--log-format", default="text", choices=("text", "json"),
+                   help="text (default) or json: one JSON object per line (ts, level, logger, msg)")
+    p.add_argument("--take-over", choices=("keda",), default=None,
+                   help="control mode: pause the KEDA ScaledObjects on the goal's workloads while leading "
+                        "(autoscaling.keda.sh/paused-replicas) and give them back on exit or loss of leadership")
+    p.add_argument("--fallback", choices=("goal", "incumbent"), default="goal",
+                   help="fallback policy: the goal's fallback_policy (default) or 'incumbent': the HPA/KEDA "
+                        "settings read from the workloads at start (fleetpilot handover shows them)")
     p.set_defaults(func=run)
 
 
@@ -132,16 +138,23 @@ def build_daemon(
     monotonic: Callable[[], float] = time.monotonic,
     goal_path: str | None = None,
     policy_spec: str | None = None,
+    take_over: str | None = None,
+    fallback: str = "goal",
 ) -> Daemon:
     """Wire the real parts: PrometheusSource, KubeActuator, KubeStatusReader, LeaderElector, AuditLog."""
+    from fleetpilot.agent.events import EventRecorder
+    from fleetpilot.agent.handover import KedaTakeover, TakeoverSession
     from fleetpilot.agent.kube import KubeActuator, RouteTarget, make_api_client
     from fleetpilot.agent.leader import LeaderElector
+    from fleetpilot.agent.metrics_server import DaemonMetrics
+    from fleetpilot.agent.ops import Ops
     from fleetpilot.agent.prom import PrometheusSource
+    from fleetpilot.policies.incumbent import incumbent_policy
 
     if api_client is None:
         k = settings.kube
         api_client = make_api_client(k.kubeconfig, k.in_cluster, k.host)
-    deployments = {m.name: (m.deployment.namespace, m.deployment.name) for m in goal.models}
+    deployments = {m.name: m.deployment for m in goal.models}  # any kind with a scale subresource
     routes = {
         r.name: RouteTarget(r.http_route.namespace, r.http_route.name,
                             {m: (goal.model(m).service, goal.model(m).port) for m in r.models})
@@ -149,7 +162,8 @@ def build_daemon(
         if r.http_route is not None
     }
     interval = settings.effective_interval(goal)
-    actuator = KubeActuator(api_client, deployments, routes, sleep=sleep or time.sleep)
+    recorder = EventRecorder(api_client, instance=settings.leader.identity, clock=clock)
+    actuator = KubeActuator(api_client, deployments, routes, sleep=sleep or time.sleep, recorder=recorder)
     elector = None
     if settings.mode == "control" and settings.leader.enabled:
         le = settings.leader
@@ -166,15 +180,54 @@ def build_daemon(
     if audit is not None and audit.repaired:
         log.warning("audit log %s ended in a partial line (a crash mid-write); moved it to %s",
                     settings.audit.path, audit.partial_path)
+    incumbents = _read_incumbents(actuator, goal)
+    fallback_policy = incumbent_policy(goal, incumbents) if fallback == "incumbent" else None
+    metrics = DaemonMetrics()
+    ops = Ops(goal, metrics.registry, actuator, settings.mode, incumbents)  # served on the daemon's /metrics
+    takeover = None
+    if take_over == "keda":
+        if settings.mode != "control":
+            raise UserError("--take-over keda needs --mode control (shadow and dry-run never write)")
+        takeover = TakeoverSession(KedaTakeover(actuator, settings.leader.identity), list(goal.model_names))
     reloader = None
     if goal_path is not None and policy_spec is not None:
         reloader = GoalReloader(goal_path, lambda g: resolve_policy(policy_spec, g))
     deps = DaemonDeps(source, actuator, elector, audit, clock=clock, sleep=sleep, monotonic=monotonic,
-                      status_reader=KubeStatusReader(api_client, deployments),
-                      forecaster_factory=_forecaster_factory(settings.forecaster), goal_reloader=reloader)
+                      status_reader=_status_reader(actuator),
+                      forecaster_factory=_forecaster_factory(settings.forecaster), goal_reloader=reloader,
+                      fallback=fallback_policy, metrics=metrics, ops=ops, takeover=takeover)
     daemon = Daemon(goal, policy, deps, settings)
     daemon.metrics.prometheus_tls_verified.set(1.0 if source.tls_verified else 0.0)
     return daemon
+
+
+def _read_incumbents(actuator: Any, goal: GoalSpec) -> dict[str, list[Any]]:
+    """The HPAs / ScaledObjects on each workload (best effort: a failed read is logged and leaves the model empty)."""
+    from fleetpilot.agent.handover import read_incumbents
+    from fleetpilot.simulations.errors import FleetpilotError
+
+    found: dict[str, list[Any]] = {}
+    for m in goal.model_names:
+        try:
+            found[m] = read_incumbents(actuator, m)
+        except (FleetpilotError, OSError) as exc:
+            log.warning("could not read the autoscalers on %s: %s", m, exc)
+            found[m] = []
+        for inc in found[m]:
+            log.info("%s: found %s (min %d, max %d, target %s)", m, inc.ref, inc.min_replicas, inc.max_replicas,
+                     "default" if inc.target_per_replica is None else f"{inc.target_per_replica:g} {inc.metric}")
+    return found
+
+
+def _status_reader(actuator: Any) -> Callable[[str], Any]:
+    """Desired and ready replicas of any workload kind, through the actuator (and its one retry layer)."""
+    from fleetpilot.agent.prom import FleetState
+
+    def read(model: str) -> FleetState:
+        desired, ready = actuator.read_state(model)
+        return FleetState(desired=desired, ready=ready)
+
+    return read
 
 
 def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
@@ -252,8 +305,9 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from fleetpilot.agent.logs import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
     from fleetpilot.agent.prom import install_log_redaction
 
     install_log_redaction()  # secrets (URL userinfo, tokens, passwords, header values) never reach the logs
@@ -261,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
     goal = load_goal(args.goal)
     _forecaster_factory(settings.forecaster)  # validate before connecting anywhere
     policy = resolve_policy(args.policy, goal)
-    daemon = build_daemon(goal, policy, settings, goal_path=args.goal, policy_spec=args.policy)
+    daemon = build_daemon(goal, policy, settings, goal_path=args.goal, policy_spec=args.policy,
+                          take_over=args.take_over, fallback=args.fallback)
     if args.recalibrate_every:
         _wire_drift(daemon, goal, settings, args.recalibrate_every, args.drift_margin)
     try:
