@@ -52,9 +52,9 @@ from fleetpilot.simulations import kernel as K  # noqa: N812 - same alias as sim
 from fleetpilot.simulations.capacity import latency_vector, service_rate_per_replica, slots_per_replica
 from fleetpilot.simulations.contract import Decision
 from fleetpilot.simulations.errors import UserError
-from fleetpilot.simulations.fleet import FleetSimulator
+from fleetpilot.simulations.fleet import FleetSimulator, QueueState, run_segment, tick_class_rates
 from fleetpilot.simulations.goal import GoalSpec, ModelSpec
-from fleetpilot.simulations.routing import RoutingMap
+from fleetpilot.simulations.routing import RoutingMap, mix_tokens
 from fleetpilot.simulations.traces import Trace
 
 __all__ = [
@@ -185,7 +185,7 @@ def routing_lower_bound(
     frac = goal.slo.percentile / 100.0
     price = np.array([m.cost_per_hour for m in goal.models])
     # per-model saturated throughput at the token mix it would see under default weights
-    tin_p, tout_p = RoutingMap(goal, trace.classes).token_mix(rates.sum(axis=0), tin_k, tout_k)
+    tin_p, tout_p = mix_tokens(rates.sum(axis=0), tin_k, tout_k, RoutingMap(goal, trace.classes).shares(None))
     tin_p = np.where(np.isfinite(tin_p), tin_p, tin_k.mean())
     tout_p = np.where(np.isfinite(tout_p), tout_p, tout_k.mean())
     mu = np.array([service_rate_per_replica(m, tin_p[i], tout_p[i]) for i, m in enumerate(goal.models)])
@@ -315,26 +315,6 @@ def _lp_constraints(A: Any, lb: np.ndarray, ub: np.ndarray) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _PoolState:
-    in_service: np.ndarray
-    q_a0: np.ndarray
-    q_a1: np.ndarray
-    q_total: np.ndarray
-    q_done: np.ndarray
-    q_head: np.ndarray
-    q_len: np.ndarray
-
-    @classmethod
-    def empty(cls, qcap: int) -> _PoolState:
-        return cls(np.zeros(1, np.int64), np.zeros((1, qcap)), np.zeros((1, qcap)), np.zeros((1, qcap), np.int64),
-                   np.zeros((1, qcap), np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64))
-
-    def copy(self) -> _PoolState:
-        return _PoolState(*(a.copy() for a in (self.in_service, self.q_a0, self.q_a1, self.q_total, self.q_done,
-                                                 self.q_head, self.q_len)))
-
-
 def window_requirements(
     goal: GoalSpec,
     trace: Trace,
@@ -373,14 +353,7 @@ def window_requirements(
     first = np.concatenate([[0], np.cumsum(w_ticks)[:-1]])
     w_of_tick = np.repeat(np.arange(W), w_ticks)
     times = w_start[w_of_tick] + (np.arange(int(w_ticks.sum())) - first[w_of_tick]) * dt
-    rows = np.minimum(((times - trace.start_s) // trace.interval_s).astype(np.int64), trace.n - 1)
-    if dt <= trace.interval_s + 1e-9:
-        R = trace.rate()[rows]  # (T, k)
-    else:  # like the simulator: a tick longer than a trace bin averages the arrival curve over the tick
-        cum = np.vstack([np.zeros(len(trace.classes)), np.cumsum(trace.arrivals, axis=0)])
-        cum_t = trace.start_s + np.arange(trace.n + 1) * trace.interval_s
-        R = np.stack([np.interp(times + dt, cum_t, cum[:, j]) - np.interp(times, cum_t, cum[:, j])
-                      for j in range(len(trace.classes))], axis=1) / dt
+    R, rows = tick_class_rates(trace, times, dt)  # (T, k): the simulator's own per-tick offered rates
     # like the simulator: each window is run in segments cut at control-interval boundaries, and a segment's
     # token lengths are the request-weighted means over its trace rows, rounded (FleetSimulator._pool_mix)
     seg_start = np.isclose(np.mod((times - frame.t0) / frame.control_s + 0.5, 1.0), 0.5)
@@ -398,18 +371,16 @@ def window_requirements(
     req: dict[str, np.ndarray] = {}
     p95: dict[str, np.ndarray] = {}
 
-    def trial(rng: np.random.Generator, st: _PoolState, n: int, rates: np.ndarray,
-              segs: list[tuple[int, int, np.ndarray, int]], ws: float) -> tuple[bool, float, _PoolState, Any]:
+    def trial(rng: np.random.Generator, st: QueueState, n: int, rates: np.ndarray,
+              segs: list[tuple[int, int, np.ndarray, int]], ws: float) -> tuple[bool, float, QueueState, Any]:
         s = st.copy()
         bg = rng.bit_generator
         saved = bg.state
         hist = np.zeros((1, K.N_BINS))
         e2e = np.zeros((1, K.N_BINS))
-        for a, nt, lat, spr in segs:
-            out = np.zeros((nt, 1, K.N_OUT))
+        for a, nt, lat, spr in segs:  # the simulator's segment step, one pool at a fixed count
             ready = np.full((nt, 1), n, np.int64)
-            K.run_ticks(rng, nt, ws + a * dt, dt, rates[a:a + nt], ready * spr, ready, lat, timeout, s.in_service,
-                        s.q_a0, s.q_a1, s.q_total, s.q_done, s.q_head, s.q_len, hist, e2e, out)
+            run_segment(rng, s, ws + a * dt, dt, rates[a:a + nt], ready * spr, ready, lat, timeout, hist, e2e)
         after = bg.state
         bg.state = saved
         h = e2e[0] if metric_e2e else hist[0]
@@ -420,16 +391,16 @@ def window_requirements(
 
     for p, m in enumerate(goal.models):
         rngs = [np.random.default_rng([seed, 7919, p, k]) for k in range(n_paths)]
-        sts = [_PoolState.empty(qcap) for _ in range(n_paths)]
+        sts = [QueueState.empty(1, qcap) for _ in range(n_paths)]
         n_req = np.zeros(W, np.int64)
         lat_ms = np.zeros(W)
         bump = None if extra is None else extra.get(m.name)
         sh_w = share[np.minimum(np.arange(W), share.shape[0] - 1), :, p]  # (W, k)
         rate_tick = (R * sh_w[w_of_tick]).sum(axis=1)  # (T,)
         sh_seg = sh_w[w_of_tick[seg_first]]  # (S, k)
-        vol = seg_w * sh_seg + 1e-12
-        tin_s = np.round((seg_tin * vol).sum(axis=1) / vol.sum(axis=1))
-        tout_s = np.round((seg_tout * vol).sum(axis=1) / vol.sum(axis=1))
+        tin_s, tout_s = mix_tokens(seg_w, seg_tin, seg_tout, sh_seg[:, :, None])  # the simulator's token mix
+        tin_s = np.round(np.where(np.isfinite(tin_s[:, 0]), tin_s[:, 0], seg_tin.mean(axis=1)))
+        tout_s = np.round(np.where(np.isfinite(tout_s[:, 0]), tout_s[:, 0], seg_tout.mean(axis=1)))
         per_tokens: dict[tuple[float, float], tuple[int, np.ndarray, float]] = {}
 
         def params(key: tuple[float, float], _m=m, _pt=per_tokens) -> tuple[int, np.ndarray, float]:
@@ -461,10 +432,10 @@ def window_requirements(
             lam = float(rates.mean())
             floor_n = max(m.min_replicas, int(math.ceil(0.8 * lam / mu)) if mu > 0 else 0)
             floor_n = min(floor_n, m.max_replicas)
-            cache: dict[int, tuple[bool, float, list[tuple[_PoolState, Any]]]] = {}
+            cache: dict[int, tuple[bool, float, list[tuple[QueueState, Any]]]] = {}
 
             def run(n: int, _c=cache, _sts=sts, _r=rates, _segs=segs, _ws=ws, _rngs=rngs
-                    ) -> tuple[bool, float, list[tuple[_PoolState, Any]]]:
+                    ) -> tuple[bool, float, list[tuple[QueueState, Any]]]:
                 if n not in _c:  # the window must meet the SLO on every sample path
                     res = [trial(g_, s_, n, _r, _segs, _ws) for g_, s_ in zip(_rngs, _sts, strict=True)]
                     _c[n] = (all(x[0] for x in res), max(x[1] for x in res), [(x[2], x[3]) for x in res])
@@ -637,13 +608,13 @@ def slo_feasibility(goal: GoalSpec, trace: Trace, *, seed: int = 0, tick_s: floa
         if not (share[:, p] > 0).any():
             continue
         lam = float(np.quantile(per_w, goal.slo.attainment)) if per_w.size else 0.0
-        vol = rates_w.sum(axis=0) * share[:, p] + 1e-12
-        tin = float((tin_k * vol).sum() / vol.sum())
-        tout = float((tout_k * vol).sum() / vol.sum())
+        a_in, a_out = mix_tokens(rates_w.sum(axis=0), tin_k, tout_k, share[:, p:p + 1])
+        tin = float(a_in[0]) if np.isfinite(a_in[0]) else float(tin_k.mean())
+        tout = float(a_out[0]) if np.isfinite(a_out[0]) else float(tout_k.mean())
         lat = latency_vector(m, tin, tout)[None, :]
         spr = slots_per_replica(m, tin, tout)
         n_ticks = max(1, int(round(frame.window_s / dt)))
-        st = _PoolState.empty(qcap)
+        st = QueueState.empty(1, qcap)
         rng = np.random.default_rng([seed, 104729, p])
         n = max(m.max_replicas, 1)
         ready = np.full((n_ticks, 1), n, np.int64)
@@ -652,10 +623,8 @@ def slo_feasibility(goal: GoalSpec, trace: Trace, *, seed: int = 0, tick_s: floa
         for w in range(3):
             hist = np.zeros((1, K.N_BINS))
             e2e = np.zeros((1, K.N_BINS))
-            out_t = np.zeros((n_ticks, 1, K.N_OUT))
-            K.run_ticks(rng, n_ticks, trace.start_s + w * frame.window_s, dt, rates, ready * spr, ready, lat,
-                        float(goal.slo.timeout_s), st.in_service, st.q_a0, st.q_a1, st.q_total, st.q_done, st.q_head,
-                        st.q_len, hist, e2e, out_t)
+            run_segment(rng, st, trace.start_s + w * frame.window_s, dt, rates, ready * spr, ready, lat,
+                        float(goal.slo.timeout_s), hist, e2e)
             if w:
                 agg += e2e[0] if goal.slo.metric == "e2e" else hist[0]
         v = K.percentile(agg, goal.slo.percentile) * 1e3 if agg.sum() > 0 else 0.0

@@ -44,7 +44,7 @@ import numpy as np
 from fleetpilot.simulations.capacity import service_rate_per_replica, slots_per_replica
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec, ModelSpec
-from fleetpilot.simulations.routing import RoutingMap
+from fleetpilot.simulations.routing import RoutingMap, mix_tokens
 from fleetpilot.simulations.traces import Trace
 
 _EV_FIRST = 0  # first token of a request (end of its TTFT part)
@@ -227,7 +227,7 @@ def simulate_des(
     # --- per-pool constants: rate-weighted token means over the whole run (as the fast simulator per segment)
     tin_k = trace.input_tokens.mean(axis=0)
     tout_k = trace.output_tokens.mean(axis=0)
-    pool_tin, pool_tout = routing.token_mix(rates.sum(axis=0), tin_k, tout_k, full_w)
+    pool_tin, pool_tout = mix_tokens(rates.sum(axis=0), tin_k, tout_k, share)
     pool_tin = np.where(np.isfinite(pool_tin), pool_tin, tin_k.mean())
     pool_tout = np.where(np.isfinite(pool_tout), pool_tout, tout_k.mean())
     slots = [

@@ -29,9 +29,13 @@ __all__ = [
     "FleetSimulator",
     "IntervalStats",
     "PoolStats",
+    "QueueState",
     "WindowStats",
     "latency_vector",
+    "cumulative_arrivals",
     "reading_from_stats",
+    "run_segment",
+    "tick_class_rates",
     "route_matrix",
     "service_rate_per_replica",
     "slots_per_replica",
@@ -96,6 +100,65 @@ class _Pool:
     starting: list[float]  # ready-at times (trace clock)
     draining: list[float]  # billed-until times
     desired: int
+
+
+@dataclass
+class QueueState:
+    """The kernel's per-pool queue state (requests in service, the FIFO of waiting cohorts), carried across
+    segments. The simulator holds one for all its pools; the oracle one per candidate pool and sample path."""
+
+    in_service: np.ndarray
+    q_a0: np.ndarray
+    q_a1: np.ndarray
+    q_total: np.ndarray
+    q_done: np.ndarray
+    q_head: np.ndarray
+    q_len: np.ndarray
+
+    @classmethod
+    def empty(cls, n_pools: int, qcap: int) -> QueueState:
+        return cls(np.zeros(n_pools, np.int64), np.zeros((n_pools, qcap)), np.zeros((n_pools, qcap)),
+                   np.zeros((n_pools, qcap), np.int64), np.zeros((n_pools, qcap), np.int64),
+                   np.zeros(n_pools, np.int64), np.zeros(n_pools, np.int64))
+
+    def copy(self) -> QueueState:
+        return QueueState(*(a.copy() for a in (self.in_service, self.q_a0, self.q_a1, self.q_total, self.q_done,
+                                                 self.q_head, self.q_len)))
+
+
+def run_segment(rng: np.random.Generator, queues: QueueState, t0: float, dt: float, rates: np.ndarray,
+                slots: np.ndarray, ready: np.ndarray, lat: np.ndarray, timeout_s: float, hist: np.ndarray,
+                e2e: np.ndarray) -> np.ndarray:
+    """Advance ``len(rates)`` ticks of the kernel from ``t0`` (per tick and pool: rates, slots, ready replicas;
+    per pool: latency parameters); adds to the TTFT/e2e histograms and returns the per-tick outputs."""
+    n_ticks, n_p = rates.shape
+    out = np.zeros((n_ticks, n_p, K.N_OUT))
+    K.run_ticks(rng, n_ticks, t0, dt, rates, slots, ready, lat, float(timeout_s), queues.in_service, queues.q_a0,
+                queues.q_a1, queues.q_total, queues.q_done, queues.q_head, queues.q_len, hist, e2e, out)
+    return out
+
+
+def tick_class_rates(trace: Trace, times: np.ndarray, dt: float, cum: tuple[np.ndarray, np.ndarray] | None = None,
+                     rate: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Offered rate per tick and request class at tick starts ``times``, and the trace row of each tick.
+
+    Ticks no longer than the trace interval read their interval's rate; longer ticks average the trace over the
+    tick (the cumulative arrival curve is piecewise linear), so nothing is sampled away. ``cum`` and ``rate``
+    cache :func:`cumulative_arrivals` and ``trace.rate()``.
+    """
+    rows = np.minimum(((times - trace.start_s) // trace.interval_s).astype(np.int64), trace.n - 1)
+    if dt <= trace.interval_s + 1e-9:
+        return (trace.rate() if rate is None else rate)[rows], rows
+    cum_t, cum_a = cum if cum is not None else cumulative_arrivals(trace)
+    cols = [np.interp(times + dt, cum_t, cum_a[:, j]) - np.interp(times, cum_t, cum_a[:, j])
+            for j in range(len(trace.classes))]
+    return np.stack(cols, axis=1) / dt, rows
+
+
+def cumulative_arrivals(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """(bin edges, cumulative arrivals per class at each edge)."""
+    cum = np.vstack([np.zeros(len(trace.classes)), np.cumsum(trace.arrivals, axis=0)])
+    return trace.start_s + np.arange(trace.n + 1) * trace.interval_s, cum
 
 
 def reading_from_stats(stats: IntervalStats, weights: Weights) -> Reading:
@@ -170,17 +233,10 @@ class FleetSimulator:
         self.weights = self._default_weights()
         self._share: np.ndarray | None = None
         self._lat_cache: dict[int, tuple[tuple[float, float], int, np.ndarray]] = {}
-        self._cum: np.ndarray | None = None
-        self._cum_t: np.ndarray | None = None
+        self._cum: tuple[np.ndarray, np.ndarray] | None = None
         n_p = len(self.pools)
         self.qcap = int(math.ceil(goal.slo.timeout_s / self.dt)) * 4 + 16
-        self.in_service = np.zeros(n_p, dtype=np.int64)
-        self.q_a0 = np.zeros((n_p, self.qcap))
-        self.q_a1 = np.zeros((n_p, self.qcap))
-        self.q_total = np.zeros((n_p, self.qcap), dtype=np.int64)
-        self.q_done = np.zeros((n_p, self.qcap), dtype=np.int64)
-        self.q_head = np.zeros(n_p, dtype=np.int64)
-        self.q_len = np.zeros(n_p, dtype=np.int64)
+        self.queues = QueueState.empty(n_p, self.qcap)
         self.now = trace.start_s
         self.end = trace.end_s
         self._win_start = self.now
@@ -226,23 +282,10 @@ class FleetSimulator:
         return self._share
 
     def _tick_class_rates(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Offered rate per tick and request class, and the trace row of each tick.
-
-        Ticks no longer than the trace interval read their interval's rate; longer ticks average the
-        trace over the tick (the cumulative arrival curve is piecewise linear), so nothing is sampled away.
-        """
-        tr = self.trace
-        rows = np.minimum(((times - tr.start_s) // tr.interval_s).astype(np.int64), tr.n - 1)
-        if self.dt <= tr.interval_s + 1e-9:
-            return self._class_rates[rows], rows
-        if self._cum is None:
-            self._cum = np.vstack([np.zeros(len(tr.classes)), np.cumsum(tr.arrivals, axis=0)])
-            self._cum_t = tr.start_s + np.arange(tr.n + 1) * tr.interval_s
-        cols = [
-            np.interp(times + self.dt, self._cum_t, self._cum[:, j]) - np.interp(times, self._cum_t, self._cum[:, j])
-            for j in range(len(tr.classes))
-        ]
-        return np.stack(cols, axis=1) / self.dt, rows
+        """Offered rate per tick and request class, and the trace row of each tick (:func:`tick_class_rates`)."""
+        if self.dt > self.trace.interval_s + 1e-9 and self._cum is None:
+            self._cum = cumulative_arrivals(self.trace)
+        return tick_class_rates(self.trace, times, self.dt, self._cum, self._class_rates)
 
     def _pool_mix(self, rows: np.ndarray, class_rates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per tick and pool: arrival rate; per pool: mean input/output tokens (rate-weighted, at the first row)."""
@@ -360,14 +403,10 @@ class FleetSimulator:
                 billed += float((ready[:, i] - pool.ready).sum()) * self.dt
                 cost[i] += billed * pool.spec.cost_per_hour / 3600.0
                 self.replica_seconds[i] += billed
-            out = np.zeros((n_ticks, n_p, K.N_OUT))
             seg_hist = np.zeros((n_p, K.N_BINS))
             seg_e2e = np.zeros((n_p, K.N_BINS))
-            K.run_ticks(
-                self.rng, n_ticks, t, self.dt, rates, slots, ready, lat, float(self.goal.slo.timeout_s),
-                self.in_service, self.q_a0, self.q_a1, self.q_total, self.q_done, self.q_head, self.q_len,
-                seg_hist, seg_e2e, out,
-            )
+            out = run_segment(self.rng, self.queues, t, self.dt, rates, slots, ready, lat,
+                              float(self.goal.slo.timeout_s), seg_hist, seg_e2e)
             hist += seg_hist
             e2e += seg_e2e
             tot_out += out.sum(axis=0)

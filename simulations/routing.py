@@ -22,7 +22,7 @@ import numpy as np
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec
 
-__all__ = ["RoutingMap", "Weights", "default_weights", "route_matrix"]
+__all__ = ["RoutingMap", "Weights", "default_weights", "mix_tokens", "route_matrix"]
 
 Weights = Mapping[str, Mapping[str, float]]  # route -> model -> weight
 
@@ -67,6 +67,32 @@ def route_matrix(goal: GoalSpec, trace_classes: Sequence[str], *, strict: bool =
         out_routes.append(r.name)
         out_models.append(r.models)
     return tuple(out_routes), out_models
+
+
+def mix_tokens(volume: np.ndarray, tin: np.ndarray, tout: np.ndarray, share: np.ndarray, floor: float = 1e-12
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The token-mix rule: request-weighted mean (input, output) tokens per model.
+
+    ``volume``, ``tin``, ``tout``: ``(..., k)`` requests and mean tokens per class; ``share``: ``(..., k, P)`` (or
+    ``(k, P)``) shares of each class per model. Each (class, model) weight is ``volume * share + floor``: a model
+    no class reaches gets the plain mean of the classes (it still needs a token mix for its drain time and
+    latency). Classes with unknown (NaN) token means are left out; NaN only when no class is known.
+    Returns two ``(..., P)`` arrays.
+    """
+    tin = np.asarray(tin, dtype=float)
+    tout = np.asarray(tout, dtype=float)
+    v = np.asarray(volume, dtype=float)
+    ok = np.isfinite(tin) & np.isfinite(tout) & np.isfinite(v)
+    if not ok.all():
+        v, tin, tout = np.where(ok, v, 0.0), np.where(ok, tin, 0.0), np.where(ok, tout, 0.0)
+    vol = (v[..., :, None] * share + floor) * ok[..., :, None]  # (..., k, P)
+    den = vol.sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m_in = (tin[..., :, None] * vol).sum(axis=-2) / den
+        m_out = (tout[..., :, None] * vol).sum(axis=-2) / den
+    m_in = np.where(den > 0, m_in, np.nan)
+    m_out = np.where(den > 0, m_out, np.nan)
+    return m_in, m_out
 
 
 class RoutingMap:
@@ -126,27 +152,12 @@ class RoutingMap:
 
     def token_mix(self, volume: np.ndarray, tin: np.ndarray, tout: np.ndarray, weights: Weights | None = None,
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Request-weighted mean (input, output) tokens per model from per-class volumes and token means.
+        """Request-weighted mean (input, output) tokens per model under ``weights`` (:func:`mix_tokens`).
 
-        ``volume[k]`` is the requests of class ``k`` (floored at 1e-9 so a quiet class still counts); classes
-        with unknown (NaN) token means are left out. Models receiving no known class get NaN.
+        ``volume[k]`` is the requests of class ``k`` (floored at 1e-9 so a quiet class still counts).
         """
-        tin = np.asarray(tin, dtype=float)
-        tout = np.asarray(tout, dtype=float)
         v = np.maximum(np.asarray(volume, dtype=float), 1e-9)
-        ok = np.isfinite(tin) & np.isfinite(tout) & np.isfinite(v)
-        if not ok.all():
-            v = np.where(ok, v, 0.0)
-            tin = np.where(ok, tin, 0.0)
-            tout = np.where(ok, tout, 0.0)
-        vol = v[:, None] * self.shares(weights)  # (k, P)
-        den = vol.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m_in = (tin @ vol) / den
-            m_out = (tout @ vol) / den
-        m_in[den <= 0] = np.nan
-        m_out[den <= 0] = np.nan
-        return m_in, m_out
+        return mix_tokens(v, tin, tout, self.shares(weights))
 
     def token_dict(self, volume: np.ndarray, tin: np.ndarray, tout: np.ndarray, weights: Weights | None = None,
                    ) -> dict[str, tuple[float, float]]:
