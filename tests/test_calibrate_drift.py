@@ -76,3 +76,30 @@ def test_settings_are_checked() -> None:
         DriftSettings(every_s=0)
     with pytest.raises(ValueError):
         DriftSettings(step_s=7200.0, lookback_s=3600.0)
+
+
+def test_daemon_runs_the_check_and_audits_it(tmp_path: Path) -> None:
+    """The daemon's hook (DaemonDeps.drift): checked after the interval's metrics, the gauge on the daemon's
+    /metrics registry, an audit record for a failed check (here: Prometheus down), the interval itself unharmed."""
+    from test_daemon_unit import FakeActuator, FakeClock, FakeSource, HoldPolicy
+
+    from fleetpilot.agent.audit import AuditLog, read_audit
+    from fleetpilot.agent.daemon import Daemon, DaemonDeps, DaemonSettings
+    from fleetpilot.agent.metrics_server import DaemonMetrics
+
+    clock = FakeClock()
+    metrics = DaemonMetrics()
+    drift = LatencyDrift(GOAL, _Down(), DriftSettings(every_s=60.0), registry=metrics.registry)
+    audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
+    deps = DaemonDeps(FakeSource(clock), FakeActuator({MODEL: 1}), None, audit, clock, clock.sleep,
+                      fallback=HoldPolicy(), metrics=metrics, drift=drift)
+    d = Daemon(GOAL, HoldPolicy(), deps, DaemonSettings(mode="shadow"))
+    d.run_once()
+    clock.sleep(15.0)
+    d.run_once()  # not due again yet
+    audit.close()
+    records = list(read_audit(tmp_path / "audit.jsonl"))
+    drift_records = [r for r in records if r.get("kind") == "latency_drift"]
+    assert len(drift_records) == 1 and drift_records[0]["model"] == MODEL and drift_records[0]["error"]
+    assert len(records) == 3  # two intervals and one drift record
+    assert b'fleetpilot_latency_model_drift{model="llama-3-8b"} NaN' in metrics.exposition()
