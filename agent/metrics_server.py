@@ -48,6 +48,24 @@ class DaemonMetrics:
             "fleetpilot_prometheus_tls_verified", "0 when TLS to Prometheus is not verified "
             "(--insecure-skip-tls-verify), 1 otherwise", registry=r)
         self.prometheus_tls_verified.set(1.0)
+        self.ambiguous_series = Gauge(
+            "fleetpilot_prometheus_ambiguous_series", "1 while a query returns several series for one model after "
+            "the goal's label matchers (input = model.query; labels = the label names telling them apart): the "
+            "input is treated as missing (fallback)", ["input", "labels"], registry=r)
+        self._ambiguous: set[tuple[str, str]] = set()
+
+    def export_ambiguous(self, found: Mapping[str, str]) -> None:
+        """``found``: input -> description (``PrometheusSource.last_ambiguous``); resolved ones go back to 0."""
+        now = set()
+        for key, desc in found.items():
+            labels = desc.split(" differ in ", 1)[1].split("; add a label matcher")[0] if " differ in " in desc else ""
+            names = ",".join(sorted({part.split(" (")[0].strip() for part in labels.split("; ")}))[:80] or "?"
+            now.add((key[:80], names))
+        for key, names in self._ambiguous - now:
+            self.ambiguous_series.labels(key, names).set(0.0)
+        for key, names in now:
+            self.ambiguous_series.labels(key, names).set(1.0)
+        self._ambiguous = now
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
