@@ -441,6 +441,9 @@ class Daemon:
         self._maybe_reload_goal(errors)
         state, foreign = self.ownership.survey(self.goal, t0, errors)  # cool-downs in elapsed (monotonic) time
         reading, source_problem = self._read(now, state)
+        ambiguous = dict(getattr(self.deps.source, "last_ambiguous", None) or {})  # several series per model
+        errors += [f"prometheus {k} ambiguous: {v}" for k, v in ambiguous.items()]
+        self.metrics.export_ambiguous(ambiguous)
         forecast_problem = self.health.check_forecast(self.forecasts, reading)  # made one interval ago, for now
         forecast = self.forecasts.features(reading, self.loop.builder.lead_times(), errors)
         obs = self.loop.observe(reading, forecast)
