@@ -634,6 +634,7 @@ class PrometheusSource:
         Raises :class:`TemporaryError` / :class:`PermanentError` as described in the module docstring.
         """
         now = self.clock()
+        self.last_ambiguous = {}
         self._read_started = self._monotonic()
         try:
             answers = {name: self._query(name, q) for name, q in self.queries.items()}

@@ -255,6 +255,12 @@ def test_ambiguous_series_fall_back(rig: Rig, record_property: Any) -> None:
         text = json.dumps(rec.to_json())
         assert "ambiguous" in text
         assert "namespace" in json.dumps(src.last_ambiguous) and "staging" in json.dumps(src.last_ambiguous)
+        assert any("ambiguous" in e and "namespace" in e for e in rec.errors), rec.errors  # named in the audit
+        from prometheus_client import generate_latest
+
+        metric = [ln for ln in generate_latest(d.metrics.registry).decode().splitlines()
+                  if ln.startswith("fleetpilot_prometheus_ambiguous_series{")]
+        assert any('labels="namespace"' in ln and ln.endswith(" 1.0") for ln in metric), metric
         record_property("observed", f"{rec.fallback_reason[:80]}; {next(iter(src.last_ambiguous.values()))[:80]}")
 
 
