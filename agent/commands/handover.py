@@ -109,7 +109,7 @@ def handler(args: argparse.Namespace) -> int:
     targets[0].write_text(json.dumps({"goal": goal.name, "models": {m: [i.describe() for i in v]
                                                                      for m, v in found.items()}},
                                      indent=2, sort_keys=True) + "\n")
-    print(f"wrote {targets[0]}: replay your autoscalers with --policy incumbent:{out}")
+    print(f"wrote {targets[0]}: replay your autoscalers with --policies incumbent:{out} (fleetpilot replay)")
     if doc is not None:
         targets[1].write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         print(f"wrote {targets[1]}: also --policy {kind}-tuned:{out}")
