@@ -36,6 +36,9 @@ class Actuation:
         self.metrics = metrics
         self.weights = weights  # the weights in force (shared with the daemon's readings)
         self._conflict_keys: set[str] = set()
+        # the interval's deadline (set by the daemon each interval): writes not started before it are skipped and
+        # left to the next interval, which decides again on fresh data (issue 11: bounded intervals)
+        self.past_deadline: Any = None
         self.reason: str | None = None  # why this interval decided what it did (the Events' "reason: ...")
 
     def apply(self, goal: GoalSpec, decision: Decision, state: Mapping[str, FleetState | None], may_act: bool,
@@ -68,6 +71,9 @@ class Actuation:
             errors.append(f"scale {m}: not written, leadership lost during the interval")
             return {"kind": "scale", "model": m, "replicas": n, "status": "skipped", "ok": False,
                     "message": "leadership lost during the interval (renew deadline passed)"}
+        late = self._late(f"scale {m}", errors)
+        if late is not None:
+            return {"kind": "scale", "model": m, "replicas": n, **late}
         rec = _outcome("scale", m, n, self._call("scale", m, int(n)))
         self.metrics.writes.labels("scale", rec["status"]).inc()
         if rec["ok"]:
@@ -85,6 +91,9 @@ class Actuation:
         if not self.still_leader():
             return {"kind": "weights", "route": route, "weights": ints, "status": "skipped", "ok": False,
                     "message": "leadership lost during the interval (renew deadline passed)"}
+        late = self._late(f"weights {route}", errors)
+        if late is not None:
+            return {"kind": "weights", "route": route, "weights": ints, **late}
         rec = _outcome("weights", route, ints, self._call("set_weights", route, ints))
         self.metrics.writes.labels("weights", rec["status"]).inc()
         if rec["ok"]:
@@ -95,6 +104,12 @@ class Actuation:
             errors.append(f"weights {route}: {rec['message']}")
             self.metrics.api_errors.labels("kubernetes").inc()
         return rec
+
+    def _late(self, what: str, errors: list[str]) -> dict[str, Any] | None:
+        if self.past_deadline is None or not self.past_deadline():
+            return None
+        errors.append(f"{what}: not written, the interval's deadline passed (slow API); the next interval decides")
+        return {"status": "skipped", "ok": False, "message": "interval deadline passed before this write"}
 
     def _call(self, verb: str, target: str, value: Any) -> Any:
         """An actuator write; an exception (the real actuator returns outcomes instead) becomes a failed outcome."""
