@@ -458,6 +458,7 @@ class Daemon:
         rules = list(fired)
         acting = self.ownership.exclude(decision, foreign, rules)  # foreign-owned models: refuse to fight
         self.actuation.reason = decision_reason(step, self.loop, reading)  # the Events say why
+        self.actuation.past_deadline = lambda: self._monotonic() - t0 > self.interval_s  # bounded interval
         outcomes = self.actuation.apply(self.goal, acting, state, may_act, mode, errors)
         if self.deps.takeover is not None and may_act:
             self.deps.takeover.after_writes(outcomes, errors)  # --take-over keda: the pause value follows
