@@ -85,3 +85,12 @@ def test_rl_shipped_name_resolves_to_the_shipped_folder() -> None:
     assert by_name[0] == "RLPolicy" or "<artifact>" in by_name[1]
     if by_name[0]:
         assert registry.make("rl:two-model-routed#scaling-only", GOAL).name == "rl:two-model-routed#scaling-only"
+
+
+def test_run_refuses_offline_only_policies() -> None:
+    """``fleetpilot run`` resolves through the same registry but refuses what needs the whole trace (the oracle)."""
+    from fleetpilot.agent.commands.run import resolve_policy
+
+    assert resolve_policy("hpa", GOAL).name == "hpa"
+    with pytest.raises(UserError, match="cannot run live"):
+        resolve_policy("oracle", GOAL)
