@@ -868,3 +868,14 @@ class OraclePolicy(PolicyBase):
 
     def describe(self) -> dict[str, Any] | None:
         return self.plan.describe() if self.plan is not None else None
+
+
+def oracle_yardstick(goal: GoalSpec, trace: Trace, *, seed: int, tick_s: float,
+                     initial_replicas: Mapping[str, int] | None = None, verify_passes: int = 3) -> dict[str, Any]:
+    """The yardstick a replay scores policies against when the oracle is not among them: the oracle's plan,
+    verified on the simulator with the same seed (``cost_usd``, ``slo_attainment``, ``source`` and the plan's
+    facts)."""
+    plan = plan_oracle(goal, trace, seed=seed, tick_s=tick_s, initial_replicas=initial_replicas,
+                       verify_passes=verify_passes)
+    return {"cost_usd": plan.verified_cost_usd, "source": "oracle plan verification (same seed, not replayed)",
+            "slo_attainment": plan.verified_attainment, **plan.describe()}

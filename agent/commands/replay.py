@@ -102,6 +102,7 @@ def handler(args: argparse.Namespace) -> int:
     """Run the replay and write the report."""
     from fleetpilot.agent.replay import default_tick, replay
     from fleetpilot.agent.report import write_report
+    from fleetpilot.policies.oracle import oracle_yardstick
     from fleetpilot.simulations.goal import load_goal
 
     goal = load_goal(args.goal)
@@ -122,7 +123,7 @@ def handler(args: argparse.Namespace) -> int:
         if workers < 1:
             raise UserError(f"--workers must be at least 1, got {workers}")
         fm = None if str(args.forecast_model).lower() == "none" else args.forecast_model
-        result = replay(goal, trace, policies, seed=args.seed, tick_s=tick,
+        result = replay(goal, trace, policies, seed=args.seed, tick_s=tick, yardstick=oracle_yardstick,
                         progress=not args.quiet and n_int > 20_000, workers=workers, forecast_model=fm)
         paths = write_report(result, out)
     except BaseException:
