@@ -208,6 +208,8 @@ def _raw_series(client: Any, s: Settings, metric: str) -> dict[str, tuple[np.nda
 def _deltas(ts: np.ndarray, v: np.ndarray, at: np.ndarray) -> np.ndarray:
     """Counter increase over each interval ``(at[k-1], at[k]]`` (NaN for k = 0 or a missing sample); a decrease is a
     counter reset (the process restarted), counted from zero as Prometheus' ``increase`` does."""
+    if len(ts) == 0:
+        return np.full(len(at), np.nan)
     idx = np.searchsorted(ts, at)
     ok = (idx < len(ts)) & (ts[np.minimum(idx, len(ts) - 1)] == at)
     cur = np.where(ok, v[np.minimum(idx, len(ts) - 1)], np.nan)
@@ -218,6 +220,8 @@ def _deltas(ts: np.ndarray, v: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 def _at(ts: np.ndarray, v: np.ndarray, at: np.ndarray) -> np.ndarray:
     """Gauge value at each timestamp of ``at`` (NaN where this series has no sample then)."""
+    if len(ts) == 0:
+        return np.full(len(at), np.nan)
     idx = np.searchsorted(ts, at)
     ok = (idx < len(ts)) & (ts[np.minimum(idx, len(ts) - 1)] == at)
     return np.where(ok, v[np.minimum(idx, len(ts) - 1)], np.nan)

@@ -240,3 +240,16 @@ def test_cli_writes_patch_from_a_fake_prometheus(tmp_path: Path, monkeypatch: py
     patch = yaml.safe_load(text)
     assert patch["models"][0]["cold_start_s"] == 91.0
     assert load_goal(tmp_path / "goal.yaml").model("llama-3-8b").cold_start_s == 91.0
+
+
+def test_a_replica_missing_from_one_series_is_skipped_not_a_crash() -> None:
+    prom = FakeProm()
+    orig = prom.custom_query
+
+    def one_pod_missing(query: str, params: dict | None = None) -> list:
+        res = orig(query, params)
+        return res[:1] if query.startswith("vllm:prompt_tokens_total") else res
+
+    prom.custom_query = one_pod_missing  # type: ignore[method-assign]
+    r = calibrate(prom, load_goal(GOAL), _settings())
+    assert r.fit.n_samples == 60  # only the pod with every series counts
