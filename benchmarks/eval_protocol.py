@@ -165,13 +165,9 @@ def _needs_extension(entry: dict[str, Any]) -> bool:
 
 
 def eval_job(r: Range, scale: float, seed: int, names: list[str], tuning: dict[str, Any]) -> dict[str, Any]:
+    from fleetpilot.agent.replay import replay
     from fleetpilot.policies.registry import make
     from fleetpilot.policies.tuning import build_incumbent
-
-    try:
-        from fleetpilot.agent.replay import replay
-    except ModuleNotFoundError:
-        from fleetpilot.simulations.replay import replay  # type: ignore[no-redef]
 
     goal = goal_for(r)
     tune, val, _rng = traces_for(r, scale)

@@ -66,22 +66,15 @@ def parse_kinds(text: str) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
-def _replay_fn() -> Any:
-    try:
-        from fleetpilot.agent.replay import replay
-    except ModuleNotFoundError:  # before the replay engine moved to the agent layer
-        from fleetpilot.simulations.replay import replay  # type: ignore[no-redef]
-    return replay
-
-
 def _evaluate(goal: Any, trace: Any, cands: Sequence[Any], *, seed: int, tick_s: float | None, workers: int,
               progress: bool) -> tuple[dict[str, tuple[float, float]], Any]:
     """Replay the candidates (one run, common random numbers): label -> (cost, attainment), and the result."""
+    from fleetpilot.agent.replay import replay
     from fleetpilot.policies.tuning import build_incumbent
 
     pols = [build_incumbent(c.kind, goal, dict(c.targets), c.stable_window_s, c.label) for c in cands]
-    res = _replay_fn()(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
-                       forecast_model=None)
+    res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
+                 forecast_model=None)
     return {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}, res
 
 
