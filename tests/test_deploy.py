@@ -554,6 +554,24 @@ def test_committed_dashboard_is_what_the_generator_makes() -> None:
     assert shipped["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
+def test_dashboard_json_round_trips_through_grafanas_typed_models() -> None:
+    """The JSON decodes into the SDK's typed Dashboard (Prometheus dataqueries on every panel) and encodes back
+    byte for byte: it is a dashboard Grafana's own schema describes, not just any JSON."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard, Panel, RowPanel
+    from grafana_foundation_sdk.models.prometheus import Dataquery
+
+    register_default_plugins()
+    text = (DEPLOY / "base" / "fleetpilot-dashboard.json").read_text(encoding="utf-8")
+    model = Dashboard.from_json(json.loads(text))
+    panels = [p for p in model.panels if isinstance(p, Panel)]
+    assert len(panels) + sum(isinstance(p, RowPanel) for p in model.panels) == len(model.panels)
+    assert panels and all(p.type == "timeseries" and p.targets for p in panels)
+    assert all(isinstance(t, Dataquery) and t.expr for p in panels for t in p.targets)
+    assert JSONEncoder(sort_keys=True, indent=2).encode(model) + "\n" == text
+
+
 def _dashboard_queries() -> list[tuple[str, str]]:
     d = json.loads((DEPLOY / "base" / "fleetpilot-dashboard.json").read_text(encoding="utf-8"))
     return [(p["title"], t["expr"]) for p in d["panels"] for t in p.get("targets", [])]
