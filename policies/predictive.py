@@ -43,6 +43,7 @@ from fleetpilot.policies.baselines import capacity_at_slo, default_weights, spec
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import Decision, service_rate_per_replica
 from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.routing import RoutingMap
 
 __all__ = [
     "DEFAULT_QUANTILE",
@@ -212,7 +213,7 @@ class PredictivePolicy:
             self._util[spec.name] = slo_utilisation(goal, spec.name, tin, tout)
             if spec.name in self.tokens:
                 self._fixed_cap[spec.name] = service_rate_per_replica(spec, tin, tout) * self._util[spec.name]
-        self._routes = {r.name: r for r in goal.routes}
+        self._routing: dict[tuple[str, ...], RoutingMap] = {}
         self._sorted = _SortedScores()
 
     # ------------------------------------------------------------------ pieces
@@ -230,22 +231,15 @@ class PredictivePolicy:
 
     def shares(self, obs: Observation, name: str) -> tuple[tuple[str, float], ...]:
         """``(class, share)``: the part of each request class routed to model ``name`` under the weights in force."""
-        out = []
-        classes = sorted(obs.class_rates)
-        if not self.goal.routes:
-            return tuple((c, 1.0) for c in classes)
-        for c in classes:
-            route = self._routes.get(c)
-            if route is None and len(self.goal.routes) == 1:
-                route = self.goal.routes[0]
-            if route is None or name not in route.models:
-                continue
-            w = obs.weights.get(route.name) or self._weights.get(route.name, {})
-            tot = sum(max(0.0, float(v)) for v in w.values())
-            share = max(0.0, float(w.get(name, 0.0))) / tot if tot > 0 else 1.0 / len(route.models)
-            if share > 0:
-                out.append((c, share))
-        return tuple(out)
+        classes = tuple(sorted(obs.class_rates))
+        rmap = self._routing.get(classes)
+        if rmap is None:
+            if len(self._routing) > 64:
+                self._routing.clear()
+            rmap = self._routing[classes] = RoutingMap(self.goal, classes, strict=False)
+        s = rmap.shares(obs.weights)
+        p = rmap.index[name]
+        return tuple((c, float(s[k, p])) for k, c in enumerate(classes) if s[k, p] > 0)
 
     def level(self, cal: ModelCalibration) -> float:
         """The coverage level in force for a model (``quantile`` until adapted)."""
