@@ -58,9 +58,10 @@ Sources (the defaults below are theirs unless marked "fleetpilot's choice"):
   the HPA's CPU initialisation period and readiness delay (CPU metrics only), KEDA's ``idleReplicaCount``,
   ``fallback`` and paused annotations, Knative's activation scale, target burst capacity / activator in the
   path, and ``scale-to-zero-pod-retention-period`` (0 by default), none of which is set in a default install.
-* Predictive: sizes each model for ``max(current rate, forecast upper bound at its cold-start lead)`` plus
-  ``predictive_headroom``, divided by the per-replica throughput at which the SLO percentile still holds
-  (:func:`capacity_at_slo`).
+* Predictive: :mod:`policies.predictive` (a calibrated quantile of the demand over the cold-start lead, divided
+  by the replica's rate at the SLO; ``baselines.PredictivePolicy`` is that class). The controller it replaced,
+  ``max(current rate, forecast upper bound at the lead) x (1 + predictive_headroom) / capacity_at_slo`` (70 %
+  utilisation cap), is :class:`HeadroomPredictivePolicy` (``predictive-headroom``).
 
 Concurrency targets default to 70 % of a replica's concurrent sequences (Knative's and KEDA-on-vLLM's usual
 70 % utilisation target); for the HPA's ``queue`` metric the default target is 10 % of the slots
@@ -106,7 +107,7 @@ __all__ = [
     "HoldPolicy",
     "KEDAPolicy",
     "KPAPolicy",
-    "PredictivePolicy",
+    "HeadroomPredictivePolicy",
     "StaticPolicy",
     "capacity_at_slo",
     "default_weights",
@@ -965,12 +966,14 @@ class KPAPolicy(PolicyBase):
 
 
 # ---------------------------------------------------------------------------------------------
-# Predictive
+# Predictive: the core lives in policies/predictive.py (``baselines.PredictivePolicy`` is that class); the
+# memoryless headroom controller it replaced stays as ``HeadroomPredictivePolicy``
 # ---------------------------------------------------------------------------------------------
 
 
-class PredictivePolicy:
-    """Sizes each model one cold start ahead from the observation's forecast features.
+class HeadroomPredictivePolicy:
+    """The previous predictive baseline (``predictive-headroom``): sizes each model one cold start ahead from the
+    observation's forecast features with stacked margins, memoryless.
 
     ``replicas = ceil(max(current rate, forecast upper@lead) * (1 + predictive_headroom) / capacity_at_slo)``.
     The per-replica capacity is the observation's saturated throughput (``ModelObs.capacity_rps``) times the
@@ -978,7 +981,7 @@ class PredictivePolicy:
     output)`` fixes the token mix instead.
     """
 
-    name = "predictive"
+    name = "predictive-headroom"
 
     def __init__(
         self,
@@ -1033,3 +1036,13 @@ class PredictivePolicy:
             need = math.ceil(max(0.0, max(cands)) * (1.0 + self.headroom) / cap - 1e-9)
             reps[spec.name] = min(max(need, spec.min_replicas), spec.max_replicas)
         return Decision(reps, {k: dict(v) for k, v in self._weights.items()}), state
+
+
+def __getattr__(name: str) -> Any:
+    """``baselines.PredictivePolicy`` is :class:`policies.predictive.PredictivePolicy` (imported on first use:
+    that module builds on this one)."""
+    if name == "PredictivePolicy":
+        from fleetpilot.policies.predictive import PredictivePolicy
+
+        return PredictivePolicy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

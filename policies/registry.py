@@ -182,7 +182,7 @@ def _rl(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:
 
 
 def _register_shipped() -> None:
-    from fleetpilot.policies.baselines import HoldPolicy, HPAPolicy, KEDAPolicy, KPAPolicy
+    from fleetpilot.policies.baselines import HeadroomPredictivePolicy, HoldPolicy, HPAPolicy, KEDAPolicy, KPAPolicy
     from fleetpilot.policies.predictive import PredictivePolicy
 
     register("static", _static, help="fixed replicas sized for the trace's peak", replace=False)
@@ -195,6 +195,8 @@ def _register_shipped() -> None:
              help="Knative KPA", replace=False)
     register("predictive", _only(PredictivePolicy),
              help="sizes for a calibrated quantile of demand over the cold-start lead", replace=False)
+    register("predictive-headroom", _only(HeadroomPredictivePolicy), replace=False,
+             help="the previous predictive: forecast upper bound + headroom at 70 % utilisation (memoryless)")
     register("oracle", _oracle, help="offline optimum (needs the whole trace; a yardstick)", replace=False)
     register_prefix("rl", _rl, help="trained policy: rl:PATH or rl:NAME (shipped)", replace=False)
     register_prefix("incumbent", _incumbent, replace=False,

@@ -322,13 +322,14 @@ def test_capacity_at_slo_is_below_saturation_and_tightens_with_the_slo() -> None
 
 
 def test_predictive_sizes_for_the_forecast_upper_bound_at_lead() -> None:
+    """Before its calibration has matured, the predictive core sizes for the forecaster's upper bound at the lead
+    (calibrated behaviour: tests/test_predictive.py)."""
     p = PredictivePolicy(ONE)
     cap = p.capacity(M8, mobs(2, cap=40.0))
-    h = ONE.baselines.predictive_headroom
     d, _ = p.decide(obs_at(15.0, {M8: mobs(2, rate=10.0, cap=40.0, forecast=(10.0, 100.0, 10.0, 10.0))}), None)
-    assert d.replicas[M8] == math.ceil(100.0 * (1 + h) / cap)
-    d, _ = p.decide(obs_at(15.0, {M8: mobs(2, rate=60.0, cap=40.0, forecast=(10.0, 12.0, 10.0, 10.0))}), None)
-    assert d.replicas[M8] == math.ceil(60.0 * (1 + h) / cap)  # never below the current rate
+    assert d.replicas[M8] == math.ceil(100.0 * p.warmup_factor / cap - 1e-6)
+    d, _ = p.decide(obs_at(15.0, {M8: mobs(4, rate=120.0, cap=40.0, forecast=(10.0, 12.0, 10.0, 10.0))}), None)
+    assert d.replicas[M8] == math.ceil(120.0 * p.warmup_factor / cap - 1e-6)  # never below the current rate
 
 
 def test_static_peak_replicas_grow_with_load() -> None:

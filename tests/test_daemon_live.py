@@ -31,7 +31,7 @@ from fleetpilot.agent.daemon import (
     PrometheusSettings,
 )
 from fleetpilot.agent.kube import make_api_client
-from fleetpilot.policies.baselines import PredictivePolicy
+from fleetpilot.policies.baselines import HeadroomPredictivePolicy as PredictivePolicy
 from fleetpilot.simulations.fleet import FleetSimulator
 from fleetpilot.simulations.goal import parse_goal
 from fleetpilot.simulations.traces import BUNDLED_TRACES, load_trace
