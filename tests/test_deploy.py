@@ -567,7 +567,7 @@ def test_dashboard_json_round_trips_through_grafanas_typed_models() -> None:
     model = Dashboard.from_json(json.loads(text))
     panels = [p for p in model.panels if isinstance(p, Panel)]
     assert len(panels) + sum(isinstance(p, RowPanel) for p in model.panels) == len(model.panels)
-    assert panels and all(p.type == "timeseries" and p.targets for p in panels)
+    assert panels and all(p.type_val == "timeseries" and p.targets for p in panels)
     assert all(isinstance(t, Dataquery) and t.expr for p in panels for t in p.targets)
     assert JSONEncoder(sort_keys=True, indent=2).encode(model) + "\n" == text
 
