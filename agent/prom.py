@@ -71,6 +71,7 @@ from fleetpilot.agent.deadline import DeadlineGuard
 from fleetpilot.policies.base import ModelReading, Reading
 from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.routing import RoutingMap
 
 __all__ = [
     "DEFAULT_FRESHNESS_QUERY",
@@ -759,13 +760,9 @@ def derive_class_rates(
     make every route that uses the model NaN.
     """
     routes = goal.routes
-    names = [m.name for m in goal.models]
-    a = np.zeros((len(names), len(routes)))
-    for j, route in enumerate(routes):
-        w = weights.get(route.name) or dict(zip(route.models, route.weights, strict=True))
-        tot = sum(max(0.0, float(w.get(m, 0.0))) for m in route.models) or 1.0
-        for m in route.models:
-            a[names.index(m), j] = max(0.0, float(w.get(m, 0.0))) / tot
+    names = list(goal.model_names)
+    # share[r, m] by the one routing rule (weights in force, else the goal's; all-zero weights split evenly)
+    a = RoutingMap(goal, [r.name for r in routes], strict=False).shares(weights).T
     y = np.array([model_rates.get(m, math.nan) for m in names], dtype=float)
     ok = np.isfinite(y)
     out: dict[str, float] = {}
