@@ -7,8 +7,9 @@ OUT ?= out/demo
 
 .PHONY: setup setup-system demo test lint bench
 
-# Everything the demo and the tests use: the slim core plus the [rl] and [prophet] extras. torch first, from
-# the pinned range (where a CPU-only wheel is at hand pip takes it, instead of pulling the CUDA build via SB3).
+# Everything the demo and the tests use: the slim core plus the [rl] and [prophet] extras. torch first, alone,
+# from the pinned range and pip's configured index/wheels (point pip at torch's CPU wheel index to avoid the CUDA
+# build), so that stable-baselines3 finds it installed.
 setup:
 	$(PIP) install -q 'torch>=2.3,<2.14'
 	$(PIP) install -q -e '.[rl,prophet,test]'
