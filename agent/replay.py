@@ -25,26 +25,29 @@ Details that matter for a fair comparison:
   are spread as Poisson at the bin's rate anyway (sub-bin bursts are not in the data). It must divide the
   control interval.
 * **Parallelism.** ``workers=2`` runs the policies in two forked processes (results come back as ``.npz`` and
-  JSON files, never pickle). Forking needs the ``fork`` start method (Linux); policies are inherited, not sent.
+  JSON files, never pickle). Forking needs the ``fork`` start method (Linux); policies are inherited, not sent
+  (:mod:`fleetpilot.agent.replay_parallel`).
 * **Scoring.** ``cost_vs_oracle`` = cost / the oracle's replayed cost (when the oracle is among the policies), or
   the cost of the oracle's verification run (same seed, same simulator) when it is not.
+
+This module is the adapter around :class:`~fleetpilot.envs.loop.ControlLoop`; the results it returns
+(:class:`PolicySeries`, :class:`PolicyRun`, :class:`ReplayResult`, re-exported here) and their recorder live in
+:mod:`fleetpilot.agent.replay_results`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from fleetpilot.agent.replay_parallel import fork_available, run_parallel
+from fleetpilot.agent.replay_results import PolicyRun, PolicySeries, ReplayResult, SeriesRecorder
 from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures, class_forecasts
 from fleetpilot.policies.base import Policy, PrepareContext, capabilities, describe_policy, prepare_policy
@@ -69,163 +72,6 @@ ShieldFactory = Callable[[GoalSpec], Any]
 #: ``yardstick(goal, trace, seed=, tick_s=, initial_replicas=, verify_passes=) -> {"cost_usd", "slo_attainment",
 #: "source", ...}``: what policies are scored against when no policy declaring ``is_yardstick`` was replayed
 Yardstick = Callable[..., Mapping[str, Any]]
-
-
-# ---------------------------------------------------------------------------------------------
-# Results
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PolicySeries:
-    """Per control interval (``t_s`` = interval start) and per SLO window series of one policy's replay."""
-
-    t_s: np.ndarray
-    offered_rps: np.ndarray  # total offered arrival rate
-    class_rps: dict[str, np.ndarray]
-    ready: dict[str, np.ndarray]  # at the end of the interval
-    starting: dict[str, np.ndarray]
-    desired: dict[str, np.ndarray]  # after the shield
-    slots: dict[str, np.ndarray]  # concurrent sequences the ready replicas hold
-    capacity_rps: dict[str, np.ndarray]  # ready x saturated throughput of one replica (req/s)
-    ttft_p95_ms: np.ndarray  # fleet p95 TTFT of the interval (NaN: no request)
-    dropped: np.ndarray
-    cost_cum_usd: np.ndarray
-    weights: dict[str, dict[str, np.ndarray]]
-    rules: list[str]  # rules the shield fired, comma-joined ("" when none)
-    window_t_s: np.ndarray
-    window_latency_ms: np.ndarray  # the goal's percentile of its metric per window (inf among drops)
-    window_met: np.ndarray
-
-    @property
-    def capacity_total_rps(self) -> np.ndarray:
-        return np.sum([v for v in self.capacity_rps.values()], axis=0) if self.capacity_rps else self.offered_rps * 0
-
-    # -- npz round trip (no pickle) --------------------------------------------------------------
-    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        arrays: dict[str, np.ndarray] = {
-            "t_s": self.t_s, "offered_rps": self.offered_rps, "ttft_p95_ms": self.ttft_p95_ms,
-            "dropped": self.dropped, "cost_cum_usd": self.cost_cum_usd, "window_t_s": self.window_t_s,
-            "window_latency_ms": self.window_latency_ms, "window_met": self.window_met,
-            "rules": np.asarray(self.rules, dtype=str),
-        }
-        keys: dict[str, Any] = {"classes": list(self.class_rps), "models": list(self.ready), "routes": {}}
-        for c, v in self.class_rps.items():
-            arrays[f"class_rps/{c}"] = v
-        for group in ("ready", "starting", "desired", "slots", "capacity_rps"):
-            for m, v in getattr(self, group).items():
-                arrays[f"{group}/{m}"] = v
-        for r, per in self.weights.items():
-            keys["routes"][r] = list(per)
-            for m, v in per.items():
-                arrays[f"weights/{r}/{m}"] = v
-        return arrays, keys
-
-    @classmethod
-    def from_arrays(cls, a: Mapping[str, np.ndarray], keys: Mapping[str, Any]) -> PolicySeries:
-        models = keys["models"]
-        return cls(
-            t_s=a["t_s"], offered_rps=a["offered_rps"],
-            class_rps={c: a[f"class_rps/{c}"] for c in keys["classes"]},
-            ready={m: a[f"ready/{m}"] for m in models}, starting={m: a[f"starting/{m}"] for m in models},
-            desired={m: a[f"desired/{m}"] for m in models}, slots={m: a[f"slots/{m}"] for m in models},
-            capacity_rps={m: a[f"capacity_rps/{m}"] for m in models},
-            ttft_p95_ms=a["ttft_p95_ms"], dropped=a["dropped"], cost_cum_usd=a["cost_cum_usd"],
-            weights={r: {m: a[f"weights/{r}/{m}"] for m in ms} for r, ms in keys["routes"].items()},
-            rules=[str(x) for x in a["rules"]], window_t_s=a["window_t_s"],
-            window_latency_ms=a["window_latency_ms"], window_met=a["window_met"].astype(bool),
-        )
-
-
-@dataclass
-class PolicyRun:
-    """One policy's replay: its summary metrics and its series."""
-
-    name: str
-    summary: dict[str, Any]
-    series: PolicySeries
-
-
-@dataclass
-class ReplayResult:
-    """Every policy's run on one trace, with what is needed to reproduce and judge it."""
-
-    goal: GoalSpec
-    trace: dict[str, Any]  # Trace.describe()
-    seed: int
-    tick_s: float
-    initial_replicas: dict[str, int]
-    runs: list[PolicyRun]
-    oracle: dict[str, Any]  # cost_usd, source, and the oracle plan's description when known
-    notes: list[str] = field(default_factory=list)
-    elapsed_s: float = 0.0
-    workers: int = 1
-
-    def run(self, name: str) -> PolicyRun:
-        for r in self.runs:
-            if r.name == name:
-                return r
-        raise KeyError(name)
-
-    @property
-    def policy_names(self) -> list[str]:
-        return [r.name for r in self.runs]
-
-    def ranked(self) -> list[PolicyRun]:
-        """Runs by cost, cheapest first (ties by attainment, then name)."""
-        return sorted(self.runs, key=lambda r: (r.summary["cost_usd"], -r.summary["slo_attainment"], r.name))
-
-    def cheapest_meeting(self, include_oracle: bool = False) -> PolicyRun | None:
-        """The cheapest run that met the goal (the oracle excluded unless asked: it is the yardstick)."""
-        for r in self.ranked():
-            if r.summary["met_goal"] and (include_oracle or not r.summary.get("is_oracle")):
-                return r
-        return None
-
-    def best_attainment(self, include_oracle: bool = False) -> PolicyRun | None:
-        cands = [r for r in self.runs if include_oracle or not r.summary.get("is_oracle")]
-        if not cands:
-            return None
-        return max(cands, key=lambda r: (r.summary["slo_attainment"], -r.summary["cost_usd"]))
-
-    def summary_dict(self) -> dict[str, Any]:
-        """Everything ``summary.json`` holds (non-finite numbers become ``null``)."""
-        cheapest = self.cheapest_meeting()
-        return _jsonable({
-            "format": "fleetpilot.replay/v1",
-            "goal": {"name": self.goal.name, "digest": self.goal.digest(), "source": self.goal.source,
-                     "spec": self.goal.to_dict()},
-            "trace": self.trace,
-            "seed": self.seed,
-            "tick_s": self.tick_s,
-            "control_interval_s": self.goal.control_interval_s,
-            "slo_window_s": self.goal.slo.window_s,
-            "initial_replicas": self.initial_replicas,
-            "oracle": self.oracle,
-            "policies": {r.name: r.summary for r in self.runs},
-            "ranking": [r.name for r in self.ranked()],
-            "cheapest_meeting_goal": cheapest.name if cheapest else None,
-            "notes": self.notes,
-            "elapsed_s": self.elapsed_s,
-            "workers": self.workers,
-        })
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,52 +123,11 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     sim = fleet.sim
     loop = ControlLoop(goal, policy, ctx.shield_factory(goal) if ctx.shield_factory is not None else None)
     n = _n_intervals(goal, trace)
-    models = list(goal.model_names)
-    classes = list(trace.classes)
-    t_s = np.zeros(n)
-    offered = np.zeros(n)
-    class_rps = {c: np.zeros(n) for c in classes}
-    ready = {m: np.zeros(n, np.int32) for m in models}
-    starting = {m: np.zeros(n, np.int32) for m in models}
-    desired = {m: np.zeros(n, np.int32) for m in models}
-    slots = {m: np.zeros(n, np.int64) for m in models}
-    cap = {m: np.zeros(n) for m in models}
-    ttft = np.full(n, np.nan)
-    dropped = np.zeros(n)
-    cost = np.zeros(n)
-    weights = {r.name: {m: np.zeros(n) for m in r.models} for r in goal.routes}
-    rules: list[str] = [""] * n
-    rule_counts: dict[str, int] = {}
     per_replica = _initial_capacity(goal, ctx)
+    rec = SeriesRecorder(goal, trace.classes, n, per_replica)
 
     def record(i: int, st: IntervalStats, fired: Sequence[str]) -> None:
-        t_s[i] = st.t_s
-        tot = 0.0
-        for c in classes:
-            v = st.class_rates.get(c, 0.0)
-            class_rps[c][i] = v
-            tot += v
-        offered[i] = tot
-        for m in models:
-            p = st.pools[m]
-            ready[m][i] = p.ready
-            starting[m][i] = p.starting
-            desired[m][i] = p.desired
-            slots[m][i] = p.slots
-            cap[m][i] = p.ready * per_replica[m]
-        ttft[i] = st.ttft_p95_ms if st.arrivals > 0 else np.nan
-        dropped[i] = st.dropped
-        cost[i] = sim.total_cost
-        w = sim.weights
-        for r, per in weights.items():
-            cur = w.get(r, {})
-            tot_w = sum(max(0.0, x) for x in cur.values()) or 1.0
-            for m, arr in per.items():
-                arr[i] = max(0.0, cur.get(m, 0.0)) / tot_w
-        if fired:
-            rules[i] = ",".join(fired)
-            for f in fired:
-                rule_counts[f] = rule_counts.get(f, 0) + 1
+        rec.record(i, st, fired, sim.total_cost, sim.weights)
 
     i = 0
     record(i, fleet.start(None), ())  # the first interval runs with the warm-start fleet: no reading before it
@@ -344,19 +149,10 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
             last_tick = i
     if tick is not None:
         tick(n - last_tick)
-    if i < n:  # the simulator ended early (rounding): trim
-        t_s, offered, ttft, dropped, cost = t_s[:i], offered[:i], ttft[:i], dropped[:i], cost[:i]
-        for dct in (class_rps, ready, starting, desired, slots, cap):
-            for key in dct:
-                dct[key] = dct[key][:i]
-        for per in weights.values():
-            for key in per:
-                per[key] = per[key][:i]
-        rules = rules[:i]
     summ = dict(sim.summary())
     summ["name"] = name
     summ["met_goal"] = bool(summ["slo_attainment"] >= goal.slo.attainment)
-    summ["shield_rules_fired"] = dict(sorted(rule_counts.items()))
+    summ["shield_rules_fired"] = dict(sorted(rec.rule_counts.items()))
     summ["shielded"] = loop.shield is not None
     summ["is_oracle"] = caps.is_yardstick
     summ["wall_s"] = round(time.perf_counter() - started, 3)
@@ -364,13 +160,7 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     facts = describe_policy(policy)
     if facts is not None:
         summ["plan"] = facts
-    wins = sim.windows
-    series = PolicySeries(
-        t_s=t_s, offered_rps=offered, class_rps=class_rps, ready=ready, starting=starting, desired=desired,
-        slots=slots, capacity_rps=cap, ttft_p95_ms=ttft, dropped=dropped, cost_cum_usd=cost, weights=weights,
-        rules=rules, window_t_s=np.array([w.t_s for w in wins]),
-        window_latency_ms=np.array([w.latency_ms for w in wins]), window_met=np.array([w.met for w in wins], bool),
-    )
+    series = rec.series(i, sim.windows)  # i < n: the simulator ended early (rounding)
     return PolicyRun(name, summ, series)
 
 
@@ -386,97 +176,6 @@ def _initial_capacity(goal: GoalSpec, ctx: _Context) -> dict[str, float]:
     tin = float(np.nanmean(tb.input_tokens[0])) if np.isfinite(tb.input_tokens[0]).any() else DEFAULT_TOKENS[0]
     tout = float(np.nanmean(tb.output_tokens[0])) if np.isfinite(tb.output_tokens[0]).any() else DEFAULT_TOKENS[1]
     return {m.name: service_rate_per_replica(m, tin, tout) for m in goal.models}
-
-
-# ---------------------------------------------------------------------------------------------
-# Parallel runs (fork, files, no pickle)
-# ---------------------------------------------------------------------------------------------
-
-
-def _write_run(path: Path, run: PolicyRun) -> None:
-    arrays, keys = run.series.to_arrays()
-    np.savez(path.with_suffix(".npz"), **arrays)
-    path.with_suffix(".json").write_text(json.dumps({"name": run.name, "summary": _jsonable(run.summary),
-                                                     "keys": keys}))
-
-
-def _read_run(path: Path) -> PolicyRun:
-    meta = json.loads(path.with_suffix(".json").read_text())
-    if "error" in meta:
-        if meta.get("user_error"):
-            raise UserError(meta["error"])
-        raise RuntimeError(f"policy {meta.get('name')!r} failed in a replay worker: {meta['error']}")
-    with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    summ = {k: (math.inf if v is None and k == "p95_ttft_ms" else v) for k, v in meta["summary"].items()}
-    return PolicyRun(meta["name"], summ, PolicySeries.from_arrays(arrays, meta["keys"]))
-
-
-def _worker(ctx: _Context, jobs: list[tuple[int, Policy, str]], out_dir: Path, counter: Any) -> None:
-    def tick(k: int) -> None:
-        with counter.get_lock():
-            counter.value += k
-
-    for idx, pol, name in jobs:
-        path = out_dir / f"run{idx}"
-        try:
-            _write_run(path, _run_policy(ctx, pol, name, tick))
-        except UserError as exc:
-            path.with_suffix(".json").write_text(json.dumps({"name": name, "error": str(exc), "user_error": True}))
-        except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises
-            path.with_suffix(".json").write_text(json.dumps({"name": name, "error": f"{type(exc).__name__}: {exc}"}))
-
-
-def _run_parallel(ctx: _Context, policies: list[tuple[Policy, str]], workers: int, bar: Any) -> list[PolicyRun]:
-    """Run the policies in ``workers`` forked processes; results come back through files."""
-    import multiprocessing as mp
-
-    mpc = mp.get_context("fork")
-    counter = mpc.Value("q", 0)
-    groups: list[list[tuple[int, Policy, str]]] = [[] for _ in range(workers)]
-    # forecast users share a worker (each worker computes the forecasts it needs, once); the oracle, which
-    # plans before it runs, goes to the other one
-    def uses_fc(i: int) -> bool:
-        return bool(ctx.features.forecast_model) and capabilities(policies[i][0]).uses_forecast
-
-    loads = [0.0] * workers
-    fc_group = 0
-    order = sorted(range(len(policies)), key=lambda i: (not uses_fc(i), i))
-    for i in order:
-        pol = policies[i][0]
-        if uses_fc(i):
-            g = fc_group
-        else:
-            g = int(np.argmin(loads))
-        if not groups[g] and uses_fc(i):
-            loads[g] += 0.25  # the forecasts themselves
-        groups[g].append((i, pol, policies[i][1]))
-        loads[g] += 1.5 if capabilities(pol).needs_trace else 1.0
-        if uses_fc(i) and loads[g] > sum(loads) / workers + 1.0:
-            fc_group = int(np.argmin(loads))  # too many forecast users for one worker: spill over
-    with tempfile.TemporaryDirectory(prefix="fleetpilot-replay-") as tmp:
-        out = Path(tmp)
-        procs = [mpc.Process(target=_worker, args=(ctx, g, out, counter), daemon=True) for g in groups if g]
-        for p in procs:
-            p.start()
-        seen = 0
-        while any(p.is_alive() for p in procs):
-            time.sleep(0.2)
-            v = counter.value
-            if bar is not None and v > seen:
-                bar.update(v - seen)
-                seen = v
-        for p in procs:
-            p.join()
-        if bar is not None and counter.value > seen:
-            bar.update(counter.value - seen)
-        runs = []
-        for i in range(len(policies)):
-            path = out / f"run{i}"
-            if not path.with_suffix(".json").exists():
-                raise RuntimeError(f"replay worker for policy {policies[i][1]!r} died without a result")
-            runs.append(_read_run(path))
-    return runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,8 +247,8 @@ def replay(
         bar = tqdm(total=n * len(named), file=sys.stderr, unit="interval", desc="replay", dynamic_ncols=True,
                    mininterval=0.5)
     try:
-        if workers > 1 and "fork" in _start_methods():
-            runs = _run_parallel(ctx, named, workers, bar)
+        if workers > 1 and fork_available():
+            runs = run_parallel(_run_policy, ctx, named, workers, bar, uses_forecasts=bool(ctx.features.forecast_model))
         else:
             workers = 1
             runs = [_run_policy(ctx, p, name, (lambda k: bar.update(k)) if bar is not None else None)
@@ -577,8 +276,3 @@ def replay(
         oracle=oracle, notes=notes, elapsed_s=round(time.perf_counter() - started, 3), workers=workers,
     )
 
-
-def _start_methods() -> list[str]:
-    import multiprocessing as mp
-
-    return mp.get_all_start_methods() if os.name == "posix" else []

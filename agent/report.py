@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetpilot.agent.replay import PolicyRun, ReplayResult
+from fleetpilot.agent.replay_results import PolicyRun, ReplayResult
 from fleetpilot.simulations.errors import UserError
 
 __all__ = ["write_report", "render_html", "policy_colors"]
