@@ -72,8 +72,23 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return whl
 
 
+def _shipped_files() -> list[str]:
+    """Every file under examples/ and data/traces/ that git tracks (what a checkout has): all of it is package data."""
+    out = subprocess.run(["git", "ls-files", "examples", "data/traces"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    files = out.stdout.split() if out.returncode == 0 else []
+    if not files:  # not a git checkout: walk the folders
+        files = [str(p.relative_to(REPO)) for d in ("examples", "data/traces") for p in (REPO / d).rglob("*")
+                 if p.is_file() and "__pycache__" not in p.parts]
+    return sorted(files)
+
+
 def test_wheel_carries_the_package_data_and_no_test_code(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = _shipped_files()
+    assert len(shipped) >= 15
+    missing = [f for f in shipped if f"fleetpilot/{f}" not in names]
+    assert not missing, f"in the source tree but not in the wheel (pyproject package-data): {missing}"
     for trace in (REPO / "data" / "traces").glob("*.csv"):
         assert f"fleetpilot/data/traces/{trace.name}" in names
     assert "fleetpilot/data/traces/README.md" in names  # sources and licences travel with the data
