@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from fleetpilot.agent.audit import AuditLog
-from fleetpilot.agent.daemon import (
+from fleetpilot.agent.daemon import Daemon, DaemonDeps, GoalReloader
+from fleetpilot.agent.settings import (
     MODES,
     AuditSettings,
-    Daemon,
-    DaemonDeps,
     DaemonSettings,
-    GoalReloader,
     KubeSettings,
     LeaderElectionSettings,
     PrometheusSettings,
