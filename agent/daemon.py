@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 
 from fleetpilot.agent.actuation import WEIGHT_SCALE, Actuation
 from fleetpilot.agent.audit import AuditLog, to_jsonable
+from fleetpilot.agent.goal_reload import GoalReloader
 from fleetpilot.agent.health import ForecastFeed, HealthCheck
 from fleetpilot.agent.metrics_server import DaemonMetrics, MetricsServer
 from fleetpilot.agent.ops import decision_reason, fallback_kind
@@ -54,7 +54,7 @@ from fleetpilot.policies.base import Policy
 from fleetpilot.policies.registry import make as make_policy
 from fleetpilot.policies.shield import Shield
 from fleetpilot.simulations.contract import Decision, ModelReading, Reading
-from fleetpilot.simulations.errors import FleetpilotError, PermanentError, TemporaryError
+from fleetpilot.simulations.errors import PermanentError, TemporaryError
 from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = [
@@ -139,60 +139,6 @@ def make_fallback_policy(goal: GoalSpec) -> Policy:
 def default_shield(goal: GoalSpec) -> Shield:
     """The live shield: never scale on missing data (issue 11): a model whose inputs are missing or stale holds."""
     return Shield(goal, missing="hold")
-
-
-class GoalReloader:
-    """Re-reads the goal file when it changes (size or mtime), for a running daemon.
-
-    :meth:`check` returns ``(goal, policy, error)``: a new goal and a policy built for it when the file changed and
-    is valid; ``error`` (naming the file) while the file is broken or the change cannot be applied live -- the
-    daemon then keeps the last good goal. Changes to the models, their Deployments or the HTTPRoutes need a restart
-    (the Kubernetes wiring is built from them), and are reported as such.
-    """
-
-    def __init__(self, path: str, policy_factory: Callable[[GoalSpec], Policy],
-                 load: Callable[[str], GoalSpec] | None = None) -> None:
-        from fleetpilot.simulations.goal import load_goal
-
-        self.path = str(path)
-        self._policy_factory = policy_factory
-        self._load = load or load_goal
-        self._stamp = self._stat()
-        self._error: str | None = None
-
-    def _stat(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size
-
-    def check(self, current: GoalSpec) -> tuple[GoalSpec | None, Policy | None, str | None]:
-        stamp = self._stat()
-        if stamp == self._stamp:
-            return None, None, self._error
-        self._stamp = stamp
-        try:
-            goal = self._load(self.path)
-            if goal.digest() == current.digest():
-                self._error = None
-                return None, None, None
-            if _wiring(goal) != _wiring(current):
-                raise FleetpilotError("the change touches models, Deployments or HTTPRoutes: restart to apply it")
-            policy = self._policy_factory(goal)
-        except Exception as exc:  # noqa: BLE001 -- a broken goal file must not stop the loop
-            msg = str(exc) if str(exc).startswith(self.path) else f"{self.path}: {exc}"
-            self._error = f"goal file not applied, keeping the last good goal: {msg}"
-            log.error("%s", self._error)
-            return None, None, self._error
-        self._error = None
-        log.info("goal file %s changed: applied (digest %s)", self.path, goal.digest())
-        return goal, policy, None
-
-
-def _wiring(goal: GoalSpec) -> tuple[Any, ...]:
-    return (tuple((m.name, m.deployment, m.service, m.port) for m in goal.models),
-            tuple((r.name, r.models, r.http_route) for r in goal.routes))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

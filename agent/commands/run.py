@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetpilot.agent.audit import AuditLog
-from fleetpilot.agent.daemon import Daemon, DaemonDeps, GoalReloader
+from fleetpilot.agent.daemon import Daemon, DaemonDeps
+from fleetpilot.agent.goal_reload import GoalReloader
 from fleetpilot.agent.settings import (
     MODES,
     AuditSettings,
