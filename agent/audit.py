@@ -18,13 +18,16 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["AuditLog", "AuditReadResult", "read_audit", "to_jsonable"]
+from fleetpilot.simulations.contract import Decision, Reading
+
+__all__ = ["AuditLog", "AuditReadResult", "DecisionRecord", "read_audit", "to_jsonable"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -169,3 +172,32 @@ def read_audit(path: str | os.PathLike[str]) -> AuditReadResult:
         else:
             skipped += 1
     return AuditReadResult(records, skipped, truncated)
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """Everything one control interval saw and did (one audit line)."""
+
+    t: float
+    mode: str
+    leader: bool | None
+    acted: bool
+    policy: str
+    active: str  # "policy" or "fallback"
+    fallback_reason: str | None
+    state: Mapping[str, Any]  # model -> {"desired", "ready"} from Kubernetes
+    reading: Reading | None
+    forecast: Mapping[str, Sequence[float]] | None
+    raw: Decision | None  # the policy's own output (None if it failed)
+    fallback_raw: Decision | None
+    shielded: Decision
+    rules: tuple[str, ...]
+    foreign: Mapping[str, str]
+    outcomes: tuple[Mapping[str, Any], ...]
+    errors: tuple[str, ...]
+    duration_s: float
+    shadow: Mapping[str, Any] | None = None  # agent/ops.py: decision vs incumbent per model, weights, $/h
+    prometheus_tls_verified: bool | None = None  # False: --insecure-skip-tls-verify is in force (audited)
+
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable(self)

@@ -28,12 +28,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleetpilot.agent.actuation import WEIGHT_SCALE, Actuation
-from fleetpilot.agent.audit import AuditLog, to_jsonable
+from fleetpilot.agent.audit import AuditLog, DecisionRecord
 from fleetpilot.agent.goal_reload import GoalReloader
 from fleetpilot.agent.health import ForecastFeed, HealthCheck
 from fleetpilot.agent.metrics_server import DaemonMetrics, MetricsServer
@@ -53,7 +53,7 @@ from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.registry import make as make_policy
 from fleetpilot.policies.shield import Shield
-from fleetpilot.simulations.contract import Decision, ModelReading, Reading
+from fleetpilot.simulations.contract import ModelReading, Reading
 from fleetpilot.simulations.errors import PermanentError, TemporaryError
 from fleetpilot.simulations.goal import GoalSpec
 
@@ -139,40 +139,6 @@ def make_fallback_policy(goal: GoalSpec) -> Policy:
 def default_shield(goal: GoalSpec) -> Shield:
     """The live shield: never scale on missing data (issue 11): a model whose inputs are missing or stale holds."""
     return Shield(goal, missing="hold")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The record of one interval
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DecisionRecord:
-    """Everything one control interval saw and did (one audit line)."""
-
-    t: float
-    mode: str
-    leader: bool | None
-    acted: bool
-    policy: str
-    active: str  # "policy" or "fallback"
-    fallback_reason: str | None
-    state: Mapping[str, Any]  # model -> {"desired", "ready"} from Kubernetes
-    reading: Reading | None
-    forecast: Mapping[str, Sequence[float]] | None
-    raw: Decision | None  # the policy's own output (None if it failed)
-    fallback_raw: Decision | None
-    shielded: Decision
-    rules: tuple[str, ...]
-    foreign: Mapping[str, str]
-    outcomes: tuple[Mapping[str, Any], ...]
-    errors: tuple[str, ...]
-    duration_s: float
-    shadow: Mapping[str, Any] | None = None  # agent/ops.py: decision vs incumbent per model, weights, $/h
-    prometheus_tls_verified: bool | None = None  # False: --insecure-skip-tls-verify is in force (audited)
-
-    def to_json(self) -> dict[str, Any]:
-        return to_jsonable(self)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
