@@ -480,7 +480,7 @@ class PrometheusSource:
     each HTTP request. ``access`` (TLS, credentials, headers; :class:`PrometheusAccess`) replaces ``url`` and
     ``timeout_s`` when given. ``client`` replaces the ``PrometheusConnect`` built from them (tests). ``interval_s``
     defaults to the goal's control interval. Queries run one after another; a failure of any required query fails
-    the whole read. ``read_budget_s`` (default: half the interval, at least ``timeout_s``) bounds all the queries of
+    the whole read. ``read_budget_s`` (default: one interval, at least ``timeout_s``) bounds all the queries of
     one read together (``monotonic`` times it): each query gets what is left, and a read past it fails with an
     "interval deadline" TemporaryError, so the daemon falls back within the interval.
     """
@@ -514,9 +514,9 @@ class PrometheusSource:
         self.clock = clock
         self.timeout_s = float(access.timeout_s)
         self.interval_s = float(interval_s or goal.control_interval_s)
-        # all queries of one read together: at most half an interval (never less than one query's deadline), so
-        # the interval still has time to act or fall back; past it the read fails and the daemon falls back
-        self.read_budget_s = float(read_budget_s or max(self.timeout_s, 0.5 * self.interval_s))
+        # all queries of one read together: at most one interval (never less than one query's deadline); past it
+        # the read fails and the daemon falls back, and the next interval starts on time
+        self.read_budget_s = float(read_budget_s or max(self.timeout_s, self.interval_s))
         self._monotonic = monotonic
         self._read_started: float | None = None
         self.label = label
