@@ -250,3 +250,19 @@ def test_selection_is_recorded_and_kept_weights_are_a_played_checkpoint(artifact
     assert steps[0] == 0 and sel["selected"] in sel["checkpoints"]
     assert all(c["windows"] > 0 for c in sel["checkpoints"])
 
+
+
+def test_shipped_policies_load_and_decide() -> None:
+    from fleetpilot.policies.registry import make as make_policy
+
+    for name, goal_path in (("single-model", SINGLE), ("two-model-routed", ROUTED)):
+        goal = load_goal(goal_path)
+        pol = make_policy(f"rl:{name}", goal)
+        env = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s" if name == "single-model" else
+                                     "chat=azure_llm_2023_conv_1s+code=azure_llm_2023_code_1s"], "0:2760", **ENV_KW)
+        env.reset(seed=1)
+        d, st = pol.decide(env.observation, pol.initial_state())
+        assert set(d.replicas) == set(goal.model_names) and isinstance(st, RLState)
+        meta = pol.meta
+        assert meta["provenance"]["checkpoint_selection"]["selected"] is not None
+        assert set(meta["provenance"]["env"]["peak_rps"]) == {200.0, 1000.0}
