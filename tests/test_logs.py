@@ -11,6 +11,7 @@ from fleetpilot.agent.logs import WarnOnce, configure_logging
 
 def test_json_lines_are_one_object_each() -> None:
     buf = io.StringIO()
+    level = logging.getLogger().level
     handler = configure_logging("json", "INFO", buf)
     try:
         log = logging.getLogger("fleetpilot.test")
@@ -21,6 +22,7 @@ def test_json_lines_are_one_object_each() -> None:
             log.exception("failed")
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)
     lines = buf.getvalue().splitlines()
     assert len(lines) == 2
     first, second = (json.loads(x) for x in lines)

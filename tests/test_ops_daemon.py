@@ -170,6 +170,7 @@ def test_events_say_who_decided_and_on_what(goal) -> None:  # noqa: ANN001
 
 def test_json_logs(goal) -> None:  # noqa: ANN001
     buf = io.StringIO()
+    level = logging.getLogger().level
     handler = configure_logging("json", "INFO", buf)
     try:
         with K8sEmulator() as emu:
@@ -180,6 +181,7 @@ def test_json_logs(goal) -> None:  # noqa: ANN001
             d.close()
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
     assert sum("HorizontalPodAutoscaler/x" in x["msg"] for x in lines) == 2  # found at start, foreign once
