@@ -349,6 +349,7 @@ class KubeActuator:
         self._retry = retry or RetrySettings()
         self._manager = field_manager
         self.recorder = recorder
+        self._warned_forbidden: set[str] = set()
 
     @property
     def retry(self) -> RetrySettings:
@@ -470,7 +471,16 @@ class KubeActuator:
         from fleetpilot.policies.incumbent import TAKEN_OVER_ANNOTATION, is_paused, keda_owner
 
         w = self.workload(model)
-        scaled = self.list_scaledobjects(w.namespace)
+        try:
+            scaled = self.list_scaledobjects(w.namespace)
+        except KubePermanentError as err:
+            if err.status != "forbidden":
+                raise
+            # no RBAC to list ScaledObjects: KEDA still shows through the HPA it generates for an active one
+            if w.namespace not in self._warned_forbidden:
+                self._warned_forbidden.add(w.namespace)
+                log.warning("cannot list KEDA ScaledObjects in %s (%s); relying on their HPAs", w.namespace, err)
+            scaled = []
         ours = {so["metadata"]["name"] for so in scaled
                 if (so["metadata"].get("annotations") or {}).get(TAKEN_OVER_ANNOTATION) and is_paused(so)}
         found = [f"ScaledObject/{so['metadata']['name']}" for so in scaled

@@ -387,3 +387,10 @@ def test_read_weights_of_our_backends(emu: K8sEmulator) -> None:
     assert act.read_weights("chat") == {"a": 300, "b": 1}
     with pytest.raises(KubePermanentError):
         act.read_weights("nope")
+
+
+def test_no_rbac_for_scaledobjects_still_finds_hpas(emu: K8sEmulator) -> None:
+    emu.objects.put(hpa_manifest("keda-hpa-llama", "llama-8b"), namespace=NS)
+    emu.inject(method="GET", path_regex="scaledobjects", status=403, times=None)
+    act = make_actuator(emu)
+    assert act.foreign_controllers("llama") == ["HorizontalPodAutoscaler/keda-hpa-llama"]
