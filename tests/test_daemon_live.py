@@ -2,9 +2,10 @@
 the Kubernetes API emulator over HTTP driven by the official client, two daemons in control mode with leader
 election. The cluster is emulated; the wire protocol, the client, Prometheus and PromQL are real.
 
-Trace: 20x time-compressed Azure LLM conversation trace (2023), 80 s of play. Steps are applied to its load: the
+Trace: 20x time-compressed Azure LLM conversation trace (2023), 95 s of play. Steps are applied to its load: the
 first 15 s are scaled to ~10 %, then a burst at ~55 % of the compressed rate (about 10 -> 80 req/s, which one
-replica cannot serve and five can) until 45 s, then ~10 % again.
+replica cannot serve and five can) until 60 s, then ~10 % again. The long burst leaves room for a slow answer on a
+loaded machine (the fallback HPA syncs every 15 s; the live shield never scales on missing data).
 
 Deterministic by construction (issue 11: this test failed about one run in three): every phase waits on a condition
 with a deadline, never on a fixed sleep -- daemon a is leader before b starts; the hand-over happens once a has
@@ -42,8 +43,8 @@ pytestmark = pytest.mark.slow
 
 MODEL = "llama-3-8b"
 BURST_AT = 15.0
-DROP_AT = 45.0
-PLAY_S = 80
+DROP_AT = 60.0
+PLAY_S = 95
 INTERVAL = 2.0
 LEASE_S = 4
 GOAL = f"""
@@ -129,8 +130,9 @@ def test_closed_loop_burst_and_leader_election(tmp_path):
         start_daemon("daemon-b")
         wait_until("daemon b follows", lambda: any(r["leader"] is False for r in records("daemon-b")), 20)
         # a answers the burst, then hands over (SIGTERM path: finish the interval, release the Lease)
-        wait_until("daemon a scaled up for the burst", lambda: replicas() >= 4, BURST_AT + 30)
-        assert time.monotonic() - t_start < DROP_AT - 4, "the burst was answered too late to test the hand-over"
+        wait_until("daemon a scaled up for the burst", lambda: replicas() >= 4, DROP_AT - 8)
+        answered = time.monotonic() - t_start  # seconds of play when a had answered the burst
+        assert answered < DROP_AT - 4, "the burst was answered too late to test the hand-over"
         stops[0].set()
         threads[0].join(timeout=15)
         assert not threads[0].is_alive()
@@ -179,7 +181,8 @@ def test_closed_loop_burst_and_leader_election(tmp_path):
     # --- scaled up in response to the burst ------------------------------------------------------------------------
     t0 = trace.start_s
     before = [d[MODEL] for t, _, d in history if t - t0 < BURST_AT]
-    during = [d[MODEL] for t, _, d in history if BURST_AT + 12 <= t - t0 < DROP_AT]
+    # from the moment a answered until the load drops, the fleet never falls back below the burst's need
+    during = [d[MODEL] for t, _, d in history if answered + 2 <= t - t0 < DROP_AT]
     assert max(before) <= 2, before
     assert min(during) >= 4, during
     assert writes[-1] < max(writes), f"never scaled down after the burst: {writes}"
@@ -190,8 +193,9 @@ def test_closed_loop_burst_and_leader_election(tmp_path):
     while not static_max.done:
         static_max.step()
     feasible = {round(w.t_s - t0) for w in static_max.windows if w.met}
-    judged = [w for w in exporter.sim.windows
-              if w.t_s - t0 >= BURST_AT + 25 and round(w.t_s - t0) in feasible and w.requests > 0]
+    judged = [w for w in exporter.sim.windows  # once the new replicas had their cold start after a answered
+              if w.t_s - t0 >= answered + 2 * spec.cold_start_s + 10 and round(w.t_s - t0) in feasible
+              and w.requests > 0]
     assert judged, [(w.t_s, w.met) for w in exporter.sim.windows]
     assert all(w.met for w in judged), [(w.t_s - t0, w.latency_ms) for w in exporter.sim.windows]
     assert all(w.met for w in exporter.sim.windows if w.t_s - t0 < BURST_AT - 5)
