@@ -39,8 +39,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fleetpilot.agent.audit import AuditLog  # noqa: E402
-from fleetpilot.agent.daemon import Daemon, DaemonDeps, DaemonSettings  # noqa: E402
+from fleetpilot.agent.daemon import Daemon, DaemonDeps  # noqa: E402
 from fleetpilot.agent.prom import FleetState  # noqa: E402
+from fleetpilot.agent.settings import DaemonSettings  # noqa: E402
 from fleetpilot.policies.base import ModelReading, Reading  # noqa: E402
 from fleetpilot.simulations.goal import GoalSpec, parse_goal  # noqa: E402
 

@@ -84,8 +84,9 @@ def test_daemon_runs_the_check_and_audits_it(tmp_path: Path) -> None:
     from test_daemon_unit import FakeActuator, FakeClock, FakeSource, HoldPolicy
 
     from fleetpilot.agent.audit import AuditLog, read_audit
-    from fleetpilot.agent.daemon import Daemon, DaemonDeps, DaemonSettings
+    from fleetpilot.agent.daemon import Daemon, DaemonDeps
     from fleetpilot.agent.metrics_server import DaemonMetrics
+    from fleetpilot.agent.settings import DaemonSettings
 
     clock = FakeClock()
     metrics = DaemonMetrics()

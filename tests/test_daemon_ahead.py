@@ -45,15 +45,15 @@ import pytest
 
 from fleetpilot.agent.audit import read_audit
 from fleetpilot.agent.commands.run import build_daemon
-from fleetpilot.agent.daemon import (
+from fleetpilot.agent.daemon import Daemon
+from fleetpilot.agent.kube import make_api_client
+from fleetpilot.agent.settings import (
     AuditSettings,
-    Daemon,
     DaemonSettings,
     KubeSettings,
     LeaderElectionSettings,
     PrometheusSettings,
 )
-from fleetpilot.agent.kube import make_api_client
 from fleetpilot.forecasting.features import OnlineForecaster
 from fleetpilot.policies.baselines import HeadroomPredictivePolicy as PredictivePolicy
 from fleetpilot.simulations.fleet import FleetSimulator

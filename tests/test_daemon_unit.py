@@ -18,9 +18,10 @@ import pytest
 import requests
 
 from fleetpilot.agent.audit import AuditLog, read_audit
-from fleetpilot.agent.daemon import Daemon, DaemonDeps, DaemonSettings, FallbackSettings, make_fallback_policy
+from fleetpilot.agent.daemon import Daemon, DaemonDeps, make_fallback_policy
 from fleetpilot.agent.kube import ApplyOutcome
 from fleetpilot.agent.prom import FleetState, PrometheusSource, derive_class_rates
+from fleetpilot.agent.settings import DaemonSettings, FallbackSettings
 from fleetpilot.policies.base import Decision, ModelReading, Observation, Reading
 from fleetpilot.simulations.errors import PermanentError, TemporaryError
 from fleetpilot.simulations.goal import parse_goal
@@ -667,7 +668,7 @@ def test_shield_windows_use_monotonic_time(goal):
 
 
 def test_goal_file_reloaded_or_reported(goal, tmp_path):
-    from fleetpilot.agent.daemon import GoalReloader
+    from fleetpilot.agent.goal_reload import GoalReloader
 
     path = tmp_path / "goal.yaml"
     path.write_text(GOAL)

@@ -36,7 +36,7 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from fleetpilot.agent.cli import build_parser
-from fleetpilot.agent.daemon import DaemonMetrics
+from fleetpilot.agent.metrics_server import DaemonMetrics
 from fleetpilot.agent.ops import OpsMetrics
 from fleetpilot.agent.rbac import rbac_manifests
 from fleetpilot.simulations.goal import parse_goal

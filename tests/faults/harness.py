@@ -465,10 +465,12 @@ class Rig:
         elsewhere (e.g. a dead port: the API unreachable); ``elector_host`` only the Lease calls (a partition that
         hits leader election but not the writes)."""
         from fleetpilot.agent.audit import AuditLog
-        from fleetpilot.agent.daemon import Daemon, DaemonDeps, DaemonSettings, KubeStatusReader
+        from fleetpilot.agent.daemon import Daemon, DaemonDeps
         from fleetpilot.agent.kube import KubeActuator, RetrySettings, make_api_client
         from fleetpilot.agent.leader import LeaderElector
+        from fleetpilot.agent.ports import KubeStatusReader
         from fleetpilot.agent.prom import PrometheusSource
+        from fleetpilot.agent.settings import DaemonSettings
 
         clk = clock or self.clock
         api = make_api_client(host=api_host or self.emu.url)

@@ -1051,7 +1051,7 @@ def test_goal_changed_reported(live: Any, tmp_path: Path) -> None:
 
 
 def _reloading_daemon(rig: Rig, tmp_path: Path, policy_want: dict[str, Any]) -> tuple[Any, Path]:
-    from fleetpilot.agent.daemon import GoalReloader
+    from fleetpilot.agent.goal_reload import GoalReloader
 
     path = tmp_path / "goal.yaml"
     path.write_text(GOAL_PATH.read_text())

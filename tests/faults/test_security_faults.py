@@ -296,7 +296,7 @@ def test_credentials_never_leak(rig: Rig, tmp_path: Path, caplog: pytest.LogCapt
                    expected="the reload is refused at once (alias budget) with file:line; the daemon keeps the last "
                    "good goal and its intervals keep completing")
 def test_alias_bomb_reload_is_refused(rig: Rig, tmp_path: Path, record_property: Any) -> None:
-    from fleetpilot.agent.daemon import GoalReloader
+    from fleetpilot.agent.goal_reload import GoalReloader
 
     goal_file = tmp_path / "goal.yaml"
     goal_file.write_text(GOAL_PATH.read_text())
