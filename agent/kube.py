@@ -339,6 +339,7 @@ class KubeActuator:
         field_manager: str = FIELD_MANAGER,
         recorder: EventRecorder | None = None,
     ) -> None:
+        self._api_client = api_client
         self._apps = kubernetes.client.AppsV1Api(api_client)
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._autoscaling = kubernetes.client.AutoscalingV2Api(api_client)
@@ -501,8 +502,7 @@ class KubeActuator:
                 namespace,
             )
         )
-        client = kubernetes.client.ApiClient()
-        return [client.sanitize_for_serialization(h) for h in (result.items or [])]
+        return [self._api_client.sanitize_for_serialization(h) for h in (result.items or [])]
 
     def list_scaledobjects(self, namespace: str) -> list[dict[str, Any]]:
         """Every KEDA ScaledObject in the namespace ([] when KEDA's CRD is not installed)."""
