@@ -44,10 +44,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleetpilot.policies.baselines import HPAPolicy, KEDAPolicy, KPAPolicy, default_weights
+from fleetpilot.policies.baselines import HPAPolicy, KEDAPolicy, KPAPolicy
 from fleetpilot.simulations.errors import UserError
-from fleetpilot.simulations.fleet import route_matrix, service_rate_per_replica, slots_per_replica
+from fleetpilot.simulations.fleet import service_rate_per_replica, slots_per_replica
 from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.routing import RoutingMap
 from fleetpilot.simulations.traces import Trace
 
 __all__ = [
@@ -111,14 +112,11 @@ class Candidate:
 
 def token_mix(goal: GoalSpec, trace: Trace) -> dict[str, tuple[float, float]]:
     """Request-weighted mean (input, output) tokens each model receives at the goal's default weights."""
-    routes, models_of = route_matrix(goal, trace.classes)
-    weights = default_weights(goal)
+    rmap = RoutingMap(goal, trace.classes)  # the one routing rule, at the goal's default weights
+    shares = rmap.shares()  # (classes, models)
     out: dict[str, tuple[float, float]] = {}
     for m in goal.models:
-        share = np.zeros(len(trace.classes))
-        for c, (route, models) in enumerate(zip(routes, models_of, strict=True)):
-            if m.name in models:
-                share[c] = weights[route][m.name] if route else 1.0
+        share = shares[:, rmap.index[m.name]]
         vol = trace.arrivals * share
         tot = float(vol.sum())
         if tot <= 0:
