@@ -36,10 +36,11 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from fleetpilot.agent.cli import build_parser
+from fleetpilot.agent.latency_drift import LatencyDrift
 from fleetpilot.agent.metrics_server import DaemonMetrics
 from fleetpilot.agent.ops import OpsMetrics
 from fleetpilot.agent.rbac import rbac_manifests
-from fleetpilot.simulations.goal import parse_goal
+from fleetpilot.simulations.goal import load_goal, parse_goal
 from fleetpilot.simulations.resources import example_goal
 from needs import missing_tool
 from testbed.k8s_emulator import K8sEmulator
@@ -511,6 +512,14 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[tuple[str, list[dict[str
     ("FleetpilotPrometheusTLSUnverified",
      [{"series": f"fleetpilot_prometheus_tls_verified{{{POD_A}}}", "values": "1 1 0 0"}],
      [("1m", [], ""), ("3m", [NS], "0")]),
+    ("FleetpilotAmbiguousSeries",
+     [{"series": f'fleetpilot_prometheus_ambiguous_series{{{POD_A}, input="llama-3-8b.running", labels="pod"}}',
+       "values": "0 0 1x10"}],
+     [("4m", [], ""), ("8m", [{**NS, "input": "llama-3-8b.running", "labels": "pod"}], "1")]),
+    ("FleetpilotLatencyModelDrift",
+     [{"series": f'fleetpilot_latency_model_drift{{{POD_A}, model="llama-3-8b"}}', "values": "0.05 0.05 -0.3 -0.3"},
+      {"series": f'fleetpilot_latency_model_drift{{{POD_A}, model="llama-3-70b"}}', "values": "0.1x3"}],
+     [("1m", [], ""), ("3m", [{**NS, "model": "llama-3-8b"}], "0.3")]),
     ("FleetpilotIntervalsStalled",
      [{"series": f"fleetpilot_last_interval_timestamp_seconds{{{POD_A}}}", "values": "0+60x5 300x20"}],
      [("5m", [], ""), ("12m", [], ""), ("14m", [NS], "540")]),
@@ -600,6 +609,7 @@ def _exported_names() -> set[str]:
     names: set[str] = set()
     metrics = DaemonMetrics()
     OpsMetrics(metrics.registry)  # the daemon registers the operations metrics on the same registry
+    LatencyDrift(load_goal("single-model"), None, registry=metrics.registry)  # run --recalibrate-every
     for metric in metrics.registry.collect():
         base = metric.name
         suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"],
@@ -656,6 +666,8 @@ def live_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Promet
         metrics.shadow_diff.labels(model).set(desired - spec)
         metrics.foreign.labels(model).set(0)
     ops = OpsMetrics(metrics.registry)
+    drift = LatencyDrift(load_goal("single-model"), None, registry=metrics.registry)
+    drift.gauge.labels("llama-3-8b").set(0.05)
     for route, shares in {"chat": {"llama-3-70b": 0.4, "llama-3-8b": 0.6}}.items():
         for model, share in shares.items():
             ops.route_weight.labels(route, model, "fleetpilot").set(share)
@@ -740,6 +752,7 @@ def test_live_values_drive_the_alerts(live_prometheus: PrometheusServer) -> None
     assert not live_prometheus.query(by_name["FleetpilotIntervalsStalled"])
     assert not live_prometheus.query(by_name["FleetpilotWriterConflict"])
     assert not live_prometheus.query(by_name["FleetpilotPrometheusTLSUnverified"])
+    assert not live_prometheus.query(by_name["FleetpilotLatencyModelDrift"])
 
 
 def test_goal_loads_from_a_configmap_volume_layout(tmp_path: Path) -> None:
