@@ -44,6 +44,7 @@ from fleetpilot.agent.prom import FleetState  # noqa: E402
 from fleetpilot.agent.settings import DaemonSettings  # noqa: E402
 from fleetpilot.policies.base import ModelReading, Reading  # noqa: E402
 from fleetpilot.simulations.goal import GoalSpec, parse_goal  # noqa: E402
+from fleetpilot.simulations.routing import RoutingMap  # noqa: E402
 
 N_MODELS = 10
 N_ROUTES = 20
@@ -148,6 +149,7 @@ class FakeSource:
         self.stale_every = stale_every
         self.n = 0
         self.base = {r.name: 5.0 + 2.0 * (i % 7) for i, r in enumerate(goal.routes)}
+        self.routing = RoutingMap(goal, [r.name for r in goal.routes], strict=False)
 
     def read(self, state: Mapping[str, FleetState] | None = None,
              weights: Mapping[str, Mapping[str, float]] | None = None) -> Reading:
@@ -155,12 +157,8 @@ class FakeSource:
         t = self.clock()
         day = 0.55 + 0.45 * math.sin(2 * math.pi * (t % DAY_S) / DAY_S)
         rates = {name: max(0.0, b * day * (1 + 0.1 * float(self.rng.standard_normal()))) for name, b in self.base.items()}
-        per_model = {m.name: 0.0 for m in self.goal.models}
-        for r in self.goal.routes:
-            w = (weights or {}).get(r.name) or dict(zip(r.models, r.weights, strict=True))
-            tot = sum(w.values()) or 1.0
-            for m in r.models:
-                per_model[m] += rates[r.name] * w.get(m, 0.0) / tot
+        per_model = dict(zip(self.routing.models, self.routing.model_rates(  # the one routing rule
+            np.array([rates[c] for c in self.routing.classes]), weights).tolist(), strict=True))
         models = {}
         for m in self.goal.models:
             st = (state or {}).get(m.name) or FleetState(1, 1)
