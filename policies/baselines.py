@@ -84,12 +84,12 @@ from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import (
     Decision,
     latency_vector,
-    route_matrix,
     service_rate_per_replica,
     slots_per_replica,
 )
 from fleetpilot.simulations.goal import GoalSpec, ModelSpec
 from fleetpilot.simulations.kernel import step_time
+from fleetpilot.simulations.routing import RoutingMap, default_weights
 from fleetpilot.simulations.traces import Trace
 
 __all__ = [
@@ -154,15 +154,6 @@ def _finite(x: object) -> bool:
         return math.isfinite(float(x))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False
-
-
-def default_weights(goal: GoalSpec) -> dict[str, dict[str, float]]:
-    """The goal's default routing weights, normalised."""
-    out: dict[str, dict[str, float]] = {}
-    for r in goal.routes:
-        tot = sum(r.weights) or 1.0
-        out[r.name] = {m: w / tot for m, w in zip(r.models, r.weights, strict=True)}
-    return out
 
 
 def spec_replicas(m: ModelObs | None, spec: ModelSpec) -> int:
@@ -315,15 +306,12 @@ def static_peak_replicas(
     """
     window = float(window_s if window_s is not None else trace.interval_s)
     k = max(1, int(round(window / trace.interval_s)))
-    routes, models_of = route_matrix(goal, trace.classes)
-    weights = default_weights(goal)
+    rmap = RoutingMap(goal, trace.classes)  # the one routing rule, at the goal's default weights
+    shares = rmap.shares()  # (classes, models)
     rates = trace.rate()  # (n, classes)
     out: dict[str, int] = {}
     for m in goal.models:
-        share = np.zeros(len(trace.classes))
-        for c, (route, models) in enumerate(zip(routes, models_of, strict=True)):
-            if m.name in models:
-                share[c] = weights[route][m.name] if route else 1.0
+        share = shares[:, rmap.index[m.name]]
         r = rates @ share
         if not r.any():
             out[m.name] = m.min_replicas
