@@ -27,19 +27,17 @@ import dataclasses
 import logging
 import math
 import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from fleetpilot.agent.actuation import WEIGHT_SCALE, Actuation
-from fleetpilot.agent.audit import AuditLog, DecisionRecord
+from fleetpilot.agent.audit import DecisionRecord
 from fleetpilot.agent.goal_reload import GoalReloader
 from fleetpilot.agent.health import ForecastFeed, HealthCheck
 from fleetpilot.agent.metrics_server import DaemonMetrics, MetricsServer
 from fleetpilot.agent.ops import decision_reason, fallback_kind
 from fleetpilot.agent.ownership import Ownership
-from fleetpilot.agent.ports import Actuator, Elector, KubeStatusReader, Source
+from fleetpilot.agent.ports import DaemonDeps, KubeStatusReader
 from fleetpilot.agent.prom import FleetState
 from fleetpilot.agent.settings import (
     AuditSettings,
@@ -93,28 +91,6 @@ def default_shield(goal: GoalSpec) -> Shield:
 # ---------------------------------------------------------------------------------------------------------------------
 # The daemon
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DaemonDeps:
-    """Everything the daemon talks to, injected (the real ones are wired by ``agent/commands/run.py``)."""
-
-    source: Source
-    actuator: Actuator | None = None
-    elector: Elector | None = None
-    audit: AuditLog | None = None
-    clock: Callable[[], float] = time.time
-    sleep: Callable[[float], None] | None = None  # None: wait on the stop event
-    monotonic: Callable[[], float] | None = None  # None: ``clock``
-    status_reader: Callable[[str], FleetState] | None = None
-    forecaster_factory: Callable[[float], Any] | None = None
-    metrics: DaemonMetrics | None = None
-    goal_reloader: GoalReloader | None = None
-    fallback: Policy | None = None  # None: the goal's fallback_policy from the registry
-    shield: Any = "auto"  # "auto": default_shield(goal); None: no shield
-    ops: Any = None  # agent/ops.Ops: shadow metrics/audit, bounded labels, fallback Events
-    takeover: Any = None  # agent/handover.TakeoverSession (``--take-over keda``)
-    drift: Any = None  # agent/latency_drift.LatencyDrift: shadow re-calibration (run --recalibrate-every)
 
 
 class Daemon:

@@ -1,5 +1,6 @@
-"""The ports of the live daemon: what it reads from and writes to, as duck-typed protocols, and the real reader of
-Kubernetes state.
+"""The ports of the live daemon: what it reads from and writes to (duck-typed protocols), the real reader of
+Kubernetes state, and :class:`DaemonDeps`, which bundles them with the clock, sleep, audit log, metrics, fallback,
+shield and the optional ops parts for :class:`fleetpilot.agent.daemon.Daemon`.
 
 The real implementations are :class:`fleetpilot.agent.prom.PrometheusSource` (:class:`Source`),
 :class:`fleetpilot.agent.kube.KubeActuator` (:class:`Actuator`), :class:`fleetpilot.agent.leader.LeaderElector`
@@ -8,13 +9,19 @@ The real implementations are :class:`fleetpilot.agent.prom.PrometheusSource` (:c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fleetpilot.agent.audit import AuditLog
+from fleetpilot.agent.goal_reload import GoalReloader
+from fleetpilot.agent.metrics_server import DaemonMetrics
 from fleetpilot.agent.prom import FleetState
+from fleetpilot.policies.base import Policy
 from fleetpilot.simulations.contract import Reading
 
-__all__ = ["Actuator", "Elector", "KubeStatusReader", "Source"]
+__all__ = ["Actuator", "DaemonDeps", "Elector", "KubeStatusReader", "Source"]
 
 
 class Source(Protocol):
@@ -62,3 +69,25 @@ class KubeStatusReader:
         desired = int(dep.spec.replicas or 0) if dep.spec is not None else 0
         ready = int((dep.status.ready_replicas if dep.status is not None else 0) or 0)
         return FleetState(desired=desired, ready=ready)
+
+
+@dataclass(frozen=True)
+class DaemonDeps:
+    """Everything the daemon talks to, injected (the real ones are wired by ``agent/commands/run.py``)."""
+
+    source: Source
+    actuator: Actuator | None = None
+    elector: Elector | None = None
+    audit: AuditLog | None = None
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] | None = None  # None: wait on the stop event
+    monotonic: Callable[[], float] | None = None  # None: ``clock``
+    status_reader: Callable[[str], FleetState] | None = None
+    forecaster_factory: Callable[[float], Any] | None = None
+    metrics: DaemonMetrics | None = None
+    goal_reloader: GoalReloader | None = None
+    fallback: Policy | None = None  # None: the goal's fallback_policy from the registry
+    shield: Any = "auto"  # "auto": default_shield(goal); None: no shield
+    ops: Any = None  # agent/ops.Ops: shadow metrics/audit, bounded labels, fallback Events
+    takeover: Any = None  # agent/handover.TakeoverSession (``--take-over keda``)
+    drift: Any = None  # agent/latency_drift.LatencyDrift: shadow re-calibration (run --recalibrate-every)
