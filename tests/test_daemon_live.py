@@ -97,6 +97,11 @@ def test_closed_loop_burst_and_leader_election(tmp_path):
     def records(ident: str) -> list[dict]:
         return list(read_audit(audits[ident]))
 
+    def played() -> float:
+        """Seconds of the trace the exporter has played (its clock, which lags wall time on a loaded machine)."""
+        hist = exporter.replica_history
+        return hist[-1][0] - trace.start_s if hist else 0.0
+
     def replicas() -> int:
         obj = emulator.objects.get("deployments", "inference", MODEL)
         return int(obj["spec"]["replicas"]) if obj else 0
@@ -131,7 +136,7 @@ def test_closed_loop_burst_and_leader_election(tmp_path):
         wait_until("daemon b follows", lambda: any(r["leader"] is False for r in records("daemon-b")), 20)
         # a answers the burst, then hands over (SIGTERM path: finish the interval, release the Lease)
         wait_until("daemon a scaled up for the burst", lambda: replicas() >= 4, DROP_AT - 8)
-        answered = time.monotonic() - t_start  # seconds of play when a had answered the burst
+        answered = played()  # seconds of play (trace clock) when a had answered the burst
         assert answered < DROP_AT - 4, "the burst was answered too late to test the hand-over"
         stops[0].set()
         threads[0].join(timeout=15)
@@ -144,12 +149,11 @@ def test_closed_loop_burst_and_leader_election(tmp_path):
         peak = max(d[MODEL] for _, _, d in list(exporter.replica_history))
 
         def b_scaled_down() -> bool:
-            played = time.monotonic() - t_start
-            return played > DROP_AT and replicas() < max(peak, *(d[MODEL] for _, _, d in list(
+            return played() > DROP_AT and replicas() < max(peak, *(d[MODEL] for _, _, d in list(
                 exporter.replica_history))) and bool(acted(records("daemon-b")))
 
         wait_until("daemon b scales down after the load drops", b_scaled_down,
-                   max(5.0, t_start + PLAY_S - time.monotonic()))
+                   max(5.0, t_start + PLAY_S + 30 - time.monotonic()))  # the trace clock may lag wall time
     finally:
         for s in stops:
             s.set()
