@@ -288,6 +288,7 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
              f"wall {meta['wall_s']:.0f} s on {meta['workers']} worker processes (tuning {meta['tune_wall_s']:.0f} s "
              f"of it{', cached' if meta['tuning_cached'] else ''}); seeds {meta['seeds']}; "
              f"scales (peak req/s) {meta['scales']}.", "",
+             *([f"**{meta['note']}**", ""] if meta.get("note") else []),
              "This section supersedes the incumbent rows of the tables above, which ran HPA/KEDA/KPA through "
              "fleetpilot's shield and untuned. Scored on the first "
              f"{VAL_DAYS:g} day of each validation range (all of the 12-min Azure ones): the full ranges x 2 scales "
@@ -296,14 +297,14 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
              "* tuned incumbents: `fleetpilot tune`'s search on the last "
              f"{TUNE_DAYS:g} days of each training range (whole range if shorter), rescaled to the same peak, seed 0; "
              "per incumbent one utilisation fraction shared by the goal's models (HPA in-flight x slots, KEDA "
-             "request rate x saturated throughput, KPA concurrency x slots, and the KPA stable window), grid fixed "
+             "Little's-law in-flight at saturation x slots, KPA concurrency x slots, and the KPA stable window), grid fixed "
              "a priori in `policies/tuning.py`, extended below its lowest fraction (x0.7, x0.5, at most 2 rounds) "
              "while nothing meets; rule: the cheapest setting with attainment >= goal + 0.005 "
              "(chosen values: `benchmarks/eval_tuning.json`, columns below);",
              "* hpa / keda / kpa: upstream defaults (70 % of slots), no fleetpilot shield, goal min/max only;",
              "* static: replicas for the tuning range's peak at 70 % utilisation (capacity model at the SLO);",
-             "* predictive: the goal's `predictive_headroom` (0.15) and the capacity model, fixed before this "
-             "protocol existed; rl:* policies: see their own section (trained on training ranges only);",
+             "* predictive: whatever `predictive` resolves to in the registry of the tree that ran (see Tree above); "
+             "rl:* policies: see their own section (trained on training ranges only);",
              "* oracle: the offline optimum of the same seed (a bound, not a controller).", "",
              "Columns: cost = mean $ over seeds; c/o = mean cost / oracle cost of the same seed; att = mean SLO "
              "attainment (min over seeds); meets = mean att >= goal (0.99); vs tuned = cost / cost of the "
@@ -317,7 +318,7 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
                 continue
             first = True
             for n, row in a["rows"].items():
-                lab = f"{ranges[rk].label} (val t >= {ranges[rk].split_s:g})" if first else ""
+                lab = f"{ranges[rk].label} (val t >= {ranges[rk].split_s:.0f})" if first else ""
                 tn = ""
                 if n in TUNED:
                     doc = tuning.get(f"{rk}@{scale:g}", {}).get(TUNED[n])
