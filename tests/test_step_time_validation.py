@@ -6,7 +6,7 @@ sim-to-real-accuracy-validation results_iter29/error_records.csv @15bb1de0 and r
 @8fb2a1bf (column ``actual``); workloads from the same repository's docs/plans/2026-03-04-sim-to-real-accuracy-
 validation-design.md @dcec3fd4 and inference-sim/tektonc-data-collection blis-campaign/campaign/*/values.yaml
 @0f7f91c9; 70B runs: inference-sim/inference-sim branch training, training/trainval_data/README.md @0ba6f035
-(the authors' tracing fork of vLLM, base version not stated). Transcribed from /work/shared/design/VLLM-
+(the authors' tracing fork of vLLM, base version not stated). Transcribed from shared/design/VLLM-
 MEASUREMENTS.md into ``STAGES`` below.
 
 What is checked:
