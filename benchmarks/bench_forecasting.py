@@ -190,7 +190,7 @@ def render(cmd: str, rows: list[dict[str, object]], pt: dict[str, object], ft: d
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--traces", default="/work/shared/traces", help="folder with the trace CSVs")
+    ap.add_argument("--traces", default="data/traces", help="folder with the trace CSVs")
     ap.add_argument("--out", default="benchmarks/RESULTS_forecasting.md")
     ap.add_argument("--models", default="prophet,prophet+level,seasonal-naive,holt-winters,last-value",
                     help=f"registry names or {', '.join(VARIANTS)}")

@@ -1,6 +1,6 @@
 """The offline oracle: a controller that knows the whole trace, used as the cost yardstick of every policy.
 
-What it computes (see ``/work/shared/design/SIMULATOR.md``, "The offline oracle"):
+What it computes (see ``shared/design/SIMULATOR.md``, "The offline oracle"):
 
 1. **Routing** (routed multi-model goals only): a MILP / LP over (replicas per model per SLO window, traffic
    share per route per model) solved with scipy's HiGHS, with the quality floor per route
