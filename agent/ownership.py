@@ -137,6 +137,8 @@ class Ownership:
             except (FleetpilotError, OSError) as exc:
                 errors.append(f"foreign controllers {m}: {exc}")
                 self._on_error("kubernetes")
+                # unknown is not "none": an HPA we could not list may be scaling the workload, so hands off
+                return "cannot tell whether another controller targets the workload (listing autoscalers failed)"
         if hpas:  # "HorizontalPodAutoscaler/x", "ScaledObject/y"
             return f"{', '.join(hpas)} {'targets' if len(hpas) == 1 else 'target'} the workload"
         return self._other_writer(m, current, now, "replicas")

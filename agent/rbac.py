@@ -69,6 +69,7 @@ def rbac_manifests(
     lease_namespace: str | None = None,
     lease_name: str = "fleetpilot",
     role_name: str = "fleetpilot-workloads",
+    take_over_keda: bool = False,
 ) -> list[dict[str, Any]]:
     """Role + RoleBinding per namespace of the goal's workloads and HTTPRoutes, plus the leader-election Role."""
     lease_ns = lease_namespace or service_account_namespace
@@ -97,6 +98,10 @@ def rbac_manifests(
             rules.append({"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
                           "verbs": ["get", "list"]})
             rules.append({"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": ["get", "list"]})
+            if take_over_keda:
+                # `run --take-over keda` pauses the ScaledObject (paused-replicas annotation) and resumes it on exit;
+                # ScaledObjects are named by their owners, not by the goal, so patch cannot be limited by name here
+                rules.append({"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": ["patch"]})
         if ns in routes:
             rules.append({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
                           "resourceNames": sorted(routes[ns]), "verbs": ["get", "patch"]})

@@ -98,3 +98,32 @@ def test_foreign_owner_is_logged_once(caplog) -> None:  # noqa: ANN001
     messages = [r.getMessage() for r in caplog.records]
     assert len([x for x in messages if "HorizontalPodAutoscaler/hpa" in x]) == 2  # appeared once, cleared once
     assert "cleared" in messages[-1]
+
+
+def test_unknown_incumbent_is_hands_off() -> None:
+    """Listing the autoscalers failed: an HPA we cannot see may be scaling the workload, so fleetpilot does not write
+    it that interval (was: treated as no foreign controller); the next successful listing gives it back."""
+    from fleetpilot.agent.ownership import Ownership
+    from fleetpilot.simulations.errors import TemporaryError
+
+    class Actuator:
+        fail = True
+
+        def read_replicas(self, model: str) -> int:
+            return 3
+
+        def foreign_controllers(self, model: str) -> list[str]:
+            if self.fail:
+                raise TemporaryError("list horizontalpodautoscalers: 503")
+            return []
+
+    goal = load_goal("examples/goals/single-model.yaml")
+    act = Actuator()
+    own = Ownership(act, None, 300.0)
+    errors: list[str] = []
+    _, foreign = own.survey(goal, 0.0, errors)
+    name = goal.models[0].name
+    assert "cannot tell" in foreign[name] and errors
+    act.fail = False
+    _, foreign = own.survey(goal, 15.0, [])
+    assert name not in foreign

@@ -74,3 +74,17 @@ def test_opt_in_marker() -> None:
     assert why is not None and "deployment/inference/a" in why and MANAGED_LABEL in why
     assert opt_in_refusal({"metadata": {"labels": {MANAGED_LABEL: "false"}}}, "httproute/x") is not None
     assert opt_in_refusal({}, "httproute/x") is not None
+
+
+def test_take_over_keda_adds_only_the_scaledobject_patch() -> None:
+    goal = load_goal(ROUTED)
+    plain = rbac_manifests(goal)
+    taking = rbac_manifests(goal, take_over_keda=True)
+    rules = lambda docs: [r for d in docs if d["kind"] == "Role" for r in d["rules"]]  # noqa: E731
+    added = [r for r in rules(taking) if r not in rules(plain)]
+    namespaces = {m.deployment.namespace for m in goal.models}
+    assert len(added) == len(namespaces)
+    for r in added:
+        assert r == {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": ["patch"]}
+    # the default stays as before: ScaledObjects are only read
+    assert all("patch" not in r["verbs"] for r in rules(plain) if r["resources"] == ["scaledobjects"])
