@@ -49,7 +49,7 @@ import numpy as np
 from fleetpilot.agent.replay_parallel import fork_available, run_parallel
 from fleetpilot.agent.replay_results import PolicyRun, PolicySeries, ReplayResult, SeriesRecorder
 from fleetpilot.envs.loop import ControlLoop
-from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures, class_forecasts
+from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures, class_forecasts, default_tick
 from fleetpilot.policies.base import Policy, PrepareContext, capabilities, describe_policy, prepare_policy
 from fleetpilot.policies.oracle import oracle_yardstick
 from fleetpilot.policies.shield import Shield
@@ -77,17 +77,6 @@ Yardstick = Callable[..., Mapping[str, Any]]
 # ---------------------------------------------------------------------------------------------
 # Inputs computed once per trace
 # ---------------------------------------------------------------------------------------------
-
-
-def default_tick(trace: Trace, goal: GoalSpec) -> float:
-    """1 s for sub-minute traces; 5 s (or the largest divisor of the control interval up to 5 s) otherwise."""
-    if trace.interval_s < 60.0:
-        return 1.0
-    c = goal.control_interval_s
-    for t in (5.0, 3.0, 2.5, 2.0, 1.0):
-        if abs(c / t - round(c / t)) < 1e-9:
-            return t
-    return 1.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,45 +28,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from fleetpilot.envs.episodes import AgentAction, RangeSpec, Reward, TraceSpec, initial_replicas, prepare_traces
 from fleetpilot.envs.loop import ControlLoop
-from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures
-from fleetpilot.policies.base import PolicyBase
-from fleetpilot.policies.rl import OBS_CLIP, ActionCodec, RLState, policy_input, route_of_class, route_quality
+from fleetpilot.envs.sources import SimulatedFleet, default_tick
+from fleetpilot.policies.rl import OBS_CLIP, ActionCodec, policy_input, route_of_class
 from fleetpilot.policies.shield import Shield
-from fleetpilot.simulations.capacity import service_rate_per_replica
 from fleetpilot.simulations.contract import Decision, Observation
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec, load_goal
-from fleetpilot.simulations.routing import RoutingMap
-from fleetpilot.simulations.traces import Trace, load_traces, parse_range
-
-
-class _AgentAction(PolicyBase):
-    """The env's policy: the agent's pending action decoded by the action codec (as :class:`RLPolicy` does).
-
-    Its state (kept by the loop) is an :class:`~policies.rl.RLState` that the env has already advanced with
-    :meth:`PolicyFeatures.observe` when it built the agent's observation."""
-
-    name = "agent"
-
-    def __init__(self, codec: ActionCodec) -> None:
-        self.codec = codec
-        self.pending: np.ndarray | None = None
-
-    def initial_state(self) -> RLState:
-        return RLState()
-
-    def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
-        if self.pending is None:
-            raise RuntimeError("no action to decode")
-        return self.codec.decode(self.pending, obs, state)
-
-
-def _as_trace(spec: Trace | str | Sequence[str], rng_s: tuple[float | None, float | None]) -> Trace:
-    if isinstance(spec, Trace):
-        return spec.slice(*rng_s) if rng_s != (None, None) else spec
-    specs = spec.split("+") if isinstance(spec, str) else list(spec)
-    return load_traces(specs, rng_s)
 
 
 class ClusterFleetEnv(gym.Env):
@@ -77,8 +46,8 @@ class ClusterFleetEnv(gym.Env):
     def __init__(
         self,
         goal: GoalSpec | str | Path,
-        traces: Sequence[Trace | str | Sequence[str]] | str,
-        ranges: Sequence[str | tuple[float | None, float | None] | None] | str | None = None,
+        traces: Sequence[TraceSpec] | str,
+        ranges: Sequence[RangeSpec] | str | None = None,
         *,
         episode_s: float | tuple[float, float] = (3600.0, 7200.0),
         peak_rps: float | Sequence[float] | None = None,
@@ -105,7 +74,7 @@ class ClusterFleetEnv(gym.Env):
             raise UserError(f"{len(ranges)} ranges for {len(traces)} traces")
         self.codec = ActionCodec(self.goal, core=core)
         self.features = self.codec.features
-        self._agent = _AgentAction(self.codec)
+        self._agent = AgentAction(self.codec)
         self.control_s = float(self.goal.control_interval_s)
         ep = (float(episode_s), float(episode_s)) if isinstance(episode_s, int | float) else tuple(map(float, episode_s))
         self.episode_s = (max(ep[0], self.control_s), max(ep[1], ep[0], self.control_s))
@@ -114,29 +83,10 @@ class ClusterFleetEnv(gym.Env):
         self.service_noise = float(service_noise)
         self.tick_s = None if tick_s is None else float(tick_s)
         self.use_shield = use_shield
-        self.ttft_shaping = float(ttft_shaping)
-        self.quality_penalty = float(quality_penalty)
-        self._data: list[TraceFeatures] = []
-        self.trace_names: list[str] = []
         peaks: list[float | None] = [None] if peak_rps is None else (
             [float(peak_rps)] if isinstance(peak_rps, int | float) else [float(p) for p in peak_rps])
-        for spec, rg in zip(traces, ranges, strict=True):
-            rng_s = parse_range(rg) if isinstance(rg, str) or rg is None else rg
-            raw = _as_trace(spec, rng_s)
-            for peak in peaks:
-                tr = raw.scale_to_peak(peak) if peak is not None else raw
-                self.trace_names.append(tr.name if len(peaks) == 1 else f"{tr.name}@{peak:g}")
-                feats = TraceFeatures(self.goal, tr, forecast_model)
-                feats.ensure_forecasts()  # once per trace and peak, shared by every episode (and clone)
-                self._data.append(feats)
-        # reward scales: cost of the whole fleet at max replicas for one interval = 2 reward units
-        full = sum(m.max_replicas * m.cost_per_hour for m in self.goal.models) * self.control_s / 3600.0
-        self.cost_norm = 0.5 * full
-        window_steps = max(1.0, self.goal.slo.window_s / self.control_s)
-        slack = max(1.0 - self.goal.slo.attainment, 1e-3)
-        # a missed window costs what a half-full fleet costs over 1/(1-attainment) windows
-        self.miss_penalty = (float(miss_penalty) if miss_penalty is not None
-                             else 1.0 * 0.5 * window_steps / slack)
+        self._data, self.trace_names = prepare_traces(self.goal, traces, ranges, peaks, forecast_model)
+        self.reward = Reward.for_goal(self.goal, miss_penalty, ttft_shaping, quality_penalty)
         self.shield = Shield(self.goal) if use_shield else None
         self.loop = ControlLoop(self.goal, self._agent, self.shield)
         self.builder = self.loop.builder
@@ -180,8 +130,9 @@ class ClusterFleetEnv(gym.Env):
         self.episode_info = {"trace": tr.name, "start_s": t0, "end_s": t1, "load_scale": self._scale,
                              "cold_start_scale": cold, "service_scale": service}
         sim_rng = np.random.Generator(np.random.PCG64(rng.integers(0, 2**63 - 1)))
-        init = self._initial_replicas(win)
-        self.fleet = SimulatedFleet(self.goal, win, sim_rng, d.scaled(self._scale), tick_s=self._tick(tr),
+        init = initial_replicas(self.goal, win)
+        tick = self.tick_s if self.tick_s is not None else default_tick(tr, self.goal)
+        self.fleet = SimulatedFleet(self.goal, win, sim_rng, d.scaled(self._scale), tick_s=tick,
                                     initial_replicas=init, cold_start_scale=cold, service_scale=service)
         self.loop.reset()
         self._next_decision = None
@@ -196,30 +147,6 @@ class ClusterFleetEnv(gym.Env):
         self.observation = self.loop.observe(*self.fleet.read())
         vec, self.loop.policy_state = self.features.observe(self.observation, self.loop.policy_state)
         return vec
-
-    def _tick(self, tr: Trace) -> float:
-        """The simulator tick: ``tick_s``, else replay's default (1 s for sub-minute traces, else 5 s or the
-        largest divisor of the control interval below it)."""
-        if self.tick_s is not None:
-            return self.tick_s
-        if tr.interval_s < 60.0:
-            return 1.0
-        for t in (5.0, 3.0, 2.5, 2.0, 1.0):
-            if abs(self.control_s / t - round(self.control_s / t)) < 1e-9:
-                return t
-        return 1.0
-
-    def _initial_replicas(self, win: Trace) -> dict[str, int]:
-        """Replicas for the window's first row under the goal's weights, at saturation + 35 %."""
-        routing = RoutingMap(self.goal, win.classes, strict=False)
-        lam = routing.model_rates(win.rate()[0])
-        tin, tout = routing.token_mix(np.ones(len(win.classes)), win.input_tokens[0], win.output_tokens[0])
-        out = {}
-        for p, m in enumerate(self.goal.models):
-            cap = service_rate_per_replica(m, float(tin[p]), float(tout[p])) if np.isfinite(tin[p]) else 0.0
-            n = math.ceil(lam[p] * 1.35 / max(cap, 1e-9)) if cap > 0 else m.min_replicas
-            out[m.name] = int(min(max(n, m.min_replicas), m.max_replicas))
-        return out
 
     def set_next_decision(self, decision: Decision) -> None:
         """Use ``decision`` instead of decoding the next action (evaluating baselines through the same env)."""
@@ -241,17 +168,7 @@ class ClusterFleetEnv(gym.Env):
         new_windows = self.sim.windows[self._n_windows:]
         self._n_windows = len(self.sim.windows)
         missed = sum(1 for w in new_windows if not w.met)
-        cost_term = stats.cost_usd / self.cost_norm
-        ratio = stats.ttft_p95_ms / self.goal.slo.target_ms if self.goal.slo.metric == "ttft" else (
-            stats.e2e_p95_ms / self.goal.slo.target_ms)
-        ratio = 10.0 if not math.isfinite(ratio) else ratio
-        shaping = self.ttft_shaping * min(max(ratio - 1.0, 0.0), 4.0)
-        q_def = 0.0
-        if self.goal.quality_floor is not None:
-            weights = self.sim.current_weights()
-            for r in self.goal.routes:
-                q_def += max(0.0, self.goal.quality_floor - route_quality(self.goal, r.name, weights[r.name]))
-        reward = -cost_term - self.miss_penalty * missed - shaping - self.quality_penalty * q_def
+        reward, q_def = self.reward(self.goal, stats, missed, self.sim.current_weights())
         vec = self._observe()
         truncated = bool(self.sim.done)
         info = {
@@ -275,7 +192,7 @@ class ClusterFleetEnv(gym.Env):
         new._np_random_seed = None
         new.fleet = None
         new.observation = None
-        new._agent = _AgentAction(self.codec)
+        new._agent = AgentAction(self.codec)
         new.loop = ControlLoop(self.goal, new._agent, Shield(self.goal) if self.use_shield else None)
         new.shield = new.loop._shield
         new._next_decision = None

@@ -219,3 +219,15 @@ class SimulatedFleet:
         """Act on the simulated fleet and advance one control interval."""
         self.stats = self.sim.step(decision)
         return self.stats
+
+
+def default_tick(trace: Trace, goal: GoalSpec) -> float:
+    """The simulator's inner tick for a trace: 1 s for sub-minute traces; 5 s (or the largest divisor of the control
+    interval up to 5 s) otherwise -- arrivals inside a coarser bin are Poisson at the bin's rate anyway."""
+    if trace.interval_s < 60.0:
+        return 1.0
+    c = goal.control_interval_s
+    for t in (5.0, 3.0, 2.5, 2.0, 1.0):
+        if abs(c / t - round(c / t)) < 1e-9:
+            return t
+    return 1.0

@@ -145,8 +145,8 @@ def train(
         "wall_time_s": round(wall, 1),
         "hyperparameters": h,
         "env": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ekw.items()},
-        "reward": {"cost_norm_usd": env0.cost_norm, "miss_penalty": env0.miss_penalty,
-                   "ttft_shaping": env0.ttft_shaping, "quality_penalty": env0.quality_penalty},
+        "reward": {"cost_norm_usd": env0.reward.cost_norm, "miss_penalty": env0.reward.miss_penalty,
+                   "ttft_shaping": env0.reward.ttft_shaping, "quality_penalty": env0.reward.quality_penalty},
         "checkpoint_selection": select.summary() if select is not None else None,
     }
     prov.update(provenance_extra or {})
