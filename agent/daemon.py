@@ -25,20 +25,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from fleetpilot.agent.actuation import WEIGHT_SCALE, Actuation
 from fleetpilot.agent.audit import DecisionRecord
-from fleetpilot.agent.goal_reload import GoalReloader
-from fleetpilot.agent.health import ForecastFeed, HealthCheck
+from fleetpilot.agent.goal_reload import GoalReloader, reload_goal
+from fleetpilot.agent.health import ForecastFeed, HealthCheck, blind_reading
 from fleetpilot.agent.metrics_server import DaemonMetrics, MetricsServer
 from fleetpilot.agent.ops import decision_reason, fallback_kind
 from fleetpilot.agent.ownership import Ownership
 from fleetpilot.agent.ports import DaemonDeps, KubeStatusReader
 from fleetpilot.agent.prom import FleetState
+from fleetpilot.agent.runner import run_forever
 from fleetpilot.agent.settings import (
     AuditSettings,
     DaemonSettings,
@@ -52,7 +52,7 @@ from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.registry import make as make_policy
 from fleetpilot.policies.shield import Shield
-from fleetpilot.simulations.contract import ModelReading, Reading
+from fleetpilot.simulations.contract import Reading
 from fleetpilot.simulations.errors import PermanentError, TemporaryError
 from fleetpilot.simulations.goal import GoalSpec
 
@@ -256,7 +256,7 @@ class Daemon:
         if problem is not None:
             self.metrics.api_errors.labels("prometheus").inc()
         if reading is None:
-            reading = self._blind_reading(now, state)
+            reading = blind_reading(self.goal, now, state, self.weights)
         unknown = tuple(f"{m}.kube" for m, st in state.items() if st is None)
         if unknown:
             reading = dataclasses.replace(reading, stale=tuple(reading.stale) + unknown)
@@ -264,10 +264,7 @@ class Daemon:
 
     def _finish(self, record: DecisionRecord, now: float) -> DecisionRecord:
         decider = record.policy if record.active == "policy" else str(getattr(self.loop.fallback, "name", "fallback"))
-        self.metrics.decisions.labels(record.mode, decider).inc()  # the policy's name, not "policy"/"fallback"
-        self.metrics.fallback_active.set(1.0 if record.active == "fallback" else 0.0)
-        self.metrics.loop_duration.observe(record.duration_s)
-        self.metrics.last_success.set(now)
+        self.metrics.interval_done(record, decider, now)
         if self.deps.audit is not None:
             try:
                 self.deps.audit.write(record.to_json())
@@ -279,68 +276,15 @@ class Daemon:
         return record
 
     def _maybe_reload_goal(self, errors: list[str]) -> None:
-        reloader = self.deps.goal_reloader
-        if reloader is None:
-            return
-        goal, policy, error = reloader.check(self.goal)
-        if error:
-            errors.append(error)
-            self.metrics.api_errors.labels("goal").inc()
-        if goal is None or policy is None:
-            return
-        self.goal = goal
-        self.interval_s = self.settings.effective_interval(goal)
-        shield = self.loop._shield
-        self.loop.replace(goal=goal, policy=policy,
-                          fallback="keep" if self.deps.fallback is not None else make_fallback_policy(goal),
-                          shield=default_shield(goal) if isinstance(shield, Shield) else "keep")
-        self.forecasts.pending.clear()
-        errors.append(f"goal reloaded from {reloader.path} (digest {goal.digest()})")
-
-    def _blind_reading(self, now: float, state: Mapping[str, FleetState | None]) -> Reading:
-        models = {}
-        for spec in self.goal.models:
-            st = state.get(spec.name) or FleetState(spec.min_replicas, spec.min_replicas)
-            models[spec.name] = ModelReading(math.nan, math.nan, math.nan, math.nan, math.nan, st.ready,
-                                             max(0, st.desired - st.ready), st.desired)
-        classes = {r.name: math.nan for r in self.goal.routes} or {"default": math.nan}
-        return Reading(t_s=now, models=models, class_rates=classes, weights=dict(self.weights),
-                       ttft_p95_ms=math.nan, e2e_p95_ms=math.nan, stale=("prometheus",))
+        """A changed goal file takes effect between intervals (:func:`~fleetpilot.agent.goal_reload.reload_goal`)."""
+        if self.deps.goal_reloader is not None:
+            reload_goal(self, self.deps.goal_reloader, errors)
 
     # --- the loop -------------------------------------------------------------------------------------------------
 
     def run_forever(self, stop: threading.Event, max_intervals: int | None = None) -> int:
-        """Run intervals until ``stop`` is set (the current interval always finishes). Returns 0.
-
-        Intervals start every ``interval_s`` (by the injected clock); an unexpected exception is logged, counted and
-        followed by an exponential backoff (``loop.backoff_base_s`` doubling to ``loop.backoff_max_s``).
-        """
-        n = 0
-        while not stop.is_set():
-            start = self._monotonic()
-            delay = self.interval_s
-            try:
-                self.run_once()
-                self.consecutive_failures = 0
-            except Exception:  # noqa: BLE001 -- never a crash loop
-                self.consecutive_failures += 1
-                self.metrics.api_errors.labels("loop").inc()
-                lp = self.settings.loop
-                delay = min(lp.backoff_max_s, lp.backoff_base_s * 2 ** (self.consecutive_failures - 1))
-                log.exception("control interval failed (%d in a row); retrying in %.1fs", self.consecutive_failures,
-                              delay)
-            n += 1
-            if max_intervals is not None and n >= max_intervals:
-                break
-            if self.consecutive_failures == 0:
-                delay = max(0.0, self.interval_s - (self._monotonic() - start))
-            if stop.is_set():
-                break
-            if self.deps.sleep is not None:
-                self.deps.sleep(delay)
-            else:
-                stop.wait(delay)
-        return 0
+        """Run intervals until ``stop`` is set (:func:`fleetpilot.agent.runner.run_forever`). Returns 0."""
+        return run_forever(self, stop, max_intervals)
 
     def close(self) -> None:
         """Hand KEDA back (``--take-over``), release the Lease (if held), stop the HTTP server and forecasters,

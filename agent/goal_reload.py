@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fleetpilot.policies.base import Policy
+from fleetpilot.policies.registry import make as make_policy
+from fleetpilot.policies.shield import Shield
 from fleetpilot.simulations.errors import FleetpilotError
 from fleetpilot.simulations.goal import GoalSpec
 
@@ -72,3 +74,23 @@ class GoalReloader:
 def _wiring(goal: GoalSpec) -> tuple[Any, ...]:
     return (tuple((m.name, m.deployment, m.service, m.port) for m in goal.models),
             tuple((r.name, r.models, r.http_route) for r in goal.routes))
+
+
+def reload_goal(daemon: Any, reloader: GoalReloader, errors: list[str]) -> None:
+    """Swap a changed, valid goal into a running daemon: its interval, the loop's goal, policy, fallback (unless one
+    was injected) and live shield; pending forecast checks are dropped. Errors go to ``errors`` and the
+    ``goal`` API-error counter; an invalid goal leaves everything as it was."""
+    goal, policy, error = reloader.check(daemon.goal)
+    if error:
+        errors.append(error)
+        daemon.metrics.api_errors.labels("goal").inc()
+    if goal is None or policy is None:
+        return
+    daemon.goal = goal
+    daemon.interval_s = daemon.settings.effective_interval(goal)
+    shield = daemon.loop._shield
+    daemon.loop.replace(goal=goal, policy=policy,
+                        fallback="keep" if daemon.deps.fallback is not None else make_policy(goal.fallback_policy, goal),
+                        shield=Shield(goal, missing="hold") if isinstance(shield, Shield) else "keep")
+    daemon.forecasts.pending.clear()
+    errors.append(f"goal reloaded from {reloader.path} (digest {goal.digest()})")

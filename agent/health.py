@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from fleetpilot.simulations.contract import Observation, Reading
+from fleetpilot.simulations.contract import ModelReading, Observation, Reading
+from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = ["ForecastFeed", "HealthCheck"]
 
@@ -128,3 +129,18 @@ class HealthCheck:
         if reading.stale:
             return "stale or missing inputs: " + ", ".join(reading.stale)
         return forecast_problem or self.check_range(policy, obs, layout)
+
+
+def blind_reading(goal: GoalSpec, now: float, state: Mapping[str, Any], weights: Mapping[str, Mapping[str, float]]
+                  ) -> Reading:
+    """The reading of an interval whose source failed: nothing measured (NaN, stale ``prometheus``), replicas from
+    the cluster state (``FleetState``; the goal's minimum where unknown), the weights in force."""
+    models = {}
+    for spec in goal.models:
+        st = state.get(spec.name)
+        desired, ready = (st.desired, st.ready) if st is not None else (spec.min_replicas, spec.min_replicas)
+        models[spec.name] = ModelReading(math.nan, math.nan, math.nan, math.nan, math.nan, ready,
+                                         max(0, desired - ready), desired)
+    classes = {r.name: math.nan for r in goal.routes} or {"default": math.nan}
+    return Reading(t_s=now, models=models, class_rates=classes, weights=dict(weights),
+                   ttft_p95_ms=math.nan, e2e_p95_ms=math.nan, stale=("prometheus",))

@@ -67,6 +67,14 @@ class DaemonMetrics:
             self.ambiguous_series.labels(key, names).set(1.0)
         self._ambiguous = now
 
+    def interval_done(self, record: Any, decider: str, now: float) -> None:
+        """One finished interval: decisions by mode and deciding policy's name, fallback flag, duration, last
+        success."""
+        self.decisions.labels(record.mode, decider).inc()  # the policy's name, not "policy"/"fallback"
+        self.fallback_active.set(1.0 if record.active == "fallback" else 0.0)
+        self.loop_duration.observe(record.duration_s)
+        self.last_success.set(now)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

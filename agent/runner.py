@@ -1,0 +1,48 @@
+"""The daemon's outer loop: one control interval every ``interval_s``, never a crash loop.
+
+Intervals start every ``interval_s`` by the daemon's injected monotonic clock; an unexpected exception is logged,
+counted (``fleetpilot_api_errors_total{api="loop"}``) and followed by an exponential backoff
+(``loop.backoff_base_s`` doubling to ``loop.backoff_max_s``). Setting ``stop`` (the CLI does it on SIGTERM/SIGINT)
+lets the current interval finish, then the loop returns. Sleeping goes through the injected ``sleep`` (fake time in
+tests) or waits on ``stop`` (so a stop request is answered at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+__all__ = ["run_forever"]
+
+log = logging.getLogger("fleetpilot.agent.daemon")
+
+
+def run_forever(daemon: Any, stop: threading.Event, max_intervals: int | None = None) -> int:
+    """Run ``daemon.run_once()`` until ``stop`` is set or ``max_intervals`` ran. Returns 0."""
+    n = 0
+    while not stop.is_set():
+        start = daemon._monotonic()
+        delay = daemon.interval_s
+        try:
+            daemon.run_once()
+            daemon.consecutive_failures = 0
+        except Exception:  # noqa: BLE001 -- never a crash loop
+            daemon.consecutive_failures += 1
+            daemon.metrics.api_errors.labels("loop").inc()
+            lp = daemon.settings.loop
+            delay = min(lp.backoff_max_s, lp.backoff_base_s * 2 ** (daemon.consecutive_failures - 1))
+            log.exception("control interval failed (%d in a row); retrying in %.1fs", daemon.consecutive_failures,
+                          delay)
+        n += 1
+        if max_intervals is not None and n >= max_intervals:
+            break
+        if daemon.consecutive_failures == 0:
+            delay = max(0.0, daemon.interval_s - (daemon._monotonic() - start))
+        if stop.is_set():
+            break
+        if daemon.deps.sleep is not None:
+            daemon.deps.sleep(delay)
+        else:
+            stop.wait(delay)
+    return 0
