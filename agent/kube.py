@@ -394,10 +394,8 @@ class KubeActuator:
         """
         return self.read_scale(model).desired
 
-    def read_weights(self, route: str) -> dict[str, int]:
-        """The weights in force for fleetpilot's backendRefs of ``route`` (model -> weight), retrying temporary
-        failures; the daemon compares them with its last write to detect another writer. Raises like
-        :meth:`read_replicas` (an unknown route is a :class:`KubePermanentError`)."""
+    def _read_route(self, route: str) -> tuple[Any, Any]:
+        """The configured route and its HTTPRoute object as read now (temporary failures retried)."""
         if route not in self._routes:
             raise KubePermanentError(f"no HTTPRoute configured as {route!r}", None, "not-found")
         rt = self._routes[route]
@@ -405,6 +403,13 @@ class KubeActuator:
         obj = self._with_retries(lambda: self._call(
             f"read {target}", self._custom.get_namespaced_custom_object, GATEWAY_GROUP, GATEWAY_VERSION, rt.namespace,
             HTTPROUTES, rt.name))
+        return rt, obj
+
+    def read_weights(self, route: str) -> dict[str, int]:
+        """The weights in force for fleetpilot's backendRefs of ``route`` (model -> weight), retrying temporary
+        failures; the daemon compares them with its last write to detect another writer. Raises like
+        :meth:`read_replicas` (an unknown route is a :class:`KubePermanentError`)."""
+        rt, obj = self._read_route(route)
         return read_route_weights(rt, obj)
 
     def read_metadata(self, model: str) -> dict[str, Any]:
@@ -427,13 +432,7 @@ class KubeActuator:
 
     def read_route_metadata(self, route: str) -> dict[str, Any]:
         """The HTTPRoute's ``metadata`` as a dict, for the opt-in check. Raises like :meth:`read_weights`."""
-        if route not in self._routes:
-            raise KubePermanentError(f"no HTTPRoute configured as {route!r}", None, "not-found")
-        rt = self._routes[route]
-        target = f"httproute/{rt.namespace}/{rt.name}"
-        obj = self._with_retries(lambda: self._call(
-            f"read {target}", self._custom.get_namespaced_custom_object, GATEWAY_GROUP, GATEWAY_VERSION, rt.namespace,
-            HTTPROUTES, rt.name))
+        _, obj = self._read_route(route)
         return dict((obj or {}).get("metadata") or {})
 
     def read_state(self, model: str) -> tuple[int, int]:
