@@ -9,6 +9,9 @@ skips (and counts) lines that do not parse.
 
 Values that JSON cannot hold are written as strings: ``NaN``/``Infinity`` become ``"nan"``/``"inf"`` (strict
 JSON), numpy scalars and arrays become numbers and lists, dataclasses become objects.
+
+The daemon's audit line is a :class:`DecisionRecord`, made by :meth:`DecisionRecord.of` from an :class:`Interval`
+(what the interval's phases found, as they found it).
 """
 
 from __future__ import annotations
@@ -21,13 +24,17 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fleetpilot.simulations.contract import Decision, Reading
 
-__all__ = ["AuditLog", "AuditReadResult", "DecisionRecord", "read_audit", "to_jsonable"]
+if TYPE_CHECKING:
+    from fleetpilot.agent.prom import FleetState
+    from fleetpilot.envs.loop import StepRecord
+
+__all__ = ["AuditLog", "AuditReadResult", "DecisionRecord", "Interval", "read_audit", "to_jsonable"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -201,3 +208,37 @@ class DecisionRecord:
 
     def to_json(self) -> dict[str, Any]:
         return to_jsonable(self)
+
+    @classmethod
+    def of(cls, interval: Interval, errors: Sequence[str], duration_s: float,
+           shadow: Mapping[str, Any] | None = None, prometheus_tls_verified: bool | None = None) -> DecisionRecord:
+        """The audit line of one interval: its facts, the errors met along the way, how long it took, the ops
+        ``shadow`` section and whether Prometheus' TLS certificate was verified."""
+        iv, step = interval, interval.step
+        return cls(t=iv.t, mode=iv.mode, leader=iv.leader, acted=iv.acted, policy=iv.policy, active=step.active,
+                   fallback_reason=step.reason,
+                   state={m: (dataclasses.asdict(s) if s is not None else None) for m, s in iv.state.items()},
+                   reading=iv.reading, forecast=iv.forecast, raw=step.raw, fallback_raw=step.fallback_raw,
+                   shielded=step.decision, rules=tuple(iv.rules), foreign=dict(iv.foreign),
+                   outcomes=tuple(iv.outcomes), errors=tuple(errors), duration_s=duration_s, shadow=shadow,
+                   prometheus_tls_verified=prometheus_tls_verified)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """What one daemon interval saw, decided and did, as its phases found it (raw objects, not yet serialised):
+    read by the post-interval hooks (:func:`fleetpilot.agent.hooks.after_interval`) and turned into the audit
+    line by :meth:`DecisionRecord.of`."""
+
+    t: float  # wall-clock time of the interval
+    mode: str  # dry-run | shadow | control
+    leader: bool | None  # None: not electing
+    acted: bool  # writes were allowed: control mode and not a known follower
+    policy: str  # the policy's name
+    state: Mapping[str, FleetState | None]  # model -> Kubernetes state (None: unread)
+    foreign: Mapping[str, str]  # model -> the controller that owns it
+    reading: Reading
+    forecast: Mapping[str, Sequence[float]] | None
+    step: StepRecord  # the control loop's record: raw decisions, who decided and why, the shielded decision
+    rules: tuple[str, ...]  # the shield's fired rules, then the foreign-owner exclusions
+    outcomes: tuple[Mapping[str, Any], ...]  # one per write (or skipped write)

@@ -1,12 +1,19 @@
 """The live daemon: Prometheus in, Kubernetes out, one control interval at a time, safely.
 
-Per interval (:meth:`Daemon.run_once`), in named phases::
+This module is the adapter that wires the parts and runs them in order; each phase of :meth:`Daemon.run_once` is
+owned by its own module::
 
-    leadership (Lease) -> ownership: Kubernetes state + foreign controllers (agent/ownership.py)
-      -> Prometheus reading -> forecast feed + health check (agent/health.py)
-      -> the control loop (envs/loop.py): observation -> policy | fallback -> shield
-      -> drop foreign-owned models -> actuation (agent/actuation.py; control mode, leader only)
-      -> metrics (agent/metrics_server.py) + one audit line
+    leadership: the Lease, forget-writes, --take-over pause/give-back   agent/leader.py      Leadership.renew
+    goal reload: a changed goal file applies between intervals          agent/goal_reload.py reload_goal
+    ownership survey: Kubernetes state + foreign controllers            agent/ownership.py   Ownership.survey
+    read: the Prometheus reading (blind when the source failed)         agent/health.py      read_source
+    forecast + health: forecast check, features, observation, problem   agent/health.py      HealthCheck.assess
+    decide: policy | fallback -> shield (replay's and training's loop)  envs/loop.py         ControlLoop.decide
+    exclude foreign: a foreign-owned model is decided, never written    agent/ownership.py   Ownership.exclude
+    actuate: replicas + route weights (control mode, leader only)       agent/actuation.py   Actuation.apply
+    post-interval hooks: take-over, metrics, drift check, ops/shadow    agent/hooks.py       after_interval
+    record: the interval's audit line                                   agent/audit.py       DecisionRecord.of
+    finish: interval metrics, audit write, liveness                     agent/daemon.py      Daemon._finish
 
 The loop is the same object the replay and the training env run: a policy that runs in replay runs here with no
 edits. The fallback is the goal's ``fallback_policy`` from the policy registry; the shield is the only limiter.
@@ -17,8 +24,9 @@ acts, and only while it holds the leader Lease. ``dry-run`` and ``shadow`` never
 
 Nothing here reads the wall clock or sleeps directly: ``clock``, ``sleep`` and ``monotonic`` come in
 :class:`DaemonDeps`, so a whole interval runs in fake time in the unit tests. :meth:`Daemon.run_forever` is the
-loop: unexpected errors are logged, counted and retried with exponential backoff (never a crash loop); setting the
-stop event (the CLI does it on SIGTERM/SIGINT) lets the current interval finish, then the loop returns.
+loop (agent/runner.py): unexpected errors are logged, counted and retried with exponential backoff (never a crash
+loop); setting the stop event (the CLI does it on SIGTERM/SIGINT) lets the current interval finish, then the loop
+returns.
 """
 
 from __future__ import annotations
@@ -26,18 +34,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 from fleetpilot.agent.actuation import WEIGHT_SCALE, Actuation
-from fleetpilot.agent.audit import DecisionRecord
+from fleetpilot.agent.audit import DecisionRecord, Interval
 from fleetpilot.agent.goal_reload import GoalReloader, reload_goal
-from fleetpilot.agent.health import ForecastFeed, HealthCheck, blind_reading
+from fleetpilot.agent.health import ForecastFeed, HealthCheck, read_source
+from fleetpilot.agent.hooks import after_interval
+from fleetpilot.agent.leader import Leadership
 from fleetpilot.agent.metrics_server import DaemonMetrics, MetricsServer
-from fleetpilot.agent.ops import decision_reason, fallback_kind
+from fleetpilot.agent.ops import decision_reason
 from fleetpilot.agent.ownership import Ownership
 from fleetpilot.agent.ports import DaemonDeps, KubeStatusReader
-from fleetpilot.agent.prom import FleetState
 from fleetpilot.agent.runner import run_forever
 from fleetpilot.agent.settings import (
     AuditSettings,
@@ -52,8 +60,6 @@ from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.registry import make as make_policy
 from fleetpilot.policies.shield import Shield
-from fleetpilot.simulations.contract import Reading
-from fleetpilot.simulations.errors import PermanentError, TemporaryError
 from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = [
@@ -116,7 +122,7 @@ class Daemon:
         self.actuation = Actuation(deps.actuator, deps.elector, self.ownership, self.metrics, self.weights)
         self.forecasts = ForecastFeed(deps.forecaster_factory, self.interval_s, len(goal.routes))
         self.health = HealthCheck(self.settings.fallback, self.interval_s)
-        self._was_leader = False
+        self.leadership = Leadership(self.settings.mode == "control", self.ownership.forget_writes, self.metrics)
         self.last_record: DecisionRecord | None = None
         self.last_interval_at: float | None = None
         self.started_at = self._monotonic()
@@ -170,100 +176,33 @@ class Daemon:
         """Run one control interval and return (and audit) what happened. Never raises for API failures."""
         t0, now, mode = self._monotonic(), self.clock(), self.settings.mode
         errors: list[str] = []
-        leader = self._lead(errors)
+        leader = self.leadership.renew(self.deps.elector, self.deps.takeover, errors)
         may_act = mode == "control" and leader is not False
-        self._maybe_reload_goal(errors)
+        if self.deps.goal_reloader is not None:  # a changed goal file takes effect between intervals
+            reload_goal(self, self.deps.goal_reloader, errors)
         state, foreign = self.ownership.survey(self.goal, t0, errors)  # cool-downs in elapsed (monotonic) time
-        reading, source_problem = self._read(now, state)
-        ambiguous = dict(getattr(self.deps.source, "last_ambiguous", None) or {})  # several series per model
-        errors += [f"prometheus {k} ambiguous: {v}" for k, v in ambiguous.items()]
-        self.metrics.export_ambiguous(ambiguous)
-        forecast_problem = self.health.check_forecast(self.forecasts, reading)  # made one interval ago, for now
-        forecast = self.forecasts.features(reading, self.loop.builder.lead_times(), errors)
-        obs = self.loop.observe(reading, forecast)
-        problem = self.health.problem(source_problem, reading, forecast_problem, self.loop.policy, obs,
-                                      self.loop.builder.layout)
+        reading, source_problem = read_source(self.deps.source, self.goal, now, state, self.weights, self.metrics,
+                                              errors)
+        forecast, obs, problem = self.health.assess(self.forecasts, self.loop, reading, source_problem, errors)
         # the shield's windows run on elapsed (monotonic) time: a wall-clock jump must not skip them
-        decision, fired, step = self.loop.decide(obs, now=t0, problem=problem,
-                                                 hold_weights=source_problem is not None)
+        decision, _, step = self.loop.decide(obs, now=t0, problem=problem, hold_weights=source_problem is not None)
         errors += step.errors
-        if step.active == "fallback":
-            self.metrics.fallbacks.labels(fallback_kind(step.reason) or "other").inc()
-        rules = list(fired)
+        rules = list(step.fired)
         acting = self.ownership.exclude(decision, foreign, rules)  # foreign-owned models: refuse to fight
         self.actuation.reason = decision_reason(step, self.loop, reading)  # the Events say why
         # bounded interval: writes not started within two intervals of its start are left to the next interval
         self.actuation.past_deadline = lambda: self._monotonic() - t0 > 2.0 * self.interval_s
         outcomes = self.actuation.apply(self.goal, acting, state, may_act, mode, errors)
-        if self.deps.takeover is not None and may_act:
-            self.deps.takeover.after_writes(outcomes, errors)  # --take-over keda: the pause value follows
-        # every model is decided and exported, owned or not (shadow beside an HPA); only the writes skip foreign ones
-        self.metrics.export(self.goal.model_names, decision.replicas, state, foreign, mode)
-        if self.deps.drift is not None:  # shadow re-calibration when due: a gauge, and an audit record on drift
-            self.deps.drift.set_goal(self.goal)
-            for rep in self.deps.drift.maybe_run(now):
-                if (rep.exceeded or rep.error) and self.deps.audit is not None:
-                    try:
-                        self.deps.audit.write(rep.audit_record())
-                    except OSError as exc:
-                        errors.append(f"audit: {exc}")
-        shadow = None
-        if self.deps.ops is not None:
-            shadow = self.deps.ops.after(decision=decision, state=state, foreign=foreign,
-                                         weights_in_force=self.weights, forecast=forecast, fired=fired,
-                                         active=step.active, reason=step.reason)
-        record = DecisionRecord(
-            t=now, mode=mode, leader=leader, acted=may_act, policy=str(getattr(self.loop.policy, "name", "policy")),
-            active=step.active, fallback_reason=step.reason,
-            state={m: (dataclasses.asdict(s) if s is not None else None) for m, s in state.items()},
-            reading=reading, forecast=forecast, raw=step.raw, fallback_raw=step.fallback_raw, shielded=decision,
-            rules=tuple(rules), foreign=dict(foreign), outcomes=tuple(outcomes), errors=tuple(errors),
-            duration_s=self._monotonic() - t0, shadow=shadow,
-            prometheus_tls_verified=getattr(self.deps.source, "tls_verified", None),
-        )
-        return self._finish(record, now)
-
-    # --- phases ---------------------------------------------------------------------------------------------------
-
-    def _lead(self, errors: list[str]) -> bool | None:
-        """Leadership for this interval (``None``: not electing, i.e. not in control mode or no elector)."""
-        leader: bool | None = None
-        if self.settings.mode == "control" and self.deps.elector is not None:
-            try:
-                leader = bool(self.deps.elector.try_acquire_or_renew())
-            except Exception as exc:  # noqa: BLE001 -- an elector failure means: not leader
-                errors.append(f"leader election: {exc}")
-                self.metrics.api_errors.labels("lease").inc()
-                leader = False
-            if (leader and not self._was_leader) or not leader:
-                self.ownership.forget_writes()  # someone else may have written while we followed
-            self._was_leader = leader
-            if self.deps.takeover is not None:
-                self.deps.takeover.on_leadership(bool(leader), errors)  # --take-over keda: pause / give back
-        self.metrics.leader.set(1.0 if leader else 0.0)
-        return leader
-
-    def _read(self, now: float, state: Mapping[str, FleetState | None]) -> tuple[Reading, str | None]:
-        """The Prometheus reading (a blind one when the source failed) and the source's problem, if any."""
-        reading: Reading | None = None
-        problem: str | None = None
-        try:
-            reading = self.deps.source.read(state, self.weights)
-        except (TemporaryError, PermanentError) as exc:
-            problem = f"prometheus: {exc}"
-        except Exception as exc:  # noqa: BLE001 -- a source bug must not stop the loop
-            problem = f"source error: {type(exc).__name__}: {exc}"
-        if problem is not None:
-            self.metrics.api_errors.labels("prometheus").inc()
-        if reading is None:
-            reading = blind_reading(self.goal, now, state, self.weights)
-        unknown = tuple(f"{m}.kube" for m, st in state.items() if st is None)
-        if unknown:
-            reading = dataclasses.replace(reading, stale=tuple(reading.stale) + unknown)
-        return reading, problem
+        interval = Interval(t=now, mode=mode, leader=leader, acted=may_act, policy=self._name(self.loop.policy),
+                            state=state, foreign=foreign, reading=reading, forecast=forecast, step=step,
+                            rules=tuple(rules), outcomes=tuple(outcomes))
+        shadow = after_interval(self.deps, self.metrics, self.goal, self.weights, interval, errors)
+        tls = getattr(self.deps.source, "tls_verified", None)
+        return self._finish(DecisionRecord.of(interval, errors, self._monotonic() - t0, shadow, tls), now)
 
     def _finish(self, record: DecisionRecord, now: float) -> DecisionRecord:
-        decider = record.policy if record.active == "policy" else str(getattr(self.loop.fallback, "name", "fallback"))
+        """Count the interval, write its audit line (a failed write is logged and counted), remember it."""
+        decider = record.policy if record.active == "policy" else self._name(self.loop.fallback, "fallback")
         self.metrics.interval_done(record, decider, now)
         if self.deps.audit is not None:
             try:
@@ -275,10 +214,9 @@ class Daemon:
         self.last_interval_at = self._monotonic()
         return record
 
-    def _maybe_reload_goal(self, errors: list[str]) -> None:
-        """A changed goal file takes effect between intervals (:func:`~fleetpilot.agent.goal_reload.reload_goal`)."""
-        if self.deps.goal_reloader is not None:
-            reload_goal(self, self.deps.goal_reloader, errors)
+    @staticmethod
+    def _name(policy: Any, default: str = "policy") -> str:
+        return str(getattr(policy, "name", default))
 
     # --- the loop -------------------------------------------------------------------------------------------------
 
@@ -289,14 +227,7 @@ class Daemon:
     def close(self) -> None:
         """Hand KEDA back (``--take-over``), release the Lease (if held), stop the HTTP server and forecasters,
         close the audit log."""
-        if self.deps.takeover is not None:
-            self.deps.takeover.give_back()
-        release = getattr(self.deps.elector, "release", None)
-        if release is not None and self.settings.mode == "control":
-            try:
-                release()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("could not release the lease: %s", exc)
+        self.leadership.step_down(self.deps.elector, self.deps.takeover)
         self.forecasts.close()
         if self.server is not None:
             self.server.stop()

@@ -1,4 +1,8 @@
-"""Health: the live forecast feed and the checks that switch the control loop to the fallback policy.
+"""Health: the live reading, the forecast feed and the checks that switch the control loop to the fallback policy.
+
+* :func:`read_source` -- the interval's reading from the source (Prometheus), never raising: a failed read gives
+  a blind reading (:func:`blind_reading`) and the source's problem; models whose Kubernetes state could not be
+  read are marked stale (``<model>.kube``); ambiguous series (several per model) become errors and a gauge.
 
 * :class:`ForecastFeed` -- one online forecaster per request class (created by the injected factory, refits
   staggered across classes); each interval it observes the class rates and returns the forecast features at the
@@ -8,10 +12,12 @@
   ``forecast_bad_intervals`` intervals in a row; an observation feature is outside the policy's training range
   (``observation_range``) by more than ``range_margin`` of that range. The switch back after
   ``recover_intervals`` healthy intervals is the loop's (:class:`fleetpilot.envs.loop.FallbackSwitch`).
+  :meth:`HealthCheck.assess` is the daemon's one call per interval: forecast check, features, observation, problem.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from fleetpilot.simulations.contract import ModelReading, Observation, Reading
+from fleetpilot.simulations.errors import PermanentError, TemporaryError
 from fleetpilot.simulations.goal import GoalSpec
 
-__all__ = ["ForecastFeed", "HealthCheck"]
+__all__ = ["ForecastFeed", "HealthCheck", "blind_reading", "read_source"]
 
 
 class ForecastFeed:
@@ -121,6 +128,17 @@ class HealthCheck:
         text = ", ".join(f"{layout[i]}={v[i]:.3g} not in [{lo[i]:.3g}, {hi[i]:.3g}]" for i in bad[:4])
         return f"observation outside the policy's training range: {text}"
 
+    def assess(self, feed: ForecastFeed, loop: Any, reading: Reading, source_problem: str | None,
+               errors: list[str]) -> tuple[dict[str, list[float]] | None, Observation, str | None]:
+        """One interval's health: check the forecast made one interval ago for now, feed ``reading`` to the
+        forecasters, build the observation with ``loop`` (a :class:`~fleetpilot.envs.loop.ControlLoop`) and find
+        the problem. Returns (forecast features, observation, problem or ``None``)."""
+        forecast_problem = self.check_forecast(feed, reading)
+        forecast = feed.features(reading, loop.builder.lead_times(), errors)
+        obs = loop.observe(reading, forecast)
+        return forecast, obs, self.problem(source_problem, reading, forecast_problem, loop.policy, obs,
+                                           loop.builder.layout)
+
     def problem(self, source_problem: str | None, reading: Reading, forecast_problem: str | None,
                 policy: Any, obs: Observation, layout: tuple[str, ...]) -> str | None:
         """The first problem found, in order: source, stale inputs, forecast, training range."""
@@ -144,3 +162,35 @@ def blind_reading(goal: GoalSpec, now: float, state: Mapping[str, Any], weights:
     classes = {r.name: math.nan for r in goal.routes} or {"default": math.nan}
     return Reading(t_s=now, models=models, class_rates=classes, weights=dict(weights),
                    ttft_p95_ms=math.nan, e2e_p95_ms=math.nan, stale=("prometheus",))
+
+
+def read_source(source: Any, goal: GoalSpec, now: float, state: Mapping[str, Any],
+                weights: Mapping[str, Mapping[str, float]], metrics: Any, errors: list[str]
+                ) -> tuple[Reading, str | None]:
+    """The interval's reading and the source's problem (``None``: the read succeeded). Never raises.
+
+    ``source.read(state, weights)`` may raise the temporary/permanent error vocabulary (``prometheus: ...``) or
+    anything else (a bug: ``source error: ...``); either way the reading is blind and the ``prometheus``
+    API-error count of ``metrics`` goes up. Models whose ``state`` is ``None`` (Kubernetes unread) are stale
+    (``<model>.kube``). The source's ``last_ambiguous`` (key -> description) become errors and
+    ``metrics.export_ambiguous``.
+    """
+    reading: Reading | None = None
+    problem: str | None = None
+    try:
+        reading = source.read(state, weights)
+    except (TemporaryError, PermanentError) as exc:
+        problem = f"prometheus: {exc}"
+    except Exception as exc:  # noqa: BLE001 -- a source bug must not stop the loop
+        problem = f"source error: {type(exc).__name__}: {exc}"
+    if problem is not None:
+        metrics.api_errors.labels("prometheus").inc()
+    if reading is None:
+        reading = blind_reading(goal, now, state, weights)
+    unknown = tuple(f"{m}.kube" for m, st in state.items() if st is None)
+    if unknown:
+        reading = dataclasses.replace(reading, stale=tuple(reading.stale) + unknown)
+    ambiguous = dict(getattr(source, "last_ambiguous", None) or {})  # several series per model
+    errors += [f"prometheus {k} ambiguous: {v}" for k, v in ambiguous.items()]
+    metrics.export_ambiguous(ambiguous)
+    return reading, problem

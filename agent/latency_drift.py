@@ -1,6 +1,6 @@
 """Shadow re-calibration: does the live fleet still run at the speed the goal's latency model says?
 
-Every ``every_s`` (the daemon calls :meth:`LatencyDrift.maybe_run` once per control interval) it reads the last
+Every ``every_s`` (the daemon calls :meth:`LatencyDrift.after_interval` once per control interval) it reads the last
 ``lookback_s`` of each model's vLLM metrics the way ``fleetpilot calibrate`` does (:func:`agent.calibrate
 .read_windows`), predicts each window's mean inter-token latency from the goal's ``latency:`` block
 (:func:`simulations.calibration.window_itl`), and reports the drift: the median over windows of observed /
@@ -25,7 +25,7 @@ from fleetpilot.simulations.calibration import fit_step_time, window_itl
 from fleetpilot.simulations.errors import FleetpilotError
 from fleetpilot.simulations.goal import GoalSpec
 
-__all__ = ["DriftReport", "DriftSettings", "LatencyDrift"]
+__all__ = ["DriftReport", "DriftSettings", "LatencyDrift", "audit_drift"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,15 @@ class LatencyDrift:
             return []
         self.next_at = now + self.settings.every_s
         return [self.check(m.name, now) for m in self.goal.models]
+
+    def after_interval(self, goal: GoalSpec, now: float, write: Callable[[dict[str, Any]], None] | None
+                       ) -> list[DriftReport]:
+        """The daemon's call once per interval: follow a reloaded ``goal``, check when due, and audit (``write``)
+        every report that exceeded the margin or failed. Returns the reports made."""
+        self.set_goal(goal)
+        reports = self.maybe_run(now)
+        audit_drift(reports, write)
+        return reports
 
     def check(self, model: str, now: float) -> DriftReport:
         s = self.settings

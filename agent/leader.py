@@ -16,6 +16,11 @@ A temporary failure (timeout, 5xx) while leading keeps leadership only until ``r
 successful renewal; ``renew_deadline_s < lease_duration_s`` so we stop acting before anyone else may take over.
 Expiry compares the stored ``renewTime`` with our clock, so candidates' clocks must agree to well within
 ``lease_duration_s - renew_deadline_s`` (NTP-synchronised nodes do).
+
+:class:`Leadership` is the daemon's side of it: one :meth:`Leadership.renew` per interval asks the elector, forgets
+the writes the daemon remembers whenever leadership is gained or missing (another replica may have written while we
+followed), tells ``--take-over keda`` to pause or give back, and sets the ``fleetpilot_leader`` gauge;
+:meth:`Leadership.step_down` hands KEDA back and releases the Lease on exit.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import kubernetes.client
 import urllib3
@@ -32,7 +38,7 @@ from kubernetes.client.rest import ApiException
 
 from fleetpilot.agent.events import FIELD_MANAGER
 
-__all__ = ["LeaderElector", "LeaderSettings"]
+__all__ = ["LeaderElector", "LeaderSettings", "Leadership"]
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +279,51 @@ class LeaderElector:
             return True
         self._lose(why)
         return False
+
+
+class Leadership:
+    """The daemon's leadership, one interval at a time (see the module docstring).
+
+    ``electing``: the daemon competes for the Lease (control mode; dry-run and shadow never write, never lead).
+    ``forget_writes`` is called when leadership is gained or missing (the ownership's memory of our own writes is no
+    longer the whole story). ``metrics`` has ``leader`` (a gauge) and ``api_errors`` (a counter labelled by API).
+    The elector and the ``--take-over keda`` session are passed per call: the daemon's dependencies can be swapped.
+    """
+
+    def __init__(self, electing: bool, forget_writes: Callable[[], None], metrics: Any) -> None:
+        self.electing = bool(electing)
+        self.was_leader = False
+        self._forget_writes = forget_writes
+        self._metrics = metrics
+
+    def renew(self, elector: Any, takeover: Any, errors: list[str]) -> bool | None:
+        """This interval's leadership: ``True``/``False``, or ``None`` when not electing (or no elector).
+
+        An elector that raises means: not leader (the error goes to ``errors`` and the ``lease`` API-error count).
+        """
+        leader: bool | None = None
+        if self.electing and elector is not None:
+            try:
+                leader = bool(elector.try_acquire_or_renew())
+            except Exception as exc:  # noqa: BLE001 -- an elector failure means: not leader
+                errors.append(f"leader election: {exc}")
+                self._metrics.api_errors.labels("lease").inc()
+                leader = False
+            if not leader or not self.was_leader:
+                self._forget_writes()  # someone else may have written while we followed
+            self.was_leader = leader
+            if takeover is not None:
+                takeover.on_leadership(leader, errors)  # --take-over keda: pause / give back
+        self._metrics.leader.set(1.0 if leader else 0.0)
+        return leader
+
+    def step_down(self, elector: Any, takeover: Any) -> None:
+        """On exit: hand KEDA back (``--take-over``), then release the Lease if electing (failures are logged)."""
+        if takeover is not None:
+            takeover.give_back()
+        release = getattr(elector, "release", None)
+        if release is not None and self.electing:
+            try:
+                release()
+            except Exception as exc:  # noqa: BLE001 -- exiting anyway: the Lease then expires on its own
+                log.warning("could not release the lease: %s", exc)

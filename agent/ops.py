@@ -1,6 +1,7 @@
 """Operating beside an incumbent: shadow metrics and audit, bounded label sets, fallback Events, warn-once logs.
 
-:class:`Ops` is the daemon's operations side, called once per interval after the decision (:meth:`Ops.after`):
+:class:`Ops` is the daemon's operations side, called once per interval after the decision (:meth:`Ops.after`;
+the daemon's post-interval hook calls it as :meth:`Ops.after_interval`):
 
 * **shadow, for every model, owned or not**: fleetpilot's decision (``fleetpilot_desired_replicas``), the
   replicas the incumbent set (``fleetpilot_current_replicas``), their difference
@@ -25,11 +26,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fleetpilot.simulations.goal import GoalSpec
+
+if TYPE_CHECKING:
+    from fleetpilot.agent.audit import Interval
 
 __all__ = ["FALLBACK_REASONS", "Ops", "SHIELD_RULES", "decision_reason", "fallback_kind", "shield_rule"]
 
@@ -197,6 +201,14 @@ class Ops:
         return {"models": models, "weights_ours": ours_w, "weights_in_force": force_w,
                 "cost_per_hour": {"fleetpilot": round(cost_ours, 6), "current": round(cost_now, 6)},
                 "slo_target_ms": goal.slo.target_ms, "fallback_kind": kind}
+
+    def after_interval(self, interval: Interval, weights_in_force: Mapping[str, Mapping[str, float]]
+                       ) -> dict[str, Any]:
+        """:meth:`after` for one daemon interval (the daemon's post-interval hook, :mod:`fleetpilot.agent.hooks`)."""
+        step = interval.step
+        return self.after(decision=step.decision, state=interval.state, foreign=interval.foreign,
+                          weights_in_force=weights_in_force, forecast=interval.forecast, fired=step.fired,
+                          active=step.active, reason=step.reason)
 
     def _fallback_events(self, in_fallback: bool, reason: str | None) -> None:
         if in_fallback == self._in_fallback:

@@ -104,3 +104,14 @@ def test_daemon_runs_the_check_and_audits_it(tmp_path: Path) -> None:
     assert len(drift_records) == 1 and drift_records[0]["model"] == MODEL and drift_records[0]["error"]
     assert len(records) == 3  # two intervals and one drift record
     assert b'fleetpilot_latency_model_drift{model="llama-3-8b"} NaN' in metrics.exposition()
+
+
+def test_after_interval_follows_the_goal_and_audits_only_when_due() -> None:
+    """The daemon's per-interval call: a reloaded goal is used from then on; a report is audited when made."""
+    mon = LatencyDrift(GOAL, _Down(), DriftSettings(every_s=60.0))
+    reloaded = dataclasses.replace(GOAL, name="reloaded")
+    written: list[dict] = []
+    (r,) = mon.after_interval(reloaded, END, written.append)
+    assert mon.goal is reloaded and r.error and [w["model"] for w in written] == [MODEL]
+    assert mon.after_interval(GOAL, END + 30.0, written.append) == [] and len(written) == 1  # not due
+    assert len(mon.after_interval(GOAL, END + 60.0, None)) == 1 and len(written) == 1  # no audit log: no write

@@ -13,7 +13,8 @@ from kubernetes.leaderelection import electionconfig
 from kubernetes.leaderelection.leaderelection import LeaderElection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
-from fleetpilot.agent.leader import LeaderElector, LeaderSettings
+from fleetpilot.agent.leader import LeaderElector, LeaderSettings, Leadership
+from fleetpilot.agent.metrics_server import DaemonMetrics
 from testbed.k8s_emulator import K8sEmulator
 
 NS = "fleetpilot"
@@ -209,3 +210,82 @@ def k8s_time(emu: K8sEmulator) -> float:
     lease = emu.objects.get("leases", NS, LEASE)
     assert lease is not None
     return datetime.fromisoformat(lease["spec"]["renewTime"]).timestamp() + 1
+
+
+# ------------------------------------------------------------------------------------------------ the daemon's side
+
+
+class _Elector:
+    """Answers from a script; an exception in the script is raised."""
+
+    def __init__(self, answers: list[bool | Exception]) -> None:
+        self.answers = list(answers)
+        self.released = 0
+
+    def try_acquire_or_renew(self) -> bool:
+        a = self.answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    def release(self) -> bool:
+        self.released += 1
+        raise OSError("connection refused")  # release failures are logged, never raised
+
+
+class _Takeover:
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+        self.given_back = 0
+
+    def on_leadership(self, leader: bool, errors: list[str]) -> None:
+        self.seen.append(leader)
+
+    def give_back(self) -> None:
+        self.given_back += 1
+
+
+def _leadership(electing: bool) -> tuple[Leadership, list[int], DaemonMetrics]:
+    forgotten: list[int] = []
+    metrics = DaemonMetrics()
+    return Leadership(electing, lambda: forgotten.append(1), metrics), forgotten, metrics
+
+
+def test_leadership_forgets_writes_on_gain_and_loss_and_tells_the_takeover() -> None:
+    lead, forgotten, metrics = _leadership(True)
+    elector, takeover = _Elector([True, True, False, True]), _Takeover()
+    seen = []
+    for _ in range(4):
+        errors: list[str] = []
+        seen.append((lead.renew(elector, takeover, errors), len(forgotten), metrics.registry.get_sample_value(
+            "fleetpilot_leader")))
+        assert errors == []
+    # gained: forget; kept: nothing; lost: forget; regained: forget (someone may have written meanwhile)
+    assert seen == [(True, 1, 1.0), (True, 1, 1.0), (False, 2, 0.0), (True, 3, 1.0)]
+    assert takeover.seen == [True, True, False, True]
+
+
+def test_an_elector_failure_means_not_leader() -> None:
+    lead, forgotten, metrics = _leadership(True)
+    errors: list[str] = []
+    assert lead.renew(_Elector([RuntimeError("lease API down")]), None, errors) is False
+    assert errors == ["leader election: lease API down"] and forgotten == [1]
+    assert metrics.registry.get_sample_value("fleetpilot_api_errors_total", {"api": "lease"}) == 1.0
+
+
+def test_not_electing_never_asks_and_never_leads() -> None:
+    lead, forgotten, metrics = _leadership(False)
+    elector, takeover = _Elector([]), _Takeover()  # any call would pop from an empty script
+    assert lead.renew(elector, takeover, []) is None and lead.renew(None, None, []) is None
+    assert forgotten == [] and takeover.seen == [] and metrics.registry.get_sample_value("fleetpilot_leader") == 0.0
+    lead.step_down(elector, takeover)
+    assert takeover.given_back == 1 and elector.released == 0  # a shadow daemon holds no Lease to release
+
+
+def test_step_down_gives_back_then_releases_and_survives_a_failed_release(caplog: pytest.LogCaptureFixture) -> None:
+    lead, _, _ = _leadership(True)
+    elector, takeover = _Elector([]), _Takeover()
+    lead.step_down(elector, takeover)
+    assert takeover.given_back == 1 and elector.released == 1
+    assert "could not release the lease" in caplog.text
+    lead.step_down(object(), None)  # an elector without release(): nothing to do
