@@ -57,7 +57,11 @@ SEEDS = (0, 1, 2)
 TUNE_DAYS = 1.0
 VAL_DAYS = 1.0  # the first day of each validation range (all of it when shorter)
 DEFAULT_POLICIES = "static,hpa,keda,kpa,hpa-tuned,keda-tuned,kpa-tuned,predictive,oracle"
-TUNED = {"hpa-tuned": "hpa", "keda-tuned": "keda", "kpa-tuned": "kpa"}
+INCUMBENTS_TUNED = {"hpa-tuned": "hpa", "keda-tuned": "keda", "kpa-tuned": "kpa"}
+#: every policy built from the tuning cache: the tuned incumbents and fleetpilot's tuned predictive core
+TUNED = {**INCUMBENTS_TUNED, "predictive-tuned": "predictive"}
+#: ``rl:NAME#core=TUNED`` in a policy name: the learned policy on the core tuned for that (range, scale)
+CORE_TUNED_TOKEN = "core=TUNED"
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ def _needs_extension(entry: dict[str, Any]) -> bool:
     from fleetpilot.agent.commands.tune import EXTEND_ROUNDS
 
     return any(not d["chosen"]["met"] and d.get("extension_rounds", 0) < EXTEND_ROUNDS
-               for d in entry.get("docs", {}).values())
+               for k, d in entry.get("docs", {}).items() if k in INCUMBENTS_TUNED.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,17 +176,27 @@ def eval_job(r: Range, scale: float, seed: int, names: list[str], tuning: dict[s
     goal = goal_for(r)
     tune, val, _rng = traces_for(r, scale)
     pols = []
+    tmp = tempfile.TemporaryDirectory(prefix="fleetpilot-eval-core-")
     for n in names:
-        if n in TUNED:
+        if n == "predictive-tuned":
+            from fleetpilot.policies.predictive import PredictivePolicy
+
+            pol = PredictivePolicy(goal, **tuning["docs"]["predictive"]["settings"])
+        elif n in TUNED:
             doc = tuning["docs"][TUNED[n]]
             pol = build_incumbent(TUNED[n], goal, {m: v["target"] for m, v in doc["models"].items()},
                                   doc.get("stable_window_s"), n)
+        elif CORE_TUNED_TOKEN in n:
+            path = Path(tmp.name, "tuning-predictive.json")
+            path.write_text(json.dumps(tuning["docs"]["predictive"]))
+            pol = make(n.replace(CORE_TUNED_TOKEN, f"core={path}"), goal, trace=tune, seed=seed)
         else:
             pol = make(n, goal, trace=tune, seed=seed)  # static: sized on the tuning range, not this one
         pol.name = n
         pols.append(pol)
     started = time.perf_counter()
     res = replay(goal, val, pols, seed=seed, tick_s=None, workers=1)
+    tmp.cleanup()
     rows = {}
     for run in res.runs:
         s = run.summary
@@ -265,7 +279,7 @@ def aggregate(results: list[dict[str, Any]], goal_att: dict[str, float]) -> dict
                 "seeds": len(per),
             }
             rows[n]["meets"] = rows[n]["slo_attainment"] >= goal_att[key[0]] - 1e-12
-        tuned_ok = [(rows[n]["cost_usd"], n) for n in rows if n in TUNED and rows[n]["meets"]]
+        tuned_ok = [(rows[n]["cost_usd"], n) for n in rows if n in INCUMBENTS_TUNED and rows[n]["meets"]]
         best = min(tuned_ok) if tuned_ok else None
         for n in rows:
             rows[n]["vs_best_tuned"] = rows[n]["cost_usd"] / best[0] if best else math.nan
@@ -320,7 +334,13 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
             for n, row in a["rows"].items():
                 lab = f"{ranges[rk].label} (val t >= {ranges[rk].split_s:.0f})" if first else ""
                 tn = ""
-                if n in TUNED:
+                if n == "predictive-tuned":
+                    doc = tuning.get(f"{rk}@{scale:g}", {}).get("predictive")
+                    if doc:
+                        st = doc["settings"]
+                        tn = (f" (q={st['quantile']:g}, w={st['rate_window_s']:g}s"
+                              + ("" if doc["chosen"]["met"] else ", unmet on tuning") + ")")
+                elif n in TUNED:
                     doc = tuning.get(f"{rk}@{scale:g}", {}).get(TUNED[n])
                     if doc:
                         ch = doc["chosen"]
@@ -419,9 +439,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         g = goal_for(next(r for r in sel if r.routed == routed))
         for n in names_for[routed]:
-            if n not in TUNED and n != "static":
+            if n not in TUNED and n != "static" and CORE_TUNED_TOKEN not in n:
                 make(n, g)
-    kinds = sorted({TUNED[n] for n in base + _names(a.single_policies) + _names(a.routed_policies) if n in TUNED})
+    every = base + _names(a.single_policies) + _names(a.routed_policies)
+    kinds = sorted({TUNED[n] for n in every if n in TUNED} | ({"predictive"} if any(CORE_TUNED_TOKEN in n for n in every)
+                                                             else set()))
     cache: dict[str, Any] = {}
     if a.tuning_cache.exists() and not a.retune:
         cache = json.loads(a.tuning_cache.read_text())
@@ -436,13 +458,18 @@ def main(argv: list[str] | None = None) -> int:
             have = cache.get(k, {}).get("docs", {})
             need = [kd for kd in kinds if kd not in have]
             if need:
-                tune_jobs.append((f"tune {r.key}@{s:g} {','.join(kinds)}", (r, s, kinds)))
+                tune_jobs.append((f"tune {r.key}@{s:g} {','.join(need)}", (r, s, need)))
             elif _needs_extension(cache[k]):
                 ext_jobs.append((f"extend {r.key}@{s:g}", (r, s, cache[k])))
     t0 = time.perf_counter()
     if tune_jobs or ext_jobs:
         print(f"tuning {len(tune_jobs)} (range, scale) pairs, extending {len(ext_jobs)}...", file=sys.stderr)
-        for res in run_parallel(tune_jobs, a.workers, tune_job) + run_parallel(ext_jobs, a.workers, extend_job):
+        for res in run_parallel(tune_jobs, a.workers, tune_job):  # new kinds join the cached ones
+            old = cache.get(res["key"], {})
+            cache[res["key"]] = dict(old, **{k: v for k, v in res.items() if k != "docs"},
+                                     docs={**old.get("docs", {}), **res["docs"]},
+                                     wall_s=round(old.get("wall_s", 0.0) + res["wall_s"], 2))
+        for res in run_parallel(ext_jobs, a.workers, extend_job):
             cache[res["key"]] = res
         if not a.no_write:
             a.tuning_cache.write_text(json.dumps(cache, indent=1, allow_nan=False) + "\n")

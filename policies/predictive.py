@@ -48,6 +48,8 @@ from fleetpilot.simulations.routing import RoutingMap
 __all__ = [
     "DEFAULT_QUANTILE",
     "DEFAULT_WINDOW",
+    "QUALITY_MARGIN",
+    "ROUTING_MODES",
     "ModelCalibration",
     "PredictivePolicy",
     "PredictiveState",
@@ -59,6 +61,11 @@ __all__ = [
 DEFAULT_QUANTILE = 0.97
 #: calibration scores kept (control intervals; 2880 x 15 s = 12 h)
 DEFAULT_WINDOW = 2880
+#: ``cheapest``: each route moves towards its cheapest mix that meets the goal's quality floor; ``fixed``: the
+#: routes keep the goal's default weights (scaling only)
+ROUTING_MODES = ("cheapest", "fixed")
+#: quality kept above the floor by the cheapest mix (the floor is an average, a rounding slip must not break it)
+QUALITY_MARGIN = 1e-3
 _EPS = 1e-9
 
 
@@ -140,6 +147,7 @@ class PredictiveState:
     rates: tuple[tuple[float, tuple[tuple[str, float], ...]], ...] = ()
     last_rates: tuple[tuple[str, float], ...] = ()
     models: tuple[tuple[str, ModelCalibration], ...] = ()
+    recent: tuple[tuple[tuple[str, float], ...], ...] = ()  # raw class rates of the last ``rate_window_s``
 
     def model(self, name: str) -> ModelCalibration:
         for k, v in self.models:
@@ -167,7 +175,7 @@ class PredictivePolicy:
         quantile: float = DEFAULT_QUANTILE,
         window: int = DEFAULT_WINDOW,
         min_scores: int | None = None,
-        min_scale_samples: int = 4,
+        min_scale_samples: int = 20,
         eps_replicas: float = 0.1,
         warmup_factor: float = 1.1,
         scale_halflife: int = 120,
@@ -178,6 +186,9 @@ class PredictivePolicy:
         max_level: float = 0.995,
         lead_s: Mapping[str, float] | None = None,
         tokens: Mapping[str, tuple[float, float]] | None = None,
+        drain_s: float = 0.0,
+        routing: str = "cheapest",
+        rate_window_s: float = 0.0,
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
@@ -187,6 +198,12 @@ class PredictivePolicy:
             raise UserError(f"predictive window and min_scores must be >= 1, got {window!r}, {min_scores!r}")
         if not (eps_replicas > 0 and warmup_factor >= 1.0):
             raise UserError("predictive eps_replicas must be > 0 and warmup_factor >= 1")
+        if routing not in ROUTING_MODES:
+            raise UserError(f"predictive routing must be one of {', '.join(ROUTING_MODES)}, got {routing!r}")
+        if not (math.isfinite(float(rate_window_s)) and 0.0 <= float(rate_window_s) <= 3600.0):
+            raise UserError(f"predictive rate_window_s must be in [0, 3600] s, got {rate_window_s!r}")
+        if not (math.isfinite(float(drain_s)) and float(drain_s) >= 0.0):
+            raise UserError(f"predictive drain_s must be >= 0 (0 = off), got {drain_s!r}")
         unknown = set(lead_s or {}) - set(goal.model_names)
         if unknown:
             raise UserError(f"predictive lead_s names unknown model(s) {sorted(unknown)}")
@@ -198,6 +215,9 @@ class PredictivePolicy:
         self.eps_replicas = float(eps_replicas)
         self.warmup_factor = float(warmup_factor)
         self.tokens = dict(tokens or {})
+        self.drain_s = float(drain_s)
+        self.routing = routing
+        self.rate_intervals = max(1, int(round(float(rate_window_s) / goal.control_interval_s)))
         self.scale_alpha = 1.0 - 0.5 ** (1.0 / max(1, int(scale_halflife)))
         self.adapt_rate = float(adapt_rate)
         self._derate_keep = 0.5 ** (1.0 / max(1, int(derate_halflife)))
@@ -257,9 +277,11 @@ class PredictivePolicy:
         return q
 
     def demand(self, name: str, m: ModelObs, cal: ModelCalibration, eps: float,
-               level: float | None = None) -> tuple[float, float, float]:
-        """``(base, scale, demand quantile)`` in requests/s for model ``name`` (``level``: as in :meth:`factor`)."""
-        cur = float(m.arrival_rps) if _finite(m.arrival_rps) else math.nan
+               level: float | None = None, rate: float | None = None) -> tuple[float, float, float]:
+        """``(base, scale, demand quantile)`` in requests/s for model ``name`` (``level``: as in :meth:`factor`;
+        ``rate``: the current rate to use instead of the reading's, e.g. averaged over ``rate_window_s``)."""
+        cur = float(rate) if rate is not None and _finite(rate) else \
+            float(m.arrival_rps) if _finite(m.arrival_rps) else math.nan
         mean_l = float(m.forecast[0]) if len(m.forecast) > 0 and _finite(m.forecast[0]) else math.nan
         cands = [x for x in (cur, mean_l) if _finite(x)]
         if not cands:
@@ -293,6 +315,127 @@ class PredictivePolicy:
             return derate
         return 1.0 - (1.0 - derate) * self._derate_keep
 
+    def backlog_replicas(self, name: str, m: ModelObs, cal: ModelCalibration) -> int:
+        """Extra replicas that drain a standing queue within ``drain_s`` once they are ready (0 when off).
+
+        A surge the forecast did not see leaves a queue: every request behind it waits ``queue / throughput``,
+        so sizing for the arrival rate alone leaves the SLO missed for as long as the queue takes to drain at the
+        small surplus (minutes at 1 % headroom). The queue expected when a replica launched now is ready is the
+        one standing now plus the shortfall of the ready replicas' saturated throughput over the cold-start lead,
+        at most ``timeout_s`` of arrivals (older requests are dropped); the term counts only once the wait the
+        queue causes exceeds half the latency target, so batch-level queueing never adds a replica.
+        """
+        if self.drain_s <= 0 or not all(_finite(x) for x in (m.queued, m.ready, m.arrival_rps, m.capacity_rps)):
+            return 0
+        sat = float(m.capacity_rps) * cal.derate
+        if not (sat > 0 and m.queued > 0):
+            return 0
+        thr = max(int(m.ready), 0) * sat
+        if m.queued / max(thr, 1e-9) <= 0.5e-3 * self.goal.slo.target_ms:
+            return 0
+        arr = max(0.0, float(m.arrival_rps))
+        backlog = float(m.queued) + max(0.0, arr - thr) * self.lead[name]
+        backlog = min(backlog, self.goal.slo.timeout_s * max(arr, thr))
+        return int(math.ceil(backlog / (self.drain_s * sat) - 1e-6))
+
+    # ------------------------------------------------------------------ routing
+    def route_target(self, obs: Observation) -> dict[str, dict[str, float]]:
+        """Per route, the mix the core steers towards: the goal's default weights (``routing="fixed"``, no routes
+        or no quality floor), else the cheapest mix whose traffic-weighted quality meets the floor.
+
+        Cost of a request on model ``m``: its replica's hourly price over the requests/s one replica takes at the
+        SLO (:meth:`capacity`, at the observed token mix). A linear programme over the weights of one route; its
+        optimum is a vertex with at most two models, so every single model and pair is tried.
+        """
+        floor = self.goal.quality_floor
+        if self.routing == "fixed" or not self.goal.routes or floor is None:
+            return {k: dict(v) for k, v in self._weights.items()}
+        target = floor + QUALITY_MARGIN
+        out: dict[str, dict[str, float]] = {}
+        for r in self.goal.routes:
+            q = [self.goal.model(m).quality for m in r.models]
+            c = []
+            for m in r.models:
+                cap = self.capacity(m, obs.models.get(m))
+                c.append(self.goal.model(m).cost_per_hour / cap if cap > 0 else math.inf)
+            best: tuple[float, dict[str, float]] | None = None
+            for i in range(len(r.models)):
+                cands: list[dict[str, float]] = []
+                if q[i] >= target:
+                    cands.append({r.models[i]: 1.0})
+                for j in range(len(r.models)):
+                    if q[i] >= target > q[j]:
+                        a = (target - q[j]) / (q[i] - q[j])
+                        cands.append({r.models[i]: a, r.models[j]: 1.0 - a})
+                for w in cands:
+                    cost = sum(c[r.models.index(m)] * x for m, x in w.items())
+                    if best is None or cost < best[0] - 1e-12:
+                        best = (cost, w)
+            if best is None or not math.isfinite(best[0]):
+                out[r.name] = dict(self._weights[r.name])
+            else:
+                out[r.name] = {m: float(best[1].get(m, 0.0)) for m in r.models}
+        return out
+
+    def route_step(self, obs: Observation, state: PredictiveState,
+                   target: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """Weights for this interval on the way to ``target``, and the demand ratio per model to size for.
+
+        Traffic moves towards ``target`` by at most the shield's ``max_weight_step`` per route, and only as far as
+        every model that gains traffic can serve it with the replicas **ready** now (at the SLO): a shift never
+        waits on a cold start. Each model is sized for the larger of its rate under this interval's weights and
+        under ``target`` (``ratio``: that rate over its rate under the weights in force), so the model that will
+        take the traffic scales up first and the shift completes over the next intervals.
+        """
+        if not self.goal.routes:
+            return {}, {m: 1.0 for m in self.goal.model_names}
+        classes = tuple(sorted(obs.class_rates))
+        cur = {r.name: dict((obs.weights or {}).get(r.name) or self._weights[r.name]) for r in self.goal.routes}
+        for r in self.goal.routes:
+            tot = sum(max(0.0, cur[r.name].get(m, 0.0)) for m in r.models)
+            cur[r.name] = {m: (max(0.0, cur[r.name].get(m, 0.0)) / tot if tot > 0 else 1.0 / len(r.models))
+                           for m in r.models}
+        rates = np.array([float(obs.class_rates[c]) for c in classes])
+        if not classes or not np.all(np.isfinite(rates)):
+            return cur, {m: 1.0 for m in self.goal.model_names}
+        rmap = self._routing.get(classes)
+        if rmap is None:
+            rmap = self._routing[classes] = RoutingMap(self.goal, classes, strict=False)
+        step = float(self.goal.shield.max_weight_step)
+
+        def blend(lam: float) -> dict[str, dict[str, float]]:
+            out = {}
+            for r in self.goal.routes:
+                d = {m: float(target[r.name].get(m, 0.0)) - cur[r.name][m] for m in r.models}
+                k = min(lam, step / max(1e-12, max(abs(x) for x in d.values()))) if any(d.values()) else 0.0
+                out[r.name] = {m: cur[r.name][m] + k * d[m] for m in r.models}
+            return out
+
+        r0 = rmap.model_rates(rates, cur)
+        limit = np.array(r0, dtype=float)
+        for p, name in enumerate(rmap.models):
+            m = obs.models.get(name)
+            if m is not None and _finite(m.ready):
+                cal = state.model(name)
+                limit[p] = max(limit[p], max(0, int(m.ready)) * self.capacity(name, m) * cal.derate)
+        lo, hi = 0.0, 1.0
+        if np.any(rmap.model_rates(rates, blend(1.0)) > limit + 1e-9):
+            for _ in range(12):
+                mid = 0.5 * (lo + hi)
+                if np.any(rmap.model_rates(rates, blend(mid)) > limit + 1e-9):
+                    hi = mid
+                else:
+                    lo = mid
+        else:
+            lo = 1.0
+        new = blend(lo)
+        r_new, r_tgt = rmap.model_rates(rates, new), rmap.model_rates(rates, target)
+        ratio = {}
+        for p, name in enumerate(rmap.models):
+            want = max(r_new[p], r_tgt[p])
+            ratio[name] = want / r0[p] if r0[p] > 1e-9 else (1.0 if want <= 1e-9 else 2.0)
+        return new, ratio
+
     # ------------------------------------------------------------------ calibration
     def _calibrate(self, obs: Observation, state: PredictiveState) -> tuple[
             tuple[tuple[float, tuple[tuple[str, float], ...]], ...], dict[str, ModelCalibration]]:
@@ -300,7 +443,7 @@ class PredictivePolicy:
         now = float(obs.t_s)
         rates = state.rates
         have = bool(obs.class_rates) and all(_finite(v) for v in obs.class_rates.values())
-        cur_rates = tuple(sorted((c, float(v)) for c, v in obs.class_rates.items())) if have else ()
+        cur_rates = self._smoothed(obs, state)[1] if have else ()
         if have:
             rates = rates + ((now, cur_rates),)
         prev = dict(state.last_rates)
@@ -346,14 +489,24 @@ class PredictivePolicy:
         return rates, cals
 
     # ------------------------------------------------------------------ decide
+    def _smoothed(self, obs: Observation, state: PredictiveState) -> tuple[
+            tuple[tuple[tuple[str, float], ...], ...], tuple[tuple[str, float], ...]]:
+        """(recent raw class rates incl. this interval's, their mean per class): the rate the core sizes for."""
+        raw = tuple(sorted((c, float(v)) for c, v in obs.class_rates.items()))
+        if self.rate_intervals <= 1:
+            return (), raw
+        recent = (*state.recent, raw)[-self.rate_intervals:]
+        return recent, tuple((c, sum(dict(r).get(c, 0.0) for r in recent) / len(recent)) for c, _ in raw)
+
     def update(self, obs: Observation, state: PredictiveState | None) -> PredictiveState:
         """The calibration after observing ``obs`` (matured scores, scale, level, derating; no decision yet)."""
         if not isinstance(state, PredictiveState):
             state = PredictiveState()
         rates, cals = self._calibrate(obs, state)
-        last = tuple(sorted((c, float(v)) for c, v in obs.class_rates.items())) \
-            if obs.class_rates and all(_finite(v) for v in obs.class_rates.values()) else state.last_rates
-        return PredictiveState(rates, last, tuple((k, cals[k]) for k in self.goal.model_names))
+        recent, last = state.recent, state.last_rates
+        if obs.class_rates and all(_finite(v) for v in obs.class_rates.values()):
+            recent, last = self._smoothed(obs, state)
+        return PredictiveState(rates, last, tuple((k, cals[k]) for k in self.goal.model_names), recent)
 
     def plan(
         self,
@@ -380,12 +533,16 @@ class PredictivePolicy:
                 continue
             cap = self.capacity(spec.name, m) * cal.derate
             level = None if levels is None else levels.get(spec.name)
-            base, scale, dq = self.demand(spec.name, m, cal, self.eps_replicas * cap, level)
+            rate = None
+            if self.rate_intervals > 1 and state.last_rates:
+                last = dict(state.last_rates)
+                rate = sum(x * last.get(c, 0.0) for c, x in self.shares(obs, spec.name))
+            base, scale, dq = self.demand(spec.name, m, cal, self.eps_replicas * cap, level, rate)
             if not (_finite(dq) and cap > 0):
                 reps[spec.name] = current
                 continue
             f = 1.0 if ratio is None else float(ratio.get(spec.name, 1.0))
-            need = math.ceil(dq * f / cap - 1e-6)
+            need = math.ceil(dq * f / cap - 1e-6) + self.backlog_replicas(spec.name, m, cal)
             if math.isnan(self.factor(cal)):  # not calibrated yet: no scale-down
                 need = max(need, current)
             reps[spec.name] = min(max(need, spec.min_replicas), spec.max_replicas)
@@ -395,8 +552,13 @@ class PredictivePolicy:
         return reps, replace(state, models=tuple((k, cals[k]) for k in self.goal.model_names if k in cals))
 
     def decide(self, obs: Observation, state: PredictiveState) -> tuple[Decision, PredictiveState]:
-        reps, new_state = self.plan(obs, self.update(obs, state))
-        return Decision(reps, {k: dict(v) for k, v in self._weights.items()}), new_state
+        state = self.update(obs, state)
+        if self.routing == "fixed" or not self.goal.routes:
+            reps, new_state = self.plan(obs, state)
+            return Decision(reps, {k: dict(v) for k, v in self._weights.items()}), new_state
+        weights, ratio = self.route_step(obs, state, self.route_target(obs))
+        reps, new_state = self.plan(obs, state, ratio=ratio)
+        return Decision(reps, weights), new_state
 
 
 def _finite(x: object) -> bool:

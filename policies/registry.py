@@ -201,9 +201,17 @@ def _register_shipped() -> None:
     register_prefix("rl", _rl, help="trained policy: rl:PATH or rl:NAME (shipped)", replace=False)
     register_prefix("incumbent", _incumbent, replace=False,
                     help="the HPA/KEDA settings read by `fleetpilot handover --out DIR` (PATH: DIR or its JSON)")
+    register_prefix("predictive-tuned", _core_tuned, replace=False,
+                    help="the predictive core with the settings `fleetpilot tune --autoscaler predictive` chose")
     for kind in ("hpa", "keda", "kpa"):  # tuned incumbents: KIND-tuned:PATH (a `fleetpilot tune` result)
         register_prefix(f"{kind}-tuned", _tuned(kind), replace=False,
                         help=f"{kind} with the target chosen by `fleetpilot tune` (PATH: its JSON or --out folder)")
+
+
+def _core_tuned(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:
+    from fleetpilot.policies.tuning import make_core_tuned
+
+    return make_core_tuned(arg, goal)
 
 
 def _incumbent(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:

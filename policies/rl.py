@@ -253,13 +253,17 @@ class ActionCodec:
         return 1.0 - self.tail0 * self.ratio ** float(np.clip(a, -1.0, 1.0))
 
     # -- routing -------------------------------------------------------------------------------------
-    def route_weights(self, action: np.ndarray) -> dict[str, dict[str, float]]:
+    def route_weights(self, action: np.ndarray, base_weights: Mapping[str, Mapping[str, float]] | None = None
+                      ) -> dict[str, dict[str, float]]:
+        """Per route: softmax of ``log(base) + scale * logits``, projected onto the quality floor. ``base``: the
+        core's target mix (:meth:`PredictivePolicy.route_target`) or, when not given, the goal's weights."""
         out: dict[str, dict[str, float]] = {}
         k = len(self.goal.models)
         for r in self.goal.routes:
             a = action[k:k + len(r.models)]
             k += len(r.models)
-            base = np.log(np.maximum(np.asarray(r.weights, dtype=float), 1e-6))
+            bw = [base_weights[r.name].get(m, 0.0) for m in r.models] if base_weights else list(r.weights)
+            base = np.log(np.maximum(np.asarray(bw, dtype=float), 1e-6))
             z = base + ROUTE_LOGIT_SCALE * a
             z = np.exp(z - z.max())
             w = project_quality(self.goal, r.models, z / z.sum())
@@ -289,15 +293,26 @@ class ActionCodec:
         return out
 
     # -- decoding ------------------------------------------------------------------------------------
-    def decode(self, action: np.ndarray, obs: Observation, state: RLState | None) -> tuple[Decision, RLState]:
-        """The decision for ``action`` on an observed state (:meth:`PolicyFeatures.observe` ran on ``obs``)."""
+    def decode(self, action: np.ndarray, obs: Observation, state: RLState | None, *, fixed_routes: bool = False
+               ) -> tuple[Decision, RLState]:
+        """The decision for ``action`` on an observed state (:meth:`PolicyFeatures.observe` ran on ``obs``).
+
+        Routing: the route logits move the mix around the core's target (its cheapest mix within the quality
+        floor), and the core's :meth:`~PredictivePolicy.route_step` moves the weights there no faster than the
+        receiving models' ready replicas allow; ``fixed_routes`` (the scaling-only ablation) keeps the goal's
+        weights."""
         if not isinstance(state, RLState):
             state = RLState(core=self.core.update(obs, None))
         a = np.clip(np.nan_to_num(np.asarray(action, dtype=float).reshape(-1), nan=0.0), -1.0, 1.0)
         if a.size != self.size:
             raise ValueError(f"action has {a.size} entries, expected {self.size} ({', '.join(self.layout)})")
-        weights = self.route_weights(a)
-        ratio = self.demand_ratio(obs, weights) if weights else None
+        if fixed_routes or not self.goal.routes:
+            weights = self.route_weights(np.concatenate([a[:len(self.goal.models)],
+                                                         np.zeros(a.size - len(self.goal.models))]))
+            ratio = self.demand_ratio(obs, weights) if weights else None
+        else:
+            target = self.route_weights(a, self.core.route_target(obs))
+            weights, ratio = self.core.route_step(obs, state.core, target)
         levels = {m.name: self.level(a[i]) for i, m in enumerate(self.goal.models)}
         reps, core = self.core.plan(obs, state.core, levels=levels, ratio=ratio)
         return Decision(replicas=reps, weights=weights), replace(state, core=core)
@@ -326,6 +341,16 @@ class RLPolicy(PolicyBase):
     def initial_state(self) -> RLState:
         return RLState()
 
+    def set_core(self, settings: Mapping[str, Any]) -> None:
+        """Put the network on a core tuned to the user's traffic (``rl:NAME#core=PATH``): the core's settings are
+        replaced by ``settings`` (its demand quantile becomes the level of the zero action); the network is
+        unchanged."""
+        params = self.meta.get("action", {}).get("params", {})
+        core = dict(params.get("core") or {}) if isinstance(params, dict) else {}
+        core.update(settings)
+        self.codec = ActionCodec(self.goal, core=core)
+        self.features = self.codec.features
+
     def act(self, vector: np.ndarray) -> np.ndarray:
         """The deterministic action for one observation vector."""
         actions, _ = self.predict(vector[None, :], deterministic=True)
@@ -333,7 +358,7 @@ class RLPolicy(PolicyBase):
 
     def decide(self, obs: Observation, state: Any) -> tuple[Decision, Any]:
         vec, st = self.features.observe(obs, state)
-        return self.codec.decode(self.act(vec), obs, st)
+        return self.codec.decode(self.act(vec), obs, st, fixed_routes=self.scaling_only)
 
     def predict(
         self,
@@ -589,13 +614,23 @@ def make_rl_policy(path: str | Path, goal: GoalSpec, **_kw: Any) -> RLPolicy:
     """
     text = str(path)
     opts: set[str] = set()
+    core_path = None
     if "#" in text:
         text, _, rest = text.partition("#")
         opts = {o for o in rest.split(",") if o}
+        core_opts = [o for o in opts if o.startswith("core=")]
+        opts -= set(core_opts)
         unknown = opts - {"scaling-only"}
-        if unknown:
-            raise UserError(f"unknown rl policy option(s) {sorted(unknown)}; known: scaling-only", where=str(path))
+        if unknown or len(core_opts) > 1:
+            raise UserError(f"unknown rl policy option(s) {sorted(unknown) or core_opts}; known: scaling-only, "
+                            "core=PATH (a `fleetpilot tune --autoscaler predictive` result)", where=str(path))
+        core_path = core_opts[0][len("core="):] if core_opts else None
     pol = load_artifact(text, goal)
+    if core_path is not None:
+        from fleetpilot.policies.tuning import load_core_tuning
+
+        pol.set_core(load_core_tuning(core_path))
+        pol.name = f"{pol.name}#core"
     if "scaling-only" in opts:
         pol.scaling_only = True
         pol.name = f"{pol.name}#scaling-only"

@@ -52,7 +52,15 @@ from fleetpilot.simulations.routing import RoutingMap
 from fleetpilot.simulations.traces import Trace
 
 __all__ = [
+    "CORE_FORMAT",
+    "CORE_GRID",
+    "CORE_KIND",
     "DEFAULT_MARGIN",
+    "CoreCandidate",
+    "core_candidates",
+    "load_core_tuning",
+    "make_core_tuned",
+    "select_core",
     "FRACTIONS",
     "KINDS",
     "KPA_WINDOWS_S",
@@ -242,8 +250,10 @@ def tuning_filename(kind: str) -> str:
     return f"tuning-{kind}.json"
 
 
-def manifest_filename(kind: str) -> str:
-    return {"hpa": "hpa.yaml", "keda": "keda-scaledobject.yaml", "kpa": "knative-service.yaml"}[kind]
+def manifest_filename(kind: str) -> str | None:
+    """The manifest ``fleetpilot tune`` writes for ``kind`` (``None`` for the predictive core: it runs in the
+    daemon, ``fleetpilot run --policy predictive-tuned:DIR``)."""
+    return {"hpa": "hpa.yaml", "keda": "keda-scaledobject.yaml", "kpa": "knative-service.yaml"}.get(kind)
 
 
 def load_tuning(path: str | Path, kind: str | None = None) -> Tuning:
@@ -392,3 +402,95 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
                 "# target-utilization-percentage 100: the tuned target already is the effective one."],
     }[kind]
     return "\n".join(header + notes) + "\n---\n" + "---\n".join(docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The predictive core, tuned by the same rule
+# ---------------------------------------------------------------------------------------------
+
+#: the predictive core as a tuning kind (``fleetpilot tune --autoscaler predictive``)
+CORE_KIND = "predictive"
+CORE_FORMAT = "fleetpilot/core-tuning-v1"
+#: the core's settings searched, fixed a priori (the demand quantile sized for, and the window the current rate
+#: is averaged over: 0 = one control interval, right for minute-binned traffic; 60 s smooths second-level bursts
+#: that a batch absorbs)
+CORE_GRID: dict[str, tuple[float, ...]] = {
+    "quantile": (0.95, 0.97, 0.98, 0.99, 0.995, 0.998),
+    "rate_window_s": (0.0, 60.0),
+}
+
+
+@dataclass(frozen=True)
+class CoreCandidate:
+    """One setting of the predictive core tried by the tuning search."""
+
+    settings: tuple[tuple[str, float], ...]
+
+    @property
+    def label(self) -> str:
+        return "predictive-tuned[" + ",".join(f"{k}={v:g}" for k, v in self.settings) + "]"
+
+
+def core_candidates(grid: Mapping[str, Sequence[float]] | None = None) -> list[CoreCandidate]:
+    """Every combination of :data:`CORE_GRID` (or ``grid``), in a fixed order."""
+    g = dict(CORE_GRID if grid is None else grid)
+    unknown = set(g) - set(CORE_GRID)
+    if unknown:
+        raise UserError(f"unknown predictive tuning setting(s) {sorted(unknown)}; known: {sorted(CORE_GRID)}")
+    out = [()]
+    for k in CORE_GRID:
+        vals = tuple(float(v) for v in g.get(k, CORE_GRID[k]))
+        out = [(*o, (k, v)) for o in out for v in vals]
+    return [CoreCandidate(tuple(o)) for o in out]
+
+
+def select_core(results: Sequence[tuple[CoreCandidate, float, float]], threshold: float) -> tuple[CoreCandidate, bool]:
+    """:func:`select`'s rule for core candidates: cheapest meeting ``threshold``, else the best attainment."""
+    if not results:
+        raise UserError("no tuning candidate was evaluated")
+    ok = [r for r in results if r[2] >= threshold - 1e-12]
+    if ok:
+        return min(ok, key=lambda r: (r[1], -r[2]))[0], True
+    return min(results, key=lambda r: (-r[2], r[1]))[0], False
+
+
+class _CoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    quantile: float = Field(ge=0.5, lt=1.0)
+    rate_window_s: float = Field(0.0, ge=0.0, le=3600.0)
+
+
+class _CoreTuningFile(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    format: Literal["fleetpilot/core-tuning-v1"]
+    autoscaler: Literal["predictive"]
+    settings: _CoreSettings
+
+
+def load_core_tuning(path: str | Path) -> dict[str, float]:
+    """The core settings of a ``tuning-predictive.json`` (``path``: the file or the ``--out`` folder)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / tuning_filename(CORE_KIND)
+    if not p.is_file():
+        raise UserError("core tuning file not found (write one with `fleetpilot tune --autoscaler predictive`)",
+                        where=str(p))
+    from fleetpilot.simulations.safeyaml import load_json_file
+
+    raw = load_json_file(p, "core tuning file", max_bytes=4 << 20)
+    try:
+        doc = _CoreTuningFile.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        field = ".".join(str(x) for x in e.get("loc", ())) or "(file)"
+        raise UserError(f"field {field}: {e.get('msg', 'invalid')}", where=str(p)) from None
+    return doc.settings.model_dump()
+
+
+def make_core_tuned(arg: str, goal: GoalSpec, **_ctx: Any) -> Any:
+    """``predictive-tuned:PATH`` -> the predictive core with the settings `fleetpilot tune` chose."""
+    from fleetpilot.policies.predictive import PredictivePolicy
+
+    pol = PredictivePolicy(goal, **load_core_tuning(arg))
+    pol.name = "predictive-tuned"
+    return pol

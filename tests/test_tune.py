@@ -171,3 +171,66 @@ def test_grid_extends_downwards_while_nothing_meets(monkeypatch: pytest.MonkeyPa
     calls.clear()
     doc = tune_cmd.search(ONE, tr, ["hpa"], fractions={"hpa": (0.5,)})["hpa"]
     assert len(calls) == 3 and not doc["chosen"]["met"] and doc["extension_rounds"] == 2  # gives up after two
+
+
+# ---------------------------------------------------------------------------------------------
+# fleetpilot's own predictive core, tuned by the same rule
+# ---------------------------------------------------------------------------------------------
+
+
+def test_core_candidates_cover_the_grid_in_a_fixed_order() -> None:
+    from fleetpilot.policies.tuning import CORE_GRID, core_candidates
+
+    cs = core_candidates()
+    assert len(cs) == len(CORE_GRID["quantile"]) * len(CORE_GRID["rate_window_s"])
+    assert len({c.label for c in cs}) == len(cs)
+    assert [c.label for c in cs] == [c.label for c in core_candidates()]
+    with pytest.raises(UserError, match="unknown predictive tuning setting"):
+        core_candidates({"headroom": (0.1,)})
+
+
+def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> None:
+    from fleetpilot.policies.predictive import PredictivePolicy
+    from fleetpilot.policies.tuning import load_core_tuning
+
+    out = tmp_path / "core"
+    rc = main(["tune", "--goal", str(GOAL), "--trace", TRACE, "--range", "0:1200", "--scale-to-peak", "300",
+               "--autoscaler", "predictive", "--workers", "1", "--out", str(out)])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tuning-predictive.json"]  # no manifest: it runs in the daemon
+    doc = json.loads((out / "tuning-predictive.json").read_text())
+    meeting = [c for c in doc["candidates"] if c["slo_attainment"] >= doc["threshold"]]
+    if meeting:  # the incumbents' rule, checked against the file's own table
+        assert doc["chosen"]["met"] and doc["chosen"]["cost_usd"] == min(c["cost_usd"] for c in meeting)
+    else:
+        assert doc["chosen"]["slo_attainment"] == max(c["slo_attainment"] for c in doc["candidates"])
+    chosen = next(c for c in doc["candidates"] if c["label"] == doc["chosen"]["label"])
+    assert chosen["settings"] == doc["settings"] == load_core_tuning(out)
+    pol = make(f"predictive-tuned:{out}", ONE)
+    assert isinstance(pol, PredictivePolicy) and pol.name.startswith("predictive-tuned")
+    assert pol.quantile == doc["settings"]["quantile"]
+    assert pol.rate_intervals == max(1, round(doc["settings"]["rate_window_s"] / ONE.control_interval_s))
+
+
+def test_learned_policy_on_a_tuned_core(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    doc = {"format": "fleetpilot/core-tuning-v1", "autoscaler": "predictive",
+           "settings": {"quantile": 0.995, "rate_window_s": 60.0}}
+    (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
+    base = make("rl:single-model", ONE)
+    pol = make(f"rl:single-model#core={tmp_path}", ONE)
+    assert base.codec.core.quantile != 0.995
+    assert pol.codec.core.quantile == 0.995 and pol.codec.level(0.0) == pytest.approx(0.995)
+    assert pol.codec.core.rate_intervals == 4
+    with pytest.raises(UserError, match="core tuning file not found"):
+        make(f"rl:single-model#core={tmp_path / 'nope'}", ONE)
+
+
+@pytest.mark.parametrize("settings, needle", [({"quantile": 1.5}, "settings.quantile"),
+                                              ({"quantile": 0.99, "headroom": 2}, "settings.headroom"),
+                                              ({"quantile": 0.99, "rate_window_s": -1}, "settings.rate_window_s")])
+def test_bad_core_tuning_file_names_the_field(tmp_path: Path, settings: dict, needle: str) -> None:
+    doc = {"format": "fleetpilot/core-tuning-v1", "autoscaler": "predictive", "settings": settings}
+    (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=needle):
+        make(f"predictive-tuned:{tmp_path}", ONE)

@@ -1,7 +1,7 @@
 """``fleetpilot tune`` -- tune the incumbent autoscaler's target on recorded traffic, as an SRE would.
 
 ``fleetpilot tune --goal G --trace T [--trace CLASS=T ...] --range START:END [--scale-to-peak RPS]
---autoscaler keda|hpa|kpa[,...] --out DIR [--margin 0.005] [--seed 0] [--force]``
+--autoscaler keda|hpa|kpa|predictive[,...] --out DIR [--margin 0.005] [--seed 0] [--force]``
 
 For each autoscaler: replays the range under every candidate setting (:func:`fleetpilot.policies.tuning.candidates`:
 a utilisation fraction shared by the goal's models, and for the KPA the stable window) with the incumbent as it
@@ -12,6 +12,11 @@ runs upstream, and keeps the cheapest setting whose SLO attainment is at least t
   the command (``KIND-tuned:DIR`` replays it: ``fleetpilot replay --policies keda,keda-tuned:DIR``);
 * a ready-to-apply manifest: ``keda-scaledobject.yaml`` (KEDA ScaledObject), ``hpa.yaml`` (autoscaling/v2
   HPA) or ``knative-service.yaml`` (Knative KPA annotations), one document per model.
+
+``--autoscaler predictive`` tunes fleetpilot's own predictive core by the same rule (its demand quantile and the
+window its current rate is averaged over, :data:`~fleetpilot.policies.tuning.CORE_GRID`) and writes
+``DIR/tuning-predictive.json``; ``predictive-tuned:DIR`` runs it (replay or daemon) and ``rl:NAME#core=DIR`` puts
+the learned policy on top of it.
 
 Existing files are never overwritten unless ``--force`` is given. Tune on a range you will *not* judge the
 result on (e.g. the days before the ones you evaluate).
@@ -44,7 +49,7 @@ def register(sub: Any) -> None:
                     "manifest per model.")
     add_trace_arguments(p)
     p.add_argument("--autoscaler", required=True, metavar="KIND[,KIND]",
-                   help="keda, hpa or kpa (comma-separated for several)")
+                   help="keda, hpa, kpa or predictive (fleetpilot's core; comma-separated for several)")
     p.add_argument("--margin", type=float, default=None, metavar="X",
                    help="attainment margin over the goal's (default 0.005: a 0.99 goal is tuned to 0.995)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the replays (default 0)")
@@ -57,12 +62,13 @@ def register(sub: Any) -> None:
 
 
 def parse_kinds(text: str) -> list[str]:
-    from fleetpilot.policies.tuning import KINDS
+    from fleetpilot.policies.tuning import CORE_KIND, KINDS
 
+    known = (*KINDS, CORE_KIND)
     kinds = [k.strip().lower() for k in (text or "").split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in known]
     if not kinds or bad:
-        raise UserError(f"--autoscaler must be one or more of {', '.join(KINDS)} (comma-separated), got {text!r}")
+        raise UserError(f"--autoscaler must be one or more of {', '.join(known)} (comma-separated), got {text!r}")
     return list(dict.fromkeys(kinds))
 
 
@@ -142,11 +148,12 @@ def extend(goal: Any, trace: Any, docs: dict[str, dict[str, Any]], *, seed: int 
     What an SRE does when even the most conservative target tried misses the SLO: try lower ones. Each round
     adds 0.7x and 0.5x the lowest fraction tried (for the KPA at every window tried) in one replay run.
     """
-    from fleetpilot.policies.tuning import candidates
+    from fleetpilot.policies.tuning import KINDS, candidates
 
     docs = {k: dict(d) for k, d in docs.items()}
     for _ in range(rounds):
-        todo = [k for k, d in docs.items() if not d["chosen"]["met"] and d.get("extension_rounds", 0) < rounds]
+        todo = [k for k, d in docs.items() if k in KINDS and not d["chosen"]["met"]
+                and d.get("extension_rounds", 0) < rounds]
         new: dict[str, list[Any]] = {}
         for k in todo:
             fmin = min(float(c["fraction"]) for c in docs[k]["candidates"])
@@ -177,12 +184,19 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
 
     Returns ``{kind: document}``, each the JSON :func:`write_outputs` writes (without the command line).
     """
-    from fleetpilot.policies.tuning import DEFAULT_MARGIN, candidates
+    from fleetpilot.policies.tuning import CORE_KIND, DEFAULT_MARGIN, candidates
 
     mg = DEFAULT_MARGIN if margin is None else float(margin)
     if not (0.0 <= mg < 1.0):
         raise UserError(f"--margin must be in [0, 1), got {margin!r}")
     threshold = min(1.0, goal.slo.attainment + mg)
+    core_doc = {}
+    if CORE_KIND in kinds:
+        core_doc = {CORE_KIND: search_core(goal, trace, seed=seed, tick_s=tick_s, workers=workers, margin=mg,
+                                           progress=progress)}
+        kinds = [k for k in kinds if k != CORE_KIND]
+        if not kinds:
+            return core_doc
     cands = {k: candidates(k, goal, trace, fractions=(fractions or {}).get(k), windows=windows) for k in kinds}
     flat = [c for k in kinds for c in cands[k]]
     vals, res = _evaluate(goal, trace, flat, seed=seed, tick_s=tick_s, workers=workers, progress=progress)
@@ -192,7 +206,53 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
     if extend_rounds > 0:
         docs = extend(goal, trace, docs, seed=seed, tick_s=tick_s, workers=workers, windows=windows,
                       progress=progress, rounds=extend_rounds)
-    return docs
+    return {**docs, **core_doc}
+
+
+def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = None, workers: int = 2,
+                margin: float | None = None, grid: dict[str, Sequence[float]] | None = None,
+                progress: bool = False) -> dict[str, Any]:
+    """The same search and rule for fleetpilot's predictive core: every setting of
+    :data:`~fleetpilot.policies.tuning.CORE_GRID` replayed on ``trace`` (one run, common random numbers), the
+    cheapest with attainment >= goal + margin kept. Returns the ``tuning-predictive.json`` document."""
+    from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.predictive import PredictivePolicy
+    from fleetpilot.policies.tuning import CORE_FORMAT, CORE_KIND, DEFAULT_MARGIN, core_candidates, select_core
+
+    mg = DEFAULT_MARGIN if margin is None else float(margin)
+    threshold = min(1.0, goal.slo.attainment + mg)
+    cands = core_candidates(grid)
+    pols = []
+    for c in cands:
+        p = PredictivePolicy(goal, **dict(c.settings))
+        p.name = c.label
+        pols.append(p)
+    res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
+                 forecast_model=None)
+    vals = {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}
+    rows = [(c, *vals[c.label]) for c in cands]
+    chosen, met = select_core(rows, threshold)
+    srow = next(r for r in rows if r[0] is chosen)
+    return {
+        "format": CORE_FORMAT,
+        "autoscaler": CORE_KIND,
+        "goal": {"name": goal.name, "source": goal.source, "slo_attainment": goal.slo.attainment,
+                 "models": list(goal.model_names)},
+        "trace": res.trace,
+        "range": f"{trace.start_s:g}:{trace.end_s:g}",
+        "scale_to_peak": _peak(res.trace),
+        "seed": int(seed),
+        "tick_s": res.tick_s,
+        "margin": mg,
+        "threshold": threshold,
+        "rule": (f"cheapest setting with SLO attainment >= {threshold:g} (goal {goal.slo.attainment:g} + margin "
+                 f"{mg:g}) on this tuning range; else the highest attainment"),
+        "settings": dict(chosen.settings),
+        "chosen": {"label": chosen.label, "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
+        "candidates": [{"label": c.label, "settings": dict(c.settings), "cost_usd": cost, "slo_attainment": att,
+                        "meets": att >= threshold - 1e-12} for c, cost, att in rows],
+        "oracle_cost_usd": res.oracle.get("cost_usd"),
+    }
 
 
 def _unit(kind: str) -> str:
@@ -229,8 +289,8 @@ def write_outputs(out: Path, docs: dict[str, dict[str, Any]], goal: Any, *, forc
 
     if out.exists() and not out.is_dir():
         raise UserError("output path exists and is not a folder", where=str(out))
-    targets = [(out / tuning_filename(k), out / manifest_filename(k)) for k in docs]
-    existing = [str(p) for pair in targets for p in pair if p.exists()]
+    targets = [(out / tuning_filename(k), out / m if (m := manifest_filename(k)) else None) for k in docs]
+    existing = [str(p) for pair in targets for p in pair if p is not None and p.exists()]
     if existing and not force:
         raise UserError(f"refusing to overwrite {', '.join(existing)} (use --force, or another --out)")
     try:
@@ -243,8 +303,9 @@ def write_outputs(out: Path, docs: dict[str, dict[str, Any]], goal: Any, *, forc
             doc = dict(doc, command=command)
             _atomic_write(jpath, json.dumps(doc, indent=2, allow_nan=False) + "\n")
             written.append(jpath)
-            _atomic_write(mpath, render_manifest(doc, goal))
-            written.append(mpath)
+            if mpath is not None:
+                _atomic_write(mpath, render_manifest(doc, goal))
+                written.append(mpath)
     except OSError as exc:
         raise UserError(f"cannot write the tuning output ({exc.strerror})", where=str(out)) from None
     return written
@@ -263,7 +324,7 @@ def handler(args: argparse.Namespace) -> int:
 
     if not args.force:  # fail before the (long) search, not after it
         existing = [str(out / f) for k in kinds for f in (tuning_filename(k), manifest_filename(k))
-                    if (out / f).exists()]
+                    if f and (out / f).exists()]
         if existing:
             raise UserError(f"refusing to overwrite {', '.join(existing)} (use --force, or another --out)")
     goal = load_goal(args.goal)
@@ -274,6 +335,12 @@ def handler(args: argparse.Namespace) -> int:
     written = write_outputs(out, docs, goal, force=args.force, command=command)
     for k, doc in docs.items():
         ch = doc["chosen"]
+        if "settings" in doc:  # the predictive core
+            st = ", ".join(f"{n} {v:g}" for n, v in doc["settings"].items())
+            print(f"{k}: {st}: cost ${ch['cost_usd']:.2f}, attainment {ch['slo_attainment']:.4f} "
+                  f"({'meets' if ch['met'] else 'does NOT meet'} {doc['threshold']:g}); "
+                  f"run it with --policy predictive-tuned:{out}")
+            continue
         tg = ", ".join(f"{m}={v['target']:.4g}" for m, v in doc["models"].items())
         win = f", window {ch['stable_window_s']:g} s" if ch["stable_window_s"] is not None else ""
         state = "meets" if ch["met"] else "does NOT meet"
