@@ -21,17 +21,19 @@ setup-system:
 
 demo: setup
 	# 1. Tune the incumbents as an SRE would, on the last training day (day 8, never evaluated): HPA, KEDA and
-	#    Knative targets (and the KPA window) -> $(OUT)/tuning/*.json + ready-to-apply manifests
+	#    Knative targets (and the KPA window) -> $(OUT)/tuning/*.json + ready-to-apply manifests; and, by the same
+	#    rule, fleetpilot's predictive core (its demand quantile and rate window) -> tuning-predictive.json
 	$(PYTHON) -m fleetpilot tune --goal examples/goals/two-model-routed.yaml \
 		--trace chat=servegen_m-mid_10min --trace code=servegen_m-small_10min \
-		--range 691200:777600 --scale-to-peak 200 --autoscaler hpa,keda,kpa --force --out $(OUT)/tuning
+		--range 691200:777600 --scale-to-peak 200 --autoscaler hpa,keda,kpa,predictive --force --out $(OUT)/tuning
 	# 2. ServeGen (Alibaba) language traffic, days 9-10 (validation range, never used in training or tuning),
 	#    chat = m-mid, code = m-small, rescaled to a 200 req/s peak; the large+small routed goal; every policy:
-	#    incumbents at their defaults and tuned (no fleetpilot shield), the learned one with and without routing
+	#    incumbents at their defaults and tuned (no fleetpilot shield), the predictive core (default and tuned), the
+	#    learned policy on the tuned core with and without routing
 	$(PYTHON) -m fleetpilot replay --goal examples/goals/two-model-routed.yaml \
 		--trace chat=servegen_m-mid_10min --trace code=servegen_m-small_10min \
 		--range 777600: --scale-to-peak 200 \
-		--policies static,hpa,keda,kpa,hpa-tuned:$(OUT)/tuning,keda-tuned:$(OUT)/tuning,kpa-tuned:$(OUT)/tuning,predictive,oracle,rl:examples/policies/two-model-routed,rl:examples/policies/two-model-routed#scaling-only \
+		--policies static,hpa,keda,kpa,hpa-tuned:$(OUT)/tuning,keda-tuned:$(OUT)/tuning,kpa-tuned:$(OUT)/tuning,predictive,predictive-tuned:$(OUT)/tuning,oracle,rl:two-model-routed#core=$(OUT)/tuning,rl:two-model-routed#core=$(OUT)/tuning+scaling-only \
 		--seed 0 --out $(OUT)
 
 test: setup setup-system

@@ -61,6 +61,7 @@ INCUMBENTS_TUNED = {"hpa-tuned": "hpa", "keda-tuned": "keda", "kpa-tuned": "kpa"
 #: every policy built from the tuning cache: the tuned incumbents and fleetpilot's tuned predictive core
 TUNED = {**INCUMBENTS_TUNED, "predictive-tuned": "predictive"}
 #: ``rl:NAME#core=TUNED`` in a policy name: the learned policy on the core tuned for that (range, scale)
+#: (``rl:NAME#core=TUNED+scaling-only`` for the routing ablation on the same core)
 CORE_TUNED_TOKEN = "core=TUNED"
 
 

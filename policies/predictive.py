@@ -24,8 +24,10 @@ One decision per model and control interval, no stacked margins::
 * **Before calibration** (fewer than ``min_scores`` matured scores, by default ``ceil(1 / (1 - alpha))``: enough
   for the conformal quantile to be an order statistic below the maximum; about ``L`` + 8 min at 0.97), the
   policy sizes for ``warmup_factor`` x the larger of the current rate and the forecaster's own upper bound at
-  ``L``, and never scales down: without calibration it cannot tell that a removed replica will not be needed
-  within the lead. Decisions are recorded for calibration once the scale has seen ``min_scale_samples`` changes.
+  ``L``. Without calibration it cannot tell whether a removed replica will be needed within the lead, so it
+  keeps what it has for the first lead and afterwards the most any decision of the last lead needed (the
+  keep-warm rule on observed demand, an HPA stabilisation window as long as the cold start). Decisions are
+  recorded for calibration once the scale has seen ``min_scale_samples`` changes.
 
 The state is an immutable :class:`PredictiveState`; the policy reads time only from the observation.
 """
@@ -138,6 +140,8 @@ class ModelCalibration:
     n_scale: int = 0  # changes seen (the EWMA is a plain mean until 1 / alpha of them)
     derate: float = 1.0  # measured throughput / modelled throughput, from saturated intervals (<= 1)
     queued: float = math.nan  # requests waiting at the end of the last interval
+    warm: tuple[tuple[float, int], ...] = ()  # before calibration: (t, replicas needed) over the last lead
+    first_t: float = math.nan  # first decision (before calibration: no scale-down until one lead has passed)
 
 
 @dataclass(frozen=True)
@@ -482,7 +486,8 @@ class PredictivePolicy:
             if len(scores) > self.window:
                 scores = scores[-self.window:]
             cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, level, n_scale, derate,
-                                               float(m.queued) if m is not None and _finite(m.queued) else math.nan)
+                                               float(m.queued) if m is not None and _finite(m.queued) else math.nan,
+                                               cal.warm, cal.first_t)
             if pending:
                 oldest = min(oldest, pending[0][0])
         rates = tuple(r for r in rates if r[0] > oldest + _EPS)
@@ -543,8 +548,14 @@ class PredictivePolicy:
                 continue
             f = 1.0 if ratio is None else float(ratio.get(spec.name, 1.0))
             need = math.ceil(dq * f / cap - 1e-6) + self.backlog_replicas(spec.name, m, cal)
-            if math.isnan(self.factor(cal)):  # not calibrated yet: no scale-down
-                need = max(need, current)
+            if math.isnan(self.factor(cal)):  # not calibrated yet: keep warm what the last lead needed
+                first = cal.first_t if _finite(cal.first_t) else now
+                warm = (*(w for w in cal.warm if w[0] > now - self.lead[spec.name] + _EPS), (now, need))
+                need = max(need, current) if now - first < self.lead[spec.name] - _EPS else max(n for _, n in warm)
+                cal = replace(cal, warm=warm, first_t=first)
+            elif cal.warm:
+                cal = replace(cal, warm=())
+            cals[spec.name] = cal
             reps[spec.name] = min(max(need, spec.min_replicas), spec.max_replicas)
             if cal.n_scale >= self.min_scale_samples:
                 entry = (now, base, scale, self.shares(obs, spec.name))

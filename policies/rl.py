@@ -610,14 +610,16 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
 def make_rl_policy(path: str | Path, goal: GoalSpec, **_kw: Any) -> RLPolicy:
     """Factory for the policy registry: ``rl:PATH`` -> :class:`RLPolicy` (extra keywords such as ``trace`` unused).
 
-    ``rl:PATH#scaling-only`` is the ablation with the routing head off (routes keep their default weights).
+    ``rl:PATH#scaling-only`` is the ablation with the routing head off (routes keep their default weights);
+    ``rl:PATH#core=DIR`` puts the network on the predictive core tuned by ``fleetpilot tune --autoscaler
+    predictive --out DIR``; several options join with ``+`` (``#core=DIR+scaling-only``).
     """
     text = str(path)
     opts: set[str] = set()
     core_path = None
     if "#" in text:
         text, _, rest = text.partition("#")
-        opts = {o for o in rest.split(",") if o}
+        opts = {o for o in rest.replace("+", ",").split(",") if o}  # "+" joins options inside a policy list
         core_opts = [o for o in opts if o.startswith("core=")]
         opts -= set(core_opts)
         unknown = opts - {"scaling-only"}
