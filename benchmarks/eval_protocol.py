@@ -56,7 +56,7 @@ SCALES = (200.0, 1000.0)
 SEEDS = (0, 1, 2)
 TUNE_DAYS = 1.0
 VAL_DAYS = 1.0  # the first day of each validation range (all of it when shorter)
-DEFAULT_POLICIES = "static,hpa,keda,kpa,hpa-tuned,keda-tuned,kpa-tuned,predictive,oracle"
+DEFAULT_POLICIES = "static,hpa,keda,kpa,hpa-tuned,keda-tuned,kpa-tuned,predictive,predictive-tuned,oracle"
 INCUMBENTS_TUNED = {"hpa-tuned": "hpa", "keda-tuned": "keda", "kpa-tuned": "kpa"}
 #: every policy built from the tuning cache: the tuned incumbents and fleetpilot's tuned predictive core
 TUNED = {**INCUMBENTS_TUNED, "predictive-tuned": "predictive"}
@@ -319,7 +319,11 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
              "* hpa / keda / kpa: upstream defaults (70 % of slots), no fleetpilot shield, goal min/max only;",
              "* static: replicas for the tuning range's peak at 70 % utilisation (capacity model at the SLO);",
              "* predictive: whatever `predictive` resolves to in the registry of the tree that ran (see Tree above); "
-             "rl:* policies: see their own section (trained on training ranges only);",
+             "predictive-tuned: the same core with its demand quantile and rate window chosen by the incumbents' "
+             "search and rule on the same tuning day (`fleetpilot tune --autoscaler predictive`, grid "
+             "`CORE_GRID` in `policies/tuning.py`, fixed a priori; chosen values in the row label); "
+             "rl:* policies: trained on training ranges only (RESULTS_rl.md); `#core=TUNED` runs the network on "
+             "that tuned core;",
              "* oracle: the offline optimum of the same seed (a bound, not a controller).", "",
              "Columns: cost = mean $ over seeds; c/o = mean cost / oracle cost of the same seed; att = mean SLO "
              "attainment (min over seeds); meets = mean att >= goal (0.99); vs tuned = cost / cost of the "
@@ -467,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tuning {len(tune_jobs)} (range, scale) pairs, extending {len(ext_jobs)}...", file=sys.stderr)
         for res in run_parallel(tune_jobs, a.workers, tune_job):  # new kinds join the cached ones
             old = cache.get(res["key"], {})
-            cache[res["key"]] = dict(old, **{k: v for k, v in res.items() if k != "docs"},
+            cache[res["key"]] = dict(old, **{k: v for k, v in res.items() if k not in ("docs", "wall_s")},
                                      docs={**old.get("docs", {}), **res["docs"]},
                                      wall_s=round(old.get("wall_s", 0.0) + res["wall_s"], 2))
         for res in run_parallel(ext_jobs, a.workers, extend_job):

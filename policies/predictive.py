@@ -25,9 +25,10 @@ One decision per model and control interval, no stacked margins::
   for the conformal quantile to be an order statistic below the maximum; about ``L`` + 8 min at 0.97), the
   policy sizes for ``warmup_factor`` x the larger of the current rate and the forecaster's own upper bound at
   ``L``. Without calibration it cannot tell whether a removed replica will be needed within the lead, so it
-  keeps what it has for the first lead and afterwards the most any decision of the last lead needed (the
-  keep-warm rule on observed demand, an HPA stabilisation window as long as the cold start). Decisions are
-  recorded for calibration once the scale has seen ``min_scale_samples`` changes.
+  keeps what it has for the first lead and afterwards the most any decision so far needed: replicas that no
+  demand seen has needed go (an oversized start), capacity for the largest burst seen stays until the
+  calibration knows how often bursts come. Decisions are recorded for calibration once the scale has seen
+  ``min_scale_samples`` changes.
 
 The state is an immutable :class:`PredictiveState`; the policy reads time only from the observation.
 """
@@ -140,7 +141,7 @@ class ModelCalibration:
     n_scale: int = 0  # changes seen (the EWMA is a plain mean until 1 / alpha of them)
     derate: float = 1.0  # measured throughput / modelled throughput, from saturated intervals (<= 1)
     queued: float = math.nan  # requests waiting at the end of the last interval
-    warm: tuple[tuple[float, int], ...] = ()  # before calibration: (t, replicas needed) over the last lead
+    warm: tuple[tuple[float, int], ...] = ()  # before calibration: ((t, most replicas any decision needed),)
     first_t: float = math.nan  # first decision (before calibration: no scale-down until one lead has passed)
 
 
@@ -548,11 +549,11 @@ class PredictivePolicy:
                 continue
             f = 1.0 if ratio is None else float(ratio.get(spec.name, 1.0))
             need = math.ceil(dq * f / cap - 1e-6) + self.backlog_replicas(spec.name, m, cal)
-            if math.isnan(self.factor(cal)):  # not calibrated yet: keep warm what the last lead needed
+            if math.isnan(self.factor(cal)):  # not calibrated yet: keep warm the most any decision needed
                 first = cal.first_t if _finite(cal.first_t) else now
-                warm = (*(w for w in cal.warm if w[0] > now - self.lead[spec.name] + _EPS), (now, need))
-                need = max(need, current) if now - first < self.lead[spec.name] - _EPS else max(n for _, n in warm)
-                cal = replace(cal, warm=warm, first_t=first)
+                most = max([need, *(n for _, n in cal.warm)])
+                need = max(need, current) if now - first < self.lead[spec.name] - _EPS else most
+                cal = replace(cal, warm=((now, most),), first_t=first)
             elif cal.warm:
                 cal = replace(cal, warm=())
             cals[spec.name] = cal

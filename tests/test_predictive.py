@@ -163,9 +163,10 @@ def test_holds_without_data_and_respects_bounds() -> None:
     assert d.replicas[M] == GOAL.models[0].min_replicas
 
 
-def test_before_calibration_it_keeps_warm_what_the_last_lead_needed() -> None:
+def test_before_calibration_it_keeps_warm_the_most_any_decision_needed() -> None:
     """A fresh policy cannot know whether a dip rebounds within the lead: it keeps what it has for one lead, then
-    the most any decision of the last lead needed (never less), and once calibrated the quantile rule takes over."""
+    the most any decision so far needed (a burst's capacity stays until calibrated); once calibrated the quantile
+    rule takes over."""
     pol = PredictivePolicy(GOAL, quantile=0.97)
     assert pol.min_scores == 34  # ceil(1 / 0.03)
     lead_n = int(math.ceil(GOAL.models[0].cold_start_s / DT))
@@ -174,11 +175,10 @@ def test_before_calibration_it_keeps_warm_what_the_last_lead_needed() -> None:
     reps, st = run(pol, [50.0] * 10)  # ready = 4 in every observation
     assert low < 4
     assert reps[:lead_n] == [4] * lead_n  # the first lead: hold
-    assert reps[lead_n:] == [low] * (10 - lead_n)  # then what the last lead needed
-    # a burst inside the lead keeps its replicas for one lead after it, then they go
+    assert reps[lead_n:] == [low] * (10 - lead_n)  # then what demand so far needed: the oversized start goes
     burst, st2 = run(pol, [50.0] * 3 + [400.0] + [50.0] * (lead_n + 3), state=st, t0=10 * DT)
     high = math.ceil(1.1 * 1.2 * 400.0 / r_slo - 1e-6)
-    assert burst[3:3 + lead_n] == [high] * lead_n and burst[-1] == low
+    assert burst[:3] == [low] * 3 and burst[3:] == [high] * (len(burst) - 3)  # the burst's capacity stays
     reps, st = run(pol, [50.0] * 200, state=st2, t0=(10 + len(burst)) * DT)
     assert not math.isnan(pol.factor(st.model(M)))
     assert st.model(M).warm == ()  # calibrated: the warm-up record is dropped
