@@ -47,7 +47,13 @@ from typing import Any
 import numpy as np
 
 from fleetpilot.agent.replay_parallel import fork_available, run_parallel
-from fleetpilot.agent.replay_results import PolicyRun, PolicySeries, ReplayResult, SeriesRecorder
+from fleetpilot.agent.replay_results import (
+    PolicyRun,
+    PolicySeries,
+    ReplayResult,
+    SeriesRecorder,
+    score_against_yardstick,
+)
 from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures, class_forecasts, default_tick
 from fleetpilot.policies.base import Policy, PrepareContext, capabilities, describe_policy, prepare_policy
@@ -245,21 +251,9 @@ def replay(
     finally:
         if bar is not None:
             bar.close()
-    oracle_runs = [r for r in runs if r.summary.get("is_oracle")]
-    if oracle_runs:
-        o = oracle_runs[0]
-        oracle = {"cost_usd": o.summary["cost_usd"], "source": f"replay of policy {o.name!r}",
-                  "slo_attainment": o.summary["slo_attainment"], **(o.summary.get("plan") or {})}
-    elif yardstick is not None:
-        oracle = dict(yardstick(goal, trace, seed=seed, tick_s=tick, initial_replicas=initial,
-                                verify_passes=oracle_verify_passes))
-    else:
-        oracle = {"cost_usd": math.nan, "source": "none", "slo_attainment": math.nan}
-    oc = float(oracle["cost_usd"])
-    for r in runs:
-        r.summary["cost_vs_oracle"] = r.summary["cost_usd"] / oc if oc > 0 else math.nan
-    if not any(capabilities(p).is_yardstick for p, _ in named) and oracle.get("slo_attainment", 1.0) < 1.0:
-        notes.append(f"the oracle met {oracle['slo_attainment']:.2%} of windows in its verification run")
+    oracle = score_against_yardstick(runs, goal, trace, yardstick, seed=seed, tick_s=tick, initial=initial,
+                                     verify_passes=oracle_verify_passes, notes=notes,
+                                     replayed=any(capabilities(p).is_yardstick for p, _ in named))
     return ReplayResult(
         goal=goal, trace=trace.describe(), seed=int(seed), tick_s=tick, initial_replicas=initial, runs=runs,
         oracle=oracle, notes=notes, elapsed_s=round(time.perf_counter() - started, 3), workers=workers,

@@ -27,6 +27,7 @@ __all__ = [
     "SeriesRecorder",
     "jsonable",
     "read_run",
+    "score_against_yardstick",
     "write_run",
 ]
 
@@ -280,3 +281,27 @@ def read_run(path: Path) -> PolicyRun:
         arrays = {k: z[k] for k in z.files}
     summ = {k: (math.inf if v is None and k == "p95_ttft_ms" else v) for k, v in meta["summary"].items()}
     return PolicyRun(meta["name"], summ, PolicySeries.from_arrays(arrays, meta["keys"]))
+
+
+def score_against_yardstick(runs: Sequence[PolicyRun], goal: GoalSpec, trace: Any, yardstick: Any, *, seed: int,
+                            tick_s: float, initial: Mapping[str, int], verify_passes: int, notes: list[str],
+                            replayed: bool) -> dict[str, Any]:
+    """The yardstick (the oracle) every run's ``cost_vs_oracle`` is scored against: the replayed run of a policy
+    declaring ``is_yardstick`` when one ran (``replayed``), else ``yardstick(...)`` (the oracle's plan verified on
+    the simulator), else none (NaN). Sets ``cost_vs_oracle`` on every run; a note when the oracle missed windows."""
+    oracle_runs = [r for r in runs if r.summary.get("is_oracle")]
+    if oracle_runs:
+        o = oracle_runs[0]
+        oracle = {"cost_usd": o.summary["cost_usd"], "source": f"replay of policy {o.name!r}",
+                  "slo_attainment": o.summary["slo_attainment"], **(o.summary.get("plan") or {})}
+    elif yardstick is not None:
+        oracle = dict(yardstick(goal, trace, seed=seed, tick_s=tick_s, initial_replicas=initial,
+                                verify_passes=verify_passes))
+    else:
+        oracle = {"cost_usd": math.nan, "source": "none", "slo_attainment": math.nan}
+    oc = float(oracle["cost_usd"])
+    for r in runs:
+        r.summary["cost_vs_oracle"] = r.summary["cost_usd"] / oc if oc > 0 else math.nan
+    if not replayed and oracle.get("slo_attainment", 1.0) < 1.0:
+        notes.append(f"the oracle met {oracle['slo_attainment']:.2%} of windows in its verification run")
+    return oracle
