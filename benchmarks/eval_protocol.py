@@ -137,6 +137,9 @@ def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     docs = search(goal, tune, kinds, seed=0, tick_s=None, workers=1)
     for d in docs.values():
+        src = d.get("goal", {}).get("source")
+        if src and Path(src).is_absolute() and Path(src).is_relative_to(ROOT):  # no machine paths in the cache
+            d["goal"]["source"] = str(Path(src).relative_to(ROOT))
         d["command"] = (f"fleetpilot tune --goal {Path(goal.source).relative_to(ROOT) if goal.source else '?'} "
                         + " ".join(f"--trace {t}" for t in r.traces)
                         + f" --range {rng} --scale-to-peak {scale:g} --autoscaler {d['autoscaler']} --out DIR")
