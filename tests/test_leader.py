@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -283,6 +284,8 @@ def test_not_electing_never_asks_and_never_leads() -> None:
 
 
 def test_step_down_gives_back_then_releases_and_survives_a_failed_release(caplog: pytest.LogCaptureFixture) -> None:
+    # the module logger's own level: an earlier test's CLI run may have left the root logger at ERROR
+    caplog.set_level(logging.WARNING, logger="fleetpilot.agent.leader")
     lead, _, _ = _leadership(True)
     elector, takeover = _Elector([]), _Takeover()
     lead.step_down(elector, takeover)
