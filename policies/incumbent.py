@@ -19,7 +19,6 @@ defaulted behaviour; without one, with the HPA's legacy scale-up limits, as upst
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -323,8 +322,10 @@ def load_incumbents(path: str | Path, goal: GoalSpec) -> IncumbentPolicy:
         p = p / "incumbents.json"
     if not p.is_file():
         raise UserError("incumbents file not found (write one with `fleetpilot handover --out DIR`)", where=str(p))
+    from fleetpilot.simulations.safeyaml import load_json_file
+
+    doc = load_json_file(p, "incumbents file", max_bytes=4 << 20)  # size, regular file, no duplicate keys or NaN
     try:
-        doc = json.loads(p.read_text())
         models = doc["models"]
         found = {str(m): [Incumbent(**{k: (tuple(v) if k == "notes" else v) for k, v in d.items()})
                           for d in items] for m, items in models.items()}

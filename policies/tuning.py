@@ -34,7 +34,6 @@ engine (:mod:`fleetpilot.agent.commands.tune`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -269,10 +268,10 @@ def load_tuning(path: str | Path, kind: str | None = None) -> Tuning:
         p = p / tuning_filename(kind)
     if not p.is_file():
         raise UserError("tuning file not found (write one with `fleetpilot tune`)", where=str(p))
-    try:
-        raw = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"not a readable tuning JSON file ({type(exc).__name__}: {exc})", where=str(p)) from None
+    from fleetpilot.simulations.safeyaml import load_json_file
+
+    # size, regular file, no duplicate keys or NaN: one line naming the file on bad input
+    raw = load_json_file(p, "tuning file", max_bytes=4 << 20)
     try:
         doc = _TuningFile.model_validate(raw)
     except ValidationError as exc:

@@ -131,7 +131,10 @@ def test_bad_tuning_file_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"models\.llama-3-8b\.target"):
         load_tuning(p)
     p.write_text("{not json")
-    with pytest.raises(UserError, match="not a readable tuning JSON"):
+    with pytest.raises(UserError, match=r"tuning-keda\.json:1: not valid JSON"):  # file and line
+        load_tuning(p)
+    p.write_text('{"format": "fleetpilot/tuning-v1", "autoscaler": "keda", "autoscaler": "hpa", "models": {}}')
+    with pytest.raises(UserError, match="duplicate key"):  # the safe reader: a repeated key is not silently won
         load_tuning(p)
     p.write_text(json.dumps({"format": "fleetpilot/tuning-v1", "autoscaler": "keda",
                              "models": {"other-model": {"target": 3}}}))
