@@ -154,30 +154,43 @@ class AuditReadResult:
         return len(self.records)
 
 
-def read_audit(path: str | os.PathLike[str]) -> AuditReadResult:
-    """Every complete record of an audit log. A partial last line (no newline) is reported, not parsed."""
+#: longest audit line read (a daemon line is a few kB; a longer one is skipped and counted, never held whole)
+MAX_AUDIT_LINE_BYTES = 8 << 20
+
+
+def read_audit(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_AUDIT_LINE_BYTES) -> AuditReadResult:
+    """Every complete record of an audit log, read line by line. A partial last line (no newline) is reported,
+    not parsed; a line longer than ``max_line_bytes`` is skipped (counted) without being held in memory."""
     p = Path(path)
     if not p.exists():
         return AuditReadResult([], 0, False)
-    data = p.read_bytes()
-    truncated = bool(data) and not data.endswith(b"\n")
-    lines = data.split(b"\n")
-    if truncated:
-        lines = lines[:-1]
     records: list[dict[str, Any]] = []
     skipped = 0
-    for raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            skipped += 1
-            continue
-        if isinstance(obj, dict):
-            records.append(obj)
-        else:
-            skipped += 1
+    truncated = False
+    with p.open("rb") as f:
+        while True:
+            raw = f.readline(max_line_bytes + 1)
+            if not raw:
+                break
+            if not raw.endswith(b"\n"):
+                if len(raw) <= max_line_bytes:  # the file ends without a newline: a partial last line
+                    truncated = True
+                    break
+                skipped += 1  # an overlong line: drop the rest of it, a chunk at a time
+                while raw and not raw.endswith(b"\n"):
+                    raw = f.readline(max_line_bytes + 1)
+                continue
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                skipped += 1
+                continue
+            if isinstance(obj, dict):
+                records.append(obj)
+            else:
+                skipped += 1
     return AuditReadResult(records, skipped, truncated)
 
 
