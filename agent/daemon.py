@@ -180,7 +180,9 @@ class Daemon:
         may_act = mode == "control" and leader is not False
         if self.deps.goal_reloader is not None:  # a changed goal file takes effect between intervals
             reload_goal(self, self.deps.goal_reloader, errors)
-        state, foreign = self.ownership.survey(self.goal, t0, errors)  # cool-downs in elapsed (monotonic) time
+        # cool-downs in elapsed (monotonic) time; the survey may use half the interval, then the rest waits a turn
+        state, foreign = self.ownership.survey(self.goal, t0, errors,
+                                               lambda: self._monotonic() - t0 > 0.5 * self.interval_s)
         reading, source_problem = read_source(self.deps.source, self.goal, now, state, self.weights, self.metrics,
                                               errors)
         forecast, obs, problem = self.health.assess(self.forecasts, self.loop, reading, source_problem, errors)

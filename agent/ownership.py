@@ -71,14 +71,22 @@ class Ownership:
         self.last_written[key] = {m: int(w) for m, w in weights.items()}
         self._written_at[key] = self._surveyed_at
 
-    def survey(self, goal: GoalSpec, now: float, errors: list[str]
+    def survey(self, goal: GoalSpec, now: float, errors: list[str], past_budget: Callable[[], bool] | None = None
                ) -> tuple[dict[str, FleetState | None], dict[str, str]]:
-        """Desired/ready replicas per model (``None``: unknown) and the foreign models with why (``now``: monotonic)."""
+        """Desired/ready replicas per model (``None``: unknown) and the foreign models with why (``now``: monotonic).
+
+        ``past_budget()`` true: the survey has used its share of the interval (each call has its own deadline, a
+        slow API server times many of them): the models and routes not surveyed yet are unknown this interval and
+        left alone (reported as foreign, so nothing is written to them), and the next interval surveys again."""
         state: dict[str, FleetState | None] = {}
         foreign: dict[str, str] = {}
         self._surveyed_at = now
+        over = "not surveyed: the interval's survey budget was used up (a slow Kubernetes API); next interval"
         for spec in goal.models:
             m = spec.name
+            if past_budget is not None and past_budget():
+                state[m], foreign[m] = None, over
+                continue
             state[m] = st = self._read(m, errors)
             why = self._refused(m, errors) or self._foreign(m, st.desired if st is not None else None, now, errors)
             if why is not None:
@@ -86,6 +94,9 @@ class Ownership:
         reader = getattr(self.actuator, "read_weights", None) if self.actuator is not None else None
         for r in goal.routes:
             if r.http_route is None or reader is None:
+                continue
+            if past_budget is not None and past_budget():
+                foreign[ROUTE + r.name] = over
                 continue
             try:
                 current = dict(reader(r.name))
@@ -97,6 +108,9 @@ class Ownership:
                 ROUTE + r.name, current, now, f"weights of HTTPRoute {r.name}")
             if why is not None:
                 foreign[ROUTE + r.name] = why
+        skipped = [k for k, why in foreign.items() if why == over]
+        if skipped:
+            errors.append(f"kube survey budget used up: {', '.join(skipped)} not surveyed this interval")
         return state, foreign
 
     def exclude(self, decision: Decision, foreign: Mapping[str, str], rules: list[str]) -> Decision:

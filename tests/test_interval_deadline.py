@@ -51,3 +51,39 @@ def test_writes_after_the_deadline_are_skipped_and_reported() -> None:
     assert [o["status"] for o in outcomes] == ["applied", "skipped"]
     assert "deadline" in outcomes[1]["message"] and any("deadline" in e for e in errors)
     assert len(act.writes) == 3
+
+
+class _SlowReader:
+    """Each replica or route read takes 'seconds' of the test's clock."""
+
+    def __init__(self, clock: list[float], seconds: float) -> None:
+        self.clock, self.seconds, self.reads = clock, seconds, []
+
+    def read_replicas(self, model: str) -> int:
+        self.clock[0] += self.seconds
+        self.reads.append(model)
+        return 4
+
+    def read_weights(self, route: str) -> dict[str, float]:
+        self.clock[0] += self.seconds
+        self.reads.append(route)
+        return {}
+
+
+def test_the_survey_stops_at_its_budget_and_leaves_the_rest_alone() -> None:
+    clock = [0.0]
+    act = _SlowReader(clock, seconds=5.0)
+    own = Ownership(act, None, 300.0)
+    errors: list[str] = []
+    state, foreign = own.survey(GOAL, 0.0, errors, lambda: clock[0] > 7.5)  # half of a 15 s interval
+    first, second = GOAL.model_names
+    assert state[first] == FleetState(4, 4) and first not in foreign  # read at 0 -> 5 s
+    assert state[second] == FleetState(4, 4)  # started at 5 s < 7.5 s
+    routes = [f"route:{r.name}" for r in GOAL.routes if r.http_route is not None]
+    assert routes and all("survey budget" in foreign[k] for k in routes)  # past the budget: left alone
+    assert act.reads == list(GOAL.model_names)  # no read was started after the budget
+    assert any("survey budget" in e for e in errors)
+    # a fresh interval surveys everything again
+    clock[0] = 0.0
+    state, foreign = own.survey(GOAL, 20.0, [], lambda: False)
+    assert not any("survey budget" in why for why in foreign.values())
