@@ -59,7 +59,6 @@ __all__ = [
     "core_candidates",
     "load_core_tuning",
     "make_core_tuned",
-    "select_core",
     "FRACTIONS",
     "KINDS",
     "KPA_WINDOWS_S",
@@ -187,7 +186,7 @@ def candidates(kind: str, goal: GoalSpec, trace: Trace, *, fractions: Sequence[f
     return out
 
 
-def select(results: Sequence[tuple[Candidate, float, float]], threshold: float) -> tuple[Candidate, bool]:
+def select(results: Sequence[tuple[Any, float, float]], threshold: float) -> tuple[Any, bool]:
     """The cheapest candidate with attainment >= ``threshold``; else the highest attainment (cheapest of ties).
 
     ``results`` holds (candidate, cost, attainment). Returns (chosen, whether it met the threshold).
@@ -255,6 +254,20 @@ def manifest_filename(kind: str) -> str | None:
     return {"hpa": "hpa.yaml", "keda": "keda-scaledobject.yaml", "kpa": "knative-service.yaml"}.get(kind)
 
 
+def _read_validated(p: Path, model: type[BaseModel], what: str) -> tuple[Any, Any]:
+    """(raw JSON, validated model) of a tuning file: the safe reader (size, regular file, no duplicate keys or
+    NaN), then one line naming the first invalid field."""
+    from fleetpilot.simulations.safeyaml import load_json_file
+
+    raw = load_json_file(p, what, max_bytes=4 << 20)
+    try:
+        return raw, model.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        field = ".".join(str(x) for x in e.get("loc", ())) or "(file)"
+        raise UserError(f"field {field}: {e.get('msg', 'invalid')}", where=str(p)) from None
+
+
 def load_tuning(path: str | Path, kind: str | None = None) -> Tuning:
     """Read a tuning JSON (or ``DIR/tuning-KIND.json`` when ``path`` is a folder)."""
     p = Path(path)
@@ -268,16 +281,7 @@ def load_tuning(path: str | Path, kind: str | None = None) -> Tuning:
         p = p / tuning_filename(kind)
     if not p.is_file():
         raise UserError("tuning file not found (write one with `fleetpilot tune`)", where=str(p))
-    from fleetpilot.simulations.safeyaml import load_json_file
-
-    # size, regular file, no duplicate keys or NaN: one line naming the file on bad input
-    raw = load_json_file(p, "tuning file", max_bytes=4 << 20)
-    try:
-        doc = _TuningFile.model_validate(raw)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        field = ".".join(str(x) for x in e.get("loc", ())) or "(file)"
-        raise UserError(f"field {field}: {e.get('msg', 'invalid')}", where=str(p)) from None
+    raw, doc = _read_validated(p, _TuningFile, "tuning file")
     if kind is not None and doc.autoscaler != kind:
         raise UserError(f"this file tunes {doc.autoscaler!r}, not {kind!r}", where=str(p))
     if doc.autoscaler == "kpa" and doc.stable_window_s is None:
@@ -443,16 +447,6 @@ def core_candidates(grid: Mapping[str, Sequence[float]] | None = None) -> list[C
     return [CoreCandidate(tuple(o)) for o in out]
 
 
-def select_core(results: Sequence[tuple[CoreCandidate, float, float]], threshold: float) -> tuple[CoreCandidate, bool]:
-    """:func:`select`'s rule for core candidates: cheapest meeting ``threshold``, else the best attainment."""
-    if not results:
-        raise UserError("no tuning candidate was evaluated")
-    ok = [r for r in results if r[2] >= threshold - 1e-12]
-    if ok:
-        return min(ok, key=lambda r: (r[1], -r[2]))[0], True
-    return min(results, key=lambda r: (-r[2], r[1]))[0], False
-
-
 class _CoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     quantile: float = Field(ge=0.5, lt=1.0)
@@ -474,15 +468,7 @@ def load_core_tuning(path: str | Path) -> dict[str, float]:
     if not p.is_file():
         raise UserError("core tuning file not found (write one with `fleetpilot tune --autoscaler predictive`)",
                         where=str(p))
-    from fleetpilot.simulations.safeyaml import load_json_file
-
-    raw = load_json_file(p, "core tuning file", max_bytes=4 << 20)
-    try:
-        doc = _CoreTuningFile.model_validate(raw)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        field = ".".join(str(x) for x in e.get("loc", ())) or "(file)"
-        raise UserError(f"field {field}: {e.get('msg', 'invalid')}", where=str(p)) from None
+    _raw, doc = _read_validated(p, _CoreTuningFile, "core tuning file")
     return doc.settings.model_dump()
 
 

@@ -217,7 +217,7 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
     cheapest with attainment >= goal + margin kept. Returns the ``tuning-predictive.json`` document."""
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.predictive import PredictivePolicy
-    from fleetpilot.policies.tuning import CORE_FORMAT, CORE_KIND, DEFAULT_MARGIN, core_candidates, select_core
+    from fleetpilot.policies.tuning import CORE_FORMAT, CORE_KIND, DEFAULT_MARGIN, core_candidates, select
 
     mg = DEFAULT_MARGIN if margin is None else float(margin)
     threshold = min(1.0, goal.slo.attainment + mg)
@@ -231,7 +231,7 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
                  forecast_model=None)
     vals = {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}
     rows = [(c, *vals[c.label]) for c in cands]
-    chosen, met = select_core(rows, threshold)
+    chosen, met = select(rows, threshold)  # the incumbents' rule, unchanged
     srow = next(r for r in rows if r[0] is chosen)
     return {
         "format": CORE_FORMAT,
