@@ -123,6 +123,19 @@ def _grid_key() -> str:
                       sort_keys=True)
 
 
+#: the forecaster every policy runs with in :func:`eval_job` (replay's default); the core is tuned with it too
+FORECAST_MODEL = "holt-winters"
+
+
+def core_fingerprint() -> str:
+    """What the core's cached tuning depends on besides the range: its code, its grid and the forecaster. A
+    cached core tuning with another fingerprint is re-run (an edit of the core makes its old tuning stale)."""
+    from fleetpilot.policies import predictive, tuning
+
+    src = Path(predictive.__file__).read_bytes() + repr(sorted(tuning.CORE_GRID.items())).encode()
+    return hashlib.sha256(src + FORECAST_MODEL.encode()).hexdigest()[:16]
+
+
 def tuning_key(r: Range, scale: float, goal: Any) -> str:
     g = Path(goal.source).read_bytes() if goal.source and Path(goal.source).is_file() else goal.name.encode()
     h = hashlib.sha256(g + _grid_key().encode() + repr((r.traces, r.split_s)).encode()).hexdigest()[:16]
@@ -135,7 +148,9 @@ def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
     goal = goal_for(r)
     tune, _val, rng = traces_for(r, scale)
     started = time.perf_counter()
-    docs = search(goal, tune, kinds, seed=0, tick_s=None, workers=1)
+    docs = search(goal, tune, kinds, seed=0, tick_s=None, workers=1, forecast_model=FORECAST_MODEL)
+    if "predictive" in docs:
+        docs["predictive"]["fingerprint"] = core_fingerprint()
     for d in docs.values():
         src = d.get("goal", {}).get("source")
         if src and Path(src).is_absolute() and Path(src).is_relative_to(ROOT):  # no machine paths in the cache
@@ -199,7 +214,7 @@ def eval_job(r: Range, scale: float, seed: int, names: list[str], tuning: dict[s
         pol.name = n
         pols.append(pol)
     started = time.perf_counter()
-    res = replay(goal, val, pols, seed=seed, tick_s=None, workers=1)
+    res = replay(goal, val, pols, seed=seed, tick_s=None, workers=1, forecast_model=FORECAST_MODEL)
     tmp.cleanup()
     rows = {}
     for run in res.runs:
@@ -346,7 +361,9 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
                     doc = tuning.get(f"{rk}@{scale:g}", {}).get("predictive")
                     if doc:
                         st = doc["settings"]
-                        tn = (f" (q={st['quantile']:g}, w={st['rate_window_s']:g}s"
+                        guard = (f", guard {st['guard_halflife_s'] / 3600:g}h" if st.get("guard_step", 0.0) > 0
+                                 else "")
+                        tn = (f" (q={st['quantile']:g}, w={st['rate_window_s']:g}s{guard}"
                               + ("" if doc["chosen"]["met"] else ", unmet on tuning") + ")")
                 elif n in TUNED:
                     doc = tuning.get(f"{rk}@{scale:g}", {}).get(TUNED[n])
@@ -464,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
             k = tuning_key(r, s, g)
             keys[(r.key, s)] = k
             have = cache.get(k, {}).get("docs", {})
-            need = [kd for kd in kinds if kd not in have]
+            need = [kd for kd in kinds if kd not in have
+                    or (kd == "predictive" and have[kd].get("fingerprint") != core_fingerprint())]
             if need:
                 tune_jobs.append((f"tune {r.key}@{s:g} {','.join(need)}", (r, s, need)))
             elif _needs_extension(cache[k]):

@@ -137,7 +137,7 @@ class ModelCalibration:
     pending: tuple[tuple[float, float, float, tuple[tuple[str, float], ...]], ...] = ()
     scores: tuple[float, ...] = ()
     scale: float = math.nan  # EWMA of the absolute change of the routed rate between intervals (req/s)
-    level: float = math.nan  # the adaptive coverage level in force (starts at ``quantile``)
+    guard: float = 0.0  # SLO guard: log of the factor on the tail ``1 - level`` (0 = the level asked; < 0 after misses)
     n_scale: int = 0  # changes seen (the EWMA is a plain mean until 1 / alpha of them)
     derate: float = 1.0  # measured throughput / modelled throughput, from saturated intervals (<= 1)
     queued: float = math.nan  # requests waiting at the end of the last interval
@@ -184,11 +184,9 @@ class PredictivePolicy:
         eps_replicas: float = 0.1,
         warmup_factor: float = 1.1,
         scale_halflife: int = 120,
-        adapt_rate: float = 0.0,
+        guard_step: float = 0.0,
+        guard_halflife_s: float = 3600.0,
         derate_halflife: int = 240,
-        target_miss: float = 0.005,
-        min_level: float = 0.8,
-        max_level: float = 0.995,
         lead_s: Mapping[str, float] | None = None,
         tokens: Mapping[str, tuple[float, float]] | None = None,
         drain_s: float = 0.0,
@@ -207,6 +205,10 @@ class PredictivePolicy:
             raise UserError(f"predictive routing must be one of {', '.join(ROUTING_MODES)}, got {routing!r}")
         if not (math.isfinite(float(rate_window_s)) and 0.0 <= float(rate_window_s) <= 3600.0):
             raise UserError(f"predictive rate_window_s must be in [0, 3600] s, got {rate_window_s!r}")
+        if not (math.isfinite(float(guard_step)) and 0.0 <= float(guard_step) <= 5.0
+                and math.isfinite(float(guard_halflife_s)) and 0.0 < float(guard_halflife_s) <= 7 * 86400.0):
+            raise UserError("predictive guard_step must be in [0, 5] (0 = off) and guard_halflife_s in (0, 604800] s, "
+                            f"got {guard_step!r}, {guard_halflife_s!r}")
         if not (math.isfinite(float(drain_s)) and float(drain_s) >= 0.0):
             raise UserError(f"predictive drain_s must be >= 0 (0 = off), got {drain_s!r}")
         unknown = set(lead_s or {}) - set(goal.model_names)
@@ -224,11 +226,9 @@ class PredictivePolicy:
         self.routing = routing
         self.rate_intervals = max(1, int(round(float(rate_window_s) / goal.control_interval_s)))
         self.scale_alpha = 1.0 - 0.5 ** (1.0 / max(1, int(scale_halflife)))
-        self.adapt_rate = float(adapt_rate)
+        self.guard_step = float(guard_step)
+        self._guard_keep = 0.5 ** (goal.control_interval_s / float(guard_halflife_s))
         self._derate_keep = 0.5 ** (1.0 / max(1, int(derate_halflife)))
-        self.target_miss = float(target_miss)
-        self.min_level = float(min_level)
-        self.max_level = float(max_level)
         self.lead = {m.name: float((lead_s or {}).get(m.name, m.cold_start_s)) for m in goal.models}
         self._weights = default_weights(goal)
         self._util: dict[str, float] = {}
@@ -266,9 +266,11 @@ class PredictivePolicy:
         p = rmap.index[name]
         return tuple((c, float(s[k, p])) for k, c in enumerate(classes) if s[k, p] > 0)
 
-    def level(self, cal: ModelCalibration) -> float:
-        """The coverage level in force for a model (``quantile`` until adapted)."""
-        return self.quantile if not _finite(cal.level) else float(cal.level)
+    def level(self, cal: ModelCalibration, asked: float | None = None) -> float:
+        """The coverage level in force for a model: ``asked`` (default: ``quantile``) with its tail ``1 - level``
+        shrunk by the SLO guard's factor ``exp(guard)`` (1 while no SLO miss has been seen)."""
+        base = self.quantile if asked is None else float(asked)
+        return 1.0 - (1.0 - base) * math.exp(min(0.0, cal.guard))
 
     def factor(self, cal: ModelCalibration, level: float | None = None) -> float:
         """The calibrated score quantile ``q`` at ``level`` (default: the level in force; ``nan`` while fewer
@@ -276,7 +278,7 @@ class PredictivePolicy:
         if len(cal.scores) < self.min_scores:
             return math.nan
         srt = self._sorted(cal.scores)
-        q = sorted_quantile(srt, self.level(cal) if level is None else float(level))
+        q = sorted_quantile(srt, self.level(cal, level))
         if math.isinf(q):  # too few scores for this coverage: the largest seen
             q = float(srt[-1])
         return q
@@ -319,6 +321,20 @@ class PredictivePolicy:
                 return max(0.25, seen)
             return derate
         return 1.0 - (1.0 - derate) * self._derate_keep
+
+    def _guard(self, cal: ModelCalibration, m: ModelObs | None, target_ms: float) -> float:
+        """The SLO guard after this interval: every interval whose latency percentile missed the target (while the
+        model had traffic) multiplies the tail ``1 - level`` by ``exp(-guard_step)``; the factor relaxes back to
+        1 with a half-life of ``guard_halflife_s``. A setting tuned on a calmer day thus sizes for a higher demand
+        quantile for the hours after the SLO starts slipping, and costs nothing while it holds (one-sided: the
+        guard never lowers the level below the one asked for)."""
+        if self.guard_step <= 0:
+            return 0.0
+        g = cal.guard * self._guard_keep
+        lat = None if m is None else (m.e2e_p95_ms if self.goal.slo.metric == "e2e" else m.ttft_p95_ms)
+        if lat is not None and _finite(lat) and float(lat) > target_ms and _finite(m.arrival_rps) and m.arrival_rps > 0:
+            g -= self.guard_step
+        return max(g, -20.0)
 
     def backlog_replicas(self, name: str, m: ModelObs, cal: ModelCalibration) -> int:
         """Extra replicas that drain a standing queue within ``drain_s`` once they are ready (0 when off).
@@ -468,13 +484,7 @@ class PredictivePolicy:
                 n_scale += 1
                 a = max(self.scale_alpha, 1.0 / n_scale)
                 scale = d if not _finite(scale) else (1.0 - a) * scale + a * d
-            # level: adaptive conformal inference on the observed SLO misses of this model's intervals
-            level = self.level(cal)
-            lat = None if m is None else (m.e2e_p95_ms if self.goal.slo.metric == "e2e" else m.ttft_p95_ms)
-            if self.adapt_rate > 0 and lat is not None and not math.isnan(float(lat)) \
-                    and _finite(m.arrival_rps) and m.arrival_rps > 0:
-                miss = 1.0 if float(lat) > target else 0.0
-                level = min(self.max_level, max(self.min_level, level + self.adapt_rate * (miss - self.target_miss)))
+            guard = self._guard(cal, m, target)
             derate = self._derate(cal, m, spec.max_replicas)
             pending = list(cal.pending)
             scores = list(cal.scores)
@@ -486,7 +496,7 @@ class PredictivePolicy:
                     scores.append((max(ys) - base) / sc)
             if len(scores) > self.window:
                 scores = scores[-self.window:]
-            cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, level, n_scale, derate,
+            cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, guard, n_scale, derate,
                                                float(m.queued) if m is not None and _finite(m.queued) else math.nan,
                                                cal.warm, cal.first_t)
             if pending:

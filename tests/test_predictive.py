@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_calibration_learns_a_biased_forecast_and_stays_causal() -> None:
         o = obs((i + 1) * DT, float(r), 700.0)
         d, st2 = pol2.decide(o, st2)
         cal = st2.model(M)  # the decision's own calibration: scores matured up to now only
-        _, _, x = pol2.demand(M, o.models[M], ModelCalibration((), cal.scores, cal.scale, cal.level),
+        _, _, x = pol2.demand(M, o.models[M], ModelCalibration((), cal.scores, cal.scale, cal.guard),
                               pol2.eps_replicas * r_slo)
         dq.append(x)
     hmax = np.array([noisy[i + 1:i + 1 + lead_n].max() for i in range(len(noisy) - lead_n)])
@@ -195,8 +196,39 @@ def test_same_inputs_same_decisions_and_immutable_state() -> None:
         sa.rates = ()  # type: ignore[misc]
 
 
+def test_slo_guard_raises_the_level_after_misses_and_relaxes_back() -> None:
+    rng = np.random.default_rng(5)
+    rates = list(600 + 300 * rng.random(200))
+    off = PredictivePolicy(GOAL, quantile=0.9)
+    on = PredictivePolicy(GOAL, quantile=0.9, guard_step=0.35, guard_halflife_s=600.0)
+    # no miss: the guard costs nothing (same decisions, same state apart from the guard field)
+    a, sa = run(off, rates)
+    b, sb = run(on, rates)
+    assert a == b and sb.model(M).guard == 0.0
+    # four missed intervals (one 60-s window): the tail 1 - level shrinks by exp(-4 x 0.35)
+    st = sb
+    for i in range(4):
+        st = on.update(obs(201 * DT + i * DT, 700.0, ttft=900.0), st)
+    g = st.model(M).guard
+    assert g == pytest.approx(-0.35 * sum(0.5 ** (k * DT / 600.0) for k in range(4)))
+    assert on.level(st.model(M)) == pytest.approx(1 - 0.1 * math.exp(g)) and on.level(st.model(M)) > 0.95
+    # so it sizes for more than the unguarded core on the same scores
+    cal = st.model(M)
+    hi = on.demand(M, obs(0, 700.0).models[M], cal, 1.0)[2]
+    lo = on.demand(M, obs(0, 700.0).models[M], replace(cal, guard=0.0), 1.0)[2]
+    assert hi > lo
+    # a learned policy's level is guarded too
+    assert on.level(cal, 0.8) == pytest.approx(1 - 0.2 * math.exp(g))
+    # misses without traffic do not count; met intervals let it relax with the half-life
+    st2 = on.update(obs(205 * DT, 0.0, ttft=900.0), st)
+    assert st2.model(M).guard == pytest.approx(g * 0.5 ** (DT / 600.0))
+    for i in range(40):  # 600 s
+        st2 = on.update(obs(206 * DT + i * DT, 700.0, ttft=100.0), st2)
+    assert st2.model(M).guard == pytest.approx(g * 0.5 ** (41 * DT / 600.0))
+
+
 @pytest.mark.parametrize("kw", [{"quantile": 1.0}, {"quantile": 0.2}, {"window": 0}, {"eps_replicas": 0.0},
-                                {"lead_s": {"nope": 10.0}}])
+                                {"lead_s": {"nope": 10.0}}, {"guard_step": -1.0}, {"guard_halflife_s": 0.0}])
 def test_bad_settings_are_user_errors(kw: dict) -> None:
     with pytest.raises(UserError):
         PredictivePolicy(GOAL, **kw)

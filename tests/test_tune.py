@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,7 @@ def test_tune_never_overwrites_silently(tuned_dir: Path, capsys: pytest.CaptureF
     (["--autoscaler", "vpa", "--range", "0:600"], "--autoscaler must be"),
     (["--autoscaler", "keda"], "--range is required"),
     (["--autoscaler", "keda", "--range", "0:600", "--margin", "2"], "--margin"),
+    (["--autoscaler", "predictive", "--range", "0:600", "--forecast-model", "crystal-ball"], "--forecast-model"),
 ])
 def test_tune_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,7 +187,8 @@ def test_core_candidates_cover_the_grid_in_a_fixed_order() -> None:
     from fleetpilot.policies.tuning import CORE_GRID, core_candidates
 
     cs = core_candidates()
-    assert len(cs) == len(CORE_GRID["quantile"]) * len(CORE_GRID["rate_window_s"])
+    assert len(cs) == math.prod(len(v) for v in CORE_GRID.values())
+    assert {tuple(k for k, _ in c.settings) for c in cs} == {tuple(CORE_GRID)}
     assert len({c.label for c in cs}) == len(cs)
     assert [c.label for c in cs] == [c.label for c in core_candidates()]
     with pytest.raises(UserError, match="unknown predictive tuning setting"):
@@ -213,6 +216,14 @@ def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> 
     assert isinstance(pol, PredictivePolicy) and pol.name.startswith("predictive-tuned")
     assert pol.quantile == doc["settings"]["quantile"]
     assert pol.rate_intervals == max(1, round(doc["settings"]["rate_window_s"] / ONE.control_interval_s))
+    # the tuning replayed the core as replay runs it (same forecaster): its recorded cost is the replay's
+    from fleetpilot.agent.replay import replay
+
+    assert doc["forecast_model"] == "holt-winters"
+    trace = load_traces([TRACE], (0.0, 1200.0)).scale_to_peak(300.0)
+    run = replay(ONE, trace, [pol], seed=0, workers=1).runs[0]
+    assert run.summary["cost_usd"] == pytest.approx(doc["chosen"]["cost_usd"], rel=1e-9)
+    assert run.summary["slo_attainment"] == pytest.approx(doc["chosen"]["slo_attainment"], abs=1e-12)
 
 
 def test_learned_policy_on_a_tuned_core(tmp_path: Path) -> None:

@@ -56,6 +56,9 @@ def register(sub: Any) -> None:
     p.add_argument("--tick", type=float, default=None, metavar="S",
                    help="simulator tick (default: 1 s for sub-minute traces, 5 s otherwise)")
     p.add_argument("--workers", type=int, default=2, help="processes for the candidate replays (default 2)")
+    p.add_argument("--forecast-model", default="holt-winters",
+                   help="forecaster the predictive core is tuned with; use the one it will run with (default "
+                        "holt-winters, as in replay and the daemon; 'none' to disable). HPA/KEDA/KPA read no forecast")
     p.add_argument("--force", action="store_true", help="overwrite existing tuning files in --out")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for tuning-KIND.json and the manifests")
     p.set_defaults(func=handler)
@@ -178,11 +181,12 @@ def extend(goal: Any, trace: Any, docs: dict[str, dict[str, Any]], *, seed: int 
 def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s: float | None = None,
            workers: int = 2, margin: float | None = None, fractions: dict[str, Sequence[float]] | None = None,
            windows: Sequence[float] | None = None, progress: bool = False,
-           extend_rounds: int = EXTEND_ROUNDS) -> dict[str, dict[str, Any]]:
+           extend_rounds: int = EXTEND_ROUNDS, forecast_model: str | None = "holt-winters") -> dict[str, dict[str, Any]]:
     """Replay every candidate of every kind on ``trace`` (one replay run) and choose per kind; extend the grid
     downwards (:func:`extend`) for kinds where nothing met the threshold.
 
     Returns ``{kind: document}``, each the JSON :func:`write_outputs` writes (without the command line).
+    ``forecast_model``: the forecaster the predictive core is tuned with (the incumbents read none).
     """
     from fleetpilot.policies.tuning import CORE_KIND, DEFAULT_MARGIN, candidates
 
@@ -193,7 +197,7 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
     core_doc = {}
     if CORE_KIND in kinds:
         core_doc = {CORE_KIND: search_core(goal, trace, seed=seed, tick_s=tick_s, workers=workers, margin=mg,
-                                           progress=progress)}
+                                           progress=progress, forecast_model=forecast_model)}
         kinds = [k for k in kinds if k != CORE_KIND]
         if not kinds:
             return core_doc
@@ -211,10 +215,13 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
 
 def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = None, workers: int = 2,
                 margin: float | None = None, grid: dict[str, Sequence[float]] | None = None,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, forecast_model: str | None = "holt-winters") -> dict[str, Any]:
     """The same search and rule for fleetpilot's predictive core: every setting of
     :data:`~fleetpilot.policies.tuning.CORE_GRID` replayed on ``trace`` (one run, common random numbers), the
-    cheapest with attainment >= goal + margin kept. Returns the ``tuning-predictive.json`` document."""
+    cheapest with attainment >= goal + margin kept. Returns the ``tuning-predictive.json`` document.
+
+    The core reads the forecast, so it is tuned with the forecaster it will run with (``forecast_model``, the
+    replay's and the daemon's default); a setting tuned without one is a different policy."""
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_FORMAT, CORE_KIND, DEFAULT_MARGIN, core_candidates, select
@@ -228,7 +235,7 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
         p.name = c.label
         pols.append(p)
     res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
-                 forecast_model=None)
+                 forecast_model=forecast_model)
     vals = {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}
     rows = [(c, *vals[c.label]) for c in cands]
     chosen, met = select(rows, threshold)  # the incumbents' rule, unchanged
@@ -243,6 +250,7 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
         "scale_to_peak": _peak(res.trace),
         "seed": int(seed),
         "tick_s": res.tick_s,
+        "forecast_model": forecast_model,
         "margin": mg,
         "threshold": threshold,
         "rule": (f"cheapest setting with SLO attainment >= {threshold:g} (goal {goal.slo.attainment:g} + margin "
@@ -329,8 +337,13 @@ def handler(args: argparse.Namespace) -> int:
             raise UserError(f"refusing to overwrite {', '.join(existing)} (use --force, or another --out)")
     goal = load_goal(args.goal)
     trace = load_trace_arguments(args)
+    fm = None if str(args.forecast_model).lower() == "none" else str(args.forecast_model)
+    from fleetpilot.forecasting.base import MODEL_NAMES
+
+    if fm is not None and fm not in MODEL_NAMES:
+        raise UserError(f"--forecast-model must be one of {', '.join(MODEL_NAMES)} or none, got {fm!r}")
     docs = search(goal, trace, kinds, seed=args.seed, tick_s=args.tick, workers=args.workers, margin=args.margin,
-                  progress=sys.stderr.isatty())
+                  progress=sys.stderr.isatty(), forecast_model=fm)
     command = "fleetpilot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["tune"] else ""
     written = write_outputs(out, docs, goal, force=args.force, command=command)
     for k, doc in docs.items():
