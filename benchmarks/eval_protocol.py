@@ -362,7 +362,7 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
                     if doc:
                         st = doc["settings"]
                         guard = (f", guard {st['guard_halflife_s'] / 3600:g}h" if st.get("guard_step", 0.0) > 0
-                                 else "")
+                                 else "") + (", phase" if st.get("phase_period_s", 0.0) > 0 else "")
                         tn = (f" (q={st['quantile']:g}, w={st['rate_window_s']:g}s{guard}"
                               + ("" if doc["chosen"]["met"] else ", unmet on tuning") + ")")
                 elif n in TUNED:

@@ -143,6 +143,8 @@ class ModelCalibration:
     queued: float = math.nan  # requests waiting at the end of the last interval
     warm: tuple[tuple[float, int], ...] = ()  # before calibration: ((t, most replicas any decision needed),)
     first_t: float = math.nan  # first decision (before calibration: no scale-down until one lead has passed)
+    bins: tuple[int, ...] = ()  # phase bin of each score's decision (``phase_period_s`` > 0), parallel to ``scores``
+    phase: int = -1  # phase bin of the decision being made (-1: phase conditioning off)
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ class PredictivePolicy:
         drain_s: float = 0.0,
         routing: str = "cheapest",
         rate_window_s: float = 0.0,
+        phase_period_s: float = 0.0,
+        phase_bins: int = 12,
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
@@ -209,6 +213,10 @@ class PredictivePolicy:
                 and math.isfinite(float(guard_halflife_s)) and 0.0 < float(guard_halflife_s) <= 7 * 86400.0):
             raise UserError("predictive guard_step must be in [0, 5] (0 = off) and guard_halflife_s in (0, 604800] s, "
                             f"got {guard_step!r}, {guard_halflife_s!r}")
+        if not (math.isfinite(float(phase_period_s)) and 0.0 <= float(phase_period_s) <= 7 * 86400.0
+                and 1 <= int(phase_bins) <= 1440):
+            raise UserError("predictive phase_period_s must be in [0, 604800] s (0 = off) and phase_bins in [1, 1440], "
+                            f"got {phase_period_s!r}, {phase_bins!r}")
         if not (math.isfinite(float(drain_s)) and float(drain_s) >= 0.0):
             raise UserError(f"predictive drain_s must be >= 0 (0 = off), got {drain_s!r}")
         unknown = set(lead_s or {}) - set(goal.model_names)
@@ -227,6 +235,8 @@ class PredictivePolicy:
         self.rate_intervals = max(1, int(round(float(rate_window_s) / goal.control_interval_s)))
         self.scale_alpha = 1.0 - 0.5 ** (1.0 / max(1, int(scale_halflife)))
         self.guard_step = float(guard_step)
+        self.phase_period_s = float(phase_period_s)
+        self.phase_bins = int(phase_bins)
         self._guard_keep = 0.5 ** (goal.control_interval_s / float(guard_halflife_s))
         self._derate_keep = 0.5 ** (1.0 / max(1, int(derate_halflife)))
         self.lead = {m.name: float((lead_s or {}).get(m.name, m.cold_start_s)) for m in goal.models}
@@ -240,6 +250,7 @@ class PredictivePolicy:
                 self._fixed_cap[spec.name] = service_rate_per_replica(spec, tin, tout) * self._util[spec.name]
         self._routing: dict[tuple[str, ...], RoutingMap] = {}
         self._sorted = _SortedScores()
+        self._phase_cache: dict[tuple[int, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
 
     # ------------------------------------------------------------------ pieces
     def initial_state(self) -> PredictiveState:
@@ -272,16 +283,43 @@ class PredictivePolicy:
         base = self.quantile if asked is None else float(asked)
         return 1.0 - (1.0 - base) * math.exp(min(0.0, cal.guard))
 
-    def factor(self, cal: ModelCalibration, level: float | None = None) -> float:
+    def factor(self, cal: ModelCalibration, level: float | None = None, *, guarded: bool = True) -> float:
         """The calibrated score quantile ``q`` at ``level`` (default: the level in force; ``nan`` while fewer
-        than ``min_scores`` scores have matured)."""
+        than ``min_scores`` scores have matured). ``guarded=False`` reads the level as asked, without the SLO
+        guard (a learned policy's features describe the calibration, not the guard)."""
         if len(cal.scores) < self.min_scores:
             return math.nan
-        srt = self._sorted(cal.scores)
-        q = sorted_quantile(srt, self.level(cal, level))
+        srt = self._sorted(self._phase_scores(cal))
+        lv = self.level(cal, level) if guarded else (self.quantile if level is None else float(level))
+        q = sorted_quantile(srt, lv)
         if math.isinf(q):  # too few scores for this coverage: the largest seen
             q = float(srt[-1])
         return q
+
+    def phase_of(self, t_s: float) -> int:
+        """The phase bin of time ``t_s`` (-1 when phase conditioning is off)."""
+        if self.phase_period_s <= 0:
+            return -1
+        width = self.phase_period_s / self.phase_bins
+        return int((float(t_s) % self.phase_period_s) // width) % self.phase_bins
+
+    def _phase_scores(self, cal: ModelCalibration) -> tuple[float, ...]:
+        """The scores the quantile is read from: those of decisions made in the same phase bin as this one
+        (Mondrian conformal prediction: coverage holds per bin, so a burst that recurs at one phase of the
+        period -- top-of-the-hour jobs -- raises the quantile there and not everywhere), or all of them while
+        that bin has fewer than ``min_scores``."""
+        if cal.phase < 0 or len(cal.bins) != len(cal.scores):
+            return cal.scores
+        key = (id(cal.scores), cal.phase)
+        hit = self._phase_cache.get(key)
+        if hit is not None and hit[0] is cal.scores:
+            return hit[1]
+        sel = tuple(s for s, b in zip(cal.scores, cal.bins, strict=True) if b == cal.phase)
+        out = sel if len(sel) >= self.min_scores else cal.scores
+        if len(self._phase_cache) > 64:
+            self._phase_cache.clear()
+        self._phase_cache[key] = (cal.scores, out)
+        return out
 
     def demand(self, name: str, m: ModelObs, cal: ModelCalibration, eps: float,
                level: float | None = None, rate: float | None = None) -> tuple[float, float, float]:
@@ -488,17 +526,22 @@ class PredictivePolicy:
             derate = self._derate(cal, m, spec.max_replicas)
             pending = list(cal.pending)
             scores = list(cal.scores)
+            phased = self.phase_period_s > 0
+            bins = list(cal.bins) if phased else []
             while pending and pending[0][0] + lead <= now + _EPS:
                 t0, base, sc, shares0 = pending.pop(0)
                 ys = [sum(s * dict(r).get(c, 0.0) for c, s in shares0) for te, r in rates
                       if t0 + _EPS < te <= t0 + lead + _EPS]
                 if ys:
                     scores.append((max(ys) - base) / sc)
+                    if phased:
+                        bins.append(self.phase_of(t0))
             if len(scores) > self.window:
                 scores = scores[-self.window:]
+                bins = bins[-self.window:] if phased else bins
             cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, guard, n_scale, derate,
                                                float(m.queued) if m is not None and _finite(m.queued) else math.nan,
-                                               cal.warm, cal.first_t)
+                                               cal.warm, cal.first_t, tuple(bins), self.phase_of(now))
             if pending:
                 oldest = min(oldest, pending[0][0])
         rates = tuple(r for r in rates if r[0] > oldest + _EPS)

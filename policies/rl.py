@@ -168,7 +168,7 @@ class PolicyFeatures:
             cap = self.core.capacity(name, m) * cal.derate
             cap = cap if cap > 0 else 1.0
             scale = max(self.core.eps_replicas * cap, _finite(cal.scale, 0.0))
-            qs = [self.core.factor(cal, lv) for lv in FEATURE_LEVELS]
+            qs = [self.core.factor(cal, lv, guarded=False) for lv in FEATURE_LEVELS]
             calibrated = not math.isnan(qs[0])
             margins = [(_finite(q) * scale / cap) if calibrated else 0.0 for q in qs]
             sc = cal.scores

@@ -227,8 +227,33 @@ def test_slo_guard_raises_the_level_after_misses_and_relaxes_back() -> None:
     assert st2.model(M).guard == pytest.approx(g * 0.5 ** (41 * DT / 600.0))
 
 
+def test_phase_conditioning_sizes_for_a_burst_only_at_the_phase_it_recurs() -> None:
+    rng = np.random.default_rng(3)
+    n = int(6 * 3600 / DT)  # six hours: a burst at minutes 2-6 of every hour
+    t = (np.arange(n) + 1) * DT
+    rates = 500 + 20 * rng.random(n) + np.where((t % 3600 >= 120) & (t % 3600 < 360), 1000.0, 0.0)
+    plain = PredictivePolicy(GOAL, quantile=0.98)
+    phased = PredictivePolicy(GOAL, quantile=0.98, phase_period_s=3600.0, phase_bins=12)
+    a, _ = run(plain, list(rates[:-40]))
+    b, sb = run(phased, list(rates[:-40]))
+
+    def sized(pol: PredictivePolicy, reps: list[int], minute: float) -> int:
+        i = [k for k in range(len(reps)) if (t[k] % 3600) // 60 == minute][-1]  # the last hour's decision
+        return reps[i]
+
+    # before the burst (minute 0-1, same bin as it) the phased core holds more than at minute 30 ...
+    assert sized(phased, b, 1) > sized(phased, b, 30) + 5
+    # ... and at minute 30 it holds less than the unconditioned core, whose one quantile covers the burst everywhere
+    assert sized(phased, b, 30) < sized(plain, a, 30)
+    cal = sb.model(M)
+    assert len(cal.bins) == len(cal.scores) and set(cal.bins) <= set(range(12))
+    assert phased.phase_of(3600 * 5 + 150) == 0 and phased.phase_of(3600 * 5 + 1800) == 6
+    assert plain.phase_of(1800.0) == -1
+
+
 @pytest.mark.parametrize("kw", [{"quantile": 1.0}, {"quantile": 0.2}, {"window": 0}, {"eps_replicas": 0.0},
-                                {"lead_s": {"nope": 10.0}}, {"guard_step": -1.0}, {"guard_halflife_s": 0.0}])
+                                {"lead_s": {"nope": 10.0}}, {"guard_step": -1.0}, {"guard_halflife_s": 0.0},
+                                {"phase_period_s": -1.0}, {"phase_bins": 0}])
 def test_bad_settings_are_user_errors(kw: dict) -> None:
     with pytest.raises(UserError):
         PredictivePolicy(GOAL, **kw)
