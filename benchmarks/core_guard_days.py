@@ -1,12 +1,14 @@
-"""Does the predictive core's SLO guard make a tuned setting hold on the next day? TRAINING days only (issue 15).
+"""Do the predictive core's SLO guard and phase conditioning make a tuned setting hold on the next day?
+TRAINING days only (issue 15).
 
-Replays core variants (demand quantile 0.95-0.99 without the guard; 0.95/0.97 with the guard, step 0.35,
-half-life 1 h or 6 h) on the last three training days (D-3, D-2, D-1; D-1 is the protocol's tuning day) of the
-five day-long single-model ranges, at peaks 200 and 1,000 req/s, seed 0. Then the nested check: choose a setting
-on day D by the tuning rule (cheapest with attainment >= 0.995) from a candidate set, and see whether it meets the
-0.99 goal on day D+1 (D-3 -> D-2, D-2 -> D-1: 20 checks per set). Never reads a validation range.
+Replays core variants (demand quantile 0.95-0.99 without the guard; with the guard, step 0.35, half-life 1 h or
+6 h; with hourly phase conditioning) on the last three training days (D-3, D-2, D-1; D-1 is the protocol's tuning
+day) of the five day-long single-model ranges, at peaks 200 and 1,000 req/s, seed 0, with the protocol's
+forecaster. Then the nested check: choose a setting on day D by the tuning rule (cheapest with attainment >= 0.995)
+from a candidate set, and see whether it meets the 0.99 goal on day D+1 (D-3 -> D-2, D-2 -> D-1: 20 checks per
+set). Never reads a validation range.
 
-    python benchmarks/core_guard_days.py            # ~5 min on 2 workers; writes benchmarks/core_guard_days.json
+    python benchmarks/core_guard_days.py            # ~10 min on 2 workers; writes benchmarks/core_guard_days.json
     python benchmarks/core_guard_days.py --report   # the table from the JSON
 """
 
@@ -29,11 +31,17 @@ VARIANTS: dict[str, dict[str, float]] = {
     "q95": {"quantile": 0.95}, "q97": {"quantile": 0.97}, "q98": {"quantile": 0.98}, "q99": {"quantile": 0.99},
     "q95+guard1h": {"quantile": 0.95, **GUARD}, "q97+guard1h": {"quantile": 0.97, **GUARD},
     "q95+guard6h": {"quantile": 0.95, **GUARD, "guard_halflife_s": 21600.0},
+    "q95+guard1h+phase": {"quantile": 0.95, **GUARD, "phase_period_s": 3600.0},
+    "q95+guard6h+phase": {"quantile": 0.95, **GUARD, "guard_halflife_s": 21600.0, "phase_period_s": 3600.0},
+    "q97+guard6h+phase": {"quantile": 0.97, **GUARD, "guard_halflife_s": 21600.0, "phase_period_s": 3600.0},
+    "q99+phase": {"quantile": 0.99, "phase_period_s": 3600.0},
 }
 SETS = {
     "no guard": ["q95", "q97", "q98", "q99"],
     "guard": ["q95+guard1h", "q97+guard1h", "q95+guard6h"],
-    "both": list(VARIANTS),
+    "guard + phase": ["q95+guard1h", "q97+guard1h", "q95+guard6h", "q95+guard1h+phase", "q95+guard6h+phase",
+                      "q97+guard6h+phase"],
+    "all": list(VARIANTS),
 }
 OUT = Path(__file__).resolve().parent / "core_guard_days.json"
 
