@@ -337,9 +337,11 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
              "* hpa / keda / kpa: upstream defaults (70 % of slots), no fleetpilot shield, goal min/max only;",
              "* static: replicas for the tuning range's peak at 70 % utilisation (capacity model at the SLO);",
              "* predictive: whatever `predictive` resolves to in the registry of the tree that ran (see Tree above); "
-             "predictive-tuned: the same core with its demand quantile and rate window chosen by the incumbents' "
-             "search and rule on the same tuning day (`fleetpilot tune --autoscaler predictive`, grid "
-             "`CORE_GRID` in `policies/tuning.py`, fixed a priori; chosen values in the row label); "
+             "predictive-tuned: the same core with its demand quantile, rate window, SLO-guard half-life and phase "
+             "conditioning chosen by the incumbents' search and rule on the same tuning day, replayed with the "
+             "forecaster it runs with (`fleetpilot tune --autoscaler predictive`, grid `CORE_GRID` in "
+             "`policies/tuning.py`, fixed on training days: `benchmarks/core_guard_days.py`; chosen values in the "
+             "row label); "
              "rl:* policies: trained on training ranges only (RESULTS_rl.md); `#core=TUNED` runs the network on "
              "that tuned core;",
              "* oracle: the offline optimum of the same seed (a bound, not a controller).", "",
