@@ -226,6 +226,27 @@ def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> 
     assert run.summary["slo_attainment"] == pytest.approx(doc["chosen"]["slo_attainment"], abs=1e-12)
 
 
+def test_guard_and_phase_settings_reach_the_core_and_replay(tmp_path: Path) -> None:
+    from fleetpilot.agent.replay import replay
+
+    doc = {"format": "fleetpilot/core-tuning-v1", "autoscaler": "predictive",
+           "settings": {"quantile": 0.95, "rate_window_s": 0.0, "guard_step": 0.35, "guard_halflife_s": 21600.0,
+                        "phase_period_s": 3600.0}}
+    (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
+    pol = make(f"predictive-tuned:{tmp_path}", ONE)
+    assert pol.guard_step == 0.35 and pol.phase_period_s == 3600.0
+    assert pol._guard_keep == pytest.approx(0.5 ** (ONE.control_interval_s / 21600.0))
+    trace = load_traces([TRACE], (0.0, 1800.0)).scale_to_peak(300.0)
+    a = replay(ONE, trace, [pol], seed=0, workers=1).runs[0].summary
+    b = replay(ONE, trace, [make(f"predictive-tuned:{tmp_path}", ONE)], seed=0, workers=1).runs[0].summary
+    assert a["cost_usd"] == b["cost_usd"] and a["slo_attainment"] == b["slo_attainment"]  # same seed, same numbers
+    # older files without the new settings still load (guard and phase off)
+    doc["settings"] = {"quantile": 0.97, "rate_window_s": 0.0}
+    (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
+    old = make(f"predictive-tuned:{tmp_path}", ONE)
+    assert old.guard_step == 0.0 and old.phase_period_s == 0.0
+
+
 def test_learned_policy_on_a_tuned_core(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     doc = {"format": "fleetpilot/core-tuning-v1", "autoscaler": "predictive",
@@ -242,7 +263,9 @@ def test_learned_policy_on_a_tuned_core(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("settings, needle", [({"quantile": 1.5}, "settings.quantile"),
                                               ({"quantile": 0.99, "headroom": 2}, "settings.headroom"),
-                                              ({"quantile": 0.99, "rate_window_s": -1}, "settings.rate_window_s")])
+                                              ({"quantile": 0.99, "rate_window_s": -1}, "settings.rate_window_s"),
+                                              ({"quantile": 0.99, "guard_step": -1}, "settings.guard_step"),
+                                              ({"quantile": 0.99, "phase_period_s": -5}, "settings.phase_period_s")])
 def test_bad_core_tuning_file_names_the_field(tmp_path: Path, settings: dict, needle: str) -> None:
     doc = {"format": "fleetpilot/core-tuning-v1", "autoscaler": "predictive", "settings": settings}
     (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
