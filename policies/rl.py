@@ -130,7 +130,21 @@ def _get(items: tuple[tuple[str, Any], ...], key: str, default: Any) -> Any:
     return default
 
 
-class PolicyFeatures:
+class _NamedVector:
+    """A vector with one name per entry: ``layout`` (the names, in order) and ``size``."""
+
+    _layout: tuple[str, ...] = ()
+
+    @property
+    def layout(self) -> tuple[str, ...]:
+        return self._layout
+
+    @property
+    def size(self) -> int:
+        return len(self._layout)
+
+
+class PolicyFeatures(_NamedVector):
     """The features a forecast cannot give, per model, appended to the loop's observation vector."""
 
     NAMES = (
@@ -142,14 +156,6 @@ class PolicyFeatures:
         self.goal = goal
         self.core = core
         self._layout = tuple(f"learned.{m.name}.{n}" for m in goal.models for n in self.NAMES)
-
-    @property
-    def layout(self) -> tuple[str, ...]:
-        return self._layout
-
-    @property
-    def size(self) -> int:
-        return len(self._layout)
 
     def observe(self, obs: Observation, state: RLState | None) -> tuple[np.ndarray, RLState]:
         """Update the state with ``obs`` and return (the full network input vector, the new state)."""
@@ -216,7 +222,7 @@ class PolicyFeatures:
 # ---------------------------------------------------------------------------------------------------
 
 
-class ActionCodec:
+class ActionCodec(_NamedVector):
     """Decodes a ``[-1, 1]`` action vector into a :class:`Decision` (one place, for the env and the policy).
 
     ``core`` are keyword settings of :class:`~policies.predictive.PredictivePolicy` (recorded in the artifact).
@@ -234,14 +240,6 @@ class ActionCodec:
         self._layout = tuple(names)
         self._routing: dict[tuple[str, ...], RoutingMap] = {}
         self.features = PolicyFeatures(goal, self.core)
-
-    @property
-    def layout(self) -> tuple[str, ...]:
-        return self._layout
-
-    @property
-    def size(self) -> int:
-        return len(self._layout)
 
     def params(self) -> dict[str, Any]:
         return {"median_tail": MEDIAN_TAIL, "core_quantile": self.core.quantile, "route_logit_scale": ROUTE_LOGIT_SCALE,
