@@ -68,11 +68,12 @@ def job(rk: str, scale: float, k: int) -> dict[str, Any]:
 
 
 def report(out: list[dict[str, Any]]) -> None:
+    from fleetpilot.policies.tuning import select
+
     rows = {(o["range"], o["scale"], o["day"]): o["rows"] for o in out}
 
-    def choose(day: dict[str, list[float]], labs: list[str], thr: float = 0.995) -> str:
-        ok = [(day[lab][0], lab) for lab in labs if day[lab][2] >= thr - 1e-12]
-        return min(ok)[1] if ok else max(labs, key=lambda lab: (day[lab][2], -day[lab][0]))
+    def choose(day: dict[str, list[float]], labs: list[str]) -> str:  # the tuning rule itself
+        return select([(lab, day[lab][0], day[lab][2]) for lab in labs], 0.995)[0]
 
     print("| set | checks meeting 0.99 on the next day | median cost/oracle on the check day |")
     print("|---|---:|---:|")

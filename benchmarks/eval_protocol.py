@@ -477,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_jobs: list[tuple[str, Any]] = []
     ext_jobs: list[tuple[str, Any]] = []
     keys = {}
+    core_fp = core_fingerprint()
     for r in sel:
         g = goal_for(r)
         for s in scales:
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             keys[(r.key, s)] = k
             have = cache.get(k, {}).get("docs", {})
             need = [kd for kd in kinds if kd not in have
-                    or (kd == "predictive" and have[kd].get("fingerprint") != core_fingerprint())]
+                    or (kd == "predictive" and have[kd].get("fingerprint") != core_fp)]
             if need:
                 tune_jobs.append((f"tune {r.key}@{s:g} {','.join(need)}", (r, s, need)))
             elif _needs_extension(cache[k]):

@@ -360,6 +360,12 @@ class PredictivePolicy:
             return derate
         return 1.0 - (1.0 - derate) * self._derate_keep
 
+    def slo_latency_ms(self, m: ModelObs | None) -> float:
+        """The latency the goal's SLO judges (p95 TTFT or p95 end-to-end) in a model's reading; NaN without one."""
+        if m is None:
+            return math.nan
+        return float(m.e2e_p95_ms if self.goal.slo.metric == "e2e" else m.ttft_p95_ms)
+
     def _guard(self, cal: ModelCalibration, m: ModelObs | None, target_ms: float) -> float:
         """The SLO guard after this interval: every interval whose latency percentile missed the target (while the
         model had traffic) multiplies the tail ``1 - level`` by ``exp(-guard_step)``; the factor relaxes back to
@@ -369,8 +375,8 @@ class PredictivePolicy:
         if self.guard_step <= 0:
             return 0.0
         g = cal.guard * self._guard_keep
-        lat = None if m is None else (m.e2e_p95_ms if self.goal.slo.metric == "e2e" else m.ttft_p95_ms)
-        if lat is not None and _finite(lat) and float(lat) > target_ms and _finite(m.arrival_rps) and m.arrival_rps > 0:
+        lat = self.slo_latency_ms(m)
+        if _finite(lat) and lat > target_ms and _finite(m.arrival_rps) and m.arrival_rps > 0:
             g -= self.guard_step
         return max(g, -20.0)
 

@@ -182,7 +182,7 @@ class PolicyFeatures(_NamedVector):
             recent = float(np.mean(sc[-8:])) if sc else 0.0
             # misses, measured cold start, queueing trend
             t_miss = _get(state.last_miss, name, -math.inf)
-            lat = math.nan if m is None else (m.e2e_p95_ms if self.goal.slo.metric == "e2e" else m.ttft_p95_ms)
+            lat = self.core.slo_latency_ms(m)
             if m is not None and _finite(m.arrival_rps) > 0 and (math.isinf(float(lat)) or
                                                                  (_finite(lat, -1.0) > target)):
                 t_miss = now
