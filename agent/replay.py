@@ -12,6 +12,12 @@ Details that matter for a fair comparison:
 * **Warm start.** Every policy starts from the same ready replicas (default: the oracle requirement over the
   first cold-start lead, :func:`policies.oracle.warm_start_replicas`), and the first control interval runs with
   them unchanged (no reading exists before it).
+* **Warm-up** (``warmup_s``). The first ``warmup_s`` of the trace run through the whole loop (forecaster, policy,
+  shield, simulated fleet) but are not scored: at its end the simulator's cost and SLO windows start from zero
+  (:meth:`~simulations.fleet.FleetSimulator.reset_accounting`) while every policy keeps its own fleet, queues and
+  state. A deployed autoscaler runs continuously, so the scored range starts from each policy's steady state
+  (HPA's stabilisation window, KEDA's cooldown, the predictive core's calibration) instead of a cold one. The
+  series and summaries cover the scored range only.
 * **Forecasts** are computed once per trace, per request class, with
   :func:`forecasting.features.rolling_features` at :meth:`ObservationBuilder.lead_times`. Rates are binned at the
   control interval (or the trace's own interval when coarser); at time ``t`` a policy sees the features of the
@@ -72,6 +78,7 @@ __all__ = [
     "class_forecasts",
     "default_tick",
     "replay",
+    "warmup_intervals",
 ]
 
 ShieldFactory = Callable[[GoalSpec], Any]
@@ -99,6 +106,7 @@ class _Context:
     initial: dict[str, int]
     features: TraceFeatures  # forecasts computed lazily, once per process, by the first policy that uses them
     shield_factory: ShieldFactory | None
+    warmup: int = 0  # control intervals simulated before scoring starts
 
 
 def _n_intervals(goal: GoalSpec, trace: Trace) -> int:
@@ -118,11 +126,13 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     sim = fleet.sim
     loop = ControlLoop(goal, policy, ctx.shield_factory(goal) if ctx.shield_factory is not None else None)
     n = _n_intervals(goal, trace)
+    w0 = ctx.warmup
     per_replica = _initial_capacity(goal, ctx)
-    rec = SeriesRecorder(goal, trace.classes, n, per_replica)
+    rec = SeriesRecorder(goal, trace.classes, n - w0, per_replica)
 
     def record(i: int, st: IntervalStats, fired: Sequence[str]) -> None:
-        rec.record(i, st, fired, sim.total_cost, sim.weights)
+        if i >= w0:  # warm-up intervals are simulated, not recorded
+            rec.record(i - w0, st, fired, sim.total_cost, sim.weights)
 
     i = 0
     record(i, fleet.start(None), ())  # the first interval runs with the warm-start fleet: no reading before it
@@ -137,6 +147,8 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
                 cap_cache[ck] = service_rate_per_replica(goal.model(m), tin, tout)
             per_replica[m] = cap_cache[ck]
         decision, fired, _rec = loop.step(reading, forecast, tokens)
+        if i == w0:
+            sim.reset_accounting()  # the warm-up ends: score from here
         record(i, fleet.apply(decision), fired)
         i += 1
         if tick is not None and i - last_tick >= 500:
@@ -155,7 +167,7 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     facts = describe_policy(policy)
     if facts is not None:
         summ["plan"] = facts
-    series = rec.series(i, sim.windows)  # i < n: the simulator ended early (rounding)
+    series = rec.series(i - w0, sim.windows)  # i < n: the simulator ended early (rounding)
     return PolicyRun(name, summ, series)
 
 
@@ -192,6 +204,7 @@ def replay(
     initial_replicas: Mapping[str, int] | None = None,
     oracle_verify_passes: int = 3,
     yardstick: Yardstick | None = oracle_yardstick,
+    warmup_s: float = 0.0,
 ) -> ReplayResult:
     """Replay ``trace`` under each policy (fresh simulator, same seed) and score them on the same SLO windows.
 
@@ -201,6 +214,8 @@ def replay(
     policy). Costs are scored against a yardstick: the replayed run of a policy declaring ``is_yardstick`` (the
     oracle) when one is among ``policies``, else ``yardstick(...)`` (default: the oracle's plan verified on the
     simulator, :func:`policies.oracle.oracle_yardstick`; ``None``: no yardstick, ``cost_vs_oracle`` is NaN).
+    ``warmup_s``: the first seconds of ``trace`` are a warm-up, run but not scored (a whole number of control
+    intervals and SLO windows, shorter than the trace; the yardstick, when not replayed, plans the scored range).
     """
     from fleetpilot.policies.oracle import warm_start_replicas
 
@@ -231,8 +246,12 @@ def replay(
 
         if forecast_model not in MODEL_NAMES:
             raise UserError(f"unknown forecaster {forecast_model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    w0 = warmup_intervals(goal, trace, warmup_s)
+    if w0:
+        notes.append(f"the first {warmup_s:g} s of the trace (t_s {trace.start_s:g} to {trace.start_s + warmup_s:g}) "
+                     "are a warm-up: every policy runs through them from the same start, they are not scored")
     ctx = _Context(goal, trace, int(seed), tick, initial, TraceFeatures(goal, trace, forecast_model),
-                   shield_factory)  # type: ignore[arg-type]
+                   shield_factory, w0)  # type: ignore[arg-type]
     n = _n_intervals(goal, trace)
     workers = max(1, min(int(workers), len(named)))
     bar = None
@@ -251,11 +270,32 @@ def replay(
     finally:
         if bar is not None:
             bar.close()
-    oracle = score_against_yardstick(runs, goal, trace, yardstick, seed=seed, tick_s=tick, initial=initial,
+    scored = trace.slice(trace.start_s + float(warmup_s), None) if w0 else trace
+    scored_initial = initial if not w0 else None  # the yardstick plans the scored range from its own warm start
+    oracle = score_against_yardstick(runs, goal, scored, yardstick, seed=seed, tick_s=tick, initial=scored_initial,
                                      verify_passes=oracle_verify_passes, notes=notes,
                                      replayed=any(capabilities(p).is_yardstick for p, _ in named))
     return ReplayResult(
         goal=goal, trace=trace.describe(), seed=int(seed), tick_s=tick, initial_replicas=initial, runs=runs,
         oracle=oracle, notes=notes, elapsed_s=round(time.perf_counter() - started, 3), workers=workers,
+        warmup_s=float(warmup_s) if w0 else 0.0,
     )
+
+
+def warmup_intervals(goal: GoalSpec, trace: Trace, warmup_s: float) -> int:
+    """Control intervals in a warm-up of ``warmup_s`` seconds; :class:`UserError` unless it is a whole number of
+    control intervals and of SLO windows (scoring restarts on a window boundary) and leaves part of the trace."""
+    w = float(warmup_s)
+    if not (math.isfinite(w) and w >= 0):
+        raise UserError(f"warm-up must be a non-negative number of seconds, got {warmup_s!r}")
+    if w == 0:
+        return 0
+    ci, win = goal.control_interval_s, goal.slo.window_s
+    for step, what in ((ci, "control interval"), (win, "SLO window")):
+        if abs(w / step - round(w / step)) > 1e-9:
+            raise UserError(f"warm-up {w:g} s must be a whole number of {what}s ({step:g} s)")
+    if w >= trace.duration_s - 1e-9:
+        raise UserError(f"warm-up {w:g} s leaves nothing of the trace to score (it lasts {trace.duration_s:g} s)",
+                        where=trace.name)
+    return int(round(w / ci))
 

@@ -116,6 +116,7 @@ class ReplayResult:
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     workers: int = 1
+    warmup_s: float = 0.0  # the first seconds of the trace were simulated, not scored
 
     def run(self, name: str) -> PolicyRun:
         for r in self.runs:
@@ -157,6 +158,7 @@ class ReplayResult:
             "control_interval_s": self.goal.control_interval_s,
             "slo_window_s": self.goal.slo.window_s,
             "initial_replicas": self.initial_replicas,
+            "warmup_s": self.warmup_s,
             "oracle": self.oracle,
             "policies": {r.name: r.summary for r in self.runs},
             "ranking": [r.name for r in self.ranked()],

@@ -49,6 +49,7 @@ from fleetpilot.simulations.goal import GoalSpec
 from fleetpilot.simulations.routing import RoutingMap
 
 __all__ = [
+    "BASES",
     "DEFAULT_QUANTILE",
     "DEFAULT_WINDOW",
     "QUALITY_MARGIN",
@@ -62,6 +63,9 @@ __all__ = [
 
 #: demand quantile sized for (fleetpilot's choice, chosen on training ranges; see benchmarks/RESULTS_rl.md)
 DEFAULT_QUANTILE = 0.97
+#: the point the conformal scores are taken from: ``max`` of the current rate and the forecast mean at the lead,
+#: the ``current`` rate alone, or the ``forecast`` mean alone (either falls back to the other when missing)
+BASES = ("max", "current", "forecast")
 #: calibration scores kept (control intervals; 2880 x 15 s = 12 h)
 DEFAULT_WINDOW = 2880
 #: ``cheapest``: each route moves towards its cheapest mix that meets the goal's quality floor; ``fixed``: the
@@ -196,6 +200,7 @@ class PredictivePolicy:
         rate_window_s: float = 0.0,
         phase_period_s: float = 0.0,
         phase_bins: int = 12,
+        base: str = "max",
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
@@ -205,6 +210,8 @@ class PredictivePolicy:
             raise UserError(f"predictive window and min_scores must be >= 1, got {window!r}, {min_scores!r}")
         if not (eps_replicas > 0 and warmup_factor >= 1.0):
             raise UserError("predictive eps_replicas must be > 0 and warmup_factor >= 1")
+        if base not in BASES:
+            raise UserError(f"predictive base must be one of {', '.join(BASES)}, got {base!r}")
         if routing not in ROUTING_MODES:
             raise UserError(f"predictive routing must be one of {', '.join(ROUTING_MODES)}, got {routing!r}")
         if not (math.isfinite(float(rate_window_s)) and 0.0 <= float(rate_window_s) <= 3600.0):
@@ -232,6 +239,7 @@ class PredictivePolicy:
         self.tokens = dict(tokens or {})
         self.drain_s = float(drain_s)
         self.routing = routing
+        self.base = base
         self.rate_intervals = max(1, int(round(float(rate_window_s) / goal.control_interval_s)))
         self.scale_alpha = 1.0 - 0.5 ** (1.0 / max(1, int(scale_halflife)))
         self.guard_step = float(guard_step)
@@ -328,7 +336,8 @@ class PredictivePolicy:
         cur = float(rate) if rate is not None and _finite(rate) else \
             float(m.arrival_rps) if _finite(m.arrival_rps) else math.nan
         mean_l = float(m.forecast[0]) if len(m.forecast) > 0 and _finite(m.forecast[0]) else math.nan
-        cands = [x for x in (cur, mean_l) if _finite(x)]
+        order = {"max": (cur, mean_l), "current": (cur,), "forecast": (mean_l,)}[self.base]
+        cands = [x for x in order if _finite(x)] or [x for x in (cur, mean_l) if _finite(x)]
         if not cands:
             return math.nan, math.nan, math.nan
         base = max(0.0, max(cands))
@@ -375,8 +384,8 @@ class PredictivePolicy:
         if self.guard_step <= 0:
             return 0.0
         g = cal.guard * self._guard_keep
-        lat = self.slo_latency_ms(m)
-        if _finite(lat) and lat > target_ms and _finite(m.arrival_rps) and m.arrival_rps > 0:
+        lat = self.slo_latency_ms(m)  # +inf when more than 1 - percentile of the requests timed out: a miss too
+        if not math.isnan(lat) and lat > target_ms and _finite(m.arrival_rps) and m.arrival_rps > 0:
             g -= self.guard_step
         return max(g, -20.0)
 

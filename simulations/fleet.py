@@ -491,6 +491,21 @@ class FleetSimulator:
         self._win_dropped = 0.0
         self._win_start = t_end
 
+    def reset_accounting(self) -> None:
+        """Score from now on: cost, SLO windows, request counts and replica-seconds start again at zero; the fleet,
+        its queues and in-flight requests carry on. What ran before is a warm-up: simulated, not scored. Call it at
+        an SLO window boundary (a partly filled window is discarded)."""
+        self._win_start = self.now
+        self._win_hist[:] = 0.0
+        self._win_dropped = 0.0
+        self._all_hist[:] = 0.0
+        self.windows = []
+        self.total_cost = 0.0
+        self.total_requests = 0.0
+        self.total_dropped = 0.0
+        self.scale_events = 0
+        self.replica_seconds[:] = 0.0
+
     # ------------------------------------------------------------------ summary
     def slo_attainment(self) -> float:
         if not self.windows:

@@ -226,10 +226,11 @@ def parse_range(text: str | None) -> tuple[float | None, float | None]:
     if ":" not in text:
         raise UserError(f"--range must look like START:END (seconds, or with s/m/h/d), got {text!r}")
     a, b = text.split(":", 1)
-    return (_duration(a, "--range") if a else None, _duration(b, "--range") if b else None)
+    return (time_s(a, "--range") if a else None, time_s(b, "--range") if b else None)
 
 
-def _duration(text: str, what: str) -> float:
+def time_s(text: str, what: str) -> float:
+    """A non-negative time: seconds, or a number with s/m/h/d (``what`` names the flag in the error)."""
     units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
     t = text.strip()
     mult = 1.0

@@ -225,6 +225,11 @@ def test_slo_guard_raises_the_level_after_misses_and_relaxes_back() -> None:
     for i in range(40):  # 600 s
         st2 = on.update(obs(206 * DT + i * DT, 700.0, ttft=100.0), st2)
     assert st2.model(M).guard == pytest.approx(g * 0.5 ** (41 * DT / 600.0))
+    # an interval where more than 5 % of requests timed out has p95 = inf: a miss like any other (NaN: no reading)
+    inf = on.update(obs(300 * DT, 700.0, ttft=math.inf), sb)
+    assert inf.model(M).guard == pytest.approx(-0.35)
+    nan = on.update(obs(300 * DT, 700.0, ttft=math.nan), sb)
+    assert nan.model(M).guard == 0.0
 
 
 def test_phase_conditioning_sizes_for_a_burst_only_at_the_phase_it_recurs() -> None:

@@ -116,6 +116,39 @@ def test_parallel_workers_give_identical_results(goal, trace) -> None:
         assert ra.series.rules == rb.series.rules
 
 
+def test_warmup_runs_the_loop_but_scores_only_the_range(goal, trace) -> None:
+    # 300 s of warm-up, then 600 s scored: a static policy's scored cost is exactly its replicas over 600 s
+    rec = _Recorder()
+    res = replay(goal, trace, [_Static(6, "static-6"), rec, _Reactive()], seed=1, tick_s=1.0, warmup_s=300.0)
+    assert res.warmup_s == 300.0 and any("warm-up" in n for n in res.notes)
+    price = goal.models[0].cost_per_hour
+    static = res.run("static-6")
+    assert static.summary["cost_usd"] == pytest.approx(6 * price * 600.0 / 3600.0, rel=1e-9)
+    assert static.summary["slo_windows"] == 10  # 60-s windows of the scored range only
+    for run in res.runs:
+        s = run.series
+        assert len(s.t_s) == 40 and s.t_s[0] == pytest.approx(300.0)  # 15-s intervals from the range start
+        assert s.window_t_s[0] == pytest.approx(300.0) and len(s.window_t_s) == 10
+        assert s.cost_cum_usd[-1] == pytest.approx(run.summary["cost_usd"])
+    # the policies ran through the warm-up: the recorder decided before t = 300 s, from readings of its own fleet
+    assert min(t for t, _, _ in rec.seen) < 300.0 and max(t for t, _, _ in rec.seen) >= 885.0
+    # a scored range after a warm-up differs from a cold start on the same range: policies keep their state/fleet
+    cold = replay(goal, trace.slice(300.0, None), [_Reactive()], seed=1, tick_s=1.0)
+    assert cold.runs[0].series.ready["llama-3-8b"][0] != res.run("reactive").series.ready["llama-3-8b"][0] or \
+        cold.runs[0].summary["cost_usd"] != res.run("reactive").summary["cost_usd"]
+    # without the oracle replayed, the yardstick plans the scored range
+    assert math.isfinite(static.summary["cost_vs_oracle"]) and res.oracle["cost_usd"] > 0
+
+
+@pytest.mark.parametrize("warmup, msg", [(90.0, "whole number of SLO windows"), (900.0, "nothing of the trace"),
+                                          (-60.0, "non-negative")])
+def test_bad_warmup_is_one_line(goal, trace, warmup, msg) -> None:
+    from fleetpilot.simulations.errors import UserError
+
+    with pytest.raises(UserError, match=msg):
+        replay(goal, trace, [_Static(4, "s")], seed=0, tick_s=1.0, warmup_s=warmup)
+
+
 def test_forecasts_have_no_look_ahead(goal) -> None:
     base = load_traces(["azure_llm_2023_conv_1s"], (0.0, 600.0)).scale_to_peak(200)
     arr = np.array(base.arrivals)
@@ -212,6 +245,23 @@ def test_cli_unwritable_output(tmp_path, capsys) -> None:
                                     or "Not a directory" in err)
     err = _fails(_BASE + ["--policies", "static", "--out", str(blocker)], capsys)
     assert str(blocker) in err and ("not a folder" in err or "expected a directory" in err)
+
+
+def test_cli_warmup_takes_the_traffic_before_the_range(tmp_path, capsys) -> None:
+    out = tmp_path / "rep"
+    args = [a if a != "0:300" else "300:600" for a in _BASE]
+    assert cli_main(args + ["--policies", "static,hpa", "--warmup", "2m", "--out", str(out)]) == 0
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["warmup_s"] == 120.0
+    assert doc["trace"]["start_s"] == 180.0  # the two minutes before the range
+    assert any("warm-up" in n for n in doc["notes"])
+    # the range keeps the peak asked for; the warm-up is scaled by the same factor
+    assert any("x" in p and "scaled" in p for p in doc["trace"]["provenance"])
+    err = _fails(_BASE + ["--policies", "static", "--warmup", "10m", "--out", str(tmp_path / "o")], capsys)
+    assert "--warmup" in err and "before the range" in err
+    assert not (tmp_path / "o").exists()
+    err = _fails(args + ["--policies", "static", "--warmup", "soon", "--out", str(tmp_path / "o")], capsys)
+    assert "--warmup" in err
 
 
 def test_cli_bad_tick(tmp_path, capsys) -> None:

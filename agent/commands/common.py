@@ -17,11 +17,29 @@ def add_trace_arguments(p: argparse.ArgumentParser) -> None:
                    help="rescale load so the busiest trace interval has this rate (Poisson re-sampled)")
 
 
-def load_trace_arguments(args: argparse.Namespace) -> Any:
-    """The trace the arguments of :func:`add_trace_arguments` describe, sliced and rescaled (provenance kept)."""
+def load_trace_arguments(args: argparse.Namespace, warmup_s: float = 0.0) -> Any:
+    """The trace the arguments of :func:`add_trace_arguments` describe, sliced and rescaled (provenance kept).
+
+    ``warmup_s`` > 0 prepends that much of the recorded traffic before ``--range``'s start (a replay warm-up);
+    ``--scale-to-peak`` then rescales by the factor that gives the *range* (not the warm-up) that peak."""
+    from fleetpilot.simulations.errors import UserError
     from fleetpilot.simulations.traces import load_traces, parse_range
 
-    trace = load_traces(args.trace, parse_range(args.range_))
+    lo, hi = parse_range(args.range_)
+    trace = load_traces(args.trace, (lo, hi))
+    factor = None
     if args.scale_to_peak is not None:
-        trace = trace.scale_to_peak(args.scale_to_peak)
+        scaled = trace.scale_to_peak(args.scale_to_peak)
+        factor = args.scale_to_peak / float(trace.total_rate().max())
+        trace = scaled
+    if warmup_s > 0:
+        start = float(trace.start_s)
+        whole = load_traces(args.trace)
+        if start - warmup_s < float(whole.start_s) - 1e-9:
+            raise UserError(f"--warmup {warmup_s:g} s needs recorded traffic before the range: the range starts at "
+                            f"t_s {start:g}, the trace at {float(whole.start_s):g}; give --range START:END with START "
+                            f">= {float(whole.start_s) + warmup_s:g}")
+        trace = load_traces(args.trace, (start - warmup_s, hi))
+        if factor is not None:
+            trace = trace.scale(factor)
     return trace

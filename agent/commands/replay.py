@@ -1,7 +1,7 @@
 """``fleetpilot replay`` -- what-if replay of a recorded trace under several policies, with a report.
 
 ``fleetpilot replay --goal G --trace T [--trace CLASS=T ...] [--range START:END] [--scale-to-peak RPS]
---policies static,hpa,keda,kpa,predictive,oracle[,rl:PATH] [--seed N] [--tick S] --out DIR``
+--policies static,hpa,keda,kpa,predictive,oracle[,rl:PATH] [--seed N] [--tick S] [--warmup DURATION] --out DIR``
 
 Writes ``DIR/summary.json`` and ``DIR/report.html`` (atomically: nothing partial is left behind on error) and
 prints where the report is. Bad input is a :class:`UserError` (one line, exit 2): an unknown policy (the known
@@ -45,6 +45,10 @@ def register(sub: Any) -> None:
                    help="processes to run policies in (default: 2 for long replays on 2+ cores, else 1)")
     p.add_argument("--forecast-model", default="holt-winters",
                    help="forecaster for the policies' forecast features (default holt-winters; 'none' to disable)")
+    p.add_argument("--warmup", default="0", metavar="DURATION",
+                   help="run the recorded traffic of this long before --range's start first, unscored, so every "
+                        "policy enters the range in its own steady state (s/m/h/d; a whole number of SLO windows; "
+                        "default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for summary.json and report.html")
     p.set_defaults(func=handler)
@@ -104,9 +108,11 @@ def handler(args: argparse.Namespace) -> int:
     from fleetpilot.agent.report import write_report
     from fleetpilot.policies.oracle import oracle_yardstick
     from fleetpilot.simulations.goal import load_goal
+    from fleetpilot.simulations.traces import time_s
 
     goal = load_goal(args.goal)
-    trace = load_trace_arguments(args)
+    warmup_s = time_s(str(args.warmup), "--warmup")
+    trace = load_trace_arguments(args, warmup_s=warmup_s)
     tick = default_tick(trace, goal) if args.tick is None else float(args.tick)
     if not (tick > 0 and math.isfinite(tick)) or abs(goal.control_interval_s / tick - round(goal.control_interval_s / tick)) > 1e-9:
         raise UserError(f"--tick {args.tick} must be a positive divisor of the control interval "
@@ -124,7 +130,8 @@ def handler(args: argparse.Namespace) -> int:
             raise UserError(f"--workers must be at least 1, got {workers}")
         fm = None if str(args.forecast_model).lower() == "none" else args.forecast_model
         result = replay(goal, trace, policies, seed=args.seed, tick_s=tick, yardstick=oracle_yardstick,
-                        progress=not args.quiet and n_int > 20_000, workers=workers, forecast_model=fm)
+                        progress=not args.quiet and n_int > 20_000, workers=workers, forecast_model=fm,
+                        warmup_s=warmup_s)
         paths = write_report(result, out)
     except BaseException:
         if created:
