@@ -49,7 +49,6 @@ from fleetpilot.simulations.goal import GoalSpec
 from fleetpilot.simulations.routing import RoutingMap
 
 __all__ = [
-    "BASES",
     "DEFAULT_QUANTILE",
     "DEFAULT_WINDOW",
     "QUALITY_MARGIN",
@@ -63,9 +62,6 @@ __all__ = [
 
 #: demand quantile sized for (fleetpilot's choice, chosen on training ranges; see benchmarks/RESULTS_rl.md)
 DEFAULT_QUANTILE = 0.97
-#: the point the conformal scores are taken from: ``max`` of the current rate and the forecast mean at the lead,
-#: the ``current`` rate alone, or the ``forecast`` mean alone (either falls back to the other when missing)
-BASES = ("max", "current", "forecast")
 #: calibration scores kept (control intervals; 2880 x 15 s = 12 h)
 DEFAULT_WINDOW = 2880
 #: ``cheapest``: each route moves towards its cheapest mix that meets the goal's quality floor; ``fixed``: the
@@ -200,7 +196,6 @@ class PredictivePolicy:
         rate_window_s: float = 0.0,
         phase_period_s: float = 0.0,
         phase_bins: int = 12,
-        base: str = "max",
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
@@ -210,8 +205,6 @@ class PredictivePolicy:
             raise UserError(f"predictive window and min_scores must be >= 1, got {window!r}, {min_scores!r}")
         if not (eps_replicas > 0 and warmup_factor >= 1.0):
             raise UserError("predictive eps_replicas must be > 0 and warmup_factor >= 1")
-        if base not in BASES:
-            raise UserError(f"predictive base must be one of {', '.join(BASES)}, got {base!r}")
         if routing not in ROUTING_MODES:
             raise UserError(f"predictive routing must be one of {', '.join(ROUTING_MODES)}, got {routing!r}")
         if not (math.isfinite(float(rate_window_s)) and 0.0 <= float(rate_window_s) <= 3600.0):
@@ -239,7 +232,6 @@ class PredictivePolicy:
         self.tokens = dict(tokens or {})
         self.drain_s = float(drain_s)
         self.routing = routing
-        self.base = base
         self.rate_intervals = max(1, int(round(float(rate_window_s) / goal.control_interval_s)))
         self.scale_alpha = 1.0 - 0.5 ** (1.0 / max(1, int(scale_halflife)))
         self.guard_step = float(guard_step)
@@ -336,8 +328,7 @@ class PredictivePolicy:
         cur = float(rate) if rate is not None and _finite(rate) else \
             float(m.arrival_rps) if _finite(m.arrival_rps) else math.nan
         mean_l = float(m.forecast[0]) if len(m.forecast) > 0 and _finite(m.forecast[0]) else math.nan
-        order = {"max": (cur, mean_l), "current": (cur,), "forecast": (mean_l,)}[self.base]
-        cands = [x for x in order if _finite(x)] or [x for x in (cur, mean_l) if _finite(x)]
+        cands = [x for x in (cur, mean_l) if _finite(x)]
         if not cands:
             return math.nan, math.nan, math.nan
         base = max(0.0, max(cands))
