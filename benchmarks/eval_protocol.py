@@ -20,7 +20,7 @@ What is frozen (change it only with a new section and say why):
   peak, seed 0: the cheapest setting with attainment >= goal + 0.005. Cached in :data:`TUNING_CACHE` (keyed by
   goal, range, scale and the search grid) so reruns are cheap; ``--retune`` recomputes.
 * **Static** is sized for the peak of the tuning range (not of the evaluated one).
-* **Warm-up** (since section ``warm``; :data:`WARMUP_S`): every evaluated range is replayed after the last hour of
+* **Warm-up** (since session 5; :data:`WARMUP_S`): every evaluated range is replayed after the last hour of
   its training range (all of it when shorter: the 46 min before the Azure ranges), rescaled by the same factor
   as the range, simulated but not scored (``replay(..., warmup_s=...)``). Every policy, the oracle included,
   enters the scored day in its own steady state instead of a cold start (an autoscaler in production runs
