@@ -150,11 +150,14 @@ FORECAST_MODEL = "holt-winters"
 
 
 def core_fingerprint() -> str:
-    """What the core's cached tuning depends on besides the range: its code, its grid and the forecaster. A
-    cached core tuning with another fingerprint is re-run (an edit of the core makes its old tuning stale)."""
+    """What the core's cached tuning depends on besides the range: its code and its search's, its grid and the
+    forecaster. A cached core tuning with another fingerprint is re-run (an edit of the core or of
+    ``fleetpilot tune``'s search makes its old tuning stale)."""
+    from fleetpilot.agent.commands import tune
     from fleetpilot.policies import predictive, tuning
 
-    src = Path(predictive.__file__).read_bytes() + repr(sorted(tuning.CORE_GRID.items())).encode()
+    src = (Path(predictive.__file__).read_bytes() + Path(tune.__file__).read_bytes()
+           + repr(sorted(tuning.CORE_GRID.items())).encode())
     return hashlib.sha256(src + FORECAST_MODEL.encode()).hexdigest()[:16]
 
 

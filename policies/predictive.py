@@ -256,6 +256,13 @@ class PredictivePolicy:
     def initial_state(self) -> PredictiveState:
         return PredictiveState()
 
+    def calibration_s(self) -> float:
+        """Seconds of traffic before the core sizes by its quantile (with steady traffic): ``min_scale_samples``
+        intervals before decisions are recorded, ``min_scores`` more of them, and the longest lead for the last
+        one to mature. Until then it runs its warm-up rule (see the module docstring)."""
+        ci = self.goal.control_interval_s
+        return (self.min_scale_samples + self.min_scores) * ci + max(self.lead.values(), default=0.0)
+
     def capacity(self, name: str, m: ModelObs | None = None) -> float:
         """Requests/s one replica of ``name`` takes at the SLO (observed token mix unless ``tokens`` fixes it)."""
         if name in self._fixed_cap:

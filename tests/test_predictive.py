@@ -262,3 +262,16 @@ def test_phase_conditioning_sizes_for_a_burst_only_at_the_phase_it_recurs() -> N
 def test_bad_settings_are_user_errors(kw: dict) -> None:
     with pytest.raises(UserError):
         PredictivePolicy(GOAL, **kw)
+
+
+@pytest.mark.parametrize("q", [0.95, 0.97, 0.99])
+def test_calibration_s_is_when_the_quantile_takes_over(q: float) -> None:
+    pol = PredictivePolicy(GOAL, quantile=q)
+    lead = GOAL.models[0].cold_start_s
+    assert pol.calibration_s() == pytest.approx((pol.min_scale_samples + pol.min_scores) * DT + lead)
+    n = int(round(pol.calibration_s() / DT))
+    rates = list(500 + 50 * np.random.default_rng(1).random(n + 2))
+    _, before = run(pol, rates[: n - 2])
+    _, after = run(pol, rates[: n + 1])
+    assert math.isnan(pol.factor(before.model(M)))  # still the warm-up rule
+    assert math.isfinite(pol.factor(after.model(M)))  # sizing by the calibrated quantile

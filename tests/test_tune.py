@@ -197,7 +197,7 @@ def test_core_candidates_cover_the_grid_in_a_fixed_order() -> None:
 
 def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> None:
     from fleetpilot.policies.predictive import PredictivePolicy
-    from fleetpilot.policies.tuning import load_core_tuning
+    from fleetpilot.policies.tuning import core_candidates, load_core_tuning
 
     out = tmp_path / "core"
     rc = main(["tune", "--goal", str(GOAL), "--trace", TRACE, "--range", "0:1200", "--scale-to-peak", "300",
@@ -212,6 +212,14 @@ def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> 
         assert doc["chosen"]["slo_attainment"] == max(c["slo_attainment"] for c in doc["candidates"])
     chosen = next(c for c in doc["candidates"] if c["label"] == doc["chosen"]["label"])
     assert chosen["settings"] == doc["settings"] == load_core_tuning(out)
+    # a 20-min range: settings that would still be in their warm-up for more than half of it are not judged on
+    # it (0.97 and above need >= 15 min), but the soonest-calibrated ones always are
+    cal = {c["label"]: PredictivePolicy(ONE, **c["settings"]).calibration_s() for c in doc["candidates"]}
+    skipped = {s["label"]: s["calibration_s"] for s in doc["skipped"]["settings"]}
+    assert cal and skipped and not set(cal) & set(skipped)
+    assert min(skipped.values()) > max(600.0, max(cal.values()))
+    assert {c["settings"]["quantile"] for c in doc["candidates"]} == {0.95}
+    assert len(cal) + len(skipped) == len(core_candidates())
     pol = make(f"predictive-tuned:{out}", ONE)
     assert isinstance(pol, PredictivePolicy) and pol.name.startswith("predictive-tuned")
     assert pol.quantile == doc["settings"]["quantile"]

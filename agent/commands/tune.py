@@ -213,6 +213,11 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
     return {**docs, **core_doc}
 
 
+#: share of the tuning range a core setting must have calibrated for (:meth:`PredictivePolicy.calibration_s`) to
+#: be a candidate (a 0.995 quantile needs ~56 min of its own decisions: on a 46-min range it would never size by it)
+CALIBRATED_SHARE = 0.5
+
+
 def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = None, workers: int = 2,
                 margin: float | None = None, grid: dict[str, Sequence[float]] | None = None,
                 progress: bool = False, forecast_model: str | None = "holt-winters") -> dict[str, Any]:
@@ -228,11 +233,15 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
 
     mg = DEFAULT_MARGIN if margin is None else float(margin)
     threshold = min(1.0, goal.slo.attainment + mg)
-    cands = core_candidates(grid)
-    pols = []
-    for c in cands:
-        p = PredictivePolicy(goal, **dict(c.settings))
+    cands, pols, skipped = [], [], []
+    built = [(c, PredictivePolicy(goal, **dict(c.settings))) for c in core_candidates(grid)]
+    soonest = min(p.calibration_s() for _, p in built)
+    for c, p in built:  # judged on its setting, not on its warm-up: calibrated for at least half the range
+        if p.calibration_s() > max(CALIBRATED_SHARE * trace.duration_s, soonest) + 1e-9:
+            skipped.append({"label": c.label, "calibration_s": p.calibration_s()})
+            continue
         p.name = c.label
+        cands.append(c)
         pols.append(p)
     res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
                  forecast_model=forecast_model)
@@ -259,6 +268,9 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
         "chosen": {"label": chosen.label, "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
         "candidates": [{"label": c.label, "settings": dict(c.settings), "cost_usd": cost, "slo_attainment": att,
                         "meets": att >= threshold - 1e-12} for c, cost, att in rows],
+        "skipped": {"why": f"a setting must size by its quantile for at least {CALIBRATED_SHARE:.0%} of the tuning "
+                           "range (its calibration_s: warm-up before the conformal quantile is formed); otherwise "
+                           "the search would judge its warm-up rule, not the setting", "settings": skipped},
         "oracle_cost_usd": res.oracle.get("cost_usd"),
     }
 
