@@ -262,6 +262,10 @@ def test_cli_warmup_takes_the_traffic_before_the_range(tmp_path, capsys) -> None
     assert not (tmp_path / "o").exists()
     err = _fails(args + ["--policies", "static", "--warmup", "soon", "--out", str(tmp_path / "o")], capsys)
     assert "--warmup" in err
+    coarse = ["replay", "--goal", str(SINGLE), "--trace", "servegen_m-small_10min", "--range", "86400:90000",
+              "--policies", "static", "--warmup", "2m", "--quiet", "--out", str(tmp_path / "o")]
+    err = _fails(coarse, capsys)
+    assert "--warmup" in err and "600-s intervals" in err
 
 
 def test_cli_bad_tick(tmp_path, capsys) -> None:

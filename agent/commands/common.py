@@ -40,6 +40,9 @@ def load_trace_arguments(args: argparse.Namespace, warmup_s: float = 0.0) -> Any
                             f"t_s {start:g}, the trace at {float(whole.start_s):g}; give --range START:END with START "
                             f">= {float(whole.start_s) + warmup_s:g}")
         trace = load_traces(args.trace, (start - warmup_s, hi))
+        if abs(start - float(trace.start_s) - warmup_s) > 1e-6:
+            raise UserError(f"--warmup {warmup_s:g} s must be a whole number of the trace's {trace.interval_s:g}-s "
+                            "intervals")
         if factor is not None:
             trace = trace.scale(factor)
     return trace
