@@ -59,6 +59,7 @@ from fleetpilot.agent.replay_results import (
     ReplayResult,
     SeriesRecorder,
     score_against_yardstick,
+    warmup_intervals,
 )
 from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures, class_forecasts, default_tick
@@ -246,10 +247,7 @@ def replay(
 
         if forecast_model not in MODEL_NAMES:
             raise UserError(f"unknown forecaster {forecast_model!r}; choose one of {', '.join(MODEL_NAMES)}")
-    w0 = warmup_intervals(goal, trace, warmup_s)
-    if w0:
-        notes.append(f"the first {warmup_s:g} s of the trace (t_s {trace.start_s:g} to {trace.start_s + warmup_s:g}) "
-                     "are a warm-up: every policy runs through them from the same start, they are not scored")
+    w0 = warmup_intervals(goal, trace, warmup_s, notes)
     ctx = _Context(goal, trace, int(seed), tick, initial, TraceFeatures(goal, trace, forecast_model),
                    shield_factory, w0)  # type: ignore[arg-type]
     n = _n_intervals(goal, trace)
@@ -270,32 +268,12 @@ def replay(
     finally:
         if bar is not None:
             bar.close()
-    scored = trace.slice(trace.start_s + float(warmup_s), None) if w0 else trace
-    scored_initial = initial if not w0 else None  # the yardstick plans the scored range from its own warm start
-    oracle = score_against_yardstick(runs, goal, scored, yardstick, seed=seed, tick_s=tick, initial=scored_initial,
+    oracle = score_against_yardstick(runs, goal, trace, yardstick, seed=seed, tick_s=tick, initial=initial,
                                      verify_passes=oracle_verify_passes, notes=notes,
-                                     replayed=any(capabilities(p).is_yardstick for p, _ in named))
+                                     replayed=any(capabilities(p).is_yardstick for p, _ in named),
+                                     warmup_s=float(warmup_s) if w0 else 0.0)
     return ReplayResult(
         goal=goal, trace=trace.describe(), seed=int(seed), tick_s=tick, initial_replicas=initial, runs=runs,
         oracle=oracle, notes=notes, elapsed_s=round(time.perf_counter() - started, 3), workers=workers,
         warmup_s=float(warmup_s) if w0 else 0.0,
     )
-
-
-def warmup_intervals(goal: GoalSpec, trace: Trace, warmup_s: float) -> int:
-    """Control intervals in a warm-up of ``warmup_s`` seconds; :class:`UserError` unless it is a whole number of
-    control intervals and of SLO windows (scoring restarts on a window boundary) and leaves part of the trace."""
-    w = float(warmup_s)
-    if not (math.isfinite(w) and w >= 0):
-        raise UserError(f"warm-up must be a non-negative number of seconds, got {warmup_s!r}")
-    if w == 0:
-        return 0
-    ci, win = goal.control_interval_s, goal.slo.window_s
-    for step, what in ((ci, "control interval"), (win, "SLO window")):
-        if abs(w / step - round(w / step)) > 1e-9:
-            raise UserError(f"warm-up {w:g} s must be a whole number of {what}s ({step:g} s)")
-    if w >= trace.duration_s - 1e-9:
-        raise UserError(f"warm-up {w:g} s leaves nothing of the trace to score (it lasts {trace.duration_s:g} s)",
-                        where=trace.name)
-    return int(round(w / ci))
-

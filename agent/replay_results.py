@@ -28,6 +28,7 @@ __all__ = [
     "jsonable",
     "read_run",
     "score_against_yardstick",
+    "warmup_intervals",
     "write_run",
 ]
 
@@ -285,12 +286,36 @@ def read_run(path: Path) -> PolicyRun:
     return PolicyRun(meta["name"], summ, PolicySeries.from_arrays(arrays, meta["keys"]))
 
 
+def warmup_intervals(goal: GoalSpec, trace: Any, warmup_s: float, notes: list[str] | None = None) -> int:
+    """Control intervals in a replay warm-up of ``warmup_s`` seconds (simulated, not scored), with a note for the
+    report; :class:`UserError` unless it is a whole number of control intervals and of SLO windows (scoring restarts
+    on a window boundary) and leaves part of the trace."""
+    w = float(warmup_s)
+    if not (math.isfinite(w) and w >= 0):
+        raise UserError(f"warm-up must be a non-negative number of seconds, got {warmup_s!r}")
+    if w == 0:
+        return 0
+    for step, what in ((goal.control_interval_s, "control interval"), (goal.slo.window_s, "SLO window")):
+        if abs(w / step - round(w / step)) > 1e-9:
+            raise UserError(f"warm-up {w:g} s must be a whole number of {what}s ({step:g} s)")
+    if w >= trace.duration_s - 1e-9:
+        raise UserError(f"warm-up {w:g} s leaves nothing of the trace to score (it lasts {trace.duration_s:g} s)",
+                        where=trace.name)
+    if notes is not None:
+        notes.append(f"the first {w:g} s of the trace (t_s {trace.start_s:g} to {trace.start_s + w:g}) are a "
+                     "warm-up: every policy runs through them from the same start, they are not scored")
+    return int(round(w / goal.control_interval_s))
+
+
 def score_against_yardstick(runs: Sequence[PolicyRun], goal: GoalSpec, trace: Any, yardstick: Any, *, seed: int,
                             tick_s: float, initial: Mapping[str, int], verify_passes: int, notes: list[str],
-                            replayed: bool) -> dict[str, Any]:
+                            replayed: bool, warmup_s: float = 0.0) -> dict[str, Any]:
     """The yardstick (the oracle) every run's ``cost_vs_oracle`` is scored against: the replayed run of a policy
     declaring ``is_yardstick`` when one ran (``replayed``), else ``yardstick(...)`` (the oracle's plan verified on
-    the simulator), else none (NaN). Sets ``cost_vs_oracle`` on every run; a note when the oracle missed windows."""
+    the simulator; after a warm-up, planned on the scored range from its own warm start), else none (NaN). Sets
+    ``cost_vs_oracle`` on every run; a note when the oracle missed windows."""
+    if warmup_s > 0:
+        trace, initial = trace.slice(trace.start_s + warmup_s, None), None
     oracle_runs = [r for r in runs if r.summary.get("is_oracle")]
     if oracle_runs:
         o = oracle_runs[0]
