@@ -130,12 +130,12 @@ def val_with_warmup(r: Range, scale: float) -> tuple[Any, float]:
 
     full = load_traces(list(r.traces))
     end = r.split_s + VAL_DAYS * 86400.0
-    raw = load_traces(list(r.traces), (r.split_s, end))
+    raw = full.slice(r.split_s, end)
     factor = scale / float(raw.total_rate().max())
     warm = math.floor(min(WARMUP_S, r.split_s - float(full.start_s)) / 60.0 + 1e-9) * 60.0
     if warm <= 0:
         return raw.scale(factor), 0.0
-    return load_traces(list(r.traces), (r.split_s - warm, end)).scale(factor), warm
+    return full.slice(r.split_s - warm, end).scale(factor), warm
 
 
 def _grid_key() -> str:

@@ -26,20 +26,20 @@ def load_trace_arguments(args: argparse.Namespace, warmup_s: float = 0.0) -> Any
     from fleetpilot.simulations.traces import load_traces, parse_range
 
     lo, hi = parse_range(args.range_)
-    trace = load_traces(args.trace, (lo, hi))
+    whole = load_traces(args.trace)  # read once: the range and its warm-up are slices of it
+    trace = whole.slice(lo, hi) if (lo, hi) != (None, None) else whole
     factor = None
     if args.scale_to_peak is not None:
-        scaled = trace.scale_to_peak(args.scale_to_peak)
-        factor = args.scale_to_peak / float(trace.total_rate().max())
-        trace = scaled
+        peak = float(trace.total_rate().max())
+        trace = trace.scale_to_peak(args.scale_to_peak)  # one-line errors for a bad peak or an empty range
+        factor = args.scale_to_peak / peak
     if warmup_s > 0:
         start = float(trace.start_s)
-        whole = load_traces(args.trace)
         if start - warmup_s < float(whole.start_s) - 1e-9:
             raise UserError(f"--warmup {warmup_s:g} s needs recorded traffic before the range: the range starts at "
                             f"t_s {start:g}, the trace at {float(whole.start_s):g}; give --range START:END with START "
                             f">= {float(whole.start_s) + warmup_s:g}")
-        trace = load_traces(args.trace, (start - warmup_s, hi))
+        trace = whole.slice(start - warmup_s, hi)
         if abs(start - float(trace.start_s) - warmup_s) > 1e-6:
             raise UserError(f"--warmup {warmup_s:g} s must be a whole number of the trace's {trace.interval_s:g}-s "
                             "intervals")
