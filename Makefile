@@ -22,7 +22,7 @@ setup-system:
 demo: setup
 	# 1. Tune the incumbents as an SRE would, on the last training day (day 8, never evaluated): HPA, KEDA and
 	#    Knative targets (and the KPA window) -> $(OUT)/tuning/*.json + ready-to-apply manifests; and, by the same
-	#    rule, fleetpilot's predictive core (demand quantile, rate window, SLO guard, phase) -> tuning-predictive.json
+	#    rule, fleetpilot's predictive core (demand quantile, rate window, SLO guard, phase, token-mix average) -> tuning-predictive.json
 	$(PYTHON) -m fleetpilot tune --goal examples/goals/two-model-routed.yaml \
 		--trace chat=servegen_m-mid_10min --trace code=servegen_m-small_10min \
 		--range 691200:777600 --scale-to-peak 200 --autoscaler hpa,keda,kpa,predictive --force --out $(OUT)/tuning

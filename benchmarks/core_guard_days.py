@@ -2,13 +2,13 @@
 TRAINING days only (issue 15).
 
 Replays core variants (demand quantile 0.95-0.99 without the guard; with the guard, step 0.35, half-life 1 h or
-6 h; with hourly phase conditioning) on the last three training days (D-3, D-2, D-1; D-1 is the protocol's tuning
+6 h; with hourly phase conditioning; since session 6 also quantiles 0.8 and 0.9 and the 5-min token-mix average) on the last three training days (D-3, D-2, D-1; D-1 is the protocol's tuning
 day) of the five day-long single-model ranges, at peaks 200 and 1,000 req/s, seed 0, with the protocol's
 forecaster. Then the nested check: choose a setting on day D by the tuning rule (cheapest with attainment >= 0.995)
 from a candidate set, and see whether it meets the 0.99 goal on day D+1 (D-3 -> D-2, D-2 -> D-1: 20 checks per
 set). Never reads a validation range.
 
-    python benchmarks/core_guard_days.py            # ~10 min on 2 workers; writes benchmarks/core_guard_days.json
+    python benchmarks/core_guard_days.py            # ~15 min on 2 workers; writes benchmarks/core_guard_days.json
     python benchmarks/core_guard_days.py --report   # the table from the JSON
 """
 
@@ -35,13 +35,25 @@ VARIANTS: dict[str, dict[str, float]] = {
     "q95+guard6h+phase": {"quantile": 0.95, **GUARD, "guard_halflife_s": 21600.0, "phase_period_s": 3600.0},
     "q97+guard6h+phase": {"quantile": 0.97, **GUARD, "guard_halflife_s": 21600.0, "phase_period_s": 3600.0},
     "q99+phase": {"quantile": 0.99, "phase_period_s": 3600.0},
+    # session 6: a lower quantile and capacity smoothing (5-min token-mix average)
+    "q80+guard1h": {"quantile": 0.8, **GUARD}, "q80+guard6h": {"quantile": 0.8, **GUARD, "guard_halflife_s": 21600.0},
+    "q80+guard1h+cap5m": {"quantile": 0.8, **GUARD, "capacity_halflife_s": 300.0},
+    "q90+guard1h": {"quantile": 0.9, **GUARD}, "q90+guard6h": {"quantile": 0.9, **GUARD, "guard_halflife_s": 21600.0},
+    "q90+guard1h+cap5m": {"quantile": 0.9, **GUARD, "capacity_halflife_s": 300.0},
+    "q95+guard1h+cap5m": {"quantile": 0.95, **GUARD, "capacity_halflife_s": 300.0},
+    "q97+guard6h+cap5m": {"quantile": 0.97, **GUARD, "guard_halflife_s": 21600.0, "capacity_halflife_s": 300.0},
 }
+_S5 = [k for k in VARIANTS if "q80" not in k and "q90" not in k and "cap5m" not in k]
 SETS = {
     "no guard": ["q95", "q97", "q98", "q99"],
     "guard": ["q95+guard1h", "q97+guard1h", "q95+guard6h"],
     "guard + phase": ["q95+guard1h", "q97+guard1h", "q95+guard6h", "q95+guard1h+phase", "q95+guard6h+phase",
                       "q97+guard6h+phase"],
-    "all": list(VARIANTS),
+    "all (session 5)": _S5,
+    "all (session 5) + capacity smoothing": [*_S5, "q95+guard1h+cap5m", "q97+guard6h+cap5m"],
+    "... + q 0.9": [*_S5, "q95+guard1h+cap5m", "q97+guard6h+cap5m", "q90+guard1h", "q90+guard6h",
+                    "q90+guard1h+cap5m"],
+    "... + q 0.8 (all)": list(VARIANTS),
 }
 OUT = Path(__file__).resolve().parent / "core_guard_days.json"
 

@@ -368,8 +368,8 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
              "* hpa / keda / kpa: upstream defaults (70 % of slots), no fleetpilot shield, goal min/max only;",
              "* static: replicas for the tuning range's peak at 70 % utilisation (capacity model at the SLO);",
              "* predictive: whatever `predictive` resolves to in the registry of the tree that ran (see Tree above); "
-             "predictive-tuned: the same core with its demand quantile, rate window, SLO-guard half-life and phase "
-             "conditioning chosen by the incumbents' search and rule on the same tuning day, replayed with the "
+             "predictive-tuned: the same core with its demand quantile, rate window, SLO-guard half-life, phase "
+             "conditioning and token-mix averaging (`mix 5m` in the label) chosen by the incumbents' search and rule on the same tuning day, replayed with the "
              "forecaster it runs with (`fleetpilot tune --autoscaler predictive`, grid `CORE_GRID` in "
              "`policies/tuning.py`, fixed on training days: `benchmarks/core_guard_days.py`; chosen values in the "
              "row label); "
@@ -395,7 +395,9 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
                     if doc:
                         st = doc["settings"]
                         guard = (f", guard {st['guard_halflife_s'] / 3600:g}h" if st.get("guard_step", 0.0) > 0
-                                 else "") + (", phase" if st.get("phase_period_s", 0.0) > 0 else "")
+                                 else "") + (", phase" if st.get("phase_period_s", 0.0) > 0 else "") + (
+                                     f", mix {st['capacity_halflife_s'] / 60:g}m"
+                                     if st.get("capacity_halflife_s", 0.0) > 0 else "")
                         tn = (f" (q={st['quantile']:g}, w={st['rate_window_s']:g}s{guard}"
                               + ("" if doc["chosen"]["met"] else ", unmet on tuning") + ")")
                 elif n in TUNED:

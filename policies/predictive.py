@@ -16,7 +16,9 @@ One decision per model and control interval, no stacked margins::
 * ``r_slo`` is the rate one replica sustains while the goal's latency percentile still meets its target: the
   latency model's saturated throughput (``ModelObs.capacity_rps``) times the utilisation at which the M/M/c
   tail (Erlang C, ``c`` = the replica's concurrent sequences) keeps ``P(TTFT > target) <= 1 - percentile``
-  (:func:`policies.baselines.capacity_at_slo` with no utilisation cap).
+  (:func:`policies.baselines.capacity_at_slo` with no utilisation cap). With ``capacity_halflife_s`` > 0 the
+  throughput is that of the token mix averaged over the last minutes rather than this interval's sample
+  (:meth:`PredictivePolicy._inv_cap`).
 * **Scale-down.** Because ``Y`` is the maximum over the whole lead, the target never drops below what the demand
   quantile needs anywhere in ``(t, t + L]``: a replica is removed only when no replica removed now could be needed
   before a replacement could be ready (the same forward running maximum the offline oracle's launch schedule
@@ -145,6 +147,8 @@ class ModelCalibration:
     first_t: float = math.nan  # first decision (before calibration: no scale-down until one lead has passed)
     bins: tuple[int, ...] = ()  # phase bin of each score's decision (``phase_period_s`` > 0), parallel to ``scores``
     phase: int = -1  # phase bin of the decision being made (-1: phase conditioning off)
+    inv_cap: float = math.nan  # EWMA of 1 / saturated throughput of one replica (s per request; ``capacity_halflife_s``)
+    n_cap: int = 0  # intervals in ``inv_cap`` (a plain mean until the EWMA's span)
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,8 @@ class PredictivePolicy:
     ``quantile``: demand quantile sized for; ``window``: calibration scores kept per model; ``eps_replicas``:
     the score offset in units of one replica's SLO rate; ``lead_s``: per-model override of the cold-start lead
     (default: the goal's ``cold_start_s``); ``tokens[model] = (mean input, mean output)`` fixes the token mix of
-    the capacity model (default: the observation's ``capacity_rps``).
+    the capacity model (default: the observation's ``capacity_rps``); ``capacity_halflife_s`` > 0 sizes on the
+    token mix averaged with that half-life instead of each interval's (0 = off).
     """
 
     name = "predictive"
@@ -196,6 +201,7 @@ class PredictivePolicy:
         rate_window_s: float = 0.0,
         phase_period_s: float = 0.0,
         phase_bins: int = 12,
+        capacity_halflife_s: float = 0.0,
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
@@ -217,6 +223,8 @@ class PredictivePolicy:
                 and 1 <= int(phase_bins) <= 1440):
             raise UserError("predictive phase_period_s must be in [0, 604800] s (0 = off) and phase_bins in [1, 1440], "
                             f"got {phase_period_s!r}, {phase_bins!r}")
+        if not (math.isfinite(float(capacity_halflife_s)) and 0.0 <= float(capacity_halflife_s) <= 86400.0):
+            raise UserError(f"predictive capacity_halflife_s must be in [0, 86400] s (0 = off), got {capacity_halflife_s!r}")
         if not (math.isfinite(float(drain_s)) and float(drain_s) >= 0.0):
             raise UserError(f"predictive drain_s must be >= 0 (0 = off), got {drain_s!r}")
         unknown = set(lead_s or {}) - set(goal.model_names)
@@ -237,6 +245,8 @@ class PredictivePolicy:
         self.guard_step = float(guard_step)
         self.phase_period_s = float(phase_period_s)
         self.phase_bins = int(phase_bins)
+        self.capacity_halflife_s = float(capacity_halflife_s)
+        self._cap_keep = 0.5 ** (goal.control_interval_s / float(capacity_halflife_s)) if capacity_halflife_s > 0 else 0.0
         self._guard_keep = 0.5 ** (goal.control_interval_s / float(guard_halflife_s))
         self._derate_keep = 0.5 ** (1.0 / max(1, int(derate_halflife)))
         self.lead = {m.name: float((lead_s or {}).get(m.name, m.cold_start_s)) for m in goal.models}
@@ -263,10 +273,14 @@ class PredictivePolicy:
         ci = self.goal.control_interval_s
         return (self.min_scale_samples + self.min_scores) * ci + max(self.lead.values(), default=0.0)
 
-    def capacity(self, name: str, m: ModelObs | None = None) -> float:
-        """Requests/s one replica of ``name`` takes at the SLO (observed token mix unless ``tokens`` fixes it)."""
+    def capacity(self, name: str, m: ModelObs | None = None, cal: ModelCalibration | None = None) -> float:
+        """Requests/s one replica of ``name`` takes at the SLO: at the token mix ``tokens`` fixes, else at the
+        smoothed one (``capacity_halflife_s`` > 0 and ``cal`` given), else at the one observed this interval."""
         if name in self._fixed_cap:
             return self._fixed_cap[name]
+        if (cal is not None and self.capacity_halflife_s > 0 and _finite(cal.inv_cap) and cal.inv_cap > 0
+                and cal.n_cap * (1.0 - self._cap_keep) >= 1.0):  # the EWMA has seen its span: trusted
+            return self._util[name] / cal.inv_cap
         if m is not None and _finite(m.capacity_rps) and m.capacity_rps > 0:
             return float(m.capacity_rps) * self._util[name]
         spec = self.goal.model(name)
@@ -366,6 +380,25 @@ class PredictivePolicy:
                 return max(0.25, seen)
             return derate
         return 1.0 - (1.0 - derate) * self._derate_keep
+
+    def _inv_cap(self, cal: ModelCalibration, m: ModelObs | None) -> tuple[float, int]:
+        """``(average, readings)``: the smoothed seconds of one replica's saturated throughput per request.
+
+        With ``capacity_halflife_s`` > 0 the core sizes on this average instead of the interval's reading. It is
+        averaged as ``1 / capacity`` (linear in the token counts, so the mean of the readings is the mean cost of a
+        request), only over intervals with traffic, as a plain mean until the EWMA's span. One interval's token mix
+        is a sample of a heavy-tailed distribution; sizing on each reading ratchets the fleet up on every costly
+        sample, and the keep-warm rule then holds that for a lead. The price is lag when the mix really shifts
+        (the throughput correction ``derate`` catches a saturated fleet), so it is a tuned setting, not a default.
+        """
+        if self.capacity_halflife_s <= 0 or m is None:
+            return cal.inv_cap, cal.n_cap
+        if not (_finite(m.capacity_rps) and m.capacity_rps > 0 and _finite(m.arrival_rps) and m.arrival_rps > 0):
+            return cal.inv_cap, cal.n_cap
+        x = 1.0 / float(m.capacity_rps)
+        n = cal.n_cap + 1
+        a = max(1.0 - self._cap_keep, 1.0 / n)
+        return (x if not _finite(cal.inv_cap) else (1.0 - a) * cal.inv_cap + a * x), n
 
     def slo_latency_ms(self, m: ModelObs | None) -> float:
         """The latency the goal's SLO judges (p95 TTFT or p95 end-to-end) in a model's reading; NaN without one."""
@@ -489,7 +522,7 @@ class PredictivePolicy:
             m = obs.models.get(name)
             if m is not None and _finite(m.ready):
                 cal = state.model(name)
-                limit[p] = max(limit[p], max(0, int(m.ready)) * self.capacity(name, m) * cal.derate)
+                limit[p] = max(limit[p], max(0, int(m.ready)) * self.capacity(name, m, cal) * cal.derate)
         lo, hi = 0.0, 1.0
         if np.any(rmap.model_rates(rates, blend(1.0)) > limit + 1e-9):
             for _ in range(12):
@@ -537,6 +570,7 @@ class PredictivePolicy:
                 scale = d if not _finite(scale) else (1.0 - a) * scale + a * d
             guard = self._guard(cal, m, target)
             derate = self._derate(cal, m, spec.max_replicas)
+            inv_cap, n_cap = self._inv_cap(cal, m)
             pending = list(cal.pending)
             scores = list(cal.scores)
             phased = self.phase_period_s > 0
@@ -554,7 +588,7 @@ class PredictivePolicy:
                 bins = bins[-self.window:] if phased else bins
             cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, guard, n_scale, derate,
                                                float(m.queued) if m is not None and _finite(m.queued) else math.nan,
-                                               cal.warm, cal.first_t, tuple(bins), self.phase_of(now))
+                                               cal.warm, cal.first_t, tuple(bins), self.phase_of(now), inv_cap, n_cap)
             if pending:
                 oldest = min(oldest, pending[0][0])
         rates = tuple(r for r in rates if r[0] > oldest + _EPS)
@@ -603,7 +637,7 @@ class PredictivePolicy:
             if m is None:
                 reps[spec.name] = current
                 continue
-            cap = self.capacity(spec.name, m) * cal.derate
+            cap = self.capacity(spec.name, m, cal) * cal.derate
             level = None if levels is None else levels.get(spec.name)
             rate = None
             if self.rate_intervals > 1 and state.last_rates:

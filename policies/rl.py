@@ -171,7 +171,7 @@ class PolicyFeatures(_NamedVector):
             name = spec.name
             m = obs.models.get(name)
             cal = core.model(name)
-            cap = self.core.capacity(name, m) * cal.derate
+            cap = self.core.capacity(name, m, cal) * cal.derate
             cap = cap if cap > 0 else 1.0
             scale = max(self.core.eps_replicas * cap, _finite(cal.scale, 0.0))
             qs = [self.core.factor(cal, lv, guarded=False) for lv in FEATURE_LEVELS]

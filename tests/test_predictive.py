@@ -25,10 +25,11 @@ CAP = 60.0  # saturated req/s of one replica in the synthetic observations
 DT = GOAL.control_interval_s
 
 
-def obs(t: float, rate: float, forecast: float | None = None, *, ready: int = 4, ttft: float = 100.0) -> Observation:
+def obs(t: float, rate: float, forecast: float | None = None, *, ready: int = 4, ttft: float = 100.0,
+        cap: float = CAP) -> Observation:
     f = rate if forecast is None else forecast
     mo = ModelObs(ready=ready, starting=0, desired=ready, arrival_rps=rate, in_flight=0.0, queued=0.0,
-                  ttft_p95_ms=ttft, e2e_p95_ms=ttft, capacity_rps=CAP, slots=256, forecast=(f, 1.2 * f, f, 1.2 * f))
+                  ttft_p95_ms=ttft, e2e_p95_ms=ttft, capacity_rps=cap, slots=256, forecast=(f, 1.2 * f, f, 1.2 * f))
     return Observation(t_s=t, interval_s=DT, models={M: mo}, class_rates={"default": rate}, class_forecast={},
                        weights={}, ttft_p95_ms=ttft, e2e_p95_ms=ttft, cost_per_hour=0.0)
 
@@ -258,7 +259,8 @@ def test_phase_conditioning_sizes_for_a_burst_only_at_the_phase_it_recurs() -> N
 
 @pytest.mark.parametrize("kw", [{"quantile": 1.0}, {"quantile": 0.2}, {"window": 0}, {"eps_replicas": 0.0},
                                 {"lead_s": {"nope": 10.0}}, {"guard_step": -1.0}, {"guard_halflife_s": 0.0},
-                                {"phase_period_s": -1.0}, {"phase_bins": 0}])
+                                {"phase_period_s": -1.0}, {"phase_bins": 0}, {"capacity_halflife_s": -1.0},
+                                {"capacity_halflife_s": math.inf}])
 def test_bad_settings_are_user_errors(kw: dict) -> None:
     with pytest.raises(UserError):
         PredictivePolicy(GOAL, **kw)
@@ -275,3 +277,33 @@ def test_calibration_s_is_when_the_quantile_takes_over(q: float) -> None:
     _, after = run(pol, rates[: n + 1])
     assert math.isnan(pol.factor(before.model(M)))  # still the warm-up rule
     assert math.isfinite(pol.factor(after.model(M)))  # sizing by the calibrated quantile
+
+
+def test_capacity_smoothing_sizes_on_the_mean_token_mix_once_it_has_seen_its_span() -> None:
+    """Each interval's token mix is a noisy sample: readings alternate between 40 and 120 req/s per replica. Sized
+    on each reading the fleet follows the costly ones (and the keep-warm rule holds them); smoothed, it sizes on
+    the mean cost per request, 1 / mean(1 / capacity) = 60 req/s, once the average has seen its span."""
+    raw = PredictivePolicy(GOAL)
+    smooth = PredictivePolicy(GOAL, capacity_halflife_s=300.0)
+    util = slo_utilisation(GOAL, M)
+    span = 1.0 / (1.0 - 0.5 ** (DT / 300.0))  # ~20.8 readings
+    st_raw, st = raw.initial_state(), smooth.initial_state()
+    caps = [40.0 if i % 2 else 120.0 for i in range(80)]
+    seen = []
+    for i, c in enumerate(caps):
+        o = obs((i + 1) * DT, 300.0, cap=c)
+        _, st_raw = raw.decide(o, st_raw)
+        _, st = smooth.decide(o, st)
+        seen.append(smooth.capacity(M, o.models[M], st.model(M)) / util)
+        if i + 1 < span:  # not trusted yet: the interval's own reading, as without smoothing
+            assert seen[-1] == pytest.approx(c)
+    assert seen[-1] == pytest.approx(60.0, rel=0.1)  # harmonic mean of 40 and 120
+    assert raw.capacity(M, o.models[M], st_raw.model(M)) / util == pytest.approx(caps[-1])  # off: the reading
+    assert math.isnan(st_raw.model(M).inv_cap)
+    # intervals without traffic say nothing about the mix: the average is unchanged
+    before = st.model(M).inv_cap
+    _, st2 = smooth.decide(obs(81 * DT, 0.0, cap=500.0), st)
+    assert st2.model(M).inv_cap == before
+    # a fixed token mix (``tokens``) still wins over both
+    fixed = PredictivePolicy(GOAL, capacity_halflife_s=300.0, tokens={M: (512.0, 256.0)})
+    assert fixed.capacity(M, o.models[M], st.model(M)) == pytest.approx(fixed._fixed_cap[M])

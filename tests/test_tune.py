@@ -220,6 +220,8 @@ def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> 
     assert min(skipped.values()) > max(600.0, max(cal.values()))
     assert {c["settings"]["quantile"] for c in doc["candidates"]} == {0.95}
     assert len(cal) + len(skipped) == len(core_candidates())
+    # Azure's per-request token mix varies: capacity smoothing is a real candidate here
+    assert {c["settings"]["capacity_halflife_s"] for c in doc["candidates"]} == {0.0, 300.0}
     pol = make(f"predictive-tuned:{out}", ONE)
     assert isinstance(pol, PredictivePolicy) and pol.name.startswith("predictive-tuned")
     assert pol.quantile == doc["settings"]["quantile"]
@@ -232,6 +234,22 @@ def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> 
     run = replay(ONE, trace, [pol], seed=0, workers=1).runs[0]
     assert run.summary["cost_usd"] == pytest.approx(doc["chosen"]["cost_usd"], rel=1e-9)
     assert run.summary["slo_attainment"] == pytest.approx(doc["chosen"]["slo_attainment"], abs=1e-12)
+
+
+def test_tune_predictive_skips_capacity_smoothing_on_a_constant_token_mix(tmp_path: Path) -> None:
+    from fleetpilot.agent.commands.tune import search_core
+    from fleetpilot.policies.tuning import core_candidates
+
+    grid = {"quantile": (0.8,), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,), "rate_window_s": (0.0,)}
+    nasa = load_traces(["nasa_http_1995_jul_1min"], (0.0, 1800.0)).scale_to_peak(100.0)  # no token columns
+    doc = search_core(ONE, nasa, workers=1, grid=grid)
+    assert [c["settings"]["capacity_halflife_s"] for c in doc["candidates"]] == [0.0]
+    assert [s.get("constant_token_mix") for s in doc["skipped"]["settings"]] == [True]
+    assert len(doc["candidates"]) + len(doc["skipped"]["settings"]) == len(core_candidates(grid)) == 2
+    azure = load_traces([TRACE], (0.0, 1800.0)).scale_to_peak(100.0)
+    doc = search_core(ONE, azure, workers=1, grid=grid)
+    assert [c["settings"]["capacity_halflife_s"] for c in doc["candidates"]] == [0.0, 300.0]
+    assert doc["skipped"]["settings"] == []
 
 
 def test_guard_and_phase_settings_reach_the_core_and_replay(tmp_path: Path) -> None:
