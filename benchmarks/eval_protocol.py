@@ -394,12 +394,16 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
                     doc = tuning.get(f"{rk}@{scale:g}", {}).get("predictive")
                     if doc:
                         st = doc["settings"]
-                        guard = (f", guard {st['guard_halflife_s'] / 3600:g}h" if st.get("guard_step", 0.0) > 0
-                                 else "") + (", phase" if st.get("phase_period_s", 0.0) > 0 else "") + (
-                                     f", mix {st['capacity_halflife_s'] / 60:g}m"
-                                     if st.get("capacity_halflife_s", 0.0) > 0 else "")
-                        tn = (f" (q={st['quantile']:g}, w={st['rate_window_s']:g}s{guard}"
-                              + ("" if doc["chosen"]["met"] else ", unmet on tuning") + ")")
+                        parts = [f"q={st['quantile']:g}", f"w={st['rate_window_s']:g}s"]
+                        if st.get("guard_step", 0.0) > 0:
+                            parts.append(f"guard {st['guard_halflife_s'] / 3600:g}h")
+                        if st.get("phase_period_s", 0.0) > 0:
+                            parts.append("phase")
+                        if st.get("capacity_halflife_s", 0.0) > 0:
+                            parts.append(f"mix {st['capacity_halflife_s'] / 60:g}m")
+                        if not doc["chosen"]["met"]:
+                            parts.append("unmet on tuning")
+                        tn = f" ({', '.join(parts)})"
                 elif n in TUNED:
                     doc = tuning.get(f"{rk}@{scale:g}", {}).get(TUNED[n])
                     if doc:
