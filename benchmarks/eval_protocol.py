@@ -18,7 +18,12 @@ What is frozen (change it only with a new section and say why):
   ``fleetpilot tune``'s search (:func:`fleetpilot.agent.commands.tune.search`) on the **last**
   :data:`TUNE_DAYS` days of the training range (the whole training range when shorter), rescaled to the same
   peak, seed 0: the cheapest setting with attainment >= goal + 0.005. Cached in :data:`TUNING_CACHE` (keyed by
-  goal, range, scale and the search grid) so reruns are cheap; ``--retune`` recomputes.
+  goal, range, scale, the search grid and the warm-up) so reruns are cheap; ``--retune`` recomputes.
+  **Tuned as evaluated** (since session 7, :data:`TUNE_WARMUP_S`): every candidate of every tuned policy, the
+  incumbents' and the core's alike, is replayed after the hour of training traffic before its tuning day,
+  unscored (``fleetpilot tune --warmup 1h``), so the search judges each setting from its steady state, as the
+  evaluation below does, not on the misses of a cold start at the tuning day's first burst. The Azure tuning
+  ranges are the whole 46-min training range: nothing precedes them, they are tuned from a cold start.
 * **Static** is sized for the peak of the tuning range (not of the evaluated one).
 * **Warm-up** (since session 5; :data:`WARMUP_S`): every evaluated range is replayed after the last hour of
   its training range (all of it when shorter: the 46 min before the Azure ranges), rescaled by the same factor
@@ -62,6 +67,7 @@ SEEDS = (0, 1, 2)
 TUNE_DAYS = 1.0
 VAL_DAYS = 1.0  # the first day of each validation range (all of it when shorter)
 WARMUP_S = 3600.0  # unscored replay of the training traffic just before the scored range (less when shorter)
+TUNE_WARMUP_S = WARMUP_S  # the same before each tuning range (none when the tuning range starts the trace)
 DEFAULT_POLICIES = "static,hpa,keda,kpa,hpa-tuned,keda-tuned,kpa-tuned,predictive,predictive-tuned,oracle"
 INCUMBENTS_TUNED = {"hpa-tuned": "hpa", "keda-tuned": "keda", "kpa-tuned": "kpa"}
 #: every policy built from the tuning cache: the tuned incumbents and fleetpilot's tuned predictive core
@@ -122,27 +128,41 @@ def traces_for(r: Range, scale: float) -> tuple[Any, Any, str]:
     return tune, val, f"{tune_lo:g}:{r.split_s:g}"
 
 
-def val_with_warmup(r: Range, scale: float) -> tuple[Any, float]:
-    """(trace, warm-up s): up to :data:`WARMUP_S` of the training traffic just before the validation range, then
-    the range; rescaled by the factor that gives the *range* the peak ``scale`` (so the scored range is the same
-    as :func:`traces_for`'s). The warm-up is a whole number of minutes (SLO windows and control intervals)."""
+def _with_warmup(r: Range, lo: float, hi: float, scale: float, warmup_s: float) -> tuple[Any, float]:
+    """(trace, warm-up s): up to ``warmup_s`` of the recorded traffic just before ``[lo, hi)``, then the range,
+    rescaled by the factor that gives the *range* the peak ``scale`` (its scored part is the range rescaled to
+    that peak). The warm-up is a whole number of minutes (SLO windows and control intervals), less when the
+    trace starts sooner (none before its first interval)."""
     from fleetpilot.simulations.traces import load_traces
 
     full = load_traces(list(r.traces))
-    end = r.split_s + VAL_DAYS * 86400.0
-    raw = full.slice(r.split_s, end)
-    factor = scale / float(raw.total_rate().max())
-    warm = math.floor(min(WARMUP_S, r.split_s - float(full.start_s)) / 60.0 + 1e-9) * 60.0
-    if warm <= 0:
-        return raw.scale(factor), 0.0
-    return full.slice(r.split_s - warm, end).scale(factor), warm
+    warm = math.floor(min(warmup_s, lo - float(full.start_s)) / 60.0 + 1e-9) * 60.0
+    warm = max(warm, 0.0)
+    return full.with_warmup(lo, hi, warm, scale), warm
+
+
+def val_with_warmup(r: Range, scale: float) -> tuple[Any, float]:
+    """The validation range after up to :data:`WARMUP_S` of the training traffic just before it."""
+    return _with_warmup(r, r.split_s, r.split_s + VAL_DAYS * 86400.0, scale, WARMUP_S)
+
+
+def tune_with_warmup(r: Range, scale: float) -> tuple[Any, float, str]:
+    """(trace, warm-up s, tuning range text): the tuning range (the last :data:`TUNE_DAYS` of the training range)
+    after up to :data:`TUNE_WARMUP_S` of the training traffic just before it."""
+    from fleetpilot.simulations.traces import load_traces
+
+    lo = max(float(load_traces(list(r.traces)).start_s), r.split_s - TUNE_DAYS * 86400.0)
+    trace, warm = _with_warmup(r, lo, r.split_s, scale, TUNE_WARMUP_S)
+    return trace, warm, f"{lo:g}:{r.split_s:g}"
 
 
 def _grid_key() -> str:
     from fleetpilot.policies import tuning as tn
 
-    return json.dumps({"fr": tn.FRACTIONS, "w": tn.KPA_WINDOWS_S, "m": tn.DEFAULT_MARGIN, "days": TUNE_DAYS},
-                      sort_keys=True)
+    key: dict[str, Any] = {"fr": tn.FRACTIONS, "w": tn.KPA_WINDOWS_S, "m": tn.DEFAULT_MARGIN, "days": TUNE_DAYS}
+    if TUNE_WARMUP_S:
+        key["warmup"] = TUNE_WARMUP_S
+    return json.dumps(key, sort_keys=True)
 
 
 #: the forecaster every policy runs with in :func:`eval_job` (replay's default); the core is tuned with it too
@@ -171,9 +191,9 @@ def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
     from fleetpilot.agent.commands.tune import search
 
     goal = goal_for(r)
-    tune, _val, rng = traces_for(r, scale)
+    tune, warm, rng = tune_with_warmup(r, scale)
     started = time.perf_counter()
-    docs = search(goal, tune, kinds, seed=0, tick_s=None, workers=1, forecast_model=FORECAST_MODEL)
+    docs = search(goal, tune, kinds, seed=0, tick_s=None, workers=1, forecast_model=FORECAST_MODEL, warmup_s=warm)
     if "predictive" in docs:
         docs["predictive"]["fingerprint"] = core_fingerprint()
     for d in docs.values():
@@ -182,7 +202,8 @@ def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
             d["goal"]["source"] = str(Path(src).relative_to(ROOT))
         d["command"] = (f"fleetpilot tune --goal {Path(goal.source).relative_to(ROOT) if goal.source else '?'} "
                         + " ".join(f"--trace {t}" for t in r.traces)
-                        + f" --range {rng} --scale-to-peak {scale:g} --autoscaler {d['autoscaler']} --out DIR")
+                        + f" --range {rng} --scale-to-peak {scale:g}" + (f" --warmup {warm:g}s" if warm else "")
+                        + f" --autoscaler {d['autoscaler']} --out DIR")
     return {"key": tuning_key(r, scale, goal), "range": r.key, "scale": scale, "tuning_range": rng,
             "wall_s": round(time.perf_counter() - started, 2), "docs": docs}
 
@@ -192,9 +213,9 @@ def extend_job(r: Range, scale: float, cached: dict[str, Any]) -> dict[str, Any]
     from fleetpilot.agent.commands.tune import extend
 
     goal = goal_for(r)
-    tune, _val, _rng = traces_for(r, scale)
+    tune, warm, _rng = tune_with_warmup(r, scale)
     started = time.perf_counter()
-    docs = extend(goal, tune, cached["docs"], seed=0, tick_s=None, workers=1)
+    docs = extend(goal, tune, cached["docs"], seed=0, tick_s=None, workers=1, warmup_s=warm)
     for k, d in docs.items():
         d["command"] = cached["docs"][k].get("command", "")
     return dict(cached, docs=docs, wall_s=round(cached.get("wall_s", 0.0) + time.perf_counter() - started, 2))

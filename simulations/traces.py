@@ -177,6 +177,36 @@ class Trace:
         t = self.scale(peak_rps / peak)
         return replace(t, provenance=t.provenance[:-1] + (f"rescaled to peak {peak_rps:g} req/s (x{peak_rps / peak:.6g})",))
 
+    def with_warmup(self, start_s: float, end_s: float | None, warmup_s: float,
+                    peak_rps: float | None = None, what: str = "a warm-up") -> Trace:
+        """The range ``[start_s, end_s)`` preceded by ``warmup_s`` of the recorded traffic before it (a replay
+        warm-up, ``replay(..., warmup_s=...)``); with ``peak_rps``, rescaled by the factor that gives the *range*
+        (not the warm-up) that peak, so the scored part is the same as ``slice(...).scale_to_peak(peak_rps)``."""
+        rng = self.slice(start_s, end_s)
+        w = float(warmup_s)
+        if w > 0:
+            if rng.start_s - w < self.start_s - 1e-9:
+                raise UserError(f"{what} of {w:g} s needs recorded traffic before the range: the range starts at "
+                                f"t_s {rng.start_s:g}, the trace at {self.start_s:g}; start the range at t_s >= "
+                                f"{self.start_s + w:g}", where=self.name)
+            t = self.slice(rng.start_s - w, end_s)
+            if abs(rng.start_s - t.start_s - w) > 1e-6:
+                raise UserError(f"{what} of {w:g} s must be a whole number of the trace's {self.interval_s:g}-s "
+                                "intervals", where=self.name)
+        else:
+            t = rng
+        if peak_rps is None:
+            return t
+        peak = float(rng.total_rate().max())
+        if peak <= 0:
+            raise UserError("cannot rescale a range with no arrivals", where=self.name)
+        if not (peak_rps > 0 and math.isfinite(peak_rps)):
+            raise UserError(f"--scale-to-peak must be a positive number, got {peak_rps!r}", where=self.name)
+        t = t.scale(peak_rps / peak)
+        return replace(t, provenance=t.provenance[:-1] + (
+            f"rescaled to peak {peak_rps:g} req/s (x{peak_rps / peak:.6g}; the peak of t_s {rng.start_s:g} to "
+            f"{rng.end_s:g}{', after a warm-up' if w > 0 else ''})",))
+
     def with_classes(self, names: Sequence[str]) -> Trace:
         if len(names) != len(self.classes):
             raise UserError(f"trace has {len(self.classes)} request classes, {len(names)} names given", where=self.name)

@@ -297,3 +297,52 @@ def test_bad_core_tuning_file_names_the_field(tmp_path: Path, settings: dict, ne
     (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
     with pytest.raises(UserError, match=needle):
         make(f"predictive-tuned:{tmp_path}", ONE)
+
+
+def test_tune_with_a_warmup_judges_each_candidate_from_its_steady_state(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.tuning import build_incumbent
+
+    out = tmp_path / "warm"
+    rc = main(["tune", "--goal", str(GOAL), "--trace", TRACE, "--range", "600:1500", "--scale-to-peak", "300",
+               "--warmup", "5m", "--autoscaler", "keda", "--workers", "1", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "tuning-keda.json").read_text())
+    # the file names the scored range and its warm-up; the peak is the scored range's
+    assert doc["range"] == "600:1500" and doc["warmup_s"] == 300.0 and doc["scale_to_peak"] == 300.0
+    whole = load_traces([TRACE])
+    warm = whole.with_warmup(600.0, 1500.0, 300.0, 300.0)
+    cold = whole.slice(600.0, 1500.0).scale_to_peak(300.0)
+    assert warm.slice(600.0, None).arrivals.tolist() == cold.arrivals.tolist()
+    # every candidate's numbers are those of replaying it after the same unscored warm-up
+    c = doc["candidates"][0]
+    pol = build_incumbent("keda", ONE, c["targets"], c.get("stable_window_s"), "k")
+    run = replay(ONE, warm, [pol], seed=0, workers=1, forecast_model=None, warmup_s=300.0).runs[0]
+    assert run.summary["cost_usd"] == pytest.approx(c["cost_usd"], rel=1e-9)
+    assert run.summary["slo_attainment"] == pytest.approx(c["slo_attainment"], abs=1e-12)
+    pol = build_incumbent("keda", ONE, c["targets"], c.get("stable_window_s"), "k")
+    started_cold = replay(ONE, cold, [pol], seed=0, workers=1, forecast_model=None).runs[0]
+    assert started_cold.summary["cost_usd"] != pytest.approx(c["cost_usd"], rel=1e-6)  # the warm-up changed it
+    # a warm-up the trace cannot give is one line, exit 2, nothing written
+    rc = main(["tune", "--goal", str(GOAL), "--trace", TRACE, "--range", "600:1500", "--warmup", "20m",
+               "--autoscaler", "keda", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--warmup" in err and "before the range" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_core_settings_calibrate_during_the_warmup() -> None:
+    from fleetpilot.agent.commands.tune import search_core
+
+    grid = {"quantile": (0.95, 0.99), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,),
+            "rate_window_s": (0.0,), "capacity_halflife_s": (0.0,)}
+    whole = load_traces([TRACE])
+    # 25 scored minutes: cold, the 0.99 quantile (31.5 min to calibrate) would size by it for none of them
+    cold = search_core(ONE, whole.with_warmup(1200.0, 2700.0, 0.0, 100.0), workers=1, grid=grid)
+    assert [c["settings"]["quantile"] for c in cold["candidates"]] == [0.95]
+    # after a 20-min warm-up it calibrates before the scored range: judged on it
+    warm = search_core(ONE, whole.with_warmup(1200.0, 2700.0, 1200.0, 100.0), workers=1, grid=grid,
+                       warmup_s=1200.0)
+    assert [c["settings"]["quantile"] for c in warm["candidates"]] == [0.95, 0.99]
+    assert warm["range"] == "1200:2700" and warm["warmup_s"] == 1200.0 and cold["warmup_s"] == 0.0

@@ -22,27 +22,10 @@ def load_trace_arguments(args: argparse.Namespace, warmup_s: float = 0.0) -> Any
 
     ``warmup_s`` > 0 prepends that much of the recorded traffic before ``--range``'s start (a replay warm-up);
     ``--scale-to-peak`` then rescales by the factor that gives the *range* (not the warm-up) that peak."""
-    from fleetpilot.simulations.errors import UserError
     from fleetpilot.simulations.traces import load_traces, parse_range
 
     lo, hi = parse_range(args.range_)
     whole = load_traces(args.trace)  # read once: the range and its warm-up are slices of it
-    trace = whole.slice(lo, hi) if (lo, hi) != (None, None) else whole
-    factor = None
-    if args.scale_to_peak is not None:
-        peak = float(trace.total_rate().max())
-        trace = trace.scale_to_peak(args.scale_to_peak)  # one-line errors for a bad peak or an empty range
-        factor = args.scale_to_peak / peak
-    if warmup_s > 0:
-        start = float(trace.start_s)
-        if start - warmup_s < float(whole.start_s) - 1e-9:
-            raise UserError(f"--warmup {warmup_s:g} s needs recorded traffic before the range: the range starts at "
-                            f"t_s {start:g}, the trace at {float(whole.start_s):g}; give --range START:END with START "
-                            f">= {float(whole.start_s) + warmup_s:g}")
-        trace = whole.slice(start - warmup_s, hi)
-        if abs(start - float(trace.start_s) - warmup_s) > 1e-6:
-            raise UserError(f"--warmup {warmup_s:g} s must be a whole number of the trace's {trace.interval_s:g}-s "
-                            "intervals")
-        if factor is not None:
-            trace = trace.scale(factor)
-    return trace
+    if warmup_s <= 0 and (lo, hi) == (None, None):
+        return whole if args.scale_to_peak is None else whole.scale_to_peak(args.scale_to_peak)
+    return whole.with_warmup(whole.start_s if lo is None else lo, hi, warmup_s, args.scale_to_peak, what="--warmup")

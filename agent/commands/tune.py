@@ -1,7 +1,7 @@
 """``fleetpilot tune`` -- tune the incumbent autoscaler's target on recorded traffic, as an SRE would.
 
 ``fleetpilot tune --goal G --trace T [--trace CLASS=T ...] --range START:END [--scale-to-peak RPS]
---autoscaler keda|hpa|kpa|predictive[,...] --out DIR [--margin 0.005] [--seed 0] [--force]``
+--autoscaler keda|hpa|kpa|predictive[,...] --out DIR [--margin 0.005] [--seed 0] [--warmup DURATION] [--force]``
 
 For each autoscaler: replays the range under every candidate setting (:func:`fleetpilot.policies.tuning.candidates`:
 a utilisation fraction shared by the goal's models, and for the KPA the stable window) with the incumbent as it
@@ -17,6 +17,10 @@ runs upstream, and keeps the cheapest setting whose SLO attainment is at least t
 window its current rate is averaged over, :data:`~fleetpilot.policies.tuning.CORE_GRID`) and writes
 ``DIR/tuning-predictive.json``; ``predictive-tuned:DIR`` runs it (replay or daemon) and ``rl:NAME#core=DIR`` puts
 the learned policy on top of it.
+
+``--warmup DURATION`` replays that much of the recorded traffic before ``--range`` first, unscored, as
+``fleetpilot replay --warmup`` does: every candidate is then judged from its own steady state, as it runs in
+production, not on the misses of a cold start at the range's first burst.
 
 Existing files are never overwritten unless ``--force`` is given. Tune on a range you will *not* judge the
 result on (e.g. the days before the ones you evaluate).
@@ -59,6 +63,10 @@ def register(sub: Any) -> None:
     p.add_argument("--forecast-model", default="holt-winters",
                    help="forecaster the predictive core is tuned with; use the one it will run with (default "
                         "holt-winters, as in replay and the daemon; 'none' to disable). HPA/KEDA/KPA read no forecast")
+    p.add_argument("--warmup", default="0", metavar="DURATION",
+                   help="replay this much recorded traffic before --range first, unscored, so each candidate is "
+                        "judged from its steady state, not a cold start (s/m/h/d; a whole number of SLO windows; "
+                        "default 0)")
     p.add_argument("--force", action="store_true", help="overwrite existing tuning files in --out")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for tuning-KIND.json and the manifests")
     p.set_defaults(func=handler)
@@ -75,22 +83,29 @@ def parse_kinds(text: str) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
+def _scored(trace: Any, warmup_s: float) -> Any:
+    """The part of ``trace`` a tuning replay scores: all of it but the first ``warmup_s`` seconds."""
+    return trace.slice(float(trace.start_s) + float(warmup_s), None) if warmup_s > 0 else trace
+
+
 def _evaluate(goal: Any, trace: Any, cands: Sequence[Any], *, seed: int, tick_s: float | None, workers: int,
-              progress: bool) -> tuple[dict[str, tuple[float, float]], Any]:
+              progress: bool, warmup_s: float = 0.0) -> tuple[dict[str, tuple[float, float]], Any]:
     """Replay the candidates (one run, common random numbers): label -> (cost, attainment), and the result."""
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.tuning import build_incumbent
 
     pols = [build_incumbent(c.kind, goal, dict(c.targets), c.stable_window_s, c.label) for c in cands]
     res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
-                 forecast_model=None)
+                 forecast_model=None, warmup_s=warmup_s)
     return {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}, res
 
 
 def _document(goal: Any, trace: Any, kind: str, rows: list[tuple[Any, float, float]], threshold: float,
-              margin: float, seed: int, res_meta: dict[str, Any], extension_rounds: int) -> dict[str, Any]:
+              margin: float, seed: int, res_meta: dict[str, Any], extension_rounds: int,
+              warmup_s: float = 0.0) -> dict[str, Any]:
     from fleetpilot.policies.tuning import TUNING_FORMAT, select, unit_capacity
 
+    trace = _scored(trace, warmup_s)
     chosen, met = select(rows, threshold)
     srow = next(r for r in rows if r[0] is chosen)
     units = unit_capacity(goal, trace)
@@ -110,6 +125,7 @@ def _document(goal: Any, trace: Any, kind: str, rows: list[tuple[Any, float, flo
                  "models": list(goal.model_names)},
         "trace": res_meta["trace"],
         "range": f"{trace.start_s:g}:{trace.end_s:g}",
+        "warmup_s": float(warmup_s),
         "scale_to_peak": _peak(res_meta["trace"]),
         "seed": int(seed),
         "tick_s": res_meta["tick_s"],
@@ -145,11 +161,12 @@ def _rows_of(doc: dict[str, Any]) -> list[tuple[Any, float, float]]:
 
 def extend(goal: Any, trace: Any, docs: dict[str, dict[str, Any]], *, seed: int = 0, tick_s: float | None = None,
            workers: int = 2, windows: Sequence[float] | None = None, progress: bool = False,
-           rounds: int = EXTEND_ROUNDS) -> dict[str, dict[str, Any]]:
+           rounds: int = EXTEND_ROUNDS, warmup_s: float = 0.0) -> dict[str, dict[str, Any]]:
     """Extend the search below the lowest fraction for the kinds where no candidate met the threshold.
 
     What an SRE does when even the most conservative target tried misses the SLO: try lower ones. Each round
     adds 0.7x and 0.5x the lowest fraction tried (for the KPA at every window tried) in one replay run.
+    ``warmup_s``: the first seconds of ``trace`` are replayed unscored (as in :func:`search`).
     """
     from fleetpilot.policies.tuning import KINDS, candidates
 
@@ -164,29 +181,34 @@ def extend(goal: Any, trace: Any, docs: dict[str, dict[str, Any]], *, seed: int 
             if not fr:
                 continue
             ws = sorted({c["stable_window_s"] for c in docs[k]["candidates"] if c.get("stable_window_s")}) or None
-            new[k] = candidates(k, goal, trace, fractions=fr, windows=ws if k == "kpa" else windows)
+            new[k] = candidates(k, goal, _scored(trace, warmup_s), fractions=fr,
+                                windows=ws if k == "kpa" else windows)
         if not new:
             break
         flat = [c for k in new for c in new[k]]
-        vals, res = _evaluate(goal, trace, flat, seed=seed, tick_s=tick_s, workers=workers, progress=progress)
+        vals, res = _evaluate(goal, trace, flat, seed=seed, tick_s=tick_s, workers=workers, progress=progress,
+                              warmup_s=warmup_s)
         meta = {"trace": res.trace, "tick_s": res.tick_s, "oracle_cost_usd": res.oracle.get("cost_usd")}
         for k, cs in new.items():
             d = docs[k]
             rows = _rows_of(d) + [(c, *vals[c.label]) for c in cs]
             docs[k] = _document(goal, trace, k, rows, d["threshold"], d["margin"], seed, meta,
-                                int(d.get("extension_rounds", 0)) + 1)
+                                int(d.get("extension_rounds", 0)) + 1, warmup_s)
     return docs
 
 
 def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s: float | None = None,
            workers: int = 2, margin: float | None = None, fractions: dict[str, Sequence[float]] | None = None,
            windows: Sequence[float] | None = None, progress: bool = False,
-           extend_rounds: int = EXTEND_ROUNDS, forecast_model: str | None = "holt-winters") -> dict[str, dict[str, Any]]:
+           extend_rounds: int = EXTEND_ROUNDS, forecast_model: str | None = "holt-winters",
+           warmup_s: float = 0.0) -> dict[str, dict[str, Any]]:
     """Replay every candidate of every kind on ``trace`` (one replay run) and choose per kind; extend the grid
     downwards (:func:`extend`) for kinds where nothing met the threshold.
 
     Returns ``{kind: document}``, each the JSON :func:`write_outputs` writes (without the command line).
     ``forecast_model``: the forecaster the predictive core is tuned with (the incumbents read none).
+    ``warmup_s``: the first seconds of ``trace`` are replayed but not scored (every candidate is judged from its
+    steady state); the candidates' targets come from the scored part's token mix.
     """
     from fleetpilot.policies.tuning import CORE_KIND, DEFAULT_MARGIN, candidates
 
@@ -197,19 +219,21 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
     core_doc = {}
     if CORE_KIND in kinds:
         core_doc = {CORE_KIND: search_core(goal, trace, seed=seed, tick_s=tick_s, workers=workers, margin=mg,
-                                           progress=progress, forecast_model=forecast_model)}
+                                           progress=progress, forecast_model=forecast_model, warmup_s=warmup_s)}
         kinds = [k for k in kinds if k != CORE_KIND]
         if not kinds:
             return core_doc
-    cands = {k: candidates(k, goal, trace, fractions=(fractions or {}).get(k), windows=windows) for k in kinds}
+    scored = _scored(trace, warmup_s)
+    cands = {k: candidates(k, goal, scored, fractions=(fractions or {}).get(k), windows=windows) for k in kinds}
     flat = [c for k in kinds for c in cands[k]]
-    vals, res = _evaluate(goal, trace, flat, seed=seed, tick_s=tick_s, workers=workers, progress=progress)
+    vals, res = _evaluate(goal, trace, flat, seed=seed, tick_s=tick_s, workers=workers, progress=progress,
+                          warmup_s=warmup_s)
     meta = {"trace": res.trace, "tick_s": res.tick_s, "oracle_cost_usd": res.oracle.get("cost_usd")}
-    docs = {k: _document(goal, trace, k, [(c, *vals[c.label]) for c in cands[k]], threshold, mg, seed, meta, 0)
-            for k in kinds}
+    docs = {k: _document(goal, trace, k, [(c, *vals[c.label]) for c in cands[k]], threshold, mg, seed, meta, 0,
+                         warmup_s) for k in kinds}
     if extend_rounds > 0:
         docs = extend(goal, trace, docs, seed=seed, tick_s=tick_s, workers=workers, windows=windows,
-                      progress=progress, rounds=extend_rounds)
+                      progress=progress, rounds=extend_rounds, warmup_s=warmup_s)
     return {**docs, **core_doc}
 
 
@@ -220,13 +244,15 @@ CALIBRATED_SHARE = 0.5
 
 def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = None, workers: int = 2,
                 margin: float | None = None, grid: dict[str, Sequence[float]] | None = None,
-                progress: bool = False, forecast_model: str | None = "holt-winters") -> dict[str, Any]:
+                progress: bool = False, forecast_model: str | None = "holt-winters",
+                warmup_s: float = 0.0) -> dict[str, Any]:
     """The same search and rule for fleetpilot's predictive core: every setting of
     :data:`~fleetpilot.policies.tuning.CORE_GRID` replayed on ``trace`` (one run, common random numbers), the
     cheapest with attainment >= goal + margin kept. Returns the ``tuning-predictive.json`` document.
 
     The core reads the forecast, so it is tuned with the forecaster it will run with (``forecast_model``, the
-    replay's and the daemon's default); a setting tuned without one is a different policy."""
+    replay's and the daemon's default); a setting tuned without one is a different policy. ``warmup_s``: the
+    first seconds of ``trace`` are replayed but not scored; a setting calibrates during them too."""
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_FORMAT, CORE_KIND, DEFAULT_MARGIN, core_candidates, select
@@ -237,8 +263,9 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
     built = [(c, PredictivePolicy(goal, **dict(c.settings))) for c in core_candidates(grid)]
     soonest = min(p.calibration_s() for _, p in built)
     fixed_mix = _constant_token_mix(trace)
+    scored = _scored(trace, warmup_s)
     for c, p in built:  # judged on its setting, not on its warm-up: calibrated for at least half the range
-        if p.calibration_s() > max(CALIBRATED_SHARE * trace.duration_s, soonest) + 1e-9:
+        if p.calibration_s() - float(warmup_s) > max(CALIBRATED_SHARE * scored.duration_s, soonest) + 1e-9:
             skipped.append({"label": c.label, "calibration_s": p.calibration_s()})
             continue
         if fixed_mix and p.capacity_halflife_s > 0:  # the same decisions as the setting without it
@@ -248,7 +275,7 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
         cands.append(c)
         pols.append(p)
     res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
-                 forecast_model=forecast_model)
+                 forecast_model=forecast_model, warmup_s=warmup_s)
     vals = {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}
     rows = [(c, *vals[c.label]) for c in cands]
     chosen, met = select(rows, threshold)  # the incumbents' rule, unchanged
@@ -259,7 +286,8 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
         "goal": {"name": goal.name, "source": goal.source, "slo_attainment": goal.slo.attainment,
                  "models": list(goal.model_names)},
         "trace": res.trace,
-        "range": f"{trace.start_s:g}:{trace.end_s:g}",
+        "range": f"{scored.start_s:g}:{scored.end_s:g}",
+        "warmup_s": float(warmup_s),
         "scale_to_peak": _peak(res.trace),
         "seed": int(seed),
         "tick_s": res.tick_s,
@@ -368,15 +396,18 @@ def handler(args: argparse.Namespace) -> int:
                     if f and (out / f).exists()]
         if existing:
             raise UserError(f"refusing to overwrite {', '.join(existing)} (use --force, or another --out)")
+    from fleetpilot.simulations.traces import time_s
+
+    warmup_s = time_s(str(args.warmup), "--warmup")
     goal = load_goal(args.goal)
-    trace = load_trace_arguments(args)
+    trace = load_trace_arguments(args, warmup_s=warmup_s)
     fm = None if str(args.forecast_model).lower() == "none" else str(args.forecast_model)
     from fleetpilot.forecasting.base import MODEL_NAMES
 
     if fm is not None and fm not in MODEL_NAMES:
         raise UserError(f"--forecast-model must be one of {', '.join(MODEL_NAMES)} or none, got {fm!r}")
     docs = search(goal, trace, kinds, seed=args.seed, tick_s=args.tick, workers=args.workers, margin=args.margin,
-                  progress=sys.stderr.isatty(), forecast_model=fm)
+                  progress=sys.stderr.isatty(), forecast_model=fm, warmup_s=warmup_s)
     command = "fleetpilot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["tune"] else ""
     written = write_outputs(out, docs, goal, force=args.force, command=command)
     for k, doc in docs.items():
