@@ -22,8 +22,10 @@ What is frozen (change it only with a new section and say why):
   **Tuned as evaluated** (since session 7, :data:`TUNE_WARMUP_S`): every candidate of every tuned policy, the
   incumbents' and the core's alike, is replayed after the hour of training traffic before its tuning day,
   unscored (``fleetpilot tune --warmup 1h``), so the search judges each setting from its steady state, as the
-  evaluation below does, not on the misses of a cold start at the tuning day's first burst. The Azure tuning
-  ranges are the whole 46-min training range: nothing precedes them, they are tuned from a cold start.
+  evaluation below does, not on the misses of a cold start at the tuning day's first burst. The warm-up is at
+  most half the tuning range; where less traffic precedes the range than that (the Azure ranges: their tuning
+  range is the whole 46-min training range, nothing precedes it), the first part of the range makes up the
+  difference and only the rest is scored (Azure: warm-up 0-23 min, scored 23-46 min).
 * **Static** is sized for the peak of the tuning range (not of the evaluated one).
 * **Warm-up** (since session 5; :data:`WARMUP_S`): every evaluated range is replayed after the last hour of
   its training range (all of it when shorter: the 46 min before the Azure ranges), rescaled by the same factor
@@ -147,12 +149,17 @@ def val_with_warmup(r: Range, scale: float) -> tuple[Any, float]:
 
 
 def tune_with_warmup(r: Range, scale: float) -> tuple[Any, float, str]:
-    """(trace, warm-up s, tuning range text): the tuning range (the last :data:`TUNE_DAYS` of the training range)
-    after up to :data:`TUNE_WARMUP_S` of the training traffic just before it."""
+    """(trace, warm-up s, scored tuning range text): the tuning range (the last :data:`TUNE_DAYS` of the training
+    range) after a warm-up of :data:`TUNE_WARMUP_S`, at most half the tuning range, of the training traffic
+    before it. When less than that precedes the tuning range, its first minutes make up the difference and the
+    scored range starts after them (so every tuned policy is judged from a steady state)."""
     from fleetpilot.simulations.traces import load_traces
 
-    lo = max(float(load_traces(list(r.traces)).start_s), r.split_s - TUNE_DAYS * 86400.0)
-    trace, warm = _with_warmup(r, lo, r.split_s, scale, TUNE_WARMUP_S)
+    start = float(load_traces(list(r.traces)).start_s)
+    lo = max(start, r.split_s - TUNE_DAYS * 86400.0)
+    want = math.floor(min(TUNE_WARMUP_S, 0.5 * (r.split_s - lo)) / 60.0 + 1e-9) * 60.0
+    lo = max(lo, start + want)  # the warm-up comes from the range itself where nothing precedes it
+    trace, warm = _with_warmup(r, lo, r.split_s, scale, want)
     return trace, warm, f"{lo:g}:{r.split_s:g}"
 
 
@@ -162,6 +169,7 @@ def _grid_key() -> str:
     key: dict[str, Any] = {"fr": tn.FRACTIONS, "w": tn.KPA_WINDOWS_S, "m": tn.DEFAULT_MARGIN, "days": TUNE_DAYS}
     if TUNE_WARMUP_S:
         key["warmup"] = TUNE_WARMUP_S
+        key["warmup_rule"] = "at most half the tuning range, from inside it when nothing precedes it"
     return json.dumps(key, sort_keys=True)
 
 
