@@ -22,10 +22,11 @@ setup-system:
 demo: setup
 	# 1. Tune the incumbents as an SRE would, on the last training day (day 8, never evaluated): HPA, KEDA and
 	#    Knative targets (and the KPA window) -> $(OUT)/tuning/*.json + ready-to-apply manifests; and, by the same
-	#    rule, fleetpilot's predictive core (demand quantile, rate window, SLO guard, phase, token-mix average) -> tuning-predictive.json
+	#    rule, fleetpilot's predictive core (demand quantile, rate window, SLO guard, phase, token-mix average) -> tuning-predictive.json.
+	#    Every candidate first runs through the hour before day 8, unscored (--warmup), as the replay below does
 	$(PYTHON) -m fleetpilot tune --goal examples/goals/two-model-routed.yaml \
 		--trace chat=servegen_m-mid_10min --trace code=servegen_m-small_10min \
-		--range 691200:777600 --scale-to-peak 200 --autoscaler hpa,keda,kpa,predictive --force --out $(OUT)/tuning
+		--range 691200:777600 --warmup 1h --scale-to-peak 200 --autoscaler hpa,keda,kpa,predictive --force --out $(OUT)/tuning
 	# 2. ServeGen (Alibaba) language traffic, days 9-10 (validation range, never used in training or tuning),
 	#    chat = m-mid, code = m-small, rescaled to a 200 req/s peak; the large+small routed goal; every policy:
 	#    incumbents at their defaults and tuned (no fleetpilot shield), the predictive core (default and tuned), the
