@@ -197,15 +197,11 @@ class Trace:
             t = rng
         if peak_rps is None:
             return t
-        peak = float(rng.total_rate().max())
-        if peak <= 0:
-            raise UserError("cannot rescale a range with no arrivals", where=self.name)
-        if not (peak_rps > 0 and math.isfinite(peak_rps)):
-            raise UserError(f"--scale-to-peak must be a positive number, got {peak_rps!r}", where=self.name)
-        t = t.scale(peak_rps / peak)
-        return replace(t, provenance=t.provenance[:-1] + (
-            f"rescaled to peak {peak_rps:g} req/s (x{peak_rps / peak:.6g}; the peak of t_s {rng.start_s:g} to "
-            f"{rng.end_s:g}{', after a warm-up' if w > 0 else ''})",))
+        scaled = rng.scale_to_peak(peak_rps)  # one-line errors for a bad peak or a range without arrivals
+        if w <= 0:
+            return scaled
+        t = t.scale(peak_rps / float(rng.total_rate().max()))
+        return replace(t, provenance=t.provenance[:-1] + (f"{scaled.provenance[-1]}, the range's peak, after a warm-up",))
 
     def with_classes(self, names: Sequence[str]) -> Trace:
         if len(names) != len(self.classes):
