@@ -71,7 +71,7 @@ SEEDS = (0, 1, 2)
 TUNE_DAYS = 2.0
 VAL_DAYS = 1.0  # the first day of each validation range (all of it when shorter)
 WARMUP_S = 3600.0  # unscored replay of the training traffic just before the scored range (less when shorter)
-TUNE_WARMUP_S = WARMUP_S  # the same before each tuning range (none when the tuning range starts the trace)
+TUNE_WARMUP_S = WARMUP_S  # the same before each tuning range (at most half of it; see tune_with_warmup)
 DEFAULT_POLICIES = "static,hpa,keda,kpa,hpa-tuned,keda-tuned,kpa-tuned,predictive,predictive-tuned,oracle"
 INCUMBENTS_TUNED = {"hpa-tuned": "hpa", "keda-tuned": "keda", "kpa-tuned": "kpa"}
 #: every policy built from the tuning cache: the tuned incumbents and fleetpilot's tuned predictive core
@@ -132,14 +132,15 @@ def traces_for(r: Range, scale: float) -> tuple[Any, Any, str]:
     return tune, val, f"{tune_lo:g}:{r.split_s:g}"
 
 
-def _with_warmup(r: Range, lo: float, hi: float, scale: float, warmup_s: float) -> tuple[Any, float]:
+def _with_warmup(r: Range, lo: float, hi: float, scale: float, warmup_s: float, full: Any = None
+                 ) -> tuple[Any, float]:
     """(trace, warm-up s): up to ``warmup_s`` of the recorded traffic just before ``[lo, hi)``, then the range,
     rescaled by the factor that gives the *range* the peak ``scale`` (its scored part is the range rescaled to
     that peak). The warm-up is a whole number of minutes (SLO windows and control intervals), less when the
-    trace starts sooner (none before its first interval)."""
+    trace starts sooner (none before its first interval). ``full``: the range's traces, when already read."""
     from fleetpilot.simulations.traces import load_traces
 
-    full = load_traces(list(r.traces))
+    full = load_traces(list(r.traces)) if full is None else full
     warm = math.floor(min(warmup_s, lo - float(full.start_s)) / 60.0 + 1e-9) * 60.0
     warm = max(warm, 0.0)
     return full.with_warmup(lo, hi, warm, scale), warm
@@ -157,11 +158,12 @@ def tune_with_warmup(r: Range, scale: float) -> tuple[Any, float, str]:
     scored range starts after them (so every tuned policy is judged from a steady state)."""
     from fleetpilot.simulations.traces import load_traces
 
-    start = float(load_traces(list(r.traces)).start_s)
+    full = load_traces(list(r.traces))  # read once: the start and the slices come from it
+    start = float(full.start_s)
     lo = max(start, r.split_s - TUNE_DAYS * 86400.0)
     want = math.floor(min(TUNE_WARMUP_S, 0.5 * (r.split_s - lo)) / 60.0 + 1e-9) * 60.0
     lo = max(lo, start + want)  # the warm-up comes from the range itself where nothing precedes it
-    trace, warm = _with_warmup(r, lo, r.split_s, scale, want)
+    trace, warm = _with_warmup(r, lo, r.split_s, scale, want, full)
     return trace, warm, f"{lo:g}:{r.split_s:g}"
 
 
