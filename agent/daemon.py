@@ -3,6 +3,7 @@
 This module is the adapter that wires the parts and runs them in order; each phase of :meth:`Daemon.run_once` is
 owned by its own module::
 
+    (before the first interval) warm-up from recorded metrics          agent/warmup.py      warm_up
     leadership: the Lease, forget-writes, --take-over pause/give-back   agent/leader.py      Leadership.renew
     goal reload: a changed goal file applies between intervals          agent/goal_reload.py reload_goal
     ownership survey: Kubernetes state + foreign controllers            agent/ownership.py   Ownership.survey
@@ -56,6 +57,7 @@ from fleetpilot.agent.settings import (
     LoopSettings,
     PrometheusSettings,
 )
+from fleetpilot.agent.warmup import Recent, WarmUp, warm_up
 from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.registry import make as make_policy
@@ -122,6 +124,7 @@ class Daemon:
         self.actuation = Actuation(deps.actuator, deps.elector, self.ownership, self.metrics, self.weights)
         self.forecasts = ForecastFeed(deps.forecaster_factory, self.interval_s, len(goal.routes))
         self.health = HealthCheck(self.settings.fallback, self.interval_s)
+        self.recent = Recent(0)  # the last readings, for a reloaded policy to catch up on (sized by warm_up)
         self.leadership = Leadership(self.settings.mode == "control", self.ownership.forget_writes, self.metrics)
         self.last_record: DecisionRecord | None = None
         self.last_interval_at: float | None = None
@@ -170,6 +173,16 @@ class Daemon:
             self.server = MetricsServer(self.metrics, self.healthy, host or self.settings.metrics_host, p or 0)
         return self.server
 
+    # --- warm-up ----------------------------------------------------------------------------------------------
+
+    def warm_up(self, duration_s: float) -> WarmUp:
+        """Before the first interval: the policy, fallback and forecasters learn from the last ``duration_s`` of
+        recorded metrics (:mod:`fleetpilot.agent.warmup`); logged, never fatal."""
+        result = warm_up(self, duration_s)
+        self.started_at = self._monotonic()  # liveness counts from the end of the warm-up
+        (log.warning if result.skipped and duration_s > 0 else log.info)("%s", result.describe())
+        return result
+
     # --- one interval ---------------------------------------------------------------------------------------------
 
     def run_once(self) -> DecisionRecord:
@@ -186,6 +199,7 @@ class Daemon:
         reading, source_problem = read_source(self.deps.source, self.goal, now, state, self.weights, self.metrics,
                                               errors)
         forecast, obs, problem = self.health.assess(self.forecasts, self.loop, reading, source_problem, errors)
+        self.recent.add(reading, forecast)
         # the shield's windows run on elapsed (monotonic) time: a wall-clock jump must not skip them
         decision, _, step = self.loop.decide(obs, now=t0, problem=problem, hold_weights=source_problem is not None)
         errors += step.errors

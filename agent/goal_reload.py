@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from fleetpilot.agent.warmup import catch_up
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.registry import make as make_policy
 from fleetpilot.policies.shield import Shield
@@ -78,7 +79,8 @@ def _wiring(goal: GoalSpec) -> tuple[Any, ...]:
 
 def reload_goal(daemon: Any, reloader: GoalReloader, errors: list[str]) -> None:
     """Swap a changed, valid goal into a running daemon: its interval, the loop's goal, policy, fallback (unless one
-    was injected) and live shield; pending forecast checks are dropped. Errors go to ``errors`` and the
+    was injected) and live shield; pending forecast checks are dropped; the new policy catches up on the readings the
+    daemon kept (:func:`fleetpilot.agent.warmup.catch_up`). Errors go to ``errors`` and the
     ``goal`` API-error counter; an invalid goal leaves everything as it was."""
     goal, policy, error = reloader.check(daemon.goal)
     if error:
@@ -93,4 +95,6 @@ def reload_goal(daemon: Any, reloader: GoalReloader, errors: list[str]) -> None:
                         fallback="keep" if daemon.deps.fallback is not None else make_policy(goal.fallback_policy, goal),
                         shield=Shield(goal, missing="hold") if isinstance(shield, Shield) else "keep")
     daemon.forecasts.pending.clear()
-    errors.append(f"goal reloaded from {reloader.path} (digest {goal.digest()})")
+    caught = catch_up(daemon)  # the new policy learns from the readings kept (the warm-up's and the live ones)
+    errors.append(f"goal reloaded from {reloader.path} (digest {goal.digest()})"
+                  + (f"; the new policy caught up on the last {caught} intervals" if caught else ""))

@@ -130,6 +130,10 @@ class Ownership:
                 self._warn.update(key, None)
         return Decision(replicas, weights)
 
+    def read_state(self, m: str, errors: list[str]) -> FleetState | None:
+        """Desired/ready replicas of one model, as the survey reads them (``None``: unknown; why in ``errors``)."""
+        return self._read(m, errors)
+
     def _read(self, m: str, errors: list[str]) -> FleetState | None:
         try:
             if self.status_reader is not None:

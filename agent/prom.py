@@ -56,7 +56,7 @@ import stat
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,6 +76,7 @@ from fleetpilot.simulations.routing import RoutingMap
 __all__ = [
     "DEFAULT_FRESHNESS_QUERY",
     "MAX_BODY_BYTES",
+    "MAX_HISTORY_POINTS",
     "FleetState",
     "PrometheusAccess",
     "PrometheusSource",
@@ -90,6 +91,7 @@ __all__ = [
 DEFAULT_FRESHNESS_QUERY = "max by (model_name) (timestamp(vllm:num_requests_running))"
 MAX_SANE_RATE = 1e6  # req/s or tokens/s above this is garbage
 MAX_SANE_LATENCY_S = 1e5
+MAX_HISTORY_POINTS = 10_000  # readings per warm-up (Prometheus answers at most 11,000 points per series and range)
 DEFAULT_CLASS = "default"  # request class name for a goal without routes (the simulator's single-trace class)
 
 REQUIRED = ("arrival_rate", "running", "waiting")
@@ -446,6 +448,52 @@ def access_from_args(args: argparse.Namespace) -> PrometheusAccess:
     return access.validate()
 
 
+class _RangeCache:
+    """A :class:`QueryClient` answering instant queries at past times from one range query per PromQL.
+
+    The first ``custom_query(q, params={"time": t})`` for ``q`` fetches ``query_range(q, start, end, step)``;
+    every later one is answered from it (a range query's step at ``t`` is the instant query evaluated at ``t``).
+    Times between the steps, or series absent at a step, answer an empty vector."""
+
+    def __init__(self, client: Any, start_s: float, end_s: float, step_s: float) -> None:
+        self._client = client
+        self.start_s, self.end_s, self.step_s = float(start_s), float(end_s), float(step_s)
+        self._cache: dict[str, dict[int, list[dict[str, Any]]]] = {}
+
+    def _key(self, t: float) -> int:
+        return int(round((float(t) - self.start_s) / self.step_s))
+
+    def custom_query(self, query: str, params: dict | None = None, timeout: Any = None) -> Any:
+        t = float((params or {})["time"])
+        if query not in self._cache:
+            self._cache[query] = self._fetch(query, timeout)
+        k = self._key(t)
+        if abs(self.start_s + k * self.step_s - t) > 1e-3 * self.step_s:
+            return []
+        return self._cache[query].get(k, [])
+
+    def _fetch(self, query: str, timeout: Any) -> dict[int, list[dict[str, Any]]]:
+        import datetime as dt
+
+        utc = dt.UTC
+        result = self._client.custom_query_range(
+            query, start_time=dt.datetime.fromtimestamp(self.start_s, utc),
+            end_time=dt.datetime.fromtimestamp(self.end_s, utc), step=f"{self.step_s:g}s", timeout=timeout)
+        if not isinstance(result, list):
+            raise TemporaryError(f"expected a range vector (matrix), got {type(result).__name__}")
+        steps: dict[int, list[dict[str, Any]]] = {}
+        for item in result:
+            if not isinstance(item, dict) or not isinstance(item.get("values"), list):
+                raise TemporaryError(f"malformed range series {str(item)[:120]}")
+            for pair in item["values"]:
+                try:
+                    ts = float(pair[0])
+                except (TypeError, ValueError, IndexError):
+                    raise TemporaryError(f"malformed range sample {str(pair)[:60]}") from None
+                steps.setdefault(self._key(ts), []).append({"metric": item.get("metric"), "value": pair})
+        return steps
+
+
 class QueryClient(Protocol):
     """What the source needs from ``PrometheusConnect`` (tests inject fakes)."""
 
@@ -519,6 +567,7 @@ class PrometheusSource:
         self.read_budget_s = float(read_budget_s or max(self.timeout_s, self.interval_s))
         self._monotonic = monotonic
         self._read_started: float | None = None
+        self._at: float | None = None  # evaluation time of a past reading (history), None: now
         self.label = label
         self.freshness_query = freshness_query
         self.stale_after_s = stale_after_intervals * self.interval_s
@@ -557,7 +606,11 @@ class PrometheusSource:
                                      f"than {self.read_budget_s:g}s (the rest of the queries were not sent)")
             timeout = min(timeout, left)
         try:
-            result = self._client.custom_query(promql, timeout=timeout)  # type: ignore[arg-type]
+            if self._at is None:
+                result = self._client.custom_query(promql, timeout=timeout)  # type: ignore[arg-type]
+            else:  # a past reading: the instant query evaluated at that time
+                result = self._client.custom_query(promql, params={"time": self._at},
+                                                   timeout=timeout)  # type: ignore[arg-type]
         except requests.exceptions.Timeout:
             raise TemporaryError(f"prometheus {name}: timeout: no complete answer within {timeout:g}s "
                                  f"(total deadline) from {self.url}") from None
@@ -623,25 +676,60 @@ class PrometheusSource:
 
     # --- the reading ----------------------------------------------------------------------------------------------
 
+    def history(
+        self,
+        times: Sequence[float],
+        state: Mapping[str, FleetState] | None = None,
+        weights: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> list[Reading]:
+        """The readings the source would have made at the past ``times`` (evenly spaced, oldest first; the daemon's
+        warm-up), from **one range query per PromQL** (``query_range`` with the spacing as its step: each step is
+        that instant query evaluated then; the first time is rounded to a whole second and the rest keep their
+        spacing). ``state`` and ``weights`` as in :meth:`read`, the same for every
+        reading (Kubernetes keeps no replica history). Every query may use its whole deadline (a range query is
+        heavier than an instant one). Raises like :meth:`read`; at most :data:`MAX_HISTORY_POINTS` times."""
+        times = [float(t) for t in times]
+        if not times:
+            return []
+        if len(times) > MAX_HISTORY_POINTS:
+            raise UserError(f"history: at most {MAX_HISTORY_POINTS} readings (Prometheus' points per range query), "
+                            f"got {len(times)}")
+        step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else self.interval_s
+        if not (math.isfinite(step) and step > 0):
+            raise UserError("history: times must be increasing and evenly spaced")
+        t0 = float(round(times[0]))  # the range API takes whole seconds: the steps are t0 + k * step
+        times = [t0 + k * step for k in range(len(times))]
+        live, budget = self._client, self.read_budget_s
+        self._client = _RangeCache(live, t0, times[-1] + 0.5 * step, step)
+        self.read_budget_s = self.timeout_s * (len(self.queries) + 2)
+        try:
+            return [self.read(state, weights, at=t) for t in times]
+        finally:
+            self._client, self.read_budget_s = live, budget
+
     def read(
         self,
         state: Mapping[str, FleetState] | None = None,
         weights: Mapping[str, Mapping[str, float]] | None = None,
+        *,
+        at: float | None = None,
     ) -> Reading:
-        """One :class:`Reading` of the last control interval.
+        """One :class:`Reading` of the last control interval (``at``: of the interval ending at that past time).
 
         ``state`` gives desired/ready replicas per model from Kubernetes (missing: the model's min replicas, all
         ready); ``weights`` the routing weights in force (missing: the goal's defaults).
         Raises :class:`TemporaryError` / :class:`PermanentError` as described in the module docstring.
         """
-        now = self.clock()
+        now = self.clock() if at is None else float(at)
         self.last_ambiguous = {}
         self._read_started = self._monotonic()
+        self._at = None if at is None else float(at)
         try:
             answers = {name: self._query(name, q) for name, q in self.queries.items()}
             fresh = self._query("freshness", self.freshness_query) if self.freshness_query else None
         finally:
             self._read_started = None
+            self._at = None
         self.last_raw = {k: dict(v.values) for k, v in answers.items()}
         self.last_notes = [] if fresh is None or fresh.values else [
             f"freshness query answered nothing, sample age not checked: {self.freshness_query}"]

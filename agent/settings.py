@@ -8,12 +8,14 @@ them from its flags (:mod:`fleetpilot.agent.commands.run`); invalid values raise
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = [
+    "MAX_WARMUP_S",
     "MODES",
     "AuditSettings",
     "DaemonSettings",
@@ -27,6 +29,7 @@ __all__ = [
 
 Mode = Literal["dry-run", "shadow", "control"]
 MODES: tuple[str, ...] = ("dry-run", "shadow", "control")
+MAX_WARMUP_S = 86400.0  # the daemon's warm-up reads at most a day of recorded metrics
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class DaemonSettings:
     fallback: FallbackSettings = field(default_factory=FallbackSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
     forecaster: str = "holt-winters"  # an OnlineForecaster model name, or "none" (last value)
+    warmup_s: float = 0.0  # recorded metrics the policy learns from before its first decision (run --warmup: 1 h)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -127,6 +131,8 @@ class DaemonSettings:
             raise ValueError("interval must be > 0 seconds")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics port must be in 0..65535")
+        if not (math.isfinite(self.warmup_s) and 0 <= self.warmup_s <= MAX_WARMUP_S):
+            raise ValueError(f"warm-up must be in 0..{MAX_WARMUP_S:g} seconds")
 
     def effective_interval(self, goal: GoalSpec) -> float:
         return float(self.interval_s or goal.control_interval_s)

@@ -196,6 +196,25 @@ class ControlLoop:
                             decision, fired, tuple(errors))
         return decision, fired, record
 
+    def warm(self, obs: Observation) -> tuple[str, ...]:
+        """Feed an observation of the past (the daemon's warm-up from recorded metrics, a reloaded policy catching
+        up) to the policy and the fallback: their states learn from it as if they had decided then. Nothing is
+        decided or shielded, the shield's state and the fallback switch are untouched. Returns the errors; without
+        a fallback a policy error propagates (offline runs must not hide bugs)."""
+        errors: list[str] = []
+        try:
+            _, self.policy_state = self.policy.decide(obs, self.policy_state)
+        except Exception as exc:
+            if self.fallback is None:
+                raise
+            errors.append(f"policy: {type(exc).__name__}: {exc}")
+        if self.fallback is not None:
+            try:
+                _, self.fallback_state = self.fallback.decide(obs, self.fallback_state)
+            except Exception as exc:  # noqa: BLE001 -- reported; the fallback starts from what it has
+                errors.append(f"fallback policy: {type(exc).__name__}: {exc}")
+        return tuple(errors)
+
     def step(self, reading: Reading, forecast: Mapping[str, Sequence[float]] | None = None,
              tokens: Mapping[str, tuple[float, float]] | None = None, **kw: Any,
              ) -> tuple[Decision, tuple[str, ...], StepRecord]:

@@ -16,6 +16,7 @@ waits for b's successful scale write instead of hoping one happened by a wall-cl
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 
@@ -221,3 +222,45 @@ def test_closed_loop_burst_and_leader_election(tmp_path):
     assert fresh, "the predictive policy never decided (always fallback)"
     rates = [r["reading"]["models"][MODEL]["arrival_rps"] for r in fresh if r["t"] > b_lead[0]]
     assert any(isinstance(x, float) and x > 40 for x in rates), rates
+
+
+def test_warm_up_reads_the_real_prometheus_history(tmp_path):
+    """``fleetpilot run --warmup``: a daemon starting now learns from what a real Prometheus recorded. The readings
+    come from range queries (one per PromQL); each step equals the instant query evaluated at that time."""
+    import requests
+
+    from fleetpilot.policies.predictive import PredictivePolicy as Core
+
+    goal = parse_goal(GOAL)
+    emulator, exporter, prom = start_testbed(goal, burst_trace(), tmp_path / "prom")
+    d = None
+    try:
+        exporter.start()
+        series = f'vllm:num_requests_running{{model_name="{MODEL}"}}'
+
+        def samples() -> float:
+            res = prom.query(f"count_over_time({series}[30s])")
+            return float(res[0]["value"][1]) if res else 0.0
+
+        wait_until("Prometheus holds 14 s of the fleet's metrics", lambda: samples() >= 14, 60)
+        settings = DaemonSettings(mode="dry-run", interval_s=1.0, prometheus=PrometheusSettings(url=prom.url,
+                                  timeout_s=5.0), kube=KubeSettings(host=emulator.url), forecaster="last-value",
+                                  warmup_s=8.0)
+        d = build_daemon(goal, Core(goal), settings, api_client=make_api_client(host=emulator.url))
+        result = d.warm_up(settings.warmup_s)
+        assert result.skipped is None and result.intervals == 8, result.describe()
+        readings = [r for r, _ in d.recent.items]
+        assert len(readings) == 8 and [r.t_s - readings[0].t_s for r in readings] == [float(k) for k in range(8)]
+        assert all(math.isfinite(r.models[MODEL].arrival_rps) for r in readings)
+        assert dict(d.loop.policy_state.last_rates)  # the policy learned the rates
+        # the last reading's raw answer is the instant query at its time
+        t_last = readings[-1].t_s
+        ans = requests.get(f"{prom.url}/api/v1/query", params={"query": goal.prometheus.arrival_rate,
+                                                               "time": t_last}, timeout=5).json()
+        instant = float(ans["data"]["result"][0]["value"][1])
+        assert d.deps.source.last_raw["arrival_rate"][MODEL] == pytest.approx(instant, rel=1e-9)
+        assert d.run_once().reading is not None  # then it runs as usual
+    finally:
+        if d is not None:
+            d.close()
+        stop_testbed(emulator, exporter, prom)

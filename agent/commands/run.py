@@ -28,6 +28,7 @@ from fleetpilot.agent.audit import AuditLog
 from fleetpilot.agent.daemon import Daemon, DaemonDeps
 from fleetpilot.agent.goal_reload import GoalReloader
 from fleetpilot.agent.settings import (
+    MAX_WARMUP_S,
     MODES,
     AuditSettings,
     DaemonSettings,
@@ -85,6 +86,10 @@ def register(sub: Any) -> None:
     p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname())
     p.add_argument("--lease-duration", type=int, default=15, help="Lease duration in seconds (default 15)")
     p.add_argument("--no-leader-election", action="store_true", help="control mode without a Lease (one replica)")
+    p.add_argument("--warmup", default="1h", metavar="DURATION",
+                   help="before the first decision, the policy, its fallback and the forecasters learn from this much "
+                        "recorded metrics (one Prometheus range query per PromQL), as replay/tune --warmup judge "
+                        "them; '0' starts cold. A failed read starts cold with a warning (default 1h, at most 1d)")
     p.add_argument("--forecaster", default="holt-winters",
                    help="online forecaster: holt-winters, ets, seasonal-naive, last-value, none")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -281,6 +286,11 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
         raise UserError("--lease-duration must be at least 2 seconds")
     if args.kube_host is not None and not args.kube_host.startswith(("http://", "https://")):
         raise UserError(f"--kube-host must be an http:// or https:// URL, got {args.kube_host!r}")
+    from fleetpilot.simulations.traces import time_s
+
+    warmup_s = time_s(str(args.warmup), "--warmup")
+    if warmup_s > MAX_WARMUP_S:
+        raise UserError(f"--warmup: at most {MAX_WARMUP_S / 3600:g}h of recorded metrics, got {args.warmup!r}")
     if args.audit:
         parent = Path(args.audit).resolve().parent
         if not parent.is_dir():
@@ -300,6 +310,7 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
         metrics_host=args.metrics_bind_address,
         require_opt_in=bool(args.require_opt_in),
         forecaster=args.forecaster,
+        warmup_s=warmup_s,
     )
 
 
@@ -314,11 +325,18 @@ def run(args: argparse.Namespace) -> int:
     goal = load_goal(args.goal)
     _forecaster_factory(settings.forecaster)  # validate before connecting anywhere
     policy = resolve_policy(args.policy, goal)
+    from fleetpilot.agent.prom import MAX_HISTORY_POINTS
+
+    interval = settings.effective_interval(goal)
+    if settings.warmup_s / interval > MAX_HISTORY_POINTS + 1e-9:
+        raise UserError(f"--warmup: at most {MAX_HISTORY_POINTS} control intervals of {interval:g}s "
+                        f"(Prometheus' points per range query), got {args.warmup!r}")
     daemon = build_daemon(goal, policy, settings, goal_path=args.goal, policy_spec=args.policy,
                           take_over=args.take_over, fallback=args.fallback)
     if args.recalibrate_every:
         _wire_drift(daemon, goal, settings, args.recalibrate_every, args.drift_margin)
     try:
+        daemon.warm_up(settings.warmup_s)  # before serving: /healthz counts from the first interval
         if settings.metrics_port is not None:
             server = daemon.serve_metrics()
             log.info("serving /metrics and /healthz on port %d", server.port)
