@@ -336,10 +336,10 @@ def run(args: argparse.Namespace) -> int:
     if args.recalibrate_every:
         _wire_drift(daemon, goal, settings, args.recalibrate_every, args.drift_margin)
     try:
-        daemon.warm_up(settings.warmup_s)  # before serving: /healthz counts from the first interval
         if settings.metrics_port is not None:
             server = daemon.serve_metrics()
             log.info("serving /metrics and /healthz on port %d", server.port)
+        daemon.warm_up(settings.warmup_s)  # /healthz answers meanwhile (within its grace), then counts from here
         if args.once:
             record = daemon.run_once()
             print(json.dumps(record.to_json(), separators=(",", ":")))
