@@ -84,19 +84,27 @@ def warm_up(daemon: Any, duration_s: float) -> WarmUp:
     if history is None:
         return WarmUp(float(duration_s), skipped="the source keeps no history")
     now = float(daemon.clock())
-    times = [now - (n - k) * step for k in range(n)]  # the intervals before now, oldest first
+    # the intervals before now, oldest first, on multiples of the step since the epoch: a query frontend that aligns
+    # range queries with their step (Thanos' does by default) answers at exactly these times
+    last = math.floor(now / step) * step
+    last = last - step if last >= now - 1e-6 else last
+    times = [last - (n - 1 - k) * step for k in range(n)]
     try:
         readings: Sequence[Reading] = history(times, _kube_state(daemon), daemon.weights)
     except FleetpilotError as exc:  # temporary or permanent: either way, start cold
         daemon.metrics.api_errors.labels("prometheus").inc()
         return WarmUp(float(duration_s), skipped=f"prometheus history: {exc}")
+    # from the first interval with a measured rate on: before it Prometheus had nothing (a younger server)
+    first = next((k for k, r in enumerate(readings)
+                  if any(math.isfinite(v) for v in r.class_rates.values())), len(readings))
+    readings = readings[first:]
     errors: list[str] = []
     for reading in readings:
         forecast = daemon.forecasts.features(reading, daemon.loop.builder.lead_times(), errors)
         errors += daemon.loop.warm(daemon.loop.observe(reading, forecast))
         daemon.recent.add(reading, forecast)
     if not readings:
-        return WarmUp(float(duration_s), skipped="no history")
+        return WarmUp(float(duration_s), skipped=f"Prometheus has no request rates for the last {n} intervals")
     return WarmUp(float(duration_s), len(readings), readings[0].t_s, readings[-1].t_s, None,
                   tuple(dict.fromkeys(errors)), step)
 

@@ -45,7 +45,7 @@ routes:
 shield: {max_step_up: 3, max_step_down: 1, scale_down_stabilization_s: 0}
 fallback_policy: hold
 """
-T0 = 1_000_000.0
+T0 = 1_000_005.0  # a multiple of the 15-s step (the warm-up asks for step-aligned times)
 STEP = 15.0
 N = 120  # 30 min: past the core's calibration (about 14 min with its defaults)
 
@@ -91,8 +91,11 @@ class HistoryProm:
         self.clock = clock
         self.range_calls = 0
         self.fail: Exception | None = None
+        self.since = -math.inf  # no samples before this time (a Prometheus younger than the warm-up)
 
     def _vector(self, query: str, t: float) -> list[dict]:
+        if t < self.since:
+            return []
         r = rates(t)
         table = {
             "timestamp(": {m: t - 1.0 for m in r},
@@ -180,6 +183,21 @@ def test_warm_up_that_cannot_read_history_starts_cold(goal, caplog):
     assert d.metrics.api_errors.labels("prometheus")._value.get() == 1
     assert not calibrated(d)
     assert d.run_once().active == "policy"  # the daemon runs as it would have without a warm-up
+
+
+def test_warm_up_on_a_younger_prometheus_starts_at_its_first_data(goal):
+    clock = Clock(T0 + N * STEP + 7.0)  # between two steps: the warm-up asks for the step-aligned times before now
+    prom = HistoryProm(clock)
+    prom.since = T0 + 100 * STEP
+    d = daemon(goal, clock, prom)
+    result = d.warm_up(N * STEP)
+    # the N step-aligned times before now end at T0 + N * STEP (7 s ago); data exist from T0 + 100 * STEP
+    assert result.skipped is None and result.intervals == N - 100 + 1
+    assert (result.start_s, result.end_s) == (T0 + 100 * STEP, T0 + N * STEP)
+    prom2 = HistoryProm(clock)
+    prom2.since = math.inf
+    result = daemon(goal, clock, prom2).warm_up(N * STEP)
+    assert result.skipped == f"Prometheus has no request rates for the last {N} intervals"
 
 
 def test_warm_up_zero_or_a_source_without_history(goal):
