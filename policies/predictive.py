@@ -360,7 +360,7 @@ class PredictivePolicy:
             return base, scale, max(base, upper) * self.warmup_factor
         return base, scale, max(0.0, base + q * scale)
 
-    def _derate(self, cal: ModelCalibration, m: ModelObs | None, max_replicas: int) -> float:
+    def _derate(self, cal: ModelCalibration, m: ModelObs | None, max_replicas: int, name: str = "") -> float:
         """Throughput correction from saturated intervals: the capacity model may be optimistic (a token mix not
         measured yet, slower engines than the profile). When every slot is busy and a queue stands, the measured
         throughput ``arrivals - d(queue)/dt`` per ready replica over the modelled one lowers the correction at
@@ -375,7 +375,9 @@ class PredictivePolicy:
         saturated = m.queued > 0.01 * slots and m.in_flight >= 0.9 * slots
         if saturated and _finite(cal.queued):
             thr = float(m.arrival_rps) - (float(m.queued) - float(cal.queued)) / self.goal.control_interval_s
-            seen = thr / (ready * float(m.capacity_rps))
+            # against the throughput the core sizes with (the smoothed token mix's, when smoothing is on)
+            sized = self.capacity(name, m, cal) / self._util[name] if self._util.get(name, 0) > 0 else m.capacity_rps
+            seen = thr / (ready * float(sized))
             if 0.0 < seen < 0.95 * derate:
                 return max(0.25, seen)
             return derate
@@ -569,7 +571,7 @@ class PredictivePolicy:
                 a = max(self.scale_alpha, 1.0 / n_scale)
                 scale = d if not _finite(scale) else (1.0 - a) * scale + a * d
             guard = self._guard(cal, m, target)
-            derate = self._derate(cal, m, spec.max_replicas)
+            derate = self._derate(cal, m, spec.max_replicas, spec.name)
             inv_cap, n_cap = self._inv_cap(cal, m)
             pending = list(cal.pending)
             scores = list(cal.scores)
