@@ -307,3 +307,27 @@ def test_capacity_smoothing_sizes_on_the_mean_token_mix_once_it_has_seen_its_spa
     # a fixed token mix (``tokens``) still wins over both
     fixed = PredictivePolicy(GOAL, capacity_halflife_s=300.0, tokens={M: (512.0, 256.0)})
     assert fixed.capacity(M, o.models[M], st.model(M)) == pytest.approx(fixed._fixed_cap[M])
+
+
+def test_throughput_correction_is_against_the_capacity_the_core_sizes_with() -> None:
+    """With token-mix smoothing on, a shift to a 5x heavier mix leaves the smoothed capacity optimistic for minutes;
+    a saturated fleet whose measured throughput is a fraction of it must lower the correction at once (found on a
+    synthetic mix shift: the tuned core missed 14 SLO windows in the first 20 minutes). The interval's own capacity
+    reading matches the measured throughput, so comparing with it (as before) saw nothing."""
+    heavy = CAP / 5
+
+    def saturated(t: float, queued: float) -> Observation:
+        o = obs(t, 40.0, ready=3, cap=heavy)
+        return replace(o, models={M: replace(o.models[M], in_flight=float(256 * 3), queued=queued)})
+
+    thr = 3 * heavy  # the queue grows by (40 - thr) req/s: the fleet serves exactly its heavy-mix capacity
+    for halflife in (300.0, 0.0):
+        pol = PredictivePolicy(GOAL, capacity_halflife_s=halflife)
+        _, st = run(pol, [40.0] * 80)  # light mix: CAP req/s per replica, over a full smoothing span
+        cal = pol.update(saturated(81 * DT, (40.0 - thr) * DT), st).model(M)  # the queue was empty before
+        if halflife > 0:
+            sized = pol.capacity(M, None, st.model(M)) / pol._util[M]  # what the core sized one replica for
+            assert sized > 4 * heavy  # the light mix's, smoothed
+            assert cal.derate == pytest.approx(max(0.25, thr / (3 * sized)), rel=1e-6) and cal.derate < 0.5
+        else:  # without smoothing the core sizes with the interval's capacity, which the throughput matches
+            assert cal.derate == pytest.approx(1.0)
