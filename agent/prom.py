@@ -478,7 +478,8 @@ class _RangeCache:
         utc = dt.UTC
         result = self._client.custom_query_range(
             query, start_time=dt.datetime.fromtimestamp(self.start_s, utc),
-            end_time=dt.datetime.fromtimestamp(self.end_s, utc), step=f"{self.step_s:g}s", timeout=timeout)
+            end_time=dt.datetime.fromtimestamp(self.end_s, utc), step=f"{self.step_s:g}",  # float seconds: "7.5"
+            timeout=timeout)  # (a duration string with a fraction, "7.5s", is not valid PromQL duration syntax)
         if not isinstance(result, list):
             raise TemporaryError(f"expected a range vector (matrix), got {type(result).__name__}")
         steps: dict[int, list[dict[str, Any]]] = {}

@@ -242,15 +242,16 @@ def test_warm_up_reads_the_real_prometheus_history(tmp_path):
             res = prom.query(f"count_over_time({series}[30s])")
             return float(res[0]["value"][1]) if res else 0.0
 
-        wait_until("Prometheus holds 14 s of the fleet's metrics", lambda: samples() >= 14, 60)
-        settings = DaemonSettings(mode="dry-run", interval_s=1.0, prometheus=PrometheusSettings(url=prom.url,
+        wait_until("Prometheus holds 20 s of the fleet's metrics", lambda: samples() >= 20, 60)
+        # a fractional interval: the range queries' step is sent as float seconds ("1.5")
+        settings = DaemonSettings(mode="dry-run", interval_s=1.5, prometheus=PrometheusSettings(url=prom.url,
                                   timeout_s=5.0), kube=KubeSettings(host=emulator.url), forecaster="last-value",
-                                  warmup_s=8.0)
+                                  warmup_s=12.0)
         d = build_daemon(goal, Core(goal), settings, api_client=make_api_client(host=emulator.url))
         result = d.warm_up(settings.warmup_s)
         assert result.skipped is None and result.intervals == 8, result.describe()
         readings = [r for r, _ in d.recent.items]
-        assert len(readings) == 8 and [r.t_s - readings[0].t_s for r in readings] == [float(k) for k in range(8)]
+        assert len(readings) == 8 and [r.t_s - readings[0].t_s for r in readings] == [1.5 * k for k in range(8)]
         assert all(math.isfinite(r.models[MODEL].arrival_rps) for r in readings)
         assert dict(d.loop.policy_state.last_rates)  # the policy learned the rates
         # the last reading's raw answer is the instant query at its time
