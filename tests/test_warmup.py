@@ -7,6 +7,7 @@ now and warmed up on those N intervals: they must be in the same state and decid
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -173,6 +174,8 @@ def test_warm_up_is_the_same_as_having_run(goal):
 
 
 def test_warm_up_that_cannot_read_history_starts_cold(goal, caplog):
+    # the logger's own level: a CLI test earlier in the session may have left the root logger at ERROR
+    caplog.set_level(logging.WARNING, logger="fleetpilot.agent.daemon")
     clock = Clock(T0 + N * STEP)
     prom = HistoryProm(clock)
     prom.fail = TemporaryError("connection refused")
