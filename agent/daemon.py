@@ -32,6 +32,7 @@ returns.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -57,7 +58,7 @@ from fleetpilot.agent.settings import (
     LoopSettings,
     PrometheusSettings,
 )
-from fleetpilot.agent.warmup import Recent, WarmUp, warm_up
+from fleetpilot.agent.warmup import WarmUp, warm_up
 from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.registry import make as make_policy
@@ -124,7 +125,9 @@ class Daemon:
         self.actuation = Actuation(deps.actuator, deps.elector, self.ownership, self.metrics, self.weights)
         self.forecasts = ForecastFeed(deps.forecaster_factory, self.interval_s, len(goal.routes))
         self.health = HealthCheck(self.settings.fallback, self.interval_s)
-        self.recent = Recent(0)  # the last readings, for a reloaded policy to catch up on (sized by warm_up)
+        # the last readings with their forecast features, for a reloaded policy to catch up on (sized by warm_up;
+        # a deque of maxlen 0 keeps nothing)
+        self.recent: collections.deque[tuple[Any, Any]] = collections.deque(maxlen=0)
         self.leadership = Leadership(self.settings.mode == "control", self.ownership.forget_writes, self.metrics)
         self.last_record: DecisionRecord | None = None
         self.last_interval_at: float | None = None
@@ -199,7 +202,7 @@ class Daemon:
         reading, source_problem = read_source(self.deps.source, self.goal, now, state, self.weights, self.metrics,
                                               errors)
         forecast, obs, problem = self.health.assess(self.forecasts, self.loop, reading, source_problem, errors)
-        self.recent.add(reading, forecast)
+        self.recent.append((reading, forecast))
         # the shield's windows run on elapsed (monotonic) time: a wall-clock jump must not skip them
         decision, _, step = self.loop.decide(obs, now=t0, problem=problem, hold_weights=source_problem is not None)
         errors += step.errors

@@ -34,7 +34,7 @@ from typing import Any
 from fleetpilot.simulations.contract import Reading
 from fleetpilot.simulations.errors import FleetpilotError
 
-__all__ = ["Recent", "WarmUp", "catch_up", "warm_up"]
+__all__ = ["WarmUp", "catch_up", "warm_up"]
 
 log = logging.getLogger("fleetpilot.agent.daemon")
 
@@ -60,24 +60,12 @@ class WarmUp:
         return text + (f"; {len(self.errors)} errors, first: {self.errors[0]}" if self.errors else "")
 
 
-class Recent:
-    """The daemon's last readings with their forecast features (at most ``maxlen``): a policy rebuilt by a goal
-    reload catches up on them (:func:`catch_up`)."""
-
-    def __init__(self, maxlen: int = 0) -> None:
-        self.items: deque[tuple[Reading, Any]] = deque(maxlen=max(0, int(maxlen)))
-
-    def add(self, reading: Reading, forecast: Any) -> None:
-        if self.items.maxlen:
-            self.items.append((reading, forecast))
-
-
 def warm_up(daemon: Any, duration_s: float) -> WarmUp:
     """Teach ``daemon``'s policy, fallback and forecasters the last ``duration_s`` of recorded metrics (see the
     module docstring). Never raises for a source failure: the result says what happened."""
     step = float(daemon.interval_s)
     n = int(math.floor(float(duration_s) / step + 1e-9)) if duration_s > 0 else 0
-    daemon.recent = Recent(n)
+    daemon.recent = deque(maxlen=n)  # the last readings with their forecast features, for catch_up
     if n <= 0:
         return WarmUp(float(duration_s), skipped="--warmup 0")
     history = getattr(daemon.deps.source, "history", None)
@@ -102,7 +90,7 @@ def warm_up(daemon: Any, duration_s: float) -> WarmUp:
     for reading in readings:
         forecast = daemon.forecasts.features(reading, daemon.loop.builder.lead_times(), errors)
         errors += daemon.loop.warm(daemon.loop.observe(reading, forecast))
-        daemon.recent.add(reading, forecast)
+        daemon.recent.append((reading, forecast))
     if not readings:
         return WarmUp(float(duration_s), skipped=f"Prometheus has no request rates for the last {n} intervals")
     return WarmUp(float(duration_s), len(readings), readings[0].t_s, readings[-1].t_s, None,
@@ -113,12 +101,12 @@ def catch_up(daemon: Any) -> int:
     """After a goal reload: the new policy and fallback learn from the readings the daemon kept (re-observed with
     the new goal's observation builder). Returns how many; 0 when the forecast layout changed (the kept forecast
     features no longer fit)."""
-    recent: Recent | None = getattr(daemon, "recent", None)
-    if recent is None or not recent.items:
+    recent: deque[tuple[Reading, Any]] | None = getattr(daemon, "recent", None)
+    if not recent:
         return 0
     leads = len(daemon.loop.builder.lead_times())
     n = 0
-    for reading, forecast in list(recent.items):
+    for reading, forecast in list(recent):
         if forecast is not None and any(len(v) != 2 * leads for v in forecast.values()):
             return n
         daemon.loop.warm(daemon.loop.observe(reading, forecast))

@@ -250,7 +250,7 @@ def test_warm_up_reads_the_real_prometheus_history(tmp_path):
         d = build_daemon(goal, Core(goal), settings, api_client=make_api_client(host=emulator.url))
         result = d.warm_up(settings.warmup_s)
         assert result.skipped is None and result.intervals == 8, result.describe()
-        readings = [r for r, _ in d.recent.items]
+        readings = [r for r, _ in d.recent]
         assert len(readings) == 8 and [r.t_s - readings[0].t_s for r in readings] == [1.5 * k for k in range(8)]
         assert all(math.isfinite(r.models[MODEL].arrival_rps) for r in readings)
         assert dict(d.loop.policy_state.last_rates)  # the policy learned the rates
