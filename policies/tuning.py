@@ -65,13 +65,20 @@ __all__ = [
     "TUNED_NAMES",
     "TUNING_FORMAT",
     "Candidate",
+    "MIX_FOR_S",
+    "MIX_RATIO_RECORD",
+    "MIX_TOLERANCE",
+    "MIX_WINDOW_S",
     "Tuning",
+    "alerts_filename",
     "build_incumbent",
     "candidates",
     "load_tuning",
     "make_tuned",
     "manifest_filename",
+    "render_alerts",
     "render_manifest",
+    "request_cost_coefficients",
     "select",
     "token_mix",
     "tuning_filename",
@@ -145,27 +152,41 @@ def _basis(kind: str, unit: Mapping[str, float]) -> float:
     return float(unit["slots"])
 
 
-def keda_query_coefficients(spec: Any, input_tokens: float, output_tokens: float) -> tuple[float, ...]:
-    """(a, b, c, max relative error): service time at full batch ~= a + b * input + c * output tokens (s).
-
-    A relative least-squares fit of ``slots / saturated throughput`` over token mixes from half to twice the
-    tuning range's mean (the capacity model is not linear over all mixes, so the fit is local to the user's
-    traffic), so that ``a*rate(requests) + b*rate(prompt tokens) + c*rate(generated tokens)`` is the in-flight
-    load the ``keda`` baseline scales on.
-    """
+def _token_fit(spec: Any, input_tokens: float, output_tokens: float, per_request: str) -> tuple[float, ...]:
+    """(coefficients..., max relative error) of a relative least-squares fit over token mixes from half to twice
+    ``(input_tokens, output_tokens)`` (the capacity model is not linear over all mixes, so the fit is local to the
+    user's traffic). ``per_request``: ``"service"`` fits a replica's service time at full batch (``slots /
+    saturated throughput``) as ``a + b * input + c * output``; ``"cost"`` its seconds of saturated throughput per
+    request (``1 / saturated throughput``) as ``a + b * input + c * output + d * input * output`` (a decode step
+    slows with the context, so the cost of a generated token grows with the prompt)."""
     rows, ys = [], []
     for fi in (0.5, 0.7, 1.0, 1.4, 2.0):
         for fo in (0.5, 0.7, 1.0, 1.4, 2.0):
             tin, tout = max(1.0, input_tokens * fi), max(1.0, output_tokens * fo)
             mu = service_rate_per_replica(spec, tin, tout)
             if mu > 0:
-                rows.append((1.0, tin, tout))
-                ys.append(slots_per_replica(spec, tin, tout) / mu)
+                rows.append((1.0, tin, tout) if per_request == "service" else (1.0, tin, tout, tin * tout))
+                ys.append((slots_per_replica(spec, tin, tout) if per_request == "service" else 1.0) / mu)
     x, y = np.asarray(rows), np.asarray(ys)
     w = 1.0 / y
     coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
     err = float(np.max(np.abs(x @ coef - y) / y))
-    return float(coef[0]), float(coef[1]), float(coef[2]), err
+    return (*(float(v) for v in coef), err)
+
+
+def keda_query_coefficients(spec: Any, input_tokens: float, output_tokens: float) -> tuple[float, ...]:
+    """(a, b, c, max relative error): service time at full batch ~= a + b * input + c * output tokens (s), fitted
+    around the tuning range's mean mix, so that ``a*rate(requests) + b*rate(prompt tokens) + c*rate(generated
+    tokens)`` is the in-flight load the ``keda`` baseline scales on."""
+    return _token_fit(spec, input_tokens, output_tokens, "service")
+
+
+def request_cost_coefficients(spec: Any, input_tokens: float, output_tokens: float) -> tuple[float, ...]:
+    """(a, b, c, d, max relative error): seconds of one replica's saturated throughput a request costs ~= a + b *
+    input + c * output + d * input * output tokens, fitted around the tuning range's mean mix. The live mean cost
+    is this expression in the mean token counts (token rates over the request rate): exact for a steady mix, and
+    in expectation whenever prompt and output lengths are uncorrelated."""
+    return _token_fit(spec, input_tokens, output_tokens, "cost")
 
 
 def candidates(kind: str, goal: GoalSpec, trace: Trace, *, fractions: Sequence[float] | None = None,
@@ -252,6 +273,12 @@ def manifest_filename(kind: str) -> str | None:
     """The manifest ``fleetpilot tune`` writes for ``kind`` (``None`` for the predictive core: it runs in the
     daemon, ``fleetpilot run --policy predictive-tuned:DIR``)."""
     return {"hpa": "hpa.yaml", "keda": "keda-scaledobject.yaml", "kpa": "knative-service.yaml"}.get(kind)
+
+
+def alerts_filename(kind: str) -> str | None:
+    """The Prometheus alerting rules ``fleetpilot tune`` writes beside an incumbent's manifest (``None`` for the
+    predictive core: it follows the live token mix itself)."""
+    return f"alerts-{kind}.yaml" if kind in KINDS else None
 
 
 def _read_validated(p: Path, model: type[BaseModel], what: str) -> tuple[Any, Any]:
@@ -405,6 +432,90 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
                 "# target-utilization-percentage 100: the tuned target already is the effective one."],
     }[kind]
     return "\n".join(header + notes) + "\n---\n" + "---\n".join(docs)
+
+
+#: token-mix drift alerts (:func:`render_alerts`): how far the mean cost of a request may move from the tuned mix
+#: before an alert (1.25x heavier; 1 / 1.25 lighter), the window the mix is averaged over and how long it must hold
+MIX_TOLERANCE = 0.25
+MIX_WINDOW_S = 900.0
+MIX_FOR_S = 1800.0
+#: the name of the recorded ratio (live mean cost of a request / the tuned mix's), one series per model
+MIX_RATIO_RECORD = "fleetpilot:request_cost_vs_tuned:ratio"
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(float(seconds)))
+    return f"{s // 3600}h" if s and s % 3600 == 0 else f"{s // 60}m" if s and s % 60 == 0 else f"{s}s"
+
+
+def render_alerts(doc: Mapping[str, Any], goal: GoalSpec, *, tolerance: float = MIX_TOLERANCE,
+                  window_s: float = MIX_WINDOW_S, for_s: float = MIX_FOR_S) -> str:
+    """A PrometheusRule (prometheus-operator) that tells when a tuned target no longer fits the traffic.
+
+    A concurrency target tuned on one token mix holds the SLO only for requests of about that cost: when prompts
+    grow, the same requests in flight mean a longer prefill queue and the target is too high (on a synthetic 5x
+    heavier mix tuned KEDA met 0.03 % of the SLO windows; ``benchmarks/RESULTS_generality.md``); when they shrink,
+    the fleet is larger than it needs. Per model it records the live mean cost of a request (seconds of one
+    replica's saturated throughput, :func:`request_cost_coefficients` in vLLM's token counters, averaged over
+    ``window_s``) over the cost at the mix the target was tuned on, and alerts when that ratio stays above
+    ``1 + tolerance`` (warning: re-tune, the SLO is at risk) or below ``1 / (1 + tolerance)`` (info: re-tune to
+    save) for ``for_s``. Without finished requests in the window nothing is recorded (no alert on an idle model).
+    """
+    import yaml
+
+    kind = str(doc["autoscaler"])
+    _check_kind(kind)
+    if not (math.isfinite(tolerance) and tolerance > 0 and window_s >= 1 and for_s >= 0):
+        raise UserError("token-mix alerts need tolerance > 0, window_s >= 1 and for_s >= 0")
+    w, hi, lo = _duration(window_s), 1.0 + float(tolerance), 1.0 / (1.0 + float(tolerance))
+    src = f"{doc.get('trace', {}).get('name', '?')} range {doc.get('range', '?')}"
+    rules: list[dict[str, Any]] = []
+    fit_err = 0.0
+    for m in goal.models:
+        tm = doc["models"][m.name]
+        tin, tout = float(tm.get("input_tokens", 512.0)), float(tm.get("output_tokens", 256.0))
+        a, b, c, d, err = request_cost_coefficients(m, tin, tout)
+        k0 = a + b * tin + c * tout + d * tin * tout
+        sel = f'{{model_name="{m.name}"}}'
+        req = f"(sum(rate(vllm:request_success_total{sel}[{w}])) > 0)"
+        p_mean = f"(sum(rate(vllm:prompt_tokens_total{sel}[{w}])) / {req})"
+        g_mean = f"(sum(rate(vllm:generation_tokens_total{sel}[{w}])) / {req})"
+        expr = (f"({a:.8g} + {b:.8g} * {p_mean} + {c:.8g} * {g_mean} + {d:.8g} * {p_mean} * {g_mean}) "
+                f"/ {k0:.8g}")
+        labels = {"model_name": m.name, "autoscaler": kind}
+        what = (f"{kind.upper()} target {float(tm['target']):.4g} for {m.name} was tuned on a mix of {tin:.0f} prompt "
+                f"and {tout:.0f} generated tokens per request ({src})")
+        again = f"Re-tune on recent traffic: {doc.get('command') or 'fleetpilot tune'}"
+        sel_rec = f'{MIX_RATIO_RECORD}{{model_name="{m.name}",autoscaler="{kind}"}}'
+        rules += [
+            {"record": MIX_RATIO_RECORD, "expr": expr, "labels": labels},
+            {"alert": "FleetpilotTokenMixHeavierThanTuned", "expr": f"{sel_rec} > {hi:.6g}", "for": _duration(for_s),
+             "labels": {**labels, "severity": "warning"},
+             "annotations": {
+                 "summary": f"Requests to {m.name} cost {{{{ $value | printf \"%.2f\" }}}}x the mix its {kind} "
+                            f"target was tuned on",
+                 "description": f"{what}. Requests now cost more replica time each, so the same requests in "
+                                f"flight mean longer queues and the target no longer holds the SLO. {again}"}},
+            {"alert": "FleetpilotTokenMixLighterThanTuned", "expr": f"{sel_rec} < {lo:.6g}", "for": _duration(for_s),
+             "labels": {**labels, "severity": "info"},
+             "annotations": {
+                 "summary": f"Requests to {m.name} cost {{{{ $value | printf \"%.2f\" }}}}x the mix its {kind} "
+                            f"target was tuned on",
+                 "description": f"{what}. Requests now cost less replica time each: the fleet is larger than the "
+                                f"SLO needs. {again}"}},
+        ]
+        fit_err = max(fit_err, err)
+    obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+           "metadata": {"name": f"{goal.name}-{kind}-token-mix", "namespace": goal.models[0].deployment.namespace,
+                        "annotations": {"fleetpilot.io/cost-fit-max-error": f"{fit_err:.1%}"}},
+           "spec": {"groups": [{"name": f"fleetpilot-{kind}-token-mix", "rules": rules}]}}
+    header = [f"# fleetpilot tune: token-mix alerts for the {kind} target tuned on {src}",
+              "# A tuned target fits only the token mix it was tuned on. Per model this records",
+              f"# {MIX_RATIO_RECORD}: the live mean cost of a request over {w} / the tuned mix's,",
+              f"# and alerts when it stays above {hi:g} or below {lo:.3g} for {_duration(for_s)}.",
+              "# prometheus-operator: kubectl apply -f this file. Plain Prometheus: the `spec` mapping is a rule",
+              "# file (rule_files:)."]
+    return "\n".join(header) + "\n---\n" + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=1000)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,6 +89,15 @@ def test_tune_writes_values_and_ready_to_apply_manifests(tuned_dir: Path) -> Non
     assert ann["autoscaling.knative.dev/window"] == f"{kdoc['stable_window_s']:g}s"
     assert float(ann["autoscaling.knative.dev/target"]) == pytest.approx(kdoc["models"]["llama-3-8b"]["target"],
                                                                          rel=1e-3)
+    # beside each manifest, the alerts that say when the traffic's token mix has left the tuned one
+    for kind, d in (("keda", doc), ("kpa", kdoc)):
+        rule = [x for x in yaml.safe_load_all((tuned_dir / f"alerts-{kind}.yaml").read_text()) if x][0]
+        assert rule["kind"] == "PrometheusRule"
+        rules = rule["spec"]["groups"][0]["rules"]
+        assert {r.get("alert") for r in rules} >= {"FleetpilotTokenMixHeavierThanTuned",
+                                                   "FleetpilotTokenMixLighterThanTuned"}
+        tm = d["models"]["llama-3-8b"]
+        assert f"{tm['input_tokens']:.0f} prompt and {tm['output_tokens']:.0f} generated" in rules[1]["annotations"]["description"]
 
 
 def test_tuned_policy_from_the_file_runs_as_its_users_run_it(tuned_dir: Path) -> None:
@@ -111,6 +120,14 @@ def test_tune_never_overwrites_silently(tuned_dir: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert rc == 2 and "refusing to overwrite" in err and "--force" in err and len(err.strip().splitlines()) == 1
     assert (tuned_dir / "tuning-keda.json").read_bytes() == before
+    # an alerts file the user kept (or edited) alone is enough to refuse, before any search
+    kept = tuned_dir.parent / "kept"
+    kept.mkdir()
+    (kept / "alerts-keda.yaml").write_text("# mine\n")
+    rc = main(["tune", "--goal", str(GOAL), "--trace", TRACE, "--range", "0:1200", "--autoscaler", "keda",
+               "--out", str(kept)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "alerts-keda.yaml" in err and (kept / "alerts-keda.yaml").read_text() == "# mine\n"
 
 
 @pytest.mark.parametrize("args,needle", [

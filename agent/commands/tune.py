@@ -11,7 +11,9 @@ runs upstream, and keeps the cheapest setting whose SLO attainment is at least t
 * ``DIR/tuning-KIND.json`` -- the chosen target per model, every candidate's cost and attainment, the rule and
   the command (``KIND-tuned:DIR`` replays it: ``fleetpilot replay --policies keda,keda-tuned:DIR``);
 * a ready-to-apply manifest: ``keda-scaledobject.yaml`` (KEDA ScaledObject), ``hpa.yaml`` (autoscaling/v2
-  HPA) or ``knative-service.yaml`` (Knative KPA annotations), one document per model.
+  HPA) or ``knative-service.yaml`` (Knative KPA annotations), one document per model;
+* ``alerts-KIND.yaml`` -- a PrometheusRule that alerts when the live token mix leaves the one the target was
+  tuned on (:func:`fleetpilot.policies.tuning.render_alerts`): a concurrency target fits one mix only.
 
 ``--autoscaler predictive`` tunes fleetpilot's own predictive core by the same rule (its demand quantile and the
 window its current rate is averaged over, :data:`~fleetpilot.policies.tuning.CORE_GRID`) and writes
@@ -354,11 +356,18 @@ def _atomic_write(path: Path, text: str) -> None:
 def write_outputs(out: Path, docs: dict[str, dict[str, Any]], goal: Any, *, force: bool = False,
                   command: str = "") -> list[Path]:
     """Write ``tuning-KIND.json`` and the manifest per kind; refuses to overwrite unless ``force``."""
-    from fleetpilot.policies.tuning import manifest_filename, render_manifest, tuning_filename
+    from fleetpilot.policies.tuning import (
+        alerts_filename,
+        manifest_filename,
+        render_alerts,
+        render_manifest,
+        tuning_filename,
+    )
 
     if out.exists() and not out.is_dir():
         raise UserError("output path exists and is not a folder", where=str(out))
-    targets = [(out / tuning_filename(k), out / m if (m := manifest_filename(k)) else None) for k in docs]
+    targets = [(out / tuning_filename(k), out / m if (m := manifest_filename(k)) else None,
+                out / a if (a := alerts_filename(k)) else None) for k in docs]
     existing = [str(p) for pair in targets for p in pair if p is not None and p.exists()]
     if existing and not force:
         raise UserError(f"refusing to overwrite {', '.join(existing)} (use --force, or another --out)")
@@ -368,13 +377,16 @@ def write_outputs(out: Path, docs: dict[str, dict[str, Any]], goal: Any, *, forc
         raise UserError(f"cannot create the output folder ({exc.strerror})", where=str(out)) from None
     written: list[Path] = []
     try:
-        for (jpath, mpath), (_k, doc) in zip(targets, docs.items(), strict=True):
+        for (jpath, mpath, apath), (_k, doc) in zip(targets, docs.items(), strict=True):
             doc = dict(doc, command=command)
             _atomic_write(jpath, json.dumps(doc, indent=2, allow_nan=False) + "\n")
             written.append(jpath)
             if mpath is not None:
                 _atomic_write(mpath, render_manifest(doc, goal))
                 written.append(mpath)
+            if apath is not None:
+                _atomic_write(apath, render_alerts(doc, goal))
+                written.append(apath)
     except OSError as exc:
         raise UserError(f"cannot write the tuning output ({exc.strerror})", where=str(out)) from None
     return written
@@ -389,10 +401,10 @@ def handler(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     out = Path(args.out)
-    from fleetpilot.policies.tuning import manifest_filename, tuning_filename
+    from fleetpilot.policies.tuning import alerts_filename, manifest_filename, tuning_filename
 
     if not args.force:  # fail before the (long) search, not after it
-        existing = [str(out / f) for k in kinds for f in (tuning_filename(k), manifest_filename(k))
+        existing = [str(out / f) for k in kinds for f in (tuning_filename(k), manifest_filename(k), alerts_filename(k))
                     if f and (out / f).exists()]
         if existing:
             raise UserError(f"refusing to overwrite {', '.join(existing)} (use --force, or another --out)")
