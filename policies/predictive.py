@@ -174,7 +174,10 @@ class PredictivePolicy:
     the score offset in units of one replica's SLO rate; ``lead_s``: per-model override of the cold-start lead
     (default: the goal's ``cold_start_s``); ``tokens[model] = (mean input, mean output)`` fixes the token mix of
     the capacity model (default: the observation's ``capacity_rps``); ``capacity_halflife_s`` > 0 sizes on the
-    token mix averaged with that half-life instead of each interval's (0 = off).
+    token mix averaged with that half-life instead of each interval's (0 = off); ``rate_window_s`` > 0 sizes from
+    the rate averaged over that window (the base ``B``), while the scores' realised rates ``Y`` are averaged over
+    at most one SLO window: a long window gives the level, and the quantile covers the bursts around it that an
+    SLO window judges.
     """
 
     name = "predictive"
@@ -241,6 +244,10 @@ class PredictivePolicy:
         self.drain_s = float(drain_s)
         self.routing = routing
         self.rate_intervals = max(1, int(round(float(rate_window_s) / goal.control_interval_s)))
+        # the scores' rate: averaged like the base, but never over more than one SLO window (what an SLO window
+        # judges is its own rate: a burst inside it counts even when the longer average hides it)
+        self.score_intervals = max(1, min(self.rate_intervals,
+                                          int(round(float(goal.slo.window_s) / goal.control_interval_s))))
         self.scale_alpha = 1.0 - 0.5 ** (1.0 / max(1, int(scale_halflife)))
         self.guard_step = float(guard_step)
         self.phase_period_s = float(phase_period_s)
@@ -550,7 +557,7 @@ class PredictivePolicy:
         now = float(obs.t_s)
         rates = state.rates
         have = bool(obs.class_rates) and all(_finite(v) for v in obs.class_rates.values())
-        cur_rates = self._smoothed(obs, state)[1] if have else ()
+        cur_rates = self._smoothed(obs, state, self.score_intervals)[1] if have else ()
         if have:
             rates = rates + ((now, cur_rates),)
         prev = dict(state.last_rates)
@@ -597,14 +604,16 @@ class PredictivePolicy:
         return rates, cals
 
     # ------------------------------------------------------------------ decide
-    def _smoothed(self, obs: Observation, state: PredictiveState) -> tuple[
+    def _smoothed(self, obs: Observation, state: PredictiveState, intervals: int | None = None) -> tuple[
             tuple[tuple[tuple[str, float], ...], ...], tuple[tuple[str, float], ...]]:
-        """(recent raw class rates incl. this interval's, their mean per class): the rate the core sizes for."""
+        """(recent raw class rates incl. this interval's, their mean per class over the last ``intervals`` of them,
+        default ``rate_window_s``'s): the rate the core sizes for."""
         raw = tuple(sorted((c, float(v)) for c, v in obs.class_rates.items()))
         if self.rate_intervals <= 1:
             return (), raw
         recent = (*state.recent, raw)[-self.rate_intervals:]
-        return recent, tuple((c, sum(dict(r).get(c, 0.0) for r in recent) / len(recent)) for c, _ in raw)
+        used = recent[-(self.rate_intervals if intervals is None else max(1, int(intervals))):]
+        return recent, tuple((c, sum(dict(r).get(c, 0.0) for r in used) / len(used)) for c, _ in raw)
 
     def update(self, obs: Observation, state: PredictiveState | None) -> PredictiveState:
         """The calibration after observing ``obs`` (matured scores, scale, level, derating; no decision yet)."""
