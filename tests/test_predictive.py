@@ -331,3 +331,21 @@ def test_throughput_correction_is_against_the_capacity_the_core_sizes_with() -> 
             assert cal.derate == pytest.approx(max(0.25, thr / (3 * sized)), rel=1e-6) and cal.derate < 0.5
         else:  # without smoothing the core sizes with the interval's capacity, which the throughput matches
             assert cal.derate == pytest.approx(1.0)
+
+
+def test_a_long_rate_window_sizes_from_the_level_but_scores_each_slo_window_s_rate() -> None:
+    """``rate_window_s`` = 300 s: the base is the 5-min mean rate, but a 60-s burst to twice the level counts at
+    its own height in the scores (what a 60-s SLO window judges), not diluted to the 5-min mean (1.2x)."""
+    pol = PredictivePolicy(GOAL, rate_window_s=300.0)
+    assert pol.rate_intervals == 20 and pol.score_intervals == int(GOAL.slo.window_s // DT) == 4
+    rates = [100.0] * 60 + [200.0] * 4 + [100.0] * 30  # one 60-s burst
+    _, st = run(pol, rates)
+    eps = 0.1 * CAP * slo_utilisation(GOAL, M)  # the scale while the rate was constant (no changes): eps
+    # the last decision before the burst: base 100 (the level), realised 60-s rate 200 within its lead
+    assert max(st.model(M).scores) == pytest.approx((200.0 - 100.0) / eps, rel=1e-6)
+    # and the base it sizes from is the 5-min mean: 20 s after the burst's end it is still (4 x 200 + 16 x 100) / 20
+    _, st2 = run(pol, [100.0] * 60 + [200.0] * 4 + [100.0] * 16)
+    assert dict(st2.last_rates)["default"] == pytest.approx((4 * 200.0 + 16 * 100.0) / 20)
+    # a window no longer than an SLO window scores the rate it sizes from, as before
+    short = PredictivePolicy(GOAL, rate_window_s=60.0)
+    assert short.score_intervals == short.rate_intervals == 4
