@@ -408,7 +408,7 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
              "predictive-tuned: the same core with its demand quantile, rate window, SLO-guard half-life, phase "
              "conditioning and token-mix averaging (`mix 5m` in the label) chosen by the incumbents' search and rule on the same tuning range, replayed with the "
              "forecaster it runs with (`fleetpilot tune --autoscaler predictive`, grid `CORE_GRID` in "
-             "`policies/tuning.py`, fixed on training days: `benchmarks/core_guard_days.py`; chosen values in the "
+             "`policies/tuning.py`, fixed on training days: `benchmarks/core_guard_days.py`, `benchmarks/core_grid_probe.py`; chosen values in the "
              "row label); "
              "rl:* policies: trained on training ranges only (RESULTS_rl.md); `#core=TUNED` runs the network on "
              "that tuned core;",
