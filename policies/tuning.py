@@ -487,23 +487,17 @@ def render_alerts(doc: Mapping[str, Any], goal: GoalSpec, *, tolerance: float = 
                 f"and {tout:.0f} generated tokens per request ({src})")
         again = f"Re-tune on recent traffic: {doc.get('command') or 'fleetpilot tune'}"
         sel_rec = f'{MIX_RATIO_RECORD}{{model_name="{m.name}",autoscaler="{kind}"}}'
-        rules += [
-            {"record": MIX_RATIO_RECORD, "expr": expr, "labels": labels},
-            {"alert": "FleetpilotTokenMixHeavierThanTuned", "expr": f"{sel_rec} > {hi:.6g}", "for": _duration(for_s),
-             "labels": {**labels, "severity": "warning"},
-             "annotations": {
-                 "summary": f"Requests to {m.name} cost {{{{ $value | printf \"%.2f\" }}}}x the mix its {kind} "
-                            f"target was tuned on",
-                 "description": f"{what}. Requests now cost more replica time each, so the same requests in "
-                                f"flight mean longer queues and the target no longer holds the SLO. {again}"}},
-            {"alert": "FleetpilotTokenMixLighterThanTuned", "expr": f"{sel_rec} < {lo:.6g}", "for": _duration(for_s),
-             "labels": {**labels, "severity": "info"},
-             "annotations": {
-                 "summary": f"Requests to {m.name} cost {{{{ $value | printf \"%.2f\" }}}}x the mix its {kind} "
-                            f"target was tuned on",
-                 "description": f"{what}. Requests now cost less replica time each: the fleet is larger than the "
-                                f"SLO needs. {again}"}},
-        ]
+        summary = f"Requests to {m.name} cost {{{{ $value | printf \"%.2f\" }}}}x the mix its {kind} target was tuned on"
+        rules.append({"record": MIX_RATIO_RECORD, "expr": expr, "labels": labels})
+        for name, cond, severity, why in (
+                ("FleetpilotTokenMixHeavierThanTuned", f"> {hi:.6g}", "warning",
+                 "Requests now cost more replica time each, so the same requests in flight mean longer queues and "
+                 "the target no longer holds the SLO."),
+                ("FleetpilotTokenMixLighterThanTuned", f"< {lo:.6g}", "info",
+                 "Requests now cost less replica time each: the fleet is larger than the SLO needs.")):
+            rules.append({"alert": name, "expr": f"{sel_rec} {cond}", "for": _duration(for_s),
+                          "labels": {**labels, "severity": severity},
+                          "annotations": {"summary": summary, "description": f"{what}. {why} {again}"}})
         fit_err = max(fit_err, err)
     obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
            "metadata": {"name": f"{goal.name}-{kind}-token-mix", "namespace": goal.models[0].deployment.namespace,
