@@ -51,6 +51,8 @@ from fleetpilot.simulations.goal import GoalSpec
 from fleetpilot.simulations.routing import RoutingMap
 
 __all__ = [
+    "DEFAULT_GUARD_HALFLIFE_S",
+    "DEFAULT_GUARD_STEP",
     "DEFAULT_QUANTILE",
     "DEFAULT_WINDOW",
     "QUALITY_MARGIN",
@@ -62,8 +64,18 @@ __all__ = [
     "slo_utilisation",
 ]
 
-#: demand quantile sized for (fleetpilot's choice, chosen on training ranges; see benchmarks/RESULTS_rl.md)
-DEFAULT_QUANTILE = 0.97
+#: The untuned core's defaults (what ``predictive``, the daemon and the shipped learned policies run when the user
+#: has not run ``fleetpilot tune --autoscaler predictive``): of every setting of the tuning grid, the one that met
+#: the tuning rule (attainment >= goal + 0.005) on the most of the 18 training-range tuning pairs of the evaluation
+#: protocol -- all 18 --, ties broken by the lowest geometric-mean cost over each pair's tuned choice
+#: (``benchmarks/core_default.py`` reads them from ``benchmarks/eval_tuning.json``; training ranges only). Robust
+#: rather than cheap: 1.23x the tuned choice's cost there (geometric mean), up to 2.45x.
+#: demand quantile sized for
+DEFAULT_QUANTILE = 0.99
+#: SLO guard: each interval that misses the latency target shrinks the tail ``1 - level`` by ``exp(-step)``, which
+#: relaxes back with this half-life (0 = off)
+DEFAULT_GUARD_STEP = 0.35
+DEFAULT_GUARD_HALFLIFE_S = 21600.0
 #: calibration scores kept (control intervals; 2880 x 15 s = 12 h)
 DEFAULT_WINDOW = 2880
 #: ``cheapest``: each route moves towards its cheapest mix that meets the goal's quality floor; ``fixed``: the
@@ -194,8 +206,8 @@ class PredictivePolicy:
         eps_replicas: float = 0.1,
         warmup_factor: float = 1.1,
         scale_halflife: int = 120,
-        guard_step: float = 0.0,
-        guard_halflife_s: float = 3600.0,
+        guard_step: float = DEFAULT_GUARD_STEP,
+        guard_halflife_s: float = DEFAULT_GUARD_HALFLIFE_S,
         derate_halflife: int = 240,
         lead_s: Mapping[str, float] | None = None,
         tokens: Mapping[str, tuple[float, float]] | None = None,
@@ -250,6 +262,8 @@ class PredictivePolicy:
                                           int(round(float(goal.slo.window_s) / goal.control_interval_s))))
         self.scale_alpha = 1.0 - 0.5 ** (1.0 / max(1, int(scale_halflife)))
         self.guard_step = float(guard_step)
+        self.guard_halflife_s = float(guard_halflife_s)
+        self.rate_window_s = float(rate_window_s)
         self.phase_period_s = float(phase_period_s)
         self.phase_bins = int(phase_bins)
         self.capacity_halflife_s = float(capacity_halflife_s)
@@ -279,6 +293,13 @@ class PredictivePolicy:
         one to mature. Until then it runs its warm-up rule (see the module docstring)."""
         ci = self.goal.control_interval_s
         return (self.min_scale_samples + self.min_scores) * ci + max(self.lead.values(), default=0.0)
+
+    def settings(self) -> dict[str, float]:
+        """The settings ``fleetpilot tune --autoscaler predictive`` chooses, as this core resolved them (defaults
+        included): recorded in a learned policy's artifact, so it runs on the core it was trained on."""
+        return {"quantile": self.quantile, "rate_window_s": self.rate_window_s, "guard_step": self.guard_step,
+                "guard_halflife_s": self.guard_halflife_s, "phase_period_s": self.phase_period_s,
+                "capacity_halflife_s": self.capacity_halflife_s}
 
     def capacity(self, name: str, m: ModelObs | None = None, cal: ModelCalibration | None = None) -> float:
         """Requests/s one replica of ``name`` takes at the SLO: at the token mix ``tokens`` fixes, else at the

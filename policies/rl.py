@@ -243,7 +243,7 @@ class ActionCodec(_NamedVector):
 
     def params(self) -> dict[str, Any]:
         return {"median_tail": MEDIAN_TAIL, "core_quantile": self.core.quantile, "route_logit_scale": ROUTE_LOGIT_SCALE,
-                "core": self.core_settings, "base": "fleetpilot.policies.predictive.PredictivePolicy",
+                "core": self.core.settings(), "base": "fleetpilot.policies.predictive.PredictivePolicy",
                 "obs_clip": OBS_CLIP}
 
     def level(self, a: float) -> float:
@@ -331,10 +331,20 @@ class RLPolicy(PolicyBase):
         self.network = network
         self.meta = dict(meta or {})
         self.name = name
-        params = self.meta.get("action", {}).get("params", {})
-        self.codec = ActionCodec(goal, core=params.get("core") if isinstance(params, dict) else None)
+        self.codec = ActionCodec(goal, core=self._trained_core())
         self.features = self.codec.features
         self.network.set_training_mode(False)
+
+    def _trained_core(self) -> dict[str, Any]:
+        """The core settings the network was trained on. Artifacts record them all; one that records none was
+        trained on the core's defaults before session 10: its recorded quantile, SLO guard off."""
+        params = self.meta.get("action", {}).get("params", {})
+        if not isinstance(params, dict):
+            return {}
+        core = dict(params.get("core") or {})
+        if not core and "core_quantile" in params:
+            core = {"quantile": float(params["core_quantile"]), "guard_step": 0.0}
+        return core
 
     def initial_state(self) -> RLState:
         return RLState()
@@ -343,8 +353,7 @@ class RLPolicy(PolicyBase):
         """Put the network on a core tuned to the user's traffic (``rl:NAME#core=PATH``): the core's settings are
         replaced by ``settings`` (its demand quantile becomes the level of the zero action); the network is
         unchanged."""
-        params = self.meta.get("action", {}).get("params", {})
-        core = dict(params.get("core") or {}) if isinstance(params, dict) else {}
+        core = self._trained_core()
         core.update(settings)
         self.codec = ActionCodec(self.goal, core=core)
         self.features = self.codec.features

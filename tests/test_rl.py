@@ -252,6 +252,28 @@ def test_selection_is_recorded_and_kept_weights_are_a_played_checkpoint(artifact
 
 
 
+def test_artifact_records_the_core_it_was_trained_on(artifact: tuple[Path, object], tmp_path: Path) -> None:
+    """An artifact runs on the core it was trained on, even after the core's defaults change: it records every
+    setting the tuning chooses; one that records none (written before the defaults changed in session 10) ran on
+    its recorded quantile with the SLO guard off."""
+    out, _ = artifact
+    goal = load_goal(SINGLE)
+    meta = json.loads((out / "policy.json").read_text())
+    core = meta["action"]["params"]["core"]
+    assert core == PredictivePolicy(goal).settings() and core["guard_step"] > 0
+    assert load_artifact(out, goal).codec.core.settings() == core
+    old = _copy(out, tmp_path / "old")
+    meta["action"]["params"]["core"] = {}
+    meta["action"]["params"]["core_quantile"] = 0.97
+    (old / "policy.json").write_text(json.dumps(meta))
+    pol = load_artifact(old, goal)
+    assert pol.codec.core.quantile == 0.97 and pol.codec.core.guard_step == 0.0
+    assert pol.codec.level(0.0) == pytest.approx(0.97)
+    # a tuned core replaces the trained one's settings (``rl:NAME#core=DIR``)
+    pol.set_core({"quantile": 0.95, "guard_step": 0.35})
+    assert pol.codec.core.quantile == 0.95 and pol.codec.core.guard_step == 0.35
+
+
 def test_shipped_policies_load_and_decide() -> None:
     from fleetpilot.policies.registry import make as make_policy
 

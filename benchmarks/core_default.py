@@ -1,0 +1,83 @@
+"""Which setting of the predictive core should a user get who has not tuned it? Training ranges only.
+
+The untuned core (``predictive``, the daemon's default, the core the shipped learned policies are trained on) runs
+on traffic nobody tuned it for, so its defaults are chosen for robustness: of every setting of the tuning grid
+(``CORE_GRID``), the one that met the tuning rule (attainment >= goal + margin) on the most (range, peak) tuning
+pairs of the frozen evaluation protocol, ties broken by the lowest geometric-mean cost over each pair's tuned
+choice. It reads the candidates the protocol's tuning already replayed on the **training** ranges
+(``benchmarks/eval_tuning.json``); no validation range is read. A setting the search skipped on a pair (it never
+calibrates there, e.g. q = 0.995 on a 23-min range) counts as not meeting on it.
+
+    python benchmarks/core_default.py            # ranking, the choice, and whether the code's defaults match it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rank(cache: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every candidate setting with: pairs met, pairs evaluated, geometric-mean and largest cost over the pair's
+    tuned choice, and the pairs it missed; best first."""
+    rows: dict[str, dict[str, Any]] = defaultdict(lambda: {"met": 0, "evaluated": 0, "log_ratio": [], "missed": []})
+    pairs = 0
+    for key, entry in sorted(cache.items()):
+        doc = entry.get("docs", {}).get("predictive")
+        if not doc:
+            continue
+        pairs += 1
+        chosen = float(doc["chosen"]["cost_usd"])
+        for c in doc["candidates"]:
+            r = rows[json.dumps(c["settings"], sort_keys=True)]
+            r["evaluated"] += 1
+            r["log_ratio"].append(math.log(float(c["cost_usd"]) / chosen))
+            if c["slo_attainment"] >= float(doc["threshold"]) - 1e-12:
+                r["met"] += 1
+            else:
+                r["missed"].append(f"{key.split('#')[0]} ({c['slo_attainment']:.4f})")
+    out = []
+    for settings, r in rows.items():
+        out.append({"settings": json.loads(settings), "met": r["met"], "evaluated": r["evaluated"], "pairs": pairs,
+                    "geomean": math.exp(sum(r["log_ratio"]) / len(r["log_ratio"])),
+                    "max": math.exp(max(r["log_ratio"])), "missed": r["missed"]})
+    return sorted(out, key=lambda x: (-x["met"], x["geomean"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tuning", type=Path, default=ROOT / "benchmarks" / "eval_tuning.json")
+    ap.add_argument("--top", type=int, default=8)
+    a = ap.parse_args(argv)
+    if not a.tuning.is_file():
+        print(f"{a.tuning}: no tuning cache (run benchmarks/eval_protocol.py --tune-only first)", file=sys.stderr)
+        return 2
+    rows = rank(json.loads(a.tuning.read_text()))
+    if not rows:
+        print(f"{a.tuning}: no predictive tuning in it", file=sys.stderr)
+        return 2
+    print("| met (of pairs) | evaluated | cost / tuned choice (geo-mean) | largest | setting | missed on |")
+    print("|---:|---:|---:|---:|---|---|")
+    for r in rows[: a.top]:
+        s = ", ".join(f"{k}={v:g}" for k, v in r["settings"].items())
+        print(f"| {r['met']}/{r['pairs']} | {r['evaluated']} | {r['geomean']:.3f} | {r['max']:.2f} | {s} | "
+              f"{'; '.join(r['missed']) or '-'} |")
+    best = rows[0]["settings"]
+    from fleetpilot.policies.predictive import PredictivePolicy
+    from fleetpilot.simulations.goal import load_goal
+
+    code = PredictivePolicy(load_goal(ROOT / "examples" / "goals" / "single-model.yaml")).settings()
+    same = all(math.isclose(float(code[k]), float(v)) for k, v in best.items() if k in code)
+    print(f"\nchoice: {best}\nthe code's defaults (PredictivePolicy().settings()): {code}\nmatch: {'yes' if same else 'NO'}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
