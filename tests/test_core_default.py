@@ -1,0 +1,62 @@
+"""The untuned core's defaults (benchmarks/core_default.py): the grid setting that met the tuning rule on the most
+training-range tuning pairs, ties broken by cost; the code's defaults are that choice."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cd():  # noqa: ANN201 - the benchmark module
+    spec = importlib.util.spec_from_file_location("core_default", ROOT / "benchmarks" / "core_default.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["core_default"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _pair(chosen: float, cands: list[tuple[float, float, float]]) -> dict:
+    return {"docs": {"predictive": {"threshold": 0.995, "chosen": {"cost_usd": chosen}, "candidates": [
+        {"settings": {"quantile": q}, "cost_usd": c, "slo_attainment": a} for q, c, a in cands]}}}
+
+
+def test_most_pairs_met_wins_then_the_cheaper(cd) -> None:  # noqa: ANN001
+    cache = {
+        "a@200#x": _pair(10.0, [(0.95, 10.0, 0.996), (0.99, 12.0, 0.999), (0.97, 11.0, 0.999)]),
+        "b@200#x": _pair(20.0, [(0.95, 20.0, 0.990), (0.99, 30.0, 0.998), (0.97, 22.0, 0.997)]),
+        "c@200#x": _pair(5.0, [(0.95, 5.0, 0.999), (0.99, 5.0, 0.999)]),  # 0.97 skipped here: not met
+    }
+    rows = cd.rank(cache)
+    # 0.99 met everywhere; 0.95 and 0.97 on two pairs each (0.97 was skipped on c): the cheaper 0.95 first
+    assert [r["settings"]["quantile"] for r in rows] == [0.99, 0.95, 0.97]
+    top = rows[0]
+    assert (top["met"], top["evaluated"], top["pairs"]) == (3, 3, 3)
+    assert top["geomean"] == pytest.approx((1.2 * 1.5 * 1.0) ** (1 / 3)) and top["max"] == pytest.approx(1.5)
+    assert (rows[1]["met"], rows[1]["evaluated"], rows[1]["missed"]) == (2, 3, ["b@200 (0.9900)"])
+    assert (rows[2]["met"], rows[2]["evaluated"], rows[2]["missed"]) == (2, 2, [])
+    # the same number of pairs met: the cheaper one first
+    cache["b@200#x"]["docs"]["predictive"]["candidates"][0]["slo_attainment"] = 0.996
+    rows = cd.rank(cache)
+    assert rows[0]["settings"]["quantile"] == 0.95 and rows[0]["met"] == 3
+
+
+def test_the_codes_defaults_are_the_protocols_choice(cd, capsys) -> None:  # noqa: ANN001
+    """On the tuning cache the protocol wrote (training ranges only), the choice is PredictivePolicy's default."""
+    assert cd.main([]) == 0
+    out = capsys.readouterr().out
+    assert "match: yes" in out and "| 18/18 |" in out
+
+
+def test_missing_cache_is_one_line_and_exit_2(cd, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    assert cd.main(["--tuning", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none.json" in err
+    (tmp_path / "empty.json").write_text(json.dumps({}))
+    assert cd.main(["--tuning", str(tmp_path / "empty.json")]) == 2
