@@ -59,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     if not a.tuning.is_file():
         print(f"{a.tuning}: no tuning cache (run benchmarks/eval_protocol.py --tune-only first)", file=sys.stderr)
         return 2
-    rows = rank(json.loads(a.tuning.read_text()))
+    try:
+        rows = rank(json.loads(a.tuning.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        print(f"{a.tuning}: not a tuning cache of benchmarks/eval_protocol.py ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return 2
     if not rows:
         print(f"{a.tuning}: no predictive tuning in it", file=sys.stderr)
         return 2

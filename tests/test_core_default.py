@@ -60,3 +60,9 @@ def test_missing_cache_is_one_line_and_exit_2(cd, tmp_path: Path, capsys) -> Non
     assert err.count("\n") == 1 and "none.json" in err
     (tmp_path / "empty.json").write_text(json.dumps({}))
     assert cd.main(["--tuning", str(tmp_path / "empty.json")]) == 2
+    capsys.readouterr()
+    for i, text in enumerate(("{not json", json.dumps({"k": {"docs": {"predictive": {"chosen": {}}}}}), "[1]")):
+        (tmp_path / f"bad{i}.json").write_text(text)
+        assert cd.main(["--tuning", str(tmp_path / f"bad{i}.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"bad{i}.json: not a tuning cache" in err
