@@ -230,8 +230,7 @@ class ActionCodec(_NamedVector):
 
     def __init__(self, goal: GoalSpec, core: Mapping[str, Any] | None = None) -> None:
         self.goal = goal
-        self.core_settings = dict(core or {})
-        self.core = PredictivePolicy(goal, **self.core_settings)
+        self.core = PredictivePolicy(goal, **dict(core or {}))
         self.tail0 = 1.0 - self.core.quantile
         self.ratio = self.tail0 / MEDIAN_TAIL
         names = [f"level.{m.name}" for m in goal.models]
