@@ -44,7 +44,7 @@ import numpy as np
 from fleetpilot.policies.base import Decision, Observation, ObservationBuilder, PolicyBase
 from fleetpilot.policies.predictive import PredictivePolicy, PredictiveState
 from fleetpilot.simulations.errors import UserError
-from fleetpilot.simulations.goal import GoalSpec
+from fleetpilot.simulations.goal import GoalSpec, first_difference
 from fleetpilot.simulations.routing import RoutingMap
 from fleetpilot.simulations.safeyaml import check_regular_file, load_json_file
 
@@ -458,6 +458,19 @@ def observation_layout(goal: GoalSpec, codec: ActionCodec | None = None) -> list
     return list(ObservationBuilder(goal).layout) + list(codec.features.layout)
 
 
+def policy_fields(goal: GoalSpec) -> dict[str, Any]:
+    """The ``goal`` entries of ``policy.json`` that decide which goals may load it (:meth:`GoalSpec.policy_view`)."""
+    return {"policy_digest": goal.policy_digest(), "policy_view": goal.policy_view()}
+
+
+def positional_layouts(goal: GoalSpec, core: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
+    """The observation and action layouts under positional names (:meth:`GoalSpec.positional`): what a goal that
+    names its models and routes differently must match."""
+    pg = goal.positional()
+    codec = ActionCodec(pg, core=core)
+    return observation_layout(pg, codec), list(codec.layout)
+
+
 def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: Mapping[str, Any],
                   core: Mapping[str, Any] | None = None) -> Path:
     """Write ``policy.pt`` (state dict) and ``policy.json`` (sidecar) for an SB3 model or policy; returns the dir.
@@ -471,6 +484,7 @@ def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: M
     builder = ObservationBuilder(goal)
     codec = ActionCodec(goal, core=core)
     layout = observation_layout(goal, codec)
+    pos_obs, pos_act = positional_layouts(goal, core)
     spec = network_spec(policy)
     if spec["obs_dim"] != len(layout) or spec["act_dim"] != codec.size:
         raise UserError(f"network shape ({spec['obs_dim']} -> {spec['act_dim']}) does not match the goal "
@@ -481,9 +495,11 @@ def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: M
     meta = {
         "format": ARTIFACT_FORMAT,
         "algorithm": type(model).__name__ if model is not policy else "unknown",
-        "goal": {"name": goal.name, "digest": goal.digest(), "source": goal.source},
-        "observation": {"layout": layout, "clip": OBS_CLIP, "lead_times_s": list(builder.lead_times())},
+        "goal": {"name": goal.name, "digest": goal.digest(), "source": goal.source, **policy_fields(goal)},
+        "observation": {"layout": layout, "clip": OBS_CLIP, "lead_times_s": list(builder.lead_times()),
+                        "positional_layout": pos_obs},
         "action": {"layout": list(codec.layout), "low": -1.0, "high": 1.0, "params": codec.params(),
+                   "positional_layout": pos_act,
                    "decoder": "fleetpilot.policies.rl.ActionCodec (demand quantile per model over the predictive "
                               "core, route logits)"},
         "network": spec,
@@ -540,6 +556,27 @@ def _build_network(spec: Mapping[str, Any]) -> Any:
     )
 
 
+def _check_goal(meta: Mapping[str, Any], goal: GoalSpec, where: str) -> None:
+    """Refuse a goal the policy was not trained for. Artifacts that record :meth:`GoalSpec.policy_view` accept any
+    goal with the same view (other names, namespaces, queries, shield, fallback, a uniform price change); older
+    ones only the exact goal they were trained on."""
+    rec = meta.get("goal", {})
+    trained = str(rec.get("name", "?"))[:80]
+    if "policy_digest" in rec:
+        if str(rec["policy_digest"]) == goal.policy_digest():
+            return
+        view = rec.get("policy_view")
+        diff = first_difference(view, goal.policy_view()) if isinstance(view, dict) else None
+        what = f"goal field {diff[:200]} (trained vs this goal)" if diff else \
+            f"policy digest {str(rec['policy_digest'])[:32]} vs {goal.policy_digest()}"
+        raise UserError(f"policy was trained for a different fleet ({trained}): {what}; retrain with fleetpilot "
+                        "train on this goal", where=where)
+    digest = str(rec.get("digest", ""))
+    if digest != goal.digest():
+        raise UserError(f"policy was trained for goal digest {digest or '?'} ({trained}), this goal is "
+                        f"{goal.digest()} ({goal.name}); retrain with fleetpilot train", where=where)
+
+
 def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
     """Load an artifact directory (or its ``policy.json``) for ``goal``; refuses mismatches with a UserError."""
     import torch
@@ -560,10 +597,7 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
         if not isinstance(meta.get(key, {}), dict):
             raise UserError(f"policy.json field {key!r} must be an object, got {type(meta[key]).__name__}",
                             where=where)
-    digest = str(meta.get("goal", {}).get("digest", ""))
-    if digest != goal.digest():
-        raise UserError(f"policy was trained for goal digest {digest or '?'} ({meta.get('goal', {}).get('name', '?')}),"
-                        f" this goal is {goal.digest()} ({goal.name}); retrain with fleetpilot train", where=where)
+    _check_goal(meta, goal, where)
     params = meta.get("action", {}).get("params", {})
     core = params.get("core") if isinstance(params, dict) else None
     if core is not None and not isinstance(core, dict):
@@ -574,12 +608,14 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
         raise UserError(f"policy.json action.params.core is not a predictive-core setting: {exc}", where=where) \
             from None
     layout = observation_layout(goal, codec)
-    got = meta.get("observation", {}).get("layout")
-    if got != layout:
-        diff = next((f"{a!r} vs {b!r}" for a, b in zip(got or [], layout, strict=False) if a != b),
-                    f"{len(got or [])} vs {len(layout)} entries")
+    positional = "positional_layout" in meta.get("observation", {})  # artifacts since session 11
+    want_obs, want_act = positional_layouts(goal, core) if positional else (layout, list(codec.layout))
+    got = meta.get("observation", {}).get("positional_layout" if positional else "layout")
+    if got != want_obs:
+        diff = next((f"{a!r} vs {b!r}" for a, b in zip(got or [], want_obs, strict=False) if a != b),
+                    f"{len(got or [])} vs {len(want_obs)} entries")
         raise UserError(f"observation layout differs from this fleetpilot's ({diff}); retrain the policy", where=where)
-    if meta.get("action", {}).get("layout") != list(codec.layout):
+    if meta.get("action", {}).get("positional_layout" if positional else "layout") != want_act:
         raise UserError("action layout differs from this goal's; retrain the policy", where=where)
     spec = meta.get("network", {})
     if spec.get("obs_dim") != len(layout) or spec.get("act_dim") != codec.size:

@@ -12,7 +12,7 @@ import json
 import re
 import reprlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,9 +168,75 @@ class GoalSpec:
         return d
 
     def digest(self) -> str:
-        """A stable hash of everything that shapes observations, actions and reward."""
+        """A stable hash of the whole goal (names, wiring, queries, shield and baselines included)."""
         payload = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
+
+    def policy_view(self) -> dict[str, Any]:
+        """What a learned policy's observations, actions and reward depend on, with names replaced by positions.
+
+        In: the objective, the SLO, the quality floor, the control interval; per model (in order) its cold start,
+        replica bounds, latency model, quality and price relative to the first model's (a uniform price change
+        scales the cost term and nothing else); per route (in order) its models' positions and default weights.
+        Out: the goal's and the models' names (vLLM's ``model_name`` label differs per cluster), the workloads,
+        Services, ports and HTTPRoutes, the accelerator label, the Prometheus queries, the shield (the one wrapper
+        that bounds every policy's decisions after it decides), the baselines' settings and the fallback policy.
+        """
+        base = self.models[0].cost_per_hour if self.models else 1.0
+        pos = {m.name: i for i, m in enumerate(self.models)}
+
+        def rel(x: float) -> float:
+            return float(f"{x / base:.9g}") if base > 0 else float(x)
+
+        return {
+            "objective": self.objective,
+            "slo": asdict(self.slo),
+            "budget_per_hour": None if self.budget_per_hour is None else rel(self.budget_per_hour),
+            "quality_floor": self.quality_floor,
+            "control_interval_s": self.control_interval_s,
+            "models": [{"relative_cost": rel(m.cost_per_hour), "cold_start_s": m.cold_start_s,
+                        "min_replicas": m.min_replicas, "max_replicas": m.max_replicas,
+                        "latency": asdict(m.latency), "quality": m.quality} for m in self.models],
+            "routes": [{"models": [pos.get(n, -1) for n in r.models], "weights": list(r.weights)}
+                       for r in self.routes],
+        }
+
+    def policy_digest(self) -> str:
+        """A stable hash of :meth:`policy_view`: two goals with the same one can run the same learned policy."""
+        payload = json.dumps(self.policy_view(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def positional(self) -> GoalSpec:
+        """This goal with its models named ``model-0``, ``model-1``... and its routes ``route-0``... (in order):
+        the names a learned policy's layouts are compared under."""
+        names = {m.name: f"model-{i}" for i, m in enumerate(self.models)}
+        return replace(
+            self, name="positional",
+            models=tuple(replace(m, name=names[m.name]) for m in self.models),
+            routes=tuple(replace(r, name=f"route-{j}", models=tuple(names.get(n, n) for n in r.models))
+                         for j, r in enumerate(self.routes)))
+
+
+def first_difference(want: Any, got: Any, path: str = "") -> str | None:
+    """The first place two JSON-like values differ, as ``path: want vs got`` (``None`` when equal)."""
+    if isinstance(want, Mapping) and isinstance(got, Mapping):
+        for k in sorted(set(want) | set(got), key=str):
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in want or k not in got:
+                return f"{sub}: {want.get(k, '(absent)')!r} vs {got.get(k, '(absent)')!r}"
+            d = first_difference(want[k], got[k], sub)
+            if d:
+                return d
+        return None
+    if isinstance(want, list | tuple) and isinstance(got, list | tuple):
+        if len(want) != len(got):
+            return f"{path or 'value'}: {len(want)} entries vs {len(got)}"
+        for i, (a, b) in enumerate(zip(want, got, strict=True)):
+            d = first_difference(a, b, f"{path}[{i}]")
+            if d:
+                return d
+        return None
+    return None if want == got else f"{path or 'value'}: {want!r} vs {got!r}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,8 +307,9 @@ class _Model(BaseModel):
     """One model served by one Kubernetes workload that fleetpilot scales."""
 
     model_config = _STRICT
-    name: str = _f(description="The model's name as vLLM reports it in the model_name label of its metrics.",
-                   example="llama-3-8b", min_length=1, pattern=r"^[A-Za-z0-9][-_.A-Za-z0-9]*$")
+    name: str = _f(description="The model's name as vLLM reports it in the model_name label of its metrics (its "
+                   "--served-model-name, which defaults to the Hugging Face id, e.g. meta-llama/Llama-3.1-8B-Instruct).",
+                   example="llama-3-8b", min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][-_./A-Za-z0-9]*$")
     deployment: _WorkloadRef = _f(description="The workload serving this model (a Deployment unless kind/apiVersion "
                                   "say otherwise); fleetpilot scales it through its scale subresource.",
                                   example={"namespace": "inference", "name": "llama-3-8b"})

@@ -94,21 +94,26 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_mismatched_goal_digest_or_layout_is_refused(artifact: tuple[Path, object], tmp_path: Path) -> None:
     out, _ = artifact
     goal = load_goal(SINGLE)
-    with pytest.raises(UserError, match="goal digest"):
+    with pytest.raises(UserError, match="different fleet"):
         load_artifact(out, load_goal(ROUTED))
     bad = _copy(out, tmp_path / "digest")
     meta = json.loads((bad / "policy.json").read_text())
-    meta["goal"]["digest"] = "0" * 16
+    meta["goal"]["policy_digest"] = "0" * 16
+    meta["goal"]["policy_view"]["slo"]["target_ms"] = 250.0
     (bad / "policy.json").write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="goal digest") as exc:
+    with pytest.raises(UserError, match=r"different fleet \(chat-8b\): goal field slo.target_ms: 250.0 vs 500.0") \
+            as exc:
         load_artifact(bad, goal)
     assert "\n" not in str(exc.value)
-    bad = _copy(out, tmp_path / "layout")
-    meta = json.loads((bad / "policy.json").read_text())
-    meta["observation"]["layout"][2] = "model.llama-3-8b.something_else"
-    (bad / "policy.json").write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="observation layout"):
-        load_artifact(bad, goal)
+    for key in ("layout", "positional_layout"):
+        bad = _copy(out, tmp_path / key)
+        meta = json.loads((bad / "policy.json").read_text())
+        meta["observation"][key][2] = "model.model-0.something_else"
+        if key == "layout":  # an artifact from before positional layouts is checked by its names
+            del meta["observation"]["positional_layout"]
+        (bad / "policy.json").write_text(json.dumps(meta))
+        with pytest.raises(UserError, match="observation layout"):
+            load_artifact(bad, goal)
 
 
 class _Evil:

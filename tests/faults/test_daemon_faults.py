@@ -748,6 +748,9 @@ def _artifact(tmp: Path, g: GoalSpec, **over: Any) -> Path:
 ARTIFACT_CASES = {
     "corrupt JSON": lambda d, g: (d / "policy.json").write_text('{"format": "fleetpilot-rl/v1", "goal": {'),
     "another goal's digest": lambda d, g: _artifact(d, g, goal={"name": "other", "digest": "0123456789abcdef"}),
+    "another fleet (policy view)": lambda d, g: _artifact(d, g, goal={
+        "name": "other", "digest": "0" * 16, "policy_digest": "0" * 16,
+        "policy_view": {**g.policy_view(), "control_interval_s": 30.0}}),
     "weights not a torch file": lambda d, g: _artifact(d, g),
     "weights sha256 mismatch": lambda d, g: _artifact(d, g, weights={"file": "policy.pt", "sha256": "0" * 64}),
     "weights file missing": lambda d, g: (_artifact(d, g), (d / "policy.pt").unlink()),
@@ -1105,7 +1108,8 @@ def test_goal_changed_refused(rig: Rig, tmp_path: Path, record_property: Any) ->
 
 @pytest.mark.fault(group="daemon: policy artifact", scenario="`fleetpilot run --policy rl:DIR` with a corrupt or "
                    "foreign artifact", expected="exit 2, one line on stderr naming the artifact file, nothing contacted")
-@pytest.mark.parametrize("case", ["corrupt JSON", "another goal's digest", "weights sha256 mismatch"])
+@pytest.mark.parametrize("case", ["corrupt JSON", "another goal's digest", "another fleet (policy view)",
+                                  "weights sha256 mismatch"])
 def test_run_refuses_artifact(goal: GoalSpec, tmp_path: Path, case: str) -> None:
     import contextlib
     import io
