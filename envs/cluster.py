@@ -61,6 +61,7 @@ class ClusterFleetEnv(gym.Env):
         quality_penalty: float = 50.0,
         use_shield: bool = True,
         core: Mapping[str, Any] | None = None,
+        warmup_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.goal = goal if isinstance(goal, GoalSpec) else load_goal(goal)
@@ -83,6 +84,9 @@ class ClusterFleetEnv(gym.Env):
         self.service_noise = float(service_noise)
         self.tick_s = None if tick_s is None else float(tick_s)
         self.use_shield = use_shield
+        if not (math.isfinite(float(warmup_s)) and float(warmup_s) >= 0.0):
+            raise UserError(f"warmup_s must be a finite number of seconds >= 0, got {warmup_s!r}")
+        self.warmup_s = float(warmup_s)
         peaks: list[float | None] = [None] if peak_rps is None else (
             [float(peak_rps)] if isinstance(peak_rps, int | float) else [float(p) for p in peak_rps])
         self._data, self.trace_names = prepare_traces(self.goal, traces, ranges, peaks, forecast_model)
@@ -123,12 +127,14 @@ class ClusterFleetEnv(gym.Env):
                                  if self.service_noise > 0 else 1.0))
         t0 = float(tr.t_s[start])
         t1 = float(tr.t_s[start + ep_rows - 1]) + tr.interval_s
-        win = tr.slice(t0, t1)
+        warm_rows, warm_steps = self._warm(tr, start)
+        win = tr.slice(float(tr.t_s[start - warm_rows]), t1)
         if self._scale != 1.0:
             win = win.scale(self._scale)
         self._episode_trace = win
         self.episode_info = {"trace": tr.name, "start_s": t0, "end_s": t1, "load_scale": self._scale,
-                             "cold_start_scale": cold, "service_scale": service}
+                             "cold_start_scale": cold, "service_scale": service,
+                             "warmup_s": warm_steps * self.control_s}
         sim_rng = np.random.Generator(np.random.PCG64(rng.integers(0, 2**63 - 1)))
         init = initial_replicas(self.goal, win)
         tick = self.tick_s if self.tick_s is not None else default_tick(tr, self.goal)
@@ -138,8 +144,30 @@ class ClusterFleetEnv(gym.Env):
         self._next_decision = None
         # one warm-up interval at the initial fleet gives the first reading
         self.fleet.start(Decision(replicas=init))
+        vec = self._observe()
+        # the warm-up: the traffic before the episode under the core (action 0), unscored, as replay --warmup and
+        # the daemon's warm-up let a policy enter its range calibrated rather than cold
+        zero = np.zeros(self.codec.size, dtype=np.float32)
+        for _ in range(warm_steps):
+            if self.sim.done:
+                break
+            self._agent.pending = zero
+            decision, _fired, _rec = self.loop.decide(self.observation)
+            self.fleet.apply(decision)
+            vec = self._observe()
         self._n_windows = len(self.sim.windows)
-        return policy_input(self._observe()), {"episode": dict(self.episode_info)}
+        return policy_input(vec), {"episode": dict(self.episode_info)}
+
+    def _warm(self, tr: Any, start: int) -> tuple[int, int]:
+        """(trace rows, control intervals) of warm-up before row ``start``: up to ``warmup_s`` of the trace before
+        it (never before the prepared range), a whole number of both SLO windows and trace intervals, so the
+        episode's first scored window starts where it would without a warm-up."""
+        if self.warmup_s <= 0.0 or start <= 0:
+            return 0, 0
+        window_ms = round(self.control_s * max(1, round(float(self.goal.slo.window_s) / self.control_s)) * 1000)
+        step_ms = math.lcm(window_ms, max(1, round(tr.interval_s * 1000)))
+        span_ms = int(min(self.warmup_s, start * tr.interval_s) * 1000 // step_ms) * step_ms
+        return round(span_ms / 1000 / tr.interval_s), round(span_ms / 1000 / self.control_s)
 
     def _observe(self) -> np.ndarray:
         """The loop's observation, and the agent's vector (the policy state advanced as RLPolicy does)."""

@@ -68,3 +68,10 @@ def test_metrics_port_in_use() -> None:
         s.listen(1)
         port = s.getsockname()[1]
         one_line_error(["run", "--goal", GOAL, "--metrics-port", str(port)], "--metrics-port", "in use")
+
+
+@pytest.mark.parametrize("value", ["abc", "-1h", "inf", "8d"])
+def test_impossible_train_warmup(tmp_path: Path, value: str) -> None:
+    one_line_error(["train", "--goal", GOAL, "--trace", TRACE, "--timesteps", "64", "--warmup", value,
+                    "--out", str(tmp_path / "p")], "--warmup")
+    assert not (tmp_path / "p").exists()  # refused before any work

@@ -11,6 +11,7 @@ from fleetpilot.envs import ENV_ID
 from fleetpilot.envs.cluster import ClusterFleetEnv
 from fleetpilot.policies.predictive import PredictivePolicy
 from fleetpilot.policies.rl import route_quality
+from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import load_goal
 from fleetpilot.simulations.traces import REPO_ROOT
 
@@ -133,3 +134,39 @@ def test_zero_action_is_the_predictive_core(single_env: ClusterFleetEnv) -> None
         if trunc:
             break
     assert env.loop.policy_state.core.model(m).scores  # the core calibrated along the way
+
+
+def test_warmup_runs_the_traffic_before_the_episode_under_the_core_unscored() -> None:
+    """``warmup_s``: the episode starts where it would without it (same window, same draws), on a core that has
+    calibrated on the traffic before it; nothing of the warm-up is scored, and it never reaches before the range."""
+    goal = load_goal(SINGLE)
+    kw = {**FAST, "episode_s": (600.0, 600.0)}
+    cold = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", **kw)
+    warm = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", warmup_s=1800.0, **kw)
+    m = goal.models[0].name
+    zero = np.zeros(cold.action_space.shape, dtype=np.float32)
+    _, ic = cold.reset(seed=0, options={"start_s": 2000.0})
+    _, iw = warm.reset(seed=0, options={"start_s": 2000.0})
+    assert ic["episode"]["start_s"] == iw["episode"]["start_s"] == 2000.0
+    assert ic["episode"]["warmup_s"] == 0.0 and iw["episode"]["warmup_s"] == 1800.0
+    assert not cold.loop.policy_state.core.model(m).scores
+    assert len(warm.loop.policy_state.core.model(m).scores) >= 50  # calibrated on the 30 min before
+    assert warm.observation.t_s == cold.observation.t_s == 2015.0  # both at the episode's first interval
+    scored = []
+    for env in (cold, warm):
+        windows = 0
+        while True:
+            _, _, _, trunc, info = env.step(zero)
+            windows += info["windows"]
+            if trunc:
+                break
+        scored.append(windows)
+    assert scored[0] == scored[1] == 10  # the same 10 scored minutes; the warm-up's 30 are not counted
+    # at the range's start there is nothing before it: no warm-up
+    _, i0 = warm.reset(seed=0, options={"start_s": 0.0})
+    assert i0["episode"]["warmup_s"] == 0.0
+    # part of one: as much as there is, in whole SLO windows
+    _, i1 = warm.reset(seed=0, options={"start_s": 630.0})
+    assert i1["episode"]["warmup_s"] == 600.0
+    with pytest.raises(UserError, match="warmup_s"):
+        ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", warmup_s=-1.0, **kw)

@@ -14,6 +14,9 @@
   the untrained network *is* the predictive core) the deterministic policy plays the same ``--eval-episodes``
   seeded episodes drawn from the training ranges; the checkpoint kept is the cheapest whose SLO attainment over
   those episodes is at least the goal's plus ``--eval-margin``, else the one with the best attainment.
+* ``--warmup`` (default 1h): every episode, the checkpoint-selection ones included, first runs up to that long of
+  the training range's traffic before its window under the predictive core (action 0), unscored, so the policy
+  learns and is selected where it will run: on a calibrated core (``replay --warmup``, the daemon's warm-up).
 * Writes ``policy.pt`` + ``policy.json`` (no pickle) into ``--out``.
 """
 
@@ -284,6 +287,10 @@ def register(sub: Any) -> None:
     p.add_argument("--episode", default="3600:7200", metavar="MIN:MAX",
                    help="episode length range in seconds (default 3600:7200)")
     p.add_argument("--forecast-model", default="holt-winters", help="forecaster for features (default holt-winters)")
+    p.add_argument("--warmup", default="1h", metavar="DURATION",
+                   help="before each episode (training and checkpoint selection), run up to this long of the "
+                        "training range's traffic before it under the predictive core, unscored, so episodes start "
+                        "calibrated as replay --warmup and the daemon's warm-up run (s/m/h/d; 0: cold; default 1h)")
     p.add_argument("--miss-penalty", type=float, default=None,
                    help="reward penalty per missed SLO window (default: derived from the goal's attainment target)")
     p.add_argument("--ttft-shaping", type=float, default=0.5,
@@ -312,8 +319,14 @@ def handler(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--episode must look like MIN:MAX seconds, got {args.episode!r}") from None
     ranges = _ranges(args.trace, args.range_)
+    from fleetpilot.simulations.traces import time_s
+
+    warmup_s = time_s(str(args.warmup), "--warmup")
+    if not (math.isfinite(warmup_s) and 0.0 <= warmup_s <= 7 * 86400.0):
+        raise UserError(f"--warmup must be between 0 and 7d, got {args.warmup!r}")
     env_kwargs: dict[str, Any] = {"episode_s": (lo, hi), "forecast_model": args.forecast_model,
-                                  "miss_penalty": args.miss_penalty, "ttft_shaping": args.ttft_shaping}
+                                  "miss_penalty": args.miss_penalty, "ttft_shaping": args.ttft_shaping,
+                                  "warmup_s": warmup_s}
     if peaks is not None:
         env_kwargs["peak_rps"] = peaks if len(peaks) > 1 else peaks[0]
     _, prov = train(goal, args.trace, ranges, args.timesteps, args.out, seed=args.seed,
@@ -352,6 +365,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     if args.miss_penalty is not None:
         out += ["--miss-penalty", f"{args.miss_penalty:g}"]
     out += ["--ttft-shaping", f"{args.ttft_shaping:g}"]
-    out += ["--episode", args.episode, "--forecast-model", args.forecast_model, "--n-envs", str(args.n_envs),
+    out += ["--episode", args.episode, "--forecast-model", args.forecast_model, "--warmup", str(args.warmup),
+            "--n-envs", str(args.n_envs),
             "--eval-every", str(args.eval_every), "--eval-episodes", str(args.eval_episodes)]
     return out
