@@ -28,7 +28,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from fleetpilot.envs.episodes import AgentAction, RangeSpec, Reward, TraceSpec, initial_replicas, prepare_traces
+from fleetpilot.envs.episodes import (
+    AgentAction,
+    RangeSpec,
+    Reward,
+    TraceSpec,
+    initial_replicas,
+    prepare_traces,
+    warmup_span,
+)
 from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.envs.sources import SimulatedFleet, default_tick
 from fleetpilot.policies.rl import OBS_CLIP, ActionCodec, policy_input, route_of_class
@@ -127,7 +135,7 @@ class ClusterFleetEnv(gym.Env):
                                  if self.service_noise > 0 else 1.0))
         t0 = float(tr.t_s[start])
         t1 = float(tr.t_s[start + ep_rows - 1]) + tr.interval_s
-        warm_rows, warm_steps = self._warm(tr, start)
+        warm_rows, warm_steps = warmup_span(self.goal, tr.interval_s, start, self.warmup_s)
         win = tr.slice(float(tr.t_s[start - warm_rows]), t1)
         if self._scale != 1.0:
             win = win.scale(self._scale)
@@ -145,29 +153,12 @@ class ClusterFleetEnv(gym.Env):
         # one warm-up interval at the initial fleet gives the first reading
         self.fleet.start(Decision(replicas=init))
         vec = self._observe()
-        # the warm-up: the traffic before the episode under the core (action 0), unscored, as replay --warmup and
-        # the daemon's warm-up let a policy enter its range calibrated rather than cold
-        zero = np.zeros(self.codec.size, dtype=np.float32)
-        for _ in range(warm_steps):
-            if self.sim.done:
-                break
-            self._agent.pending = zero
-            decision, _fired, _rec = self.loop.decide(self.observation)
-            self.fleet.apply(decision)
+        for _ in range(warm_steps):  # the warm-up: the traffic before the episode under the core, unscored
+            self._agent.pending = np.zeros(self.codec.size, dtype=np.float32)
+            self.fleet.apply(self.loop.decide(self.observation)[0])
             vec = self._observe()
         self._n_windows = len(self.sim.windows)
         return policy_input(vec), {"episode": dict(self.episode_info)}
-
-    def _warm(self, tr: Any, start: int) -> tuple[int, int]:
-        """(trace rows, control intervals) of warm-up before row ``start``: up to ``warmup_s`` of the trace before
-        it (never before the prepared range), a whole number of both SLO windows and trace intervals, so the
-        episode's first scored window starts where it would without a warm-up."""
-        if self.warmup_s <= 0.0 or start <= 0:
-            return 0, 0
-        window_ms = round(self.control_s * max(1, round(float(self.goal.slo.window_s) / self.control_s)) * 1000)
-        step_ms = math.lcm(window_ms, max(1, round(tr.interval_s * 1000)))
-        span_ms = int(min(self.warmup_s, start * tr.interval_s) * 1000 // step_ms) * step_ms
-        return round(span_ms / 1000 / tr.interval_s), round(span_ms / 1000 / self.control_s)
 
     def _observe(self) -> np.ndarray:
         """The loop's observation, and the agent's vector (the policy state advanced as RLPolicy does)."""

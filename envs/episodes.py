@@ -31,7 +31,7 @@ from fleetpilot.simulations.traces import Trace, load_traces, parse_range
 TraceSpec = Trace | str | Sequence[str]
 RangeSpec = str | tuple[float | None, float | None] | None
 
-__all__ = ["AgentAction", "Reward", "initial_replicas", "prepare_traces"]
+__all__ = ["AgentAction", "Reward", "initial_replicas", "prepare_traces", "warmup_span"]
 
 
 class AgentAction(PolicyBase):
@@ -77,6 +77,19 @@ def prepare_traces(goal: GoalSpec, traces: Sequence[TraceSpec], ranges: Sequence
             feats.ensure_forecasts()
             data.append(feats)
     return data, names
+
+
+def warmup_span(goal: GoalSpec, interval_s: float, start_row: int, warmup_s: float) -> tuple[int, int]:
+    """(trace rows, control intervals) of warm-up before row ``start_row`` of a trace with ``interval_s`` bins: up to
+    ``warmup_s`` of the trace before it (never before its first row), a whole number of both SLO windows and trace
+    intervals, so the episode's first scored window starts where it would without a warm-up."""
+    if warmup_s <= 0.0 or start_row <= 0:
+        return 0, 0
+    control = float(goal.control_interval_s)
+    window_ms = round(control * max(1, round(float(goal.slo.window_s) / control)) * 1000)
+    step_ms = math.lcm(window_ms, max(1, round(interval_s * 1000)))
+    span_ms = int(min(warmup_s, start_row * interval_s) * 1000 // step_ms) * step_ms
+    return round(span_ms / 1000 / interval_s), round(span_ms / 1000 / control)
 
 
 def initial_replicas(goal: GoalSpec, win: Trace) -> dict[str, int]:
