@@ -153,3 +153,18 @@ def test_daemon_applies_a_shield_change_live_with_a_learned_policy(tmp_path: Pat
     _edit(SINGLE, path, lambda d: d["models"][0].update(cold_start_s=300))
     goal, policy, error = reloader.check(current)
     assert goal is None and error is not None and "models[0].cold_start_s" in error
+
+
+def test_validate_names_the_shipped_policies_a_goal_can_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    from fleetpilot.agent.cli import main
+
+    rewired = _edit(SINGLE, tmp_path / "g.yaml", _rewire_single)
+    other = _edit(SINGLE, tmp_path / "o.yaml", lambda d: d["models"][0].update(cold_start_s=240))
+    got = {}
+    for path in (SINGLE, ROUTED, rewired, other):
+        assert main(["validate", str(path)]) == 0
+        got[path] = capsys.readouterr().out.strip().rsplit("shipped learned policies for this fleet: ", 1)[1]
+    assert got[SINGLE] == got[rewired] == "rl:single-model"
+    assert got[ROUTED] == "rl:two-model-routed"
+    assert got[other].startswith("none")

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from fleetpilot.simulations.goal import json_schema, load_goal
+from fleetpilot.simulations.goal import GoalSpec, json_schema, load_goal
 
 
 def register(sub: Any) -> None:
@@ -33,12 +33,34 @@ def validate_handler(args: argparse.Namespace) -> int:
     )
     routes = ", ".join(goal.route_names) or "none"
     slo = goal.slo
+    fits = ", ".join(f"rl:{n}" for n in shipped_policies_for(goal)) or "none (train one: fleetpilot train)"
     print(
         f"OK {args.goal}: goal {goal.name!r}; SLO p{slo.percentile:g} {slo.metric} <= {slo.target_ms:g} ms in "
         f"{slo.attainment:.4g} of {slo.window_s:g}s windows; models: {models}; routes: {routes}; "
-        f"digest {goal.digest()}"
+        f"digest {goal.digest()}; shipped learned policies for this fleet: {fits}"
     )
     return 0
+
+
+def shipped_policies_for(goal: GoalSpec) -> list[str]:
+    """Names of the shipped learned policies (``rl:NAME``) whose recorded policy view is this goal's: the ones
+    that run on it without retraining (read from their ``policy.json`` only: no torch needed)."""
+    from fleetpilot.simulations.errors import FleetpilotError
+    from fleetpilot.simulations.resources import shipped_policy, shipped_policy_names
+    from fleetpilot.simulations.safeyaml import load_json_file
+
+    want = goal.policy_digest()
+    out = []
+    for name in shipped_policy_names():
+        d = shipped_policy(name)
+        try:
+            meta = load_json_file(d / "policy.json", "policy sidecar", max_bytes=4 << 20) if d else None
+        except FleetpilotError:
+            continue
+        rec = meta.get("goal") if isinstance(meta, dict) else None
+        if isinstance(rec, dict) and rec.get("policy_digest") == want:
+            out.append(name)
+    return out
 
 
 def schema_handler(args: argparse.Namespace) -> int:
