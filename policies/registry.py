@@ -26,7 +26,7 @@ from typing import Any
 from fleetpilot.policies.base import Policy
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec
-from fleetpilot.simulations.resources import package_path, require_extra
+from fleetpilot.simulations.resources import package_path, require_extra, shipped_policy, shipped_policy_names
 
 __all__ = [
     "SHIPPED_POLICIES_DIR",
@@ -111,14 +111,6 @@ def make(name: str, goal: GoalSpec, **kw: Any) -> Policy:
     return factory(goal, **kw)
 
 
-def shipped_policy(name: str) -> Path | None:
-    """The folder of a policy shipped under ``examples/policies`` called ``name``, if there is one."""
-    if not name or "/" in name or name.startswith("."):
-        return None
-    d = SHIPPED_POLICIES_DIR / name
-    return d if (d / "policy.json").is_file() else None
-
-
 def _check_name(name: str, what: str) -> str:
     key = str(name).strip()
     if not key or any(c in key for c in ":#, "):
@@ -174,10 +166,8 @@ def _rl(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:
         pol.name = f"rl:{path}" + (f"#{opts}" if opts else "")
         return pol
     if not Path(path).exists():
-        have = sorted(p.name for p in SHIPPED_POLICIES_DIR.glob("*/policy.json") for p in [p.parent]) \
-            if SHIPPED_POLICIES_DIR.is_dir() else []
         raise UserError("policy artifact not found (rl:PATH, or rl:NAME for a shipped policy: "
-                        f"{', '.join(have) or 'none shipped'})", where=path)
+                        f"{', '.join(shipped_policy_names()) or 'none shipped'})", where=path)
     return make_rl_policy(arg, goal)
 
 
