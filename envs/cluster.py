@@ -5,7 +5,8 @@
   :class:`~simulations.fleet.FleetSimulator` with a generator spawned from ``self.np_random``.
 * Each step runs the one control loop (:class:`~fleetpilot.envs.loop.ControlLoop`) on a
   :class:`~fleetpilot.envs.sources.SimulatedFleet`: the loop's policy is the agent's action decoded by
-  :class:`policies.rl.ActionCodec` (the demand quantile per model over the predictive core, route logits), and
+  :class:`policies.rl.ActionCodec` (the demand quantile per model over the predictive core, route logits, and
+  with ``demand_log2`` > 0 a demand multiplier per model), and
   its shield filters it, exactly as in replay and the daemon. Observations are the loop's vector (the daemon's)
   followed by :class:`policies.rl.PolicyFeatures` (computed from the policy state the loop keeps, as
   :class:`~policies.rl.RLPolicy` does), clipped to a Box; forecast features and token mixes come from
@@ -13,7 +14,8 @@
   and load scale.
 * ``peak_rps`` may list several peaks (e.g. ``(200, 1000)``): every trace is prepared at each, and an episode
   picks one (both load scales in one training run).
-* Reward: ``-(cost $ / cost_norm) - miss_penalty * missed SLO windows - ttft shaping - quality-floor penalty``.
+* Reward: ``-(cost $ / cost_norm) - miss_penalty * missed SLO windows - ttft shaping - quality-floor penalty``
+  (``set_miss_penalty`` changes the penalty between rollouts: ``fleetpilot train``'s dual update).
   The episode is *truncated* when the trace window ends; it never terminates (no terminal state exists).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,8 @@ class ClusterFleetEnv(gym.Env):
         use_shield: bool = True,
         core: Mapping[str, Any] | None = None,
         warmup_s: float = 0.0,
+        demand_log2: float = 0.0,
+        route_logits: bool = True,
     ) -> None:
         super().__init__()
         self.goal = goal if isinstance(goal, GoalSpec) else load_goal(goal)
@@ -81,7 +86,7 @@ class ClusterFleetEnv(gym.Env):
             ranges = [ranges] * len(traces)  # type: ignore[list-item]
         if len(ranges) != len(traces):
             raise UserError(f"{len(ranges)} ranges for {len(traces)} traces")
-        self.codec = ActionCodec(self.goal, core=core)
+        self.codec = ActionCodec(self.goal, core=core, demand_log2=demand_log2, route_logits=route_logits)
         self.features = self.codec.features
         self._agent = AgentAction(self.codec)
         self.control_s = float(self.goal.control_interval_s)
@@ -166,6 +171,12 @@ class ClusterFleetEnv(gym.Env):
         self.observation = self.loop.observe(*self.fleet.read())
         vec, self.loop.policy_state = self.features.observe(self.observation, self.loop.policy_state)
         return vec
+
+    def set_miss_penalty(self, value: float) -> None:
+        """Change the reward's penalty per missed SLO window (training's dual update of the attainment constraint)."""
+        if not (math.isfinite(float(value)) and float(value) >= 0.0):
+            raise ValueError(f"miss penalty must be a finite number >= 0, got {value!r}")
+        self.reward = replace(self.reward, miss_penalty=float(value))
 
     def set_next_decision(self, decision: Decision) -> None:
         """Use ``decision`` instead of decoding the next action (evaluating baselines through the same env)."""

@@ -6,13 +6,16 @@ One decision per model and control interval, no stacked margins::
 
 * ``D_alpha(t)`` is the ``alpha`` quantile of the **highest** interval rate the model will receive in
   ``(t, t + L]``, ``L`` = its cold-start lead. It is the forecast base ``B(t) = max(current rate, forecast mean at
-  L)`` times a factor calibrated online, by split-conformal prediction on the policy's own recent errors: every
+  L)`` plus a margin calibrated online, by split-conformal prediction on the policy's own recent errors: every
   decision records ``B(t)`` and the routing shares in force; once ``L`` has passed, the realised horizon maximum
   ``Y(t)`` (the observed class rates, routed with the shares recorded at ``t`` so that later routing changes do
-  not look like forecast errors) gives the score ``log((Y + eps) / (B + eps))``. ``D_alpha = (B + eps) *
-  exp(q) - eps`` with ``q`` the finite-sample conformal quantile (level ``ceil((n + 1) alpha) / n``) of the last
-  ``window`` scores. Causal: a score enters the window only after its horizon has been observed. ``eps`` (a
-  fraction of one replica's rate) keeps scores finite when traffic stops (Twitter's zero-traffic gaps).
+  not look like forecast errors) gives the score ``(Y - B) / s``, locally scaled by ``s``, the EWMA of the
+  absolute change of the model's rate between intervals (half-life ``scale_halflife`` intervals; a change enters it
+  at most ``scale_clip`` x the current ``s``, so one jump from zero does not inflate the margin for hours, while the
+  jump still reaches the scores). ``D_alpha = B + q * s`` with ``q`` the finite-sample conformal quantile (level
+  ``ceil((n + 1) alpha) / n``) of the last ``window`` scores. Causal: a score enters the window only after its
+  horizon has been observed. ``s`` is floored at ``eps`` (a fraction of one replica's rate), which keeps scores
+  finite when traffic stops (Twitter's zero-traffic gaps).
 * ``r_slo`` is the rate one replica sustains while the goal's latency percentile still meets its target: the
   latency model's saturated throughput (``ModelObs.capacity_rps``) times the utilisation at which the M/M/c
   tail (Erlang C, ``c`` = the replica's concurrent sequences) keeps ``P(TTFT > target) <= 1 - percentile``
@@ -76,6 +79,11 @@ DEFAULT_QUANTILE = 0.99
 #: relaxes back with this half-life (0 = off)
 DEFAULT_GUARD_STEP = 0.35
 DEFAULT_GUARD_HALFLIFE_S = 21600.0
+#: a change of the rate enters the scale's EWMA at most this many times the current scale (0 = off). Without it
+#: one jump (Twitter's traffic back from zero at full rate) inflated the margin ``q x scale`` for hours: probed on
+#: the protocol's tuning ranges in session 11 (``benchmarks/core_grid_probe.py``), 3x and 10x gave the same
+#: numbers, -14 % on Twitter@1000 at the same tuning rule and unchanged on six other pairs; 10x is the looser one
+DEFAULT_SCALE_CLIP = 10.0
 #: calibration scores kept (control intervals; 2880 x 15 s = 12 h)
 DEFAULT_WINDOW = 2880
 #: ``cheapest``: each route moves towards its cheapest mix that meets the goal's quality floor; ``fixed``: the
@@ -217,6 +225,7 @@ class PredictivePolicy:
         phase_period_s: float = 0.0,
         phase_bins: int = 12,
         capacity_halflife_s: float = 0.0,
+        scale_clip: float = DEFAULT_SCALE_CLIP,
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
@@ -240,6 +249,8 @@ class PredictivePolicy:
                             f"got {phase_period_s!r}, {phase_bins!r}")
         if not (math.isfinite(float(capacity_halflife_s)) and 0.0 <= float(capacity_halflife_s) <= 86400.0):
             raise UserError(f"predictive capacity_halflife_s must be in [0, 86400] s (0 = off), got {capacity_halflife_s!r}")
+        if not (math.isfinite(float(scale_clip)) and (float(scale_clip) == 0.0 or float(scale_clip) >= 1.0)):
+            raise UserError(f"predictive scale_clip must be 0 (off) or >= 1, got {scale_clip!r}")
         if not (math.isfinite(float(drain_s)) and float(drain_s) >= 0.0):
             raise UserError(f"predictive drain_s must be >= 0 (0 = off), got {drain_s!r}")
         unknown = set(lead_s or {}) - set(goal.model_names)
@@ -267,6 +278,7 @@ class PredictivePolicy:
         self.phase_period_s = float(phase_period_s)
         self.phase_bins = int(phase_bins)
         self.capacity_halflife_s = float(capacity_halflife_s)
+        self.scale_clip = float(scale_clip)
         self._cap_keep = 0.5 ** (goal.control_interval_s / float(capacity_halflife_s)) if capacity_halflife_s > 0 else 0.0
         self._guard_keep = 0.5 ** (goal.control_interval_s / float(guard_halflife_s))
         self._derate_keep = 0.5 ** (1.0 / max(1, int(derate_halflife)))
@@ -595,6 +607,14 @@ class PredictivePolicy:
                 shares = self.shares(obs, spec.name)
                 cur = dict(cur_rates)
                 d = abs(sum(s * (cur.get(c, 0.0) - prev.get(c, 0.0)) for c, s in shares))
+                if self.scale_clip > 0 and _finite(scale) and n_scale >= self.min_scale_samples:
+                    # one jump (traffic back from zero) must not inflate the margin for hours: it enters the
+                    # scale at most scale_clip x the current scale (floored at eps_replicas of a replica); the
+                    # jump itself still reaches the scores, so the quantile learns how often jumps come
+                    cap = self.capacity(spec.name, m, cal)
+                    ref = max(scale, self.eps_replicas * cap) if _finite(cap) else scale
+                    if ref > 0:
+                        d = min(d, self.scale_clip * ref)
                 n_scale += 1
                 a = max(self.scale_alpha, 1.0 / n_scale)
                 scale = d if not _finite(scale) else (1.0 - a) * scale + a * d

@@ -13,6 +13,10 @@ Action contract (shared by :class:`envs.cluster.ClusterFleetEnv` and :class:`RLP
 * per route, one logit per model: ``weights = softmax(log(default_weights) + ROUTE_LOGIT_SCALE * a)``, then
   mixed with the route's best-quality model just enough to meet ``quality_floor``. ``a = 0`` keeps the
   route's default weights. The per-model demand follows the new weights.
+* with ``demand_log2 > 0`` (artifacts since session 12), last, one entry per model: a multiplier
+  ``2 ** (demand_log2 * a)`` on the demand the core sizes for (``demand_log2 = 1``: 0.5x to 2x; ``a = 0`` is the
+  core). The level moves along the calibrated quantiles; the multiplier reaches below the median, where the
+  core's own margin is needless (traffic that has been steady for hours), and above the top quantile.
 
 Observation: the loop's vector (:class:`~simulations.contract.ObservationBuilder`, the same in training, replay
 and the daemon) followed by :class:`PolicyFeatures` -- what a forecast cannot give, computed from the policy's own
@@ -58,6 +62,7 @@ ROUTE_LOGIT_SCALE = 3.0
 QUALITY_MARGIN = 1e-3
 FEATURE_LEVELS = (0.5, 0.9, 0.97, 0.99)  # margins reported to the network, in replicas
 MISS_MEMORY_S = 3600.0  # "time since the last miss" saturates at one hour
+MAX_DEMAND_LOG2 = 3.0  # the demand multiplier's range is at most 2 ** +-3
 
 
 def policy_input(vector: np.ndarray) -> np.ndarray:
@@ -225,17 +230,30 @@ class PolicyFeatures(_NamedVector):
 class ActionCodec(_NamedVector):
     """Decodes a ``[-1, 1]`` action vector into a :class:`Decision` (one place, for the env and the policy).
 
-    ``core`` are keyword settings of :class:`~policies.predictive.PredictivePolicy` (recorded in the artifact).
+    ``core`` are keyword settings of :class:`~policies.predictive.PredictivePolicy` (recorded in the artifact);
+    ``demand_log2`` > 0 adds the per-model demand multipliers ``2 ** (demand_log2 * a)`` at the end of the action;
+    ``route_logits=False`` leaves the route logits out of the action: routes follow the core's cheapest mix (the
+    network scales only).
     """
 
-    def __init__(self, goal: GoalSpec, core: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, goal: GoalSpec, core: Mapping[str, Any] | None = None, demand_log2: float = 0.0,
+                 route_logits: bool = True) -> None:
         self.goal = goal
         self.core = PredictivePolicy(goal, **dict(core or {}))
         self.tail0 = 1.0 - self.core.quantile
         self.ratio = self.tail0 / MEDIAN_TAIL
+        if not (isinstance(demand_log2, int | float) and 0.0 <= float(demand_log2) <= MAX_DEMAND_LOG2):
+            raise UserError(f"demand_log2 must be a number in [0, {MAX_DEMAND_LOG2:g}], got {demand_log2!r}")
+        self.demand_log2 = float(demand_log2)
+        self.route_logits = bool(route_logits)
         names = [f"level.{m.name}" for m in goal.models]
-        for r in goal.routes:
-            names += [f"route.{r.name}.logit.{m}" for m in r.models]
+        self._route_entries = sum(len(r.models) for r in goal.routes)
+        if self.route_logits:
+            for r in goal.routes:
+                names += [f"route.{r.name}.logit.{m}" for m in r.models]
+        self._n_route = len(names) - len(goal.models)
+        if self.demand_log2 > 0:
+            names += [f"demand.{m.name}" for m in goal.models]
         self._layout = tuple(names)
         self._routing: dict[tuple[str, ...], RoutingMap] = {}
         self.features = PolicyFeatures(goal, self.core)
@@ -243,7 +261,15 @@ class ActionCodec(_NamedVector):
     def params(self) -> dict[str, Any]:
         return {"median_tail": MEDIAN_TAIL, "core_quantile": self.core.quantile, "route_logit_scale": ROUTE_LOGIT_SCALE,
                 "core": self.core.settings(), "base": "fleetpilot.policies.predictive.PredictivePolicy",
-                "obs_clip": OBS_CLIP}
+                "obs_clip": OBS_CLIP, "demand_log2": self.demand_log2, "route_logits": self.route_logits}
+
+    def demand_factor(self, action: np.ndarray) -> dict[str, float]:
+        """Per model: the demand multiplier of ``action`` (1 without the demand entries)."""
+        k = len(self.goal.models) + self._n_route
+        if self.demand_log2 <= 0:
+            return {m.name: 1.0 for m in self.goal.models}
+        return {m.name: float(2.0 ** (self.demand_log2 * float(np.clip(action[k + i], -1.0, 1.0))))
+                for i, m in enumerate(self.goal.models)}
 
     def level(self, a: float) -> float:
         """Coverage level for action ``a`` in [-1, 1]: ``1 - t0 * r ** a`` (``a = 0``: the core's quantile)."""
@@ -303,13 +329,17 @@ class ActionCodec(_NamedVector):
         a = np.clip(np.nan_to_num(np.asarray(action, dtype=float).reshape(-1), nan=0.0), -1.0, 1.0)
         if a.size != self.size:
             raise ValueError(f"action has {a.size} entries, expected {self.size} ({', '.join(self.layout)})")
+        n = len(self.goal.models)
         if fixed_routes or not self.goal.routes:
-            weights = self.route_weights(np.concatenate([a[:len(self.goal.models)],
-                                                         np.zeros(a.size - len(self.goal.models))]))
+            weights = self.route_weights(np.zeros(n + self._route_entries))
             ratio = self.demand_ratio(obs, weights) if weights else None
         else:
-            target = self.route_weights(a, self.core.route_target(obs))
+            logits = a[n:n + self._n_route] if self.route_logits else np.zeros(self._route_entries)
+            target = self.route_weights(np.concatenate([a[:n], logits]), self.core.route_target(obs))
             weights, ratio = self.core.route_step(obs, state.core, target)
+        if self.demand_log2 > 0:
+            factor = self.demand_factor(a)
+            ratio = {k: (1.0 if ratio is None else float(ratio.get(k, 1.0))) * f for k, f in factor.items()}
         levels = {m.name: self.level(a[i]) for i, m in enumerate(self.goal.models)}
         reps, core = self.core.plan(obs, state.core, levels=levels, ratio=ratio)
         return Decision(replicas=reps, weights=weights), replace(state, core=core)
@@ -330,7 +360,8 @@ class RLPolicy(PolicyBase):
         self.network = network
         self.meta = dict(meta or {})
         self.name = name
-        self.codec = ActionCodec(goal, core=self._trained_core())
+        self.codec = ActionCodec(goal, core=self._trained_core(),
+                                 **codec_options(self.meta.get("action", {}).get("params", {})))
         self.features = self.codec.features
         self.network.set_training_mode(False)
 
@@ -354,7 +385,8 @@ class RLPolicy(PolicyBase):
         unchanged."""
         core = self._trained_core()
         core.update(settings)
-        self.codec = ActionCodec(self.goal, core=core)
+        self.codec = ActionCodec(self.goal, core=core, demand_log2=self.codec.demand_log2,
+                                 route_logits=self.codec.route_logits)
         self.features = self.codec.features
 
     def act(self, vector: np.ndarray) -> np.ndarray:
@@ -377,8 +409,9 @@ class RLPolicy(PolicyBase):
         x = policy_input(observation)
         actions, _ = self.network.predict(x, state, episode_start, deterministic)
         actions = np.clip(actions, -1.0, 1.0)
-        if self.scaling_only:
-            actions[..., len(self.goal.models):] = 0.0
+        if self.scaling_only:  # the route logits only (the levels and demand multipliers stay)
+            n = len(self.goal.models)
+            actions[..., n:n + self.codec._n_route] = 0.0
         return actions, state
 
 
@@ -463,28 +496,45 @@ def policy_fields(goal: GoalSpec) -> dict[str, Any]:
     return {"policy_digest": goal.policy_digest(), "policy_view": goal.policy_view()}
 
 
-def positional_layouts(goal: GoalSpec, core: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
+def codec_options(params: Any, where: str = "policy.json") -> dict[str, Any]:
+    """The action codec's options recorded in an artifact's ``action.params`` (absent: the action before session
+    12, no demand multipliers, route logits on)."""
+    if not isinstance(params, Mapping):
+        return {}
+    demand = params.get("demand_log2", 0.0)
+    if isinstance(demand, bool) or not isinstance(demand, int | float) or not 0.0 <= demand <= MAX_DEMAND_LOG2:
+        raise UserError(f"policy.json action.params.demand_log2 must be a number in [0, {MAX_DEMAND_LOG2:g}]",
+                        where=where)
+    logits = params.get("route_logits", True)
+    if not isinstance(logits, bool):
+        raise UserError("policy.json action.params.route_logits must be true or false", where=where)
+    return {"demand_log2": float(demand), "route_logits": logits}
+
+
+def positional_layouts(goal: GoalSpec, core: Mapping[str, Any] | None = None,
+                       **options: Any) -> tuple[list[str], list[str]]:
     """The observation and action layouts under positional names (:meth:`GoalSpec.positional`): what a goal that
-    names its models and routes differently must match."""
+    names its models and routes differently must match (``options``: :class:`ActionCodec`'s)."""
     pg = goal.positional()
-    codec = ActionCodec(pg, core=core)
+    codec = ActionCodec(pg, core=core, **options)
     return observation_layout(pg, codec), list(codec.layout)
 
 
 def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: Mapping[str, Any],
-                  core: Mapping[str, Any] | None = None) -> Path:
+                  core: Mapping[str, Any] | None = None, **options: Any) -> Path:
     """Write ``policy.pt`` (state dict) and ``policy.json`` (sidecar) for an SB3 model or policy; returns the dir.
 
-    ``core``: the predictive core's settings the policy was trained with (recorded, and used when loading)."""
+    ``core``: the predictive core's settings the policy was trained with (recorded, and used when loading);
+    ``options``: the :class:`ActionCodec` options it was trained with (``demand_log2``, ``route_logits``)."""
     import torch
 
     policy = getattr(model, "policy", model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     builder = ObservationBuilder(goal)
-    codec = ActionCodec(goal, core=core)
+    codec = ActionCodec(goal, core=core, **options)
     layout = observation_layout(goal, codec)
-    pos_obs, pos_act = positional_layouts(goal, core)
+    pos_obs, pos_act = positional_layouts(goal, core, **options)
     spec = network_spec(policy)
     if spec["obs_dim"] != len(layout) or spec["act_dim"] != codec.size:
         raise UserError(f"network shape ({spec['obs_dim']} -> {spec['act_dim']}) does not match the goal "
@@ -501,7 +551,8 @@ def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: M
         "action": {"layout": list(codec.layout), "low": -1.0, "high": 1.0, "params": codec.params(),
                    "positional_layout": pos_act,
                    "decoder": "fleetpilot.policies.rl.ActionCodec (demand quantile per model over the predictive "
-                              "core, route logits)"},
+                              "core" + (", route logits" if codec.route_logits and goal.routes else "")
+                              + (", demand multiplier per model)" if codec.demand_log2 > 0 else ")")},
         "network": spec,
         "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights), "format": "torch.save(state_dict)"},
         "provenance": dict(provenance),
@@ -602,14 +653,16 @@ def load_artifact(path: str | Path, goal: GoalSpec) -> RLPolicy:
     core = params.get("core") if isinstance(params, dict) else None
     if core is not None and not isinstance(core, dict):
         raise UserError("policy.json action.params.core must be an object", where=where)
+    options = codec_options(params, where)
     try:
-        codec = ActionCodec(goal, core=core)
+        codec = ActionCodec(goal, core=core, **options)
     except TypeError as exc:
         raise UserError(f"policy.json action.params.core is not a predictive-core setting: {exc}", where=where) \
             from None
     layout = observation_layout(goal, codec)
     positional = "positional_layout" in meta.get("observation", {})  # artifacts since session 11
-    want_obs, want_act = positional_layouts(goal, core) if positional else (layout, list(codec.layout))
+    want_obs, want_act = (positional_layouts(goal, core, **options) if positional
+                          else (layout, list(codec.layout)))
     got = meta.get("observation", {}).get("positional_layout" if positional else "layout")
     if got != want_obs:
         diff = next((f"{a!r} vs {b!r}" for a, b in zip(got or [], want_obs, strict=False) if a != b),

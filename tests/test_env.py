@@ -170,3 +170,63 @@ def test_warmup_runs_the_traffic_before_the_episode_under_the_core_unscored() ->
     assert i1["episode"]["warmup_s"] == 600.0
     with pytest.raises(UserError, match="warmup_s"):
         ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", warmup_s=-1.0, **kw)
+
+
+def test_demand_multiplier_entries_scale_the_core_demand() -> None:
+    """With ``demand_log2`` the action ends with one multiplier per model, ``2 ** (demand_log2 * a)`` on the
+    demand the core sizes for: 0 is the core, -1 sizes for half of it (the core's plan at ratio 0.5)."""
+    core_kw = {"quantile": 0.9}  # calibrates within the episode (at 0.99 the core keeps warm all along)
+    env = ClusterFleetEnv(load_goal(SINGLE), ["azure_llm_2023_conv_1s"], "0:2760", demand_log2=1.0,
+                          core=core_kw, **dict(FAST, episode_s=(1500.0, 1500.0)))
+    m = env.goal.models[0].name
+    assert env.codec.layout[-1] == f"demand.{m}" and env.action_space.shape == (2,)
+    env.reset(seed=4)
+    core = PredictivePolicy(env.goal, **core_kw)
+    st = core.initial_state()
+    differed = 0
+    for _ in range(100):
+        obs = env.observation
+        st = core.update(obs, st)
+        want, _ = core.plan(obs, st)
+        half, _ = core.plan(obs, st, ratio={m: 0.5})
+        double, _ = core.plan(obs, st, ratio={m: 2.0})
+        assert env.decode(np.zeros(2, dtype=np.float32)).replicas[m] == want[m]
+        assert env.decode(np.array([0.0, -1.0], dtype=np.float32)).replicas[m] == half[m]
+        assert env.decode(np.array([0.0, 1.0], dtype=np.float32)).replicas[m] == double[m]
+        assert half[m] <= want[m] <= double[m]
+        differed += half[m] < want[m] < double[m]
+        _, st = core.plan(obs, st)
+        _, _, _, trunc, _ = env.step(np.zeros(2, dtype=np.float32))
+        if trunc:
+            break
+    assert differed > 20  # once calibrated, the multiplier moves the sizing both ways
+    with pytest.raises(UserError, match="demand_log2"):
+        ClusterFleetEnv(load_goal(SINGLE), ["azure_llm_2023_conv_1s"], "0:2760", demand_log2=5.0, **FAST)
+
+
+def test_set_miss_penalty_changes_the_reward_of_a_miss(single_env: ClusterFleetEnv) -> None:
+    env = single_env.clone()
+    before = env.reward.miss_penalty
+    env.set_miss_penalty(before * 3)
+    assert env.reward.miss_penalty == before * 3 and single_env.reward.miss_penalty == before
+    with pytest.raises(ValueError):
+        env.set_miss_penalty(float("nan"))
+
+
+def test_without_the_route_head_routes_follow_the_core_and_the_network_only_scales(routed_env: ClusterFleetEnv) -> None:
+    goal = routed_env.goal
+    env = ClusterFleetEnv(goal, ["chat=azure_llm_2023_conv_1s+code=azure_llm_2023_code_1s"], "0:2760",
+                          demand_log2=1.0, route_logits=False, **FAST)
+    assert not any(n.startswith("route.") for n in env.codec.layout)
+    assert env.codec.layout == tuple(f"level.{m}" for m in goal.model_names) + tuple(
+        f"demand.{m}" for m in goal.model_names)
+    with_head = routed_env.clone()
+    env.reset(seed=3)
+    with_head.reset(seed=3)
+    for _ in range(30):  # the zero action decides as the zero action with route logits: the core's routing
+        d = env.decode(np.zeros(env.action_space.shape, dtype=np.float32))
+        assert d == with_head.decode(np.zeros(with_head.action_space.shape, dtype=np.float32))
+        env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+        _, _, _, trunc, _ = with_head.step(np.zeros(with_head.action_space.shape, dtype=np.float32))
+        if trunc:
+            break

@@ -349,3 +349,34 @@ def test_a_long_rate_window_sizes_from_the_level_but_scores_each_slo_window_s_ra
     # a window no longer than an SLO window scores the rate it sizes from, as before
     short = PredictivePolicy(GOAL, rate_window_s=60.0)
     assert short.score_intervals == short.rate_intervals == 4
+
+
+def test_a_jump_from_zero_enters_the_scale_clipped_and_the_scores_whole() -> None:
+    """Twitter's traffic comes back from zero at full rate: the jump must not set the margin for hours. With the
+    clip it enters the scale at most ``scale_clip`` x the scale before it (floored at eps of a replica); the jump
+    still reaches the calibration scores. ``scale_clip=0`` is the unclipped EWMA."""
+    steady = [300.0 + (10.0 if i % 2 else -10.0) for i in range(60)]  # |change| 20 req/s each interval
+    rates = steady + [0.0] * 20 + [300.0] + [300.0 + (10.0 if i % 2 else -10.0) for i in range(40)]
+    scales = {}
+    for clip in (0.0, 10.0):
+        pol = PredictivePolicy(GOAL, quantile=0.9, scale_clip=clip)
+        st = pol.initial_state()
+        trace = []
+        for i, r in enumerate(rates):
+            _, st = pol.decide(obs((i + 1) * DT, r), st)
+            trace.append(st.model(M).scale)
+        scales[clip] = trace
+        if clip:
+            assert max(st.model(M).scores) > 5.0  # the jump (300 req/s over a ~20 req/s scale) is in the scores
+    jump = len(steady) + 20  # the interval traffic comes back
+    before = scales[10.0][jump - 1]
+    a = max(PredictivePolicy(GOAL).scale_alpha, 1.0 / jump)  # the first interval has no change to count
+    # unclipped: the 300 req/s change enters whole; clipped: at most 10x the scale before it
+    assert scales[0.0][jump] == pytest.approx((1 - a) * scales[0.0][jump - 1] + a * 300.0)
+    floor = PredictivePolicy(GOAL).eps_replicas * CAP * slo_utilisation(GOAL, M, 512.0, 256.0)
+    assert scales[10.0][jump] <= (1 - a) * before + a * 10.0 * max(before, floor) + 1e-9
+    assert scales[10.0][jump] < scales[0.0][jump]
+    # the steady part before any zero is identical (no change there is above 10x the scale)
+    assert scales[10.0][:len(steady)] == scales[0.0][:len(steady)]
+    with pytest.raises(UserError, match="scale_clip"):
+        PredictivePolicy(GOAL, scale_clip=0.5)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fleetpilot.agent.commands.train import CheckpointSelector, train
+from fleetpilot.agent.commands.train import CheckpointSelector, MissPenaltyDual, train
 from fleetpilot.envs.cluster import ClusterFleetEnv
 from fleetpilot.policies.predictive import PredictivePolicy
 from fleetpilot.policies.rl import (
@@ -293,3 +293,75 @@ def test_shipped_policies_load_and_decide() -> None:
         meta = pol.meta
         assert meta["provenance"]["checkpoint_selection"]["selected"] is not None
         assert set(meta["provenance"]["env"]["peak_rps"]) == {200.0, 1000.0}
+
+
+def test_miss_penalty_dual_update_follows_the_rollouts_attainment() -> None:
+    """Below the goal's attainment the price of a miss rises, above it falls, within the bounds; every env gets it."""
+
+    class Env:
+        penalty = None
+
+        def set_miss_penalty(self, value: float) -> None:
+            self.penalty = value
+
+    envs = [Env(), Env()]
+    dual = MissPenaltyDual(envs, 0.99, 1000.0, ema=0.2, step=0.5, bounds=(100.0, 1e5))
+    dual.record([{"windows": 60, "missed_windows": 3}, {"windows": 40, "missed_windows": 2}])  # 0.95
+    p1 = dual.update(512)
+    assert p1 == pytest.approx(1000.0 * np.exp(0.5 * (0.99 - 0.95) / 0.01))
+    assert [e.penalty for e in envs] == [p1, p1]
+    dual.record([{"windows": 100, "missed_windows": 0}])  # met, but the average (0.96) is still below 0.99
+    assert dual.update(1024) > p1 and dual.ema == pytest.approx(0.96)
+    for k in range(100):  # a long run of met rollouts: the average passes the goal, the price falls to the floor
+        dual.record([{"windows": 100, "missed_windows": 0}])
+        dual.update(2048 + 512 * k)
+    assert dual.penalty == 100.0 and envs[0].penalty == 100.0
+    dual.update(10**6)  # a rollout without windows changes nothing
+    assert len(dual.history) == 102 and dual.penalty == 100.0
+    s = dual.summary()
+    assert s["start"] == 1000.0 and s["final"] == 100.0 and s["rollouts"] == 102 and s["bounds"] == [100.0, 1e5]
+    with pytest.raises(UserError):
+        MissPenaltyDual(envs, 0.99, 50.0, bounds=(100.0, 1e5))
+
+
+def test_demand_action_artifact_round_trip_and_the_scaling_only_mask(tmp_path: Path) -> None:
+    goal = load_goal(SINGLE)
+    model, prov = train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, tmp_path / "d", seed=7,
+                        env_kwargs=dict(ENV_KW, demand_log2=1.0), hyper=TINY)
+    meta = json.loads((tmp_path / "d" / "policy.json").read_text())
+    m = goal.models[0].name
+    assert meta["action"]["params"]["demand_log2"] == 1.0
+    assert meta["action"]["layout"] == [f"level.{m}", f"demand.{m}"]
+    assert meta["action"]["positional_layout"][-1].startswith("demand.")
+    upd = meta["provenance"]["reward"]["miss_penalty_update"]
+    assert upd["rollouts"] == 2 and upd["start"] == meta["provenance"]["reward"]["miss_penalty"]
+    pol = load_artifact(tmp_path / "d", goal)
+    assert pol.codec.demand_log2 == 1.0 and pol.codec.size == 2
+    obs = np.zeros((1, len(observation_layout(goal, pol.codec))), dtype=np.float32)
+    want, _ = model.policy.predict(obs, deterministic=True)
+    assert np.allclose(pol.predict(obs)[0], np.clip(want, -1, 1))
+    pol.set_core({"quantile": 0.95})  # a tuned core keeps the demand entries
+    assert pol.codec.demand_log2 == 1.0
+    bad = _copy(tmp_path / "d", tmp_path / "bad")
+    meta["action"]["params"]["demand_log2"] = "2"
+    (bad / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="demand_log2"):
+        load_artifact(bad, goal)
+
+    # the scaling-only ablation turns off the route logits, not the levels or the demand multipliers
+    routed = load_goal(ROUTED)
+
+    class Net:
+        def set_training_mode(self, mode: bool) -> None:
+            pass
+
+        def predict(self, x: np.ndarray, state: object, start: object, det: bool) -> tuple[np.ndarray, None]:
+            return np.full((x.shape[0], size), 0.5, dtype=np.float32), None
+
+    size = ActionCodec(routed, demand_log2=1.0).size
+    abl = RLPolicy(routed, Net(), {"action": {"params": {"demand_log2": 1.0}}}, scaling_only=True)
+    act = abl.predict(np.zeros((1, 3), dtype=np.float32))[0][0]
+    layout = abl.codec.layout
+    assert [a for a, n in zip(act, layout, strict=True) if n.startswith("route.")] == [0.0] * sum(
+        n.startswith("route.") for n in layout)
+    assert all(a == 0.5 for a, n in zip(act, layout, strict=True) if not n.startswith("route."))

@@ -17,6 +17,10 @@
 * ``--warmup`` (default 1h): every episode, the checkpoint-selection ones included, first runs up to that long of
   the training range's traffic before its window under the predictive core (action 0), unscored, so the policy
   learns and is selected where it will run: on a calibrated core (``replay --warmup``, the daemon's warm-up).
+* ``--demand-range`` (default 1): the action also holds a demand multiplier per model, ``2 ** (range * a)``
+  (0.5x-2x), on top of the quantile level; 0 drops it (the session-11 action).
+* ``--penalty-update dual`` (default): the miss penalty is the multiplier of the attainment constraint, updated
+  after every rollout from the rollout's attainment (:class:`MissPenaltyDual`); ``fixed`` keeps ``--miss-penalty``.
 * Writes ``policy.pt`` + ``policy.json`` (no pickle) into ``--out``.
 """
 
@@ -25,7 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     "eval_every": 50_000,
     "eval_episodes": 12,
     "eval_margin": 0.002,
+    "penalty_update": "dual",
+    "dual_ema": 0.2,
+    "dual_step": 0.5,
+    "dual_bounds": [0.1, 100.0],
 }
 
 
@@ -127,6 +135,16 @@ def train(
     env0 = venv.envs[0].unwrapped
     select = None
     callbacks: list[Any] = [c for c in (callback,) if c is not None]
+    dual = None
+    if h["penalty_update"] == "dual":
+        envs = [e.unwrapped for e in venv.envs]
+        lo, hi = (float(x) for x in h["dual_bounds"])
+        dual = MissPenaltyDual(envs, goal.slo.attainment, env0.reward.miss_penalty, ema=float(h["dual_ema"]),
+                               step=float(h["dual_step"]), bounds=(lo * env0.reward.miss_penalty,
+                                                                   hi * env0.reward.miss_penalty))
+        callbacks.append(dual.callback())
+    elif h["penalty_update"] != "fixed":
+        raise UserError(f"penalty_update must be fixed or dual, got {h['penalty_update']!r}")
     if int(h["eval_every"]) > 0 and int(h["eval_episodes"]) > 0:
         select = CheckpointSelector(env0.clone(), int(h["eval_every"]), int(h["eval_episodes"]),
                                     goal.slo.attainment + float(h["eval_margin"]), seed)
@@ -148,13 +166,16 @@ def train(
         "wall_time_s": round(wall, 1),
         "hyperparameters": h,
         "env": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ekw.items()},
-        "reward": {"cost_norm_usd": env0.reward.cost_norm, "miss_penalty": env0.reward.miss_penalty,
+        "reward": {"cost_norm_usd": env0.reward.cost_norm,
+                   "miss_penalty": dual.start if dual is not None else env0.reward.miss_penalty,
+                   "miss_penalty_update": dual.summary() if dual is not None else "fixed",
                    "ttft_shaping": env0.reward.ttft_shaping, "quality_penalty": env0.reward.quality_penalty},
         "checkpoint_selection": select.summary() if select is not None else None,
     }
     prov.update(provenance_extra or {})
     if out is not None:
-        save_artifact(model, goal, out, prov, core=ekw.get("core"))
+        save_artifact(model, goal, out, prov, core=ekw.get("core"), demand_log2=float(ekw.get("demand_log2", 0.0)),
+                      route_logits=bool(ekw.get("route_logits", True)))
     venv.close()
     return model, prov
 
@@ -245,6 +266,70 @@ class CheckpointSelector:
         return _CB()
 
 
+class MissPenaltyDual:
+    """The miss penalty as the multiplier of the attainment constraint (a smoothed dual update).
+
+    After each rollout: ``ema <- (1 - ema_w) ema + ema_w * attainment`` (the rollout's SLO windows met, all envs),
+    then ``penalty <- penalty * exp(step * (target - ema) / (1 - target))``, clamped to ``bounds``: a rollout below
+    the goal's attainment raises the price of a miss, one above lowers it. The rollout's attainment is noisy (a few
+    hundred windows), so the update follows its moving average with a small step; with a fixed penalty PPO either
+    gave up attainment for cost or stayed at the core (RESULTS_rl.md, session 11).
+    """
+
+    def __init__(self, envs: Sequence[Any], target: float, start: float, *, ema: float = 0.2, step: float = 0.5,
+                 bounds: tuple[float, float] = (0.0, math.inf)) -> None:
+        if not (0.0 < ema <= 1.0 and step >= 0.0 and 0.0 <= bounds[0] <= start <= bounds[1]):
+            raise UserError(f"dual update needs 0 < ema <= 1, step >= 0 and bounds around the start penalty {start:g}")
+        self.envs = list(envs)
+        self.target = float(target)
+        self.slack = max(1.0 - self.target, 1e-3)
+        self.start = self.penalty = float(start)
+        self.ema_w, self.step, self.bounds = float(ema), float(step), (float(bounds[0]), float(bounds[1]))
+        self.ema = math.nan
+        self.windows = self.missed = 0
+        self.history: list[tuple[int, float, float]] = []  # (step, rollout attainment, penalty after it)
+
+    def record(self, infos: Sequence[Mapping[str, Any]]) -> None:
+        for info in infos:
+            self.windows += int(info.get("windows", 0))
+            self.missed += int(info.get("missed_windows", 0))
+
+    def update(self, num_timesteps: int) -> float:
+        """Close a rollout: update the penalty from its windows, set it on every env, return it."""
+        if self.windows > 0:
+            att = 1.0 - self.missed / self.windows
+            self.ema = att if math.isnan(self.ema) else (1.0 - self.ema_w) * self.ema + self.ema_w * att
+            self.penalty *= math.exp(self.step * (self.target - self.ema) / self.slack)
+            self.penalty = min(max(self.penalty, self.bounds[0]), self.bounds[1])
+            self.history.append((int(num_timesteps), round(att, 5), round(self.penalty, 2)))
+            for env in self.envs:
+                env.set_miss_penalty(self.penalty)
+        self.windows = self.missed = 0
+        return self.penalty
+
+    def summary(self) -> dict[str, Any]:
+        pens = sorted(p for _, _, p in self.history)
+        return {"rule": "penalty *= exp(step * (target - ema(rollout attainment)) / (1 - target)), clamped",
+                "target": self.target, "ema": self.ema_w, "step": self.step, "bounds": list(self.bounds),
+                "start": self.start, "final": round(self.penalty, 2),
+                "median": pens[len(pens) // 2] if pens else self.start, "rollouts": len(self.history)}
+
+    def callback(self) -> Any:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        dual = self
+
+        class _CB(BaseCallback):
+            def _on_step(self) -> bool:
+                dual.record(self.locals.get("infos") or ())
+                return True
+
+            def _on_rollout_end(self) -> None:
+                dual.update(self.model.num_timesteps)
+
+        return _CB()
+
+
 class _ProgressBar:
     """A tqdm progress bar as an SB3 callback (SB3's own needs ``rich``)."""
 
@@ -293,6 +378,14 @@ def register(sub: Any) -> None:
                         "calibrated as replay --warmup and the daemon's warm-up run (s/m/h/d; 0: cold; default 1h)")
     p.add_argument("--miss-penalty", type=float, default=None,
                    help="reward penalty per missed SLO window (default: derived from the goal's attainment target)")
+    p.add_argument("--penalty-update", choices=("dual", "fixed"), default=DEFAULTS["penalty_update"],
+                   help="dual (default): the miss penalty follows the rollouts' SLO attainment (raised below the "
+                        "goal, lowered above it, within 0.1x-100x of --miss-penalty); fixed: keep --miss-penalty")
+    p.add_argument("--demand-range", type=float, default=1.0, metavar="LOG2",
+                   help="demand multiplier per model in the action, 2 ** (LOG2 * a) (default 1: 0.5x-2x; 0: none)")
+    p.add_argument("--route-head", choices=("on", "off"), default="on",
+                   help="routed goals: on (default) the network also moves the routes (logits around the core's "
+                        "cheapest mix); off: routes follow the core's cheapest mix, the network only scales")
     p.add_argument("--ttft-shaping", type=float, default=0.5,
                    help="reward penalty per interval per unit of p95 latency above target (default 0.5)")
     p.add_argument("--n-envs", type=int, default=DEFAULTS["n_envs"], help="parallel (in-process) envs")
@@ -324,14 +417,22 @@ def handler(args: argparse.Namespace) -> int:
     warmup_s = time_s(str(args.warmup), "--warmup")
     if not (math.isfinite(warmup_s) and 0.0 <= warmup_s <= 7 * 86400.0):
         raise UserError(f"--warmup must be between 0 and 7d, got {args.warmup!r}")
+    from fleetpilot.policies.rl import MAX_DEMAND_LOG2
+
+    if not (math.isfinite(args.demand_range) and 0.0 <= args.demand_range <= MAX_DEMAND_LOG2):
+        raise UserError(f"--demand-range must be between 0 and {MAX_DEMAND_LOG2:g}, got {args.demand_range!r}")
+    if args.miss_penalty is not None and not (math.isfinite(args.miss_penalty) and args.miss_penalty > 0):
+        raise UserError(f"--miss-penalty must be a positive number, got {args.miss_penalty!r}")
     env_kwargs: dict[str, Any] = {"episode_s": (lo, hi), "forecast_model": args.forecast_model,
                                   "miss_penalty": args.miss_penalty, "ttft_shaping": args.ttft_shaping,
-                                  "warmup_s": warmup_s}
+                                  "warmup_s": warmup_s, "demand_log2": args.demand_range,
+                                  "route_logits": args.route_head == "on"}
     if peaks is not None:
         env_kwargs["peak_rps"] = peaks if len(peaks) > 1 else peaks[0]
     _, prov = train(goal, args.trace, ranges, args.timesteps, args.out, seed=args.seed,
                     tensorboard=args.tensorboard, progress=not args.no_progress, env_kwargs=env_kwargs,
-                    hyper={"n_envs": args.n_envs, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes},
+                    hyper={"n_envs": args.n_envs, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+                           "penalty_update": args.penalty_update},
                     provenance_extra={"command": "fleetpilot train " + " ".join(_argv(args))})
     print(f"wrote {Path(args.out) / 'policy.json'} ({prov['timesteps']} steps, {prov['wall_time_s']:.0f} s)")
     return 0
@@ -364,7 +465,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
         out += ["--scale-to-peak", str(args.scale_to_peak)]
     if args.miss_penalty is not None:
         out += ["--miss-penalty", f"{args.miss_penalty:g}"]
-    out += ["--ttft-shaping", f"{args.ttft_shaping:g}"]
+    out += ["--ttft-shaping", f"{args.ttft_shaping:g}", "--penalty-update", args.penalty_update,
+            "--demand-range", f"{args.demand_range:g}", "--route-head", args.route_head]
     out += ["--episode", args.episode, "--forecast-model", args.forecast_model, "--warmup", str(args.warmup),
             "--n-envs", str(args.n_envs),
             "--eval-every", str(args.eval_every), "--eval-episodes", str(args.eval_episodes)]
