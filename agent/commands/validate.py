@@ -45,6 +45,7 @@ def validate_handler(args: argparse.Namespace) -> int:
 def shipped_policies_for(goal: GoalSpec) -> list[str]:
     """Names of the shipped learned policies (``rl:NAME``) whose recorded policy view is this goal's: the ones
     that run on it without retraining (read from their ``policy.json`` only: no torch needed)."""
+    from fleetpilot.policies.rl import MAX_SIDECAR_BYTES, SIDECAR_FILE
     from fleetpilot.simulations.errors import FleetpilotError
     from fleetpilot.simulations.resources import shipped_policy, shipped_policy_names
     from fleetpilot.simulations.safeyaml import load_json_file
@@ -54,7 +55,7 @@ def shipped_policies_for(goal: GoalSpec) -> list[str]:
     for name in shipped_policy_names():
         d = shipped_policy(name)
         try:
-            meta = load_json_file(d / "policy.json", "policy sidecar", max_bytes=4 << 20) if d else None
+            meta = load_json_file(d / SIDECAR_FILE, "policy sidecar", max_bytes=MAX_SIDECAR_BYTES) if d else None
         except FleetpilotError:
             continue
         rec = meta.get("goal") if isinstance(meta, dict) else None
