@@ -228,23 +228,61 @@ def test_old_residual_artifacts_are_refused_with_a_retrain_hint(artifact: tuple[
         load_artifact(bad, load_goal(SINGLE))
 
 
-def test_checkpoint_selection_rule() -> None:
-    sel = CheckpointSelector(env=None, every=10, episodes=1, target=0.99, seed=0)
-
-    def offer(step: int, cost: float, att: float) -> None:
-        rec = {"step": step, "cost_usd": cost, "attainment": att, "windows": 100}
-        if sel._better(rec):
-            sel.best = rec
-
-    offer(0, 100.0, 0.985)  # the core misses on these episodes
-    offer(10, 120.0, 0.988)  # better attainment wins while nothing meets the target
+def test_checkpoint_selection_keeps_the_core_unless_a_checkpoint_is_cheaper_beyond_noise() -> None:
+    """Paired against step 0 (the core), episode by episode: a trained checkpoint is kept only when its saving is
+    more than two standard errors and it meets no fewer windows than it must."""
+    sel = CheckpointSelector(env=None, every=10, episodes=4, target=0.99, seed=0)
+    assert sel.best is None
+    core = [(100.0, 100, 2), (50.0, 100, 1), (80.0, 100, 0), (20.0, 100, 0)]  # attainment 0.9925 >= target
+    sel.record(0, core)
+    # 5 % cheaper on every episode, same misses: kept
+    sel.record(10, [(c * 0.95, w, m) for c, w, m in core])
     assert sel.best["step"] == 10
-    offer(20, 130.0, 0.995)  # the first that meets the target wins over any that does not
-    offer(30, 90.0, 0.97)
-    assert sel.best["step"] == 20
-    offer(40, 110.0, 0.992)  # then the cheapest that meets it
-    offer(50, 115.0, 1.0)
-    assert sel.best["step"] == 40
+    # cheaper in total but only by luck on one episode (a noisy saving): not kept over the core
+    sel2 = CheckpointSelector(env=None, every=10, episodes=4, target=0.99, seed=0)
+    sel2.record(0, core)
+    sel2.record(10, [(70.0, 100, 2), (52.0, 100, 1), (83.0, 100, 0), (21.0, 100, 0)])
+    assert sel2.compare(sel2.results[1])["saving_usd"] > 0
+    assert not sel2.compare(sel2.results[1])["significant"] and sel2.best["step"] == 0
+    # much cheaper, but below the target the core meets: not kept
+    sel.record(20, [(c * 0.5, w, m + 1) for c, w, m in core])
+    assert sel.results[-1]["attainment"] < 0.99 and sel.best["step"] == 10
+    # cheaper still and meeting the target: the cheapest admissible wins
+    sel.record(30, [(c * 0.9, w, m) for c, w, m in core])
+    assert sel.best["step"] == 30
+    # when the core itself falls short, a checkpoint must meet no fewer windows than the core
+    short = [(c, w, m + 3) for c, w, m in core]  # attainment 0.9625
+    sel3 = CheckpointSelector(env=None, every=10, episodes=4, target=0.99, seed=0)
+    sel3.record(0, short)
+    sel3.record(10, [(c * 0.8, w, m + 1) for c, w, m in short])  # cheaper, 4 more misses
+    sel3.record(20, [(c * 0.9, w, m) for c, w, m in short])  # cheaper, the same misses
+    assert sel3.best["step"] == 20
+    summary = sel3.summary()
+    assert summary["selected"]["step"] == 20 and summary["selected"] in summary["checkpoints"]
+    assert summary["checkpoints"][1]["vs_core"]["attainment_ok"] is False
+    # one episode has no standard error: nothing beats the core
+    sel4 = CheckpointSelector(env=None, every=10, episodes=1, target=0.99, seed=0)
+    sel4.record(0, core[:1])
+    sel4.record(10, [(1.0, 100, 0)])
+    assert sel4.best["step"] == 0
+    with pytest.raises(UserError):
+        CheckpointSelector(env=None, every=10, episodes=4, target=0.99, seed=0, z=-1.0)
+
+
+def test_the_untrained_network_is_exactly_the_core(tmp_path: Path) -> None:
+    """Step 0 of the checkpoint selection is the core itself: the untrained network's mean action is exactly 0
+    (SB3's small orthogonal init of the last layer would move the routes and the demand by a percent or so). A
+    selection that can never prefer a trained checkpoint (z huge) ships that network: every action is 0."""
+    goal = load_goal(ROUTED)
+    _, prov = train(goal, ["chat=azure_llm_2023_conv_1s+code=azure_llm_2023_code_1s"], ["0:2760"], 128,
+                    tmp_path / "r", seed=3, env_kwargs=dict(ENV_KW, demand_log2=1.0),
+                    hyper=dict(TINY, selection_z=1e9))
+    assert prov["checkpoint_selection"]["selected"]["step"] == 0
+    assert len(prov["checkpoint_selection"]["checkpoints"]) > 1  # trained checkpoints were played and refused
+    pol = load_artifact(tmp_path / "r", goal)
+    obs = np.random.default_rng(0).normal(size=(5, len(pol.meta["observation"]["layout"]))).astype(np.float32)
+    for v in obs:
+        assert np.array_equal(pol.act(v), np.zeros(pol.codec.size, dtype=np.float32))
 
 
 def test_selection_is_recorded_and_kept_weights_are_a_played_checkpoint(artifact: tuple[Path, object]) -> None:
@@ -322,6 +360,31 @@ def test_miss_penalty_dual_update_follows_the_rollouts_attainment() -> None:
     assert s["start"] == 1000.0 and s["final"] == 100.0 and s["rollouts"] == 102 and s["bounds"] == [100.0, 1e5]
     with pytest.raises(UserError):
         MissPenaltyDual(envs, 0.99, 50.0, bounds=(100.0, 1e5))
+    # aimed at a lower attainment (the core's own), the same rollout raises the price far less
+    low = MissPenaltyDual(envs, 0.99, 1000.0, ema=0.2, step=0.5, bounds=(100.0, 1e5))
+    low.set_target(0.96)
+    low.record([{"windows": 100, "missed_windows": 5}])  # 0.95
+    assert low.update(512) == pytest.approx(1000.0 * np.exp(0.5 * (0.96 - 0.95) / 0.04))
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(UserError):
+            low.set_target(bad)
+
+
+def test_the_dual_aims_at_the_cores_attainment_when_the_core_falls_short(artifact: tuple[Path, object]) -> None:
+    """``dual_target="core"`` (the default): the penalty's target is min(goal, the core's attainment on the
+    selection episodes), the same bar the checkpoint selection applies; ``goal`` keeps the goal's."""
+    out, _ = artifact
+    goal = load_goal(SINGLE)
+    prov = json.loads((out / "policy.json").read_text())["provenance"]
+    core_att = prov["checkpoint_selection"]["checkpoints"][0]["attainment"]
+    assert prov["hyperparameters"]["dual_target"] == "core"
+    assert prov["reward"]["miss_penalty_update"]["target"] == pytest.approx(min(goal.slo.attainment, core_att))
+    _, prov_goal = train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, None, seed=7, env_kwargs=ENV_KW,
+                         hyper=dict(TINY, dual_target="goal"))
+    assert prov_goal["reward"]["miss_penalty_update"]["target"] == goal.slo.attainment
+    with pytest.raises(UserError):
+        train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, None, seed=7, env_kwargs=ENV_KW,
+              hyper=dict(TINY, dual_target="oracle"))
 
 
 def test_demand_action_artifact_round_trip_and_the_scaling_only_mask(tmp_path: Path) -> None:

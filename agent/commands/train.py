@@ -12,8 +12,10 @@
   the same weights.
 * **Checkpoint selection on training ranges only**: every ``--eval-every`` steps (and before the first update:
   the untrained network *is* the predictive core) the deterministic policy plays the same ``--eval-episodes``
-  seeded episodes drawn from the training ranges; the checkpoint kept is the cheapest whose SLO attainment over
-  those episodes is at least the goal's plus ``--eval-margin``, else the one with the best attainment.
+  seeded episodes drawn from the training ranges (36 by default); a trained checkpoint replaces the core only when,
+  episode by episode, it is cheaper by more than two standard errors and meets no fewer windows than it must
+  (the goal plus ``--eval-margin``, or the core's attainment when the core falls short): see
+  :class:`CheckpointSelector`.
 * ``--warmup`` (default 1h): every episode, the checkpoint-selection ones included, first runs up to that long of
   the training range's traffic before its window under the predictive core (action 0), unscored, so the policy
   learns and is selected where it will run: on a calibrated core (``replay --warmup``, the daemon's warm-up).
@@ -21,6 +23,9 @@
   (0.5x-2x), on top of the quantile level; 0 drops it (the session-11 action).
 * ``--penalty-update dual`` (default): the miss penalty is the multiplier of the attainment constraint, updated
   after every rollout from the rollout's attainment (:class:`MissPenaltyDual`); ``fixed`` keeps ``--miss-penalty``.
+  ``--dual-target core`` (default) aims it at the selection's own bar: the goal's attainment, or the core's on the
+  selection episodes when that is lower (an unreachable target only drives the price to its bound).
+* The untrained network's mean action is exactly 0, so step 0 *is* the core (the last layer starts at zero).
 * Writes ``policy.pt`` + ``policy.json`` (no pickle) into ``--out``.
 """
 
@@ -50,12 +55,14 @@ DEFAULTS: dict[str, Any] = {
     "net_arch": [64, 64],
     "log_std_init": -1.0,
     "eval_every": 50_000,
-    "eval_episodes": 12,
+    "eval_episodes": 36,
     "eval_margin": 0.002,
+    "selection_z": 2.0,
     "penalty_update": "dual",
     "dual_ema": 0.2,
     "dual_step": 0.5,
     "dual_bounds": [0.1, 100.0],
+    "dual_target": "core",
 }
 
 
@@ -130,6 +137,9 @@ def train(
         policy_kwargs={"net_arch": {"pi": arch, "vf": arch}, "log_std_init": float(h["log_std_init"]),
                        "activation_fn": torch.nn.Tanh},
     )
+    with torch.no_grad():  # the untrained network's mean action is exactly 0: the predictive core, not near it
+        model.policy.action_net.weight.zero_()
+        model.policy.action_net.bias.zero_()
     rollout = int(h["n_steps"]) * int(h["n_envs"])  # PPO trains whole rollouts: round up like it does
     callback = _ProgressBar(math.ceil(int(timesteps) / rollout) * rollout) if progress else None
     env0 = venv.envs[0].unwrapped
@@ -147,8 +157,14 @@ def train(
         raise UserError(f"penalty_update must be fixed or dual, got {h['penalty_update']!r}")
     if int(h["eval_every"]) > 0 and int(h["eval_episodes"]) > 0:
         select = CheckpointSelector(env0.clone(), int(h["eval_every"]), int(h["eval_episodes"]),
-                                    goal.slo.attainment + float(h["eval_margin"]), seed)
+                                    goal.slo.attainment + float(h["eval_margin"]), seed, z=float(h["selection_z"]))
         callbacks.append(select.callback())
+    if h["dual_target"] not in ("core", "goal"):
+        raise UserError(f"dual_target must be core or goal, got {h['dual_target']!r}")
+    if dual is not None and h["dual_target"] == "core" and select is not None:
+        # the constraint the selection enforces: no fewer windows met than the core, or the goal if the core meets it
+        select.evaluate(model)  # step 0 (the callback will not play it again)
+        dual.set_target(min(goal.slo.attainment, select.results[0]["attainment"]))
     model.learn(total_timesteps=int(timesteps), callback=callbacks or None, progress_bar=False)
     if callback is not None:
         callback.close()
@@ -184,25 +200,40 @@ class CheckpointSelector:
     """Scores checkpoints on fixed, seeded episodes of the training ranges and keeps the best weights.
 
     Episodes are those ``env.reset(seed=base + k)`` draws (trace, window, load, cold start, service time): every
-    checkpoint plays the same ones with deterministic actions, so their cost and attainment are comparable.
+    checkpoint plays the same ones with deterministic actions, so their cost and attainment are comparable episode
+    by episode.
+
+    The rule is a paired comparison against the first checkpoint played, step 0: the untrained network, i.e. the
+    predictive core, which is also the default. A trained checkpoint replaces it only when, on the same episodes,
+
+    * it meets at least as many SLO windows as it must: attainment >= ``min(target, the core's attainment)`` (the
+      goal plus ``--eval-margin`` when the core reaches it, else no fewer windows met than the core), and
+    * it is cheaper by more than the episodes' noise: the mean per-episode saving against the core, less ``z``
+      standard errors of that mean, is above zero;
+
+    and of those the cheapest is kept. A gain measured on few episodes, or bought with missed windows, keeps the
+    core: the learned layer has to earn its place on the training ranges before it runs anywhere else.
     """
 
-    def __init__(self, env: Any, every: int, episodes: int, target: float, seed: int) -> None:
+    def __init__(self, env: Any, every: int, episodes: int, target: float, seed: int, z: float = 2.0) -> None:
+        if not (math.isfinite(z) and z >= 0.0):
+            raise UserError(f"selection_z must be a finite number >= 0, got {z!r}")
         self.env = env
         self.every = int(every)
         self.episodes = int(episodes)
         self.target = float(target)
+        self.z = float(z)
         self.seeds = [10_000 + 97 * int(seed) + k for k in range(self.episodes)]
         self.results: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
-        self._best_state: dict[str, Any] | None = None
+        self._states: dict[int, dict[str, Any]] = {}
 
-    def play(self, policy: Any) -> tuple[float, int, int]:
-        """(cost $, windows, missed windows) over the evaluation episodes."""
+    def play(self, policy: Any) -> list[tuple[float, int, int]]:
+        """(cost $, windows, missed windows) of each evaluation episode."""
         import torch
 
-        cost, windows, missed = 0.0, 0, 0
+        out = []
         for s in self.seeds:
+            cost, windows, missed = 0.0, 0, 0
             obs, _ = self.env.reset(seed=s)
             while True:
                 with torch.no_grad():
@@ -213,39 +244,67 @@ class CheckpointSelector:
                 missed += info["missed_windows"]
                 if term or trunc:
                     break
-        return cost, windows, missed
+            out.append((cost, windows, missed))
+        return out
 
     def evaluate(self, model: Any) -> None:
         step = int(model.num_timesteps)
         if any(r["step"] == step for r in self.results):
             return
-        cost, windows, missed = self.play(model.policy)
-        att = 1.0 - missed / windows if windows else 1.0
-        rec = {"step": step, "cost_usd": round(cost, 4), "attainment": round(att, 5), "windows": windows}
-        self.results.append(rec)
-        if self._better(rec):
-            self.best = rec
-            self._best_state = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
+        self.record(step, self.play(model.policy))
+        self._states[step] = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
 
-    def _better(self, rec: dict[str, Any]) -> bool:
-        b = self.best
-        if b is None:
-            return True
-        ok, bok = rec["attainment"] >= self.target, b["attainment"] >= self.target
-        if ok != bok:
-            return ok
-        if ok:
-            return rec["cost_usd"] < b["cost_usd"]
-        return (rec["attainment"], -rec["cost_usd"]) > (b["attainment"], -b["cost_usd"])
+    def record(self, step: int, episodes: Sequence[tuple[float, int, int]]) -> dict[str, Any]:
+        """Adds one checkpoint's per-episode results (``play``'s output); returns its record."""
+        cost = sum(c for c, _, _ in episodes)
+        windows = sum(w for _, w, _ in episodes)
+        missed = sum(m for _, _, m in episodes)
+        rec = {"step": int(step), "cost_usd": round(cost, 4),
+               "attainment": round(1.0 - missed / windows if windows else 1.0, 5), "windows": windows,
+               "missed": missed, "episode_cost_usd": [round(c, 4) for c, _, _ in episodes]}
+        self.results.append(rec)
+        return rec
+
+    def compare(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """``rec`` against the core (the first record): mean per-episode saving, its standard error, and whether
+        the rule admits it."""
+        ref = self.results[0]
+        a, b = ref["episode_cost_usd"], rec["episode_cost_usd"]
+        n = len(a)
+        d = [x - y for x, y in zip(a, b, strict=True)]
+        mean = sum(d) / n if n else 0.0
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else math.inf
+        enough = rec["attainment"] >= min(self.target, ref["attainment"])
+        cheaper = mean - self.z * se > 0.0
+        return {"saving_usd": mean * n, "saving_se_usd": se * n if math.isfinite(se) else None,
+                "attainment_ok": enough, "significant": cheaper}
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The record the rule keeps (None before step 0 has been played)."""
+        if not self.results:
+            return None
+        best = self.results[0]
+        for rec in self.results[1:]:
+            c = self.compare(rec)
+            if c["attainment_ok"] and c["significant"] and rec["cost_usd"] < best["cost_usd"]:
+                best = rec
+        return best
 
     def restore(self, model: Any) -> None:
-        if self._best_state is not None:
-            model.policy.load_state_dict(self._best_state)
+        b = self.best
+        if b is not None and b["step"] in self._states:
+            model.policy.load_state_dict(self._states[b["step"]])
 
     def summary(self) -> dict[str, Any]:
-        return {"rule": f"cheapest checkpoint with attainment >= {self.target:g} on the evaluation episodes, "
-                        "else the best attainment", "episodes": self.episodes, "seeds": self.seeds,
-                "every": self.every, "checkpoints": self.results, "selected": self.best}
+        checkpoints = [dict(r, **{"vs_core": self.compare(r)}) if i else dict(r) for i, r in enumerate(self.results)]
+        return {"rule": f"the core (step 0) unless a checkpoint meets attainment >= min({self.target:g}, the core's) "
+                        f"and saves more than {self.z:g} standard errors of the mean per-episode saving against it "
+                        "on the evaluation episodes; of those the cheapest",
+                "episodes": self.episodes, "seeds": self.seeds, "every": self.every, "z": self.z,
+                "checkpoints": checkpoints,
+                "selected": next((c for c in checkpoints if self.best is not None and c["step"] == self.best["step"]),
+                                 None)}
 
     def callback(self) -> Any:
         from stable_baselines3.common.callbacks import BaseCallback
@@ -288,6 +347,15 @@ class MissPenaltyDual:
         self.ema = math.nan
         self.windows = self.missed = 0
         self.history: list[tuple[int, float, float]] = []  # (step, rollout attainment, penalty after it)
+
+    def set_target(self, target: float) -> None:
+        """Aim at ``target`` attainment from now on (``--dual-target core``: the core's own on the selection
+        episodes, when it falls short of the goal there, so the price of a miss does not climb to its bound
+        chasing an attainment no checkpoint can reach)."""
+        if not (math.isfinite(target) and 0.0 < target < 1.0 + 1e-12):
+            raise UserError(f"dual target must be an attainment in (0, 1], got {target!r}")
+        self.target = float(target)
+        self.slack = max(1.0 - self.target, 1e-3)
 
     def record(self, infos: Sequence[Mapping[str, Any]]) -> None:
         for info in infos:
@@ -381,6 +449,9 @@ def register(sub: Any) -> None:
     p.add_argument("--penalty-update", choices=("dual", "fixed"), default=DEFAULTS["penalty_update"],
                    help="dual (default): the miss penalty follows the rollouts' SLO attainment (raised below the "
                         "goal, lowered above it, within 0.1x-100x of --miss-penalty); fixed: keep --miss-penalty")
+    p.add_argument("--dual-target", choices=("core", "goal"), default=DEFAULTS["dual_target"],
+                   help="with --penalty-update dual: the attainment the penalty aims at; core (default): the goal's, "
+                        "or the core's own on the selection episodes when that is lower; goal: the goal's")
     p.add_argument("--demand-range", type=float, default=1.0, metavar="LOG2",
                    help="demand multiplier per model in the action, 2 ** (LOG2 * a) (default 1: 0.5x-2x; 0: none)")
     p.add_argument("--route-head", choices=("on", "off"), default="on",
@@ -432,7 +503,7 @@ def handler(args: argparse.Namespace) -> int:
     _, prov = train(goal, args.trace, ranges, args.timesteps, args.out, seed=args.seed,
                     tensorboard=args.tensorboard, progress=not args.no_progress, env_kwargs=env_kwargs,
                     hyper={"n_envs": args.n_envs, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
-                           "penalty_update": args.penalty_update},
+                           "penalty_update": args.penalty_update, "dual_target": args.dual_target},
                     provenance_extra={"command": "fleetpilot train " + " ".join(_argv(args))})
     print(f"wrote {Path(args.out) / 'policy.json'} ({prov['timesteps']} steps, {prov['wall_time_s']:.0f} s)")
     return 0
@@ -466,6 +537,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     if args.miss_penalty is not None:
         out += ["--miss-penalty", f"{args.miss_penalty:g}"]
     out += ["--ttft-shaping", f"{args.ttft_shaping:g}", "--penalty-update", args.penalty_update,
+            "--dual-target", args.dual_target,
             "--demand-range", f"{args.demand_range:g}", "--route-head", args.route_head]
     out += ["--episode", args.episode, "--forecast-model", args.forecast_model, "--warmup", str(args.warmup),
             "--n-envs", str(args.n_envs),
