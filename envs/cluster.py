@@ -75,6 +75,7 @@ class ClusterFleetEnv(gym.Env):
         warmup_s: float = 0.0,
         demand_log2: float = 0.0,
         route_logits: bool = True,
+        core_choices: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.goal = goal if isinstance(goal, GoalSpec) else load_goal(goal)
@@ -87,6 +88,10 @@ class ClusterFleetEnv(gym.Env):
         if len(ranges) != len(traces):
             raise UserError(f"{len(ranges)} ranges for {len(traces)} traces")
         self.codec = ActionCodec(self.goal, core=core, demand_log2=demand_log2, route_logits=route_logits)
+        # domain randomisation of the core under the network: each episode draws one of these settings (its own
+        # codec, same layout), so the network learns deviations that help on whatever core a user tunes
+        self._core_codecs = tuple(ActionCodec(self.goal, core={**dict(core or {}), **dict(c)}, demand_log2=demand_log2,
+                                              route_logits=route_logits) for c in (core_choices or ()))
         self.features = self.codec.features
         self._agent = AgentAction(self.codec)
         self.control_s = float(self.goal.control_interval_s)
@@ -149,6 +154,10 @@ class ClusterFleetEnv(gym.Env):
                              "cold_start_scale": cold, "service_scale": service,
                              "warmup_s": warm_steps * self.control_s}
         sim_rng = np.random.Generator(np.random.PCG64(rng.integers(0, 2**63 - 1)))
+        if self._core_codecs:  # drawn last: without core_choices every other draw is what it always was
+            k = int(opts.get("core", rng.integers(len(self._core_codecs))))
+            self._use_codec(self._core_codecs[k])
+            self.episode_info["core"] = dict(self.codec.core.settings())
         init = initial_replicas(self.goal, win)
         tick = self.tick_s if self.tick_s is not None else default_tick(tr, self.goal)
         self.fleet = SimulatedFleet(self.goal, win, sim_rng, d.scaled(self._scale), tick_s=tick,
@@ -164,6 +173,11 @@ class ClusterFleetEnv(gym.Env):
             vec = self._observe()
         self._n_windows = len(self.sim.windows)
         return policy_input(vec), {"episode": dict(self.episode_info)}
+
+    def _use_codec(self, codec: ActionCodec) -> None:
+        self.codec = codec
+        self.features = codec.features
+        self._agent.codec = codec
 
     def _observe(self) -> np.ndarray:
         """The loop's observation, and the agent's vector (the policy state advanced as RLPolicy does)."""

@@ -230,3 +230,36 @@ def test_without_the_route_head_routes_follow_the_core_and_the_network_only_scal
         _, _, _, trunc, _ = with_head.step(np.zeros(with_head.action_space.shape, dtype=np.float32))
         if trunc:
             break
+
+
+def test_core_choices_draw_one_core_per_episode_and_the_zero_action_is_that_core() -> None:
+    """``core_choices`` (``fleetpilot train --core-grid on``): each episode runs on one drawn setting of the core.
+    The draw comes last, so trace, window, load and the simulator's seed are those of the same seed without it;
+    the zero action then plays exactly the env built on that core alone."""
+    goal = load_goal(SINGLE)
+    choices = [{"quantile": 0.95}, {"quantile": 0.995, "rate_window_s": 60.0}]
+    env = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", core_choices=choices, **FAST)
+    plain = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", **FAST)
+    drawn = set()
+    for seed in range(8):
+        _, info = env.reset(seed=seed)
+        _, info0 = plain.reset(seed=seed)
+        core = info["episode"].pop("core")
+        assert info["episode"] == info0["episode"]
+        assert env.codec.core.quantile == core["quantile"] and env._agent.codec is env.codec
+        assert env.features.core is env.codec.core
+        drawn.add(core["quantile"])
+    assert drawn == {0.95, 0.995}
+    alone = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", core=choices[1], **FAST)
+    zero = np.zeros(env.action_space.shape, dtype=np.float32)
+    env2 = env.clone()
+    obs, _ = env2.reset(seed=5, options={"core": 1})
+    b_env = alone.clone()
+    obs_b, _ = b_env.reset(seed=5)
+    assert np.array_equal(obs, obs_b)
+    for _ in range(40):
+        o1, r1, _, t1, i1 = env2.step(zero)
+        o2, r2, _, t2, i2 = b_env.step(zero)
+        assert np.array_equal(o1, o2) and r1 == r2 and i1["cost_usd"] == i2["cost_usd"]
+        if t1:
+            break

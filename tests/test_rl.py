@@ -428,3 +428,18 @@ def test_demand_action_artifact_round_trip_and_the_scaling_only_mask(tmp_path: P
     assert [a for a, n in zip(act, layout, strict=True) if n.startswith("route.")] == [0.0] * sum(
         n.startswith("route.") for n in layout)
     assert all(a == 0.5 for a, n in zip(act, layout, strict=True) if not n.startswith("route."))
+
+
+def test_core_randomised_training_records_its_draws_and_ships_the_default_core(tmp_path: Path) -> None:
+    """``--core-grid on``: episodes (the selection's too) run on drawn core settings; the artifact still runs on
+    the core it names (the defaults here), and its provenance lists the settings drawn from."""
+    goal = load_goal(SINGLE)
+    choices = [{"quantile": 0.95}, {"quantile": 0.995}]
+    _, prov = train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, tmp_path / "g", seed=7,
+                    env_kwargs=dict(ENV_KW, core_choices=choices), hyper=TINY)
+    rec = prov["core_randomisation"]
+    assert rec["settings"] == 2 and rec["choices"] == choices and "core_choices" not in prov["env"]
+    pol = load_artifact(tmp_path / "g", goal)
+    assert pol.codec.core.settings() == PredictivePolicy(goal).settings()
+    _, prov0 = train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, None, seed=7, env_kwargs=ENV_KW, hyper=TINY)
+    assert prov0["core_randomisation"] is None

@@ -26,6 +26,9 @@
   ``--dual-target core`` (default) aims it at the selection's own bar: the goal's attainment, or the core's on the
   selection episodes when that is lower (an unreachable target only drives the price to its bound).
 * The untrained network's mean action is exactly 0, so step 0 *is* the core (the last layer starts at zero).
+* ``--core-grid on``: every episode, the selection's included, runs on one setting of the core's tuning grid
+  (``CORE_GRID``), drawn uniformly, so the network learns deviations that help on the cores users tune; the
+  artifact still runs on the default core unless given a tuned one (``rl:NAME#core=DIR``).
 * Writes ``policy.pt`` + ``policy.json`` (no pickle) into ``--out``.
 """
 
@@ -181,7 +184,9 @@ def train(
         "timesteps": int(model.num_timesteps),
         "wall_time_s": round(wall, 1),
         "hyperparameters": h,
-        "env": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ekw.items()},
+        "env": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ekw.items() if k != "core_choices"},
+        "core_randomisation": ({"settings": len(ekw["core_choices"]), "draw": "uniform per episode",
+                                "choices": [dict(c) for c in ekw["core_choices"]]} if ekw.get("core_choices") else None),
         "reward": {"cost_norm_usd": env0.reward.cost_norm,
                    "miss_penalty": dual.start if dual is not None else env0.reward.miss_penalty,
                    "miss_penalty_update": dual.summary() if dual is not None else "fixed",
@@ -452,6 +457,10 @@ def register(sub: Any) -> None:
     p.add_argument("--dual-target", choices=("core", "goal"), default=DEFAULTS["dual_target"],
                    help="with --penalty-update dual: the attainment the penalty aims at; core (default): the goal's, "
                         "or the core's own on the selection episodes when that is lower; goal: the goal's")
+    p.add_argument("--core-grid", choices=("on", "off"), default="off",
+                   help="on: every episode (the selection's too) runs on one setting of the core's tuning grid, drawn "
+                        "uniformly (CORE_GRID in policies/tuning.py), so the network learns on the cores "
+                        "`fleetpilot tune --autoscaler predictive` picks; off (default): the core's defaults only")
     p.add_argument("--demand-range", type=float, default=1.0, metavar="LOG2",
                    help="demand multiplier per model in the action, 2 ** (LOG2 * a) (default 1: 0.5x-2x; 0: none)")
     p.add_argument("--route-head", choices=("on", "off"), default="on",
@@ -498,6 +507,10 @@ def handler(args: argparse.Namespace) -> int:
                                   "miss_penalty": args.miss_penalty, "ttft_shaping": args.ttft_shaping,
                                   "warmup_s": warmup_s, "demand_log2": args.demand_range,
                                   "route_logits": args.route_head == "on"}
+    if args.core_grid == "on":
+        from fleetpilot.policies.tuning import core_candidates
+
+        env_kwargs["core_choices"] = [dict(c.settings) for c in core_candidates()]
     if peaks is not None:
         env_kwargs["peak_rps"] = peaks if len(peaks) > 1 else peaks[0]
     _, prov = train(goal, args.trace, ranges, args.timesteps, args.out, seed=args.seed,
@@ -537,7 +550,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     if args.miss_penalty is not None:
         out += ["--miss-penalty", f"{args.miss_penalty:g}"]
     out += ["--ttft-shaping", f"{args.ttft_shaping:g}", "--penalty-update", args.penalty_update,
-            "--dual-target", args.dual_target,
+            "--dual-target", args.dual_target, "--core-grid", args.core_grid,
             "--demand-range", f"{args.demand_range:g}", "--route-head", args.route_head]
     out += ["--episode", args.episode, "--forecast-model", args.forecast_model, "--warmup", str(args.warmup),
             "--n-envs", str(args.n_envs),
