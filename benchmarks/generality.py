@@ -3,6 +3,7 @@
 Run by hand from the repository root (results in ``benchmarks/RESULTS_generality.md``)::
 
     python benchmarks/generality.py --out /tmp/generality
+    python benchmarks/generality.py --out /tmp/generality --learned   # + the shipped learned policy, on both cores
 
 Five synthetic traces (seeded, generated here; nothing is fitted to them), each tuned on its first part and replayed
 on the rest with ``--warmup``, as ``docs/deploy.md`` tells a user to do:
@@ -33,6 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = ROOT / "examples" / "goals" / "single-model.yaml"
 POLICIES = "keda,keda-tuned:{tune},predictive,predictive-tuned:{tune},oracle"
+#: ``--learned``: the shipped single-model policy on its default core and on the core tuned on the trace
+LEARNED = ",rl:single-model,rl:single-model#core={tune}"
 #: name -> (tuning range, replay range, peak req/s, warm-up)
 CASES = {
     "fine_5s": ("3600:86400", "86400:", 200, "1h"),
@@ -76,7 +79,16 @@ def generate(out: Path, seed: int = 5) -> None:
     write(out / "short_1s.csv", 1, rng.poisson(8, 1800))
 
 
-def run_case(out: Path, name: str) -> dict:
+def _row_name(pol: str) -> str:
+    """Summary key -> row name: the policy without its tuning directory (``keda-tuned:DIR`` -> ``keda-tuned``,
+    ``rl:NAME#core=DIR`` -> ``rl:NAME#core=TUNED``)."""
+    if pol.startswith("rl:"):
+        head, sep, _ = pol.partition("#core=")
+        return head + ("#core=TUNED" if sep else "")
+    return pol.split(":")[0]
+
+
+def run_case(out: Path, name: str, learned: bool = False) -> dict:
     tune_r, replay_r, peak, warm = CASES[name]
     trace, tune_dir, replay_dir = out / f"{name}.csv", out / name / "tune", out / name / "replay"
     common = ["--goal", str(GOAL), "--trace", str(trace), "--scale-to-peak", str(peak), "--warmup", warm]
@@ -84,7 +96,8 @@ def run_case(out: Path, name: str) -> dict:
     tune = subprocess.run(["fleetpilot", "tune", *common, "--range", tune_r, "--autoscaler", "keda,predictive",
                            "--out", str(tune_dir), "--force"], capture_output=True, text=True)
     replay = subprocess.run(["fleetpilot", "replay", *common, "--range", replay_r, "--policies",
-                             POLICIES.format(tune=tune_dir), "--out", str(replay_dir), "--quiet"],
+                             (POLICIES + (LEARNED if learned else "")).format(tune=tune_dir), "--out",
+                             str(replay_dir), "--quiet"],
                             capture_output=True, text=True)
     row: dict = {"name": name, "tune_rc": tune.returncode, "replay_rc": replay.returncode,
                  "wall_s": round(time.perf_counter() - started, 1), "policies": {},
@@ -93,7 +106,7 @@ def run_case(out: Path, name: str) -> dict:
     summary = replay_dir / "summary.json"
     if replay.returncode == 0 and summary.exists():
         for pol, r in json.loads(summary.read_text())["policies"].items():
-            row["policies"][pol.split(":")[0]] = {k: r.get(k) for k in ("cost_usd", "cost_vs_oracle", "slo_attainment")}
+            row["policies"][_row_name(pol)] = {k: r.get(k) for k in ("cost_usd", "cost_vs_oracle", "slo_attainment")}
     return row
 
 
@@ -101,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="directory for the traces and the tune/replay outputs")
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
+    p.add_argument("--learned", action="store_true",
+                   help="also replay the shipped rl:single-model, on its default core and on the tuned one")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| trace | tune / replay exit | policy | cost $ | c/o | attainment |\n|---|---|---|---:|---:|---:|")
     rows = []
     for name in a.cases.split(","):
-        row = run_case(out, name)
+        row = run_case(out, name, a.learned)
         rows.append(row)
         first = True
         for pol, r in row["policies"].items():
