@@ -443,3 +443,19 @@ def test_core_randomised_training_records_its_draws_and_ships_the_default_core(t
     assert pol.codec.core.settings() == PredictivePolicy(goal).settings()
     _, prov0 = train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, None, seed=7, env_kwargs=ENV_KW, hyper=TINY)
     assert prov0["core_randomisation"] is None
+
+
+def test_train_says_in_one_line_what_the_selection_kept() -> None:
+    from fleetpilot.agent.commands.train import selection_line
+
+    sel = CheckpointSelector(env=None, every=10, episodes=4, target=0.99, seed=0)
+    core = [(100.0, 100, 0), (50.0, 100, 0), (80.0, 100, 1), (20.0, 100, 0)]
+    sel.record(0, core)
+    sel.record(10, [(c * 1.1, w, m) for c, w, m in core])
+    line = selection_line(sel.summary())
+    assert line.startswith("selection kept the core itself (step 0)") and "1 tried" in line and "\n" not in line
+    sel.record(20, [(c * 0.9, w, m) for c, w, m in core])
+    line = selection_line(sel.summary())
+    assert line.startswith("selection kept step 20: -10.0 % cost against the core on 4 training episodes")
+    assert "attainment 0.9975 (core 0.9975)" in line
+    assert selection_line(None) == "" and selection_line({"checkpoints": [], "selected": None}) == ""

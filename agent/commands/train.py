@@ -519,7 +519,28 @@ def handler(args: argparse.Namespace) -> int:
                            "penalty_update": args.penalty_update, "dual_target": args.dual_target},
                     provenance_extra={"command": "fleetpilot train " + " ".join(_argv(args))})
     print(f"wrote {Path(args.out) / 'policy.json'} ({prov['timesteps']} steps, {prov['wall_time_s']:.0f} s)")
+    line = selection_line(prov.get("checkpoint_selection"))
+    if line:
+        print(line)
     return 0
+
+
+def selection_line(sel: Mapping[str, Any] | None) -> str:
+    """One line on what the checkpoint selection kept (empty without a selection)."""
+    if not sel or not sel.get("selected") or not sel.get("checkpoints"):
+        return ""
+    kept, core = sel["selected"], sel["checkpoints"][0]
+    n = sel.get("episodes")
+    if kept["step"] == core["step"]:
+        return (f"selection kept the core itself (step {kept['step']}): no trained checkpoint saved more than "
+                f"{sel.get('z', 2.0):g} standard errors against it at no more missed windows on {n} training "
+                f"episodes ({len(sel['checkpoints']) - 1} tried; see provenance.checkpoint_selection)")
+    vs = kept.get("vs_core") or {}
+    pct = 100.0 * (kept["cost_usd"] / core["cost_usd"] - 1.0) if core["cost_usd"] else 0.0
+    se = vs.get("saving_se_usd")
+    t = f", {vs['saving_usd'] / se:.1f} standard errors" if se else ""
+    return (f"selection kept step {kept['step']}: {pct:+.1f} % cost against the core on {n} training episodes{t}, "
+            f"attainment {kept['attainment']:.4f} (core {core['attainment']:.4f})")
 
 
 def _peaks(text: str | None) -> list[float] | None:
