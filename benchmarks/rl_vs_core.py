@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--core-grid", action="store_true", help="each episode on a drawn setting of CORE_GRID")
     args = ap.parse_args(argv)
 
-    from fleetpilot.agent.commands.train import CheckpointSelector
+    from fleetpilot.agent.commands.train import DEFAULTS, CheckpointSelector
     from fleetpilot.envs.cluster import ClusterFleetEnv
     from fleetpilot.policies.rl import load_artifact
     from fleetpilot.policies.tuning import core_candidates
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         def predict(self, obs: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, None]:
             return np.zeros((1, size), dtype=np.float32), None
 
-    sel = CheckpointSelector(env, 1, episodes, goal.slo.attainment + 0.002, int(prov.get("seed", 0)))
+    hyper = {**DEFAULTS, **(prov.get("hyperparameters") or {})}  # the artifact's own selection settings
+    sel = CheckpointSelector(env, 1, episodes, goal.slo.attainment + float(hyper["eval_margin"]),
+                             int(prov.get("seed", 0)), z=float(hyper["selection_z"]))
     sel.record(0, sel.play(_Zero()))
     sel.record(1, sel.play(pol))
     keys = ("cost_usd", "attainment", "missed", "windows")

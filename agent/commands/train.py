@@ -303,13 +303,13 @@ class CheckpointSelector:
 
     def summary(self) -> dict[str, Any]:
         checkpoints = [dict(r, **{"vs_core": self.compare(r)}) if i else dict(r) for i, r in enumerate(self.results)]
+        best = self.best
         return {"rule": f"the core (step 0) unless a checkpoint meets attainment >= min({self.target:g}, the core's) "
                         f"and saves more than {self.z:g} standard errors of the mean per-episode saving against it "
                         "on the evaluation episodes; of those the cheapest",
                 "episodes": self.episodes, "seeds": self.seeds, "every": self.every, "z": self.z,
                 "checkpoints": checkpoints,
-                "selected": next((c for c in checkpoints if self.best is not None and c["step"] == self.best["step"]),
-                                 None)}
+                "selected": next((c for c in checkpoints if best is not None and c["step"] == best["step"]), None)}
 
     def callback(self) -> Any:
         from stable_baselines3.common.callbacks import BaseCallback
