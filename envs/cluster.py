@@ -87,11 +87,12 @@ class ClusterFleetEnv(gym.Env):
             ranges = [ranges] * len(traces)  # type: ignore[list-item]
         if len(ranges) != len(traces):
             raise UserError(f"{len(ranges)} ranges for {len(traces)} traces")
-        self.codec = ActionCodec(self.goal, core=core, demand_log2=demand_log2, route_logits=route_logits)
+        self._core_kw = dict(core or {})
+        self.codec = self._base_codec = ActionCodec(self.goal, core=core, demand_log2=demand_log2,
+                                                    route_logits=route_logits)
         # domain randomisation of the core under the network: each episode draws one of these settings (its own
         # codec, same layout), so the network learns deviations that help on whatever core a user tunes
-        self._core_codecs = tuple(ActionCodec(self.goal, core={**dict(core or {}), **dict(c)}, demand_log2=demand_log2,
-                                              route_logits=route_logits) for c in (core_choices or ()))
+        self._core_codecs = self._codecs(core_choices)
         self.features = self.codec.features
         self._agent = AgentAction(self.codec)
         self.control_s = float(self.goal.control_interval_s)
@@ -240,6 +241,18 @@ class ClusterFleetEnv(gym.Env):
         new.loop = ControlLoop(self.goal, new._agent, Shield(self.goal) if self.use_shield else None)
         new.shield = new.loop._shield
         new._next_decision = None
+        return new
+
+    def _codecs(self, choices: Sequence[Mapping[str, Any]] | None) -> tuple[ActionCodec, ...]:
+        base = self._base_codec
+        return tuple(ActionCodec(self.goal, core={**self._core_kw, **dict(c)}, demand_log2=base.demand_log2,
+                                 route_logits=base.route_logits) for c in (choices or ()))
+
+    def with_core_choices(self, choices: Sequence[Mapping[str, Any]] | None) -> ClusterFleetEnv:
+        """A :meth:`clone` whose episodes draw their core from ``choices`` (None: the constructor's core only)."""
+        new = self.clone()
+        new._core_codecs = self._codecs(choices)
+        new._use_codec(self._base_codec)
         return new
 
     def route_classes(self) -> dict[str, str]:

@@ -81,7 +81,7 @@ def test_impossible_train_warmup(tmp_path: Path, value: str) -> None:
                                              ("--demand-range", "-1"), ("--miss-penalty", "0"),
                                              ("--miss-penalty", "inf"), ("--penalty-update", "sometimes"),
                                              ("--route-head", "maybe"), ("--dual-target", "oracle"),
-                                             ("--core-grid", "sometimes")])
+                                             ("--core-grid", "sometimes"), ("--select-on", "validation")])
 def test_impossible_train_action_and_penalty_flags(tmp_path: Path, flag: str, value: str) -> None:
     one_line_error(["train", "--goal", GOAL, "--trace", TRACE, "--timesteps", "64", flag, value,
                     "--out", str(tmp_path / "p")], flag)

@@ -3,23 +3,19 @@ training-range tuning pairs, ties broken by cost; the code's defaults are that c
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def cd():  # noqa: ANN201 - the benchmark module
-    spec = importlib.util.spec_from_file_location("core_default", ROOT / "benchmarks" / "core_default.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["core_default"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/core_default.py")
 
 
 def _pair(chosen: float, cands: list[tuple[float, float, float]]) -> dict:

@@ -14,12 +14,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +41,7 @@ from fleetpilot.agent.rbac import rbac_manifests
 from fleetpilot.simulations.goal import load_goal, parse_goal
 from fleetpilot.simulations.resources import example_goal
 from needs import missing_tool
+from scripts import load_script
 from testbed.k8s_emulator import K8sEmulator
 from testbed.prometheus import PrometheusServer
 
@@ -51,12 +50,7 @@ DEPLOY = REPO / "deploy"
 
 
 def _module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"deploy_{name}", DEPLOY / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(DEPLOY / f"{name}.py", f"deploy_{name}")
 
 
 kz = _module("kustomize_lite")

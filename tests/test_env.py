@@ -263,3 +263,25 @@ def test_core_choices_draw_one_core_per_episode_and_the_zero_action_is_that_core
         assert np.array_equal(o1, o2) and r1 == r2 and i1["cost_usd"] == i2["cost_usd"]
         if t1:
             break
+
+
+def test_with_core_choices_switches_the_episode_sets_without_touching_the_original() -> None:
+    """``with_core_choices`` (the selection's two episode sets): ``None`` plays the constructor's core on every
+    episode, even from an env trained on drawn cores; a list draws from it. The original env keeps its own draws."""
+    goal = load_goal(SINGLE)
+    choices = [{"quantile": 0.95}, {"quantile": 0.995}]
+    grid = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", core_choices=choices, **FAST)
+    plain = ClusterFleetEnv(goal, ["azure_llm_2023_conv_1s"], "0:2760", **FAST)
+    grid.reset(seed=1)  # leaves a drawn core in place
+    default = grid.with_core_choices(None)
+    drawn = plain.with_core_choices(choices)
+    default_q = PredictivePolicy(goal).quantile
+    for seed in range(6):
+        _, info = default.reset(seed=seed)
+        _, info0 = plain.reset(seed=seed)
+        assert "core" not in info["episode"] and info["episode"] == info0["episode"]
+        assert default.codec.core.quantile == default_q and default._agent.codec is default.codec
+        _, info_d = drawn.reset(seed=seed)
+        _, info_g = grid.reset(seed=seed)
+        assert info_d["episode"] == info_g["episode"]  # the same draws as the env built with those choices
+    assert plain.codec.core.quantile == default_q and "core" in grid.reset(seed=0)[1]["episode"]

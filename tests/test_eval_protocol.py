@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def ep():  # noqa: ANN201 - the benchmark module
-    spec = importlib.util.spec_from_file_location("eval_protocol", ROOT / "benchmarks" / "eval_protocol.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["eval_protocol"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/eval_protocol.py")
 
 
 def test_tuning_day_is_scored_after_the_hour_before_it(ep) -> None:  # noqa: ANN001

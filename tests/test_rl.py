@@ -269,6 +269,42 @@ def test_checkpoint_selection_keeps_the_core_unless_a_checkpoint_is_cheaper_beyo
         CheckpointSelector(env=None, every=10, episodes=4, target=0.99, seed=0, z=-1.0)
 
 
+def test_a_checkpoint_must_beat_the_core_on_every_episode_set() -> None:
+    """``also`` (``--select-on both``): a checkpoint that saves on the default core's episodes but misses more
+    windows (or saves only noise) on the grid-drawn cores is refused; among those passing on both sets the
+    cheapest over both wins, and the record holds each set's checkpoints."""
+    core = [(100.0, 100, 2), (50.0, 100, 1), (80.0, 100, 0), (20.0, 100, 0)]
+    grid = [(90.0, 100, 1), (60.0, 100, 0), (70.0, 100, 1), (30.0, 100, 0)]
+    sel = CheckpointSelector(env=None, every=10, episodes=4, target=0.99, seed=0, also={"core-grid": None})
+    sub = sel.also["core-grid"]
+    assert sub.seeds == sel.seeds  # the same seeded episodes on both sets
+    sel.record(0, core)
+    sub.record(0, grid)
+    sel.record(10, [(c * 0.9, w, m) for c, w, m in core])  # 10 % cheaper on the default core ...
+    sub.record(10, [(c * 0.9, w, m + 1) for c, w, m in grid])  # ... but more misses on the grid
+    assert sel.compare(sel.results[1])["significant"] and not sel.admits(1) and sel.best["step"] == 0
+    sel.record(20, [(c * 0.95, w, m) for c, w, m in core])  # cheaper on both, same misses
+    sub.record(20, [(c * 0.97, w, m) for c, w, m in grid])
+    sel.record(30, [(c * 0.97, w, m) for c, w, m in core])  # cheaper on both, and cheaper over both sets
+    sub.record(30, [(c * 0.9, w, m) for c, w, m in grid])
+    assert sel.admits(2) and sel.admits(3)
+    assert sel.total_cost(3) < sel.total_cost(2) < sel.total_cost(0)
+    assert sel.results[2]["cost_usd"] < sel.results[3]["cost_usd"] and sel.best["step"] == 30
+    from fleetpilot.agent.commands.train import dual_bar
+
+    # the dual penalty aims at the core's attainment on the set trained on (default 0.9925, grid 0.995)
+    assert dual_bar(sel, 0.99, on_grid=False) == 0.99 and dual_bar(sel, 0.999, on_grid=False) == 0.9925
+    assert dual_bar(sel, 0.999, on_grid=True) == 0.995
+    summary = sel.summary()
+    assert summary["selected"]["step"] == 30 and "core-grid" in summary["rule"]
+    assert [c["step"] for c in summary["also"]["core-grid"]["checkpoints"]] == [0, 10, 20, 30]
+    from fleetpilot.agent.commands.train import selection_line
+
+    line = selection_line(summary)
+    assert line.startswith("selection kept step 30: -3.0 % cost against the core on 4 training episodes")
+    assert "-10.0 % cost against the core on the same episodes on core-grid" in line and "\n" not in line
+
+
 def test_the_untrained_network_is_exactly_the_core(tmp_path: Path) -> None:
     """Step 0 of the checkpoint selection is the core itself: the untrained network's mean action is exactly 0
     (SB3's small orthogonal init of the last layer would move the routes and the demand by a percent or so). A
@@ -443,6 +479,24 @@ def test_core_randomised_training_records_its_draws_and_ships_the_default_core(t
     assert pol.codec.core.settings() == PredictivePolicy(goal).settings()
     _, prov0 = train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, None, seed=7, env_kwargs=ENV_KW, hyper=TINY)
     assert prov0["core_randomisation"] is None
+    # the selection (--select-on both, the default) plays the default core and the grid on the same episodes,
+    # whichever cores training drew from; "training" plays only the episodes as trained
+    for p in (prov, prov0):
+        sel = p["checkpoint_selection"]
+        assert p["hyperparameters"]["select_on"] == "both" and set(sel["also"]) == {"core-grid"}
+        assert len(sel["also"]["core-grid"]["checkpoints"]) == len(sel["checkpoints"])
+    assert prov["checkpoint_selection"]["checkpoints"][0] == prov0["checkpoint_selection"]["checkpoints"][0]
+    # the dual penalty aims at the core's attainment on the set whose episodes are trained on
+    grid_core = prov["checkpoint_selection"]["also"]["core-grid"]["checkpoints"][0]["attainment"]
+    assert prov["reward"]["miss_penalty_update"]["target"] == pytest.approx(min(goal.slo.attainment, grid_core))
+    default_core = prov0["checkpoint_selection"]["checkpoints"][0]["attainment"]
+    assert prov0["reward"]["miss_penalty_update"]["target"] == pytest.approx(min(goal.slo.attainment, default_core))
+    _, prov1 = train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, None, seed=7,
+                     env_kwargs=dict(ENV_KW, core_choices=choices), hyper=dict(TINY, select_on="training"))
+    assert "also" not in prov1["checkpoint_selection"]
+    with pytest.raises(UserError, match="select_on"):
+        train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, None, seed=7, env_kwargs=ENV_KW,
+              hyper=dict(TINY, select_on="validation"))
 
 
 def test_train_says_in_one_line_what_the_selection_kept() -> None:

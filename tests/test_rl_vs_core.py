@@ -4,15 +4,14 @@ line."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from fleetpilot.agent.commands.train import train
 from fleetpilot.simulations.goal import load_goal
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = ROOT / "examples" / "goals" / "single-model.yaml"
@@ -20,11 +19,7 @@ GOAL = ROOT / "examples" / "goals" / "single-model.yaml"
 
 @pytest.fixture(scope="module")
 def bench():  # noqa: ANN201 - the benchmark module
-    spec = importlib.util.spec_from_file_location("rl_vs_core", ROOT / "benchmarks" / "rl_vs_core.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["rl_vs_core"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/rl_vs_core.py")
 
 
 def test_reproduces_the_selection_record(bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001

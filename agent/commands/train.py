@@ -15,7 +15,9 @@
   seeded episodes drawn from the training ranges (36 by default); a trained checkpoint replaces the core only when,
   episode by episode, it is cheaper by more than two standard errors and meets no fewer windows than it must
   (the goal plus ``--eval-margin``, or the core's attainment when the core falls short): see
-  :class:`CheckpointSelector`.
+  :class:`CheckpointSelector`. ``--select-on both`` (default): the same episodes are also played with each on a
+  drawn setting of the core's tuning grid, and a checkpoint must pass on both sets (it will run on tuned cores);
+  ``training``: only the episodes as trained (on the grid with ``--core-grid on``, else on the default core).
 * ``--warmup`` (default 1h): every episode, the checkpoint-selection ones included, first runs up to that long of
   the training range's traffic before its window under the predictive core (action 0), unscored, so the policy
   learns and is selected where it will run: on a calibrated core (``replay --warmup``, the daemon's warm-up).
@@ -26,7 +28,7 @@
   ``--dual-target core`` (default) aims it at the selection's own bar: the goal's attainment, or the core's on the
   selection episodes when that is lower (an unreachable target only drives the price to its bound).
 * The untrained network's mean action is exactly 0, so step 0 *is* the core (the last layer starts at zero).
-* ``--core-grid on``: every episode, the selection's included, runs on one setting of the core's tuning grid
+* ``--core-grid on``: every training episode runs on one setting of the core's tuning grid
   (``CORE_GRID``), drawn uniformly, so the network learns deviations that help on the cores users tune; the
   artifact still runs on the default core unless given a tuned one (``rl:NAME#core=DIR``).
 * Writes ``policy.pt`` + ``policy.json`` (no pickle) into ``--out``.
@@ -66,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "dual_step": 0.5,
     "dual_bounds": [0.1, 100.0],
     "dual_target": "core",
+    "select_on": "both",
 }
 
 
@@ -159,15 +162,25 @@ def train(
     elif h["penalty_update"] != "fixed":
         raise UserError(f"penalty_update must be fixed or dual, got {h['penalty_update']!r}")
     if int(h["eval_every"]) > 0 and int(h["eval_episodes"]) > 0:
-        select = CheckpointSelector(env0.clone(), int(h["eval_every"]), int(h["eval_episodes"]),
-                                    goal.slo.attainment + float(h["eval_margin"]), seed, z=float(h["selection_z"]))
+        if h["select_on"] == "both":  # the core it ships on, and the cores users tune (the same seeded episodes)
+            from fleetpilot.policies.tuning import core_candidates
+
+            sel_env, also = env0.with_core_choices(None), {
+                "core-grid": env0.with_core_choices([dict(c.settings) for c in core_candidates()])}
+        elif h["select_on"] == "training":
+            sel_env, also = env0.clone(), {}
+        else:
+            raise UserError(f"select_on must be both or training, got {h['select_on']!r}")
+        select = CheckpointSelector(sel_env, int(h["eval_every"]), int(h["eval_episodes"]),
+                                    goal.slo.attainment + float(h["eval_margin"]), seed, z=float(h["selection_z"]),
+                                    also=also)
         callbacks.append(select.callback())
     if h["dual_target"] not in ("core", "goal"):
         raise UserError(f"dual_target must be core or goal, got {h['dual_target']!r}")
     if dual is not None and h["dual_target"] == "core" and select is not None:
         # the constraint the selection enforces: no fewer windows met than the core, or the goal if the core meets it
         select.evaluate(model)  # step 0 (the callback will not play it again)
-        dual.set_target(min(goal.slo.attainment, select.results[0]["attainment"]))
+        dual.set_target(dual_bar(select, goal.slo.attainment, bool(ekw.get("core_choices"))))
     model.learn(total_timesteps=int(timesteps), callback=callbacks or None, progress_bar=False)
     if callback is not None:
         callback.close()
@@ -201,6 +214,13 @@ def train(
     return model, prov
 
 
+def dual_bar(select: CheckpointSelector, goal_attainment: float, on_grid: bool) -> float:
+    """The attainment ``--dual-target core`` aims at: the goal's, or the core's when lower, on the selection set
+    whose episodes are the ones trained on (the grid-drawn set under ``--core-grid on``, else the default core's)."""
+    same = select.also.get("core-grid", select) if on_grid else select
+    return min(float(goal_attainment), same.results[0]["attainment"])
+
+
 class CheckpointSelector:
     """Scores checkpoints on fixed, seeded episodes of the training ranges and keeps the best weights.
 
@@ -218,9 +238,15 @@ class CheckpointSelector:
 
     and of those the cheapest is kept. A gain measured on few episodes, or bought with missed windows, keeps the
     core: the learned layer has to earn its place on the training ranges before it runs anywhere else.
+
+    ``also`` names further episode sets, e.g. the same seeds with each episode on a drawn setting of the core's
+    tuning grid (``fleetpilot train --select-on both``, the default): every checkpoint plays them too, must pass
+    the same two tests on each set against the core on that set, and "cheapest" is then the total over all sets.
+    A network that saves on the core it was trained on but costs windows on the cores users tune is not kept.
     """
 
-    def __init__(self, env: Any, every: int, episodes: int, target: float, seed: int, z: float = 2.0) -> None:
+    def __init__(self, env: Any, every: int, episodes: int, target: float, seed: int, z: float = 2.0,
+                 also: Mapping[str, Any] | None = None) -> None:
         if not (math.isfinite(z) and z >= 0.0):
             raise UserError(f"selection_z must be a finite number >= 0, got {z!r}")
         self.env = env
@@ -231,6 +257,7 @@ class CheckpointSelector:
         self.seeds = [10_000 + 97 * int(seed) + k for k in range(self.episodes)]
         self.results: list[dict[str, Any]] = []
         self._states: dict[int, dict[str, Any]] = {}
+        self.also = {str(k): CheckpointSelector(e, every, episodes, target, seed, z) for k, e in (also or {}).items()}
 
     def play(self, policy: Any) -> list[tuple[float, int, int]]:
         """(cost $, windows, missed windows) of each evaluation episode."""
@@ -257,6 +284,8 @@ class CheckpointSelector:
         if any(r["step"] == step for r in self.results):
             return
         self.record(step, self.play(model.policy))
+        for sub in self.also.values():
+            sub.record(step, sub.play(model.policy))
         self._states[step] = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
 
     def record(self, step: int, episodes: Sequence[tuple[float, int, int]]) -> dict[str, Any]:
@@ -284,17 +313,25 @@ class CheckpointSelector:
         return {"saving_usd": mean * n, "saving_se_usd": se * n if math.isfinite(se) else None,
                 "attainment_ok": enough, "significant": cheaper}
 
+    def admits(self, i: int) -> bool:
+        """Whether the ``i``-th checkpoint played passes both tests against the core, on every episode set."""
+        subs = (self, *self.also.values())
+        return all(c["attainment_ok"] and c["significant"] for c in (sub.compare(sub.results[i]) for sub in subs))
+
+    def total_cost(self, i: int) -> float:
+        """The ``i``-th checkpoint's cost over every episode set."""
+        return self.results[i]["cost_usd"] + sum(sub.results[i]["cost_usd"] for sub in self.also.values())
+
     @property
     def best(self) -> dict[str, Any] | None:
         """The record the rule keeps (None before step 0 has been played)."""
         if not self.results:
             return None
-        best = self.results[0]
-        for rec in self.results[1:]:
-            c = self.compare(rec)
-            if c["attainment_ok"] and c["significant"] and rec["cost_usd"] < best["cost_usd"]:
-                best = rec
-        return best
+        k = 0
+        for i in range(1, len(self.results)):
+            if self.admits(i) and self.total_cost(i) < self.total_cost(k):
+                k = i
+        return self.results[k]
 
     def restore(self, model: Any) -> None:
         b = self.best
@@ -304,12 +341,17 @@ class CheckpointSelector:
     def summary(self) -> dict[str, Any]:
         checkpoints = [dict(r, **{"vs_core": self.compare(r)}) if i else dict(r) for i, r in enumerate(self.results)]
         best = self.best
-        return {"rule": f"the core (step 0) unless a checkpoint meets attainment >= min({self.target:g}, the core's) "
-                        f"and saves more than {self.z:g} standard errors of the mean per-episode saving against it "
-                        "on the evaluation episodes; of those the cheapest",
-                "episodes": self.episodes, "seeds": self.seeds, "every": self.every, "z": self.z,
-                "checkpoints": checkpoints,
-                "selected": next((c for c in checkpoints if best is not None and c["step"] == best["step"]), None)}
+        sets = f" on the evaluation episodes and on each of: {', '.join(self.also)}" if self.also else \
+            " on the evaluation episodes"
+        out = {"rule": f"the core (step 0) unless a checkpoint meets attainment >= min({self.target:g}, the core's) "
+                       f"and saves more than {self.z:g} standard errors of the mean per-episode saving against it"
+                       f"{sets}; of those the cheapest" + (" over all of them" if self.also else ""),
+               "episodes": self.episodes, "seeds": self.seeds, "every": self.every, "z": self.z,
+               "checkpoints": checkpoints,
+               "selected": next((c for c in checkpoints if best is not None and c["step"] == best["step"]), None)}
+        if self.also:
+            out["also"] = {k: {"checkpoints": sub.summary()["checkpoints"]} for k, sub in self.also.items()}
+        return out
 
     def callback(self) -> Any:
         from stable_baselines3.common.callbacks import BaseCallback
@@ -457,8 +499,12 @@ def register(sub: Any) -> None:
     p.add_argument("--dual-target", choices=("core", "goal"), default=DEFAULTS["dual_target"],
                    help="with --penalty-update dual: the attainment the penalty aims at; core (default): the goal's, "
                         "or the core's own on the selection episodes when that is lower; goal: the goal's")
+    p.add_argument("--select-on", choices=("both", "training"), default=DEFAULTS["select_on"],
+                   help="checkpoint selection episodes: both (default): on the default core and, the same episodes, "
+                        "on drawn settings of the core's tuning grid; a checkpoint must beat the core on both; "
+                        "training: the episodes as trained only")
     p.add_argument("--core-grid", choices=("on", "off"), default="off",
-                   help="on: every episode (the selection's too) runs on one setting of the core's tuning grid, drawn "
+                   help="on: every training episode runs on one setting of the core's tuning grid, drawn "
                         "uniformly (CORE_GRID in policies/tuning.py), so the network learns on the cores "
                         "`fleetpilot tune --autoscaler predictive` picks; off (default): the core's defaults only")
     p.add_argument("--demand-range", type=float, default=1.0, metavar="LOG2",
@@ -516,7 +562,8 @@ def handler(args: argparse.Namespace) -> int:
     _, prov = train(goal, args.trace, ranges, args.timesteps, args.out, seed=args.seed,
                     tensorboard=args.tensorboard, progress=not args.no_progress, env_kwargs=env_kwargs,
                     hyper={"n_envs": args.n_envs, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
-                           "penalty_update": args.penalty_update, "dual_target": args.dual_target},
+                           "penalty_update": args.penalty_update, "dual_target": args.dual_target,
+                           "select_on": args.select_on},
                     provenance_extra={"command": "fleetpilot train " + " ".join(_argv(args))})
     print(f"wrote {Path(args.out) / 'policy.json'} ({prov['timesteps']} steps, {prov['wall_time_s']:.0f} s)")
     line = selection_line(prov.get("checkpoint_selection"))
@@ -531,16 +578,27 @@ def selection_line(sel: Mapping[str, Any] | None) -> str:
         return ""
     kept, core = sel["selected"], sel["checkpoints"][0]
     n = sel.get("episodes")
+    also = sel.get("also") or {}
     if kept["step"] == core["step"]:
+        where = f" (and on {', '.join(also)})" if also else ""
         return (f"selection kept the core itself (step {kept['step']}): no trained checkpoint saved more than "
                 f"{sel.get('z', 2.0):g} standard errors against it at no more missed windows on {n} training "
-                f"episodes ({len(sel['checkpoints']) - 1} tried; see provenance.checkpoint_selection)")
-    vs = kept.get("vs_core") or {}
-    pct = 100.0 * (kept["cost_usd"] / core["cost_usd"] - 1.0) if core["cost_usd"] else 0.0
-    se = vs.get("saving_se_usd")
-    t = f", {vs['saving_usd'] / se:.1f} standard errors" if se else ""
-    return (f"selection kept step {kept['step']}: {pct:+.1f} % cost against the core on {n} training episodes{t}, "
-            f"attainment {kept['attainment']:.4f} (core {core['attainment']:.4f})")
+                f"episodes{where} ({len(sel['checkpoints']) - 1} tried; see provenance.checkpoint_selection)")
+
+    def versus(k: dict[str, Any], c: dict[str, Any], where: str) -> str:
+        vs = k.get("vs_core") or {}
+        pct = 100.0 * (k["cost_usd"] / c["cost_usd"] - 1.0) if c["cost_usd"] else 0.0
+        se = vs.get("saving_se_usd")
+        t = f", {vs['saving_usd'] / se:.1f} standard errors" if se else ""
+        return f"{pct:+.1f} % cost against the core {where}{t}, attainment {k['attainment']:.4f} " \
+               f"(core {c['attainment']:.4f})"
+
+    out = f"selection kept step {kept['step']}: {versus(kept, core, f'on {n} training episodes')}"
+    for name, rec in also.items():
+        cps = {c["step"]: c for c in rec.get("checkpoints", [])}
+        if kept["step"] in cps:
+            out += f"; {versus(cps[kept['step']], rec['checkpoints'][0], f'on the same episodes on {name}')}"
+    return out
 
 
 def _peaks(text: str | None) -> list[float] | None:
@@ -571,7 +629,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     if args.miss_penalty is not None:
         out += ["--miss-penalty", f"{args.miss_penalty:g}"]
     out += ["--ttft-shaping", f"{args.ttft_shaping:g}", "--penalty-update", args.penalty_update,
-            "--dual-target", args.dual_target, "--core-grid", args.core_grid,
+            "--dual-target", args.dual_target, "--select-on", args.select_on, "--core-grid", args.core_grid,
             "--demand-range", f"{args.demand_range:g}", "--route-head", args.route_head]
     out += ["--episode", args.episode, "--forecast-model", args.forecast_model, "--warmup", str(args.warmup),
             "--n-envs", str(args.n_envs),
