@@ -1,0 +1,131 @@
+"""Where the predictive core's cost over the oracle goes: forecast margin or sizing rule (training ranges only).
+
+``python benchmarks/core_gap.py [--slices nasa,twitter,...] [--peaks 200,1000] [--days 1]`` replays, on the last
+``--days`` of each single-model training range (seed 0):
+
+* ``core``: the predictive core at its defaults (what ships);
+* ``clairvoyant``: the same core, sizing rule and keep-warm rule unchanged, but told the demand instead of
+  forecasting it: its demand is the trace's true rate, averaged over one SLO window (the interval's own rate when
+  the trace's interval is longer), at its largest within the cold-start lead. No quantile, no margin. It is not a
+  controller (it reads the future), only a yardstick: the cost the core's sizing rule would have with a perfect
+  forecast of the rate;
+* ``oracle``: the offline optimum (per-window requirement searched with the simulator's own queue).
+
+``core / clairvoyant`` is then what forecasting costs; ``clairvoyant / oracle`` what the sizing rule leaves (the
+sub-window bursts the trace's interval hides, the token mix it cannot know ahead, the utilisation at the SLO, the
+rounding). Prints one line per (slice, peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+SLICES = {  # trace, end of its training range (the validation ranges of eval_protocol.py start there)
+    "nasa": ("nasa_http_1995_jul_1min", 0, 1814400),
+    "twitter": ("twitter_stream_2021_08_1min", 0, 1036800),
+    "sg-mid": ("servegen_m-mid_10min", 0, 777600),
+    "sg-large": ("servegen_m-large_10min", 0, 777600),
+    "sg-small": ("servegen_m-small_10min", 0, 777600),
+    "azure-conv": ("azure_llm_2023_conv_1s", 0, 2760),
+    "nab-elb": ("nab_elb_request_count_5min", 0, 969360),
+}
+
+
+def clairvoyant_policy(goal: Any) -> Any:
+    """The predictive core told the future rate (see the module docstring)."""
+    from fleetpilot.policies.base import PrepareContext
+    from fleetpilot.policies.predictive import PredictivePolicy
+
+    class Clairvoyant(PredictivePolicy):
+        name = "clairvoyant"
+        needs_trace = True
+
+        def prepare(self, context: PrepareContext) -> None:
+            tr = context.trace
+            rate = tr.total_rate()
+            k = max(1, int(math.ceil(goal.slo.window_s / tr.interval_s - 1e-9)))
+            if k > 1:  # the rate an SLO window judges: its mean over the window ending at each interval
+                c = np.concatenate([[0.0], np.cumsum(rate)])
+                idx = np.arange(1, len(rate) + 1)
+                lo = np.maximum(idx - k, 0)
+                rate = (c[idx] - c[lo]) / (idx - lo)
+            self._start, self._dt, self._rate = float(tr.t_s[0]), float(tr.interval_s), rate
+            self._now = self._start
+
+        def demand(self, name: str, m: Any, cal: Any, eps: float, level: float | None = None,
+                   rate: float | None = None) -> tuple[float, float, float]:
+            # the intervals from now to the one a replica launched now first serves (the one holding now + lead)
+            lo = int(math.floor((self._now - self._start) / self._dt + 1e-9))
+            hi = int(math.floor((self._now + self.lead[name] - self._start) / self._dt + 1e-9)) + 1
+            seg = self._rate[max(lo, 0):max(min(hi, len(self._rate)), lo + 1)]
+            y = float(seg.max()) if seg.size else float(m.arrival_rps)
+            return y, 1.0, y
+
+        def plan(self, obs: Any, state: Any, **kw: Any) -> tuple[dict[str, int], Any]:
+            self._now = float(obs.t_s)
+            return super().plan(obs, state, **kw)
+
+        def factor(self, cal: Any, level: float | None = None, *, guarded: bool = True) -> float:
+            return 0.0  # calibrated from the start: no warm-up hold, the demand is known
+
+    return Clairvoyant(goal)
+
+
+def _list(text: str, known: Mapping[str, Any] | None, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in items if known is not None and x not in known]
+    if not items or bad:
+        raise ValueError(f"{what}: expected a comma-separated list of {', '.join(known or ['numbers'])}, got {text!r}")
+    return items
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--slices", default=",".join(SLICES))
+    ap.add_argument("--peaks", default="200,1000")
+    ap.add_argument("--days", type=float, default=1.0)
+    args = ap.parse_args(argv)
+    try:
+        keys = _list(args.slices, SLICES, "--slices")
+        peaks = [float(x) for x in _list(args.peaks, None, "--peaks")]
+        if not all(math.isfinite(p) and p > 0 for p in peaks) or not (math.isfinite(args.days) and args.days > 0):
+            raise ValueError("--peaks and --days must be positive numbers")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.predictive import PredictivePolicy
+    from fleetpilot.policies.registry import make as make_policy
+    from fleetpilot.simulations.goal import load_goal
+    from fleetpilot.simulations.traces import load_traces
+
+    goal = load_goal("single-model")
+    print("slice      peak   cost / oracle (attainment): core | clairvoyant | oracle   core/clairvoyant")
+    for k in keys:
+        name, lo, hi = SLICES[k]
+        start = max(lo, hi - args.days * 86400.0)
+        for peak in peaks:
+            t = load_traces([name], (start, hi)).scale_to_peak(peak)
+            core = PredictivePolicy(goal)
+            core.name = "core"
+            t0 = time.perf_counter()
+            res = replay(goal, t, [core, clairvoyant_policy(goal), make_policy("oracle", goal, trace=t)], seed=0,
+                         tick_s=None, workers=2)
+            s = {r.name: r.summary for r in res.runs}
+            cells = " | ".join(f"{s[p]['cost_vs_oracle']:.3f} ({s[p]['slo_attainment']:.4f})"
+                               for p in ("core", "clairvoyant", "oracle"))
+            ratio = s["core"]["cost_usd"] / s["clairvoyant"]["cost_usd"]
+            print(f"{k:10s} {peak:5g}   {cells}   {ratio:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
