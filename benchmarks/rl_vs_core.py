@@ -4,8 +4,9 @@ Replays the shipped (or any) ``rl:`` artifact and the zero action (the predictiv
 episodes the checkpoint selection of ``fleetpilot train`` plays -- the artifact's own traces, ranges, peaks and
 randomisation, read from its ``policy.json`` -- and prints the paired comparison the selection applies
 (:class:`fleetpilot.agent.commands.train.CheckpointSelector`). ``--core-grid`` draws each episode's core from the
-tuning grid (``CORE_GRID``), as ``fleetpilot train --core-grid on`` does: does the network still beat the core on
-the tuned cores users will run it on? No validation range is read.
+tuning grid (``CORE_GRID``), as ``fleetpilot train --core-grid on`` does and as the second episode set of
+``--select-on both`` (the default since session 14) does: does the network still beat the core on the tuned cores
+users will run it on? No validation range is read.
 
     python benchmarks/rl_vs_core.py examples/policies/single-model --goal examples/goals/single-model.yaml
     python benchmarks/rl_vs_core.py examples/policies/single-model --goal examples/goals/single-model.yaml --core-grid
