@@ -169,6 +169,7 @@ class ModelCalibration:
     phase: int = -1  # phase bin of the decision being made (-1: phase conditioning off)
     inv_cap: float = math.nan  # EWMA of 1 / saturated throughput of one replica (s per request; ``capacity_halflife_s``)
     n_cap: int = 0  # intervals in ``inv_cap`` (a plain mean until the EWMA's span)
+    missing: bool = False  # the last interval missed the latency target (``guard_runs``: a run has begun)
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class PredictivePolicy:
         phase_bins: int = 12,
         capacity_halflife_s: float = 0.0,
         scale_clip: float = DEFAULT_SCALE_CLIP,
+        guard_runs: bool = False,
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
@@ -273,6 +275,9 @@ class PredictivePolicy:
                                           int(round(float(goal.slo.window_s) / goal.control_interval_s))))
         self.scale_alpha = 1.0 - 0.5 ** (1.0 / max(1, int(scale_halflife)))
         self.guard_step = float(guard_step)
+        if not isinstance(guard_runs, bool | int | float) or float(guard_runs) not in (0.0, 1.0):
+            raise UserError(f"predictive guard_runs must be true or false, got {guard_runs!r}")
+        self.guard_runs = bool(guard_runs)
         self.guard_halflife_s = float(guard_halflife_s)
         self.rate_window_s = float(rate_window_s)
         self.phase_period_s = float(phase_period_s)
@@ -306,10 +311,11 @@ class PredictivePolicy:
         ci = self.goal.control_interval_s
         return (self.min_scale_samples + self.min_scores) * ci + max(self.lead.values(), default=0.0)
 
-    def settings(self) -> dict[str, float]:
+    def settings(self) -> dict[str, float | bool]:
         """The settings ``fleetpilot tune --autoscaler predictive`` chooses, as this core resolved them (defaults
         included): recorded in a learned policy's artifact, so it runs on the core it was trained on."""
         return {"quantile": self.quantile, "rate_window_s": self.rate_window_s, "guard_step": self.guard_step,
+                "guard_runs": self.guard_runs,
                 "guard_halflife_s": self.guard_halflife_s, "phase_period_s": self.phase_period_s,
                 "capacity_halflife_s": self.capacity_halflife_s}
 
@@ -448,19 +454,24 @@ class PredictivePolicy:
             return math.nan
         return float(m.e2e_p95_ms if self.goal.slo.metric == "e2e" else m.ttft_p95_ms)
 
-    def _guard(self, cal: ModelCalibration, m: ModelObs | None, target_ms: float) -> float:
-        """The SLO guard after this interval: every interval whose latency percentile missed the target (while the
-        model had traffic) multiplies the tail ``1 - level`` by ``exp(-guard_step)``; the factor relaxes back to
+    def _guard(self, cal: ModelCalibration, m: ModelObs | None, target_ms: float) -> tuple[float, bool]:
+        """``(guard, missed)`` after this interval. Every interval whose latency percentile missed the target (while
+        the model had traffic) multiplies the tail ``1 - level`` by ``exp(-guard_step)``; the factor relaxes back to
         1 with a half-life of ``guard_halflife_s``. A setting tuned on a calmer day thus sizes for a higher demand
         quantile for the hours after the SLO starts slipping, and costs nothing while it holds (one-sided: the
-        guard never lowers the level below the one asked for)."""
+        guard never lowers the level below the one asked for).
+
+        ``guard_runs``: only the first interval of a run of missed intervals counts. One surge the forecast could
+        not see leaves a queue that takes minutes to drain, i.e. tens of missed intervals that are one piece of
+        evidence about the level, not tens; counted one by one they drive the level to its ceiling for hours."""
         if self.guard_step <= 0:
-            return 0.0
+            return 0.0, False
         g = cal.guard * self._guard_keep
         lat = self.slo_latency_ms(m)  # +inf when more than 1 - percentile of the requests timed out: a miss too
-        if not math.isnan(lat) and lat > target_ms and _finite(m.arrival_rps) and m.arrival_rps > 0:
+        missed = not math.isnan(lat) and lat > target_ms and _finite(m.arrival_rps) and m.arrival_rps > 0
+        if missed and not (self.guard_runs and cal.missing):
             g -= self.guard_step
-        return max(g, -20.0)
+        return max(g, -20.0), bool(missed)
 
     def backlog_replicas(self, name: str, m: ModelObs, cal: ModelCalibration) -> int:
         """Extra replicas that drain a standing queue within ``drain_s`` once they are ready (0 when off).
@@ -618,7 +629,7 @@ class PredictivePolicy:
                 n_scale += 1
                 a = max(self.scale_alpha, 1.0 / n_scale)
                 scale = d if not _finite(scale) else (1.0 - a) * scale + a * d
-            guard = self._guard(cal, m, target)
+            guard, missing = self._guard(cal, m, target)
             derate = self._derate(cal, m, spec.max_replicas, spec.name)
             inv_cap, n_cap = self._inv_cap(cal, m)
             pending = list(cal.pending)
@@ -638,7 +649,8 @@ class PredictivePolicy:
                 bins = bins[-self.window:] if phased else bins
             cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, guard, n_scale, derate,
                                                float(m.queued) if m is not None and _finite(m.queued) else math.nan,
-                                               cal.warm, cal.first_t, tuple(bins), self.phase_of(now), inv_cap, n_cap)
+                                               cal.warm, cal.first_t, tuple(bins), self.phase_of(now), inv_cap, n_cap,
+                                               missing)
             if pending:
                 oldest = min(oldest, pending[0][0])
         rates = tuple(r for r in rates if r[0] > oldest + _EPS)

@@ -578,6 +578,7 @@ class _CoreSettings(BaseModel):
     guard_halflife_s: float = Field(3600.0, gt=0.0, le=7 * 86400.0)
     phase_period_s: float = Field(0.0, ge=0.0, le=7 * 86400.0)
     capacity_halflife_s: float = Field(0.0, ge=0.0, le=86400.0)
+    guard_runs: bool = False  # not searched (yet): set by hand to count a run of missed intervals as one guard step
 
 
 class _CoreTuningFile(BaseModel):
@@ -587,7 +588,7 @@ class _CoreTuningFile(BaseModel):
     settings: _CoreSettings
 
 
-def load_core_tuning(path: str | Path) -> dict[str, float]:
+def load_core_tuning(path: str | Path) -> dict[str, float | bool]:
     """The core settings of a ``tuning-predictive.json`` (``path``: the file or the ``--out`` folder)."""
     p = Path(path)
     if p.is_dir():
@@ -596,7 +597,10 @@ def load_core_tuning(path: str | Path) -> dict[str, float]:
         raise UserError("core tuning file not found (write one with `fleetpilot tune --autoscaler predictive`)",
                         where=str(p))
     _raw, doc = _read_validated(p, _CoreTuningFile, "core tuning file")
-    return doc.settings.model_dump()
+    out = doc.settings.model_dump()
+    if not out["guard_runs"]:  # only when set: the search does not choose it, and older files lack it
+        del out["guard_runs"]
+    return out
 
 
 def make_core_tuned(arg: str, goal: GoalSpec, **_ctx: Any) -> Any:

@@ -233,6 +233,35 @@ def test_slo_guard_raises_the_level_after_misses_and_relaxes_back() -> None:
     assert nan.model(M).guard == 0.0
 
 
+def test_guard_runs_counts_one_step_per_run_of_missed_intervals() -> None:
+    """``guard_runs``: a run of missed intervals (one surge's backlog draining) is one step of the guard, not one
+    per interval; a met interval (or one without traffic) ends the run, and the next miss counts again."""
+    rng = np.random.default_rng(5)
+    rates = list(600 + 300 * rng.random(200))
+    per_interval = PredictivePolicy(GOAL, quantile=0.9, guard_step=0.35, guard_halflife_s=600.0)
+    per_run = PredictivePolicy(GOAL, quantile=0.9, guard_step=0.35, guard_halflife_s=600.0, guard_runs=True)
+    a, sa = run(per_interval, rates)
+    b, sb = run(per_run, rates)
+    assert a == b and sb.model(M).guard == 0.0 and not sb.model(M).missing  # no miss: identical
+    keep = 0.5 ** (DT / 600.0)
+    sa2, sb2 = sa, sb
+    for i in range(8):  # eight missed intervals in a row
+        sa2 = per_interval.update(obs(201 * DT + i * DT, 700.0, ttft=900.0), sa2)
+        sb2 = per_run.update(obs(201 * DT + i * DT, 700.0, ttft=900.0), sb2)
+    assert sa2.model(M).guard == pytest.approx(-0.35 * sum(keep ** k for k in range(8)))
+    assert sb2.model(M).guard == pytest.approx(-0.35 * keep ** 7) and sb2.model(M).missing
+    assert per_run.level(sb2.model(M)) < per_interval.level(sa2.model(M))  # it sizes for less after one surge
+    # a met interval ends the run: the next miss is a new run and counts
+    sb3 = per_run.update(obs(209 * DT, 700.0, ttft=100.0), sb2)
+    assert not sb3.model(M).missing
+    sb4 = per_run.update(obs(210 * DT, 700.0, ttft=900.0), sb3)
+    assert sb4.model(M).guard == pytest.approx(sb2.model(M).guard * keep ** 2 - 0.35)
+    # recorded in the settings a learned policy's artifact keeps (off unless asked)
+    assert per_run.settings()["guard_runs"] is True and PredictivePolicy(GOAL).settings()["guard_runs"] is False
+    with pytest.raises(UserError):
+        PredictivePolicy(GOAL, guard_runs="sometimes")
+
+
 def test_phase_conditioning_sizes_for_a_burst_only_at_the_phase_it_recurs() -> None:
     rng = np.random.default_rng(3)
     n = int(6 * 3600 / DT)  # six hours: a burst at minutes 2-6 of every hour

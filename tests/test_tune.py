@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -287,7 +288,13 @@ def test_guard_and_phase_settings_reach_the_core_and_replay(tmp_path: Path) -> N
     doc["settings"] = {"quantile": 0.97, "rate_window_s": 0.0}
     (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
     old = make(f"predictive-tuned:{tmp_path}", ONE)
-    assert old.guard_step == 0.0 and old.phase_period_s == 0.0
+    assert old.guard_step == 0.0 and old.phase_period_s == 0.0 and old.guard_runs is False
+    # guard_runs is not searched; a file may set it by hand, and the core and a learned policy on it follow
+    doc["settings"] = {"quantile": 0.97, "guard_step": 0.35, "guard_runs": True}
+    (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
+    assert make(f"predictive-tuned:{tmp_path}", ONE).guard_runs is True
+    if importlib.util.find_spec("torch") is not None:
+        assert make(f"rl:single-model#core={tmp_path}", ONE).codec.core.guard_runs is True
 
 
 def test_learned_policy_on_a_tuned_core(tmp_path: Path) -> None:
@@ -308,7 +315,8 @@ def test_learned_policy_on_a_tuned_core(tmp_path: Path) -> None:
                                               ({"quantile": 0.99, "headroom": 2}, "settings.headroom"),
                                               ({"quantile": 0.99, "rate_window_s": -1}, "settings.rate_window_s"),
                                               ({"quantile": 0.99, "guard_step": -1}, "settings.guard_step"),
-                                              ({"quantile": 0.99, "phase_period_s": -5}, "settings.phase_period_s")])
+                                              ({"quantile": 0.99, "phase_period_s": -5}, "settings.phase_period_s"),
+                                              ({"quantile": 0.99, "guard_runs": "often"}, "settings.guard_runs")])
 def test_bad_core_tuning_file_names_the_field(tmp_path: Path, settings: dict, needle: str) -> None:
     doc = {"format": "fleetpilot/core-tuning-v1", "autoscaler": "predictive", "settings": settings}
     (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
