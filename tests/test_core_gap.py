@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scripts import load_script
 
 from fleetpilot.agent.replay import replay
 from fleetpilot.policies.predictive import PredictivePolicy
 from fleetpilot.simulations.goal import load_goal
 from fleetpilot.simulations.traces import Trace
+from scripts import load_script
 
 
 @pytest.fixture(scope="module")
