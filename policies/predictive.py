@@ -198,7 +198,8 @@ class PredictivePolicy:
     token mix averaged with that half-life instead of each interval's (0 = off); ``rate_window_s`` > 0 sizes from
     the rate averaged over that window (the base ``B``), while the scores' realised rates ``Y`` are averaged over
     at most one SLO window: a long window gives the level, and the quantile covers the bursts around it that an
-    SLO window judges.
+    SLO window judges. ``guard_runs`` (off by default) makes the SLO guard count one step per run of missed
+    intervals instead of one per interval (:meth:`_guard`).
     """
 
     name = "predictive"
