@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,16 +182,62 @@ def _grid_key() -> str:
 FORECAST_MODEL = "holt-winters"
 
 
-def core_fingerprint() -> str:
-    """What the core's cached tuning depends on besides the range: its code and its search's, its grid and the
-    forecaster. A cached core tuning with another fingerprint is re-run (an edit of the core or of
-    ``fleetpilot tune``'s search makes its old tuning stale)."""
+def core_fingerprint(grid: dict[str, tuple[float, ...]] | None = None) -> str:
+    """What the core's cached tuning depends on besides the range: its code and its search's, its grid (default
+    ``CORE_GRID``) and the forecaster. A cached core tuning with another fingerprint is re-run (an edit of the core
+    or of ``fleetpilot tune``'s search makes its old tuning stale), or extended when only the grid grew
+    (:func:`core_reusable`)."""
     from fleetpilot.agent.commands import tune
     from fleetpilot.policies import predictive, tuning
 
+    g = tuning.CORE_GRID if grid is None else grid
     src = (Path(predictive.__file__).read_bytes() + Path(tune.__file__).read_bytes()
-           + repr(sorted(tuning.CORE_GRID.items())).encode())
+           + repr(sorted(g.items())).encode())
     return hashlib.sha256(src + FORECAST_MODEL.encode()).hexdigest()[:16]
+
+
+def _label_settings(label: str) -> dict[str, float]:
+    """``predictive-tuned[k=v,...]`` -> {k: v}."""
+    inner = label[label.index("[") + 1:label.rindex("]")]
+    return {k: float(v) for k, v in (kv.split("=", 1) for kv in inner.split(",") if kv)}
+
+
+def core_reusable(doc: dict[str, Any], equivalent: Sequence[str] = ()) -> list[dict[str, Any]] | None:
+    """The settings a cached core tuning replayed (every candidate and skipped one) when that tuning ran with
+    today's code, search and forecaster on a grid that today's ``CORE_GRID`` extends; else None.
+
+    Its grid is read back from the settings it tried (values ascending, as ``CORE_GRID`` lists them) and its
+    fingerprint recomputed with today's code: equal means its replays are today's replays. ``equivalent``:
+    fingerprints of older code a person has shown to decide exactly as today's on the old grid's settings
+    (``--core-equivalent``; the run's notes must say how). A setting the old grid lacked takes the core's default
+    for it (the value the old replays ran with). Only then may the tuning be extended by the new settings instead
+    of re-run (:func:`extend_core_job`)."""
+    import inspect
+
+    from fleetpilot.policies import tuning
+    from fleetpilot.policies.predictive import PredictivePolicy
+
+    labels = [c["label"] for c in doc.get("candidates", [])] + [s["label"] for s in doc.get("skipped", {})
+                                                                  .get("settings", [])]
+    if not labels or doc.get("fingerprint") is None:
+        return None
+    tried = [_label_settings(x) for x in labels]
+    keys = set(tried[0])
+    if any(set(t) != keys for t in tried) or not keys <= set(tuning.CORE_GRID):
+        return None
+    old = {k: tuple(sorted({t[k] for t in tried})) for k in tuning.CORE_GRID if k in keys}
+    if core_fingerprint(old) != doc["fingerprint"] and doc["fingerprint"] not in equivalent:
+        return None
+    params = inspect.signature(PredictivePolicy).parameters
+    for k in set(tuning.CORE_GRID) - keys:
+        d = float(params[k].default)
+        if d not in tuning.CORE_GRID[k]:  # the old replays ran at a value the grid no longer has
+            return None
+        for t in tried:
+            t[k] = d
+    if any(not set(v) <= set(tuning.CORE_GRID[k]) for k, v in old.items()):
+        return None  # values were dropped: their replays stay, but the new grid is not an extension
+    return tried
 
 
 def tuning_key(r: Range, scale: float, goal: Any) -> str:
@@ -218,6 +265,62 @@ def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
                         + f" --autoscaler {d['autoscaler']} --out DIR")
     return {"key": tuning_key(r, scale, goal), "range": r.key, "scale": scale, "tuning_range": rng,
             "wall_s": round(time.perf_counter() - started, 2), "docs": docs}
+
+
+def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Sequence[str] = ()) -> dict[str, Any]:
+    """A cached core tuning whose grid today's ``CORE_GRID`` extends (:func:`core_reusable`): replay only the new
+    settings, on the same trace, seed and warm-up, then choose by the same rule over all of them, in
+    ``core_candidates`` order (ties as the full search breaks them). The new settings must form a grid of their own
+    with the same earliest calibration as the full grid (the search's skip rule reads it), else the whole grid is
+    re-run. Returns the job result with the merged ``predictive`` document."""
+    from fleetpilot.agent.commands.tune import search_core
+    from fleetpilot.policies.predictive import PredictivePolicy
+    from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates, select
+
+    goal = goal_for(r)
+    tried = core_reusable(doc, equivalent)
+    full = core_candidates()
+    key = {c: tuple(v for _, v in c.settings) for c in full}
+    done = {tuple(t[k] for k in CORE_GRID) for t in tried or []}
+    new = [c for c in full if key[c] not in done]
+    grid = {k: tuple(sorted({dict(c.settings)[k] for c in new})) for k in CORE_GRID}
+    soon = lambda cs: min(PredictivePolicy(goal, **dict(c.settings)).calibration_s() for c in cs)  # noqa: E731
+    if (tried is None or not new or {key[c] for c in core_candidates(grid)} != {key[c] for c in new}
+            or soon(full) != soon(new)):
+        return tune_job(r, scale, ["predictive"])
+    tune, warm, _rng = tune_with_warmup(r, scale)
+    started = time.perf_counter()
+    add = search_core(goal, tune, seed=0, tick_s=None, workers=1, grid=grid, forecast_model=FORECAST_MODEL,
+                      warmup_s=warm)
+    if (add["trace"], add["range"], add["warmup_s"], add["threshold"]) != (doc["trace"], doc["range"],
+                                                                           doc["warmup_s"], doc["threshold"]):
+        raise RuntimeError(f"{r.key}@{scale:g}: the extension replayed another trace or rule than the cache")
+    by_key: dict[tuple[float, ...], tuple[float, float]] = {}
+    n_cand = len(doc["candidates"])
+    for i, c in enumerate(doc["candidates"]):
+        by_key[tuple(tried[i][k] for k in CORE_GRID)] = (float(c["cost_usd"]), float(c["slo_attainment"]))
+    skipped_old = [dict(s, label=CoreCandidate(tuple((k, tried[n_cand + j][k]) for k in CORE_GRID)).label)
+                   for j, s in enumerate(doc["skipped"]["settings"])]
+    for c in add["candidates"]:
+        by_key[tuple(float(c["settings"][k]) for k in CORE_GRID)] = (float(c["cost_usd"]),
+                                                                     float(c["slo_attainment"]))
+    rows = [(c, *by_key[key[c]]) for c in full if key[c] in by_key]
+    chosen, met = select(rows, float(doc["threshold"]))
+    srow = next(x for x in rows if x[0] is chosen)
+    out = dict(doc)
+    out.update({
+        "settings": dict(chosen.settings),
+        "chosen": {"label": chosen.label, "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
+        "candidates": [{"label": c.label, "settings": dict(c.settings), "cost_usd": cost, "slo_attainment": att,
+                        "meets": att >= float(doc["threshold"]) - 1e-12} for c, cost, att in rows],
+        "skipped": dict(doc["skipped"], settings=skipped_old + add["skipped"]["settings"]),
+        "fingerprint": core_fingerprint(),
+        "extended": {"reused": len(by_key) - len(add["candidates"]), "replayed": len(add["candidates"]),
+                     "wall_s": round(time.perf_counter() - started, 2), "from_fingerprint": doc["fingerprint"],
+                     **({"equivalence_asserted": True} if doc["fingerprint"] in equivalent else {})},
+    })
+    return {"key": tuning_key(r, scale, goal), "range": r.key, "scale": scale, "tuning_range": _rng,
+            "wall_s": round(time.perf_counter() - started, 2), "docs": {"predictive": out}}
 
 
 def extend_job(r: Range, scale: float, cached: dict[str, Any]) -> dict[str, Any]:
@@ -515,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--section", default="baselines", help="name of the generated section in --results-md")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing files")
     ap.add_argument("--tune-only", action="store_true", help="tune (or extend cached tunings) and stop")
+    ap.add_argument("--core-equivalent", default="", metavar="FP[,FP]",
+                    help="cached core tunings with these fingerprints were replayed by code shown to decide as "
+                         "today's on their grid: extend them by the grid's new settings instead of re-running "
+                         "(recorded in the cache as equivalence_asserted)")
     ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
                     help="re-render the section from a results JSON of an earlier run (no replay)")
     a = ap.parse_args(argv)
@@ -550,8 +657,10 @@ def main(argv: list[str] | None = None) -> int:
         cache = json.loads(a.tuning_cache.read_text())
     tune_jobs: list[tuple[str, Any]] = []
     ext_jobs: list[tuple[str, Any]] = []
+    core_jobs: list[tuple[str, Any]] = []  # the core's grid grew: replay only its new settings
     keys = {}
     core_fp = core_fingerprint()
+    equivalent = tuple(_names(a.core_equivalent))
     for r in sel:
         g = goal_for(r)
         for s in scales:
@@ -560,14 +669,19 @@ def main(argv: list[str] | None = None) -> int:
             have = cache.get(k, {}).get("docs", {})
             need = [kd for kd in kinds if kd not in have
                     or (kd == "predictive" and have[kd].get("fingerprint") != core_fp)]
-            if need:
+            if (need == ["predictive"] and "predictive" in have
+                    and core_reusable(have["predictive"], equivalent) is not None):
+                core_jobs.append((f"extend core {r.key}@{s:g}", (r, s, have["predictive"], equivalent)))
+            elif need:
                 tune_jobs.append((f"tune {r.key}@{s:g} {','.join(need)}", (r, s, need)))
             elif _needs_extension(cache[k]):
                 ext_jobs.append((f"extend {r.key}@{s:g}", (r, s, cache[k])))
     t0 = time.perf_counter()
-    if tune_jobs or ext_jobs:
-        print(f"tuning {len(tune_jobs)} (range, scale) pairs, extending {len(ext_jobs)}...", file=sys.stderr)
-        for res in run_parallel(tune_jobs, a.workers, tune_job):  # new kinds join the cached ones
+    if tune_jobs or ext_jobs or core_jobs:
+        print(f"tuning {len(tune_jobs)} (range, scale) pairs, extending {len(ext_jobs)}, extending the core's grid "
+              f"on {len(core_jobs)}...", file=sys.stderr)
+        for res in (run_parallel(tune_jobs, a.workers, tune_job)  # new kinds join the cached ones
+                    + run_parallel(core_jobs, a.workers, extend_core_job)):
             stale = [k for k in cache if k != res["key"] and k.split("#")[0] == res["key"].split("#")[0]]
             for k in stale:  # the same range and scale under an older grid, goal or warm-up: superseded
                 del cache[k]
@@ -600,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                + " ".join(sys.argv[1:] if argv is None else argv)),
             "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "wall_s": time.perf_counter() - started, "workers": a.workers, "tune_wall_s": tune_wall,
-            "tuning_cached": not (tune_jobs or ext_jobs), "seeds": seeds, "scales": scales,
+            "tuning_cached": not (tune_jobs or ext_jobs or core_jobs), "seeds": seeds, "scales": scales,
             "warmup": any(float(x.get("warmup_s") or 0) > 0 for x in results)}
     text = markdown(a.section, agg, meta, tuning_view)
     if a.no_write:

@@ -38,3 +38,40 @@ def test_without_traffic_before_it_the_tuning_range_warms_up_on_its_first_half(e
     # the evaluated range keeps its own warm-up: all of the training range before it
     val, vwarm = ep.val_with_warmup(r, 200.0)
     assert vwarm == 2760.0 and val.start_s == 0.0
+
+
+def test_a_grown_core_grid_replays_only_its_new_settings(ep, monkeypatch) -> None:  # noqa: ANN001
+    """The core's cached tuning, extended by a grid value it lacked, equals the whole grid searched afresh; a cache
+    from other code (another fingerprint) or a grid that dropped a value is not extended."""
+    from fleetpilot.agent.commands.tune import search_core
+    from fleetpilot.policies import tuning
+    from fleetpilot.simulations.traces import load_traces
+
+    r = next(x for x in ep.SINGLE if x.key == "azure-conv")
+    goal = ep.goal_for(r)
+    trace = load_traces(["azure_llm_2023_conv_1s"], (0.0, 1200.0)).scale_to_peak(300.0)
+    monkeypatch.setattr(ep, "tune_with_warmup", lambda _r, _s: (trace, 0.0, "0:1200"))
+    old = {"quantile": (0.9, 0.95), "rate_window_s": (0.0,), "guard_step": (0.35,), "guard_halflife_s": (600.0,),
+           "phase_period_s": (0.0,), "capacity_halflife_s": (0.0,)}
+    monkeypatch.setattr(tuning, "CORE_GRID", old)  # a cache from before guard_runs was searched
+    doc = search_core(goal, trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+    doc["fingerprint"] = ep.core_fingerprint()
+    assert all("guard_runs" not in c["settings"] for c in doc["candidates"])
+
+    monkeypatch.setattr(tuning, "CORE_GRID", {**old, "guard_runs": (0.0, 1.0)})
+    tried = ep.core_reusable(doc)
+    assert tried is not None and {t["guard_runs"] for t in tried} == {0.0}  # the default the old replays ran
+    ext = ep.extend_core_job(r, 300.0, doc)["docs"]["predictive"]
+    full = search_core(goal, trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+    # the 0.95 quantile would not calibrate on 20 min: skipped in both, so one setting reused and one replayed
+    assert ext["extended"]["reused"] == len(doc["candidates"]) == ext["extended"]["replayed"] == 1
+    assert len(ext["skipped"]["settings"]) == len(full["skipped"]["settings"]) == 2
+    assert [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in ext["candidates"]] == \
+        [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in full["candidates"]]
+    assert (ext["chosen"], ext["settings"]) == (full["chosen"], full["settings"])
+    assert ext["fingerprint"] == ep.core_fingerprint() and "equivalence_asserted" not in ext["extended"]
+
+    stale = dict(doc, fingerprint="0" * 16)  # replayed by other code: re-run, unless shown equivalent
+    assert ep.core_reusable(stale) is None and ep.core_reusable(stale, ("0" * 16,)) is not None
+    monkeypatch.setattr(tuning, "CORE_GRID", {**old, "quantile": (0.95,), "guard_runs": (0.0, 1.0)})
+    assert ep.core_reusable(doc) is None  # a value dropped: not an extension of the cached grid

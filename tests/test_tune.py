@@ -258,7 +258,8 @@ def test_tune_predictive_skips_capacity_smoothing_on_a_constant_token_mix(tmp_pa
     from fleetpilot.agent.commands.tune import search_core
     from fleetpilot.policies.tuning import core_candidates
 
-    grid = {"quantile": (0.8,), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,), "rate_window_s": (0.0,)}
+    grid = {"quantile": (0.8,), "guard_halflife_s": (3600.0,), "guard_runs": (0.0,), "phase_period_s": (0.0,),
+            "rate_window_s": (0.0,)}
     nasa = load_traces(["nasa_http_1995_jul_1min"], (0.0, 1800.0)).scale_to_peak(100.0)  # no token columns
     doc = search_core(ONE, nasa, workers=1, grid=grid)
     assert [c["settings"]["capacity_halflife_s"] for c in doc["candidates"]] == [0.0]
@@ -272,6 +273,7 @@ def test_tune_predictive_skips_capacity_smoothing_on_a_constant_token_mix(tmp_pa
 
 def test_guard_and_phase_settings_reach_the_core_and_replay(tmp_path: Path) -> None:
     from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.tuning import load_core_tuning
 
     doc = {"format": "fleetpilot/core-tuning-v1", "autoscaler": "predictive",
            "settings": {"quantile": 0.95, "rate_window_s": 0.0, "guard_step": 0.35, "guard_halflife_s": 21600.0,
@@ -289,12 +291,18 @@ def test_guard_and_phase_settings_reach_the_core_and_replay(tmp_path: Path) -> N
     (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
     old = make(f"predictive-tuned:{tmp_path}", ONE)
     assert old.guard_step == 0.0 and old.phase_period_s == 0.0 and old.guard_runs is False
-    # guard_runs is not searched; a file may set it by hand, and the core and a learned policy on it follow
-    doc["settings"] = {"quantile": 0.97, "guard_step": 0.35, "guard_runs": True}
-    (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
-    assert make(f"predictive-tuned:{tmp_path}", ONE).guard_runs is True
-    if importlib.util.find_spec("torch") is not None:
-        assert make(f"rl:single-model#core={tmp_path}", ONE).codec.core.guard_runs is True
+    # guard_runs, as the search writes it (0 / 1) or by hand (true / false): the core and a learned policy on it
+    # follow, and a file's "off" overrides an artifact trained with it on
+    for v, want in ((1.0, True), (True, True), (0.0, False), (False, False)):
+        doc["settings"] = {"quantile": 0.97, "guard_step": 0.35, "guard_runs": v}
+        (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
+        assert make(f"predictive-tuned:{tmp_path}", ONE).guard_runs is want
+        if importlib.util.find_spec("torch") is not None:
+            rl = make("rl:single-model", ONE)
+            rl.set_core({"guard_runs": not want})
+            rl.set_core(load_core_tuning(tmp_path))
+            assert rl.codec.core.guard_runs is want
+            assert make(f"rl:single-model#core={tmp_path}", ONE).codec.core.guard_runs is want
 
 
 def test_learned_policy_on_a_tuned_core(tmp_path: Path) -> None:
@@ -360,7 +368,7 @@ def test_tune_with_a_warmup_judges_each_candidate_from_its_steady_state(tmp_path
 def test_core_settings_calibrate_during_the_warmup() -> None:
     from fleetpilot.agent.commands.tune import search_core
 
-    grid = {"quantile": (0.95, 0.99), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,),
+    grid = {"quantile": (0.95, 0.99), "guard_halflife_s": (3600.0,), "guard_runs": (0.0,), "phase_period_s": (0.0,),
             "rate_window_s": (0.0,), "capacity_halflife_s": (0.0,)}
     whole = load_traces([TRACE])
     # 25 scored minutes: cold, the 0.99 quantile (31.5 min to calibrate) would size by it for none of them

@@ -47,6 +47,9 @@ from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import service_rate_per_replica
 from fleetpilot.simulations.goal import GoalSpec, load_goal
 
+#: the name of the second selection set under ``--select-on both`` (the same episodes on drawn grid settings)
+GRID_SET = "core-grid"
+
 DEFAULTS: dict[str, Any] = {
     "n_envs": 4,
     "n_steps": 512,
@@ -166,7 +169,7 @@ def train(
             from fleetpilot.policies.tuning import core_candidates
 
             sel_env, also = env0.with_core_choices(None), {
-                "core-grid": env0.with_core_choices([dict(c.settings) for c in core_candidates()])}
+                GRID_SET: env0.with_core_choices([dict(c.settings) for c in core_candidates()])}
         elif h["select_on"] == "training":
             sel_env, also = env0.clone(), {}
         else:
@@ -217,7 +220,7 @@ def train(
 def dual_bar(select: CheckpointSelector, goal_attainment: float, on_grid: bool) -> float:
     """The attainment ``--dual-target core`` aims at: the goal's, or the core's when lower, on the selection set
     whose episodes are the ones trained on (the grid-drawn set under ``--core-grid on``, else the default core's)."""
-    same = select.also.get("core-grid", select) if on_grid else select
+    same = select.also.get(GRID_SET, select) if on_grid else select
     return min(float(goal_attainment), same.results[0]["attainment"])
 
 
