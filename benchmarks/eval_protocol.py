@@ -508,7 +508,7 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
              "* hpa / keda / kpa: upstream defaults (70 % of slots), no fleetpilot shield, goal min/max only;",
              "* static: replicas for the tuning range's peak at 70 % utilisation (capacity model at the SLO);",
              "* predictive: whatever `predictive` resolves to in the registry of the tree that ran (see Tree above); "
-             "predictive-tuned: the same core with its demand quantile, rate window, SLO-guard half-life, phase "
+             "predictive-tuned: the same core with its demand quantile, rate window, SLO-guard half-life (`runs`: it counts a run of missed intervals once), phase "
              "conditioning and token-mix averaging (`mix 5m` in the label) chosen by the incumbents' search and rule on the same tuning range, replayed with the "
              "forecaster it runs with (`fleetpilot tune --autoscaler predictive`, grid `CORE_GRID` in "
              "`policies/tuning.py`, fixed on training days: `benchmarks/core_guard_days.py`, `benchmarks/core_grid_probe.py`; chosen values in the "
@@ -536,7 +536,8 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
                         st = doc["settings"]
                         parts = [f"q={st['quantile']:g}", f"w={st['rate_window_s']:g}s"]
                         if st.get("guard_step", 0.0) > 0:
-                            parts.append(f"guard {st['guard_halflife_s'] / 3600:g}h")
+                            parts.append(f"guard {st['guard_halflife_s'] / 3600:g}h"
+                                         + (" runs" if st.get("guard_runs") else ""))
                         if st.get("phase_period_s", 0.0) > 0:
                             parts.append("phase")
                         if st.get("capacity_halflife_s", 0.0) > 0:
