@@ -8,6 +8,15 @@ D-1 and what it costs against the in-hindsight cheapest setting meeting it there
 
     python benchmarks/core_tuning_nested.py            # ~10 min on 2 workers; writes benchmarks/core_tuning_nested.json
     python benchmarks/core_tuning_nested.py --report   # the table from the JSON
+
+Grid comparison (session 16): does a setting earn its place on the grid? ``--compare KEY=V0,V1,...`` replays
+``CORE_GRID`` with KEY searched over those values on day D-2, picks by the rule with and without KEY's other values
+(KEY held at V0, the core's default), and replays only those picks on D-1 (no in-hindsight column: that would need
+the whole grid on D-1 too). ``--compare KEY`` takes KEY's values from ``CORE_GRID``. Writes
+``core_tuning_nested_KEY.json``.
+
+    python benchmarks/core_tuning_nested.py --compare guard_runs=0,1            # ~75 min on 2 workers
+    python benchmarks/core_tuning_nested.py --compare guard_runs --report
 """
 
 import json
@@ -19,6 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_protocol as ep
 
 
+def _days(r: ep.Range) -> tuple[float, float, float]:
+    """(D-2 start, D-1 start, validation start); the Azure ranges' short training range split in halves."""
+    from fleetpilot.simulations.traces import load_traces
+    start = float(load_traces(list(r.traces)).start_s)
+    if r.split_s - start < 3 * 86400:
+        return start, start + (r.split_s - start) / 2, r.split_s
+    return r.split_s - 2 * 86400, r.split_s - 86400, r.split_s
+
+
 def job(rk: str, scale: float) -> dict:
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.predictive import PredictivePolicy
@@ -26,11 +44,7 @@ def job(rk: str, scale: float) -> dict:
     from fleetpilot.simulations.traces import load_traces
     r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
     goal = ep.goal_for(r)
-    start = float(load_traces(list(r.traces)).start_s)
-    if r.split_s - start < 3 * 86400:
-        a, b, c = start, start + (r.split_s - start) / 2, r.split_s
-    else:
-        a, b, c = r.split_s - 2 * 86400, r.split_s - 86400, r.split_s
+    a, b, c = _days(r)
     out = {"range": rk, "scale": scale}
     for lab, (lo, hi) in (("tune", (a, b)), ("check", (b, c))):
         tr = load_traces(list(r.traces), (lo, hi)).scale_to_peak(scale)
@@ -44,6 +58,79 @@ def job(rk: str, scale: float) -> dict:
         out[lab + "_oracle"] = res.oracle["cost_usd"]
     return out
 
+
+
+MARGINS = (0.005, 0.0075, 0.01, 0.015)
+
+
+def _pick(rows: dict, thr: float) -> str:
+    """The tuning rule: the cheapest setting meeting ``thr``; if none does, the best attainment (then cheapest)."""
+    ok = [(c, a, n) for n, (c, a) in rows.items() if a >= thr - 1e-12]
+    if ok:
+        return min(ok)[2]
+    return max(rows.items(), key=lambda kv: (kv[1][1], -kv[1][0]))[0]
+
+
+def compare_job(rk: str, scale: float, key: str, values: tuple[float, ...] = ()) -> dict:
+    """D-2: the whole grid (``CORE_GRID``, ``key`` over ``values`` if given); D-1: only the settings the rule picks
+    with and without ``key``'s other values on the grid."""
+    from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.predictive import PredictivePolicy
+    from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
+    from fleetpilot.simulations.traces import load_traces
+    r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
+    goal = ep.goal_for(r)
+    a, b, c = _days(r)
+    values = tuple(values) or tuple(CORE_GRID[key])
+    if key in CORE_GRID:
+        grid = core_candidates({**CORE_GRID, key: values})
+    else:  # a setting the grid does not search: each of its values on every grid setting
+        grid = [CoreCandidate((*cand.settings, (key, float(v)))) for cand in core_candidates() for v in values]
+    cands = {cand.label: cand for cand in grid}
+    base = float(values[0])
+    without = {n for n, cand in cands.items() if dict(cand.settings)[key] == base}
+
+    def run(lo: float, hi: float, names: list[str]) -> tuple[dict, float]:
+        tr = load_traces(list(r.traces), (lo, hi)).scale_to_peak(scale)
+        pols = []
+        for n in names:
+            p = PredictivePolicy(goal, **dict(cands[n].settings))
+            p.name = n
+            pols.append(p)
+        res = replay(goal, tr, pols, seed=0, tick_s=None, workers=1)
+        return ({run.name: [run.summary["cost_usd"], run.summary["slo_attainment"]] for run in res.runs},
+                res.oracle["cost_usd"])
+
+    tune, tune_oracle = run(a, b, list(cands))
+    picks = {}
+    for m in MARGINS:
+        picks[f"{m:g}"] = {"with": _pick(tune, 0.99 + m),
+                           "without": _pick({n: v for n, v in tune.items() if n in without}, 0.99 + m)}
+    names = sorted({n for p in picks.values() for n in p.values()})
+    check, check_oracle = run(b, c, names)
+    return {"range": rk, "scale": scale, "key": key, "tune": tune, "tune_oracle": tune_oracle, "picks": picks,
+            "check": check, "check_oracle": check_oracle}
+
+
+def compare_report(res: list) -> None:
+    key = res[0]["key"]
+    for m in MARGINS:
+        ms = f"{m:g}"
+        print(f"margin {ms}: check day (D-1) of the setting picked on D-2, grid with / without {key}")
+        tot = {"with": [0, []], "without": [0, []]}
+        for o in res:
+            cells = []
+            for g in ("without", "with"):
+                n = o["picks"][ms][g]
+                c, att = o["check"][n]
+                tot[g][0] += att >= 0.99
+                tot[g][1].append(c / o["check_oracle"])
+                cells.append(f"{g}: att {att:.4f} c/o {c / o['check_oracle']:.3f}")
+            same = " (same pick)" if o["picks"][ms]["with"] == o["picks"][ms]["without"] else ""
+            print(f"  {o['range']}@{o['scale']:g}: " + "; ".join(cells) + same)
+        for g in ("without", "with"):
+            cos = sorted(tot[g][1])
+            print(f"  grid {g} {key}: check-day SLO met {tot[g][0]}/{len(res)}, median c/o {cos[len(cos) // 2]:.3f}")
 
 
 def report(res: list) -> None:
@@ -70,6 +157,19 @@ def report(res: list) -> None:
 OUT = Path(__file__).resolve().parent / "core_tuning_nested.json"
 
 if __name__ == "__main__":
+    if "--compare" in sys.argv:
+        key, _, vals = sys.argv[sys.argv.index("--compare") + 1].partition("=")
+        values = tuple(float(v) for v in vals.split(",")) if vals else ()
+        out = OUT.with_name(f"core_tuning_nested_{key}.json")
+        if "--report" not in sys.argv:
+            # the day-long 1-min ranges first: the longest jobs, so two workers finish together
+            rs = sorted(ep.SINGLE + ep.ROUTED, key=lambda r: r.key.startswith("azure"))
+            jobs = [(f"{r.key}@{s:g}", (r.key, s, key, values)) for r in rs for s in (1000.0, 200.0)]
+            t = time.perf_counter()
+            out.write_text(json.dumps(ep.run_parallel(jobs, 2, compare_job)) + "\n")
+            print(f"wall {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        compare_report(json.loads(out.read_text()))
+        sys.exit(0)
     if "--report" not in sys.argv:
         jobs = [(f"{r.key}@{s:g}", (r.key, s)) for r in ep.SINGLE + ep.ROUTED for s in (200.0, 1000.0)]
         t = time.perf_counter()

@@ -202,6 +202,17 @@ def _label_settings(label: str) -> dict[str, float]:
     return {k: float(v) for k, v in (kv.split("=", 1) for kv in inner.split(",") if kv)}
 
 
+def _tried(doc: dict[str, Any]) -> list[dict[str, float]] | None:
+    """Every setting a cached core tuning tried (its candidates, then the skipped ones), when it records them all
+    with the same keys and a fingerprint; else None."""
+    labels = [c["label"] for c in doc.get("candidates", [])] + [x["label"] for x in doc.get("skipped", {})
+                                                                  .get("settings", [])]
+    if not labels or doc.get("fingerprint") is None:
+        return None
+    tried = [_label_settings(x) for x in labels]
+    return tried if all(set(t) == set(tried[0]) for t in tried) else None
+
+
 def core_reusable(doc: dict[str, Any], equivalent: Sequence[str] = ()) -> list[dict[str, Any]] | None:
     """The settings a cached core tuning replayed (every candidate and skipped one) when that tuning ran with
     today's code, search and forecaster on a grid that today's ``CORE_GRID`` extends; else None.
@@ -217,13 +228,11 @@ def core_reusable(doc: dict[str, Any], equivalent: Sequence[str] = ()) -> list[d
     from fleetpilot.policies import tuning
     from fleetpilot.policies.predictive import PredictivePolicy
 
-    labels = [c["label"] for c in doc.get("candidates", [])] + [s["label"] for s in doc.get("skipped", {})
-                                                                  .get("settings", [])]
-    if not labels or doc.get("fingerprint") is None:
+    tried = _tried(doc)
+    if tried is None:
         return None
-    tried = [_label_settings(x) for x in labels]
     keys = set(tried[0])
-    if any(set(t) != keys for t in tried) or not keys <= set(tuning.CORE_GRID):
+    if not keys <= set(tuning.CORE_GRID):
         return None
     old = {k: tuple(sorted({t[k] for t in tried})) for k in tuning.CORE_GRID if k in keys}
     if core_fingerprint(old) != doc["fingerprint"] and doc["fingerprint"] not in equivalent:
@@ -238,6 +247,79 @@ def core_reusable(doc: dict[str, Any], equivalent: Sequence[str] = ()) -> list[d
     if any(not set(v) <= set(tuning.CORE_GRID[k]) for k, v in old.items()):
         return None  # values were dropped: their replays stay, but the new grid is not an extension
     return tried
+
+
+def _rechosen(doc: dict[str, Any], rows: list[tuple[Any, float, float]], skipped: list[dict[str, Any]],
+              **record: Any) -> dict[str, Any]:
+    """``doc`` with its choice made again by the tuning rule over ``rows`` (candidate, cost, attainment; in
+    ``core_candidates`` order), its candidates and skipped settings replaced, today's fingerprint and ``record``."""
+    from fleetpilot.policies.tuning import select
+
+    chosen, met = select(rows, float(doc["threshold"]))
+    srow = next(x for x in rows if x[0] is chosen)
+    out = dict(doc)
+    out.update({
+        "settings": dict(chosen.settings),
+        "chosen": {"label": chosen.label, "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
+        "candidates": [{"label": c.label, "settings": dict(c.settings), "cost_usd": cost, "slo_attainment": att,
+                        "meets": att >= float(doc["threshold"]) - 1e-12} for c, cost, att in rows],
+        "skipped": dict(doc["skipped"], settings=skipped),
+        "fingerprint": core_fingerprint(),
+        **record,
+    })
+    return out
+
+
+def restrict_core(r: Range, scale: float, doc: dict[str, Any],
+                  equivalent: Sequence[str] = ()) -> dict[str, Any] | None:
+    """A cached core tuning whose grid had every value today's ``CORE_GRID`` has, and more (values, or a whole
+    setting today's grid no longer searches, whose kept replays are those at the core's default for it): choose
+    again by the same rule over the settings today's grid keeps (``core_candidates`` order, ties as the full search
+    breaks them), without replaying anything. Its replays must be today's (fingerprint recomputed on its own grid,
+    or shown equivalent) and the kept settings must have the full grid's earliest calibration (the search's skip
+    rule reads it). Else None (re-run). Returns the merged ``predictive`` document."""
+    import inspect
+
+    from fleetpilot.policies.predictive import PredictivePolicy
+    from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
+
+    n_cand = len(doc.get("candidates", []))
+    tried = _tried(doc)
+    if tried is None:
+        return None
+    keys = set(tried[0])
+    if not set(CORE_GRID) <= keys:
+        return None
+    old = {k: tuple(sorted({t[k] for t in tried})) for k in keys}
+    params = inspect.signature(PredictivePolicy).parameters
+    dropped = {k: float(params[k].default) for k in keys - set(CORE_GRID)}
+    if any(d not in old[k] for k, d in dropped.items()):
+        return None  # a setting no longer searched was never replayed at the default it now runs at
+    if any(not set(v) <= set(old[k]) for k, v in CORE_GRID.items()):
+        return None  # a value the cache never replayed
+    if not dropped and all(set(v) == set(old[k]) for k, v in CORE_GRID.items()):
+        return None  # nothing dropped
+    if core_fingerprint(old) != doc["fingerprint"] and doc["fingerprint"] not in equivalent:
+        return None
+    goal = goal_for(r)
+    keep = core_candidates()
+    soon = lambda cs: min(PredictivePolicy(goal, **c).calibration_s() for c in cs)  # noqa: E731
+    if soon(tried) != soon([dict(c.settings) for c in keep]):
+        return None
+    kept = {tuple(v for _, v in c.settings) for c in keep}
+    key = lambda t: tuple(float(t[k]) for k in CORE_GRID)  # noqa: E731
+    ok = lambda t: all(t[k] == d for k, d in dropped.items()) and key(t) in kept  # noqa: E731
+    by_key = {key(t): (float(c["cost_usd"]), float(c["slo_attainment"]))
+              for t, c in zip(tried[:n_cand], doc["candidates"], strict=True) if ok(t)}
+    skipped = [(t, x) for t, x in zip(tried[n_cand:], doc["skipped"]["settings"], strict=True) if ok(t)]
+    if len(by_key) + len(skipped) != len(keep):
+        return None
+    rows = [(c, *by_key[tuple(v for _, v in c.settings)]) for c in keep if tuple(v for _, v in c.settings) in by_key]
+    return _rechosen(doc, rows, [dict(x, label=CoreCandidate(tuple((k, t[k]) for k in CORE_GRID)).label)
+                                 for t, x in skipped],
+                     restricted={"kept": len(rows), "dropped": n_cand - len(rows),
+                                 "from_fingerprint": doc["fingerprint"],
+                                 **({"equivalence_asserted": True} if doc["fingerprint"] in equivalent else {})})
 
 
 def tuning_key(r: Range, scale: float, goal: Any) -> str:
@@ -275,7 +357,7 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
     re-run. Returns the job result with the merged ``predictive`` document."""
     from fleetpilot.agent.commands.tune import search_core
     from fleetpilot.policies.predictive import PredictivePolicy
-    from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates, select
+    from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
 
     goal = goal_for(r)
     tried = core_reusable(doc, equivalent)
@@ -305,20 +387,10 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
         by_key[tuple(float(c["settings"][k]) for k in CORE_GRID)] = (float(c["cost_usd"]),
                                                                      float(c["slo_attainment"]))
     rows = [(c, *by_key[key[c]]) for c in full if key[c] in by_key]
-    chosen, met = select(rows, float(doc["threshold"]))
-    srow = next(x for x in rows if x[0] is chosen)
-    out = dict(doc)
-    out.update({
-        "settings": dict(chosen.settings),
-        "chosen": {"label": chosen.label, "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
-        "candidates": [{"label": c.label, "settings": dict(c.settings), "cost_usd": cost, "slo_attainment": att,
-                        "meets": att >= float(doc["threshold"]) - 1e-12} for c, cost, att in rows],
-        "skipped": dict(doc["skipped"], settings=skipped_old + add["skipped"]["settings"]),
-        "fingerprint": core_fingerprint(),
-        "extended": {"reused": len(by_key) - len(add["candidates"]), "replayed": len(add["candidates"]),
-                     "wall_s": round(time.perf_counter() - started, 2), "from_fingerprint": doc["fingerprint"],
-                     **({"equivalence_asserted": True} if doc["fingerprint"] in equivalent else {})},
-    })
+    out = _rechosen(doc, rows, skipped_old + add["skipped"]["settings"],
+                    extended={"reused": len(by_key) - len(add["candidates"]), "replayed": len(add["candidates"]),
+                              "wall_s": round(time.perf_counter() - started, 2), "from_fingerprint": doc["fingerprint"],
+                              **({"equivalence_asserted": True} if doc["fingerprint"] in equivalent else {})})
     return {"key": tuning_key(r, scale, goal), "range": r.key, "scale": scale, "tuning_range": _rng,
             "wall_s": round(time.perf_counter() - started, 2), "docs": {"predictive": out}}
 
@@ -659,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_jobs: list[tuple[str, Any]] = []
     ext_jobs: list[tuple[str, Any]] = []
     core_jobs: list[tuple[str, Any]] = []  # the core's grid grew: replay only its new settings
+    restricted: list[str] = []  # the core's grid lost values: chosen again from the cached replays
     keys = {}
     core_fp = core_fingerprint()
     equivalent = tuple(_names(a.core_equivalent))
@@ -670,7 +743,11 @@ def main(argv: list[str] | None = None) -> int:
             have = cache.get(k, {}).get("docs", {})
             need = [kd for kd in kinds if kd not in have
                     or (kd == "predictive" and have[kd].get("fingerprint") != core_fp)]
-            if (need == ["predictive"] and "predictive" in have
+            if need == ["predictive"] and "predictive" in have and (
+                    cut := restrict_core(r, s, have["predictive"], equivalent)) is not None:
+                cache[k]["docs"]["predictive"] = cut  # the grid lost values: choose again, nothing replayed
+                restricted.append(f"{r.key}@{s:g}")
+            elif (need == ["predictive"] and "predictive" in have
                     and core_reusable(have["predictive"], equivalent) is not None):
                 core_jobs.append((f"extend core {r.key}@{s:g}", (r, s, have["predictive"], equivalent)))
             elif need:
@@ -678,6 +755,11 @@ def main(argv: list[str] | None = None) -> int:
             elif _needs_extension(cache[k]):
                 ext_jobs.append((f"extend {r.key}@{s:g}", (r, s, cache[k])))
     t0 = time.perf_counter()
+    if restricted:
+        print(f"the core's grid lost values: chose again from the cached replays on {len(restricted)} pairs",
+              file=sys.stderr)
+        if not a.no_write and not (tune_jobs or ext_jobs or core_jobs):
+            a.tuning_cache.write_text(json.dumps(cache, indent=1, allow_nan=False) + "\n")
     if tune_jobs or ext_jobs or core_jobs:
         print(f"tuning {len(tune_jobs)} (range, scale) pairs, extending {len(ext_jobs)}, extending the core's grid "
               f"on {len(core_jobs)}...", file=sys.stderr)
@@ -715,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                + " ".join(sys.argv[1:] if argv is None else argv)),
             "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "wall_s": time.perf_counter() - started, "workers": a.workers, "tune_wall_s": tune_wall,
-            "tuning_cached": not (tune_jobs or ext_jobs or core_jobs), "seeds": seeds, "scales": scales,
+            "tuning_cached": not (tune_jobs or ext_jobs or core_jobs or restricted), "seeds": seeds, "scales": scales,
             "warmup": any(float(x.get("warmup_s") or 0) > 0 for x in results)}
     text = markdown(a.section, agg, meta, tuning_view)
     if a.no_write:
@@ -758,9 +840,13 @@ def _cost_hint(r: Range) -> float:
 
 
 def _commit() -> str:
+    """HEAD's short hash, marked when tracked files differ from it (the run's tree is then not that commit)."""
     try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=False, timeout=10).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=False, timeout=10).stdout.strip()
+        return head + (" + uncommitted changes" if dirty and head != "?" else "")
     except (OSError, subprocess.SubprocessError):
         return "?"
 

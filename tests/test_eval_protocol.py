@@ -75,3 +75,45 @@ def test_a_grown_core_grid_replays_only_its_new_settings(ep, monkeypatch) -> Non
     assert ep.core_reusable(stale) is None and ep.core_reusable(stale, ("0" * 16,)) is not None
     monkeypatch.setattr(tuning, "CORE_GRID", {**old, "quantile": (0.95,), "guard_runs": (0.0, 1.0)})
     assert ep.core_reusable(doc) is None  # a value dropped: not an extension of the cached grid
+
+
+def test_a_shrunk_core_grid_chooses_again_from_its_cached_replays(ep, monkeypatch) -> None:  # noqa: ANN001
+    """A grid that lost values chooses from the cached replays of the settings it keeps, exactly as a fresh search
+    of the smaller grid does; a cache from other code, or one that never replayed a kept value, is re-run."""
+    from fleetpilot.agent.commands.tune import search_core
+    from fleetpilot.policies import tuning
+    from fleetpilot.simulations.traces import load_traces
+
+    r = next(x for x in ep.SINGLE if x.key == "azure-conv")
+    goal = ep.goal_for(r)
+    trace = load_traces(["azure_llm_2023_conv_1s"], (0.0, 1200.0)).scale_to_peak(300.0)
+    big = {"quantile": (0.8, 0.9, 0.95), "rate_window_s": (0.0,), "guard_step": (0.35,), "guard_halflife_s": (600.0,),
+           "guard_runs": (0.0, 1.0), "phase_period_s": (0.0,), "capacity_halflife_s": (0.0, 300.0)}
+    monkeypatch.setattr(tuning, "CORE_GRID", big)
+    doc = search_core(goal, trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+    doc["fingerprint"] = ep.core_fingerprint()
+    assert ep.restrict_core(r, 300.0, doc) is None  # nothing dropped
+
+    without = {k: v for k, v in big.items() if k != "guard_runs"}
+    for small in ({**big, "guard_runs": (0.0,), "capacity_halflife_s": (0.0,)},  # values dropped
+                  {**without, "capacity_halflife_s": (0.0,)}):  # and a whole setting: its default's replays kept
+        monkeypatch.setattr(tuning, "CORE_GRID", small)
+        cut = ep.restrict_core(r, 300.0, doc)
+        full = search_core(goal, trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+        assert cut is not None and cut["restricted"]["dropped"] == len(doc["candidates"]) - len(full["candidates"])
+        assert cut["restricted"]["dropped"] > 0
+        assert [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in cut["candidates"]] == \
+            [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in full["candidates"]]
+        assert [x["label"] for x in cut["skipped"]["settings"]] == [x["label"] for x in full["skipped"]["settings"]]
+        assert len(full["skipped"]["settings"]) == 1  # 0.95 does not calibrate on 20 min: skipped in both
+        assert (cut["chosen"], cut["settings"]) == (full["chosen"], full["settings"])
+        assert cut["settings"]["capacity_halflife_s"] == 0.0 != doc["settings"]["capacity_halflife_s"]
+        assert cut["fingerprint"] == ep.core_fingerprint() != doc["fingerprint"]
+    assert "guard_runs" not in cut["settings"]
+
+    stale = dict(doc, fingerprint="0" * 16)
+    assert ep.restrict_core(r, 300.0, stale) is None and ep.restrict_core(r, 300.0, stale, ("0" * 16,)) is not None
+    monkeypatch.setattr(tuning, "CORE_GRID", {**small, "quantile": (0.8, 0.97)})
+    assert ep.restrict_core(r, 300.0, doc) is None  # 0.97 was never replayed
+    monkeypatch.setattr(tuning, "CORE_GRID", {**small, "quantile": (0.9,)})
+    assert ep.restrict_core(r, 300.0, doc) is None  # the kept settings calibrate later: the skip rule may differ

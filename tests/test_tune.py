@@ -229,7 +229,8 @@ def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> 
     else:
         assert doc["chosen"]["slo_attainment"] == max(c["slo_attainment"] for c in doc["candidates"])
     chosen = next(c for c in doc["candidates"] if c["label"] == doc["chosen"]["label"])
-    assert chosen["settings"] == doc["settings"] == load_core_tuning(out)
+    assert chosen["settings"] == doc["settings"] and "guard_runs" not in doc["settings"]  # not searched
+    assert load_core_tuning(out) == {**doc["settings"], "guard_runs": False}  # a file without it: off
     # a 20-min range: settings that would still be in their warm-up for more than half of it are not judged on
     # it (0.97 and above need >= 15 min), but the soonest-calibrated ones always are
     cal = {c["label"]: PredictivePolicy(ONE, **c["settings"]).calibration_s() for c in doc["candidates"]}
@@ -258,8 +259,7 @@ def test_tune_predictive_skips_capacity_smoothing_on_a_constant_token_mix(tmp_pa
     from fleetpilot.agent.commands.tune import search_core
     from fleetpilot.policies.tuning import core_candidates
 
-    grid = {"quantile": (0.8,), "guard_halflife_s": (3600.0,), "guard_runs": (0.0,), "phase_period_s": (0.0,),
-            "rate_window_s": (0.0,)}
+    grid = {"quantile": (0.8,), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,), "rate_window_s": (0.0,)}
     nasa = load_traces(["nasa_http_1995_jul_1min"], (0.0, 1800.0)).scale_to_peak(100.0)  # no token columns
     doc = search_core(ONE, nasa, workers=1, grid=grid)
     assert [c["settings"]["capacity_halflife_s"] for c in doc["candidates"]] == [0.0]
@@ -291,7 +291,7 @@ def test_guard_and_phase_settings_reach_the_core_and_replay(tmp_path: Path) -> N
     (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
     old = make(f"predictive-tuned:{tmp_path}", ONE)
     assert old.guard_step == 0.0 and old.phase_period_s == 0.0 and old.guard_runs is False
-    # guard_runs, as the search writes it (0 / 1) or by hand (true / false): the core and a learned policy on it
+    # guard_runs, as the session-15 search wrote it (0 / 1) or by hand (true / false): the core and a learned policy on it
     # follow, and a file's "off" overrides an artifact trained with it on
     for v, want in ((1.0, True), (True, True), (0.0, False), (False, False)):
         doc["settings"] = {"quantile": 0.97, "guard_step": 0.35, "guard_runs": v}
@@ -368,7 +368,7 @@ def test_tune_with_a_warmup_judges_each_candidate_from_its_steady_state(tmp_path
 def test_core_settings_calibrate_during_the_warmup() -> None:
     from fleetpilot.agent.commands.tune import search_core
 
-    grid = {"quantile": (0.95, 0.99), "guard_halflife_s": (3600.0,), "guard_runs": (0.0,), "phase_period_s": (0.0,),
+    grid = {"quantile": (0.95, 0.99), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,),
             "rate_window_s": (0.0,), "capacity_halflife_s": (0.0,)}
     whole = load_traces([TRACE])
     # 25 scored minutes: cold, the 0.99 quantile (31.5 min to calibrate) would size by it for none of them
