@@ -134,12 +134,8 @@ def compare_report(res: list) -> None:
 
 
 def report(res: list) -> None:
-    def sel(rows, thr):
-        ok = [(c, a, n) for n, (c, a) in rows.items() if a >= thr - 1e-12]
-        if ok:
-            return min(ok)[2]
-        return max(rows.items(), key=lambda kv: (kv[1][1], -kv[1][0]))[0]
-    for m in (0.005, 0.0075, 0.01, 0.015):
+    sel = _pick
+    for m in MARGINS:
         passes, tot, ratio = 0, 0, []
         lines = []
         for o in res:

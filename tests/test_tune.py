@@ -291,8 +291,8 @@ def test_guard_and_phase_settings_reach_the_core_and_replay(tmp_path: Path) -> N
     (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
     old = make(f"predictive-tuned:{tmp_path}", ONE)
     assert old.guard_step == 0.0 and old.phase_period_s == 0.0 and old.guard_runs is False
-    # guard_runs, as the session-15 search wrote it (0 / 1) or by hand (true / false): the core and a learned policy on it
-    # follow, and a file's "off" overrides an artifact trained with it on
+    # guard_runs, as the session-15 search wrote it (0 / 1) or by hand (true / false): the core and a learned policy
+    # on it follow, and a file's "off" overrides an artifact trained with it on
     for v, want in ((1.0, True), (True, True), (0.0, False), (False, False)):
         doc["settings"] = {"quantile": 0.97, "guard_step": 0.35, "guard_runs": v}
         (tmp_path / "tuning-predictive.json").write_text(json.dumps(doc))
