@@ -203,9 +203,17 @@ def _erlang_c(c: int, a: float) -> float:
     """Probability of waiting in M/M/c with offered load ``a`` (Erlangs); 1 when ``a >= c``."""
     if a >= c:
         return 1.0
-    b = 1.0
-    for k in range(1, c + 1):
-        b = a * b / (k + a * b)
+    if c <= 512:
+        b = 1.0
+        for k in range(1, c + 1):
+            b = a * b / (k + a * b)
+    else:  # Erlang B = Poisson pmf(c; a) / cdf(c; a), in closed form for a large pool
+        from scipy.special import pdtr
+
+        if a <= 0:
+            return 0.0
+        cdf = float(pdtr(c, a))
+        b = math.exp(c * math.log(a) - a - math.lgamma(c + 1.0)) / cdf if cdf > 0 else 1.0
     rho = a / c
     return b / (1.0 - rho * (1.0 - b))
 
@@ -217,8 +225,13 @@ def capacity_at_slo(
     output_tokens: float,
     *,
     max_utilization: float = DEFAULT_MAX_UTILIZATION,
+    replicas: int = 1,
 ) -> float:
     """Requests/s one replica can take while the goal's latency percentile stays under its target.
+
+    ``replicas`` > 1: the replica is one of a pool of that many behind one queue (the simulator's pool, an
+    inference gateway's queue-aware routing): the pool is an M/M/(replicas x c) queue, and the rate returned is
+    the pool's over ``replicas``; a larger pool absorbs the same relative burst at a higher utilisation.
 
     The replica is an M/M/c queue with ``c`` = its concurrent sequences, each served at the saturated
     per-sequence rate of the latency model (:func:`~simulations.fleet.service_rate_per_replica`, conservative:
@@ -227,14 +240,16 @@ def capacity_at_slo(
     bisection and capped at ``max_utilization`` x saturation (fleetpilot's choice: Erlang C assumes Poisson
     arrivals within an interval; real traces are burstier than that).
     """
-    c = slots_per_replica(spec, input_tokens, output_tokens)
-    mu = service_rate_per_replica(spec, input_tokens, output_tokens)
-    if not (mu > 0):
+    n = max(1, int(replicas))
+    c1 = slots_per_replica(spec, input_tokens, output_tokens)
+    mu1 = service_rate_per_replica(spec, input_tokens, output_tokens)
+    if not (mu1 > 0):
         return 0.0
+    c, mu = c1 * n, mu1 * n
     lat = latency_vector(spec, input_tokens, output_tokens)
-    step = float(step_time(lat, float(c), mu * input_tokens * spec.latency.prefill_s_per_token))
+    step = float(step_time(lat, float(c1), mu1 * input_tokens * spec.latency.prefill_s_per_token))
     ttft_service = step + spec.latency.prefill_s_per_token * input_tokens
-    service = c / mu
+    service = c1 / mu1
     fixed = ttft_service if goal.slo.metric == "ttft" else service
     budget = goal.slo.target_ms / 1e3 - fixed
     tail = 1.0 - goal.slo.percentile / 100.0
@@ -251,14 +266,14 @@ def capacity_at_slo(
 
     lo, hi = 0.0, mu * (1.0 - 1e-9)
     if ok(hi):
-        return min(hi, cap)
+        return min(hi, cap * n) / n
     for _ in range(60):
         mid = 0.5 * (lo + hi)
         if ok(mid):
             lo = mid
         else:
             hi = mid
-    return min(lo, cap)
+    return min(lo, cap * n) / n
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,13 @@ One decision per model and control interval, no stacked margins::
   (:func:`policies.baselines.capacity_at_slo` with no utilisation cap). With ``capacity_halflife_s`` > 0 the
   throughput is that of the token mix averaged over the last minutes rather than this interval's sample
   (:meth:`PredictivePolicy._inv_cap`).
+* **Pooling** (``pooled``, on by default since session 17). ``n`` replicas behind one queue (the simulator's pool,
+  an inference gateway's queue-aware routing) are one M/M/(n x c) queue, which absorbs the same relative burst at a
+  higher utilisation than one replica alone: 0.932 of saturation for one Llama-3-8B replica at the example goal's
+  SLO, 0.959 for 2, 0.986 for 8, 0.996 for 30. The core takes the fewest replicas whose pool carries the demand
+  quantile at the SLO (:meth:`PredictivePolicy.pool_gain`). Replayed at constant load in the simulator, 2 / 8 / 30
+  replicas held the SLO at 0.95 / 0.97 / 0.99 of saturation. Behind a plain round-robin Service each replica
+  queues alone: set ``pooled`` false there.
 * **Scale-down.** Because ``Y`` is the maximum over the whole lead, the target never drops below what the demand
   quantile needs anywhere in ``(t, t + L]``: a replica is removed only when no replica removed now could be needed
   before a replacement could be ready (the same forward running maximum the offline oracle's launch schedule
@@ -199,7 +206,8 @@ class PredictivePolicy:
     the rate averaged over that window (the base ``B``), while the scores' realised rates ``Y`` are averaged over
     at most one SLO window: a long window gives the level, and the quantile covers the bursts around it that an
     SLO window judges. ``guard_runs`` (off by default) makes the SLO guard count one step per run of missed
-    intervals instead of one per interval (:meth:`_guard`).
+    intervals instead of one per interval (:meth:`_guard`). ``pooled`` (on by default) sizes the fleet as one pool
+    behind one queue (:meth:`pool_gain`); off, every replica is sized as if it had its own queue.
     """
 
     name = "predictive"
@@ -229,6 +237,7 @@ class PredictivePolicy:
         capacity_halflife_s: float = 0.0,
         scale_clip: float = DEFAULT_SCALE_CLIP,
         guard_runs: bool = False,
+        pooled: bool = True,
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
@@ -279,6 +288,10 @@ class PredictivePolicy:
         if not isinstance(guard_runs, bool | int | float) or float(guard_runs) not in (0.0, 1.0):
             raise UserError(f"predictive guard_runs must be true or false, got {guard_runs!r}")
         self.guard_runs = bool(guard_runs)
+        if not isinstance(pooled, bool | int | float) or float(pooled) not in (0.0, 1.0):
+            raise UserError(f"predictive pooled must be true or false, got {pooled!r}")
+        self.pooled = bool(pooled)
+        self._pool_gain: dict[str, dict[int, float]] = {}
         self.guard_halflife_s = float(guard_halflife_s)
         self.rate_window_s = float(rate_window_s)
         self.phase_period_s = float(phase_period_s)
@@ -316,7 +329,7 @@ class PredictivePolicy:
         """The settings ``fleetpilot tune --autoscaler predictive`` chooses, as this core resolved them (defaults
         included): recorded in a learned policy's artifact, so it runs on the core it was trained on."""
         return {"quantile": self.quantile, "rate_window_s": self.rate_window_s, "guard_step": self.guard_step,
-                "guard_runs": self.guard_runs,
+                "guard_runs": self.guard_runs, "pooled": self.pooled,
                 "guard_halflife_s": self.guard_halflife_s, "phase_period_s": self.phase_period_s,
                 "capacity_halflife_s": self.capacity_halflife_s}
 
@@ -713,7 +726,7 @@ class PredictivePolicy:
                 reps[spec.name] = current
                 continue
             f = 1.0 if ratio is None else float(ratio.get(spec.name, 1.0))
-            need = math.ceil(dq * f / cap - 1e-6) + self.backlog_replicas(spec.name, m, cal)
+            need = self._replicas_for(spec.name, dq * f, cap) + self.backlog_replicas(spec.name, m, cal)
             if math.isnan(self.factor(cal)):  # not calibrated yet: keep warm the most any decision needed
                 first = cal.first_t if _finite(cal.first_t) else now
                 most = max([need, *(n for _, n in cal.warm)])
@@ -727,6 +740,30 @@ class PredictivePolicy:
                 entry = (now, base, scale, self.shares(obs, spec.name))
                 cals[spec.name] = replace(cal, pending=cal.pending + (entry,))
         return reps, replace(state, models=tuple((k, cals[k]) for k in self.goal.model_names if k in cals))
+
+    def pool_gain(self, name: str, n: int) -> float:
+        """How much more a replica takes at the SLO in a pool of ``n`` behind one queue than alone (>= 1; 1 when
+        ``pooled`` is off): the pool's M/M/(n x slots) utilisation at the SLO over one replica's."""
+        if not self.pooled or n <= 1 or self._util.get(name, 0.0) <= 0:
+            return 1.0
+        cache = self._pool_gain.setdefault(name, {})
+        g = cache.get(n)
+        if g is None:
+            spec = self.goal.model(name)
+            tin, tout = self.tokens.get(name, (512.0, 256.0))
+            mu = service_rate_per_replica(spec, tin, tout)
+            g = capacity_at_slo(self.goal, spec, tin, tout, max_utilization=1.0, replicas=n) / mu / self._util[name]
+            cache[n] = g = max(1.0, g)
+        return g
+
+    def _replicas_for(self, name: str, demand: float, cap: float) -> int:
+        """The fewest replicas whose pool takes ``demand`` at the SLO, ``cap`` being one replica's rate alone."""
+        n = math.ceil(demand / cap - 1e-6)
+        if not self.pooled:
+            return n
+        while n > 1 and (n - 1) * cap * self.pool_gain(name, n - 1) >= demand * (1 - 1e-9):
+            n -= 1
+        return n
 
     def decide(self, obs: Observation, state: PredictiveState) -> tuple[Decision, PredictiveState]:
         state = self.update(obs, state)

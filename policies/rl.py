@@ -367,13 +367,16 @@ class RLPolicy(PolicyBase):
 
     def _trained_core(self) -> dict[str, Any]:
         """The core settings the network was trained on. Artifacts record them all; one that records none was
-        trained on the core's defaults before session 10: its recorded quantile, SLO guard off."""
+        trained on the core's defaults before session 10: its recorded quantile, SLO guard off; one that does not
+        record ``pooled`` was trained before session 17, sizing every replica alone."""
         params = self.meta.get("action", {}).get("params", {})
         if not isinstance(params, dict):
             return {}
         core = dict(params.get("core") or {})
         if not core and "core_quantile" in params:
             core = {"quantile": float(params["core_quantile"]), "guard_step": 0.0}
+        if core and "pooled" not in core:  # trained before session 17: every replica sized alone
+            core["pooled"] = False
         return core
 
     def initial_state(self) -> RLState:

@@ -583,6 +583,7 @@ class _CoreSettings(BaseModel):
     phase_period_s: float = Field(0.0, ge=0.0, le=7 * 86400.0)
     capacity_halflife_s: float = Field(0.0, ge=0.0, le=86400.0)
     guard_runs: bool = False  # count a run of missed intervals as one guard step (not searched; set by hand)
+    pooled: bool = True  # size the fleet as one pool behind one queue (not searched; false behind round-robin)
 
 
 class _CoreTuningFile(BaseModel):
