@@ -253,7 +253,7 @@ def capacity_at_slo(
     fixed = ttft_service if goal.slo.metric == "ttft" else service
     budget = goal.slo.target_ms / 1e3 - fixed
     tail = 1.0 - goal.slo.percentile / 100.0
-    cap = max_utilization * mu
+    cap = max_utilization * mu1  # per replica
     if budget <= 0:
         return 0.0
 
@@ -266,14 +266,14 @@ def capacity_at_slo(
 
     lo, hi = 0.0, mu * (1.0 - 1e-9)
     if ok(hi):
-        return min(hi, cap * n) / n
+        return min(hi / n, cap)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
         if ok(mid):
             lo = mid
         else:
             hi = mid
-    return min(lo, cap * n) / n
+    return min(lo / n, cap)
 
 
 # ---------------------------------------------------------------------------------------------

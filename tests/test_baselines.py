@@ -454,3 +454,29 @@ def test_closed_loop_two_models_scaled_independently() -> None:
 def test_decision_type() -> None:
     d, _ = make_policy("hold", ONE).decide(obs_at(15.0, {M8: mobs(3)}), None)
     assert isinstance(d, Decision) and d.replicas == {M8: 3}
+
+
+def test_capacity_at_slo_of_a_pool_and_the_large_pool_erlang_c() -> None:
+    """``replicas=n``: one replica's share of an M/M/(n x slots) pool at the SLO; it grows with the pool and stays
+    below saturation. For pools above 512 servers Erlang C is computed in closed form (Poisson pmf / cdf), equal to
+    the recursion."""
+    import math
+
+    from fleetpilot.policies.baselines import _erlang_c, capacity_at_slo
+    from fleetpilot.simulations.fleet import service_rate_per_replica
+
+    goal = load_goal("examples/goals/single-model.yaml")
+    spec = goal.models[0]
+    mu = service_rate_per_replica(spec, 512.0, 256.0)
+    per = [capacity_at_slo(goal, spec, 512.0, 256.0, max_utilization=1.0, replicas=n) for n in (1, 2, 3, 8, 40)]
+    assert per[0] == capacity_at_slo(goal, spec, 512.0, 256.0, max_utilization=1.0)
+    assert per == sorted(per) and per[0] < per[1] and per[-1] < mu
+    # the utilisation cap applies to the pool as a whole
+    assert capacity_at_slo(goal, spec, 512.0, 256.0, max_utilization=0.7, replicas=8) == pytest.approx(0.7 * mu)
+    for c, a in ((600, 550.0), (2048, 2000.0), (5000, 4700.0)):
+        b = 1.0
+        for k in range(1, c + 1):
+            b = a * b / (k + a * b)
+        rho = a / c
+        assert _erlang_c(c, a) == pytest.approx(b / (1.0 - rho * (1.0 - b)), rel=1e-9)
+    assert _erlang_c(600, 600.0) == 1.0 and math.isfinite(_erlang_c(100000, 99000.0))

@@ -409,3 +409,43 @@ def test_a_jump_from_zero_enters_the_scale_clipped_and_the_scores_whole() -> Non
     assert scales[10.0][:len(steady)] == scales[0.0][:len(steady)]
     with pytest.raises(UserError, match="scale_clip"):
         PredictivePolicy(GOAL, scale_clip=0.5)
+
+
+def test_pooled_sizing_takes_the_fewest_replicas_whose_pool_holds_the_slo_in_the_simulator() -> None:
+    """``pooled``: n replicas behind one queue are one M/M/(n x slots) queue. The core takes the fewest whose pool
+    carries the demand at the SLO, which is fewer than sizing each replica alone once the fleet is large, and the
+    simulator (one FIFO queue per pool) holds the SLO with that many at constant load; one fewer misses it."""
+    from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.baselines import StaticPolicy
+    from fleetpilot.simulations.fleet import service_rate_per_replica
+    from fleetpilot.simulations.traces import Trace
+
+    spec = GOAL.models[0]
+    mu = service_rate_per_replica(spec, 512.0, 256.0)
+    pooled, alone = PredictivePolicy(GOAL), PredictivePolicy(GOAL, pooled=False)
+    gains = [pooled.pool_gain(M, n) for n in (1, 2, 8, 30)]
+    assert gains[0] == 1.0 and gains == sorted(gains) and gains[-1] < 1.0 / slo_utilisation(GOAL, M)
+    assert all(alone.pool_gain(M, n) == 1.0 for n in (1, 2, 8, 30))
+    cap = mu * slo_utilisation(GOAL, M)
+    demand = 28 * mu * 0.97  # 97 % of 28 replicas' saturated throughput
+    n_pool, n_alone = pooled._replicas_for(M, demand, cap), alone._replicas_for(M, demand, cap)
+    assert n_alone == math.ceil(demand / cap - 1e-6) and n_pool < n_alone
+    assert n_pool * cap * pooled.pool_gain(M, n_pool) >= demand > (n_pool - 1) * cap * pooled.pool_gain(M, n_pool - 1)
+
+    def attainment(replicas: int) -> float:
+        n = 120  # 30 min of 15-s rows at a constant rate and token mix
+        tr = Trace("const", np.arange(n) * 15.0, 15.0, ("c",), np.full((n, 1), demand * 15.0),
+                   np.full((n, 1), 512.0), np.full((n, 1), 256.0))
+        res = replay(GOAL, tr, [StaticPolicy(GOAL, {M: replicas})], seed=0, tick_s=None,
+                     initial_replicas={M: replicas}, yardstick=None)
+        return float(res.runs[0].summary["slo_attainment"])
+
+    assert attainment(n_pool) >= GOAL.slo.attainment
+    assert attainment(n_pool - 1) < GOAL.slo.attainment
+
+
+def test_pooled_setting_is_recorded_and_checked() -> None:
+    assert PredictivePolicy(GOAL).settings()["pooled"] is True
+    assert PredictivePolicy(GOAL, pooled=False).settings()["pooled"] is False
+    with pytest.raises(UserError, match="pooled"):
+        PredictivePolicy(GOAL, pooled="maybe")

@@ -351,6 +351,15 @@ def test_artifact_records_the_core_it_was_trained_on(artifact: tuple[Path, objec
     # a tuned core replaces the trained one's settings (``rl:NAME#core=DIR``)
     pol.set_core({"quantile": 0.95, "guard_step": 0.35})
     assert pol.codec.core.quantile == 0.95 and pol.codec.core.guard_step == 0.35
+    # one trained before the pooled sizing (session 17) records no ``pooled``: it sizes every replica alone, as it
+    # was trained, until a tuning file puts it on a pooled core
+    assert core["pooled"] is True
+    meta["action"]["params"]["core"] = {k: v for k, v in core.items() if k != "pooled"}
+    (old / "policy.json").write_text(json.dumps(meta))
+    pol = load_artifact(old, goal)
+    assert pol.codec.core.pooled is False and pol.codec.core.quantile == core["quantile"]
+    pol.set_core({"quantile": 0.95, "pooled": True})
+    assert pol.codec.core.pooled is True
 
 
 def test_shipped_policies_load_and_decide() -> None:
