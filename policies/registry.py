@@ -2,7 +2,8 @@
 
 Name forms (Gymnasium-style ``register``/``make``):
 
-* ``hpa``, ``keda``, ``kpa``, ``static``, ``hold``, ``predictive``, ``oracle`` -- plain names;
+* ``hpa``, ``keda``, ``kpa``, ``static``, ``hold``, ``predictive``, ``oracle`` -- plain names
+  (``predictive#per-replica``: the core sizing every replica alone, for a round-robin Service);
 * ``NAME#variant[,variant]`` -- a variant of a plain name (the factory receives ``variant="..."``);
 * ``PREFIX:ARG`` -- a prefix factory, e.g. ``rl:PATH`` (a trained artifact folder) or ``rl:NAME`` (a policy
   shipped under ``examples/policies/NAME``); ``rl:PATH#scaling-only`` is that artifact's ablation.
@@ -137,6 +138,18 @@ def _only(cls: type) -> Factory:
     return factory
 
 
+def _predictive(goal: GoalSpec, *, variant: str | None = None, **kw: Any) -> Policy:
+    """``predictive``; ``predictive#per-replica`` sizes every replica as if it queued alone (a plain round-robin
+    Service without a queue-aware gateway) instead of the fleet as one pool."""
+    from fleetpilot.policies.predictive import PredictivePolicy
+
+    if variant not in (None, "", "per-replica"):
+        raise UserError(f"policy 'predictive' has one variant, per-replica (got {variant!r})")
+    if variant == "per-replica":
+        kw["pooled"] = False
+    return PredictivePolicy(goal, **{k: v for k, v in kw.items() if k not in CONTEXT_KEYS})
+
+
 def _static(goal: GoalSpec, *, replicas: Any = None, trace: Any = None, window_s: float | None = None,
             max_utilization: float | None = None, **_ctx: Any) -> Policy:
     from fleetpilot.policies.baselines import StaticPolicy, static_peak_replicas
@@ -173,7 +186,6 @@ def _rl(arg: str, goal: GoalSpec, **_ctx: Any) -> Policy:
 
 def _register_shipped() -> None:
     from fleetpilot.policies.baselines import HeadroomPredictivePolicy, HoldPolicy, HPAPolicy, KEDAPolicy, KPAPolicy
-    from fleetpilot.policies.predictive import PredictivePolicy
 
     register("static", _static, help="fixed replicas sized for the trace's peak", replace=False)
     register("hold", _only(HoldPolicy), help="keep the current replicas", replace=False)
@@ -183,8 +195,8 @@ def _register_shipped() -> None:
              help="KEDA Prometheus scaler", replace=False)
     register("kpa", _only(KPAPolicy),
              help="Knative KPA", replace=False)
-    register("predictive", _only(PredictivePolicy),
-             help="sizes for a calibrated quantile of demand over the cold-start lead", replace=False)
+    register("predictive", _predictive, replace=False,
+             help="sizes for a calibrated quantile of demand over the cold-start lead (#per-replica: no pooling)")
     register("predictive-headroom", _only(HeadroomPredictivePolicy), replace=False,
              help="the previous predictive: forecast upper bound + headroom at 70 % utilisation (memoryless)")
     register("oracle", _oracle, help="offline optimum (needs the whole trace; a yardstick)", replace=False)

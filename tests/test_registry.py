@@ -94,3 +94,12 @@ def test_run_refuses_offline_only_policies() -> None:
     assert resolve_policy("hpa", GOAL).name == "hpa"
     with pytest.raises(UserError, match="cannot run live"):
         resolve_policy("oracle", GOAL)
+
+
+def test_predictive_per_replica_variant_turns_pooling_off() -> None:
+    """``predictive#per-replica``: the core sizing every replica as if it queued alone (round-robin Service)."""
+    assert registry.make("predictive", GOAL).pooled is True
+    p = registry.make("predictive#per-replica", GOAL, trace=None, seed=0)
+    assert p.pooled is False and p.settings()["pooled"] is False
+    with pytest.raises(UserError, match="per-replica"):
+        registry.make("predictive#pooled-twice", GOAL)
