@@ -77,7 +77,7 @@ def test_conformal_quantile_covers_a_fresh_exchangeable_score(alpha: float) -> N
 
 def test_calibration_learns_a_biased_forecast_and_stays_causal() -> None:
     """The forecaster says 600 req/s; demand is really 900: the policy learns to size for 900."""
-    pol = PredictivePolicy(GOAL, quantile=0.9, pooled=False)  # per-replica arithmetic below
+    pol = PredictivePolicy(GOAL, quantile=0.9, pooled=False, rate_window_s=0.0)  # per-interval, per-replica arithmetic
     r_slo = CAP * slo_utilisation(GOAL, M)
     lead_n = int(math.ceil(GOAL.models[0].cold_start_s / DT))
     reps, st = run(pol, [900.0] * 200, [600.0] * 200)
@@ -86,7 +86,7 @@ def test_calibration_learns_a_biased_forecast_and_stays_causal() -> None:
     assert len(st.model(M).scores) == 200 - lead_n - pol.min_scale_samples
     assert reps[-1] == math.ceil(900.0 / r_slo - 1e-6)  # base = current rate (900), factor learned ~ 0
     # noisy demand around a flat forecast: the calibrated demand covers the horizon maximum at the level asked
-    pol2 = PredictivePolicy(GOAL, quantile=0.9, pooled=False)
+    pol2 = PredictivePolicy(GOAL, quantile=0.9, pooled=False, rate_window_s=0.0)
     rng = np.random.default_rng(3)
     noisy = 700.0 + 100.0 * rng.standard_normal(1200)
     st2 = pol2.initial_state()
@@ -142,7 +142,7 @@ def test_scale_down_waits_while_demand_may_return_within_the_lead() -> None:
     hi, lo = 1200.0, 300.0
     # history A: short dips (one interval) inside a high plateau -> the horizon maximum stays high after a dip
     dips = [lo if i % (lead_n - 2) == 0 else hi for i in range(600)]
-    pol = PredictivePolicy(GOAL, quantile=0.95, pooled=False)
+    pol = PredictivePolicy(GOAL, quantile=0.95, pooled=False, rate_window_s=0.0)
     _, st_a = run(pol, dips, dips)
     # history B: slow, steady traffic -> a dip is a dip
     _, st_b = run(pol, [lo] * 600, [lo] * 600)
@@ -169,7 +169,7 @@ def test_before_calibration_it_keeps_warm_the_most_any_decision_needed() -> None
     """A fresh policy cannot know whether a dip rebounds within the lead: it keeps what it has for one lead, then
     the most any decision so far needed (a burst's capacity stays until calibrated); once calibrated the quantile
     rule takes over."""
-    pol = PredictivePolicy(GOAL, quantile=0.97, pooled=False)
+    pol = PredictivePolicy(GOAL, quantile=0.97, pooled=False, rate_window_s=0.0)
     assert pol.min_scores == 34  # ceil(1 / 0.03)
     lead_n = int(math.ceil(GOAL.models[0].cold_start_s / DT))
     r_slo = CAP * slo_utilisation(GOAL, M)
@@ -388,7 +388,7 @@ def test_a_jump_from_zero_enters_the_scale_clipped_and_the_scores_whole() -> Non
     rates = steady + [0.0] * 20 + [300.0] + [300.0 + (10.0 if i % 2 else -10.0) for i in range(40)]
     scales = {}
     for clip in (0.0, 10.0):
-        pol = PredictivePolicy(GOAL, quantile=0.9, scale_clip=clip)
+        pol = PredictivePolicy(GOAL, quantile=0.9, scale_clip=clip, rate_window_s=0.0)
         st = pol.initial_state()
         trace = []
         for i, r in enumerate(rates):

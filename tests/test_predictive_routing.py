@@ -110,7 +110,7 @@ def test_backlog_term_drains_a_standing_queue_and_ignores_batch_level_queues() -
 
 
 def test_rate_window_sizes_for_the_average_not_the_last_burst() -> None:
-    plain, smooth = PredictivePolicy(ONE), PredictivePolicy(ONE, rate_window_s=60.0)
+    plain, smooth = PredictivePolicy(ONE, rate_window_s=0.0), PredictivePolicy(ONE, rate_window_s=60.0)
     rates = [100.0, 100.0, 100.0, 700.0]  # a one-interval burst
     sp = ss = None
     for i, r in enumerate(rates):
