@@ -322,6 +322,23 @@ def restrict_core(r: Range, scale: float, doc: dict[str, Any],
                                  **({"equivalence_asserted": True} if doc["fingerprint"] in equivalent else {})})
 
 
+def reuse_core(doc: dict[str, Any], equivalent: Sequence[str]) -> dict[str, Any] | None:
+    """A cached core tuning from code a person has shown to decide exactly as today's (``--core-equivalent``) on
+    today's very grid: kept as it is, its choice unchanged and nothing replayed, under today's fingerprint (the old
+    one recorded beside it). None when the fingerprint was not declared equivalent or the grid differs."""
+    from fleetpilot.policies.tuning import CORE_GRID, core_candidates
+
+    if doc.get("fingerprint") not in equivalent:
+        return None
+    tried = core_reusable(doc, equivalent)
+    if tried is None:
+        return None
+    done = sorted(tuple(float(t[k]) for k in CORE_GRID) for t in tried)
+    if done != sorted(tuple(v for _, v in c.settings) for c in core_candidates()):
+        return None
+    return dict(doc, fingerprint=core_fingerprint(), equivalent_to=doc["fingerprint"], equivalence_asserted=True)
+
+
 def tuning_key(r: Range, scale: float, goal: Any) -> str:
     g = Path(goal.source).read_bytes() if goal.source and Path(goal.source).is_file() else goal.name.encode()
     h = hashlib.sha256(g + _grid_key().encode() + repr((r.traces, r.split_s)).encode()).hexdigest()[:16]
@@ -744,6 +761,10 @@ def main(argv: list[str] | None = None) -> int:
             need = [kd for kd in kinds if kd not in have
                     or (kd == "predictive" and have[kd].get("fingerprint") != core_fp)]
             if need == ["predictive"] and "predictive" in have and (
+                    same := reuse_core(have["predictive"], equivalent)) is not None:
+                cache[k]["docs"]["predictive"] = same  # code shown equivalent, same grid: nothing replayed
+                restricted.append(f"{r.key}@{s:g}")
+            elif need == ["predictive"] and "predictive" in have and (
                     cut := restrict_core(r, s, have["predictive"], equivalent)) is not None:
                 cache[k]["docs"]["predictive"] = cut  # the grid lost values: choose again, nothing replayed
                 restricted.append(f"{r.key}@{s:g}")
@@ -756,8 +777,8 @@ def main(argv: list[str] | None = None) -> int:
                 ext_jobs.append((f"extend {r.key}@{s:g}", (r, s, cache[k])))
     t0 = time.perf_counter()
     if restricted:
-        print(f"the core's grid lost values: chose again from the cached replays on {len(restricted)} pairs",
-              file=sys.stderr)
+        print(f"the core's cached tuning kept (code shown equivalent) or chosen again from its cached replays (the "
+              f"grid lost values) on {len(restricted)} pairs", file=sys.stderr)
         if not a.no_write and not (tune_jobs or ext_jobs or core_jobs):
             a.tuning_cache.write_text(json.dumps(cache, indent=1, allow_nan=False) + "\n")
     if tune_jobs or ext_jobs or core_jobs:

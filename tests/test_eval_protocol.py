@@ -77,6 +77,28 @@ def test_a_grown_core_grid_replays_only_its_new_settings(ep, monkeypatch) -> Non
     assert ep.core_reusable(doc) is None  # a value dropped: not an extension of the cached grid
 
 
+def test_a_core_tuning_from_code_shown_equivalent_is_kept_on_the_same_grid(ep, monkeypatch) -> None:  # noqa: ANN001
+    """``--core-equivalent FP`` on the same grid: the cached tuning is kept as it is (choice, candidates) under
+    today's fingerprint, nothing replayed; not without the declaration, and not when the grid differs."""
+    from fleetpilot.agent.commands.tune import search_core
+    from fleetpilot.policies import tuning
+    from fleetpilot.simulations.traces import load_traces
+
+    r = next(x for x in ep.SINGLE if x.key == "azure-conv")
+    trace = load_traces(["azure_llm_2023_conv_1s"], (0.0, 1200.0)).scale_to_peak(300.0)
+    grid = {"quantile": (0.8, 0.9), "rate_window_s": (0.0,), "guard_step": (0.35,), "guard_halflife_s": (600.0,),
+            "phase_period_s": (0.0,), "capacity_halflife_s": (0.0,)}
+    monkeypatch.setattr(tuning, "CORE_GRID", grid)
+    doc = search_core(ep.goal_for(r), trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+    old = dict(doc, fingerprint="f" * 16)
+    assert ep.reuse_core(old, ()) is None  # not declared equivalent
+    same = ep.reuse_core(old, ("f" * 16,))
+    assert same is not None and same["fingerprint"] == ep.core_fingerprint() and same["equivalent_to"] == "f" * 16
+    assert (same["chosen"], same["settings"], same["candidates"]) == (doc["chosen"], doc["settings"], doc["candidates"])
+    monkeypatch.setattr(tuning, "CORE_GRID", {**grid, "quantile": (0.8, 0.9, 0.95)})
+    assert ep.reuse_core(old, ("f" * 16,)) is None  # the grid grew: that is an extension, not a reuse
+
+
 def test_a_shrunk_core_grid_chooses_again_from_its_cached_replays(ep, monkeypatch) -> None:  # noqa: ANN001
     """A grid that lost values chooses from the cached replays of the settings it keeps, exactly as a fresh search
     of the smaller grid does; a cache from other code, or one that never replayed a kept value, is re-run."""
