@@ -75,8 +75,8 @@ __all__ = [
     "slo_utilisation",
 ]
 
-#: The untuned core's defaults (what ``predictive``, the daemon and the shipped learned policies run when the user
-#: has not run ``fleetpilot tune --autoscaler predictive``): of every setting of the tuning grid, the one that met
+#: The untuned core's defaults (what ``predictive`` and the daemon run when the user has not run ``fleetpilot tune
+#: --autoscaler predictive``; a learned policy runs the core its artifact records): of every setting of the grid, the one that met
 #: the tuning rule (attainment >= goal + 0.005) on the most of the 18 training-range tuning pairs of the evaluation
 #: protocol, ties broken by the lowest geometric-mean cost over each pair's tuned choice (``benchmarks/
 #: core_default.py`` reads them from ``benchmarks/eval_tuning.json``; training ranges only). Robust rather than
