@@ -150,13 +150,15 @@ def sorted_quantile(sorted_scores: np.ndarray, alpha: float) -> float:
     return math.inf if k > n else float(sorted_scores[k - 1])
 
 
-def slo_utilisation(goal: GoalSpec, name: str, input_tokens: float = 512.0, output_tokens: float = 256.0) -> float:
-    """Share of one replica's saturated throughput it can take while the goal's latency percentile holds."""
+def slo_utilisation(goal: GoalSpec, name: str, input_tokens: float = 512.0, output_tokens: float = 256.0,
+                    replicas: int = 1) -> float:
+    """Share of one replica's saturated throughput it can take while the goal's latency percentile holds (in a pool
+    of ``replicas`` behind one queue)."""
     spec = goal.model(name)
     mu = service_rate_per_replica(spec, input_tokens, output_tokens)
     if not mu > 0:
         return 0.0
-    return capacity_at_slo(goal, spec, input_tokens, output_tokens, max_utilization=1.0) / mu
+    return capacity_at_slo(goal, spec, input_tokens, output_tokens, max_utilization=1.0, replicas=replicas) / mu
 
 
 @dataclass(frozen=True)
@@ -753,10 +755,8 @@ class PredictivePolicy:
         cache = self._pool_gain.setdefault(name, {})
         g = cache.get(n)
         if g is None:
-            spec = self.goal.model(name)
             tin, tout = self.tokens.get(name, (512.0, 256.0))
-            mu = service_rate_per_replica(spec, tin, tout)
-            g = capacity_at_slo(self.goal, spec, tin, tout, max_utilization=1.0, replicas=n) / mu / self._util[name]
+            g = slo_utilisation(self.goal, name, tin, tout, replicas=n) / self._util[name]
             cache[n] = g = max(1.0, g)
         return g
 
