@@ -17,6 +17,12 @@ the whole grid on D-1 too). ``--compare KEY`` takes KEY's values from ``CORE_GRI
 
     python benchmarks/core_tuning_nested.py --compare guard_runs=0,1            # ~75 min on 2 workers
     python benchmarks/core_tuning_nested.py --compare guard_runs --report
+
+Values added to a setting the grid already searches (session 18): ``--compare KEY+=V1,V2`` replays ``CORE_GRID``
+with V1, V2 added to KEY's values on D-2 and picks by the rule on today's grid ("without"), on the grid with all
+of them ("with") and with each one alone ("+KEY=V1", ...); D-1 replays those picks.
+
+    python benchmarks/core_tuning_nested.py --compare quantile+=0.9,0.98        # ~60 min on 2 workers
 """
 
 import json
@@ -71,9 +77,10 @@ def _pick(rows: dict, thr: float) -> str:
     return max(rows.items(), key=lambda kv: (kv[1][1], -kv[1][0]))[0]
 
 
-def compare_job(rk: str, scale: float, key: str, values: tuple[float, ...] = ()) -> dict:
-    """D-2: the whole grid (``CORE_GRID``, ``key`` over ``values`` if given); D-1: only the settings the rule picks
-    with and without ``key``'s other values on the grid."""
+def compare_job(rk: str, scale: float, key: str, values: tuple[float, ...] = (), added: bool = False) -> dict:
+    """D-2: the whole grid (``CORE_GRID``, ``key`` over ``values`` if given; ``added``: over today's values and
+    ``values``); D-1: only the settings the rule picks with and without ``key``'s other values on the grid (``added``:
+    without the added values, with all of them, and with each one alone)."""
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
@@ -81,14 +88,18 @@ def compare_job(rk: str, scale: float, key: str, values: tuple[float, ...] = ())
     r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
     goal = ep.goal_for(r)
     a, b, c = _days(r)
+    if added:
+        values = tuple(CORE_GRID[key]) + tuple(v for v in values if v not in CORE_GRID[key])
     values = tuple(values) or tuple(CORE_GRID[key])
     if key in CORE_GRID:
         grid = core_candidates({**CORE_GRID, key: values})
     else:  # a setting the grid does not search: each of its values on every grid setting
         grid = [CoreCandidate((*cand.settings, (key, float(v)))) for cand in core_candidates() for v in values]
     cands = {cand.label: cand for cand in grid}
-    base = float(values[0])
-    without = {n for n, cand in cands.items() if dict(cand.settings)[key] == base}
+    base = {float(v) for v in CORE_GRID[key]} if added else {float(values[0])}
+    without = {n for n, cand in cands.items() if dict(cand.settings)[key] in base}
+    variants = {f"+{key}={v:g}": without | {n for n, cand in cands.items() if dict(cand.settings)[key] == float(v)}
+                for v in values if float(v) not in base} if added else {}
 
     def run(lo: float, hi: float, names: list[str]) -> tuple[dict, float]:
         tr = load_traces(list(r.traces), (lo, hi)).scale_to_peak(scale)
@@ -105,7 +116,9 @@ def compare_job(rk: str, scale: float, key: str, values: tuple[float, ...] = ())
     picks = {}
     for m in MARGINS:
         picks[f"{m:g}"] = {"with": _pick(tune, 0.99 + m),
-                           "without": _pick({n: v for n, v in tune.items() if n in without}, 0.99 + m)}
+                           "without": _pick({n: v for n, v in tune.items() if n in without}, 0.99 + m),
+                           **{lab: _pick({n: v for n, v in tune.items() if n in names}, 0.99 + m)
+                              for lab, names in variants.items()}}
     names = sorted({n for p in picks.values() for n in p.values()})
     check, check_oracle = run(b, c, names)
     return {"range": rk, "scale": scale, "key": key, "tune": tune, "tune_oracle": tune_oracle, "picks": picks,
@@ -117,10 +130,11 @@ def compare_report(res: list) -> None:
     for m in MARGINS:
         ms = f"{m:g}"
         print(f"margin {ms}: check day (D-1) of the setting picked on D-2, grid with / without {key}")
-        tot = {"with": [0, []], "without": [0, []]}
+        groups = ["without", "with"] + [g for g in res[0]["picks"][ms] if g not in ("without", "with")]
+        tot = {g: [0, []] for g in groups}
         for o in res:
             cells = []
-            for g in ("without", "with"):
+            for g in groups:
                 n = o["picks"][ms][g]
                 c, att = o["check"][n]
                 tot[g][0] += att >= 0.99
@@ -128,7 +142,7 @@ def compare_report(res: list) -> None:
                 cells.append(f"{g}: att {att:.4f} c/o {c / o['check_oracle']:.3f}")
             same = " (same pick)" if o["picks"][ms]["with"] == o["picks"][ms]["without"] else ""
             print(f"  {o['range']}@{o['scale']:g}: " + "; ".join(cells) + same)
-        for g in ("without", "with"):
+        for g in groups:
             cos = sorted(tot[g][1])
             print(f"  grid {g} {key}: check-day SLO met {tot[g][0]}/{len(res)}, median c/o {cos[len(cos) // 2]:.3f}")
 
@@ -155,12 +169,14 @@ OUT = Path(__file__).resolve().parent / "core_tuning_nested.json"
 if __name__ == "__main__":
     if "--compare" in sys.argv:
         key, _, vals = sys.argv[sys.argv.index("--compare") + 1].partition("=")
+        added = key.endswith("+")
+        key = key.rstrip("+")
         values = tuple(float(v) for v in vals.split(",")) if vals else ()
         out = OUT.with_name(f"core_tuning_nested_{key}.json")
         if "--report" not in sys.argv:
             # the day-long 1-min ranges first: the longest jobs, so two workers finish together
             rs = sorted(ep.SINGLE + ep.ROUTED, key=lambda r: r.key.startswith("azure"))
-            jobs = [(f"{r.key}@{s:g}", (r.key, s, key, values)) for r in rs for s in (1000.0, 200.0)]
+            jobs = [(f"{r.key}@{s:g}", (r.key, s, key, values, added)) for r in rs for s in (1000.0, 200.0)]
             t = time.perf_counter()
             out.write_text(json.dumps(ep.run_parallel(jobs, 2, compare_job)) + "\n")
             print(f"wall {time.perf_counter() - t:.0f} s", file=sys.stderr)

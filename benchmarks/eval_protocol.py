@@ -369,10 +369,11 @@ def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
 def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Sequence[str] = ()) -> dict[str, Any]:
     """A cached core tuning whose grid today's ``CORE_GRID`` extends (:func:`core_reusable`): replay only the new
     settings, on the same trace, seed and warm-up, then choose by the same rule over all of them, in
-    ``core_candidates`` order (ties as the full search breaks them). The new settings must form a grid of their own
-    with the same earliest calibration as the full grid (the search's skip rule reads it), else the whole grid is
-    re-run. Returns the job result with the merged ``predictive`` document."""
-    from fleetpilot.agent.commands.tune import search_core
+    ``core_candidates`` order (ties as the full search breaks them). The new settings must form a grid of their own,
+    else the whole grid is re-run. The skip rule reads the whole grid's earliest calibration: the new settings are
+    searched with it, and a cached setting it now skips (a new value calibrates sooner) leaves the candidates, as
+    in a fresh search. Returns the job result with the merged ``predictive`` document."""
+    from fleetpilot.agent.commands.tune import CALIBRATED_SHARE, search_core
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
 
@@ -383,17 +384,24 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
     done = {tuple(t[k] for k in CORE_GRID) for t in tried or []}
     new = [c for c in full if key[c] not in done]
     grid = {k: tuple(sorted({dict(c.settings)[k] for c in new})) for k in CORE_GRID}
-    soon = lambda cs: min(PredictivePolicy(goal, **dict(c.settings)).calibration_s() for c in cs)  # noqa: E731
-    if (tried is None or not new or {key[c] for c in core_candidates(grid)} != {key[c] for c in new}
-            or soon(full) != soon(new)):
+    calib = {c: PredictivePolicy(goal, **dict(c.settings)).calibration_s() for c in full}
+    if tried is None or not new or {key[c] for c in core_candidates(grid)} != {key[c] for c in new}:
         return tune_job(r, scale, ["predictive"])
+    soonest = min(calib.values())
     tune, warm, _rng = tune_with_warmup(r, scale)
+    lo, hi = (float(x) for x in doc["range"].split(":"))
+    late = {key[c] for c in full  # the skip rule with the whole grid's earliest calibration (search_core's)
+            if calib[c] - float(warm) > max(CALIBRATED_SHARE * (hi - lo), soonest) + 1e-9}
     started = time.perf_counter()
-    add = search_core(goal, tune, seed=0, tick_s=None, workers=1, grid=grid, forecast_model=FORECAST_MODEL,
-                      warmup_s=warm)
-    if (add["trace"], add["range"], add["warmup_s"], add["threshold"]) != (doc["trace"], doc["range"],
-                                                                           doc["warmup_s"], doc["threshold"]):
-        raise RuntimeError(f"{r.key}@{scale:g}: the extension replayed another trace or rule than the cache")
+    if all(key[c] in late for c in new):  # nothing new to replay: every new setting calibrates too late
+        add = {"candidates": [], "skipped": {"settings": [{"label": c.label, "calibration_s": calib[c]}
+                                                          for c in new]}}
+    else:
+        add = search_core(goal, tune, seed=0, tick_s=None, workers=1, grid=grid, forecast_model=FORECAST_MODEL,
+                          warmup_s=warm, soonest_s=soonest)
+        if (add["trace"], add["range"], add["warmup_s"], add["threshold"]) != (doc["trace"], doc["range"],
+                                                                               doc["warmup_s"], doc["threshold"]):
+            raise RuntimeError(f"{r.key}@{scale:g}: the extension replayed another trace or rule than the cache")
     by_key: dict[tuple[float, ...], tuple[float, float]] = {}
     n_cand = len(doc["candidates"])
     for i, c in enumerate(doc["candidates"]):
@@ -403,9 +411,14 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
     for c in add["candidates"]:
         by_key[tuple(float(c["settings"][k]) for k in CORE_GRID)] = (float(c["cost_usd"]),
                                                                      float(c["slo_attainment"]))
+    skipped = {s["label"]: s for s in skipped_old + add["skipped"]["settings"]}
+    for c in full:
+        if key[c] in late and key[c] in by_key:  # a cached candidate the whole grid now skips
+            del by_key[key[c]]
+            skipped[c.label] = {"label": c.label, "calibration_s": calib[c]}
     rows = [(c, *by_key[key[c]]) for c in full if key[c] in by_key]
-    out = _rechosen(doc, rows, skipped_old + add["skipped"]["settings"],
-                    extended={"reused": len(by_key) - len(add["candidates"]), "replayed": len(add["candidates"]),
+    out = _rechosen(doc, rows, [skipped[c.label] for c in full if c.label in skipped],
+                    extended={"reused": len(rows) - len(add["candidates"]), "replayed": len(add["candidates"]),
                               "wall_s": round(time.perf_counter() - started, 2), "from_fingerprint": doc["fingerprint"],
                               **({"equivalence_asserted": True} if doc["fingerprint"] in equivalent else {})})
     return {"key": tuning_key(r, scale, goal), "range": r.key, "scale": scale, "tuning_range": _rng,

@@ -77,6 +77,41 @@ def test_a_grown_core_grid_replays_only_its_new_settings(ep, monkeypatch) -> Non
     assert ep.core_reusable(doc) is None  # a value dropped: not an extension of the cached grid
 
 
+@pytest.mark.parametrize(("old_q", "new_q"), [((0.95,), (0.9, 0.95)), ((0.9,), (0.9, 0.95))])
+def test_a_core_grid_grown_by_a_quantile_reads_the_whole_grids_earliest_calibration(
+        ep, monkeypatch, old_q, new_q) -> None:  # noqa: ANN001
+    """The skip rule reads the whole grid's earliest calibration. Adding quantile 0.9 (calibrated at 540 s) to a
+    cached grid of 0.95 (690 s) lowers the bar on a 20-min range from 690 s to 600 s: the cached 0.95 settings are
+    now skipped, as a fresh search skips them. Adding 0.95 to a cached 0.9 replays 0.95 against 600 s, not against
+    its own 690 s (before session 18 that case re-ran the whole grid). Either way: equal to a fresh search."""
+    from fleetpilot.agent.commands.tune import search_core
+    from fleetpilot.policies import tuning
+    from fleetpilot.simulations.traces import load_traces
+
+    r = next(x for x in ep.SINGLE if x.key == "azure-conv")
+    goal = ep.goal_for(r)
+    trace = load_traces(["azure_llm_2023_conv_1s"], (0.0, 1200.0)).scale_to_peak(300.0)
+    monkeypatch.setattr(ep, "tune_with_warmup", lambda _r, _s: (trace, 0.0, "0:1200"))
+    base = {"rate_window_s": (0.0, 60.0), "guard_step": (0.35,), "guard_halflife_s": (600.0,),
+            "phase_period_s": (0.0,), "capacity_halflife_s": (0.0,)}
+    monkeypatch.setattr(tuning, "CORE_GRID", {"quantile": old_q, **base})
+    doc = search_core(goal, trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+    doc["fingerprint"] = ep.core_fingerprint()
+    assert len(doc["candidates"]) == 2 and not doc["skipped"]["settings"]  # alone, each quantile calibrates in time
+
+    monkeypatch.setattr(tuning, "CORE_GRID", {"quantile": new_q, **base})
+    ext = ep.extend_core_job(r, 300.0, doc)["docs"]["predictive"]
+    full = search_core(goal, trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+    assert "extended" in ext and ext["extended"]["replayed"] == 2 - 2 * (old_q == (0.9,))
+    assert ext["extended"]["reused"] == 2 * (old_q == (0.9,))
+    assert [x["label"] for x in full["skipped"]["settings"]] == [x["label"] for x in ext["skipped"]["settings"]]
+    assert [x["label"] for x in full["skipped"]["settings"]] == [c.label for c in tuning.core_candidates()
+                                                                 if dict(c.settings)["quantile"] == 0.95]
+    assert [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in ext["candidates"]] == \
+        [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in full["candidates"]]
+    assert (ext["chosen"], ext["settings"]) == (full["chosen"], full["settings"])
+
+
 def test_a_core_tuning_from_code_shown_equivalent_is_kept_on_the_same_grid(ep, monkeypatch) -> None:  # noqa: ANN001
     """``--core-equivalent FP`` on the same grid: the cached tuning is kept as it is (choice, candidates) under
     today's fingerprint, nothing replayed; not without the declaration, and not when the grid differs."""

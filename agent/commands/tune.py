@@ -247,14 +247,16 @@ CALIBRATED_SHARE = 0.5
 def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = None, workers: int = 2,
                 margin: float | None = None, grid: dict[str, Sequence[float]] | None = None,
                 progress: bool = False, forecast_model: str | None = "holt-winters",
-                warmup_s: float = 0.0) -> dict[str, Any]:
+                warmup_s: float = 0.0, soonest_s: float | None = None) -> dict[str, Any]:
     """The same search and rule for fleetpilot's predictive core: every setting of
     :data:`~fleetpilot.policies.tuning.CORE_GRID` replayed on ``trace`` (one run, common random numbers), the
     cheapest with attainment >= goal + margin kept. Returns the ``tuning-predictive.json`` document.
 
     The core reads the forecast, so it is tuned with the forecaster it will run with (``forecast_model``, the
     replay's and the daemon's default); a setting tuned without one is a different policy. ``warmup_s``: the
-    first seconds of ``trace`` are replayed but not scored; a setting calibrates during them too."""
+    first seconds of ``trace`` are replayed but not scored; a setting calibrates during them too.
+    ``soonest_s``: when ``grid`` is part of a larger grid searched in pieces, that grid's earliest calibration
+    (the skip rule reads it; default: ``grid``'s own)."""
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_FORMAT, CORE_KIND, DEFAULT_MARGIN, core_candidates, select
@@ -263,7 +265,7 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
     threshold = min(1.0, goal.slo.attainment + mg)
     cands, pols, skipped = [], [], []
     built = [(c, PredictivePolicy(goal, **dict(c.settings))) for c in core_candidates(grid)]
-    soonest = min(p.calibration_s() for _, p in built)
+    soonest = min(p.calibration_s() for _, p in built) if soonest_s is None else float(soonest_s)
     fixed_mix = _constant_token_mix(trace)
     scored = _scored(trace, warmup_s)
     for c, p in built:  # judged on its setting, not on its warm-up: calibrated for at least half the range
