@@ -183,6 +183,7 @@ class ModelCalibration:
     inv_cap: float = math.nan  # EWMA of 1 / saturated throughput of one replica (s per request; ``capacity_halflife_s``)
     n_cap: int = 0  # intervals in ``inv_cap`` (a plain mean until the EWMA's span)
     missing: bool = False  # the last interval missed the latency target (``guard_runs``: a run has begun)
+    idle_t: float = math.nan  # the last interval the model's routed rate was idle (``idle_aware``; nan: never)
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,8 @@ class PredictivePolicy:
     at most one SLO window: a long window gives the level, and the quantile covers the bursts around it that an
     SLO window judges. ``guard_runs`` (off by default) makes the SLO guard count one step per run of missed
     intervals instead of one per interval (:meth:`_guard`). ``pooled`` (on by default) sizes the fleet as one pool
-    behind one queue (:meth:`pool_gain`); off, every replica is sized as if it had its own queue.
+    behind one queue (:meth:`pool_gain`); off, every replica is sized as if it had its own queue. ``idle_aware`` (on
+    by default): a decision made while the traffic is idle leaves no calibration score (:meth:`idle`).
     """
 
     name = "predictive"
@@ -244,6 +246,7 @@ class PredictivePolicy:
         scale_clip: float = DEFAULT_SCALE_CLIP,
         guard_runs: bool = False,
         pooled: bool = True,
+        idle_aware: bool = True,
     ) -> None:
         if not 0.5 <= float(quantile) < 1.0:
             raise UserError(f"predictive quantile must be in [0.5, 1), got {quantile!r}")
@@ -297,6 +300,9 @@ class PredictivePolicy:
         if not isinstance(pooled, bool | int | float) or float(pooled) not in (0.0, 1.0):
             raise UserError(f"predictive pooled must be true or false, got {pooled!r}")
         self.pooled = bool(pooled)
+        if not isinstance(idle_aware, bool | int | float) or float(idle_aware) not in (0.0, 1.0):
+            raise UserError(f"predictive idle_aware must be true or false, got {idle_aware!r}")
+        self.idle_aware = bool(idle_aware)
         self._pool_gain: dict[str, dict[int, float]] = {}
         self.guard_halflife_s = float(guard_halflife_s)
         self.rate_window_s = float(rate_window_s)
@@ -335,7 +341,7 @@ class PredictivePolicy:
         """The settings ``fleetpilot tune --autoscaler predictive`` chooses, as this core resolved them (defaults
         included): recorded in a learned policy's artifact, so it runs on the core it was trained on."""
         return {"quantile": self.quantile, "rate_window_s": self.rate_window_s, "guard_step": self.guard_step,
-                "guard_runs": self.guard_runs, "pooled": self.pooled,
+                "guard_runs": self.guard_runs, "pooled": self.pooled, "idle_aware": self.idle_aware,
                 "guard_halflife_s": self.guard_halflife_s, "phase_period_s": self.phase_period_s,
                 "capacity_halflife_s": self.capacity_halflife_s}
 
@@ -493,6 +499,24 @@ class PredictivePolicy:
             g -= self.guard_step
         return max(g, -20.0), bool(missed)
 
+    def idle(self, name: str, rate: float, m: ModelObs | None, cal: ModelCalibration) -> bool:
+        """Whether ``rate`` (the model's routed rate, req/s) is idle: below ``eps_replicas`` of one replica's rate
+        at the SLO (``idle_aware`` on; without a capacity reading, no traffic at all).
+
+        Traffic that stops (an outage upstream, a gap in a recording) and comes back at full rate is a cold start
+        no demand quantile short of the whole return covers: KEDA and HPA miss it as the core does. Scored, the
+        jump (tens of scales) sits at the top of the window for hours. The return's misses push the SLO guard's
+        level up to that top, so the core then sizes for another whole return every interval, and keeps capacity
+        for one through the next idle hours. With ``idle_aware`` a decision made while idle leaves no score: the
+        scores calibrate active traffic, the guard's level reads the largest excursion of active traffic, and
+        while idle the core sizes with those scores at the scale's floor. The guard still counts the return's
+        misses: pushed up, it drains the backlog the cold start left sooner."""
+        if not self.idle_aware or not _finite(rate):
+            return False
+        cap = self.capacity(name, m, cal) if m is not None else math.nan
+        eps = self.eps_replicas * cap * cal.derate if _finite(cap) and cap > 0 else 0.0
+        return float(rate) <= eps
+
     def backlog_replicas(self, name: str, m: ModelObs, cal: ModelCalibration) -> int:
         """Extra replicas that drain a standing queue within ``drain_s`` once they are ready (0 when off).
 
@@ -649,6 +673,11 @@ class PredictivePolicy:
                 n_scale += 1
                 a = max(self.scale_alpha, 1.0 / n_scale)
                 scale = d if not _finite(scale) else (1.0 - a) * scale + a * d
+            idle_t = cal.idle_t
+            if have and self.idle_aware:
+                routed = sum(s * dict(cur_rates).get(c, 0.0) for c, s in self.shares(obs, spec.name))
+                if self.idle(spec.name, routed, m, cal):
+                    idle_t = now
             guard, missing = self._guard(cal, m, target)
             derate = self._derate(cal, m, spec.max_replicas, spec.name)
             inv_cap, n_cap = self._inv_cap(cal, m)
@@ -670,7 +699,7 @@ class PredictivePolicy:
             cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, guard, n_scale, derate,
                                                float(m.queued) if m is not None and _finite(m.queued) else math.nan,
                                                cal.warm, cal.first_t, tuple(bins), self.phase_of(now), inv_cap, n_cap,
-                                               missing)
+                                               missing, idle_t)
             if pending:
                 oldest = min(oldest, pending[0][0])
         rates = tuple(r for r in rates if r[0] > oldest + _EPS)
@@ -742,7 +771,7 @@ class PredictivePolicy:
                 cal = replace(cal, warm=())
             cals[spec.name] = cal
             reps[spec.name] = min(max(need, spec.min_replicas), spec.max_replicas)
-            if cal.n_scale >= self.min_scale_samples:
+            if cal.n_scale >= self.min_scale_samples and not (_finite(cal.idle_t) and cal.idle_t >= now - _EPS):
                 entry = (now, base, scale, self.shares(obs, spec.name))
                 cals[spec.name] = replace(cal, pending=cal.pending + (entry,))
         return reps, replace(state, models=tuple((k, cals[k]) for k in self.goal.model_names if k in cals))

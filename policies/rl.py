@@ -368,7 +368,8 @@ class RLPolicy(PolicyBase):
     def _trained_core(self) -> dict[str, Any]:
         """The core settings the network was trained on. Artifacts record them all; one that records none was
         trained on the core's defaults before session 10: its recorded quantile, SLO guard off; one that does not
-        record ``pooled`` was trained before session 17, sizing every replica alone."""
+        record ``pooled`` was trained before session 17, sizing every replica alone; one that does not record
+        ``idle_aware`` learned from returns from idle (before session 18)."""
         params = self.meta.get("action", {}).get("params", {})
         if not isinstance(params, dict):
             return {}
@@ -377,6 +378,8 @@ class RLPolicy(PolicyBase):
             core = {"quantile": float(params["core_quantile"]), "guard_step": 0.0}
         if core and "pooled" not in core:  # trained before session 17: every replica sized alone
             core["pooled"] = False
+        if core and "idle_aware" not in core:  # trained before session 18: returns from idle calibrated the core
+            core["idle_aware"] = False
         return core
 
     def initial_state(self) -> RLState:

@@ -584,6 +584,7 @@ class _CoreSettings(BaseModel):
     capacity_halflife_s: float = Field(0.0, ge=0.0, le=86400.0)
     guard_runs: bool = False  # count a run of missed intervals as one guard step (not searched; set by hand)
     pooled: bool = True  # size the fleet as one pool behind one queue (not searched; false behind round-robin)
+    idle_aware: bool = True  # returns from idle traffic calibrate nothing (not searched; session 18)
 
 
 class _CoreTuningFile(BaseModel):

@@ -383,12 +383,13 @@ def test_a_long_rate_window_sizes_from_the_level_but_scores_each_slo_window_s_ra
 def test_a_jump_from_zero_enters_the_scale_clipped_and_the_scores_whole() -> None:
     """Twitter's traffic comes back from zero at full rate: the jump must not set the margin for hours. With the
     clip it enters the scale at most ``scale_clip`` x the scale before it (floored at eps of a replica); the jump
-    still reaches the calibration scores. ``scale_clip=0`` is the unclipped EWMA."""
+    still reaches the calibration scores (``idle_aware`` off; on, see the next test). ``scale_clip=0`` is the
+    unclipped EWMA."""
     steady = [300.0 + (10.0 if i % 2 else -10.0) for i in range(60)]  # |change| 20 req/s each interval
     rates = steady + [0.0] * 20 + [300.0] + [300.0 + (10.0 if i % 2 else -10.0) for i in range(40)]
     scales = {}
     for clip in (0.0, 10.0):
-        pol = PredictivePolicy(GOAL, quantile=0.9, scale_clip=clip, rate_window_s=0.0)
+        pol = PredictivePolicy(GOAL, quantile=0.9, scale_clip=clip, rate_window_s=0.0, idle_aware=False)
         st = pol.initial_state()
         trace = []
         for i, r in enumerate(rates):
@@ -409,6 +410,49 @@ def test_a_jump_from_zero_enters_the_scale_clipped_and_the_scores_whole() -> Non
     assert scales[10.0][:len(steady)] == scales[0.0][:len(steady)]
     with pytest.raises(UserError, match="scale_clip"):
         PredictivePolicy(GOAL, scale_clip=0.5)
+
+
+def test_a_return_from_idle_leaves_no_score() -> None:
+    """``idle_aware`` (the default): traffic that stops and comes back at full rate is a cold start. Decisions made
+    while idle leave no score, so the jump does not sit at the top of the window, and after the return's misses have
+    pushed the SLO guard up the core sizes for less than the old rule. Idle again, it keeps its minimum fleet, where
+    the old rule kept capacity for another return."""
+    rng = np.random.default_rng(11)
+    steady = list(300 + 20 * rng.random(400))
+    idle = [0.0] * 200
+    back = list(300 + 20 * rng.random(40))
+    new = PredictivePolicy(GOAL, quantile=0.97, rate_window_s=0.0)
+    old = PredictivePolicy(GOAL, quantile=0.97, rate_window_s=0.0, idle_aware=False)
+    assert new.settings()["idle_aware"] is True and old.settings()["idle_aware"] is False
+    states = {}
+    for pol in (new, old):
+        st = pol.initial_state()
+        t = 0.0
+        reps = []
+        for r in steady + idle:
+            t += DT
+            d, st = pol.decide(obs(t, r), st)
+            reps.append(d.replicas[M])
+        # the return: the first intervals miss (the fleet is cold), then it holds
+        for i, r in enumerate(back):
+            t += DT
+            d, st = pol.decide(obs(t, r, ttft=900.0 if i < 6 else 100.0), st)
+        guard = st.model(M).guard
+        level_reps = pol.decide(obs(t + DT, 310.0), st)[0].replicas[M]
+        again = []  # idle a second time: the old rule holds capacity for another return
+        for r in idle[:40]:
+            t += DT
+            d, st = pol.decide(obs(t, r), st)
+            again.append(d.replicas[M])
+        states[pol] = (st, reps, guard, level_reps, again)
+    (sn, rn, gn, ln, an), (so, ro, go, lo, ao) = states[new], states[old]
+    assert max(sn.model(M).scores) < 0.5 * max(so.model(M).scores)  # the jump is not a score
+    assert gn == pytest.approx(go) and go < 0.0  # the return's six missed intervals push both guards alike
+    assert ln < lo  # ... and the level they give reads the active traffic's excursions, not the jump
+    assert rn[-1] == GOAL.models[0].min_replicas <= ro[-1]  # idle: the minimum fleet
+    assert sum(an) < sum(ao) and an[-1] == GOAL.models[0].min_replicas
+    with pytest.raises(UserError, match="idle_aware"):
+        PredictivePolicy(GOAL, idle_aware="maybe")
 
 
 def test_pooled_sizing_takes_the_fewest_replicas_whose_pool_holds_the_slo_in_the_simulator() -> None:

@@ -360,6 +360,14 @@ def test_artifact_records_the_core_it_was_trained_on(artifact: tuple[Path, objec
     assert pol.codec.core.pooled is False and pol.codec.core.quantile == core["quantile"]
     pol.set_core({"quantile": 0.95, "pooled": True})
     assert pol.codec.core.pooled is True
+    # one trained before session 18 records no ``idle_aware``: returns from idle calibrate its core, as trained
+    assert core["idle_aware"] is True
+    meta["action"]["params"]["core"] = {k: v for k, v in core.items() if k not in ("pooled", "idle_aware")}
+    (old / "policy.json").write_text(json.dumps(meta))
+    pol = load_artifact(old, goal)
+    assert pol.codec.core.idle_aware is False and pol.codec.core.pooled is False
+    pol.set_core({"quantile": 0.95, "idle_aware": True})
+    assert pol.codec.core.idle_aware is True
 
 
 def test_shipped_policies_load_and_decide() -> None:

@@ -230,7 +230,8 @@ def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> 
         assert doc["chosen"]["slo_attainment"] == max(c["slo_attainment"] for c in doc["candidates"])
     chosen = next(c for c in doc["candidates"] if c["label"] == doc["chosen"]["label"])
     assert chosen["settings"] == doc["settings"] and "guard_runs" not in doc["settings"]  # not searched
-    assert load_core_tuning(out) == {**doc["settings"], "guard_runs": False, "pooled": True}  # not in the file: defaults
+    assert load_core_tuning(out) == {**doc["settings"], "guard_runs": False, "pooled": True,
+                                     "idle_aware": True}  # not in the file: defaults
     # a 20-min range: settings that would still be in their warm-up for more than half of it are not judged on
     # it (0.97 and above need >= 15 min), but the soonest-calibrated ones always are
     cal = {c["label"]: PredictivePolicy(ONE, **c["settings"]).calibration_s() for c in doc["candidates"]}
