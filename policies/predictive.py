@@ -183,7 +183,7 @@ class ModelCalibration:
     inv_cap: float = math.nan  # EWMA of 1 / saturated throughput of one replica (s per request; ``capacity_halflife_s``)
     n_cap: int = 0  # intervals in ``inv_cap`` (a plain mean until the EWMA's span)
     missing: bool = False  # the last interval missed the latency target (``guard_runs``: a run has begun)
-    idle_t: float = math.nan  # the last interval the model's routed rate was idle (``idle_aware``; nan: never)
+    idle: bool = False  # this interval's routed rate is idle (``idle_aware``): its decision leaves no score
 
 
 @dataclass(frozen=True)
@@ -649,6 +649,7 @@ class PredictivePolicy:
         if have:
             rates = rates + ((now, cur_rates),)
         prev = dict(state.last_rates)
+        cur = dict(cur_rates)
         cals: dict[str, ModelCalibration] = {}
         oldest = now
         target = self.goal.slo.target_ms
@@ -658,9 +659,8 @@ class PredictivePolicy:
             lead = self.lead[spec.name]
             # scale: EWMA of |change of this model's routed rate| (today's shares for both intervals)
             scale, n_scale = cal.scale, cal.n_scale
+            shares = self.shares(obs, spec.name) if have else ()
             if have and prev:
-                shares = self.shares(obs, spec.name)
-                cur = dict(cur_rates)
                 d = abs(sum(s * (cur.get(c, 0.0) - prev.get(c, 0.0)) for c, s in shares))
                 if self.scale_clip > 0 and _finite(scale) and n_scale >= self.min_scale_samples:
                     # one jump (traffic back from zero) must not inflate the margin for hours: it enters the
@@ -673,11 +673,7 @@ class PredictivePolicy:
                 n_scale += 1
                 a = max(self.scale_alpha, 1.0 / n_scale)
                 scale = d if not _finite(scale) else (1.0 - a) * scale + a * d
-            idle_t = cal.idle_t
-            if have and self.idle_aware:
-                routed = sum(s * dict(cur_rates).get(c, 0.0) for c, s in self.shares(obs, spec.name))
-                if self.idle(spec.name, routed, m, cal):
-                    idle_t = now
+            idle = have and self.idle(spec.name, sum(s * cur.get(c, 0.0) for c, s in shares), m, cal)
             guard, missing = self._guard(cal, m, target)
             derate = self._derate(cal, m, spec.max_replicas, spec.name)
             inv_cap, n_cap = self._inv_cap(cal, m)
@@ -699,7 +695,7 @@ class PredictivePolicy:
             cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, guard, n_scale, derate,
                                                float(m.queued) if m is not None and _finite(m.queued) else math.nan,
                                                cal.warm, cal.first_t, tuple(bins), self.phase_of(now), inv_cap, n_cap,
-                                               missing, idle_t)
+                                               missing, idle)
             if pending:
                 oldest = min(oldest, pending[0][0])
         rates = tuple(r for r in rates if r[0] > oldest + _EPS)
@@ -771,7 +767,7 @@ class PredictivePolicy:
                 cal = replace(cal, warm=())
             cals[spec.name] = cal
             reps[spec.name] = min(max(need, spec.min_replicas), spec.max_replicas)
-            if cal.n_scale >= self.min_scale_samples and not (_finite(cal.idle_t) and cal.idle_t >= now - _EPS):
+            if cal.n_scale >= self.min_scale_samples and not cal.idle:
                 entry = (now, base, scale, self.shares(obs, spec.name))
                 cals[spec.name] = replace(cal, pending=cal.pending + (entry,))
         return reps, replace(state, models=tuple((k, cals[k]) for k in self.goal.model_names if k in cals))
