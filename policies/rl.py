@@ -369,7 +369,8 @@ class RLPolicy(PolicyBase):
         """The core settings the network was trained on. Artifacts record them all; one that records none was
         trained on the core's defaults before session 10: its recorded quantile, SLO guard off; one that does not
         record ``pooled`` was trained before session 17, sizing every replica alone; one that does not record
-        ``idle_aware`` learned from returns from idle (before session 18)."""
+        ``idle_aware`` learned from returns from idle (before session 18); one that does not record ``cost_window_s``
+        sized on each interval's token mix (before session 19)."""
         params = self.meta.get("action", {}).get("params", {})
         if not isinstance(params, dict):
             return {}
@@ -380,6 +381,8 @@ class RLPolicy(PolicyBase):
             core["pooled"] = False
         if core and "idle_aware" not in core:  # trained before session 18: returns from idle calibrated the core
             core["idle_aware"] = False
+        if core and "cost_window_s" not in core:  # trained before session 19: sized on the interval's token mix
+            core["cost_window_s"] = 0.0
         return core
 
     def initial_state(self) -> RLState:

@@ -44,6 +44,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetpilot.policies.baselines import HPAPolicy, KEDAPolicy, KPAPolicy
+from fleetpilot.policies.predictive import DEFAULT_COST_WINDOW_S
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import service_rate_per_replica, slots_per_replica
 from fleetpilot.simulations.goal import GoalSpec
@@ -585,6 +586,8 @@ class _CoreSettings(BaseModel):
     guard_runs: bool = False  # count a run of missed intervals as one guard step (not searched; set by hand)
     pooled: bool = True  # size the fleet as one pool behind one queue (not searched; false behind round-robin)
     idle_aware: bool = True  # returns from idle traffic calibrate nothing (not searched; session 18)
+    # size on the costliest SLO-window mean cost per request of this span (not searched; session 19)
+    cost_window_s: float = Field(DEFAULT_COST_WINDOW_S, ge=0.0, le=3600.0)
 
 
 class _CoreTuningFile(BaseModel):

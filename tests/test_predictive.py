@@ -10,6 +10,7 @@ import pytest
 
 from fleetpilot.policies.base import ModelObs, Observation
 from fleetpilot.policies.predictive import (
+    DEFAULT_COST_WINDOW_S,
     ModelCalibration,
     PredictivePolicy,
     PredictiveState,
@@ -289,7 +290,8 @@ def test_phase_conditioning_sizes_for_a_burst_only_at_the_phase_it_recurs() -> N
 @pytest.mark.parametrize("kw", [{"quantile": 1.0}, {"quantile": 0.2}, {"window": 0}, {"eps_replicas": 0.0},
                                 {"lead_s": {"nope": 10.0}}, {"guard_step": -1.0}, {"guard_halflife_s": 0.0},
                                 {"phase_period_s": -1.0}, {"phase_bins": 0}, {"capacity_halflife_s": -1.0},
-                                {"capacity_halflife_s": math.inf}])
+                                {"capacity_halflife_s": math.inf}, {"cost_window_s": -1.0},
+                                {"cost_window_s": 7200.0}, {"cost_window_s": math.nan}])
 def test_bad_settings_are_user_errors(kw: dict) -> None:
     with pytest.raises(UserError):
         PredictivePolicy(GOAL, **kw)
@@ -312,8 +314,10 @@ def test_capacity_smoothing_sizes_on_the_mean_token_mix_once_it_has_seen_its_spa
     """Each interval's token mix is a noisy sample: readings alternate between 40 and 120 req/s per replica. Sized
     on each reading the fleet follows the costly ones (and the keep-warm rule holds them); smoothed, it sizes on
     the mean cost per request, 1 / mean(1 / capacity) = 60 req/s, once the average has seen its span."""
-    raw = PredictivePolicy(GOAL)
-    smooth = PredictivePolicy(GOAL, capacity_halflife_s=300.0)
+    raw = PredictivePolicy(GOAL, cost_window_s=0.0)
+    smooth = PredictivePolicy(GOAL, capacity_halflife_s=300.0, cost_window_s=0.0)
+    both = PredictivePolicy(GOAL, capacity_halflife_s=300.0)  # + the costliest window (default cost_window_s)
+    st_both = both.initial_state()
     util = slo_utilisation(GOAL, M)
     span = 1.0 / (1.0 - 0.5 ** (DT / 300.0))  # ~20.8 readings
     st_raw, st = raw.initial_state(), smooth.initial_state()
@@ -323,10 +327,14 @@ def test_capacity_smoothing_sizes_on_the_mean_token_mix_once_it_has_seen_its_spa
         o = obs((i + 1) * DT, 300.0, cap=c)
         _, st_raw = raw.decide(o, st_raw)
         _, st = smooth.decide(o, st)
+        _, st_both = both.decide(o, st_both)
         seen.append(smooth.capacity(M, o.models[M], st.model(M)) / util)
         if i + 1 < span:  # not trusted yet: the interval's own reading, as without smoothing
             assert seen[-1] == pytest.approx(c)
     assert seen[-1] == pytest.approx(60.0, rel=0.1)  # harmonic mean of 40 and 120
+    # with the costliest SLO window as well: that window's (2 x 40, 2 x 120: 60 req/s) when it is costlier
+    assert both.capacity(M, o.models[M], st_both.model(M)) / util == pytest.approx(
+        min(60.0, 1.0 / st.model(M).inv_cap), rel=1e-9)
     assert raw.capacity(M, o.models[M], st_raw.model(M)) / util == pytest.approx(caps[-1])  # off: the reading
     assert math.isnan(st_raw.model(M).inv_cap)
     # intervals without traffic say nothing about the mix: the average is unchanged
@@ -336,6 +344,44 @@ def test_capacity_smoothing_sizes_on_the_mean_token_mix_once_it_has_seen_its_spa
     # a fixed token mix (``tokens``) still wins over both
     fixed = PredictivePolicy(GOAL, capacity_halflife_s=300.0, tokens={M: (512.0, 256.0)})
     assert fixed.capacity(M, o.models[M], st.model(M)) == pytest.approx(fixed._fixed_cap[M])
+
+
+def test_cost_window_sizes_on_the_costliest_slo_window_of_its_span() -> None:
+    """Per-minute token mix: one SLO window (4 intervals) whose requests cost twice as much as the rest. Off, the
+    core sizes on each interval's reading; with ``cost_window_s`` it sizes on the costliest one-window mean cost
+    (arrival-weighted) of the last ``cost_window_s``, and forgets it once that window has passed."""
+    util = slo_utilisation(GOAL, M)
+    on = PredictivePolicy(GOAL, cost_window_s=300.0)  # 20 intervals; an SLO window is 4
+    off = PredictivePolicy(GOAL, cost_window_s=0.0)
+    assert on.settings()["cost_window_s"] == 300.0 and off.settings()["cost_window_s"] == 0.0
+    assert PredictivePolicy(GOAL).settings()["cost_window_s"] == DEFAULT_COST_WINDOW_S
+    caps = [60.0] * 8 + [30.0] * 4 + [60.0] * 30
+    rates = [300.0] * 8 + [100.0, 300.0, 300.0, 300.0] + [300.0] * 30
+    st_on, st_off = on.initial_state(), off.initial_state()
+    seen = []
+    for i, (c, r) in enumerate(zip(caps, rates, strict=True)):
+        o = obs((i + 1) * DT, r, cap=c)
+        d_on, st_on = on.decide(o, st_on)
+        _, st_off = off.decide(o, st_off)
+        seen.append((on.capacity(M, o.models[M], st_on.model(M)) / util, d_on.replicas[M]))
+        assert off.capacity(M, o.models[M], st_off.model(M)) / util == pytest.approx(c)  # off: the reading
+    assert seen[7][0] == pytest.approx(60.0)  # a steady mix: the reading
+    assert seen[11][0] == pytest.approx(30.0)  # the costly window's mean cost
+    assert seen[12][0] == pytest.approx(30.0)  # kept after the mix is back
+    assert seen[8 + 4 + 15][0] == pytest.approx(30.0)  # the costly window's last interval still in the span
+    assert seen[8 + 4 + 16][0] > 30.0  # its first interval has left the span: only windows straddling it
+    assert seen[-1][0] == pytest.approx(60.0)  # the span has passed
+    # the weighting: one window of (rate 100 at 30 req/s, 3 x rate 300 at 60 req/s) costs
+    # (100 / 30 + 900 / 60) / 1000 s per request
+    costs = ((100.0, 1 / 30.0), (300.0, 1 / 60.0), (300.0, 1 / 60.0), (300.0, 1 / 60.0))
+    hi = on._costs(ModelCalibration(costs=costs[:3]), obs(0.0, 300.0, cap=60.0).models[M])[1]
+    assert hi == pytest.approx((100.0 / 30.0 + 900.0 / 60.0) / 1000.0)
+    # intervals without traffic say nothing about the mix
+    cal = st_on.model(M)
+    assert on._costs(cal, obs(0.0, 0.0, cap=5.0).models[M]) == (cal.costs, cal.cost_hi)
+    # a fixed token mix (``tokens``) still wins
+    fixed = PredictivePolicy(GOAL, cost_window_s=300.0, tokens={M: (512.0, 256.0)})
+    assert fixed.capacity(M, None, cal) == pytest.approx(fixed._fixed_cap[M])
 
 
 def test_throughput_correction_is_against_the_capacity_the_core_sizes_with() -> None:

@@ -368,6 +368,17 @@ def test_artifact_records_the_core_it_was_trained_on(artifact: tuple[Path, objec
     assert pol.codec.core.idle_aware is False and pol.codec.core.pooled is False
     pol.set_core({"quantile": 0.95, "idle_aware": True})
     assert pol.codec.core.idle_aware is True
+    # one trained before session 19 records no ``cost_window_s``: it sizes on each interval's token mix, as trained
+    assert "cost_window_s" in core
+    meta["action"]["params"]["core"] = {**core, "cost_window_s": 300.0}
+    (old / "policy.json").write_text(json.dumps(meta))
+    assert load_artifact(old, goal).codec.core.cost_window_s == 300.0  # recorded: as recorded
+    meta["action"]["params"]["core"] = {k: v for k, v in core.items() if k != "cost_window_s"}
+    (old / "policy.json").write_text(json.dumps(meta))
+    pol = load_artifact(old, goal)
+    assert pol.codec.core.cost_window_s == 0.0
+    pol.set_core({"cost_window_s": 300.0})
+    assert pol.codec.core.cost_window_s == 300.0
 
 
 def test_shipped_policies_load_and_decide() -> None:

@@ -13,6 +13,7 @@ import yaml
 from fleetpilot.agent.cli import main
 from fleetpilot.agent.commands.tune import search
 from fleetpilot.policies.base import capabilities
+from fleetpilot.policies.predictive import DEFAULT_COST_WINDOW_S
 from fleetpilot.policies.registry import make
 from fleetpilot.policies.tuning import Candidate, candidates, load_tuning, select, unit_capacity
 from fleetpilot.simulations.errors import UserError
@@ -231,7 +232,8 @@ def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> 
     chosen = next(c for c in doc["candidates"] if c["label"] == doc["chosen"]["label"])
     assert chosen["settings"] == doc["settings"] and "guard_runs" not in doc["settings"]  # not searched
     assert load_core_tuning(out) == {**doc["settings"], "guard_runs": False, "pooled": True,
-                                     "idle_aware": True}  # not in the file: defaults
+                                     "idle_aware": True,
+                                     "cost_window_s": DEFAULT_COST_WINDOW_S}  # not in the file: defaults
     # a 20-min range: settings that would still be in their warm-up for more than half of it are not judged on
     # it (0.97 and above need >= 15 min), but the soonest-calibrated ones always are
     cal = {c["label"]: PredictivePolicy(ONE, **c["settings"]).calibration_s() for c in doc["candidates"]}
