@@ -70,11 +70,12 @@ MARGINS = (0.005, 0.0075, 0.01, 0.015)
 
 
 def _pick(rows: dict, thr: float) -> str:
-    """The tuning rule: the cheapest setting meeting ``thr``; if none does, the best attainment (then cheapest)."""
-    ok = [(c, a, n) for n, (c, a) in rows.items() if a >= thr - 1e-12]
-    if ok:
-        return min(ok)[2]
-    return max(rows.items(), key=lambda kv: (kv[1][1], -kv[1][0]))[0]
+    """The tuning rule, as ``fleetpilot tune`` applies it (:func:`policies.tuning.select`): the cheapest setting
+    meeting ``thr``, of equal costs the higher attainment, then the first on the grid; if none meets, the best
+    attainment (then the cheapest, then the first)."""
+    from fleetpilot.policies.tuning import select
+
+    return select([(n, c, a) for n, (c, a) in rows.items()], thr)[0]
 
 
 def compare_job(rk: str, scale: float, key: str, values: tuple[float, ...] = (), added: bool = False) -> dict:
