@@ -182,17 +182,31 @@ def _grid_key() -> str:
 FORECAST_MODEL = "holt-winters"
 
 
-def core_fingerprint(grid: dict[str, tuple[float, ...]] | None = None) -> str:
-    """What the core's cached tuning depends on besides the range: its code and its search's, its grid (default
-    ``CORE_GRID``) and the forecaster. A cached core tuning with another fingerprint is re-run (an edit of the core
-    or of ``fleetpilot tune``'s search makes its old tuning stale), or extended when only the grid grew
-    (:func:`core_reusable`)."""
+def core_sources() -> list[Path]:
+    """The source files a core tuning's replays depend on (:func:`core_fingerprint`)."""
+    import importlib
+
     from fleetpilot.agent.commands import tune
-    from fleetpilot.policies import predictive, tuning
+    from fleetpilot.policies import predictive
+
+    out = [Path(predictive.__file__), Path(tune.__file__)]
+    for pkg in ("simulations", "forecasting"):
+        out += sorted(Path(importlib.import_module(f"fleetpilot.{pkg}").__file__).parent.glob("*.py"))
+    return out
+
+
+def core_fingerprint(grid: dict[str, tuple[float, ...]] | None = None) -> str:
+    """What the core's cached tuning depends on besides the range: its code and its search's, the simulator's and
+    the forecasters' code (every ``.py`` of ``simulations/`` and ``forecasting/``, by name and content), its grid
+    (default ``CORE_GRID``) and the forecast model. A cached core tuning with another fingerprint is re-run (an edit
+    of the core, the simulator, a forecaster or ``fleetpilot tune``'s search makes its old tuning stale), extended
+    when only the grid grew (:func:`core_reusable`), or kept by ``--core-equivalent`` when the edit changed no
+    replay."""
+    from fleetpilot.policies import tuning
 
     g = tuning.CORE_GRID if grid is None else grid
-    src = (Path(predictive.__file__).read_bytes() + Path(tune.__file__).read_bytes()
-           + repr(sorted(g.items())).encode())
+    src = b"".join(f.name.encode() + b"\0" + f.read_bytes() for f in core_sources())
+    src += repr(sorted(g.items())).encode()
     return hashlib.sha256(src + FORECAST_MODEL.encode()).hexdigest()[:16]
 
 

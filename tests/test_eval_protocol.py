@@ -174,3 +174,22 @@ def test_a_shrunk_core_grid_chooses_again_from_its_cached_replays(ep, monkeypatc
     assert ep.restrict_core(r, 300.0, doc) is None  # 0.97 was never replayed
     monkeypatch.setattr(tuning, "CORE_GRID", {**small, "quantile": (0.9,)})
     assert ep.restrict_core(r, 300.0, doc) is None  # the kept settings calibrate later: the skip rule may differ
+
+
+def test_the_core_fingerprint_covers_the_simulator_and_the_forecasters(ep, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    """A cached core tuning is stale after an edit of the simulator or a forecaster, not only of the core."""
+    names = {(p.parent.name, p.name) for p in ep.core_sources()}
+    assert {("simulations", "fleet.py"), ("simulations", "des.py"), ("forecasting", "models.py"),
+            ("policies", "predictive.py"), ("commands", "tune.py")} <= names
+    before = ep.core_fingerprint()
+    copies = []
+    for p in ep.core_sources():
+        q = tmp_path / p.parent.name / p.name
+        q.parent.mkdir(exist_ok=True)
+        q.write_bytes(p.read_bytes())
+        copies.append(q)
+    monkeypatch.setattr(ep, "core_sources", lambda: copies)
+    assert ep.core_fingerprint() == before  # the same bytes
+    fleet = next(q for q in copies if q.parent.name == "simulations" and q.name == "fleet.py")
+    fleet.write_bytes(fleet.read_bytes() + b"\n# an edit\n")
+    assert ep.core_fingerprint() != before
