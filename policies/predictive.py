@@ -227,6 +227,8 @@ class PredictivePolicy:
     intervals instead of one per interval (:meth:`_guard`). ``pooled`` (on by default) sizes the fleet as one pool
     behind one queue (:meth:`pool_gain`); off, every replica is sized as if it had its own queue. ``idle_aware`` (on
     by default): a decision made while the traffic is idle leaves no calibration score (:meth:`idle`).
+    ``cost_window_s`` > 0 (300 by default): the capacity is at most that of the costliest SLO-window mean cost per
+    request of the last ``cost_window_s`` (:meth:`_costs`).
     """
 
     name = "predictive"
