@@ -97,8 +97,8 @@ DEFAULT_GUARD_HALFLIFE_S = 21600.0
 #: the protocol's tuning ranges in session 11 (``benchmarks/core_grid_probe.py``), 3x and 10x gave the same
 #: numbers, -14 % on Twitter@1000 at the same tuning rule and unchanged on six other pairs; 10x is the looser one
 DEFAULT_SCALE_CLIP = 10.0
-#: size on the costliest SLO-window mean cost per request within this many seconds (0 = off: the last reading, or
-#: its average with ``capacity_halflife_s``); see :meth:`PredictivePolicy._costs`. Session 19, chosen before the
+#: size on the costliest SLO-window mean cost per request over the last this-many seconds of intervals with traffic
+#: (0 = off: the last reading, or its average with ``capacity_halflife_s``); see :meth:`PredictivePolicy._costs`. Session 19, chosen before the
 #: re-tune by a rule written down first (geometric-mean cost change <= +2 % over the default and the tuned settings
 #: on the last training day of all 18 protocol pairs, no cell that met falling below the SLO, and the smallest of
 #: 120 / 300 s that meets on the generality script's token-mix shift): 300 s, +0.2 % (-0.7 % to +3.7 %), no new
@@ -193,7 +193,7 @@ class ModelCalibration:
     n_cap: int = 0  # intervals in ``inv_cap`` (a plain mean until the EWMA's span)
     missing: bool = False  # the last interval missed the latency target (``guard_runs``: a run has begun)
     idle: bool = False  # this interval's routed rate is idle (``idle_aware``): its decision leaves no score
-    costs: tuple[tuple[float, float], ...] = ()  # ``cost_window_s``: (arrival rate, 1 / capacity) of recent intervals
+    costs: tuple[tuple[float, float], ...] = ()  # ``cost_window_s``: (arrival rate, 1 / capacity), last intervals with traffic
     cost_hi: float = math.nan  # ``cost_window_s``: largest SLO-window mean of ``costs`` (s per request)
 
 
@@ -502,8 +502,10 @@ class PredictivePolicy:
 
     def _costs(self, cal: ModelCalibration, m: ModelObs | None) -> tuple[tuple[tuple[float, float], ...], float]:
         """``(costs, cost_hi)`` after this interval (``cost_window_s`` > 0): the ``(arrival rate, 1 / capacity)``
-        readings of the intervals with traffic in the last ``cost_window_s``, and the largest mean cost per request
-        (arrival-weighted) over any one SLO window of them.
+        readings of the last ``cost_window_s`` worth of intervals with traffic (20 at 300 s and 15-s intervals;
+        intervals without traffic say nothing about the mix and are skipped, so after an idle stretch the readings
+        are those from before it), and the largest mean cost per request (arrival-weighted) over any one SLO window
+        of consecutive readings.
 
         A pool sized near saturation (8 replicas take 0.986 of their throughput at the SLO) has no slack for a
         minute whose requests are longer than the last interval's, and the SLO judges that minute on its own. The
