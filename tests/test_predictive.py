@@ -361,16 +361,16 @@ def test_cost_window_sizes_on_the_costliest_slo_window_of_its_span() -> None:
     seen = []
     for i, (c, r) in enumerate(zip(caps, rates, strict=True)):
         o = obs((i + 1) * DT, r, cap=c)
-        d_on, st_on = on.decide(o, st_on)
+        _, st_on = on.decide(o, st_on)
         _, st_off = off.decide(o, st_off)
-        seen.append((on.capacity(M, o.models[M], st_on.model(M)) / util, d_on.replicas[M]))
+        seen.append(on.capacity(M, o.models[M], st_on.model(M)) / util)
         assert off.capacity(M, o.models[M], st_off.model(M)) / util == pytest.approx(c)  # off: the reading
-    assert seen[7][0] == pytest.approx(60.0)  # a steady mix: the reading
-    assert seen[11][0] == pytest.approx(30.0)  # the costly window's mean cost
-    assert seen[12][0] == pytest.approx(30.0)  # kept after the mix is back
-    assert seen[8 + 4 + 15][0] == pytest.approx(30.0)  # the costly window's last interval still in the span
-    assert seen[8 + 4 + 16][0] > 30.0  # its first interval has left the span: only windows straddling it
-    assert seen[-1][0] == pytest.approx(60.0)  # the span has passed
+    assert seen[7] == pytest.approx(60.0)  # a steady mix: the reading
+    assert seen[11] == pytest.approx(30.0)  # the costly window's mean cost
+    assert seen[12] == pytest.approx(30.0)  # kept after the mix is back
+    assert seen[8 + 4 + 15] == pytest.approx(30.0)  # the costly window's last interval still in the span
+    assert seen[8 + 4 + 16] > 30.0  # its first interval has left the span: only windows straddling it
+    assert seen[-1] == pytest.approx(60.0)  # the span has passed
     # the weighting: one window of (rate 100 at 30 req/s, 3 x rate 300 at 60 req/s) costs
     # (100 / 30 + 900 / 60) / 1000 s per request
     costs = ((100.0, 1 / 30.0), (300.0, 1 / 60.0), (300.0, 1 / 60.0), (300.0, 1 / 60.0))
