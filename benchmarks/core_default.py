@@ -6,7 +6,9 @@ on traffic nobody tuned it for, so its defaults are chosen for robustness: of ev
 pairs of the frozen evaluation protocol, ties broken by the lowest geometric-mean cost over each pair's tuned
 choice. It reads the candidates the protocol's tuning already replayed on the **training** ranges
 (``benchmarks/eval_tuning.json``); no validation range is read. A setting the search skipped on a pair (it never
-calibrates there, e.g. q = 0.995 on a 23-min range) counts as not meeting on it.
+calibrates there, e.g. q = 0.995 on a 23-min range) counts as not meeting on it. So does capacity smoothing
+(``capacity_halflife_s`` > 0) on the pairs with one fixed token mix (NASA, Twitter, NAB), where the search replays
+only the setting without it: this ranking cannot choose it as a default.
 
     python benchmarks/core_default.py            # ranking, the choice, and whether the code's defaults match it
 """

@@ -387,7 +387,7 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
     else the whole grid is re-run. The skip rule reads the whole grid's earliest calibration: the new settings are
     searched with it, and a cached setting it now skips (a new value calibrates sooner) leaves the candidates, as
     in a fresh search. Returns the job result with the merged ``predictive`` document."""
-    from fleetpilot.agent.commands.tune import CALIBRATED_SHARE, search_core
+    from fleetpilot.agent.commands.tune import CALIBRATED_SHARE, constant_token_mix, mix_inert, search_core
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
 
@@ -406,10 +406,14 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
     lo, hi = (float(x) for x in doc["range"].split(":"))
     late = {key[c] for c in full  # the skip rule with the whole grid's earliest calibration (search_core's)
             if calib[c] - float(warm) > max(CALIBRATED_SHARE * (hi - lo), soonest) + 1e-9}
+    # the search's second skip: on one constant token mix, capacity smoothing decides as the setting without it
+    inert = {key[c] for c in new if mix_inert(PredictivePolicy(goal, **dict(c.settings)))} \
+        if constant_token_mix(tune) else set()
     started = time.perf_counter()
-    if all(key[c] in late for c in new):  # nothing new to replay: every new setting calibrates too late
-        add = {"candidates": [], "skipped": {"settings": [{"label": c.label, "calibration_s": calib[c]}
-                                                          for c in new]}}
+    if all(key[c] in late or key[c] in inert for c in new):  # nothing new to replay
+        add = {"candidates": [], "skipped": {"settings": [
+            {"label": c.label, "calibration_s": calib[c]} if key[c] in late
+            else {"label": c.label, "constant_token_mix": True} for c in new]}}
     else:
         add = search_core(goal, tune, seed=0, tick_s=None, workers=1, grid=grid, forecast_model=FORECAST_MODEL,
                           warmup_s=warm, soonest_s=soonest)

@@ -77,6 +77,41 @@ def test_a_grown_core_grid_replays_only_its_new_settings(ep, monkeypatch) -> Non
     assert ep.core_reusable(doc) is None  # a value dropped: not an extension of the cached grid
 
 
+@pytest.mark.parametrize(("key", "trace_name"), [("azure-conv", "azure_llm_2023_conv_1s"),
+                                                  ("nasa", "nasa_http_1995_jul_1min")])
+def test_a_core_grid_grown_by_capacity_smoothing_extends_as_a_fresh_search(
+        ep, monkeypatch, key, trace_name) -> None:  # noqa: ANN001
+    """A cache from a grid without capacity smoothing, extended by it: on a varying token mix the smoothed settings
+    alone are replayed; on one constant mix (NASA: no token columns) they decide as the setting without it, so
+    nothing is replayed (before session 20 that case called the search with no candidates). Either way the result
+    equals a fresh search."""
+    from fleetpilot.agent.commands.tune import search_core
+    from fleetpilot.policies import tuning
+    from fleetpilot.simulations.traces import load_traces
+
+    r = next(x for x in ep.SINGLE if x.key == key)
+    goal = ep.goal_for(r)
+    trace = load_traces([trace_name], (0.0, 1200.0)).scale_to_peak(300.0)
+    monkeypatch.setattr(ep, "tune_with_warmup", lambda _r, _s: (trace, 0.0, "0:1200"))
+    old = {"quantile": (0.9,), "rate_window_s": (0.0, 60.0), "guard_step": (0.35,), "guard_halflife_s": (600.0,),
+           "phase_period_s": (0.0,), "capacity_halflife_s": (0.0,)}
+    monkeypatch.setattr(tuning, "CORE_GRID", old)
+    doc = search_core(goal, trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+    doc["fingerprint"] = ep.core_fingerprint()
+    monkeypatch.setattr(tuning, "CORE_GRID", {**old, "capacity_halflife_s": (0.0, 300.0)})
+    ext = ep.extend_core_job(r, 300.0, doc)["docs"]["predictive"]
+    full = search_core(goal, trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+    varying = key == "azure-conv"
+    assert ext["extended"]["replayed"] == (2 if varying else 0)
+    assert ext["extended"]["reused"] == len(doc["candidates"]) == 2
+    assert [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in ext["candidates"]] == \
+        [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in full["candidates"]]
+    assert [x["label"] for x in ext["skipped"]["settings"]] == [x["label"] for x in full["skipped"]["settings"]]
+    assert (ext["chosen"], ext["settings"]) == (full["chosen"], full["settings"])
+    assert {c["settings"]["capacity_halflife_s"] for c in full["candidates"]} == ({0.0, 300.0} if varying
+                                                                                  else {0.0})
+
+
 @pytest.mark.parametrize(("old_q", "new_q"), [((0.95,), (0.9, 0.95)), ((0.9,), (0.9, 0.95))])
 def test_a_core_grid_grown_by_a_quantile_reads_the_whole_grids_earliest_calibration(
         ep, monkeypatch, old_q, new_q) -> None:  # noqa: ANN001

@@ -259,7 +259,13 @@ def test_tune_predictive_writes_the_settings_and_they_replay(tmp_path: Path) -> 
 
 
 def test_tune_predictive_skips_capacity_smoothing_on_a_constant_token_mix(tmp_path: Path) -> None:
-    from fleetpilot.agent.commands.tune import search_core
+    from dataclasses import replace
+
+    import numpy as np
+
+    from fleetpilot.agent.commands.tune import constant_token_mix, search_core
+    from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import core_candidates
 
     grid = {"quantile": (0.8,), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,), "rate_window_s": (0.0,)}
@@ -268,6 +274,20 @@ def test_tune_predictive_skips_capacity_smoothing_on_a_constant_token_mix(tmp_pa
     assert [c["settings"]["capacity_halflife_s"] for c in doc["candidates"]] == [0.0]
     assert [s.get("constant_token_mix") for s in doc["skipped"]["settings"]] == [True]
     assert len(doc["candidates"]) + len(doc["skipped"]["settings"]) == len(core_candidates(grid)) == 2
+    # the claim the skip rests on: with one fixed mix, smoothing it changes no decision
+    pols = []
+    for c in core_candidates(grid):
+        p = PredictivePolicy(ONE, **dict(c.settings))
+        p.name = c.label
+        pols.append(p)
+    runs = replay(ONE, nasa, pols, seed=0, workers=1).runs
+    assert len({(r.summary["cost_usd"], r.summary["slo_attainment"]) for r in runs}) == 1
+    # one fixed mix per class is not one mix: two classes with different fixed token counts vary a model's mix
+    two = load_traces(["chat=nasa_http_1995_jul_1min", "code=nasa_http_1995_jul_1min"], (0.0, 1800.0))
+    assert constant_token_mix(two)
+    tokens = np.array(two.input_tokens, dtype=float)
+    tokens[:, 1] *= 4.0
+    assert not constant_token_mix(replace(two, input_tokens=tokens))
     azure = load_traces([TRACE], (0.0, 1800.0)).scale_to_peak(100.0)
     doc = search_core(ONE, azure, workers=1, grid=grid)
     assert [c["settings"]["capacity_halflife_s"] for c in doc["candidates"]] == [0.0, 300.0]

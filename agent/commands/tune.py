@@ -266,13 +266,13 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
     cands, pols, skipped = [], [], []
     built = [(c, PredictivePolicy(goal, **dict(c.settings))) for c in core_candidates(grid)]
     soonest = min(p.calibration_s() for _, p in built) if soonest_s is None else float(soonest_s)
-    fixed_mix = _constant_token_mix(trace)
+    fixed_mix = constant_token_mix(trace)
     scored = _scored(trace, warmup_s)
     for c, p in built:  # judged on its setting, not on its warm-up: calibrated for at least half the range
         if p.calibration_s() - float(warmup_s) > max(CALIBRATED_SHARE * scored.duration_s, soonest) + 1e-9:
             skipped.append({"label": c.label, "calibration_s": p.calibration_s()})
             continue
-        if fixed_mix and p.capacity_halflife_s > 0:  # the same decisions as the setting without it
+        if fixed_mix and mix_inert(p):  # the same decisions as the setting without it
             skipped.append({"label": c.label, "constant_token_mix": True})
             continue
         p.name = c.label
@@ -306,25 +306,31 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
                         "meets": att >= threshold - 1e-12} for c, cost, att in rows],
         "skipped": {"why": f"a setting must size by its quantile for at least {CALIBRATED_SHARE:.0%} of the tuning "
                            "range (its calibration_s: warm-up before the conformal quantile is formed); otherwise "
-                           "the search would judge its warm-up rule, not the setting. With a constant token mix "
+                           "the search would judge its warm-up rule, not the setting. With one constant token mix "
                            "(constant_token_mix), capacity smoothing decides exactly as the setting without it",
                     "settings": skipped},
         "oracle_cost_usd": res.oracle.get("cost_usd"),
     }
 
 
-def _constant_token_mix(trace: Any) -> bool:
-    """True when every request class has one token mix over the intervals with traffic (the trace has no token
-    columns, or constant ones): smoothing the capacity then changes nothing."""
+def mix_inert(p: Any) -> bool:
+    """True for a core setting that acts only on a varying token mix (capacity smoothing, ``capacity_halflife_s``
+    > 0): on a trace with one constant token mix it decides as the setting without it, which the search keeps."""
+    return p.capacity_halflife_s > 0
+
+
+def constant_token_mix(trace: Any) -> bool:
+    """True when every request has one token mix over the intervals with traffic (the trace has no token columns,
+    or one constant input and output count shared by all its classes): each model's saturated throughput is then
+    one number, and the core's mix settings change nothing."""
     import numpy as np
 
     a = np.asarray(trace.arrivals, dtype=float)
     for arr in (trace.input_tokens, trace.output_tokens):
         x = np.asarray(arr, dtype=float)
-        for k in range(x.shape[1]):
-            v = x[a[:, k] > 0, k]
-            if v.size and float(np.ptp(v)) > 1e-9 * max(1.0, float(np.abs(v).max())):
-                return False
+        v = x[a > 0]
+        if v.size and float(np.ptp(v)) > 1e-9 * max(1.0, float(np.abs(v).max())):
+            return False
     return True
 
 
