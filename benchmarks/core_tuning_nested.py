@@ -23,6 +23,10 @@ with V1, V2 added to KEY's values on D-2 and picks by the rule on today's grid (
 of them ("with") and with each one alone ("+KEY=V1", ...); D-1 replays those picks.
 
     python benchmarks/core_tuning_nested.py --compare quantile+=0.9,0.98        # ~60 min on 2 workers
+
+``--only RANGE,RANGE`` runs those ranges alone (session 20: ``--compare cost_window_s=300,0 --only servegen-mid,
+servegen-large,servegen-small,servegen-mid+small,azure-conv,azure-conv+code``, the ranges with token counts, ~41 min;
+on the others the token mix is fixed and the setting decides nothing).
 """
 
 import json
@@ -177,6 +181,14 @@ if __name__ == "__main__":
         if "--report" not in sys.argv:
             # the day-long 1-min ranges first: the longest jobs, so two workers finish together
             rs = sorted(ep.SINGLE + ep.ROUTED, key=lambda r: r.key.startswith("azure"))
+            if "--only" in sys.argv:
+                only = set(sys.argv[sys.argv.index("--only") + 1].split(","))
+                unknown = only - {r.key for r in rs}
+                if unknown:
+                    print(f"--only: unknown range(s) {sorted(unknown)}; known: {[r.key for r in rs]}",
+                          file=sys.stderr)
+                    sys.exit(2)
+                rs = [r for r in rs if r.key in only]
             jobs = [(f"{r.key}@{s:g}", (r.key, s, key, values, added)) for r in rs for s in (1000.0, 200.0)]
             t = time.perf_counter()
             out.write_text(json.dumps(ep.run_parallel(jobs, 2, compare_job)) + "\n")
