@@ -130,8 +130,49 @@ def compare_job(rk: str, scale: float, key: str, values: tuple[float, ...] = (),
             "check": check, "check_oracle": check_oracle}
 
 
+#: The grid-change rule (sessions 20-21, written before the checks it judged): a value joins the grid iff, at margin
+#: 0.005, with it the D-1 replays of the D-2 picks show no new SLO miss, a geometric-mean cost ratio <= 0.98 and no
+#: pair more than 5 % dearer, and (session 21) the gain is not one pair's: the geometric mean without the pair with
+#: the largest saving <= 0.99 and the median pair ratio <= 1.0.
+RULE = {"gmean": 0.98, "max_rise": 1.05, "gmean_wo_best": 0.99, "median": 1.0}
+
+
+def rule_summary(res: list, group: str, margin: str = "0.005") -> dict:
+    """``group``'s D-1 cost against ``without``'s over the pairs of ``res`` at ``margin``, and the rule's verdict:
+    ``ratios`` per pair, their geometric mean, median, largest rise, the geometric mean without the pair with the
+    largest saving, the pairs newly below the SLO, and ``passes``."""
+    import math
+
+    ratios, new_miss = {}, []
+    for o in res:
+        pk = o["picks"][margin]
+        (c0, a0), (c1, a1) = o["check"][pk["without"]], o["check"][pk[group]]
+        name = f"{o['range']}@{o['scale']:g}"
+        ratios[name] = c1 / c0
+        if a0 >= 0.99 > a1:
+            new_miss.append(name)
+    v = sorted(ratios.values())
+    n = len(v)
+
+    def gm(xs: list[float]) -> float:
+        return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else 1.0
+
+    out = {"ratios": ratios, "gmean": gm(v), "median": (v[(n - 1) // 2] + v[n // 2]) / 2, "max_rise": v[-1],
+           "gmean_wo_best": gm(v[1:]), "new_miss": new_miss}
+    out["passes"] = (not new_miss and out["gmean"] <= RULE["gmean"] and out["max_rise"] <= RULE["max_rise"]
+                     and out["gmean_wo_best"] <= RULE["gmean_wo_best"] and out["median"] <= RULE["median"])
+    return out
+
+
 def compare_report(res: list) -> None:
     key = res[0]["key"]
+    print("the grid-change rule at margin 0.005 (D-1 cost of the pick with the value / without it):")
+    for g in [g for g in res[0]["picks"]["0.005"] if g != "without"]:
+        s = rule_summary(res, g)
+        print(f"  {g}: geometric mean {s['gmean']:.3f} (<= {RULE['gmean']}), largest rise {s['max_rise']:.3f} "
+              f"(<= {RULE['max_rise']}), without the largest saving {s['gmean_wo_best']:.3f} "
+              f"(<= {RULE['gmean_wo_best']}), median {s['median']:.3f} (<= {RULE['median']}), "
+              f"new misses {s['new_miss'] or 'none'}: {'passes' if s['passes'] else 'fails'}")
     for m in MARGINS:
         ms = f"{m:g}"
         print(f"margin {ms}: check day (D-1) of the setting picked on D-2, grid with / without {key}")
