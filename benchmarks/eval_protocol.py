@@ -290,8 +290,8 @@ def restrict_core(r: Range, scale: float, doc: dict[str, Any],
     setting today's grid no longer searches, whose kept replays are those at the core's default for it): choose
     again by the same rule over the settings today's grid keeps (``core_candidates`` order, ties as the full search
     breaks them), without replaying anything. Its replays must be today's (fingerprint recomputed on its own grid,
-    or shown equivalent) and the kept settings must have the full grid's earliest calibration (the search's skip
-    rule reads it). Else None (re-run). Returns the merged ``predictive`` document."""
+    or shown equivalent), and where the kept settings calibrate later than the full grid's earliest (the search's
+    skip rule reads it), no kept setting's skip verdict may depend on which of the two it read. Else None (re-run). Returns the merged ``predictive`` document."""
     import inspect
 
     from fleetpilot.policies.predictive import PredictivePolicy
@@ -317,9 +317,18 @@ def restrict_core(r: Range, scale: float, doc: dict[str, Any],
         return None
     goal = goal_for(r)
     keep = core_candidates()
-    soon = lambda cs: min(PredictivePolicy(goal, **c).calibration_s() for c in cs)  # noqa: E731
-    if soon(tried) != soon([dict(c.settings) for c in keep]):
-        return None
+    cal = lambda c: PredictivePolicy(goal, **c).calibration_s()  # noqa: E731
+    was, now = min(cal(c) for c in tried), min(cal(dict(c.settings)) for c in keep)
+    if was != now:  # the skip rule reads the grid's earliest calibration: each kept setting's verdict must hold
+        from fleetpilot.agent.commands.tune import CALIBRATED_SHARE
+
+        warm = float(doc.get("warmup_s", 0.0))
+        half = CALIBRATED_SHARE * (float(doc["trace"]["end_s"]) - float(doc["trace"]["start_s"]) - warm)
+        for c in keep:
+            x = cal(dict(c.settings)) - warm
+            lim = sorted((max(half, was), max(half, now)))
+            if lim[0] - 1.0 <= x <= lim[1] + 1.0:  # skipped under one grid, kept under the other (or too close)
+                return None
     kept = {tuple(v for _, v in c.settings) for c in keep}
     key = lambda t: tuple(float(t[k]) for k in CORE_GRID)  # noqa: E731
     ok = lambda t: all(t[k] == d for k, d in dropped.items()) and key(t) in kept  # noqa: E731

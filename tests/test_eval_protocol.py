@@ -207,8 +207,15 @@ def test_a_shrunk_core_grid_chooses_again_from_its_cached_replays(ep, monkeypatc
     assert ep.restrict_core(r, 300.0, stale) is None and ep.restrict_core(r, 300.0, stale, ("0" * 16,)) is not None
     monkeypatch.setattr(tuning, "CORE_GRID", {**small, "quantile": (0.8, 0.97)})
     assert ep.restrict_core(r, 300.0, doc) is None  # 0.97 was never replayed
-    monkeypatch.setattr(tuning, "CORE_GRID", {**small, "quantile": (0.9,)})
-    assert ep.restrict_core(r, 300.0, doc) is None  # the kept settings calibrate later: the skip rule may differ
+    # the soonest-calibrated quantile dropped: on 20 min the skip rule reads half the range, not the earliest
+    # calibration, so every kept verdict holds and the choice is a fresh search's
+    monkeypatch.setattr(tuning, "CORE_GRID", {**small, "quantile": (0.9, 0.95)})
+    cut, full = ep.restrict_core(r, 300.0, doc), search_core(goal, trace, workers=1, forecast_model=ep.FORECAST_MODEL)
+    assert cut is not None and (cut["chosen"], cut["settings"]) == (full["chosen"], full["settings"])
+    assert [x["label"] for x in cut["skipped"]["settings"]] == [x["label"] for x in full["skipped"]["settings"]]
+    # on a 10-min range the earliest calibration is the limit: 0.9 is skipped beside 0.8 and judged without it
+    short = dict(doc, trace=dict(doc["trace"], end_s=float(doc["trace"]["start_s"]) + 600.0))
+    assert ep.restrict_core(r, 300.0, short) is None
 
 
 def test_the_core_fingerprint_covers_the_simulator_and_the_forecasters(ep, monkeypatch, tmp_path) -> None:  # noqa: ANN001
