@@ -291,7 +291,8 @@ def restrict_core(r: Range, scale: float, doc: dict[str, Any],
     again by the same rule over the settings today's grid keeps (``core_candidates`` order, ties as the full search
     breaks them), without replaying anything. Its replays must be today's (fingerprint recomputed on its own grid,
     or shown equivalent), and where the kept settings calibrate later than the full grid's earliest (the search's
-    skip rule reads it), no kept setting's skip verdict may depend on which of the two it read. Else None (re-run). Returns the merged ``predictive`` document."""
+    skip rule reads it), no kept setting's skip verdict may depend on which of the two it read. Else None (re-run).
+    Returns the merged ``predictive`` document."""
     import inspect
 
     from fleetpilot.policies.predictive import PredictivePolicy
