@@ -284,6 +284,14 @@ def _rechosen(doc: dict[str, Any], rows: list[tuple[Any, float, float]], skipped
     return out
 
 
+def skip_limit_s(scored_s: float, soonest_s: float) -> float:
+    """``search_core``'s skip rule: a setting whose calibration (after the warm-up) takes longer than this on a
+    scored range of ``scored_s`` seconds, in a grid whose earliest calibration is ``soonest_s``, is not judged."""
+    from fleetpilot.agent.commands.tune import CALIBRATED_SHARE
+
+    return max(CALIBRATED_SHARE * scored_s, soonest_s)
+
+
 def restrict_core(r: Range, scale: float, doc: dict[str, Any],
                   equivalent: Sequence[str] = ()) -> dict[str, Any] | None:
     """A cached core tuning whose grid had every value today's ``CORE_GRID`` has, and more (values, or a whole
@@ -318,18 +326,14 @@ def restrict_core(r: Range, scale: float, doc: dict[str, Any],
         return None
     goal = goal_for(r)
     keep = core_candidates()
-    cal = lambda c: PredictivePolicy(goal, **c).calibration_s()  # noqa: E731
-    was, now = min(cal(c) for c in tried), min(cal(dict(c.settings)) for c in keep)
+    cal_keep = [PredictivePolicy(goal, **dict(c.settings)).calibration_s() for c in keep]
+    was, now = min(PredictivePolicy(goal, **c).calibration_s() for c in tried), min(cal_keep)
     if was != now:  # the skip rule reads the grid's earliest calibration: each kept setting's verdict must hold
-        from fleetpilot.agent.commands.tune import CALIBRATED_SHARE
-
         warm = float(doc.get("warmup_s", 0.0))
-        half = CALIBRATED_SHARE * (float(doc["trace"]["end_s"]) - float(doc["trace"]["start_s"]) - warm)
-        for c in keep:
-            x = cal(dict(c.settings)) - warm
-            lim = sorted((max(half, was), max(half, now)))
-            if lim[0] - 1.0 <= x <= lim[1] + 1.0:  # skipped under one grid, kept under the other (or too close)
-                return None
+        scored = float(doc["trace"]["end_s"]) - float(doc["trace"]["start_s"]) - warm
+        lim = sorted((skip_limit_s(scored, was), skip_limit_s(scored, now)))
+        if any(lim[0] - 1.0 <= x - warm <= lim[1] + 1.0 for x in cal_keep):  # skipped under one, kept under the other
+            return None
     kept = {tuple(v for _, v in c.settings) for c in keep}
     key = lambda t: tuple(float(t[k]) for k in CORE_GRID)  # noqa: E731
     ok = lambda t: all(t[k] == d for k, d in dropped.items()) and key(t) in kept  # noqa: E731
@@ -397,7 +401,7 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
     else the whole grid is re-run. The skip rule reads the whole grid's earliest calibration: the new settings are
     searched with it, and a cached setting it now skips (a new value calibrates sooner) leaves the candidates, as
     in a fresh search. Returns the job result with the merged ``predictive`` document."""
-    from fleetpilot.agent.commands.tune import CALIBRATED_SHARE, constant_token_mix, mix_inert, search_core
+    from fleetpilot.agent.commands.tune import constant_token_mix, mix_inert, search_core
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
 
@@ -415,7 +419,7 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
     tune, warm, _rng = tune_with_warmup(r, scale)
     lo, hi = (float(x) for x in doc["range"].split(":"))
     late = {key[c] for c in full  # the skip rule with the whole grid's earliest calibration (search_core's)
-            if calib[c] - float(warm) > max(CALIBRATED_SHARE * (hi - lo), soonest) + 1e-9}
+            if calib[c] - float(warm) > skip_limit_s(hi - lo, soonest) + 1e-9}
     # the search's second skip: on one constant token mix, capacity smoothing decides as the setting without it
     inert = {key[c] for c in new if mix_inert(PredictivePolicy(goal, **dict(c.settings)))} \
         if constant_token_mix(tune) else set()
