@@ -542,10 +542,16 @@ CORE_FORMAT = "fleetpilot/core-tuning-v1"
 #:   +5 %): 0.9 alone 0.977x, but one Azure pair slice (-33 %) carried it, the other 17 pairs 0.998x. Session 21
 #:   added to the rule that one pair cannot carry a change (``core_tuning_nested.RULE``: the geometric mean without
 #:   the largest saving <= 0.99, the median pair <= 1.0) and took 0.9 off again by it; 0.8 and 0.98 never passed.
+#:   A guard step of 0.1 (a softer guard: each missed interval shrinks the tail by exp(-0.1)) was added in session 22
+#:   after it passed that whole rule, written before the check (``core_tuning_nested.py --compare guard_step+=0.1``,
+#:   benchmarks/core_tuning_nested_guard_step.json): geometric mean 0.966, 0.982 without the largest saving, median
+#:   1.000, largest rise 1.000, no new D-1 miss. Caveat: two pairs carry most of it (Twitter@200 -25 %, NAB@200
+#:   -28 %), and D-1 attainment falls on two pairs while still meeting (NAB@200 0.9931 -> 0.9910, the ServeGen pair
+#:   at 1,000 0.9910 -> 0.9903).
 CORE_GRID: dict[str, tuple[float, ...]] = {
     "quantile": (0.95, 0.97, 0.99, 0.995),
     "rate_window_s": (0.0, 60.0, 300.0),
-    "guard_step": (0.35,),
+    "guard_step": (0.35, 0.1),
     "guard_halflife_s": (3600.0, 21600.0),
     "phase_period_s": (0.0, 3600.0),
     "capacity_halflife_s": (0.0, 300.0),

@@ -268,7 +268,8 @@ def test_tune_predictive_skips_capacity_smoothing_on_a_constant_token_mix(tmp_pa
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import core_candidates
 
-    grid = {"quantile": (0.8,), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,), "rate_window_s": (0.0,)}
+    grid = {"quantile": (0.8,), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,), "rate_window_s": (0.0,),
+            "guard_step": (0.35,)}
     nasa = load_traces(["nasa_http_1995_jul_1min"], (0.0, 1800.0)).scale_to_peak(100.0)  # no token columns
     doc = search_core(ONE, nasa, workers=1, grid=grid)
     assert [c["settings"]["capacity_halflife_s"] for c in doc["candidates"]] == [0.0]
@@ -392,7 +393,7 @@ def test_core_settings_calibrate_during_the_warmup() -> None:
     from fleetpilot.agent.commands.tune import search_core
 
     grid = {"quantile": (0.95, 0.99), "guard_halflife_s": (3600.0,), "phase_period_s": (0.0,),
-            "rate_window_s": (0.0,), "capacity_halflife_s": (0.0,)}
+            "rate_window_s": (0.0,), "capacity_halflife_s": (0.0,), "guard_step": (0.35,)}
     whole = load_traces([TRACE])
     # 25 scored minutes: cold, the 0.99 quantile (31.5 min to calibrate) would size by it for none of them
     cold = search_core(ONE, whole.with_warmup(1200.0, 2700.0, 0.0, 100.0), workers=1, grid=grid)
