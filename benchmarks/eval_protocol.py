@@ -284,14 +284,6 @@ def _rechosen(doc: dict[str, Any], rows: list[tuple[Any, float, float]], skipped
     return out
 
 
-def skip_limit_s(scored_s: float, soonest_s: float) -> float:
-    """``search_core``'s skip rule: a setting whose calibration (after the warm-up) takes longer than this on a
-    scored range of ``scored_s`` seconds, in a grid whose earliest calibration is ``soonest_s``, is not judged."""
-    from fleetpilot.agent.commands.tune import CALIBRATED_SHARE
-
-    return max(CALIBRATED_SHARE * scored_s, soonest_s)
-
-
 def restrict_core(r: Range, scale: float, doc: dict[str, Any],
                   equivalent: Sequence[str] = ()) -> dict[str, Any] | None:
     """A cached core tuning whose grid had every value today's ``CORE_GRID`` has, and more (values, or a whole
@@ -303,6 +295,7 @@ def restrict_core(r: Range, scale: float, doc: dict[str, Any],
     Returns the merged ``predictive`` document."""
     import inspect
 
+    from fleetpilot.agent.commands.tune import skip_limit_s
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
 
@@ -401,7 +394,7 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
     else the whole grid is re-run. The skip rule reads the whole grid's earliest calibration: the new settings are
     searched with it, and a cached setting it now skips (a new value calibrates sooner) leaves the candidates, as
     in a fresh search. Returns the job result with the merged ``predictive`` document."""
-    from fleetpilot.agent.commands.tune import constant_token_mix, mix_inert, search_core
+    from fleetpilot.agent.commands.tune import constant_token_mix, mix_inert, search_core, skip_limit_s
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
 

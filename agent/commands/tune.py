@@ -244,6 +244,12 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
 CALIBRATED_SHARE = 0.5
 
 
+def skip_limit_s(scored_s: float, soonest_s: float) -> float:
+    """The search's skip rule: a setting whose calibration (after the warm-up) takes longer than this on a scored
+    range of ``scored_s`` seconds, in a grid whose earliest calibration is ``soonest_s``, is not judged."""
+    return max(CALIBRATED_SHARE * scored_s, soonest_s)
+
+
 def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = None, workers: int = 2,
                 margin: float | None = None, grid: dict[str, Sequence[float]] | None = None,
                 progress: bool = False, forecast_model: str | None = "holt-winters",
@@ -269,7 +275,7 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
     fixed_mix = constant_token_mix(trace)
     scored = _scored(trace, warmup_s)
     for c, p in built:  # judged on its setting, not on its warm-up: calibrated for at least half the range
-        if p.calibration_s() - float(warmup_s) > max(CALIBRATED_SHARE * scored.duration_s, soonest) + 1e-9:
+        if p.calibration_s() - float(warmup_s) > skip_limit_s(scored.duration_s, soonest) + 1e-9:
             skipped.append({"label": c.label, "calibration_s": p.calibration_s()})
             continue
         if fixed_mix and mix_inert(p):  # the same decisions as the setting without it
