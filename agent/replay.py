@@ -63,7 +63,14 @@ from fleetpilot.agent.replay_results import (
 )
 from fleetpilot.envs.loop import ControlLoop
 from fleetpilot.envs.sources import SimulatedFleet, TraceFeatures, class_forecasts, default_tick
-from fleetpilot.policies.base import Policy, PrepareContext, capabilities, describe_policy, prepare_policy
+from fleetpilot.policies.base import (
+    Policy,
+    PrepareContext,
+    capabilities,
+    describe_policy,
+    prepare_policy,
+    run_facts,
+)
 from fleetpilot.policies.oracle import oracle_yardstick
 from fleetpilot.policies.shield import Shield
 from fleetpilot.simulations.capacity import DEFAULT_TOKENS, service_rate_per_replica
@@ -168,6 +175,9 @@ def _run_policy(ctx: _Context, policy: Policy, name: str, tick: Callable[[int], 
     facts = describe_policy(policy)
     if facts is not None:
         summ["plan"] = facts
+    ran = run_facts(policy, loop.policy_state)
+    if ran is not None:
+        summ["run_facts"] = ran
     series = rec.series(i - w0, sim.windows)  # i < n: the simulator ended early (rounding)
     return PolicyRun(name, summ, series)
 

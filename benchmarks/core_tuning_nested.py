@@ -48,7 +48,7 @@ def _days(r: ep.Range) -> tuple[float, float, float]:
 
 
 def job(rk: str, scale: float) -> dict:
-    from fleetpilot.agent.replay import replay
+    from fleetpilot.agent.commands.tune import replay_core
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import core_candidates
     from fleetpilot.simulations.traces import load_traces
@@ -63,8 +63,8 @@ def job(rk: str, scale: float) -> dict:
             p = PredictivePolicy(goal, **dict(cand.settings))
             p.name = cand.label
             pols.append(p)
-        res = replay(goal, tr, pols, seed=0, tick_s=None, workers=1)
-        out[lab] = {run.name: [run.summary["cost_usd"], run.summary["slo_attainment"]] for run in res.runs}
+        vals, _same, res = replay_core(goal, tr, pols, seed=0, tick_s=None, workers=1)
+        out[lab] = {p.name: list(vals[p.name]) for p in pols}
         out[lab + "_oracle"] = res.oracle["cost_usd"]
     return out
 
@@ -86,7 +86,7 @@ def compare_job(rk: str, scale: float, key: str, values: tuple[float, ...] = (),
     """D-2: the whole grid (``CORE_GRID``, ``key`` over ``values`` if given; ``added``: over today's values and
     ``values``); D-1: only the settings the rule picks with and without ``key``'s other values on the grid (``added``:
     without the added values, with all of them, and with each one alone)."""
-    from fleetpilot.agent.replay import replay
+    from fleetpilot.agent.commands.tune import replay_core
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_GRID, CoreCandidate, core_candidates
     from fleetpilot.simulations.traces import load_traces
@@ -113,9 +113,8 @@ def compare_job(rk: str, scale: float, key: str, values: tuple[float, ...] = (),
             p = PredictivePolicy(goal, **dict(cands[n].settings))
             p.name = n
             pols.append(p)
-        res = replay(goal, tr, pols, seed=0, tick_s=None, workers=1)
-        return ({run.name: [run.summary["cost_usd"], run.summary["slo_attainment"]] for run in res.runs},
-                res.oracle["cost_usd"])
+        vals, _same, res = replay_core(goal, tr, pols, seed=0, tick_s=None, workers=1)
+        return {p.name: list(vals[p.name]) for p in pols}, res.oracle["cost_usd"]
 
     tune, tune_oracle = run(a, b, list(cands))
     picks = {}

@@ -41,6 +41,7 @@ __all__ = [
     "describe_policy",
     "prepare_policy",
     "reading_from_stats",
+    "run_facts",
 ]
 
 
@@ -122,6 +123,13 @@ def prepare_policy(policy: Any, context: PrepareContext) -> None:
 def describe_policy(policy: Any) -> dict[str, Any] | None:
     hook = getattr(policy, "describe", None)
     return hook() if callable(hook) else None
+
+
+def run_facts(policy: Any, state: Any) -> dict[str, Any] | None:
+    """``policy.run_facts(state)`` for the state a run ended with, when the policy has the hook: facts of the run
+    that only the policy's state holds (the predictive core: how often its SLO guard saw a miss)."""
+    hook = getattr(policy, "run_facts", None)
+    return hook(state) if callable(hook) else None
 
 
 @runtime_checkable

@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -195,6 +196,7 @@ class ModelCalibration:
     idle: bool = False  # this interval's routed rate is idle (``idle_aware``): its decision leaves no score
     costs: tuple[tuple[float, float], ...] = ()  # ``cost_window_s``: (arrival rate, 1 / capacity), last intervals with traffic
     cost_hi: float = math.nan  # ``cost_window_s``: largest SLO-window mean of ``costs`` (s per request)
+    misses: int = 0  # intervals so far whose latency missed the target with traffic (0: the SLO guard never acted)
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,13 @@ class PredictivePolicy:
         one to mature. Until then it runs its warm-up rule (see the module docstring)."""
         ci = self.goal.control_interval_s
         return (self.min_scale_samples + self.min_scores) * ci + max(self.lead.values(), default=0.0)
+
+    def run_facts(self, state: PredictiveState) -> dict[str, Any]:
+        """What a finished run's state says that its summary does not (the replay records it as ``run_facts``):
+        ``slo_guard_misses``, per model, the intervals whose latency missed the target with traffic, warm-up
+        included. Where it is 0 for every model the SLO guard never acted, so every ``guard_*`` setting made the
+        same decisions on that run (``fleetpilot tune`` replays such siblings once)."""
+        return {"slo_guard_misses": {name: int(state.model(name).misses) for name in self.goal.model_names}}
 
     def settings(self) -> dict[str, float | bool]:
         """The settings ``fleetpilot tune --autoscaler predictive`` chooses, as this core resolved them (defaults
@@ -540,11 +549,11 @@ class PredictivePolicy:
         ``guard_runs``: only the first interval of a run of missed intervals counts. One surge the forecast could
         not see leaves a queue that takes minutes to drain, i.e. tens of missed intervals that are one piece of
         evidence about the level, not tens; counted one by one they drive the level to its ceiling for hours."""
-        if self.guard_step <= 0:
-            return 0.0, False
-        g = cal.guard * self._guard_keep
         lat = self.slo_latency_ms(m)  # +inf when more than 1 - percentile of the requests timed out: a miss too
         missed = not math.isnan(lat) and lat > target_ms and _finite(m.arrival_rps) and m.arrival_rps > 0
+        if self.guard_step <= 0:
+            return 0.0, bool(missed)
+        g = cal.guard * self._guard_keep
         if missed and not (self.guard_runs and cal.missing):
             g -= self.guard_step
         return max(g, -20.0), bool(missed)
@@ -746,7 +755,7 @@ class PredictivePolicy:
             cals[spec.name] = ModelCalibration(tuple(pending), tuple(scores), scale, guard, n_scale, derate,
                                                float(m.queued) if m is not None and _finite(m.queued) else math.nan,
                                                cal.warm, cal.first_t, tuple(bins), self.phase_of(now), inv_cap, n_cap,
-                                               missing, idle, costs, cost_hi)
+                                               missing, idle, costs, cost_hi, cal.misses + int(missing))
             if pending:
                 oldest = min(oldest, pending[0][0])
         rates = tuple(r for r in rates if r[0] > oldest + _EPS)

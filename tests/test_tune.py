@@ -403,3 +403,38 @@ def test_core_settings_calibrate_during_the_warmup() -> None:
                        warmup_s=1200.0)
     assert [c["settings"]["quantile"] for c in warm["candidates"]] == [0.95, 0.99]
     assert warm["range"] == "1200:2700" and warm["warmup_s"] == 1200.0 and cold["warmup_s"] == 0.0
+
+
+def test_core_search_replays_guard_siblings_only_where_the_guard_saw_a_miss() -> None:
+    from fleetpilot.agent.commands.tune import search_core
+
+    grid = {"quantile": (0.5, 0.99), "guard_halflife_s": (3600.0, 21600.0), "phase_period_s": (0.0,),
+            "rate_window_s": (0.0,), "capacity_halflife_s": (0.0,), "guard_step": (0.35, 0.1)}
+    trace = load_traces(["nasa_http_1995_jul_1min"]).with_warmup(3600.0, 14400.0, 3600.0, 200.0)
+    shared = search_core(ONE, trace, workers=1, grid=grid, warmup_s=3600.0)
+    full = search_core(ONE, trace, workers=1, grid=grid, warmup_s=3600.0, share_inert_guard=False)
+    rows = [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in shared["candidates"]]
+    assert rows == [(c["label"], c["cost_usd"], c["slo_attainment"]) for c in full["candidates"]]
+    assert shared["chosen"] == full["chosen"] and shared["settings"] == full["settings"]
+    same = {c["label"]: c.get("same_decisions_as") for c in shared["candidates"]}
+    by_q = {q: [c for c in shared["candidates"] if c["settings"]["quantile"] == q] for q in (0.5, 0.99)}
+    # 0.99 never missed an interval: its three guard siblings take the first one's numbers, not replayed
+    assert [same[c["label"]] for c in by_q[0.99]] == [None] + [by_q[0.99][0]["label"]] * 3
+    # 0.5 missed: the guard acted, so every sibling was replayed, and the guard's settings changed the outcome
+    assert all(same[c["label"]] is None for c in by_q[0.5])
+    assert len({(c["cost_usd"], c["slo_attainment"]) for c in by_q[0.5]}) > 1
+    assert not any("same_decisions_as" in c for c in full["candidates"])
+
+
+def test_replay_records_how_often_the_core_guard_saw_a_miss() -> None:
+    from fleetpilot.agent.replay import replay
+    from fleetpilot.policies.predictive import PredictivePolicy
+
+    trace = load_traces(["nasa_http_1995_jul_1min"], (3600.0, 14400.0)).scale_to_peak(200.0)
+    on, off = PredictivePolicy(ONE, quantile=0.5), PredictivePolicy(ONE, quantile=0.5, guard_step=0.0)
+    on.name, off.name = "on", "off"
+    res = replay(ONE, trace, [on, off], seed=0, workers=1)
+    facts = {r.name: r.summary["run_facts"]["slo_guard_misses"] for r in res.runs}
+    assert set(facts["on"]) == set(ONE.model_names) and sum(facts["on"].values()) > 0
+    assert sum(facts["off"].values()) > 0  # counted with the guard off too (it then sizes for no miss)
+    assert res.run("off").summary["cost_usd"] < res.run("on").summary["cost_usd"]

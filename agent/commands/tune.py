@@ -43,7 +43,8 @@ from typing import Any
 from fleetpilot.agent.commands.common import add_trace_arguments, load_trace_arguments
 from fleetpilot.simulations.errors import UserError
 
-__all__ = ["EXTEND_ROUNDS", "extend", "register", "search", "write_outputs"]
+__all__ = ["EXTEND_ROUNDS", "GUARD_SETTINGS", "extend", "register", "replay_core", "search", "search_core",
+           "write_outputs"]
 
 
 def register(sub: Any) -> None:
@@ -244,6 +245,10 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
 CALIBRATED_SHARE = 0.5
 
 
+#: the core's settings that act only once the SLO guard has seen a missed interval
+GUARD_SETTINGS = ("guard_step", "guard_halflife_s", "guard_runs")
+
+
 def skip_limit_s(scored_s: float, soonest_s: float) -> float:
     """The search's skip rule: a setting whose calibration (after the warm-up) takes longer than this on a scored
     range of ``scored_s`` seconds, in a grid whose earliest calibration is ``soonest_s``, is not judged."""
@@ -253,7 +258,8 @@ def skip_limit_s(scored_s: float, soonest_s: float) -> float:
 def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = None, workers: int = 2,
                 margin: float | None = None, grid: dict[str, Sequence[float]] | None = None,
                 progress: bool = False, forecast_model: str | None = "holt-winters",
-                warmup_s: float = 0.0, soonest_s: float | None = None) -> dict[str, Any]:
+                warmup_s: float = 0.0, soonest_s: float | None = None,
+                share_inert_guard: bool = True) -> dict[str, Any]:
     """The same search and rule for fleetpilot's predictive core: every setting of
     :data:`~fleetpilot.policies.tuning.CORE_GRID` replayed on ``trace`` (one run, common random numbers), the
     cheapest with attainment >= goal + margin kept. Returns the ``tuning-predictive.json`` document.
@@ -262,8 +268,13 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
     replay's and the daemon's default); a setting tuned without one is a different policy. ``warmup_s``: the
     first seconds of ``trace`` are replayed but not scored; a setting calibrates during them too.
     ``soonest_s``: when ``grid`` is part of a larger grid searched in pieces, that grid's earliest calibration
-    (the skip rule reads it; default: ``grid``'s own)."""
-    from fleetpilot.agent.replay import replay
+    (the skip rule reads it; default: ``grid``'s own).
+
+    ``share_inert_guard``: settings that differ only in the SLO guard's (:data:`GUARD_SETTINGS`) make the same
+    decisions on a run where the guard never saw a missed interval (``run_facts``' ``slo_guard_misses``; the
+    guard then stays at the level asked for, whatever its step and half-life). The first of each such group is
+    replayed; its siblings are replayed only where it saw a miss, else they get its numbers (``same_decisions_as``
+    in the document). Same numbers as replaying all (``False``), fewer replays."""
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import CORE_FORMAT, CORE_KIND, DEFAULT_MARGIN, core_candidates, select
 
@@ -284,9 +295,9 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
         p.name = c.label
         cands.append(c)
         pols.append(p)
-    res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
-                 forecast_model=forecast_model, warmup_s=warmup_s)
-    vals = {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}
+    vals, same, res = replay_core(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
+                                  forecast_model=forecast_model, warmup_s=warmup_s,
+                                  share_inert_guard=share_inert_guard)
     rows = [(c, *vals[c.label]) for c in cands]
     chosen, met = select(rows, threshold)  # the incumbents' rule, unchanged
     srow = next(r for r in rows if r[0] is chosen)
@@ -309,7 +320,9 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
         "settings": dict(chosen.settings),
         "chosen": {"label": chosen.label, "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
         "candidates": [{"label": c.label, "settings": dict(c.settings), "cost_usd": cost, "slo_attainment": att,
-                        "meets": att >= threshold - 1e-12} for c, cost, att in rows],
+                        "meets": att >= threshold - 1e-12,
+                        **({"same_decisions_as": same[c.label]} if c.label in same else {})}
+                       for c, cost, att in rows],
         "skipped": {"why": f"a setting must size by its quantile for at least {CALIBRATED_SHARE:.0%} of the tuning "
                            "range (its calibration_s: warm-up before the conformal quantile is formed); otherwise "
                            "the search would judge its warm-up rule, not the setting. With one constant token mix "
@@ -317,6 +330,48 @@ def search_core(goal: Any, trace: Any, *, seed: int = 0, tick_s: float | None = 
                     "settings": skipped},
         "oracle_cost_usd": res.oracle.get("cost_usd"),
     }
+
+
+def replay_core(goal: Any, trace: Any, pols: Sequence[Any], *, seed: int = 0, tick_s: float | None = None,
+                workers: int = 2, progress: bool = False, forecast_model: str | None = "holt-winters",
+                warmup_s: float = 0.0, share_inert_guard: bool = True,
+                ) -> tuple[dict[str, tuple[float, float]], dict[str, str], Any]:
+    """Replay predictive-core policies (distinct names) on ``trace`` as one run (same seed, same warm start):
+    ``({name: (cost, attainment)}, {name: name of the sibling whose numbers it took}, the replay result)``.
+
+    ``share_inert_guard``: policies whose :meth:`~fleetpilot.policies.predictive.PredictivePolicy.settings` differ
+    only in the SLO guard's (:data:`GUARD_SETTINGS`) decide alike until the guard sees its first missed interval.
+    The first of each group is replayed; where it saw none (``run_facts``' ``slo_guard_misses``, warm-up included)
+    every sibling makes its decisions and takes its numbers, else the siblings are replayed too. The same numbers
+    as replaying all (``False``), fewer replays. The result returned is the first run's (its oracle)."""
+    from fleetpilot.agent.replay import replay
+
+    groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+    for i, p in enumerate(pols):
+        key = tuple(sorted((k, v) for k, v in p.settings().items() if k not in GUARD_SETTINGS))
+        groups.setdefault(key if share_inert_guard else (("#", i),), []).append(i)
+    leads = [ix[0] for ix in groups.values()]
+    res = replay(goal, trace, [pols[i] for i in leads], seed=seed, tick_s=tick_s, progress=progress,
+                 workers=workers, forecast_model=forecast_model, warmup_s=warmup_s)
+    vals = {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}
+    missed = {r.name: sum((r.summary.get("run_facts") or {}).get("slo_guard_misses", {"?": 1}).values())
+              for r in res.runs}
+    same: dict[str, str] = {}
+    rest = []
+    for ix in groups.values():
+        lead = pols[ix[0]].name
+        for i in ix[1:]:
+            if missed[lead] == 0:
+                same[pols[i].name] = lead
+                vals[pols[i].name] = vals[lead]
+            else:
+                rest.append(i)
+    if rest:  # the same seed and warm start as the first run (its yardstick is not needed twice)
+        more = replay(goal, trace, [pols[i] for i in rest], seed=seed, tick_s=tick_s, progress=progress,
+                      workers=workers, forecast_model=forecast_model, warmup_s=warmup_s,
+                      initial_replicas=res.initial_replicas, yardstick=None)
+        vals.update({r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in more.runs})
+    return vals, same, res
 
 
 def mix_inert(p: Any) -> bool:
@@ -443,6 +498,10 @@ def handler(args: argparse.Namespace) -> int:
             print(f"{k}: {st}: cost ${ch['cost_usd']:.2f}, attainment {ch['slo_attainment']:.4f} "
                   f"({'meets' if ch['met'] else 'does NOT meet'} {doc['threshold']:g}); "
                   f"run it with --policy predictive-tuned:{out}")
+            n_same = sum(1 for c in doc["candidates"] if "same_decisions_as" in c)
+            if n_same:
+                print(f"{k}: {n_same} of {len(doc['candidates'])} settings were not replayed: they differ from a "
+                      "replayed one only in the SLO guard, which saw no missed interval there (same decisions)")
             continue
         tg = ", ".join(f"{m}={v['target']:.4g}" for m, v in doc["models"].items())
         win = f", window {ch['stable_window_s']:g} s" if ch["stable_window_s"] is not None else ""
