@@ -27,6 +27,11 @@ of them ("with") and with each one alone ("+KEY=V1", ...); D-1 replays those pic
 ``--only RANGE,RANGE`` runs those ranges alone (session 20: ``--compare cost_window_s=300,0 --only servegen-mid,
 servegen-large,servegen-small,servegen-mid+small,azure-conv,azure-conv+code``, the ranges with token counts, ~41 min;
 on the others the token mix is fixed and the setting decides nothing).
+
+Every setting on D-1, D-2 taken from a ``--compare`` file of today's grid (session 23: the tuning margin per guard
+step, :func:`family_report`; writes ``core_tuning_nested_all.json``):
+
+    python benchmarks/core_tuning_nested.py --all-from benchmarks/core_tuning_nested_guard_step.json
 """
 
 import json
@@ -68,6 +73,75 @@ def job(rk: str, scale: float) -> dict:
         out[lab + "_oracle"] = res.oracle["cost_usd"]
     return out
 
+
+
+def check_job(rk: str, scale: float, tune: dict, tune_oracle: float) -> dict:
+    """:func:`job` with day D-2 already replayed (``tune``: every ``CORE_GRID`` setting, from a ``--compare``
+    file of today's grid): replays every setting on D-1 only."""
+    from fleetpilot.agent.commands.tune import replay_core
+    from fleetpilot.policies.predictive import PredictivePolicy
+    from fleetpilot.policies.tuning import core_candidates
+    from fleetpilot.simulations.traces import load_traces
+    r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
+    goal = ep.goal_for(r)
+    _a, b, c = _days(r)
+    tr = load_traces(list(r.traces), (b, c)).scale_to_peak(scale)
+    pols = []
+    for cand in core_candidates():
+        p = PredictivePolicy(goal, **dict(cand.settings))
+        p.name = cand.label
+        pols.append(p)
+    vals, same, res = replay_core(goal, tr, pols, seed=0, tick_s=None, workers=1)
+    return {"range": rk, "scale": scale, "tune": tune, "tune_oracle": tune_oracle,
+            "check": {p.name: list(vals[p.name]) for p in pols}, "check_oracle": res.oracle["cost_usd"],
+            "check_shared": len(same)}
+
+
+#: The per-family margin question (session 23, written before the D-1 replays it reads): for each guard step,
+#: the settings that meet a threshold goal + m on D-2 with at most BAND above it (where the rule's picks sit), and
+#: the share of them below the goal on D-1. A family whose share at m = 0.005 exceeds FAMILY_MISS_SHARE wants the
+#: smallest larger margin whose share does not (a proposal for a per-family margin, to be checked on picks next).
+BAND = 0.0025
+FAMILY_MISS_SHARE = 0.05
+
+
+def family_report(res: list, goal: float = 0.99) -> dict:
+    """Per guard step and margin: settings in the D-2 band, how many fall below ``goal`` on D-1, the share, the
+    mean and largest D-2 -> D-1 attainment drop; and the margin the rule above proposes per family."""
+    out: dict = {}
+    for m in MARGINS:
+        fam: dict = {}
+        for o in res:
+            for n, (_c, a2) in o["tune"].items():
+                if not (goal + m - 1e-12 <= a2 < goal + m + BAND - 1e-12):
+                    continue
+                step = f"{_label_settings(n)['guard_step']:g}"
+                a1 = o["check"][n][1]
+                f = fam.setdefault(step, {"n": 0, "miss": 0, "drops": []})
+                f["n"] += 1
+                f["miss"] += a1 < goal
+                f["drops"].append(a2 - a1)
+        for step, f in sorted(fam.items()):
+            d = f.pop("drops")
+            f.update(share=f["miss"] / f["n"], mean_drop=sum(d) / len(d), max_drop=max(d))
+            print(f"margin {m:g}, guard step {step}: {f['n']} settings in [{goal + m:g}, {goal + m + BAND:g}) on D-2, "
+                  f"{f['miss']} below {goal:g} on D-1 (share {f['share']:.3f}); D-2 -> D-1 drop mean "
+                  f"{f['mean_drop']:.4f}, largest {f['max_drop']:.4f}")
+        out[f"{m:g}"] = fam
+    steps = sorted({s for v in out.values() for s in v})
+    proposal = {}
+    for s in steps:
+        ok = [m for m in MARGINS if s in out[f"{m:g}"] and out[f"{m:g}"][s]["share"] <= FAMILY_MISS_SHARE]
+        proposal[s] = ok[0] if ok else None
+        print(f"guard step {s}: the smallest margin whose band share <= {FAMILY_MISS_SHARE:g}: "
+              f"{proposal[s] if proposal[s] is not None else 'none of ' + str(MARGINS)}")
+    out["proposal"] = proposal
+    return out
+
+
+def _label_settings(label: str) -> dict[str, float]:
+    inner = label[label.index("[") + 1:label.rindex("]")]
+    return {k: float(v) for k, v in (kv.split("=", 1) for kv in inner.split(",") if kv)}
 
 
 MARGINS = (0.005, 0.0075, 0.01, 0.015)
@@ -212,6 +286,26 @@ def report(res: list) -> None:
 OUT = Path(__file__).resolve().parent / "core_tuning_nested.json"
 
 if __name__ == "__main__":
+    if "--all-from" in sys.argv:  # D-2 from a --compare file of today's grid, every setting replayed on D-1
+        out = OUT.with_name("core_tuning_nested_all.json")
+        if "--report" not in sys.argv:
+            from fleetpilot.policies.tuning import core_candidates
+            src = json.loads(Path(sys.argv[sys.argv.index("--all-from") + 1]).read_text())
+            labels = {c.label for c in core_candidates()}
+            bad = [f"{o['range']}@{o['scale']:g}" for o in src if set(o["tune"]) != labels]
+            if bad:
+                print(f"--all-from: D-2 of {bad} is not today's CORE_GRID", file=sys.stderr)
+                sys.exit(2)
+            src = sorted(src, key=lambda o: o["range"].startswith("azure"))
+            jobs = [(f"{o['range']}@{o['scale']:g}", (o["range"], o["scale"], o["tune"], o["tune_oracle"]))
+                    for o in src]
+            t = time.perf_counter()
+            out.write_text(json.dumps(ep.run_parallel(jobs, 2, check_job)) + "\n")
+            print(f"wall {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        res = json.loads(out.read_text())
+        report(res)
+        family_report(res)
+        sys.exit(0)
     if "--compare" in sys.argv:
         key, _, vals = sys.argv[sys.argv.index("--compare") + 1].partition("=")
         added = key.endswith("+")

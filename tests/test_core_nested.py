@@ -47,3 +47,23 @@ def test_the_grid_change_rule_refuses_a_gain_one_pair_carries(nested) -> None:  
     assert not nested.rule_summary(miss, "with")["passes"]
     rise = res[:-1] + [_pair("m@200", 1.0, 0.995, 1.06, 0.995)]
     assert nested.rule_summary(rise, "with")["max_rise"] > 1.05 and not nested.rule_summary(rise, "with")["passes"]
+
+
+def test_the_family_margin_rule_reads_the_band_above_each_margin(nested) -> None:  # noqa: ANN001
+    def lab(step: float, i: int) -> str:
+        return f"predictive-tuned[quantile={i},guard_step={step:g}]"
+
+    # step 0.1: 4 settings just above 0.995 on D-2, 2 of them below 0.99 on D-1; above 0.9975 all hold.
+    # step 0.35: 4 just above 0.995, all hold.
+    tune, check = {}, {}
+    for i, (a2, a1) in enumerate([(0.9951, 0.9890), (0.996, 0.9880), (0.9965, 0.993), (0.997, 0.992),
+                                  (0.9980, 0.9950), (0.999, 0.996)]):
+        tune[lab(0.1, i)], check[lab(0.1, i)] = [1.0, a2], [1.0, a1]
+    for i, (a2, a1) in enumerate([(0.9955, 0.993), (0.996, 0.994), (0.997, 0.995), (0.9972, 0.991)]):
+        tune[lab(0.35, i)], check[lab(0.35, i)] = [1.0, a2], [1.0, a1]
+    out = nested.family_report([{"range": "r", "scale": 200.0, "tune": tune, "check": check}])
+    assert out["0.005"]["0.1"]["n"] == 4 and out["0.005"]["0.1"]["miss"] == 2
+    assert out["0.005"]["0.35"] == pytest.approx({"n": 4, "miss": 0, "share": 0.0, "mean_drop": 0.003175,
+                                                  "max_drop": 0.0062})
+    assert out["0.0075"]["0.1"]["n"] == 2 and out["0.0075"]["0.1"]["miss"] == 0
+    assert out["proposal"] == {"0.1": 0.0075, "0.35": 0.005}
