@@ -336,7 +336,8 @@ def replay_core(goal: Any, trace: Any, pols: Sequence[Any], *, seed: int = 0, ti
                 workers: int = 2, progress: bool = False, forecast_model: str | None = "holt-winters",
                 warmup_s: float = 0.0, share_inert_guard: bool = True,
                 ) -> tuple[dict[str, tuple[float, float]], dict[str, str], Any]:
-    """Replay predictive-core policies (distinct names) on ``trace`` as one run (same seed, same warm start):
+    """Replay predictive-core policies (distinct names, built for ``goal`` with no other argument than their
+    :meth:`~fleetpilot.policies.predictive.PredictivePolicy.settings`) on ``trace`` as one run (same seed, same warm start):
     ``({name: (cost, attainment)}, {name: name of the sibling whose numbers it took}, the replay result)``.
 
     ``share_inert_guard``: policies whose :meth:`~fleetpilot.policies.predictive.PredictivePolicy.settings` differ
