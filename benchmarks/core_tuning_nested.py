@@ -115,7 +115,7 @@ def family_report(res: list, goal: float = 0.99) -> dict:
             for n, (_c, a2) in o["tune"].items():
                 if not (goal + m - 1e-12 <= a2 < goal + m + BAND - 1e-12):
                     continue
-                step = f"{_label_settings(n)['guard_step']:g}"
+                step = f"{ep._label_settings(n)['guard_step']:g}"
                 a1 = o["check"][n][1]
                 f = fam.setdefault(step, {"n": 0, "miss": 0, "drops": []})
                 f["n"] += 1
@@ -137,11 +137,6 @@ def family_report(res: list, goal: float = 0.99) -> dict:
               f"{proposal[s] if proposal[s] is not None else 'none of ' + str(MARGINS)}")
     out["proposal"] = proposal
     return out
-
-
-def _label_settings(label: str) -> dict[str, float]:
-    inner = label[label.index("[") + 1:label.rindex("]")]
-    return {k: float(v) for k, v in (kv.split("=", 1) for kv in inner.split(",") if kv)}
 
 
 MARGINS = (0.005, 0.0075, 0.01, 0.015)
