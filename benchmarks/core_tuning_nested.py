@@ -52,49 +52,40 @@ def _days(r: ep.Range) -> tuple[float, float, float]:
     return r.split_s - 2 * 86400, r.split_s - 86400, r.split_s
 
 
-def job(rk: str, scale: float) -> dict:
+def _replay_grid(rk: str, scale: float, lo: float, hi: float) -> tuple[dict, float, int]:
+    """Every ``CORE_GRID`` setting replayed on ``rk``'s ``[lo, hi)`` at ``scale`` (seed 0): ({label: [cost,
+    attainment]}, the oracle's cost, how many settings took a guard sibling's numbers)."""
     from fleetpilot.agent.commands.tune import replay_core
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import core_candidates
     from fleetpilot.simulations.traces import load_traces
     r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
     goal = ep.goal_for(r)
-    a, b, c = _days(r)
-    out = {"range": rk, "scale": scale}
-    for lab, (lo, hi) in (("tune", (a, b)), ("check", (b, c))):
-        tr = load_traces(list(r.traces), (lo, hi)).scale_to_peak(scale)
-        pols = []
-        for cand in core_candidates():
-            p = PredictivePolicy(goal, **dict(cand.settings))
-            p.name = cand.label
-            pols.append(p)
-        vals, _same, res = replay_core(goal, tr, pols, seed=0, tick_s=None, workers=1)
-        out[lab] = {p.name: list(vals[p.name]) for p in pols}
-        out[lab + "_oracle"] = res.oracle["cost_usd"]
-    return out
-
-
-
-def check_job(rk: str, scale: float, tune: dict, tune_oracle: float) -> dict:
-    """:func:`job` with day D-2 already replayed (``tune``: every ``CORE_GRID`` setting, from a ``--compare``
-    file of today's grid): replays every setting on D-1 only."""
-    from fleetpilot.agent.commands.tune import replay_core
-    from fleetpilot.policies.predictive import PredictivePolicy
-    from fleetpilot.policies.tuning import core_candidates
-    from fleetpilot.simulations.traces import load_traces
-    r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
-    goal = ep.goal_for(r)
-    _a, b, c = _days(r)
-    tr = load_traces(list(r.traces), (b, c)).scale_to_peak(scale)
+    tr = load_traces(list(r.traces), (lo, hi)).scale_to_peak(scale)
     pols = []
     for cand in core_candidates():
         p = PredictivePolicy(goal, **dict(cand.settings))
         p.name = cand.label
         pols.append(p)
     vals, same, res = replay_core(goal, tr, pols, seed=0, tick_s=None, workers=1)
-    return {"range": rk, "scale": scale, "tune": tune, "tune_oracle": tune_oracle,
-            "check": {p.name: list(vals[p.name]) for p in pols}, "check_oracle": res.oracle["cost_usd"],
-            "check_shared": len(same)}
+    return {p.name: list(vals[p.name]) for p in pols}, res.oracle["cost_usd"], len(same)
+
+
+def job(rk: str, scale: float) -> dict:
+    a, b, c = _days({x.key: x for x in ep.SINGLE + ep.ROUTED}[rk])
+    out = {"range": rk, "scale": scale}
+    for lab, (lo, hi) in (("tune", (a, b)), ("check", (b, c))):
+        out[lab], out[lab + "_oracle"], _shared = _replay_grid(rk, scale, lo, hi)
+    return out
+
+
+def check_job(rk: str, scale: float, tune: dict, tune_oracle: float) -> dict:
+    """:func:`job` with day D-2 already replayed (``tune``: every ``CORE_GRID`` setting, from a ``--compare``
+    file of today's grid): replays every setting on D-1 only."""
+    _a, b, c = _days({x.key: x for x in ep.SINGLE + ep.ROUTED}[rk])
+    check, oracle, shared = _replay_grid(rk, scale, b, c)
+    return {"range": rk, "scale": scale, "tune": tune, "tune_oracle": tune_oracle, "check": check,
+            "check_oracle": oracle, "check_shared": shared}
 
 
 #: The per-family margin question (session 23, written before the D-1 replays it reads): for each guard step,
