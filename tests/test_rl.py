@@ -59,6 +59,18 @@ def test_same_seed_gives_same_weights(artifact: tuple[Path, object]) -> None:
     assert any(not torch.equal(sa[k], model_c.policy.state_dict()[k]) for k in sa)
 
 
+def test_training_leaves_no_logger_folder_in_the_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SB3's default logger makes an (empty) ``SB3-<time>`` folder in the temp dir on every learn(); a user's
+    training runs, and the test suite, left hundreds. Training without a tensorboard dir logs nowhere."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    _tiny(SINGLE, None)
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("SB3-")] == []
+
+
 def test_round_trip_gives_identical_actions(artifact: tuple[Path, object]) -> None:
     out, model = artifact
     goal = load_goal(SINGLE)

@@ -146,6 +146,10 @@ def train(
         policy_kwargs={"net_arch": {"pi": arch, "vf": arch}, "log_std_init": float(h["log_std_init"]),
                        "activation_fn": torch.nn.Tanh},
     )
+    if tensorboard is None:  # SB3's default logger makes an empty tempdir/SB3-<time> folder on every learn()
+        from stable_baselines3.common.logger import Logger
+
+        model.set_logger(Logger(folder=None, output_formats=[]))
     with torch.no_grad():  # the untrained network's mean action is exactly 0: the predictive core, not near it
         model.policy.action_net.weight.zero_()
         model.policy.action_net.bias.zero_()
