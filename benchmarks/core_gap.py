@@ -1,6 +1,7 @@
 """Where the predictive core's cost over the oracle goes: forecast margin or sizing rule (training ranges only).
 
-``python benchmarks/core_gap.py [--slices nasa,twitter,...] [--peaks 200,1000] [--days 1]`` replays, on the last
+``python benchmarks/core_gap.py [--slices nasa,twitter,...] [--peaks 200,1000] [--days 1] [--level-min 10,30]
+[--core JSON]`` replays, on the last
 ``--days`` of each single-model training range (seed 0):
 
 * ``core``: the predictive core at its defaults (what ships);
@@ -9,7 +10,14 @@
   the trace's interval is longer), at its largest within the cold-start lead. No quantile, no margin. It is not a
   controller (it reads the future), only a yardstick: the cost the core's sizing rule would have with a perfect
   forecast of the rate;
+* ``level N min`` (``--level-min N,...``): the core told the future *level* but not the noise: its base is the
+  trace's rate averaged over a centred window of N minutes (past and future), at its largest within the lead; its
+  conformal margin on its own errors, SLO guard and keep-warm rule are the core's. On a trace rescaled from small
+  source counts that average is close to the counts' intensity, so ``level / oracle`` is about what the
+  sampling noise alone costs this sizing rule, and ``core / level`` what forecasting the level costs;
 * ``oracle``: the offline optimum (per-window requirement searched with the simulator's own queue).
+
+``--core JSON`` gives the core (and the level columns) other settings, e.g. ``'{"quantile": 0.95}'``.
 
 ``core / clairvoyant`` is then what forecasting costs; ``clairvoyant / oracle`` what the sizing rule leaves (the
 sub-window bursts the trace's interval hides, the token mix it cannot know ahead, the utilisation at the SLO, the
@@ -19,6 +27,7 @@ rounding). Prints one line per (slice, peak).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -74,6 +83,46 @@ def clairvoyant_policy(goal: Any) -> Any:
     return Clairvoyant(goal)
 
 
+def level_policy(goal: Any, window_s: float, **settings: Any) -> Any:
+    """The predictive core told the future *level* but not the noise around it (see the module docstring): its
+    base is the largest, within the cold-start lead, of the trace's rate averaged over a centred ``window_s``
+    (past and future); everything else, the conformal margin on its own errors and the SLO guard included, is the
+    core's. Where the rate is a rescaled small count, that average is about the count's intensity, so the margin
+    the core calibrates is what the sampling noise alone costs a causal policy sized this way."""
+    from dataclasses import replace
+
+    from fleetpilot.policies.base import PrepareContext
+    from fleetpilot.policies.predictive import PredictivePolicy
+
+    class Level(PredictivePolicy):
+        name = f"level-{window_s / 60:g}min"
+        needs_trace = True
+
+        def prepare(self, context: PrepareContext) -> None:
+            tr = context.trace
+            rate = tr.total_rate()
+            h = max(0, int(round(window_s / tr.interval_s / 2)))
+            c = np.concatenate([[0.0], np.cumsum(rate)])
+            idx = np.arange(len(rate))
+            lo, hi = np.maximum(idx - h, 0), np.minimum(idx + h + 1, len(rate))
+            self._start, self._dt, self._level = float(tr.t_s[0]), float(tr.interval_s), (c[hi] - c[lo]) / (hi - lo)
+            self._now = self._start
+
+        def demand(self, name: str, m: Any, cal: Any, eps: float, level: float | None = None,
+                   rate: float | None = None) -> tuple[float, float, float]:
+            lo = int(math.floor((self._now - self._start) / self._dt + 1e-9))
+            hi = int(math.floor((self._now + self.lead[name] - self._start) / self._dt + 1e-9)) + 1
+            seg = self._level[max(lo, 0):max(min(hi, len(self._level)), lo + 1)]
+            y = float(seg.max()) if seg.size else float(m.arrival_rps)
+            return super().demand(name, replace(m, arrival_rps=y, forecast=(y, y, y, y)), cal, eps, level, y)
+
+        def plan(self, obs: Any, state: Any, **kw: Any) -> tuple[dict[str, int], Any]:
+            self._now = float(obs.t_s)
+            return super().plan(obs, state, **kw)
+
+    return Level(goal, **settings)
+
+
 def _list(text: str, known: Mapping[str, Any] | None, what: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in items if known is not None and x not in known]
@@ -87,12 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--slices", default=",".join(SLICES))
     ap.add_argument("--peaks", default="200,1000")
     ap.add_argument("--days", type=float, default=1.0)
+    ap.add_argument("--core", default="{}", help="the core's settings (JSON), for core and level columns")
+    ap.add_argument("--level-min", default="", help="also the core told the level: centred windows in minutes, "
+                    "e.g. 10,30")
     args = ap.parse_args(argv)
     try:
         keys = _list(args.slices, SLICES, "--slices")
         peaks = [float(x) for x in _list(args.peaks, None, "--peaks")]
         if not all(math.isfinite(p) and p > 0 for p in peaks) or not (math.isfinite(args.days) and args.days > 0):
             raise ValueError("--peaks and --days must be positive numbers")
+        settings = json.loads(args.core)
+        if not isinstance(settings, dict):
+            raise ValueError("--core must be a JSON object of the core's settings")
+        levels = [float(x) for x in _list(args.level_min, None, "--level-min")] if args.level_min else []
+        if not all(math.isfinite(x) and x > 0 for x in levels):
+            raise ValueError("--level-min must be positive numbers of minutes")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -104,20 +162,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fleetpilot.simulations.traces import load_traces
 
     goal = load_goal("single-model")
-    print("slice      peak   cost / oracle (attainment): core | clairvoyant | oracle   core/clairvoyant")
+    extra = "".join(f" | level {x:g} min" for x in levels)
+    print(f"slice      peak   cost / oracle (attainment): core | clairvoyant{extra} | oracle   core/clairvoyant")
     for k in keys:
         name, _, hi = SLICES[k]
         start = max(0.0, hi - args.days * 86400.0)
         for peak in peaks:
             t = load_traces([name], (start, hi)).scale_to_peak(peak)
-            core = PredictivePolicy(goal)
+            core = PredictivePolicy(goal, **settings)
             core.name = "core"
             t0 = time.perf_counter()
-            res = replay(goal, t, [core, clairvoyant_policy(goal), make_policy("oracle", goal, trace=t)], seed=0,
-                         tick_s=None, workers=2)
+            lv = [level_policy(goal, 60.0 * x, **settings) for x in levels]
+            res = replay(goal, t, [core, clairvoyant_policy(goal), *lv, make_policy("oracle", goal, trace=t)],
+                         seed=0, tick_s=None, workers=2)
             s = {r.name: r.summary for r in res.runs}
             cells = " | ".join(f"{s[p]['cost_vs_oracle']:.3f} ({s[p]['slo_attainment']:.4f})"
-                               for p in ("core", "clairvoyant", "oracle"))
+                               for p in ("core", "clairvoyant", *(x.name for x in lv), "oracle"))
             ratio = s["core"]["cost_usd"] / s["clairvoyant"]["cost_usd"]
             print(f"{k:10s} {peak:5g}   {cells}   {ratio:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     return 0

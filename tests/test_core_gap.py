@@ -47,8 +47,47 @@ def test_the_clairvoyant_core_is_ready_for_a_jump_one_lead_ahead(gap) -> None:  
     assert flat.max() == clair._replicas_for(name, 20.0, cap)
 
 
+def test_the_level_told_core_sizes_on_the_centred_average_and_keeps_its_own_margin(gap) -> None:  # noqa: ANN001
+    """The core told the level: its base is the trace's rate averaged over a centred window (past and future), at
+    its largest within the lead, so a step is ready one lead ahead for what that mean says; the conformal margin on
+    its own errors stays the core's, so on a rate that swings around its level it holds what the swing needs, more
+    than the level alone would."""
+    goal = load_goal("single-model")
+    name = goal.models[0].name
+    tr = _step_trace(60.0, 90, 60, 20.0, 200.0)
+    lv = gap.level_policy(goal, 120.0)
+    res = replay(goal, tr, [lv, PredictivePolicy(goal)], seed=0, tick_s=None, workers=1)
+    by = {r.name: r for r in res.runs}
+    assert lv.name == "level-2min" and set(by) == {"level-2min", "predictive"}
+    assert np.allclose(lv._level[:58], 20.0) and np.allclose(lv._level[61:], 200.0)
+    assert lv._level[59] == pytest.approx((2 * 20.0 + 200.0) / 3)  # minutes 58-60: a centred 3-interval mean
+    cap = lv.capacity(name)
+    t = np.asarray(by["level-2min"].series.t_s)
+    ready = np.asarray(by["level-2min"].series.ready[name])
+    # ready one lead ahead for what the centred mean says: 140 req/s in the step's minute, 200 from the next one
+    assert ready[(t >= 3600.0) & (t < 3660.0)].min() >= lv._replicas_for(name, 140.0, cap) \
+        > lv._replicas_for(name, 20.0, cap)
+    assert ready[(t >= 3660.0) & (t < 3720.0)].min() >= lv._replicas_for(name, 200.0, cap)
+    assert by["level-2min"].summary["slo_attainment"] > by["predictive"].summary["slo_attainment"]
+    # a rate alternating 20 % either side of 300 req/s: the centred level is 300, its own margin covers the swing
+    n = 240
+    rate = 300.0 * (1.0 + 0.2 * np.where(np.arange(n) % 2 == 0, 1.0, -1.0))
+    sw = Trace(name="swing", t_s=np.arange(n) * 60.0, interval_s=60.0, classes=("default",),
+               arrivals=(rate * 60.0)[:, None], input_tokens=np.full((n, 1), 512.0),
+               output_tokens=np.full((n, 1), 256.0))
+    lv2 = gap.level_policy(goal, 600.0)
+    res = replay(goal, sw, [lv2], seed=0, tick_s=None, workers=1)
+    run = res.runs[0]
+    late = np.asarray(run.series.t_s) > 120 * 60.0
+    held = np.asarray(run.series.ready[name])[late]
+    assert np.allclose(lv2._level[5:-5], 300.0, rtol=0.02)
+    assert held.min() >= lv2._replicas_for(name, 360.0, cap) > lv2._replicas_for(name, 300.0, cap)
+    assert run.summary["slo_attainment"] == 1.0
+
+
 @pytest.mark.parametrize("args", [["--slices", "nasa,moon"], ["--peaks", "0"], ["--peaks", "x"], ["--days", "-1"],
-                                  ["--slices", ""]])
+                                  ["--slices", ""], ["--level-min", "0"], ["--level-min", "ten"],
+                                  ["--core", "[1]"], ["--core", "{quantile"]])
 def test_bad_input_gets_one_line_and_exit_2(gap, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:  # noqa: ANN001
     assert gap.main(args) == 2
     err = capsys.readouterr().err
