@@ -1,7 +1,7 @@
 """Where the predictive core's cost over the oracle goes: forecast margin or sizing rule (training ranges only).
 
 ``python benchmarks/core_gap.py [--slices nasa,twitter,...] [--peaks 200,1000] [--days 1] [--level-min 10,30]
-[--core JSON]`` replays, on the last
+[--noise-z 3,4,5] [--core JSON]`` replays, on the last
 ``--days`` of each single-model training range (seed 0):
 
 * ``core``: the predictive core at its defaults (what ships);
@@ -16,6 +16,11 @@
   source counts that average is close to the counts' intensity, so ``level / oracle`` is about what the
   sampling noise alone costs this sizing rule, and ``core / level`` what forecasting the level costs;
 * ``oracle``: the offline optimum (per-window requirement searched with the simulator's own queue).
+
+* ``noise z=Z`` (``--noise-z Z,...``): the core's sizing and keep-warm rule told a 10-min centred level plus
+  ``Z`` standard deviations of the interval's rate were the source count Poisson at that level before the rescaling
+  (no forecast, no calibration, no guard): the cheapest ``Z`` that meets is about the least this sizing rule pays
+  for the rescaled sampling noise alone.
 
 ``--core JSON`` gives the core (and the level columns) other settings, e.g. ``'{"quantile": 0.95}'``.
 
@@ -123,6 +128,33 @@ def level_policy(goal: Any, window_s: float, **settings: Any) -> Any:
     return Level(goal, **settings)
 
 
+def noise_policy(goal: Any, z: float, factor: float, window_s: float = 600.0) -> Any:
+    """The core's sizing and keep-warm rule told the level and the sampling noise of a rescaled count, not the
+    count: its demand is the largest, within the lead, of ``level + z x sd``, the level being the trace's rate
+    averaged over a centred ``window_s`` and ``sd`` the standard deviation of an interval's rate if the source's
+    count were Poisson at that level and then multiplied by ``factor`` (the rescaling: ``sqrt(factor x level /
+    interval)``). No forecast, no calibration, no guard. The cheapest ``z`` that meets the SLO is about the least
+    a causal policy sized this way pays for the noise alone (more where the source is burstier than Poisson)."""
+    clair = clairvoyant_policy(goal)
+
+    class Noise(type(clair)):  # type: ignore[misc]
+        name = f"noise z={z:g}"
+
+        def prepare(self, context: Any) -> None:
+            tr = context.trace
+            rate = tr.total_rate()
+            h = max(0, int(round(window_s / tr.interval_s / 2)))
+            c = np.concatenate([[0.0], np.cumsum(rate)])
+            idx = np.arange(len(rate))
+            lo, hi = np.maximum(idx - h, 0), np.minimum(idx + h + 1, len(rate))
+            level = (c[hi] - c[lo]) / (hi - lo)
+            sd = np.sqrt(np.maximum(level, 0.0) * float(factor) / float(tr.interval_s))
+            self._start, self._dt, self._rate = float(tr.t_s[0]), float(tr.interval_s), level + float(z) * sd
+            self._now = self._start
+
+    return Noise(goal)
+
+
 def _list(text: str, known: Mapping[str, Any] | None, what: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in items if known is not None and x not in known]
@@ -136,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--slices", default=",".join(SLICES))
     ap.add_argument("--peaks", default="200,1000")
     ap.add_argument("--days", type=float, default=1.0)
+    ap.add_argument("--noise-z", default="", help="also the core's rule told a 10-min level plus z Poisson "
+                    "standard deviations of the rescaled count, e.g. 3,4,5")
     ap.add_argument("--core", default="{}", help="the core's settings (JSON), for core and level columns")
     ap.add_argument("--level-min", default="", help="also the core told the level: centred windows in minutes, "
                     "e.g. 10,30")
@@ -151,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         levels = [float(x) for x in _list(args.level_min, None, "--level-min")] if args.level_min else []
         if not all(math.isfinite(x) and x > 0 for x in levels):
             raise ValueError("--level-min must be positive numbers of minutes")
+        zs = [float(x) for x in _list(args.noise_z, None, "--noise-z")] if args.noise_z else []
+        if not all(math.isfinite(x) and x >= 0 for x in zs):
+            raise ValueError("--noise-z must be numbers >= 0")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -162,17 +199,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fleetpilot.simulations.traces import load_traces
 
     goal = load_goal("single-model")
-    extra = "".join(f" | level {x:g} min" for x in levels)
+    extra = "".join(f" | level {x:g} min" for x in levels) + "".join(f" | noise z={z:g}" for z in zs)
     print(f"slice      peak   cost / oracle (attainment): core | clairvoyant{extra} | oracle   core/clairvoyant")
     for k in keys:
         name, _, hi = SLICES[k]
         start = max(0.0, hi - args.days * 86400.0)
         for peak in peaks:
-            t = load_traces([name], (start, hi)).scale_to_peak(peak)
+            raw = load_traces([name], (start, hi))
+            t = raw.scale_to_peak(peak)
+            factor = float(t.total_rate().max() / raw.total_rate().max())
             core = PredictivePolicy(goal, **settings)
             core.name = "core"
             t0 = time.perf_counter()
-            lv = [level_policy(goal, 60.0 * x, **settings) for x in levels]
+            lv = [level_policy(goal, 60.0 * x, **settings) for x in levels] + \
+                [noise_policy(goal, z, factor) for z in zs]
             res = replay(goal, t, [core, clairvoyant_policy(goal), *lv, make_policy("oracle", goal, trace=t)],
                          seed=0, tick_s=None, workers=2)
             s = {r.name: r.summary for r in res.runs}

@@ -85,9 +85,29 @@ def test_the_level_told_core_sizes_on_the_centred_average_and_keeps_its_own_marg
     assert run.summary["slo_attainment"] == 1.0
 
 
+def test_the_noise_yardstick_sizes_for_the_level_plus_z_poisson_deviations(gap) -> None:  # noqa: ANN001
+    """100 req/s in 60-s intervals rescaled by 60 from a Poisson count: an interval's rate has sd sqrt(60 x 100 /
+    60) = 10 req/s, so z = 2 sizes for 120 req/s (one replica more than the level's own count), z = 0 for 100."""
+    goal = load_goal("single-model")
+    name = goal.models[0].name
+    tr = _step_trace(60.0, 120, 120, 100.0, 100.0)
+    z0, z2 = gap.noise_policy(goal, 0.0, 60.0), gap.noise_policy(goal, 2.0, 60.0)
+    res = replay(goal, tr, [z0, z2], seed=0, tick_s=None, workers=1)
+    by = {r.name: r for r in res.runs}
+    assert set(by) == {"noise z=0", "noise z=2"}
+    cap = z0.capacity(name)
+    assert z2._rate == pytest.approx(np.full(120, 120.0))
+    for pol, rate in ((z0, 100.0), (z2, 120.0)):
+        t = np.asarray(by[pol.name].series.t_s)
+        ready = np.asarray(by[pol.name].series.ready[name])[t > 600.0]
+        assert set(ready.tolist()) == {pol._replicas_for(name, rate, cap)}
+    assert z2._replicas_for(name, 120.0, cap) > z0._replicas_for(name, 100.0, cap)
+
+
 @pytest.mark.parametrize("args", [["--slices", "nasa,moon"], ["--peaks", "0"], ["--peaks", "x"], ["--days", "-1"],
                                   ["--slices", ""], ["--level-min", "0"], ["--level-min", "ten"],
-                                  ["--core", "[1]"], ["--core", "{quantile"]])
+                                  ["--core", "[1]"], ["--core", "{quantile"], ["--noise-z", "-1"],
+                                  ["--noise-z", "nan"]])
 def test_bad_input_gets_one_line_and_exit_2(gap, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:  # noqa: ANN001
     assert gap.main(args) == 2
     err = capsys.readouterr().err
