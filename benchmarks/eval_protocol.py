@@ -451,22 +451,27 @@ def extend_core_job(r: Range, scale: float, doc: dict[str, Any], equivalent: Seq
 
 
 def extend_job(r: Range, scale: float, cached: dict[str, Any]) -> dict[str, Any]:
-    """Extend a cached tuning below its grid for the incumbents where nothing met the threshold."""
+    """Extend a cached tuning past its grid's end for the incumbents whose choice sits there (below it where
+    nothing met the threshold, above it where the highest fraction met and is the choice). Returns the extended
+    incumbent documents only (the cache entry's other documents, the core's, are not touched)."""
     from fleetpilot.agent.commands.tune import extend
 
     goal = goal_for(r)
     tune, warm, _rng = tune_with_warmup(r, scale)
     started = time.perf_counter()
-    docs = extend(goal, tune, cached["docs"], seed=0, tick_s=None, workers=1, warmup_s=warm)
+    inc = {k: d for k, d in cached["docs"].items() if k in INCUMBENTS_TUNED.values()}
+    docs = extend(goal, tune, inc, seed=0, tick_s=None, workers=1, warmup_s=warm)
     for k, d in docs.items():
         d["command"] = cached["docs"][k].get("command", "")
-    return dict(cached, docs=docs, wall_s=round(cached.get("wall_s", 0.0) + time.perf_counter() - started, 2))
+    return {"key": cached["key"], "docs": docs, "wall_s": round(time.perf_counter() - started, 2)}
 
 
 def _needs_extension(entry: dict[str, Any]) -> bool:
-    from fleetpilot.agent.commands.tune import EXTEND_ROUNDS
+    """An incumbent's cached tuning whose choice sits at its grid's end (nothing met, or the highest fraction met
+    and is the choice) with extension rounds left: :func:`fleetpilot.agent.commands.tune.extend` would add to it."""
+    from fleetpilot.agent.commands.tune import EXTEND_ROUNDS, extension_fractions
 
-    return any(not d["chosen"]["met"] and d.get("extension_rounds", 0) < EXTEND_ROUNDS
+    return any(d.get("extension_rounds", 0) < EXTEND_ROUNDS and extension_fractions(d)
                for k, d in entry.get("docs", {}).items() if k in INCUMBENTS_TUNED.values())
 
 
@@ -629,8 +634,9 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
                 "warm up on their first 23 min and score the last 23)" if tune_warm else "") + "; "
              "per incumbent one utilisation fraction shared by the goal's models (HPA in-flight x slots, KEDA "
              "Little's-law in-flight at saturation x slots, KPA concurrency x slots, and the KPA stable window), grid fixed "
-             "a priori in `policies/tuning.py`, extended below its lowest fraction (x0.7, x0.5, at most 2 rounds) "
-             "while nothing meets; rule: the cheapest setting with attainment >= goal + 0.005 "
+             "a priori in `policies/tuning.py`, extended below its lowest fraction (x0.7, x0.5) while nothing meets "
+             "and above its highest (x1.2, x1.45, at most 1.0) while that meets and is the choice (at most 2 "
+             "rounds); rule: the cheapest setting with attainment >= goal + 0.005 "
              "(chosen values: `benchmarks/eval_tuning.json`, columns below);",
              "* hpa / keda / kpa: upstream defaults (70 % of slots), no fleetpilot shield, goal min/max only;",
              "* static: replicas for the tuning range's peak at 70 % utilisation (capacity model at the SLO);",
@@ -811,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
                 core_jobs.append((f"extend core {r.key}@{s:g}", (r, s, have["predictive"], equivalent)))
             elif need:
                 tune_jobs.append((f"tune {r.key}@{s:g} {','.join(need)}", (r, s, need)))
-            elif _needs_extension(cache[k]):
+            if k in cache and not [kd for kd in need if kd != "predictive"] and _needs_extension(cache[k]):
                 ext_jobs.append((f"extend {r.key}@{s:g}", (r, s, cache[k])))
     t0 = time.perf_counter()
     if restricted:
@@ -831,8 +837,10 @@ def main(argv: list[str] | None = None) -> int:
             cache[res["key"]] = dict(old, **{k: v for k, v in res.items() if k not in ("docs", "wall_s")},
                                      docs={**old.get("docs", {}), **res["docs"]},
                                      wall_s=round(old.get("wall_s", 0.0) + res["wall_s"], 2))
-        for res in run_parallel(ext_jobs, a.workers, extend_job):
-            cache[res["key"]] = res
+        for res in run_parallel(ext_jobs, a.workers, extend_job):  # the incumbents' documents only
+            old = cache[res["key"]]
+            cache[res["key"]] = dict(old, docs={**old["docs"], **res["docs"]},
+                                     wall_s=round(old.get("wall_s", 0.0) + res["wall_s"], 2))
         if not a.no_write:
             a.tuning_cache.write_text(json.dumps(cache, indent=1, allow_nan=False) + "\n")
     if a.tune_only:

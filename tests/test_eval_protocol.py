@@ -235,3 +235,21 @@ def test_the_core_fingerprint_covers_the_simulator_and_the_forecasters(ep, monke
     fleet = next(q for q in copies if q.parent.name == "simulations" and q.name == "fleet.py")
     fleet.write_bytes(fleet.read_bytes() + b"\n# an edit\n")
     assert ep.core_fingerprint() != before
+
+
+def test_cached_incumbent_tunings_extend_where_the_choice_sits_at_the_grid_end(ep) -> None:  # noqa: ANN001
+    """The protocol re-opens a cached incumbent tuning whose choice is the highest fraction tried and met (the
+    grid did not find the cheapest target that meets), as it does where nothing met; not otherwise, and never for
+    the core's document."""
+    def doc(fracs: list[float], chosen: float, met: bool, rounds: int = 0) -> dict:
+        return {"chosen": {"fraction": chosen, "met": met}, "extension_rounds": rounds,
+                "candidates": [{"fraction": f} for f in fracs]}
+
+    top = {"docs": {"keda": doc([0.6, 0.7, 0.8, 0.9], 0.9, True)}}
+    inside = {"docs": {"keda": doc([0.6, 0.7, 0.8, 0.9], 0.8, True)}}
+    none_met = {"docs": {"hpa": doc([0.15, 0.2], 0.15, False)}}
+    spent = {"docs": {"keda": doc([0.6, 0.9, 1.0], 1.0, True, rounds=1)}}
+    core = {"docs": {"predictive": doc([0.6, 0.9], 0.9, True)}}
+    assert ep._needs_extension(top) and ep._needs_extension(none_met)
+    assert not ep._needs_extension(inside) and not ep._needs_extension(spent) and not ep._needs_extension(core)
+    assert ep._needs_extension({"docs": {**inside["docs"], "hpa": top["docs"]["keda"]}})

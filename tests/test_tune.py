@@ -169,7 +169,7 @@ def test_search_is_deterministic_for_a_seed() -> None:
     a = search(ONE, tr, ["hpa"], **kw)["hpa"]  # type: ignore[arg-type]
     b = search(ONE, tr, ["hpa"], **kw)["hpa"]  # type: ignore[arg-type]
     assert a["candidates"] == b["candidates"] and a["chosen"] == b["chosen"]
-    assert [c["fraction"] for c in a["candidates"]] == [0.2, 0.45]
+    assert [c["fraction"] for c in a["candidates"]][:2] == [0.2, 0.45]  # then the upward extension, if 0.45 met
 
 
 def test_grid_extends_downwards_while_nothing_meets(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,6 +195,42 @@ def test_grid_extends_downwards_while_nothing_meets(monkeypatch: pytest.MonkeyPa
     calls.clear()
     doc = tune_cmd.search(ONE, tr, ["hpa"], fractions={"hpa": (0.5,)})["hpa"]
     assert len(calls) == 3 and not doc["chosen"]["met"] and doc["extension_rounds"] == 2  # gives up after two
+
+
+def test_grid_extends_upwards_while_the_highest_target_meets_and_is_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An incumbent tuned as its users tune it: when the most aggressive target tried still meets and is the
+    cheapest, try higher ones (1.2x, 1.45x of the highest, at most a replica's whole concurrency, two rounds)."""
+    import fleetpilot.agent.commands.tune as tune_cmd
+
+    class _Res:
+        trace: dict = {"name": "t", "provenance": []}
+        tick_s = 1.0
+        oracle: dict = {"cost_usd": 1.0}
+
+    calls: list[list[float]] = []
+    limit = {"at": 0.7}
+
+    def fake(goal, trace, cands, **kw):  # meets up to fraction `at`; cost falls with the fraction
+        calls.append(sorted(c.fraction for c in cands))
+        return {c.label: (100.0 * (1 - c.fraction / 2), 1.0 if c.fraction <= limit["at"] else 0.9) for c in cands}, \
+            _Res()
+
+    monkeypatch.setattr(tune_cmd, "_evaluate", fake)
+    tr = load_traces([TRACE], (0.0, 600.0))
+    doc = tune_cmd.search(ONE, tr, ["hpa"], fractions={"hpa": (0.3, 0.45)})["hpa"]
+    # round 1: 0.54 and 0.6525 meet, the latter is the choice; round 2: 0.783 and 0.946125 miss
+    assert calls == [[0.3, 0.45], [0.54, 0.6525], [0.783, 0.946125]]
+    assert doc["chosen"]["met"] and doc["chosen"]["fraction"] == 0.6525 and doc["extension_rounds"] == 2
+    calls.clear()
+    limit["at"] = 0.85
+    doc = tune_cmd.search(ONE, tr, ["keda"], fractions={"keda": (0.8, 0.9)})["keda"]
+    assert calls == [[0.8, 0.9]] and doc["chosen"]["fraction"] == 0.8  # 0.9 missed: not the choice, no extension
+    calls.clear()
+    limit["at"] = 1.0
+    doc = tune_cmd.search(ONE, tr, ["keda"], fractions={"keda": (0.8, 0.9)})["keda"]
+    assert calls == [[0.8, 0.9], [1.0]]  # 1.08 and 1.305 capped at 1.0: one new target, then the cap stops it
+    assert doc["chosen"]["fraction"] == 1.0 and doc["extension_rounds"] == 1
+    assert "above its highest" in doc["rule"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from typing import Any
 from fleetpilot.agent.commands.common import add_trace_arguments, load_trace_arguments
 from fleetpilot.simulations.errors import UserError
 
-__all__ = ["EXTEND_ROUNDS", "GUARD_SETTINGS", "extend", "register", "replay_core", "search", "search_core",
+__all__ = ["EXTEND_ROUNDS", "GUARD_SETTINGS", "MAX_FRACTION", "extend", "extension_fractions", "register", "replay_core", "search", "search_core",
            "write_outputs"]
 
 
@@ -136,7 +136,9 @@ def _document(goal: Any, trace: Any, kind: str, rows: list[tuple[Any, float, flo
         "threshold": threshold,
         "rule": (f"cheapest candidate with SLO attainment >= {threshold:g} (goal {goal.slo.attainment:g} + "
                  f"margin {margin:g}) on this tuning range; else the highest attainment. The grid extends below "
-                 f"its lowest fraction (x0.7, x0.5 per round, at most {EXTEND_ROUNDS} rounds) while nothing meets"),
+                 f"its lowest fraction (x0.7, x0.5 per round) while nothing meets, and above its highest (x1.2, "
+                 f"x1.45, at most {MAX_FRACTION:g}) while that meets and is the choice; at most {EXTEND_ROUNDS} "
+                 "rounds"),
         "chosen": {"label": chosen.label, "fraction": chosen.fraction, "stable_window_s": chosen.stable_window_s,
                    "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
         "models": models,
@@ -149,9 +151,26 @@ def _document(goal: Any, trace: Any, kind: str, rows: list[tuple[Any, float, flo
     }
 
 
-#: rounds of grid extension below the lowest fraction while no candidate meets the threshold
+#: rounds of grid extension below the lowest fraction while no candidate meets the threshold (or above the
+#: highest while it meets and is the choice)
 EXTEND_ROUNDS = 2
 _MIN_FRACTION = 0.02
+#: the highest fraction the upward extension tries: a target at one replica's whole concurrency
+MAX_FRACTION = 1.0
+
+
+def extension_fractions(doc: dict[str, Any]) -> list[float]:
+    """The fractions the next extension round of an incumbent's tuning document adds: below the lowest tried
+    (0.7x, 0.5x) when no candidate met the threshold; above the highest tried (1.2x, 1.45x, capped at
+    :data:`MAX_FRACTION`) when the choice met and is the highest fraction tried; else none."""
+    fracs = [float(c["fraction"]) for c in doc["candidates"]]
+    if not doc["chosen"]["met"]:
+        fmin = min(fracs)
+        return [round(fmin * x, 6) for x in (0.7, 0.5) if fmin * x >= _MIN_FRACTION - 1e-12]
+    fmax = max(fracs)
+    if float(doc["chosen"]["fraction"]) < fmax - 1e-12 or fmax >= MAX_FRACTION - 1e-12:
+        return []
+    return sorted({round(min(fmax * x, MAX_FRACTION), 6) for x in (1.2, 1.45)} - {round(f, 6) for f in fracs})
 
 
 def _rows_of(doc: dict[str, Any]) -> list[tuple[Any, float, float]]:
@@ -165,22 +184,22 @@ def _rows_of(doc: dict[str, Any]) -> list[tuple[Any, float, float]]:
 def extend(goal: Any, trace: Any, docs: dict[str, dict[str, Any]], *, seed: int = 0, tick_s: float | None = None,
            workers: int = 2, windows: Sequence[float] | None = None, progress: bool = False,
            rounds: int = EXTEND_ROUNDS, warmup_s: float = 0.0) -> dict[str, dict[str, Any]]:
-    """Extend the search below the lowest fraction for the kinds where no candidate met the threshold.
+    """Extend the search past the grid's end for the kinds whose choice sits at it.
 
     What an SRE does when even the most conservative target tried misses the SLO: try lower ones. Each round
-    adds 0.7x and 0.5x the lowest fraction tried (for the KPA at every window tried) in one replay run.
+    adds 0.7x and 0.5x the lowest fraction tried (for the KPA at every window tried) in one replay run. And when
+    the most aggressive target tried meets the SLO and is the choice, the grid did not find the cheapest target
+    that meets: try higher ones, 1.2x and 1.45x the highest tried, at most :data:`MAX_FRACTION` (a target at the
+    replica's whole concurrency). ``rounds`` bounds the rounds of either kind.
     ``warmup_s``: the first seconds of ``trace`` are replayed unscored (as in :func:`search`).
     """
     from fleetpilot.policies.tuning import KINDS, candidates
 
     docs = {k: dict(d) for k, d in docs.items()}
     for _ in range(rounds):
-        todo = [k for k, d in docs.items() if k in KINDS and not d["chosen"]["met"]
-                and d.get("extension_rounds", 0) < rounds]
         new: dict[str, list[Any]] = {}
-        for k in todo:
-            fmin = min(float(c["fraction"]) for c in docs[k]["candidates"])
-            fr = [round(fmin * x, 6) for x in (0.7, 0.5) if fmin * x >= _MIN_FRACTION - 1e-12]
+        for k in [k for k, d in docs.items() if k in KINDS and d.get("extension_rounds", 0) < rounds]:
+            fr = extension_fractions(docs[k])
             if not fr:
                 continue
             ws = sorted({c["stable_window_s"] for c in docs[k]["candidates"] if c.get("stable_window_s")}) or None
@@ -206,7 +225,8 @@ def search(goal: Any, trace: Any, kinds: Sequence[str], *, seed: int = 0, tick_s
            extend_rounds: int = EXTEND_ROUNDS, forecast_model: str | None = "holt-winters",
            warmup_s: float = 0.0) -> dict[str, dict[str, Any]]:
     """Replay every candidate of every kind on ``trace`` (one replay run) and choose per kind; extend the grid
-    downwards (:func:`extend`) for kinds where nothing met the threshold.
+    (:func:`extend`) downwards for kinds where nothing met the threshold, upwards where the highest fraction met
+    and is the choice.
 
     Returns ``{kind: document}``, each the JSON :func:`write_outputs` writes (without the command line).
     ``forecast_model``: the forecaster the predictive core is tuned with (the incumbents read none).
