@@ -18,7 +18,7 @@
 * ``oracle``: the offline optimum (per-window requirement searched with the simulator's own queue).
 
 * ``noise z=Z`` (``--noise-z Z,...``): the core's sizing and keep-warm rule told a 10-min centred level plus
-  ``Z`` standard deviations of the interval's rate were the source count Poisson at that level before the rescaling
+  ``Z`` standard deviations of the SLO window's rate were the source count Poisson at that level before the rescaling
   (no forecast, no calibration, no guard): the cheapest ``Z`` that meets is about the least this sizing rule pays
   for the rescaled sampling noise alone.
 
@@ -131,10 +131,11 @@ def level_policy(goal: Any, window_s: float, **settings: Any) -> Any:
 def noise_policy(goal: Any, z: float, factor: float, window_s: float = 600.0) -> Any:
     """The core's sizing and keep-warm rule told the level and the sampling noise of a rescaled count, not the
     count: its demand is the largest, within the lead, of ``level + z x sd``, the level being the trace's rate
-    averaged over a centred ``window_s`` and ``sd`` the standard deviation of an interval's rate if the source's
-    count were Poisson at that level and then multiplied by ``factor`` (the rescaling: ``sqrt(factor x level /
-    interval)``). No forecast, no calibration, no guard. The cheapest ``z`` that meets the SLO is about the least
-    a causal policy sized this way pays for the noise alone (more where the source is burstier than Poisson)."""
+    averaged over a centred ``window_s`` and ``sd`` the standard deviation of the rate over one SLO window (or the
+    trace's interval, if longer) if the source's count were Poisson at that level and then multiplied by ``factor``
+    (the rescaling: ``sqrt(factor x level / max(interval, SLO window))``). No forecast, no calibration, no guard.
+    The cheapest ``z`` that meets the SLO is about the least a causal policy sized this way pays for the noise
+    alone (more where the source is burstier than Poisson)."""
     clair = clairvoyant_policy(goal)
 
     class Noise(type(clair)):  # type: ignore[misc]
@@ -148,7 +149,8 @@ def noise_policy(goal: Any, z: float, factor: float, window_s: float = 600.0) ->
             idx = np.arange(len(rate))
             lo, hi = np.maximum(idx - h, 0), np.minimum(idx + h + 1, len(rate))
             level = (c[hi] - c[lo]) / (hi - lo)
-            sd = np.sqrt(np.maximum(level, 0.0) * float(factor) / float(tr.interval_s))
+            # the SLO judges a window's rate: a shorter interval's noise averages over the window
+            sd = np.sqrt(np.maximum(level, 0.0) * float(factor) / max(float(tr.interval_s), goal.slo.window_s))
             self._start, self._dt, self._rate = float(tr.t_s[0]), float(tr.interval_s), level + float(z) * sd
             self._now = self._start
 
