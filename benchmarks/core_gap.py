@@ -48,6 +48,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predictive_training_ranges import SLICES  # noqa: E402
 
 
+def centred_mean(rate: np.ndarray, interval_s: float, window_s: float) -> np.ndarray:
+    """``rate`` averaged over a window of about ``window_s`` centred on each interval (shorter at the ends)."""
+    h = max(0, int(round(window_s / interval_s / 2)))
+    c = np.concatenate([[0.0], np.cumsum(rate)])
+    idx = np.arange(len(rate))
+    lo, hi = np.maximum(idx - h, 0), np.minimum(idx + h + 1, len(rate))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
 def clairvoyant_policy(goal: Any) -> Any:
     """The predictive core told the future rate (see the module docstring)."""
     from fleetpilot.policies.base import PrepareContext
@@ -69,13 +78,17 @@ def clairvoyant_policy(goal: Any) -> Any:
             self._start, self._dt, self._rate = float(tr.t_s[0]), float(tr.interval_s), rate
             self._now = self._start
 
-        def demand(self, name: str, m: Any, cal: Any, eps: float, level: float | None = None,
-                   rate: float | None = None) -> tuple[float, float, float]:
-            # the intervals from now to the one a replica launched now first serves (the one holding now + lead)
+        def ahead(self, name: str, fallback: float) -> float:
+            """The largest of ``self._rate`` from now to the interval a replica launched now first serves (the
+            one holding now + lead)."""
             lo = int(math.floor((self._now - self._start) / self._dt + 1e-9))
             hi = int(math.floor((self._now + self.lead[name] - self._start) / self._dt + 1e-9)) + 1
             seg = self._rate[max(lo, 0):max(min(hi, len(self._rate)), lo + 1)]
-            y = float(seg.max()) if seg.size else float(m.arrival_rps)
+            return float(seg.max()) if seg.size else float(fallback)
+
+        def demand(self, name: str, m: Any, cal: Any, eps: float, level: float | None = None,
+                   rate: float | None = None) -> tuple[float, float, float]:
+            y = self.ahead(name, m.arrival_rps)
             return y, 1.0, y
 
         def plan(self, obs: Any, state: Any, **kw: Any) -> tuple[dict[str, int], Any]:
@@ -96,34 +109,23 @@ def level_policy(goal: Any, window_s: float, **settings: Any) -> Any:
     the core calibrates is what the sampling noise alone costs a causal policy sized this way."""
     from dataclasses import replace
 
-    from fleetpilot.policies.base import PrepareContext
     from fleetpilot.policies.predictive import PredictivePolicy
 
-    class Level(PredictivePolicy):
+    class Level(type(clairvoyant_policy(goal))):  # type: ignore[misc]
         name = f"level-{window_s / 60:g}min"
-        needs_trace = True
+        factor = PredictivePolicy.factor  # the core's own calibration, warm-up and guard
 
-        def prepare(self, context: PrepareContext) -> None:
+        def prepare(self, context: Any) -> None:
             tr = context.trace
-            rate = tr.total_rate()
-            h = max(0, int(round(window_s / tr.interval_s / 2)))
-            c = np.concatenate([[0.0], np.cumsum(rate)])
-            idx = np.arange(len(rate))
-            lo, hi = np.maximum(idx - h, 0), np.minimum(idx + h + 1, len(rate))
-            self._start, self._dt, self._level = float(tr.t_s[0]), float(tr.interval_s), (c[hi] - c[lo]) / (hi - lo)
+            self._start, self._dt = float(tr.t_s[0]), float(tr.interval_s)
+            self._rate = centred_mean(tr.total_rate(), self._dt, window_s)
             self._now = self._start
 
         def demand(self, name: str, m: Any, cal: Any, eps: float, level: float | None = None,
                    rate: float | None = None) -> tuple[float, float, float]:
-            lo = int(math.floor((self._now - self._start) / self._dt + 1e-9))
-            hi = int(math.floor((self._now + self.lead[name] - self._start) / self._dt + 1e-9)) + 1
-            seg = self._level[max(lo, 0):max(min(hi, len(self._level)), lo + 1)]
-            y = float(seg.max()) if seg.size else float(m.arrival_rps)
-            return super().demand(name, replace(m, arrival_rps=y, forecast=(y, y, y, y)), cal, eps, level, y)
-
-        def plan(self, obs: Any, state: Any, **kw: Any) -> tuple[dict[str, int], Any]:
-            self._now = float(obs.t_s)
-            return super().plan(obs, state, **kw)
+            y = self.ahead(name, m.arrival_rps)
+            return PredictivePolicy.demand(self, name, replace(m, arrival_rps=y, forecast=(y, y, y, y)), cal, eps,
+                                           level, y)
 
     return Level(goal, **settings)
 
@@ -136,22 +138,17 @@ def noise_policy(goal: Any, z: float, factor: float, window_s: float = 600.0) ->
     (the rescaling: ``sqrt(factor x level / max(interval, SLO window))``). No forecast, no calibration, no guard.
     The cheapest ``z`` that meets the SLO is about the least a causal policy sized this way pays for the noise
     alone (more where the source is burstier than Poisson)."""
-    clair = clairvoyant_policy(goal)
 
-    class Noise(type(clair)):  # type: ignore[misc]
+    class Noise(type(clairvoyant_policy(goal))):  # type: ignore[misc]
         name = f"noise z={z:g}"
 
         def prepare(self, context: Any) -> None:
             tr = context.trace
-            rate = tr.total_rate()
-            h = max(0, int(round(window_s / tr.interval_s / 2)))
-            c = np.concatenate([[0.0], np.cumsum(rate)])
-            idx = np.arange(len(rate))
-            lo, hi = np.maximum(idx - h, 0), np.minimum(idx + h + 1, len(rate))
-            level = (c[hi] - c[lo]) / (hi - lo)
+            self._start, self._dt = float(tr.t_s[0]), float(tr.interval_s)
+            level = centred_mean(tr.total_rate(), self._dt, window_s)
             # the SLO judges a window's rate: a shorter interval's noise averages over the window
-            sd = np.sqrt(np.maximum(level, 0.0) * float(factor) / max(float(tr.interval_s), goal.slo.window_s))
-            self._start, self._dt, self._rate = float(tr.t_s[0]), float(tr.interval_s), level + float(z) * sd
+            sd = np.sqrt(np.maximum(level, 0.0) * float(factor) / max(self._dt, goal.slo.window_s))
+            self._rate = level + float(z) * sd
             self._now = self._start
 
     return Noise(goal)

@@ -59,8 +59,8 @@ def test_the_level_told_core_sizes_on_the_centred_average_and_keeps_its_own_marg
     res = replay(goal, tr, [lv, PredictivePolicy(goal)], seed=0, tick_s=None, workers=1)
     by = {r.name: r for r in res.runs}
     assert lv.name == "level-2min" and set(by) == {"level-2min", "predictive"}
-    assert np.allclose(lv._level[:58], 20.0) and np.allclose(lv._level[61:], 200.0)
-    assert lv._level[59] == pytest.approx((2 * 20.0 + 200.0) / 3)  # minutes 58-60: a centred 3-interval mean
+    assert np.allclose(lv._rate[:58], 20.0) and np.allclose(lv._rate[61:], 200.0)
+    assert lv._rate[59] == pytest.approx((2 * 20.0 + 200.0) / 3)  # minutes 58-60: a centred 3-interval mean
     cap = lv.capacity(name)
     t = np.asarray(by["level-2min"].series.t_s)
     ready = np.asarray(by["level-2min"].series.ready[name])
@@ -80,7 +80,7 @@ def test_the_level_told_core_sizes_on_the_centred_average_and_keeps_its_own_marg
     run = res.runs[0]
     late = np.asarray(run.series.t_s) > 120 * 60.0
     held = np.asarray(run.series.ready[name])[late]
-    assert np.allclose(lv2._level[5:-5], 300.0, rtol=0.02)
+    assert np.allclose(lv2._rate[5:-5], 300.0, rtol=0.02)
     assert held.min() >= lv2._replicas_for(name, 360.0, cap) > lv2._replicas_for(name, 300.0, cap)
     assert run.summary["slo_attainment"] == 1.0
 
