@@ -86,8 +86,9 @@ def test_the_level_told_core_sizes_on_the_centred_average_and_keeps_its_own_marg
 
 
 def test_the_noise_yardstick_sizes_for_the_level_plus_z_poisson_deviations(gap) -> None:  # noqa: ANN001
-    """100 req/s in 60-s intervals rescaled by 60 from a Poisson count: an interval's rate has sd sqrt(60 x 100 /
-    60) = 10 req/s, so z = 2 sizes for 120 req/s (one replica more than the level's own count), z = 0 for 100."""
+    """100 req/s in 60-s intervals rescaled by 60 from a Poisson count: an SLO window's (here an interval's) rate
+    has sd sqrt(60 x 100 / 60) = 10 req/s, so z = 2 sizes for 120 req/s (one replica more than the level's own
+    count), z = 0 for 100. In 1-s intervals the noise that counts is still the 60-s window's, not a second's."""
     goal = load_goal("single-model")
     name = goal.models[0].name
     tr = _step_trace(60.0, 120, 120, 100.0, 100.0)
@@ -102,6 +103,11 @@ def test_the_noise_yardstick_sizes_for_the_level_plus_z_poisson_deviations(gap) 
         ready = np.asarray(by[pol.name].series.ready[name])[t > 600.0]
         assert set(ready.tolist()) == {pol._replicas_for(name, rate, cap)}
     assert z2._replicas_for(name, 120.0, cap) > z0._replicas_for(name, 100.0, cap)
+    from types import SimpleNamespace
+
+    fine = gap.noise_policy(goal, 2.0, 60.0)
+    fine.prepare(SimpleNamespace(trace=_step_trace(1.0, 1200, 1200, 100.0, 100.0)))
+    assert fine._rate == pytest.approx(np.full(1200, 120.0))  # not 100 + 2 sqrt(60 x 100 / 1) = 255
 
 
 @pytest.mark.parametrize("args", [["--slices", "nasa,moon"], ["--peaks", "0"], ["--peaks", "x"], ["--days", "-1"],
