@@ -366,6 +366,14 @@ def tuning_key(r: Range, scale: float, goal: Any) -> str:
     return f"{r.key}@{scale:g}#{h}"
 
 
+def _repo_relative(docs: dict[str, Any]) -> None:
+    """No machine paths in the cache: each tuning document's goal source, if inside the repository, relative to it."""
+    for d in docs.values():
+        src = d.get("goal", {}).get("source")
+        if src and Path(src).is_absolute() and Path(src).is_relative_to(ROOT):
+            d["goal"]["source"] = str(Path(src).relative_to(ROOT))
+
+
 def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
     from fleetpilot.agent.commands.tune import search
 
@@ -375,10 +383,8 @@ def tune_job(r: Range, scale: float, kinds: list[str]) -> dict[str, Any]:
     docs = search(goal, tune, kinds, seed=0, tick_s=None, workers=1, forecast_model=FORECAST_MODEL, warmup_s=warm)
     if "predictive" in docs:
         docs["predictive"]["fingerprint"] = core_fingerprint()
+    _repo_relative(docs)
     for d in docs.values():
-        src = d.get("goal", {}).get("source")
-        if src and Path(src).is_absolute() and Path(src).is_relative_to(ROOT):  # no machine paths in the cache
-            d["goal"]["source"] = str(Path(src).relative_to(ROOT))
         d["command"] = (f"fleetpilot tune --goal {Path(goal.source).relative_to(ROOT) if goal.source else '?'} "
                         + " ".join(f"--trace {t}" for t in r.traces)
                         + f" --range {rng} --scale-to-peak {scale:g}" + (f" --warmup {warm:g}s" if warm else "")
@@ -461,6 +467,7 @@ def extend_job(r: Range, scale: float, cached: dict[str, Any]) -> dict[str, Any]
     started = time.perf_counter()
     inc = {k: d for k, d in cached["docs"].items() if k in INCUMBENTS_TUNED.values()}
     docs = extend(goal, tune, inc, seed=0, tick_s=None, workers=1, warmup_s=warm)
+    _repo_relative(docs)
     for k, d in docs.items():
         d["command"] = cached["docs"][k].get("command", "")
     return {"key": cached["key"], "docs": docs, "wall_s": round(time.perf_counter() - started, 2)}
