@@ -35,6 +35,8 @@ DEFAULT_OUTPUT_TOKENS = 256.0
 MAX_TRACE_RPS = 1e7  # requests per second in one interval
 MAX_TOKENS_PER_REQUEST = 1e7
 MIN_INTERVAL_S = 1e-3  # rows closer than 1 ms: per-request timestamps; aggregate them into counts per interval
+#: a header with one of these (lower case, spaces as _) and no ``requests`` column is a per-request log
+_REQUEST_LOG_TIME = frozenset({"timestamp", "time", "ts", "arrival_time", "created_at", "t"})
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,12 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
         header = [h.strip() for h in header]
         missing = [c for c in ("t_s", "requests") if c not in header]
         if missing:
-            raise UserError(f"missing column(s) {missing}; expected at least t_s and requests", where=f"{where}:1")
+            hint = ""
+            if "requests" in missing and any(h.strip().lower().replace(" ", "_") in _REQUEST_LOG_TIME for h in header):
+                hint = ("; this looks like a per-request log (one row per request): count it per interval with "
+                        f"fleetpilot trace import --requests {p.name} --step 60s --out trace.csv")
+            raise UserError(f"missing column(s) {missing}; expected at least t_s and requests{hint}",
+                            where=f"{where}:1")
         idx = {h: i for i, h in enumerate(header)}
         has_in = "input_tokens_mean" in idx
         has_out = "output_tokens_mean" in idx
@@ -373,7 +380,8 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
     if interval < MIN_INTERVAL_S:
         i = int(np.argmin(np.diff(t_s))) + 1
         raise UserError(f"rows {t_s[i] - t_s[i - 1]:.3g}s apart: finer than {MIN_INTERVAL_S:g}s (per-request "
-                        "timestamps? aggregate them into requests per interval)", where=f"{where}:{lines[i]}")
+                        "timestamps? count them per interval with fleetpilot trace import --requests)",
+                        where=f"{where}:{lines[i]}")
     too_many = np.nonzero(np.asarray(req) > MAX_TRACE_RPS * interval)[0]
     if too_many.size:
         i = int(too_many[0])

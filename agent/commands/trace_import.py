@@ -12,6 +12,11 @@ rate (override with ``--prompt-tokens-query`` / ``--output-tokens-query``; ``--n
 of the rate query is one request class, named by ``--label`` (default ``model_name``): one class writes ``--out``
 itself, several write ``<out stem>.<class>.csv`` each (load them together with ``--trace CLASS=FILE``).
 
+From a per-request log (one row per request: arrival time, token counts; see
+:mod:`fleetpilot.agent.commands.trace_requests`)::
+
+    fleetpilot trace import --requests AzureLLMInferenceTrace_conv.csv --step 60s --out trace.csv
+
 From the audit log of a running daemon (what it read every interval)::
 
     fleetpilot trace import --audit audit.jsonl --out trace.csv
@@ -60,13 +65,29 @@ def register(sub: Any) -> None:
     """Add ``trace import`` to the CLI."""
     from fleetpilot.agent.prom import add_access_arguments
 
-    t = sub.add_parser("trace", help="import your own traffic as a trace (from Prometheus or the audit log)",
+    t = sub.add_parser("trace", help="import your own traffic as a trace (Prometheus, a request log, the audit log)",
                        description="Traces from your own traffic.")
     tsub = t.add_subparsers(dest="trace_command", required=True, parser_class=sub._parser_class)
-    p = tsub.add_parser("import", help="Prometheus history or an audit log -> trace CSV",
+    p = tsub.add_parser("import", help="Prometheus history, a per-request log or an audit log -> trace CSV",
                         description=__doc__.split("\n\n")[0] if __doc__ else None)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--audit", metavar="FILE", help="a daemon audit log (JSON lines) instead of Prometheus")
+    src.add_argument("--requests", metavar="FILE",
+                     help="a per-request log (CSV or JSON lines, .gz too: one row per request with its arrival time "
+                          "and token counts, e.g. the Azure LLM, BurstGPT or Mooncake traces) instead of Prometheus")
+    r = p.add_argument_group("per-request logs (--requests)")
+    r.add_argument("--time-column", help="the arrival-time column (default: found by name, e.g. timestamp)")
+    r.add_argument("--time-unit", default="s", choices=("s", "ms", "us", "ns"),
+                   help="unit of numeric times (default s; ISO-8601 times need none)")
+    r.add_argument("--input-tokens-column", help="prompt tokens per request (default: found by name)")
+    r.add_argument("--output-tokens-column", help="generated tokens per request (default: found by name)")
+    r.add_argument("--class-column", help="one trace per value of this column (e.g. the model), <stem>.<value>.csv")
+    r.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="keep only rows whose COLUMN equals VALUE (repeatable: all must hold)")
+    r.add_argument("--max-lateness", default="5m",
+                   help="how far a row may arrive out of time order (default 5m; a log written at completion)")
+    r.add_argument("--format", dest="format_", choices=("csv", "jsonl"),
+                   help="the file's format (default: from its name or first line)")
     add_access_arguments(p)
     p.add_argument("--goal", help="goal spec: its Prometheus queries (vLLM defaults without one)")
     p.add_argument("--query", help="PromQL for the request rate in req/s, one series per class")
@@ -98,6 +119,7 @@ class ImportedSeries:
     input_tokens: tuple[float, ...]
     output_tokens: tuple[float, ...]
     labels: Mapping[str, str] = field(default_factory=dict)
+    epoch: bool = True  # start_s is epoch time (else a source's relative clock: timestamps repeat its seconds)
 
     @property
     def missing(self) -> int:
@@ -324,7 +346,7 @@ def trace_csv(series: ImportedSeries) -> str:
         if not math.isfinite(r):
             continue
         t = series.start_s + k * series.step_s
-        w.writerow([_fmt(k * series.step_s), _iso(t), _fmt(max(r, 0.0) * series.step_s),
+        w.writerow([_fmt(k * series.step_s), _iso(t) if series.epoch else _fmt(t), _fmt(max(r, 0.0) * series.step_s),
                     _fmt(series.input_tokens[k]), _fmt(series.output_tokens[k])])
     return buf.getvalue()
 
@@ -372,8 +394,9 @@ def write_trace(series: Sequence[ImportedSeries], out: str | Path, provenance: M
         _check_out(t.with_name(t.name + ".provenance.json"), force)
     for s, t in zip(series, targets, strict=True):
         _write_atomic(t, trace_csv(s))
-        prov = {**provenance, "class": s.name, "labels": dict(s.labels), "start": _iso(s.start_s),
-                "end": _iso(s.start_s + (len(s.rate) - 1) * s.step_s), "step_s": s.step_s, "steps": len(s.rate),
+        stamp = _iso if s.epoch else _fmt
+        prov = {**provenance, "class": s.name, "labels": dict(s.labels), "start": stamp(s.start_s),
+                "end": stamp(s.start_s + (len(s.rate) - 1) * s.step_s), "step_s": s.step_s, "steps": len(s.rate),
                 "steps_without_sample": s.missing, "columns": list(HEADER),
                 "requests": "expected requests per step = rate (req/s) x step_s"}
         _write_atomic(t.with_name(t.name + ".provenance.json"), json.dumps(prov, indent=2, sort_keys=True) + "\n")
@@ -385,10 +408,51 @@ def write_trace(series: Sequence[ImportedSeries], out: str | Path, provenance: M
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _lateness(text: str) -> float:
+    raw = str(text).strip()
+    return 0.0 if raw.rstrip("smhd") in ("0", "0.0") and raw else _duration(raw, "--max-lateness")
+
+
+def _from_requests(args: argparse.Namespace, step: float) -> tuple[list[ImportedSeries], dict[str, Any]]:
+    from fleetpilot.agent.commands.trace_requests import import_requests, sha256_of
+
+    if not args.class_column:  # one output: refuse an existing one before reading what may be a large log
+        out = Path(args.out)
+        _check_out(out, args.force)
+        _check_out(out.with_name(out.name + ".provenance.json"), args.force)
+    where = []
+    for item in args.where:
+        column, sep, value = str(item).partition("=")
+        if not sep or not column.strip():
+            raise UserError(f"--where: expected COLUMN=VALUE, got {str(item)[:60]!r}")
+        where.append((column.strip(), value.strip()))
+    res = import_requests(args.requests, step_s=step, time_unit=args.time_unit,
+                          max_lateness_s=_lateness(args.max_lateness),
+                          time_column=args.time_column, input_tokens_column=args.input_tokens_column,
+                          output_tokens_column=args.output_tokens_column, class_column=args.class_column,
+                          where=where, tokens=not args.no_tokens, fmt=args.format_)
+    series = []
+    for name, counts in res.counts.items():
+        rate = tuple(c / step for c in counts)
+        labels = {args.class_column: name} if args.class_column else {}
+        series.append(ImportedSeries(name, res.origin_s, step, rate, res.input_tokens[name], res.output_tokens[name],
+                                     labels, epoch=res.absolute))
+    path = Path(args.requests)
+    provenance: dict[str, Any] = {"source": "per-request log", "file": str(path.resolve()),
+                                  "sha256": sha256_of(path), **res.facts}
+    if not (res.facts["input_tokens_column"] or res.facts["output_tokens_column"]) and not args.no_tokens:
+        print(f"{args.requests}: no token columns found (name them with --input-tokens-column / "
+              "--output-tokens-column); the trace carries request counts only", file=sys.stderr)
+    return series, provenance
+
+
 def handler(args: argparse.Namespace, clock: Callable[[], float] = time.time) -> int:
     step = _duration(args.step, "--step")
     imported_at = _iso(clock())
-    if args.audit:
+    if getattr(args, "requests", None):
+        series, provenance = _from_requests(args, step)
+        provenance["imported_at"] = imported_at
+    elif args.audit:
         from fleetpilot.agent.audit import read_audit
 
         path = Path(args.audit)
