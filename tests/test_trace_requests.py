@@ -168,3 +168,12 @@ def test_without_token_columns_the_trace_carries_counts_and_says_so(tmp_path: Pa
     assert "no token columns found" in capsys.readouterr().err
     h = load_trace(tmp_path / "h.csv")
     assert h.arrivals[:, 0].tolist() == [2, 0, 0, 1] and not any(math.isnan(x) for x in h.input_tokens[:, 0])
+
+
+def test_a_byte_order_mark_crlf_lines_and_quoted_names_read_as_any_csv(tmp_path: Path) -> None:
+    src = tmp_path / "export.csv"  # as a spreadsheet exports it
+    src.write_bytes(b'\xef\xbb\xbf"TIMESTAMP","Context Tokens","GeneratedTokens"\r\n'
+                    b'"2023-11-16 18:15:46.6805900",374,44\r\n"2023-11-16 18:15:47.1",396,109\r\n')
+    res = import_requests(src, step_s=1)
+    assert res.counts["default"] == (1, 1) and res.input_tokens["default"] == (374.0, 396.0)
+    assert res.facts["time_column"] == "TIMESTAMP" and res.facts["input_tokens_column"] == "Context Tokens"
