@@ -11,6 +11,12 @@ calibrates there, e.g. q = 0.995 on a 23-min range) counts as not meeting on it.
 only the setting without it: this ranking cannot choose it as a default.
 
     python benchmarks/core_default.py            # ranking, the choice, and whether the code's defaults match it
+
+The same ranking per day, on the nested check's replays of every setting on the last two training days, each day
+replayed alone from a cold start (no warm-up; ``benchmarks/core_tuning_nested_all.json``, session 23): does the rule
+pick the same default on D-2 and on D-1, and where does the code's default stand on each day?
+
+    python benchmarks/core_default.py --nested benchmarks/core_tuning_nested_all.json
 """
 
 from __future__ import annotations
@@ -53,11 +59,59 @@ def rank(cache: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda x: (-x["met"], x["geomean"]))
 
 
+def nested_caches(res: list[dict[str, Any]], threshold: float = 0.995) -> dict[str, dict[str, Any]]:
+    """A nested-check file (one entry per pair: ``tune`` = D-2 and ``check`` = D-1, ``{label: [cost, attainment]}``)
+    as two tuning caches :func:`rank` reads, ``{"D-2": cache, "D-1": cache}``; each day's tuned choice is the rule's
+    pick on that day (``policies.tuning.select`` at ``threshold``)."""
+    from fleetpilot.policies.tuning import select
+
+    def settings(label: str) -> dict[str, float]:
+        inner = label[label.index("[") + 1:label.rindex("]")]
+        return {k: float(v) for k, v in (kv.split("=") for kv in inner.split(","))}
+
+    out: dict[str, dict[str, Any]] = {"D-2": {}, "D-1": {}}
+    for o in res:
+        for day, field in (("D-2", "tune"), ("D-1", "check")):
+            rows = o[field]
+            pick = select([(n, c, a) for n, (c, a) in rows.items()], threshold)[0]
+            out[day][f"{o['range']}@{o['scale']:g}#nested"] = {"docs": {"predictive": {
+                "threshold": threshold, "chosen": {"cost_usd": rows[pick][0]},
+                "candidates": [{"settings": settings(n), "cost_usd": c, "slo_attainment": a}
+                               for n, (c, a) in rows.items()]}}}
+    return out
+
+
+def _nested(path: Path, top: int) -> int:
+    from fleetpilot.policies.predictive import PredictivePolicy
+    from fleetpilot.simulations.goal import load_goal
+
+    try:
+        caches = nested_caches(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        print(f"{path}: not a nested-check file of benchmarks/core_tuning_nested.py ({type(exc).__name__})",
+              file=sys.stderr)
+        return 2
+    code = PredictivePolicy(load_goal(ROOT / "examples" / "goals" / "single-model.yaml")).settings()
+    ranked = {day: rank(cache) for day, cache in caches.items()}
+    for day, rows in ranked.items():
+        print(f"\n{day} (cold start, one day): rank | met | geo-mean cost / tuned choice | setting | missed on")
+        for i, r in enumerate(rows):
+            is_code = all(math.isclose(float(code[k]), float(v)) for k, v in r["settings"].items() if k in code)
+            if i < top or is_code:
+                s = ", ".join(f"{k}={v:g}" for k, v in r["settings"].items())
+                print(f"| {i + 1} | {r['met']}/{r['pairs']} | {r['geomean']:.3f} | {s}"
+                      f"{' (the code default)' if is_code else ''} | {'; '.join(r['missed']) or '-'} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tuning", type=Path, default=ROOT / "benchmarks" / "eval_tuning.json")
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--nested", type=Path, help="rank per day on a nested-check file instead (cold one-day replays)")
     a = ap.parse_args(argv)
+    if a.nested is not None:
+        return _nested(a.nested, a.top)
     if not a.tuning.is_file():
         print(f"{a.tuning}: no tuning cache (run benchmarks/eval_protocol.py --tune-only first)", file=sys.stderr)
         return 2
