@@ -28,6 +28,12 @@ of them ("with") and with each one alone ("+KEY=V1", ...); D-1 replays those pic
 servegen-large,servegen-small,servegen-mid+small,azure-conv,azure-conv+code``, the ranges with token counts, ~41 min;
 on the others the token mix is fixed and the setting decides nothing).
 
+Every setting on D-2 and on D-1, each day after an hour of the traffic before it, as the protocol and the daemon
+start (session 25; the other modes replay each day from a cold start); writes ``core_tuning_nested_warm.json``,
+ranked per day by ``python benchmarks/core_default.py --nested benchmarks/core_tuning_nested_warm.json``::
+
+    python benchmarks/core_tuning_nested.py --warm            # ~70 min on 2 workers
+
 Every setting on D-1, D-2 taken from a ``--compare`` file of today's grid (session 23: the tuning margin per guard
 step, :func:`family_report`; writes ``core_tuning_nested_all.json``):
 
@@ -52,22 +58,24 @@ def _days(r: ep.Range) -> tuple[float, float, float]:
     return r.split_s - 2 * 86400, r.split_s - 86400, r.split_s
 
 
-def _replay_grid(rk: str, scale: float, lo: float, hi: float) -> tuple[dict, float, int]:
-    """Every ``CORE_GRID`` setting replayed on ``rk``'s ``[lo, hi)`` at ``scale`` (seed 0): ({label: [cost,
-    attainment]}, the oracle's cost, how many settings took a guard sibling's numbers)."""
+def _replay_grid(rk: str, scale: float, lo: float, hi: float, warmup_s: float = 0.0) -> tuple[dict, float, int]:
+    """Every ``CORE_GRID`` setting replayed on ``rk``'s ``[lo, hi)`` at ``scale`` (seed 0), after ``warmup_s`` of the
+    traffic before ``lo``, unscored (the range keeps its own peak): ({label: [cost, attainment]}, the oracle's cost,
+    how many settings took a guard sibling's numbers)."""
     from fleetpilot.agent.commands.tune import replay_core
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.tuning import core_candidates
     from fleetpilot.simulations.traces import load_traces
     r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
     goal = ep.goal_for(r)
-    tr = load_traces(list(r.traces), (lo, hi)).scale_to_peak(scale)
+    tr = load_traces(list(r.traces)).with_warmup(lo, hi, warmup_s, peak_rps=scale) if warmup_s > 0 else \
+        load_traces(list(r.traces), (lo, hi)).scale_to_peak(scale)
     pols = []
     for cand in core_candidates():
         p = PredictivePolicy(goal, **dict(cand.settings))
         p.name = cand.label
         pols.append(p)
-    vals, same, res = replay_core(goal, tr, pols, seed=0, tick_s=None, workers=1)
+    vals, same, res = replay_core(goal, tr, pols, seed=0, tick_s=None, workers=1, warmup_s=warmup_s)
     return {p.name: list(vals[p.name]) for p in pols}, res.oracle["cost_usd"], len(same)
 
 
@@ -86,6 +94,26 @@ def check_job(rk: str, scale: float, tune: dict, tune_oracle: float) -> dict:
     check, oracle, shared = _replay_grid(rk, scale, b, c)
     return {"range": rk, "scale": scale, "tune": tune, "tune_oracle": tune_oracle, "check": check,
             "check_oracle": oracle, "check_shared": shared}
+
+
+#: the warm-up of :func:`warm_job`: the protocol's and ``fleetpilot tune --warmup``'s default
+WARM_S = 3600.0
+
+
+def warm_job(rk: str, scale: float) -> dict:
+    """:func:`job` as the protocol and the daemon start: every setting on D-2 and on D-1, each after an unscored hour
+    of the traffic before it. The Azure ranges (46 min) have no hour before either half: both "days" are the second
+    half after the first, as the protocol tunes them."""
+    r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
+    a, b, c = _days(r)
+    out = {"range": rk, "scale": scale, "warmup_s": WARM_S}
+    if b - a < 86400:
+        out["tune"], out["tune_oracle"], _ = _replay_grid(rk, scale, b, c, warmup_s=b - a)
+        out["check"], out["check_oracle"], out["warmup_s"] = out["tune"], out["tune_oracle"], b - a
+        return out
+    for lab, (lo, hi) in (("tune", (a, b)), ("check", (b, c))):
+        out[lab], out[lab + "_oracle"], _ = _replay_grid(rk, scale, lo, hi, warmup_s=WARM_S)
+    return out
 
 
 #: The per-family margin question (session 23, written before the D-1 replays it reads): for each guard step,
@@ -272,6 +300,17 @@ def report(res: list) -> None:
 OUT = Path(__file__).resolve().parent / "core_tuning_nested.json"
 
 if __name__ == "__main__":
+    if "--warm" in sys.argv:  # every setting on D-2 and D-1, each after an hour of warm-up (session 25)
+        out = OUT.with_name("core_tuning_nested_warm.json")
+        if "--report" not in sys.argv:
+            rs = sorted(ep.SINGLE + ep.ROUTED, key=lambda r: r.key.startswith("azure"))
+            jobs = [(f"{r.key}@{s:g}", (r.key, s)) for r in rs for s in (1000.0, 200.0)]
+            t = time.perf_counter()
+            out.write_text(json.dumps(ep.run_parallel(jobs, 2, warm_job)) + "\n")
+            print(f"wall {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        res = json.loads(out.read_text())
+        report(res)
+        sys.exit(0)
     if "--all-from" in sys.argv:  # D-2 from a --compare file of today's grid, every setting replayed on D-1
         out = OUT.with_name("core_tuning_nested_all.json")
         if "--report" not in sys.argv:
