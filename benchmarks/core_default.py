@@ -12,11 +12,13 @@ only the setting without it: this ranking cannot choose it as a default.
 
     python benchmarks/core_default.py            # ranking, the choice, and whether the code's defaults match it
 
-The same ranking per day, on the nested check's replays of every setting on the last two training days, each day
-replayed alone from a cold start (no warm-up; ``benchmarks/core_tuning_nested_all.json``, session 23): does the rule
-pick the same default on D-2 and on D-1, and where does the code's default stand on each day?
+The same ranking per day, on the nested check's replays of the last two training days, each day replayed alone:
+every setting from a cold start (``benchmarks/core_tuning_nested_all.json``, session 23), or the default's 12
+neighbours after an hour of warm-up (``core_tuning_nested_warm.json``, session 25). Does the rule pick the same
+default on D-2 and on D-1, and where does the code's default stand on each day?
 
     python benchmarks/core_default.py --nested benchmarks/core_tuning_nested_all.json
+    python benchmarks/core_default.py --nested benchmarks/core_tuning_nested_warm.json
 """
 
 from __future__ import annotations
@@ -93,8 +95,11 @@ def _nested(path: Path, top: int) -> int:
         return 2
     code = PredictivePolicy(load_goal(ROOT / "examples" / "goals" / "single-model.yaml")).settings()
     ranked = {day: rank(cache) for day, cache in caches.items()}
+    raw = json.loads(path.read_text())
+    warm = {float(o.get("warmup_s") or 0) for o in raw}
+    start = "cold start" if warm == {0.0} else f"after a warm-up ({', '.join(f'{w:g} s' for w in sorted(warm))})"
     for day, rows in ranked.items():
-        print(f"\n{day} (cold start, one day): rank | met | geo-mean cost / tuned choice | setting | missed on")
+        print(f"\n{day} ({start}, one day): rank | met | geo-mean cost / tuned choice | setting | missed on")
         for i, r in enumerate(rows):
             is_code = all(math.isclose(float(code[k]), float(v)) for k, v in r["settings"].items() if k in code)
             if i < top or is_code:

@@ -28,11 +28,11 @@ of them ("with") and with each one alone ("+KEY=V1", ...); D-1 replays those pic
 servegen-large,servegen-small,servegen-mid+small,azure-conv,azure-conv+code``, the ranges with token counts, ~41 min;
 on the others the token mix is fixed and the setting decides nothing).
 
-Every setting on D-2 and on D-1, each day after an hour of the traffic before it, as the protocol and the daemon
-start (session 25; the other modes replay each day from a cold start); writes ``core_tuning_nested_warm.json``,
-ranked per day by ``python benchmarks/core_default.py --nested benchmarks/core_tuning_nested_warm.json``::
+The untuned default's neighbours (:data:`WARM_GRID`) on D-2 and on D-1, each day after an hour of the traffic
+before it, as the protocol and the daemon start (session 25; the other modes replay each day from a cold start);
+writes ``core_tuning_nested_warm.json``, ranked per day by ``core_default.py --nested``::
 
-    python benchmarks/core_tuning_nested.py --warm            # ~70 min on 2 workers
+    python benchmarks/core_tuning_nested.py --warm            # ~20 min on 2 workers
 
 Every setting on D-1, D-2 taken from a ``--compare`` file of today's grid (session 23: the tuning margin per guard
 step, :func:`family_report`; writes ``core_tuning_nested_all.json``):
@@ -58,7 +58,8 @@ def _days(r: ep.Range) -> tuple[float, float, float]:
     return r.split_s - 2 * 86400, r.split_s - 86400, r.split_s
 
 
-def _replay_grid(rk: str, scale: float, lo: float, hi: float, warmup_s: float = 0.0) -> tuple[dict, float, int]:
+def _replay_grid(rk: str, scale: float, lo: float, hi: float, warmup_s: float = 0.0,
+                 grid: dict | None = None) -> tuple[dict, float, int]:
     """Every ``CORE_GRID`` setting replayed on ``rk``'s ``[lo, hi)`` at ``scale`` (seed 0), after ``warmup_s`` of the
     traffic before ``lo``, unscored (the range keeps its own peak): ({label: [cost, attainment]}, the oracle's cost,
     how many settings took a guard sibling's numbers)."""
@@ -71,7 +72,7 @@ def _replay_grid(rk: str, scale: float, lo: float, hi: float, warmup_s: float = 
     tr = load_traces(list(r.traces)).with_warmup(lo, hi, warmup_s, peak_rps=scale) if warmup_s > 0 else \
         load_traces(list(r.traces), (lo, hi)).scale_to_peak(scale)
     pols = []
-    for cand in core_candidates():
+    for cand in core_candidates(grid):
         p = PredictivePolicy(goal, **dict(cand.settings))
         p.name = cand.label
         pols.append(p)
@@ -98,21 +99,26 @@ def check_job(rk: str, scale: float, tune: dict, tune_oracle: float) -> dict:
 
 #: the warm-up of :func:`warm_job`: the protocol's and ``fleetpilot tune --warmup``'s default
 WARM_S = 3600.0
+#: the settings :func:`warm_job` replays: the untuned default's neighbours (every quantile and rate window of
+#: ``CORE_GRID`` with the default's SLO guard, no phase conditioning, no token-mix averaging); 12 settings, so
+#: both warm days of all pairs take about 20 min on 2 workers (the whole grid would take ~135)
+WARM_GRID = {"quantile": (0.95, 0.97, 0.99, 0.995), "rate_window_s": (0.0, 60.0, 300.0), "guard_step": (0.35,),
+             "guard_halflife_s": (21600.0,), "phase_period_s": (0.0,), "capacity_halflife_s": (0.0,)}
 
 
 def warm_job(rk: str, scale: float) -> dict:
-    """:func:`job` as the protocol and the daemon start: every setting on D-2 and on D-1, each after an unscored hour
+    """:func:`job` as the protocol and the daemon start: :data:`WARM_GRID` on D-2 and on D-1, each after an unscored hour
     of the traffic before it. The Azure ranges (46 min) have no hour before either half: both "days" are the second
     half after the first, as the protocol tunes them."""
     r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
     a, b, c = _days(r)
     out = {"range": rk, "scale": scale, "warmup_s": WARM_S}
     if b - a < 86400:
-        out["tune"], out["tune_oracle"], _ = _replay_grid(rk, scale, b, c, warmup_s=b - a)
+        out["tune"], out["tune_oracle"], _ = _replay_grid(rk, scale, b, c, warmup_s=b - a, grid=WARM_GRID)
         out["check"], out["check_oracle"], out["warmup_s"] = out["tune"], out["tune_oracle"], b - a
         return out
     for lab, (lo, hi) in (("tune", (a, b)), ("check", (b, c))):
-        out[lab], out[lab + "_oracle"], _ = _replay_grid(rk, scale, lo, hi, warmup_s=WARM_S)
+        out[lab], out[lab + "_oracle"], _ = _replay_grid(rk, scale, lo, hi, warmup_s=WARM_S, grid=WARM_GRID)
     return out
 
 
@@ -300,7 +306,7 @@ def report(res: list) -> None:
 OUT = Path(__file__).resolve().parent / "core_tuning_nested.json"
 
 if __name__ == "__main__":
-    if "--warm" in sys.argv:  # every setting on D-2 and D-1, each after an hour of warm-up (session 25)
+    if "--warm" in sys.argv:  # WARM_GRID on D-2 and D-1, each after an hour of warm-up (session 25)
         out = OUT.with_name("core_tuning_nested_warm.json")
         if "--report" not in sys.argv:
             rs = sorted(ep.SINGLE + ep.ROUTED, key=lambda r: r.key.startswith("azure"))
