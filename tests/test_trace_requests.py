@@ -177,3 +177,11 @@ def test_a_byte_order_mark_crlf_lines_and_quoted_names_read_as_any_csv(tmp_path:
     res = import_requests(src, step_s=1)
     assert res.counts["default"] == (1, 1) and res.input_tokens["default"] == (374.0, 396.0)
     assert res.facts["time_column"] == "TIMESTAMP" and res.facts["input_tokens_column"] == "Context Tokens"
+
+
+def test_the_provenance_says_the_requests_were_counted(tmp_path: Path) -> None:
+    src = tmp_path / "r.csv"
+    src.write_text("timestamp\n1\n2\n")
+    assert main(["trace", "import", "--requests", str(src), "--step", "1s", "--out", str(tmp_path / "t.csv")]) == 0
+    prov = json.loads((tmp_path / "t.csv.provenance.json").read_text())
+    assert prov["requests"].startswith("requests counted per step") and prov["source"] == "per-request log"

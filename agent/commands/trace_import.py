@@ -398,7 +398,7 @@ def write_trace(series: Sequence[ImportedSeries], out: str | Path, provenance: M
         prov = {**provenance, "class": s.name, "labels": dict(s.labels), "start": stamp(s.start_s),
                 "end": stamp(s.start_s + (len(s.rate) - 1) * s.step_s), "step_s": s.step_s, "steps": len(s.rate),
                 "steps_without_sample": s.missing, "columns": list(HEADER),
-                "requests": "expected requests per step = rate (req/s) x step_s"}
+                "requests": provenance.get("requests", "expected requests per step = rate (req/s) x step_s")}
         _write_atomic(t.with_name(t.name + ".provenance.json"), json.dumps(prov, indent=2, sort_keys=True) + "\n")
     return targets
 
@@ -439,7 +439,8 @@ def _from_requests(args: argparse.Namespace, step: float) -> tuple[list[Imported
                                      labels, epoch=res.absolute))
     path = Path(args.requests)
     provenance: dict[str, Any] = {"source": "per-request log", "file": str(path.resolve()),
-                                  "sha256": sha256_of(path), **res.facts}
+                                  "sha256": sha256_of(path), **res.facts,
+                                  "requests": "requests counted per step (one row = one request)"}
     if not (res.facts["input_tokens_column"] or res.facts["output_tokens_column"]) and not args.no_tokens:
         print(f"{args.requests}: no token columns found (name them with --input-tokens-column / "
               "--output-tokens-column); the trace carries request counts only", file=sys.stderr)

@@ -51,7 +51,7 @@ from typing import IO, Any
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.traces import MAX_TOKENS_PER_REQUEST
 
-__all__ = ["RequestColumns", "RequestImport", "import_requests", "resolve_columns"]
+__all__ = ["RequestColumns", "RequestImport", "import_requests", "resolve_columns", "sha256_of"]
 
 #: column names recognised without a flag, compared after :func:`_norm` (lower case; spaces, ``_``, ``-`` dropped)
 TIME_NAMES = ("timestamp", "time", "ts", "ts_s", "t_s", "t", "arrival_time", "arrival_timestamp", "arrived_at",
