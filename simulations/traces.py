@@ -4,14 +4,16 @@ A :class:`Trace` holds per-interval arrivals per request class (``arrivals[i, k]
 interval ``i`` for class ``k``) and per-interval token statistics. Traces are immutable; every
 transformation returns a new trace and appends a line to ``provenance``.
 
-CSV format (see ``data/traces/README.md``): ``t_s`` (seconds on the source clock), ``requests``
-and optionally ``timestamp``, ``input_tokens_mean``, ``output_tokens_mean``, ``input_tokens_p95``,
-``output_tokens_p95``. Malformed files raise :class:`UserError` naming the file and line.
+CSV format (see ``data/traces/README.md``; gzip-compressed as ``.csv.gz`` too): ``t_s`` (seconds on the source
+clock), ``requests`` and optionally ``timestamp``, ``input_tokens_mean``, ``output_tokens_mean``,
+``input_tokens_p95``, ``output_tokens_p95``. Malformed files raise :class:`UserError` naming the file and line.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -305,10 +307,12 @@ def _num(value: str, path: str, line: int, column: str, *, allow_empty: bool) ->
 def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
     """Load one CSV trace (one request class). Raises :class:`UserError` on malformed input."""
     p = resolve_trace_path(str(path))
-    name = p.stem
+    gz = p.suffix == ".gz"  # a gzip-compressed CSV: trace.csv.gz
+    name = Path(p.stem).stem if gz and p.stem.endswith(".csv") else p.stem
     where = str(p)
     try:
-        fh = p.open(newline="", encoding="utf-8-sig")
+        fh = io.TextIOWrapper(gzip.open(p, "rb"), newline="", encoding="utf-8-sig") if gz else \
+            p.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise UserError(f"cannot read trace: {exc.strerror or exc.__class__.__name__}", where=where) from None
     t_list: list[float] = []
@@ -325,6 +329,8 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
             raise UserError("empty file, expected a CSV header with t_s and requests", where=where) from None
         except (csv.Error, UnicodeDecodeError) as exc:
             raise UserError(f"not a readable CSV: {exc}", where=f"{where}:1") from None
+        except (OSError, EOFError) as exc:  # gzip: not gzip data, or cut short
+            raise UserError(f"not a readable gzip file ({type(exc).__name__})", where=where) from None
         header = [h.strip() for h in header]
         missing = [c for c in ("t_s", "requests") if c not in header]
         if missing:
@@ -367,6 +373,8 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
             raise UserError(f"malformed CSV: {exc}", where=f"{where}:{line}") from None
         except UnicodeDecodeError:
             raise UserError("not UTF-8 text", where=f"{where}:{line}") from None
+        except (OSError, EOFError) as exc:  # gzip: corrupt or cut short after line ``line``
+            raise UserError(f"unreadable after line {line} ({type(exc).__name__})", where=where) from None
     if not t_list:
         raise UserError("no data rows", where=where)
     t_s = np.asarray(t_list, dtype=np.float64)

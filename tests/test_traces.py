@@ -138,3 +138,23 @@ def test_parse_range() -> None:
         parse_range("10-20")
     with pytest.raises(UserError):
         parse_range("a:b")
+
+
+def test_a_gzipped_trace_loads_as_the_plain_one_and_a_broken_one_is_one_line(tmp_path: Path) -> None:
+    import gzip
+
+    from fleetpilot.simulations.traces import bundled_trace
+
+    src = bundled_trace("nab_elb_request_count_5min")
+    assert src is not None
+    gz = tmp_path / "nab.csv.gz"
+    gz.write_bytes(gzip.compress(src.read_bytes()))
+    plain, packed = load_trace(src), load_trace(gz)
+    assert packed.name == "nab" and np.array_equal(plain.arrivals, packed.arrivals)
+    assert np.array_equal(plain.t_s, packed.t_s) and np.allclose(plain.input_tokens, packed.input_tokens)
+    (tmp_path / "bad.csv.gz").write_bytes(b"t_s,requests\n0,1\n")  # not gzip data
+    with pytest.raises(UserError, match="not a readable gzip file"):
+        load_trace(tmp_path / "bad.csv.gz")
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(src.read_bytes())[:2000])  # cut short
+    with pytest.raises(UserError, match="unreadable after line|not a readable gzip"):
+        load_trace(tmp_path / "cut.csv.gz")
