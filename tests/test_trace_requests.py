@@ -185,3 +185,16 @@ def test_the_provenance_says_the_requests_were_counted(tmp_path: Path) -> None:
     assert main(["trace", "import", "--requests", str(src), "--step", "1s", "--out", str(tmp_path / "t.csv")]) == 0
     prov = json.loads((tmp_path / "t.csv.provenance.json").read_text())
     assert prov["requests"].startswith("requests counted per step") and prov["source"] == "per-request log"
+
+
+def test_an_out_ending_in_gz_is_written_compressed_and_loads(tmp_path: Path) -> None:
+    src = tmp_path / "log.csv"
+    src.write_text("ts,model\n0.5,a\n1.5,b\n1.7,a\n")
+    assert main(["trace", "import", "--requests", str(src), "--step", "1s", "--out", str(tmp_path / "t.csv.gz")]) == 0
+    assert (tmp_path / "t.csv.gz").read_bytes()[:2] == b"\x1f\x8b"
+    assert load_trace(tmp_path / "t.csv.gz").arrivals[:, 0].tolist() == [1, 2]
+    assert main(["trace", "import", "--requests", str(src), "--step", "1s", "--class-column", "model",
+                 "--out", str(tmp_path / "m.csv.gz")]) == 0
+    a, b = load_trace(tmp_path / "m.a.csv.gz"), load_trace(tmp_path / "m.b.csv.gz")
+    assert a.name == "m.a" and a.arrivals[:, 0].tolist() == [1, 1] and b.arrivals[:, 0].tolist() == [0, 1]
+    assert json.loads((tmp_path / "m.a.csv.gz.provenance.json").read_text())["class"] == "a"

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 import json
 import math
@@ -365,10 +366,14 @@ def _check_out(path: Path, force: bool) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (gzip-compressed when it ends in ``.gz``)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    data = text.encode("utf-8")
+    if path.suffix == ".gz":
+        data = gzip.compress(data, mtime=0)
     try:
-        with open(tmp, "x", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with open(tmp, "xb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -388,7 +393,9 @@ def write_trace(series: Sequence[ImportedSeries], out: str | Path, provenance: M
         safe = [("".join(c if c.isalnum() or c in "-_." else "_" for c in s.name) or "class") for s in series]
         if len(set(safe)) != len(safe):
             raise UserError(f"class names collide in file names: {[s.name for s in series]}")
-        targets = [out.with_name(f"{out.stem}.{name}{out.suffix or '.csv'}") for name in safe]
+        ext = ".csv.gz" if out.name.endswith(".csv.gz") else (out.suffix or ".csv")
+        stem = out.name[: -len(ext)] if out.name.endswith(ext) else out.name
+        targets = [out.with_name(f"{stem}.{name}{ext}") for name in safe]
     for t in targets:
         _check_out(t, force)
         _check_out(t.with_name(t.name + ".provenance.json"), force)

@@ -28,7 +28,8 @@ rows per ``--step`` and averages their token counts::
 * Every row is one request, failed ones included (a zero-token response is still an arrival); a row without a
   token count counts as a request and is left out of that interval's token mean.
 
-Output and guarantees as for the other sources: the trace CSV (one per class with ``--class-column``) and beside it
+Output and guarantees as for the other sources: the trace CSV (one per class with ``--class-column``; gzip-compressed
+when ``--out`` ends in ``.gz``, which every command reads) and beside it
 ``<out>.provenance.json`` (the source file and its SHA-256, the columns, filters and unit used, rows read, kept and
 filtered); nothing is overwritten without ``--force``; bad input is one line naming the file, line and column, exit 2.
 """
