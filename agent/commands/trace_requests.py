@@ -180,10 +180,13 @@ class _Reader:
             raise UserError(f"not readable text ({type(exc).__name__})", where=f"{self.where}:1") from None
         self.jsonl = fmt == "jsonl" or (fmt is None and (stem.endswith((".jsonl", ".ndjson"))
                                                            or first.lstrip().startswith("{")))
-        self._first = first
         self.line = 0
         if self.jsonl:
-            obj = self._json(first, 1) if first.strip() else None
+            try:
+                obj = self._json(first, 1) if first.strip() else None
+            except UserError:
+                self.close()
+                raise
             if obj is None:
                 self.close()
                 raise UserError("empty file, expected one JSON object per line", where=self.where)
