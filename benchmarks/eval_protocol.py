@@ -7,6 +7,13 @@ One command::
         --routed-policies rl:examples/policies/two-model-routed,rl:examples/policies/two-model-routed#scaling-only \\
         --section learned
 
+Traffic the protocol does not have (a withheld range, another public trace, your own; ``--extra-range
+KEY:SPLIT_S:TRACE[,TRACE]``, repeatable): the same tuning, warm-up, seeds, scales and tables on it, beside or
+instead of the frozen ranges; point the outputs elsewhere to keep the repository's::
+
+    python benchmarks/eval_protocol.py --extra-range mine:604800:traffic.csv --ranges mine --section mine \
+        --tuning-cache /tmp/mine-tuning.json --json /tmp/mine.json --results-md /tmp/mine.md
+
 What is frozen (change it only with a new section and say why):
 
 * **Ranges** (:data:`SINGLE`, :data:`ROUTED`): the validation ranges of the 7 single-model traces and of the 2
@@ -109,6 +116,8 @@ ROUTED = (
           ("chat=azure_llm_2023_conv_1s", "code=azure_llm_2023_code_1s"), 2760.0, True),
 )
 
+#: the frozen ranges (``SINGLE`` / ``ROUTED`` are these plus any ``--extra-range`` of the run)
+FROZEN_SINGLE, FROZEN_ROUTED = SINGLE, ROUTED
 
 # ---------------------------------------------------------------------------------------------
 # Traces and tuning
@@ -741,7 +750,42 @@ def _names(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
+def parse_extra_range(text: str) -> Range:
+    """``KEY:SPLIT_S:TRACE[,TRACE]`` -> a :class:`Range` beside the frozen ones (traffic the protocol does not have:
+    a withheld range, another public trace, your own). One trace: the single-model goal; ``chat=TRACE,code=TRACE``:
+    the routed goal (its routes). Training is the trace before ``SPLIT_S`` (seconds on the trace's clock), validation
+    from it; the same tuning, warm-up, seeds and scales as the frozen ranges. One-line ``UserError`` when bad."""
+    from fleetpilot.simulations.errors import UserError
+    from fleetpilot.simulations.traces import load_traces
+
+    parts = str(text).split(":", 2)
+    if len(parts) != 3 or not parts[0].strip() or not parts[2].strip():
+        raise UserError(f"--extra-range: expected KEY:SPLIT_S:TRACE[,TRACE], got {str(text)[:80]!r}")
+    key, split, spec = (x.strip() for x in parts)
+    if key in {r.key for r in FROZEN_SINGLE + FROZEN_ROUTED}:
+        raise UserError(f"--extra-range: {key!r} is already a range of the protocol")
+    try:
+        split_s = float(split)
+    except ValueError:
+        raise UserError(f"--extra-range {key}: SPLIT_S must be seconds on the trace's clock, got {split!r}") from None
+    traces = tuple(_names(spec))
+    routed = len(traces) > 1 or any("=" in t and not Path(t).exists() for t in traces)
+    if routed:
+        classes = sorted(t.split("=", 1)[0] for t in traces)
+        routes = sorted(r.name for r in goal_for(Range(key, key, traces, split_s, True)).routes)
+        if classes != routes:
+            raise UserError(f"--extra-range {key}: a routed range needs one trace per route of "
+                            f"{ROUTED_GOAL.name} ({', '.join(f'{n}=TRACE' for n in routes)}), got {classes}")
+    tr = load_traces(list(traces))
+    if not (tr.start_s + 3600.0 <= split_s < tr.end_s):
+        raise UserError(f"--extra-range {key}: SPLIT_S {split_s:g} must leave at least an hour of training traffic "
+                        f"before it and validation traffic after it (the trace covers t_s {tr.start_s:g} to "
+                        f"{tr.end_s:g})")
+    return Range(key, f"{key} (--extra-range)", traces, split_s, routed)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global SINGLE, ROUTED  # --extra-range extends them; forked workers inherit the extended tuples
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policies", default=DEFAULT_POLICIES, help=f"both goals (default {DEFAULT_POLICIES})")
     ap.add_argument("--single-policies", default="", help="added for the single-model ranges only (e.g. rl:PATH)")
@@ -765,7 +809,24 @@ def main(argv: list[str] | None = None) -> int:
                          "(recorded in the cache as equivalence_asserted)")
     ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
                     help="re-render the section from a results JSON of an earlier run (no replay)")
+    ap.add_argument("--extra-range", action="append", default=[], metavar="KEY:SPLIT_S:TRACE[,TRACE]",
+                    help="also evaluate this range (traffic the protocol does not have; repeatable): one trace for "
+                         "the single-model goal, chat=TRACE,code=TRACE for the routed one; select it with --ranges "
+                         "KEY, and keep the repository's files with --tuning-cache / --json / --results-md")
     a = ap.parse_args(argv)
+    from fleetpilot.simulations.errors import UserError
+
+    try:
+        extra = [parse_extra_range(t) for t in a.extra_range]
+    except UserError as exc:  # a bad flag, or the trace's own one-line error
+        print(f"eval_protocol: {exc}", file=sys.stderr)
+        return 2
+    dup = sorted({r.key for r in extra if sum(x.key == r.key for x in extra) > 1})
+    if dup:
+        print(f"eval_protocol: --extra-range: the key(s) {dup} are given twice", file=sys.stderr)
+        return 2
+    SINGLE = FROZEN_SINGLE + tuple(r for r in extra if not r.routed)
+    ROUTED = FROZEN_ROUTED + tuple(r for r in extra if r.routed)
     if a.render_only is not None:
         return render_only(a)
     if a.json is None:

@@ -253,3 +253,34 @@ def test_cached_incumbent_tunings_extend_where_the_choice_sits_at_the_grid_end(e
     assert ep._needs_extension(top) and ep._needs_extension(none_met)
     assert not ep._needs_extension(inside) and not ep._needs_extension(spent) and not ep._needs_extension(core)
     assert ep._needs_extension({"docs": {**inside["docs"], "hpa": top["docs"]["keda"]}})
+
+
+def test_an_extra_range_runs_the_same_protocol_on_traffic_it_does_not_have(ep, monkeypatch, tmp_path,  # noqa: ANN001
+                                                                            capsys) -> None:
+    monkeypatch.setattr(ep, "SINGLE", ep.SINGLE)  # main() extends the module's tuples: restored after the test
+    monkeypatch.setattr(ep, "ROUTED", ep.ROUTED)
+    t = np.arange(0, 8 * 3600, 60)
+    rows = [f"{x},{int(60 + 40 * np.sin(x / 3600.0))}" for x in t]
+    trace = tmp_path / "mine.csv"
+    trace.write_text("t_s,requests\n" + "\n".join(rows) + "\n")
+    out = {"--tuning-cache": tmp_path / "tuning.json", "--json": tmp_path / "r.json",
+           "--results-md": tmp_path / "r.md"}
+    args = ["--extra-range", f"mine:14400:{trace}", "--ranges", "mine", "--policies", "static,hpa,keda,oracle",
+            "--scales", "200", "--seeds", "0", "--workers", "1", "--section", "extra",
+            *[x for k, v in out.items() for x in (k, str(v))]]
+    assert ep.main(args) == 0
+    import json
+
+    res = json.loads(out["--json"].read_text())["results"]
+    assert {(r["range"], r["scale"]) for r in res} == {("mine", 200.0)}
+    assert set(res[0]["policies"]) == {"static", "hpa", "keda", "oracle"}
+    md = out["--results-md"].read_text()
+    assert "mine (--extra-range)" in md and "val t >= 14400" in md
+    capsys.readouterr()
+    for bad, says in ((f"mine:x:{trace}", "SPLIT_S must be seconds"), (f"mine:60:{trace}", "at least an hour"),
+                      ("nasa:100000:nasa_http_1995_jul_1min", "already a range"), ("mine:14400", "expected KEY"),
+                      (f"mine:14400:chat={trace},other={trace}", "one trace per route"),
+                      (f"mine:14400:{tmp_path / 'none.csv'}", "trace file not found")):
+        assert ep.main(["--extra-range", bad, "--no-write"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, (bad, err)
