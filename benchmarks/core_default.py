@@ -88,14 +88,14 @@ def _nested(path: Path, top: int) -> int:
     from fleetpilot.simulations.goal import load_goal
 
     try:
-        caches = nested_caches(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
+        caches = nested_caches(raw)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         print(f"{path}: not a nested-check file of benchmarks/core_tuning_nested.py ({type(exc).__name__})",
               file=sys.stderr)
         return 2
     code = PredictivePolicy(load_goal(ROOT / "examples" / "goals" / "single-model.yaml")).settings()
     ranked = {day: rank(cache) for day, cache in caches.items()}
-    raw = json.loads(path.read_text())
     warm = {float(o.get("warmup_s") or 0) for o in raw}
     start = "cold start" if warm == {0.0} else f"after a warm-up ({', '.join(f'{w:g} s' for w in sorted(warm))})"
     for day, rows in ranked.items():

@@ -128,7 +128,7 @@ class ImportedSeries:
         return sum(1 for r in self.rate if not math.isfinite(r))
 
 
-def _duration(text: str, flag: str) -> float:
+def _duration(text: str, flag: str, *, allow_zero: bool = False) -> float:
     units = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
     raw = str(text).strip()
     for unit in sorted(units, key=len, reverse=True):
@@ -141,8 +141,8 @@ def _duration(text: str, flag: str) -> float:
         value = float(number) * units[unit]
     except ValueError:
         raise UserError(f"{flag}: expected a duration like 60s, 5m, 14d, got {raw[:40]!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise UserError(f"{flag}: must be a positive duration, got {raw[:40]!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{flag}: must be a {'non-negative' if allow_zero else 'positive'} duration, got {raw[:40]!r}")
     return value
 
 
@@ -415,11 +415,6 @@ def write_trace(series: Sequence[ImportedSeries], out: str | Path, provenance: M
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _lateness(text: str) -> float:
-    raw = str(text).strip()
-    return 0.0 if raw.rstrip("smhd") in ("0", "0.0") and raw else _duration(raw, "--max-lateness")
-
-
 def _from_requests(args: argparse.Namespace, step: float) -> tuple[list[ImportedSeries], dict[str, Any]]:
     from fleetpilot.agent.commands.trace_requests import import_requests, sha256_of
 
@@ -434,7 +429,7 @@ def _from_requests(args: argparse.Namespace, step: float) -> tuple[list[Imported
             raise UserError(f"--where: expected COLUMN=VALUE, got {str(item)[:60]!r}")
         where.append((column.strip(), value.strip()))
     res = import_requests(args.requests, step_s=step, time_unit=args.time_unit,
-                          max_lateness_s=_lateness(args.max_lateness),
+                          max_lateness_s=_duration(args.max_lateness, "--max-lateness", allow_zero=True),
                           time_column=args.time_column, input_tokens_column=args.input_tokens_column,
                           output_tokens_column=args.output_tokens_column, class_column=args.class_column,
                           where=where, tokens=not args.no_tokens, fmt=args.format_)

@@ -124,11 +124,14 @@ def resolve_columns(header: Sequence[str], where: str, *, time: str | None = Non
 
 @dataclass
 class _Bin:
+    """One open step of one class: requests, and per token column (input, output) the sum and count of values."""
+
     requests: int = 0
-    sum_in: float = 0.0
-    n_in: int = 0
-    sum_out: float = 0.0
-    n_out: int = 0
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    counts: list[int] = field(default_factory=lambda: [0, 0])
+
+    def mean(self, i: int) -> float:
+        return self.sums[i] / self.counts[i] if self.counts[i] else math.nan
 
 
 class _Closed:
@@ -141,8 +144,8 @@ class _Closed:
 
     def add(self, b: _Bin | None) -> None:
         self.requests.append(b.requests if b else 0)
-        self.input_tokens.append(b.sum_in / b.n_in if b and b.n_in else math.nan)
-        self.output_tokens.append(b.sum_out / b.n_out if b and b.n_out else math.nan)
+        self.input_tokens.append(b.mean(0) if b else math.nan)
+        self.output_tokens.append(b.mean(1) if b else math.nan)
 
 
 @dataclass(frozen=True)
@@ -319,7 +322,8 @@ def import_requests(path: str | Path, *, step_s: float, time_unit: str = "s", ma
         flushed = 0  # steps [k0, k0 + flushed) are closed
         k_max: int | None = None
         kind: bool | None = None  # ISO times?
-        rows = kept = filtered = no_in = no_out = 0
+        rows = kept = filtered = 0
+        no_tokens = [0, 0]  # rows without an input / output token count
 
         def flush(upto: int) -> None:  # close steps below ``upto`` (absolute step index)
             nonlocal flushed
@@ -368,20 +372,14 @@ def import_requests(path: str | Path, *, step_s: float, time_unit: str = "s", ma
                 b = open_bins[cls][k] = _Bin()
             b.requests += 1
             kept += 1
-            if cols.input_tokens:
-                x = _tokens(rec.get(cols.input_tokens, ""), at, cols.input_tokens)
-                if math.isnan(x):
-                    no_in += 1
-                else:
-                    b.sum_in += x
-                    b.n_in += 1
-            if cols.output_tokens:
-                x = _tokens(rec.get(cols.output_tokens, ""), at, cols.output_tokens)
-                if math.isnan(x):
-                    no_out += 1
-                else:
-                    b.sum_out += x
-                    b.n_out += 1
+            for i, column in enumerate((cols.input_tokens, cols.output_tokens)):
+                if column:
+                    x = _tokens(rec.get(column, ""), at, column)
+                    if math.isnan(x):
+                        no_tokens[i] += 1
+                    else:
+                        b.sums[i] += x
+                        b.counts[i] += 1
             if k_max is None or k > k_max:
                 k_max = k
                 flush(k_max - lateness_steps)
@@ -398,8 +396,8 @@ def import_requests(path: str | Path, *, step_s: float, time_unit: str = "s", ma
              "time_kind": "iso-8601 (no zone read as UTC)" if kind else "numeric",
              "input_tokens_column": cols.input_tokens, "output_tokens_column": cols.output_tokens,
              "class_column": cols.class_column, "where": [f"{k}={v}" for k, v in cols.where],
-             "rows": rows, "rows_kept": kept, "filtered_out": filtered, "rows_without_input_tokens": no_in,
-             "rows_without_output_tokens": no_out, "max_lateness_s": max_lateness_s}
+             "rows": rows, "rows_kept": kept, "filtered_out": filtered, "rows_without_input_tokens": no_tokens[0],
+             "rows_without_output_tokens": no_tokens[1], "max_lateness_s": max_lateness_s}
     origin = k0 * step_s
     absolute = bool(kind) or origin >= EPOCH_FROM_S
     return RequestImport(origin, step_s, absolute, counts, tin, tout, facts)
