@@ -214,7 +214,12 @@ def _project_box_simplex(v: list[float], lo: list[float], hi: list[float]) -> li
 
     ``w(tau) = clip(v - tau, lo, hi)``; ``sum w(tau)`` is piecewise linear and non-increasing in ``tau`` with
     breakpoints at ``v - lo`` and ``v - hi``, so the root is found on the right segment by interpolation.
+    The result does not change when a constant is added to ``v``, so ``v`` is first shifted to end at 0:
+    ``tau`` then stays near the weights' own scale, and ``x - tau`` keeps its precision when ``v`` is huge
+    (``project_weights`` adds ``lam * quality`` with ``lam`` up to 1e12).
     """
+    top = max(v)
+    v = [x - top for x in v]
 
     def s(tau: float) -> float:
         return sum(min(max(x - tau, lw), h) for x, lw, h in zip(v, lo, hi, strict=True))

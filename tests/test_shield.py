@@ -20,7 +20,12 @@ TWO = load_goal(ROOT / "examples/goals/two-model-routed.yaml")
 ONE = load_goal(ROOT / "examples/goals/single-model.yaml")
 M70, M8 = "llama-3-70b", "llama-3-8b"
 
-PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run and every machine (a failure found once is found again, and
+# a clean run stays clean); new edge cases found while developing are pinned as plain tests below.
+PROPS = settings(
+    max_examples=150, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def mobs(ready: int, starting: int = 0, *, rate: float = 5.0, cap: float = 10.0, **kw: float) -> ModelObs:
@@ -195,6 +200,24 @@ def test_project_weights_is_nearest_feasible(v: list[float], data) -> None:  # t
             d_w = sum((a - b) ** 2 for a, b in zip(w, v, strict=True))
             d_p = sum((a - b) ** 2 for a, b in zip(p, v, strict=True))
             assert d_w <= d_p + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("v", "q", "floor"),
+    [
+        # found by Hypothesis: the floor is met only by (almost) all weight on one model, so the bisection
+        # drives lam to ~1e12; the box-simplex projection used to lose precision there (sum 1.00012)
+        ([0.0, -1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.9999999999999999], 1.0),
+        ([0.0, -1.0], [0.0, 1.0], 1.0),
+        ([5.0, -2.0, 1.0], [0.2, 1.0, 0.99999999], 0.99999999),
+    ],
+)
+def test_project_weights_keeps_precision_at_extreme_multipliers(v: list[float], q: list[float], floor: float) -> None:
+    w = project_weights(v, [0.0] * len(v), [1.0] * len(v), q, floor)
+    assert w is not None
+    assert sum(w) == pytest.approx(1.0, abs=1e-12)
+    assert min(w) >= 0.0
+    assert sum(a * b for a, b in zip(q, w, strict=True)) >= floor - 1e-12
 
 
 # ---------------------------------------------------------------------------------------------
