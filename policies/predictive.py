@@ -36,8 +36,8 @@ One decision per model and control interval, no stacked margins::
   uses; Lin & Wierman's keep-warm rule).
 * **Before calibration** (fewer than ``min_scores`` matured scores, by default ``ceil(1 / (1 - alpha))``: enough
   for the conformal quantile to be an order statistic below the maximum; about ``L`` + 8 min at 0.97), the
-  policy sizes for ``warmup_factor`` x the larger of the current rate and the forecaster's own upper bound at
-  ``L``. Without calibration it cannot tell whether a removed replica will be needed within the lead, so it
+  policy sizes for ``warmup_factor`` x the largest of the current rate (the interval's own reading, and its mean
+  over ``rate_window_s``) and the forecaster's own upper bound at ``L``. Without calibration it cannot tell whether a removed replica will be needed within the lead, so it
   keeps what it has for the first lead and afterwards the most any decision so far needed: replicas that no
   demand seen has needed go (an oversized start), capacity for the largest burst seen stays until the
   calibration knows how often bursts come. Decisions are recorded for calibration once the scale has seen
@@ -463,8 +463,11 @@ class PredictivePolicy:
         scale = max(eps, float(cal.scale)) if _finite(cal.scale) else eps
         q = self.factor(cal, level)
         if math.isnan(q):
+            # before calibration no quantile covers the rate's swings inside ``rate_window_s``: size from this
+            # interval's own reading too (the burst the window's mean hides), not only from the window's mean
             upper = float(m.forecast[1]) if len(m.forecast) > 1 and _finite(m.forecast[1]) else base
-            return base, scale, max(base, upper) * self.warmup_factor
+            raw = float(m.arrival_rps) if _finite(m.arrival_rps) else base
+            return base, scale, max(base, upper, raw) * self.warmup_factor
         return base, scale, max(0.0, base + q * scale)
 
     def _derate(self, cal: ModelCalibration, m: ModelObs | None, max_replicas: int, name: str = "") -> float:

@@ -188,6 +188,24 @@ def test_before_calibration_it_keeps_warm_the_most_any_decision_needed() -> None
     assert reps[-1] == GOAL.models[0].min_replicas  # calibrated: the dip is the level, scale down
 
 
+def test_before_calibration_a_burst_is_sized_from_its_own_reading_not_the_rate_windows_mean() -> None:
+    """With ``rate_window_s`` (300 s by default) the calibrated core sizes from the window's mean rate and its
+    quantile covers the swings inside the window; before calibration there is no quantile, so the warm-up rule
+    sizes from the interval's own reading too. (A cold start on the Azure conv+code pair used to shed replicas
+    to the 5-min mean and miss 8 of 23 SLO windows.)"""
+    pol = PredictivePolicy(GOAL, quantile=0.97, pooled=False)
+    assert pol.rate_window_s == 300.0
+    lead_n = int(math.ceil(GOAL.models[0].cold_start_s / DT))
+    r_slo = CAP * slo_utilisation(GOAL, M)
+    rates = [50.0] * (lead_n + 3) + [400.0] + [50.0] * 3
+    reps, st = run(pol, rates, forecasts=[50.0] * len(rates))  # a forecaster that has not seen the burst
+    assert math.isnan(pol.factor(st.model(M)))  # still uncalibrated
+    high = math.ceil(pol.warmup_factor * 400.0 / r_slo - 1e-6)
+    mean = sum(rates[-pol.rate_intervals - 3:-3]) / pol.rate_intervals
+    assert math.ceil(pol.warmup_factor * max(mean, 1.2 * 50.0) / r_slo - 1e-6) < high  # the mean would not do
+    assert reps[lead_n + 3:] == [high] * 4  # the burst's own reading, and kept warm after it
+
+
 def test_same_inputs_same_decisions_and_immutable_state() -> None:
     rng = np.random.default_rng(11)
     rates = list(500 + 200 * rng.random(120))
