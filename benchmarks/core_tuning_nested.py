@@ -106,19 +106,20 @@ WARM_GRID = {"quantile": (0.95, 0.97, 0.99, 0.995), "rate_window_s": (0.0, 60.0,
              "guard_halflife_s": (21600.0,), "phase_period_s": (0.0,), "capacity_halflife_s": (0.0,)}
 
 
-def warm_job(rk: str, scale: float) -> dict:
-    """:func:`job` as the protocol and the daemon start: :data:`WARM_GRID` on D-2 and on D-1, each after an unscored hour
+def warm_job(rk: str, scale: float, grid: dict | None = None) -> dict:
+    """:func:`job` as the protocol and the daemon start: ``grid`` (default :data:`WARM_GRID`) on D-2 and on D-1, each after an unscored hour
     of the traffic before it. The Azure ranges (46 min) have no hour before either half: both "days" are the second
     half after the first, as the protocol tunes them."""
     r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
     a, b, c = _days(r)
+    grid = WARM_GRID if grid is None else grid
     out = {"range": rk, "scale": scale, "warmup_s": WARM_S}
     if b - a < 86400:
-        out["tune"], out["tune_oracle"], _ = _replay_grid(rk, scale, b, c, warmup_s=b - a, grid=WARM_GRID)
+        out["tune"], out["tune_oracle"], _ = _replay_grid(rk, scale, b, c, warmup_s=b - a, grid=grid)
         out["check"], out["check_oracle"], out["warmup_s"] = out["tune"], out["tune_oracle"], b - a
         return out
     for lab, (lo, hi) in (("tune", (a, b)), ("check", (b, c))):
-        out[lab], out[lab + "_oracle"], _ = _replay_grid(rk, scale, lo, hi, warmup_s=WARM_S, grid=WARM_GRID)
+        out[lab], out[lab + "_oracle"], _ = _replay_grid(rk, scale, lo, hi, warmup_s=WARM_S, grid=grid)
     return out
 
 

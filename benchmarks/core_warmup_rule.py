@@ -53,8 +53,7 @@ def cold_job(rk: str, scale: float) -> dict[str, Any]:
 
 
 def warm_job(rk: str, scale: float) -> dict[str, Any]:
-    ctn.WARM_GRID = NEIGHBOURS
-    return ctn.warm_job(rk, scale)
+    return ctn.warm_job(rk, scale, NEIGHBOURS)
 
 
 def compare(new: list[dict[str, Any]], before: Path) -> None:

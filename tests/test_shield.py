@@ -20,12 +20,7 @@ TWO = load_goal(ROOT / "examples/goals/two-model-routed.yaml")
 ONE = load_goal(ROOT / "examples/goals/single-model.yaml")
 M70, M8 = "llama-3-70b", "llama-3-8b"
 
-# derandomize: the same examples on every run and every machine (a failure found once is found again, and
-# a clean run stays clean); new edge cases found while developing are pinned as plain tests below.
-PROPS = settings(
-    max_examples=150, deadline=None, derandomize=True, database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # derandomized: tests/conftest.py
 
 
 def mobs(ready: int, starting: int = 0, *, rate: float = 5.0, cap: float = 10.0, **kw: float) -> ModelObs:
