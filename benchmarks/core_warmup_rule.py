@@ -2,7 +2,7 @@
 
 The change (``PredictivePolicy.demand``): before the conformal quantile is calibrated the core sizes for
 ``warmup_factor x max(the rate window's mean, the forecaster's upper bound, the interval's own rate)``; before
-session 26 the interval's own rate was not among them, so with the default 300-s rate window a cold start sized
+session 26 the interval's own rate was not among them, so with the then default 300-s rate window a cold start sized
 for 1.1x the 5-minute mean and, with no quantile yet, shed replicas a burst then needed.
 
 Two measurements, each against the replays committed before the change (same days, seeds, settings):
@@ -36,7 +36,8 @@ import core_tuning_nested as ctn  # noqa: E402
 import eval_protocol as ep  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-#: the untuned default (q 0.99, 300-s rate window, guard 0.35 / 6 h)
+#: the untuned default when this ran (q 0.99, 300-s rate window, guard 0.35 / 6 h; the rate window is 60 s since
+#: session 27, the rule's pick on the re-tuned cache, ``benchmarks/core_default.py``)
 DEFAULT = {"quantile": (0.99,), "rate_window_s": (300.0,), "guard_step": (0.35,), "guard_halflife_s": (21600.0,),
            "phase_period_s": (0.0,), "capacity_halflife_s": (0.0,)}
 #: the default and its neighbours in quantile and rate window (all in ``core_tuning_nested_warm.json``)

@@ -67,20 +67,20 @@ def test_missing_cache_is_one_line_and_exit_2(cd, tmp_path: Path, capsys) -> Non
 def test_the_nested_file_is_ranked_per_day_with_each_days_own_tuned_choice(cd, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     lab = "predictive-tuned[quantile={q},rate_window_s={w}]"
     res = [{"range": "a", "scale": 200.0,
-            "tune": {lab.format(q=0.99, w=0): [12.0, 0.999], lab.format(q=0.99, w=300): [10.0, 0.990]},
-            "check": {lab.format(q=0.99, w=0): [12.0, 0.998], lab.format(q=0.99, w=300): [11.0, 0.996]}}]
+            "tune": {lab.format(q=0.99, w=0): [12.0, 0.999], lab.format(q=0.99, w=60): [10.0, 0.990]},
+            "check": {lab.format(q=0.99, w=0): [12.0, 0.998], lab.format(q=0.99, w=60): [11.0, 0.996]}}]
     caches = cd.nested_caches(res)
     d2 = cd.rank(caches["D-2"])
-    # D-2: only w=0 meets 0.995, so it is the day's tuned choice and ranks first; w=300 is cheaper but misses
+    # D-2: only w=0 meets 0.995, so it is the day's tuned choice and ranks first; w=60 is cheaper but misses
     assert d2[0]["settings"] == {"quantile": 0.99, "rate_window_s": 0.0} and d2[0]["geomean"] == pytest.approx(1.0)
     assert d2[1]["missed"] == ["a@200 (0.9900)"] and d2[1]["geomean"] == pytest.approx(10 / 12)
-    d1 = cd.rank(caches["D-1"])  # D-1: both meet, the cheaper w=300 is the choice and ranks first
-    assert d1[0]["settings"]["rate_window_s"] == 300.0 and d1[1]["geomean"] == pytest.approx(12 / 11)
+    d1 = cd.rank(caches["D-1"])  # D-1: both meet, the cheaper w=60 is the choice and ranks first
+    assert d1[0]["settings"]["rate_window_s"] == 60.0 and d1[1]["geomean"] == pytest.approx(12 / 11)
     path = tmp_path / "nested.json"
     path.write_text(json.dumps(res))
     assert cd.main(["--nested", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "D-2 (cold start" in out and "rate_window_s=300 (the code default)" in out
+    assert "D-2 (cold start" in out and "rate_window_s=60 (the code default)" in out
     path.write_text("[{}]")
     assert cd.main(["--nested", str(path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1

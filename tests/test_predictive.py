@@ -189,12 +189,11 @@ def test_before_calibration_it_keeps_warm_the_most_any_decision_needed() -> None
 
 
 def test_before_calibration_a_burst_is_sized_from_its_own_reading_not_the_rate_windows_mean() -> None:
-    """With ``rate_window_s`` (300 s by default) the calibrated core sizes from the window's mean rate and its
-    quantile covers the swings inside the window; before calibration there is no quantile, so the warm-up rule
-    sizes from the interval's own reading too. (A cold start on the Azure conv+code pair used to shed replicas
-    to the 5-min mean and miss 8 of 23 SLO windows.)"""
-    pol = PredictivePolicy(GOAL, quantile=0.97, pooled=False)
-    assert pol.rate_window_s == 300.0
+    """With ``rate_window_s`` (here 300 s, the default until session 27) the calibrated core sizes from the
+    window's mean rate and its quantile covers the swings inside the window; before calibration there is no
+    quantile, so the warm-up rule sizes from the interval's own reading too. (A cold start on the Azure conv+code
+    pair used to shed replicas to the 5-min mean and miss 8 of 23 SLO windows.)"""
+    pol = PredictivePolicy(GOAL, quantile=0.97, pooled=False, rate_window_s=300.0)
     lead_n = int(math.ceil(GOAL.models[0].cold_start_s / DT))
     r_slo = CAP * slo_utilisation(GOAL, M)
     rates = [50.0] * (lead_n + 3) + [400.0] + [50.0] * 3
