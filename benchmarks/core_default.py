@@ -135,14 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         s = ", ".join(f"{k}={v:g}" for k, v in r["settings"].items())
         print(f"| {r['met']}/{r['pairs']} | {r['evaluated']} | {r['geomean']:.3f} | {r['max']:.2f} | {s} | "
               f"{'; '.join(r['missed']) or '-'} |")
-    best = rows[0]["settings"]
+    best, code, same = default_match(rows)
+    print(f"\nchoice: {best}\nthe code's defaults (PredictivePolicy().settings()): {code}\nmatch: {'yes' if same else 'NO'}")
+    return 0 if same else 1
+
+
+def default_match(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any], bool]:
+    """The ranking's choice (``rows`` from :func:`rank`), the code's defaults (``PredictivePolicy().settings()``) and
+    whether the code's defaults are that choice on every key the grid sets."""
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.simulations.goal import load_goal
 
+    best = rows[0]["settings"]
     code = PredictivePolicy(load_goal(ROOT / "examples" / "goals" / "single-model.yaml")).settings()
-    same = all(math.isclose(float(code[k]), float(v)) for k, v in best.items() if k in code)
-    print(f"\nchoice: {best}\nthe code's defaults (PredictivePolicy().settings()): {code}\nmatch: {'yes' if same else 'NO'}")
-    return 0 if same else 1
+    return best, code, all(math.isclose(float(code[k]), float(v)) for k, v in best.items() if k in code)
 
 
 if __name__ == "__main__":

@@ -219,6 +219,31 @@ def core_fingerprint(grid: dict[str, tuple[float, ...]] | None = None) -> str:
     return hashlib.sha256(src + FORECAST_MODEL.encode()).hexdigest()[:16]
 
 
+def default_check(cache: dict[str, Any]) -> str | None:
+    """Once the cache holds today's core tuning (this fingerprint) on every frozen pair: a warning line when the
+    untuned core's defaults are no longer the rule's choice on it (``benchmarks/core_default.py``: most pairs met,
+    then the lowest geometric-mean cost over each pair's tuned choice; ``tests/test_core_default.py`` fails until
+    the code follows). None while some pair is not tuned with today's core, or when they match. A re-tune can move
+    that choice; this says so when it happens instead of at the next test run."""
+    import importlib.util
+
+    fp = core_fingerprint()
+    for r in FROZEN_SINGLE + FROZEN_ROUTED:
+        for s in SCALES:
+            doc = cache.get(tuning_key(r, s, goal_for(r)), {}).get("docs", {}).get("predictive")
+            if doc is None or doc.get("fingerprint") != fp:
+                return None
+    spec = importlib.util.spec_from_file_location("core_default", Path(__file__).with_name("core_default.py"))
+    cd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cd)
+    best, code, same = cd.default_match(cd.rank(cache))
+    if same:
+        return None
+    return (f"eval_protocol: on this tuning cache the untuned core's default rule picks {best}, but "
+            f"PredictivePolicy's defaults are {code}: set DEFAULT_* in policies/predictive.py (python "
+            f"benchmarks/core_default.py ranks it; tests/test_core_default.py fails until then)")
+
+
 def _label_settings(label: str) -> dict[str, float]:
     """``predictive-tuned[k=v,...]`` -> {k: v}."""
     inner = label[label.index("[") + 1:label.rindex("]")]
@@ -911,6 +936,8 @@ def main(argv: list[str] | None = None) -> int:
                                      wall_s=round(old.get("wall_s", 0.0) + res["wall_s"], 2))
         if not a.no_write:
             a.tuning_cache.write_text(json.dumps(cache, indent=1, allow_nan=False) + "\n")
+    if (line := default_check(cache)) is not None:
+        print(line, file=sys.stderr)
     if a.tune_only:
         print(f"tuning cached in {a.tuning_cache} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         return 0

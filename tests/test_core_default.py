@@ -84,3 +84,23 @@ def test_the_nested_file_is_ranked_per_day_with_each_days_own_tuned_choice(cd, t
     path.write_text("[{}]")
     assert cd.main(["--nested", str(path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_protocol_says_when_a_retune_moves_the_default(cd) -> None:  # noqa: ANN001
+    """eval_protocol.py prints a warning once today's core is tuned on every frozen pair and the rule's choice is not
+    the code's default (session 26 re-tuned the cache and only the next CI run noticed the rule had moved)."""
+    ep = load_script("benchmarks/eval_protocol.py")
+    cache = json.loads((ROOT / "benchmarks" / "eval_tuning.json").read_text())
+    assert ep.default_check(cache) is None  # the committed cache: tuned with today's core, and the code follows it
+    moved = json.loads(json.dumps(cache))
+    for entry in moved.values():  # make the 300-s window the cheapest wherever it is replayed
+        for c in entry.get("docs", {}).get("predictive", {}).get("candidates", []):
+            if c["settings"].get("rate_window_s") == 300.0:
+                c["cost_usd"] *= 0.5
+    line = ep.default_check(moved)
+    assert line is not None and line.count("\n") == 0 and "'rate_window_s': 300.0" in line
+    assert "policies/predictive.py" in line
+    # while some frozen pair is not tuned with today's core, nothing is said (a range-by-range re-tune in progress)
+    key = next(k for k, e in moved.items() if "predictive" in e.get("docs", {}))
+    moved[key]["docs"]["predictive"]["fingerprint"] = "0" * 16
+    assert ep.default_check(moved) is None
