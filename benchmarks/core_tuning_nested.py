@@ -34,9 +34,9 @@ writes ``core_tuning_nested_warm.json``, ranked per day by ``core_default.py --n
 
     python benchmarks/core_tuning_nested.py --warm            # ~20 min on 2 workers
 
-Session 27 re-ran ``--warm`` on the code after session 26's warm-up fix (719 s, at nice 19 beside a CI run) and kept it as
-``core_tuning_nested_warm_s27.json``; ``core_tuning_nested_warm.json`` stays session 25's (the "before" of
-``core_warmup_rule.py --warm``).
+Session 27 re-ran ``--warm`` on the code after session 26's warm-up fix (719 s, at nice 19 beside a CI run) and
+kept it as ``core_tuning_nested_warm_s27.json``; ``core_tuning_nested_warm.json`` stays session 25's (the
+"before" of ``core_warmup_rule.py --warm``).
 
 Every setting on D-1, D-2 taken from a ``--compare`` file of today's grid (session 23: the tuning margin per guard
 step, :func:`family_report`; writes ``core_tuning_nested_all.json``):

@@ -40,8 +40,8 @@ One decision per model and control interval, no stacked margins::
   over ``rate_window_s``) and the forecaster's own upper bound at ``L``. Without calibration it cannot tell
   whether a removed replica will be needed within the lead, so it keeps what it has for the first lead and
   afterwards the most any decision so far needed: replicas that no demand seen has needed go (an oversized
-  start), capacity for the largest burst seen stays until the calibration knows how often bursts come. Decisions are recorded for calibration once the scale has seen
-  ``min_scale_samples`` changes.
+  start), capacity for the largest burst seen stays until the calibration knows how often bursts come.
+  Decisions are recorded for calibration once the scale has seen ``min_scale_samples`` changes.
 
 The state is an immutable :class:`PredictiveState`; the policy reads time only from the observation.
 """
