@@ -84,11 +84,12 @@ def _replay_grid(rk: str, scale: float, lo: float, hi: float, warmup_s: float = 
     return {p.name: list(vals[p.name]) for p in pols}, res.oracle["cost_usd"], len(same)
 
 
-def job(rk: str, scale: float) -> dict:
+def job(rk: str, scale: float, grid: dict | None = None) -> dict:
+    """``grid`` (default ``CORE_GRID``) on D-2 and on D-1, each day from a cold start."""
     a, b, c = _days({x.key: x for x in ep.SINGLE + ep.ROUTED}[rk])
     out = {"range": rk, "scale": scale}
     for lab, (lo, hi) in (("tune", (a, b)), ("check", (b, c))):
-        out[lab], out[lab + "_oracle"], _shared = _replay_grid(rk, scale, lo, hi)
+        out[lab], out[lab + "_oracle"], _shared = _replay_grid(rk, scale, lo, hi, grid=grid)
     return out
 
 
@@ -111,9 +112,9 @@ WARM_GRID = {"quantile": (0.95, 0.97, 0.99, 0.995), "rate_window_s": (0.0, 60.0,
 
 
 def warm_job(rk: str, scale: float, grid: dict | None = None) -> dict:
-    """:func:`job` as the protocol and the daemon start: ``grid`` (default :data:`WARM_GRID`) on D-2 and on D-1, each after an unscored hour
-    of the traffic before it. The Azure ranges (46 min) have no hour before either half: both "days" are the second
-    half after the first, as the protocol tunes them."""
+    """:func:`job` as the protocol and the daemon start: ``grid`` (default :data:`WARM_GRID`) on D-2 and on D-1,
+    each after an unscored hour of the traffic before it. The Azure ranges (46 min) have no hour before either half:
+    both "days" are the second half after the first, as the protocol tunes them."""
     r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
     a, b, c = _days(r)
     grid = WARM_GRID if grid is None else grid

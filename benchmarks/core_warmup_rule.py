@@ -45,12 +45,7 @@ NEIGHBOURS = {**DEFAULT, "quantile": (0.99, 0.95), "rate_window_s": (300.0, 60.0
 
 
 def cold_job(rk: str, scale: float) -> dict[str, Any]:
-    r = {x.key: x for x in ep.SINGLE + ep.ROUTED}[rk]
-    a, b, c = ctn._days(r)
-    out: dict[str, Any] = {"range": rk, "scale": scale}
-    for lab, (lo, hi) in (("tune", (a, b)), ("check", (b, c))):
-        out[lab], out[lab + "_oracle"], _ = ctn._replay_grid(rk, scale, lo, hi, grid=DEFAULT)
-    return out
+    return ctn.job(rk, scale, DEFAULT)
 
 
 def warm_job(rk: str, scale: float) -> dict[str, Any]:

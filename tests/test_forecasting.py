@@ -287,7 +287,7 @@ def test_outage_stretch_keeps_rates_non_negative(name: str) -> None:
         assert_valid(fc)
 
 
-@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     values=st.lists(
         st.one_of(st.floats(min_value=-50, max_value=1e6), st.just(math.nan), st.just(math.inf)),
