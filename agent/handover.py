@@ -117,24 +117,35 @@ class KedaTakeover:
         return [so for so in self.actuator.list_scaledobjects(w.namespace)
                 if w.matches((so.get("spec") or {}).get("scaleTargetRef") or {})]
 
-    def take_over(self, model: str, replicas: int | None = None) -> list[TakeoverOutcome]:
-        """Pause every ScaledObject on the model at ``replicas`` (default: the workload's current replicas)."""
+    def take_over(self, model: str, replicas: int | None = None, *, skip_ours: bool = False
+                  ) -> list[TakeoverOutcome]:
+        """Pause every ScaledObject on the model at ``replicas`` (default: the workload's current replicas).
+
+        ``skip_ours``: only those not already paused in our name (:meth:`retake`)."""
         out = []
-        if replicas is None:
+        todo = [so for so in self.scaledobjects(model)
+                if not (skip_ours and (so["metadata"].get("annotations") or {}).get(TAKEN_OVER_ANNOTATION)
+                        == self.identity)]
+        if todo and replicas is None:
             replicas = self.actuator.read_replicas(model)
-        for so in self.scaledobjects(model):
+        for so in todo:
             ann = so["metadata"].get("annotations") or {}
             patch: dict[str, Any] = {TAKEN_OVER_ANNOTATION: self.identity, PAUSED_REPLICAS_ANNOTATION: str(replicas)}
             if TAKEN_OVER_ANNOTATION not in ann and PAUSED_REPLICAS_ANNOTATION in ann:
                 patch[PREVIOUS_PAUSED_ANNOTATION] = ann[PAUSED_REPLICAS_ANNOTATION]
             res = self._annotate(so, patch)
             out.append(TakeoverOutcome(model, so["metadata"]["name"], res.ok, res.message))
-            if res.ok and TAKEN_OVER_ANNOTATION not in ann:
+            if res.ok and ann.get(TAKEN_OVER_ANNOTATION) != self.identity:
                 self.actuator.event_for_model(
                     model, "Normal", "TookOver",
                     f"ScaledObject {so['metadata']['name']} paused at {replicas} replicas "
                     f"({PAUSED_REPLICAS_ANNOTATION}); fleetpilot ({self.identity}) controls the workload")
         return out
+
+    def retake(self, model: str) -> list[TakeoverOutcome]:
+        """While leading: pause again every ScaledObject on the model that is not paused in our name (a user or an
+        older fleetpilot removed the pause, or a new ScaledObject appeared). Nothing is written when all are ours."""
+        return self.take_over(model, skip_ours=True)
 
     def follow(self, model: str, replicas: int) -> list[TakeoverOutcome]:
         """After fleetpilot scaled a taken-over workload: write the new count into ``paused-replicas``."""
@@ -155,24 +166,28 @@ class KedaTakeover:
                 if (so["metadata"].get("annotations") or {}).get(TAKEN_OVER_ANNOTATION)]
 
     def give_back(self, model: str) -> list[TakeoverOutcome]:
-        """Remove fleetpilot's pause from every ScaledObject on the model (an earlier pause value is restored)."""
+        """Remove fleetpilot's pause from every ScaledObject on the model that is paused in *our* name (an earlier
+        pause value is restored). One paused by another identity is left alone: after a Lease moves, the new leader
+        has re-marked it, and removing its pause would hand the workload back to KEDA under the new leader's feet.
+        The check is repeated on the fresh object when a write meets a conflict."""
         out = []
         for so in self.scaledobjects(model):
             ann = so["metadata"].get("annotations") or {}
-            if TAKEN_OVER_ANNOTATION not in ann:
+            if ann.get(TAKEN_OVER_ANNOTATION) != self.identity:
                 continue
             previous = ann.get(PREVIOUS_PAUSED_ANNOTATION)
             patch = {TAKEN_OVER_ANNOTATION: None, PREVIOUS_PAUSED_ANNOTATION: None,
                      PAUSED_REPLICAS_ANNOTATION: previous}
-            res = self._annotate(so, patch)
+            res = self._annotate(so, patch, only_if_ours=True)
             out.append(TakeoverOutcome(model, so["metadata"]["name"], res.ok, res.message))
-            if res.ok:
+            if res.ok and res.status == "applied":
                 self.actuator.event_for_model(
                     model, "Normal", "HandedBack",
                     f"ScaledObject {so['metadata']['name']} unpaused: KEDA controls the workload again")
         return out
 
-    def _annotate(self, so: Mapping[str, Any], annotations: Mapping[str, str | None]) -> ApplyOutcome:
+    def _annotate(self, so: Mapping[str, Any], annotations: Mapping[str, str | None],
+                  only_if_ours: bool = False) -> ApplyOutcome:
         a = self.actuator
         ns, name = so["metadata"]["namespace"], so["metadata"]["name"]
         target = f"scaledobject/{ns}/{name}"
@@ -183,6 +198,9 @@ class KedaTakeover:
                 fresh = a._call(f"read {target}", a._custom.get_namespaced_custom_object,
                                 KEDA_GROUP, KEDA_VERSION, ns, SCALEDOBJECTS, name)
                 state["rv"] = fresh["metadata"]["resourceVersion"]
+                holder = (fresh["metadata"].get("annotations") or {}).get(TAKEN_OVER_ANNOTATION)
+                if only_if_ours and holder != self.identity:
+                    return "unchanged", f"{target} is paused by {holder or 'nobody'} now, not by {self.identity}: left"
             patch = {"metadata": {"resourceVersion": state["rv"], "annotations": dict(annotations)}}
             try:
                 a._call(f"annotate {target}", a._custom.patch_namespaced_custom_object,
@@ -215,7 +233,9 @@ class TakeoverSession:
         if leader and not self.holding:
             self._each("take over", self.takeover.take_over, errors)
             self.holding = True
-        elif not leader and self.holding:
+        elif leader:  # still leading: a pause removed or re-marked meanwhile is put back in our name
+            self._each("take over", self.takeover.retake, errors)
+        elif self.holding:
             self.give_back(errors)
 
     def after_writes(self, outcomes: Sequence[Mapping[str, Any]], errors: list[str]) -> None:

@@ -71,7 +71,7 @@ HTTPROUTES = "httproutes"
 MAX_WEIGHT = 1_000_000  # Gateway API: backendRef weight is in [0, 1_000_000]
 USER_AGENT = f"fleetpilot/{__version__}"
 
-ApplyStatus = Literal["applied", "unchanged", "conflict-retried", "forbidden", "not-found", "error"]
+ApplyStatus = Literal["applied", "unchanged", "conflict-retried", "conflict", "forbidden", "not-found", "error"]
 T = TypeVar("T")
 
 #: (group, kind) -> resource plural for the workload kinds known to have a scale subresource
@@ -241,6 +241,7 @@ class ScaleInfo:
     current: int
     uid: str | None
     selector: str = ""
+    resource_version: str | None = None  # the precondition of the write that follows the read
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,8 @@ class ApplyOutcome:
     """What one write did. ``ok`` is True for applied/unchanged/conflict-retried.
 
     ``status``: ``applied`` (written), ``unchanged`` (already so; nothing written), ``conflict-retried`` (written
-    after one or more 409s), ``forbidden`` (401/403), ``not-found`` (404, or not configured), ``error`` (invalid
+    after one or more 409s), ``conflict`` (not written: after a 409 another writer's replica count was found in
+    force), ``forbidden`` (401/403), ``not-found`` (404, or not configured), ``error`` (invalid
     request, or temporary failures outlasting every attempt: see ``http_status`` and ``message``).
     ``http_status`` is the last HTTP status seen (None: no answer, e.g. a timeout, or no request made).
     ``old`` / ``new``: the value before and after (replicas, or weights by model) when known.
@@ -525,8 +527,12 @@ class KubeActuator:
         """Set the model's workload to ``replicas`` through the scale subresource.
 
         Reads the Scale first: if it already says ``replicas`` the outcome is ``unchanged`` and nothing is written;
-        otherwise it patches ``{"spec": {"replicas": n}}``. A 409 re-reads and tries again. ``reason`` goes into
-        the ``SuccessfulRescale`` Event.
+        otherwise it patches ``{"metadata": {"resourceVersion": <read>}, "spec": {"replicas": n}}``, so the API
+        server refuses the write (409) if the workload changed since the read, as the HPA's read-then-update of the
+        Scale does. A 409 re-reads: if another writer changed the replicas meanwhile, nothing is written (status
+        ``conflict``: the decision was made on replicas that are no longer in force; the next interval sees the
+        other writer's count); if only the resourceVersion moved, it tries again. ``reason`` goes into the
+        ``SuccessfulRescale`` Event.
         """
         if model not in self._workloads:
             return ApplyOutcome(model, False, "not-found", None, 0, f"no workload configured for model {model!r}")
@@ -539,10 +545,15 @@ class KubeActuator:
 
         def attempt() -> tuple[ApplyStatus, str]:
             info = self._get_scale(w)
+            first = seen.setdefault("first", info.desired)
             seen["old"], seen["uid"] = info.desired, info.uid
             if info.desired == wanted:
                 return "unchanged", f"already at {wanted} replicas"
-            got = self._patch_scale(w, wanted)
+            if info.desired != first:
+                raise KubePermanentError(
+                    f"replicas of {target} changed from {first} to {info.desired} by another writer since they were "
+                    f"read; {wanted} not written (the next interval decides on the new count)", 409, "conflict")
+            got = self._patch_scale(w, wanted, info.resource_version)
             if got != wanted:
                 raise KubeTemporaryError(f"patch scale of {target}: server answered replicas={got}, wanted {wanted}")
             return "applied", f"scaled from {info.desired} to {wanted} replicas"
@@ -638,16 +649,19 @@ class KubeActuator:
             desired = int(scale.spec.replicas or 0) if scale.spec is not None else 0
             status = scale.status
             uid = scale.metadata.uid if scale.metadata is not None else None
+            rv = scale.metadata.resource_version if scale.metadata is not None else None
             return ScaleInfo(desired, int((status.replicas if status else 0) or 0), uid,
-                             (status.selector if status else "") or "")
+                             (status.selector if status else "") or "", rv)
         obj = self._call(
             what, self._custom.get_namespaced_custom_object_scale, w.group, w.version, w.namespace, w.plural, w.name
         )
         return _scale_info(obj, what)
 
-    def _patch_scale(self, w: WorkloadRef, replicas: int) -> int | None:
+    def _patch_scale(self, w: WorkloadRef, replicas: int, resource_version: str | None = None) -> int | None:
         what = f"patch scale of {w}"
-        body = {"spec": {"replicas": replicas}}
+        body: dict[str, Any] = {"spec": {"replicas": replicas}}
+        if resource_version:  # a precondition: 409 if the workload changed since it was read
+            body["metadata"] = {"resourceVersion": resource_version}
         if w.group == "apps" and w.kind in _APPS_SCALE:
             fn = getattr(self._apps, f"patch_namespaced_{_APPS_SCALE[w.kind]}_scale")
             result = self._call(what, fn, w.name, w.namespace, body, field_manager=self._manager)
@@ -727,7 +741,7 @@ def _scale_info(obj: Any, what: str) -> ScaleInfo:
     spec, status, meta = obj.get("spec") or {}, obj.get("status") or {}, obj.get("metadata") or {}
     try:
         return ScaleInfo(int(spec.get("replicas") or 0), int(status.get("replicas") or 0), meta.get("uid"),
-                         str(status.get("selector") or ""))
+                         str(status.get("selector") or ""), meta.get("resourceVersion"))
     except (TypeError, ValueError):
         raise KubePermanentError(f"{what}: replicas are not integers in the answer") from None
 

@@ -2,7 +2,10 @@
 
 Our own small implementation over ``CoordinationV1Api`` (``coordination.k8s.io/v1`` Lease), compatible with the
 records client-go and the bundled ``kubernetes.leaderelection`` write. The daemon calls
-:meth:`LeaderElector.try_acquire_or_renew` once per interval and acts only while :attr:`LeaderElector.is_leader`.
+:meth:`LeaderElector.try_acquire_or_renew` at the start of every control interval and, as client-go does, every
+retry period in between (:meth:`Leadership.keep_alive`; default 2 s for the default 15-s Lease, whatever the
+control interval), and acts only while :attr:`LeaderElector.is_leader`. Renewing only once per interval would let
+a 15-s Lease lapse between 15-s intervals at the first late tick, and lapse every interval for longer ones.
 
 Each call reads the Lease and then:
 
@@ -42,6 +45,9 @@ __all__ = ["LeaderElector", "LeaderSettings", "Leadership"]
 
 log = logging.getLogger(__name__)
 
+#: client-go's ``JitterFactor``: its elector refuses ``renewDeadline <= JitterFactor x retryPeriod``
+JITTER_FACTOR = 1.2
+
 
 @dataclass(frozen=True)
 class LeaderSettings:
@@ -53,6 +59,7 @@ class LeaderSettings:
     lease_duration_s: int = 15
     renew_deadline_s: float | None = None  # None: two thirds of the lease duration (client-go: 15 s / 10 s)
     request_timeout_s: float = 5.0
+    retry_period_s: float | None = None  # None: 2/15 of the lease duration (client-go: 15 s / 10 s / 2 s)
 
     def __post_init__(self) -> None:
         if not self.identity:
@@ -63,6 +70,8 @@ class LeaderSettings:
             raise ValueError("lease_duration_s must be >= 1")
         if not 0 < self.effective_renew_deadline_s < self.lease_duration_s:
             raise ValueError("need 0 < renew_deadline_s < lease_duration_s")
+        if not 0 < JITTER_FACTOR * self.effective_retry_period_s < self.effective_renew_deadline_s:
+            raise ValueError(f"need 0 < {JITTER_FACTOR} x retry_period_s < renew_deadline_s (client-go's rule)")
         if self.request_timeout_s <= 0:
             raise ValueError("request_timeout_s must be > 0")
 
@@ -70,6 +79,12 @@ class LeaderSettings:
     def effective_renew_deadline_s(self) -> float:
         """``renew_deadline_s``, or two thirds of the lease duration when unset."""
         return self.renew_deadline_s if self.renew_deadline_s is not None else self.lease_duration_s * 2 / 3
+
+    @property
+    def effective_retry_period_s(self) -> float:
+        """``retry_period_s``, or 2/15 of the lease duration when unset: how often a candidate tries to acquire or
+        renew between control intervals (:meth:`Leadership.keep_alive`)."""
+        return self.retry_period_s if self.retry_period_s is not None else self.lease_duration_s * 2 / 15
 
 
 def _micro_time(epoch_s: float) -> datetime:
@@ -97,9 +112,10 @@ class LeaderElector:
         *,
         renew_deadline_s: float | None = None,
         request_timeout_s: float = 5.0,
+        retry_period_s: float | None = None,
     ) -> None:
         self._settings = LeaderSettings(
-            namespace, name, identity, lease_duration_s, renew_deadline_s, request_timeout_s
+            namespace, name, identity, lease_duration_s, renew_deadline_s, request_timeout_s, retry_period_s
         )
         self._api = kubernetes.client.CoordinationV1Api(api_client)
         self._clock = clock
@@ -122,6 +138,7 @@ class LeaderElector:
             clock,
             renew_deadline_s=settings.renew_deadline_s,
             request_timeout_s=settings.request_timeout_s,
+            retry_period_s=settings.retry_period_s,
         )
 
     @property
@@ -293,8 +310,34 @@ class Leadership:
     def __init__(self, electing: bool, forget_writes: Callable[[], None], metrics: Any) -> None:
         self.electing = bool(electing)
         self.was_leader = False
+        self._lapsed = False  # leadership was missing at a keep-alive since the last interval
         self._forget_writes = forget_writes
         self._metrics = metrics
+
+    def retry_period_s(self, elector: Any) -> float | None:
+        """How often :meth:`keep_alive` should run between intervals (None: not electing, or the elector has no
+        settings)."""
+        settings = getattr(elector, "settings", None)
+        if not self.electing or elector is None or settings is None:
+            return None
+        return float(settings.effective_retry_period_s)
+
+    def keep_alive(self, elector: Any) -> bool | None:
+        """Between intervals: acquire or renew the Lease (client-go's retry period). Nothing else happens here --
+        the next interval's :meth:`renew` takes over / gives back KEDA and forgets writes; a leadership missing at
+        any keep-alive is remembered so that interval forgets the writes even if leadership came back since."""
+        if not self.electing or elector is None:
+            return None
+        try:
+            leader = bool(elector.try_acquire_or_renew())
+        except Exception as exc:  # noqa: BLE001 -- an elector failure means: not leader
+            log.warning("leader election between intervals: %s", exc)
+            self._metrics.api_errors.labels("lease").inc()
+            leader = False
+        if not leader:
+            self._lapsed = True
+        self._metrics.leader.set(1.0 if leader else 0.0)
+        return leader
 
     def renew(self, elector: Any, takeover: Any, errors: list[str]) -> bool | None:
         """This interval's leadership: ``True``/``False``, or ``None`` when not electing (or no elector).
@@ -309,9 +352,9 @@ class Leadership:
                 errors.append(f"leader election: {exc}")
                 self._metrics.api_errors.labels("lease").inc()
                 leader = False
-            if not leader or not self.was_leader:
+            if not leader or not self.was_leader or self._lapsed:
                 self._forget_writes()  # someone else may have written while we followed
-            self.was_leader = leader
+            self.was_leader, self._lapsed = leader, False
             if takeover is not None:
                 takeover.on_leadership(leader, errors)  # --take-over keda: pause / give back
         self._metrics.leader.set(1.0 if leader else 0.0)

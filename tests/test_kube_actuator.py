@@ -68,7 +68,8 @@ def test_scale_round_trip_and_unchanged(emu: K8sEmulator, actuator: KubeActuator
     assert out == ApplyOutcome("deployment/serving/llama-8b", True, "applied", 200, 1, "scaled from 2 to 5 replicas")
     assert emu.replicas(NS, "llama-8b") == 5 and actuator.read_replicas("llama") == 5
     patch = [r for r in emu.requests if r.method == "PATCH"][-1]
-    assert patch.path.endswith("/deployments/llama-8b/scale") and patch.body == {"spec": {"replicas": 5}}
+    assert patch.path.endswith("/deployments/llama-8b/scale") and patch.body["spec"] == {"replicas": 5}
+    assert set(patch.body) == {"spec", "metadata"} and patch.body["metadata"]["resourceVersion"]  # a precondition
 
     emu.clear_requests()
     again = actuator.scale("llama", 5)
@@ -115,6 +116,43 @@ def test_real_conflict_rereads_and_may_find_nothing_to_do(
     actuator._apps.read_namespaced_deployment_scale = read_then_race  # type: ignore[method-assign]
     out = actuator.scale("llama", 6)
     assert out.ok and out.status == "unchanged" and out.attempts == 2 and sleep.calls == [0.5]
+
+
+def _race_after_first_read(actuator: KubeActuator, race: object) -> None:
+    original = actuator._apps.read_namespaced_deployment_scale
+    calls = {"n": 0}
+
+    def read_then_race(*args: object, **kwargs: object) -> k8s.V1Scale:
+        calls["n"] += 1
+        result = original(*args, **kwargs)
+        if calls["n"] == 1:
+            race()  # type: ignore[operator]
+        return result
+
+    actuator._apps.read_namespaced_deployment_scale = read_then_race  # type: ignore[method-assign]
+
+
+def test_a_count_written_by_another_between_read_and_write_is_not_overwritten(
+    emu: K8sEmulator, actuator: KubeActuator, sleep: FakeSleep
+) -> None:
+    """``kubectl scale --replicas=10`` lands between our read (2) and our write (5): the write carries the read's
+    resourceVersion, the API server answers 409, the re-read finds 10, and nothing is written."""
+    _race_after_first_read(actuator, lambda: k8s.AppsV1Api(actuator._api_client).patch_namespaced_deployment_scale(
+        "llama-8b", NS, {"spec": {"replicas": 10}}))
+    out = actuator.scale("llama", 5)
+    assert not out.ok and out.status == "conflict" and out.http_status == 409 and out.attempts == 2
+    assert "changed from 2 to 10 by another writer" in out.message
+    assert emu.replicas(NS, "llama-8b") == 10
+
+
+def test_a_moved_resource_version_alone_is_retried(emu: K8sEmulator, actuator: KubeActuator, sleep: FakeSleep) -> None:
+    """A label change between read and write moves the resourceVersion but not the replicas: retried, written."""
+    _race_after_first_read(actuator, lambda: k8s.AppsV1Api(actuator._api_client).patch_namespaced_deployment(
+        "llama-8b", NS, {"metadata": {"labels": {"team": "serving"}}}))
+    out = actuator.scale("llama", 5)
+    assert out.ok and out.status == "conflict-retried" and out.attempts == 2 and out.message.startswith(
+        "scaled from 2 to 5")
+    assert emu.replicas(NS, "llama-8b") == 5
 
 
 def test_server_errors_exhaust_retries_without_writing(

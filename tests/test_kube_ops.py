@@ -17,6 +17,7 @@ from fleetpilot.agent.handover import (
     TAKEN_OVER_ANNOTATION,
     IncumbentPolicy,
     KedaTakeover,
+    TakeoverSession,
     incumbent_policy,
     read_incumbents,
 )
@@ -288,6 +289,50 @@ def test_hand_back_restores_a_pause_that_was_there_before(emu: K8sEmulator) -> N
     takeover.give_back("llama")
     ann = emu.objects.get("scaledobjects", NS, "llama")["metadata"]["annotations"]
     assert ann == {PAUSED_REPLICAS_ANNOTATION: "1"}
+
+
+def test_a_replica_that_lost_the_lease_leaves_the_new_leaders_pause(emu: K8sEmulator) -> None:
+    """The Lease moves from fp-a to fp-b: fp-b re-marks the pause in its name; fp-a, learning it lost, must not
+    un-pause (that handed the workload back to KEDA under fp-b, which then saw a foreign controller and stopped
+    scaling). A pause removed while fp-b leads is put back at fp-b's next interval."""
+    keda = FakeKeda(emu)
+    emu.objects.put(scaledobject_manifest("llama", "llama-8b", min_replicas=1, max_replicas=10), namespace=NS)
+    act_a, act_b = make_actuator(emu), make_actuator(emu)
+    a, b = (TakeoverSession(KedaTakeover(act, identity=i), ["llama"]) for act, i in ((act_a, "fp-a"), (act_b, "fp-b")))
+
+    def ann() -> dict[str, str]:
+        return emu.objects.get("scaledobjects", NS, "llama")["metadata"].get("annotations") or {}
+
+    errors: list[str] = []
+    a.on_leadership(True, errors)
+    assert ann()[TAKEN_OVER_ANNOTATION] == "fp-a"
+    b.on_leadership(True, errors)  # the Lease moved
+    assert ann()[TAKEN_OVER_ANNOTATION] == "fp-b"
+    a.on_leadership(False, errors)  # fp-a learns it lost: gives back only what is paused in its name
+    assert ann()[TAKEN_OVER_ANNOTATION] == "fp-b" and ann()[PAUSED_REPLICAS_ANNOTATION] == "2"
+    b.on_leadership(True, errors)
+    assert act_b.foreign_controllers("llama") == [] and errors == []
+    # someone removes the pause while fp-b leads: its next interval pauses again, in its name
+    so = emu.objects.get("scaledobjects", NS, "llama")
+    so["metadata"]["annotations"] = {}
+    emu.objects.put(so, namespace=NS)
+    assert act_b.foreign_controllers("llama") != []
+    b.on_leadership(True, errors)
+    assert ann()[TAKEN_OVER_ANNOTATION] == "fp-b" and act_b.foreign_controllers("llama") == [] and errors == []
+    keda.detach()
+
+
+def test_give_back_rechecks_the_holder_after_a_conflict(emu: K8sEmulator) -> None:
+    """fp-a read the ScaledObject (paused by fp-a), then fp-b re-marked it before fp-a's write: the write meets a
+    409, the fresh read names fp-b, and fp-a leaves it."""
+    emu.objects.put(scaledobject_manifest("llama", "llama-8b"), namespace=NS)
+    a, b = KedaTakeover(make_actuator(emu), identity="fp-a"), KedaTakeover(make_actuator(emu), identity="fp-b")
+    a.take_over("llama", replicas=3)
+    (stale,) = a.scaledobjects("llama")
+    b.take_over("llama", replicas=3)
+    res = a._annotate(stale, {TAKEN_OVER_ANNOTATION: None, PAUSED_REPLICAS_ANNOTATION: None}, only_if_ours=True)
+    assert res.ok and res.status == "unchanged" and "paused by fp-b" in res.message
+    assert emu.objects.get("scaledobjects", NS, "llama")["metadata"]["annotations"][TAKEN_OVER_ANNOTATION] == "fp-b"
 
 
 def test_hpas_are_never_written(emu: K8sEmulator) -> None:

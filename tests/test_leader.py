@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import kubernetes.client as k8s
 import pytest
@@ -176,6 +177,9 @@ def test_settings_validate() -> None:
     with pytest.raises(ValueError):
         LeaderSettings(NS, LEASE, "", lease_duration_s=10)
     assert LeaderSettings(NS, LEASE, "x").effective_renew_deadline_s == 10
+    assert LeaderSettings(NS, LEASE, "x").effective_retry_period_s == 2  # client-go's 15 s / 10 s / 2 s
+    with pytest.raises(ValueError, match="retry_period_s"):  # client-go: renewDeadline > JitterFactor x retryPeriod
+        LeaderSettings(NS, LEASE, "x", lease_duration_s=15, retry_period_s=9)
 
 
 def test_interoperates_with_the_bundled_leaselock(emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock) -> None:
@@ -292,3 +296,77 @@ def test_step_down_gives_back_then_releases_and_survives_a_failed_release(caplog
     assert takeover.given_back == 1 and elector.released == 1
     assert "could not release the lease" in caplog.text
     lead.step_down(object(), None)  # an elector without release(): nothing to do
+
+
+class _LoopDaemon:
+    """What :func:`fleetpilot.agent.runner.run_forever` needs of a daemon: intervals that only renew the Lease (as
+    ``Daemon.run_once`` does first), fake monotonic time advanced by ``deps.sleep``, and a hook after every sleep."""
+
+    def __init__(self, elector: LeaderElector, clock: FakeClock, interval_s: float, electing: bool = True,
+                 after_sleep: Any = None) -> None:
+        from types import SimpleNamespace
+
+        self.interval_s, self.consecutive_failures, self._clock = interval_s, 0, clock
+        self.metrics = DaemonMetrics()
+        self.leadership = Leadership(electing, lambda: None, self.metrics)
+        self.sleeps: list[float] = []
+        self.leader_at_interval: list[bool | None] = []
+
+        def sleep(seconds: float) -> None:
+            self.sleeps.append(seconds)
+            clock.advance(seconds)
+            if after_sleep is not None:
+                after_sleep()
+
+        self.deps = SimpleNamespace(elector=elector, takeover=None, sleep=sleep)
+        self.settings = SimpleNamespace(loop=SimpleNamespace(backoff_max_s=60.0, backoff_base_s=1.0))
+
+    def _monotonic(self) -> float:
+        return self._clock()
+
+    def run_once(self) -> None:
+        self.leader_at_interval.append(self.leadership.renew(self.deps.elector, None, []))
+
+
+@pytest.mark.parametrize("interval_s", [15.0, 60.0])
+def test_the_loop_renews_the_lease_every_retry_period_so_a_rival_never_takes_it(
+        emu: K8sEmulator, client: k8s.ApiClient, clock: FakeClock, interval_s: float) -> None:
+    """A 15-s Lease held by a daemon whose control interval is 15 s or 60 s: between intervals the loop renews
+    every retry period (2 s), so a rival that tries every 0.5 s never finds it expired. Renewing once per interval
+    (what the loop did) lets the Lease lapse at the first late tick of 15-s intervals and every 60-s interval."""
+    import threading
+
+    from fleetpilot.agent.runner import run_forever
+
+    a, b = _elector(client, "pod-a", clock), _elector(client, "pod-b", clock)
+    rival: list[bool] = []
+
+    def rival_tries() -> None:  # pod-b tries between every pair of pod-a's sleeps, half a second later
+        clock.advance(0.5)
+        rival.append(b.try_acquire_or_renew())
+
+    d = _LoopDaemon(a, clock, interval_s, after_sleep=rival_tries)
+    assert run_forever(d, threading.Event(), max_intervals=5) == 0
+    assert d.leader_at_interval == [True] * 5 and not any(rival) and len(rival) > 0
+    lease = emu.objects.get("leases", NS, LEASE)
+    assert lease["spec"]["holderIdentity"] == "pod-a" and lease["spec"].get("leaseTransitions") in (0, None)
+    # the waits went in steps of the retry period (a wait's last step may be shorter), never one whole interval
+    assert max(d.sleeps) == pytest.approx(2.0) and len(d.sleeps) >= 4 * interval_s / 2.0
+
+
+def test_the_loop_waits_in_one_step_when_not_electing(client: k8s.ApiClient, clock: FakeClock) -> None:
+    import threading
+
+    from fleetpilot.agent.runner import run_forever
+
+    d = _LoopDaemon(_elector(client, "pod-a", clock), clock, 60.0, electing=False)
+    run_forever(d, threading.Event(), max_intervals=3)
+    assert d.sleeps == [60.0, 60.0] and d.leader_at_interval == [None] * 3
+
+
+def test_a_lapse_between_intervals_makes_the_next_interval_forget_writes() -> None:
+    lead, forgotten, _ = _leadership(True)
+    elector = _Elector([True, False, True, True])
+    assert lead.renew(elector, None, []) is True and forgotten == [1]  # gained
+    assert lead.keep_alive(elector) is False and lead.keep_alive(elector) is True  # lost and regained meanwhile
+    assert lead.renew(elector, None, []) is True and forgotten == [1, 1]  # another may have written in the gap
