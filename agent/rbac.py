@@ -92,7 +92,7 @@ def rbac_manifests(
             named = sorted(names)
             rules.append({"apiGroups": [group], "resources": [plural], "resourceNames": named, "verbs": ["get"]})
             rules.append({"apiGroups": [group], "resources": [f"{plural}/scale"], "resourceNames": named,
-                          "verbs": ["get", "patch", "update"]})
+                          "verbs": ["get", "patch"]})  # the scale write is a PATCH with resourceVersion pinned
         if ns in per_ns:
             # an incumbent autoscaler is found by listing (list cannot be limited by name); never written
             rules.append({"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
@@ -105,7 +105,7 @@ def rbac_manifests(
         if ns in routes:
             rules.append({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
                           "resourceNames": sorted(routes[ns]), "verbs": ["get", "patch"]})
-        rules.append({"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]})
+        rules.append({"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]})  # core/v1 Events
         meta = {"name": role_name, "namespace": ns, "labels": dict(_LABELS)}
         docs.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": rules})
         docs.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),

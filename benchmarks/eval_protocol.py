@@ -679,7 +679,8 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
              "and above its highest (x1.2, x1.45, at most 1.0) while that meets and is the choice (at most 2 "
              "rounds); rule: the cheapest setting with attainment >= goal + 0.005 "
              "(chosen values: `benchmarks/eval_tuning.json`, columns below);",
-             "* hpa / keda / kpa: upstream defaults (70 % of slots), no fleetpilot shield, goal min/max only;",
+             "* kpa: Knative's default target (100 x 70 % = 70 requests per pod); hpa / keda (no upstream default "
+             "target): 70 % of a replica's slots; no fleetpilot shield, goal min/max only;",
              "* static: replicas for the tuning range's peak at 70 % utilisation (capacity model at the SLO);",
              "* predictive: whatever `predictive` resolves to in the registry of the tree that ran (see Tree above); "
              "predictive-tuned: the same core with its demand quantile, rate window, SLO-guard half-life (`runs`: it counts a run of missed intervals once), phase "

@@ -63,9 +63,11 @@ Sources (the defaults below are theirs unless marked "fleetpilot's choice"):
   ``max(current rate, forecast upper bound at the lead) x (1 + predictive_headroom) / capacity_at_slo`` (70 %
   utilisation cap), is :class:`HeadroomPredictivePolicy` (``predictive-headroom``).
 
-Concurrency targets default to 70 % of a replica's concurrent sequences (Knative's and KEDA-on-vLLM's usual
-70 % utilisation target); for the HPA's ``queue`` metric the default target is 10 % of the slots
-(fleetpilot's choice). "In-flight" means running + waiting requests (what a replica holds). Every incumbent
+The KPA's default target is Knative's own: 100 x 70 % = 70 requests per pod (``containerConcurrency: 0``, a
+default install). The HPA and KEDA have no default target (a user must write one); fleetpilot's stand-in is 70 %
+of a replica's concurrent sequences at the interval's token mix (a fixed config could not follow the mix: where the
+KV cache limits the slots, the Azure ranges, this is generous to them); for the HPA's ``queue`` metric the
+stand-in is 10 % of the slots. "In-flight" means running + waiting requests (what a replica holds). Every incumbent
 also takes ``targets={model: value}`` (per-model targets, what ``fleetpilot tune`` chooses) and the KPA a
 ``stable_window_s``.
 """
@@ -181,6 +183,16 @@ def _in_flight_total(m: ModelObs) -> float:
     if not (_finite(m.in_flight) and _finite(m.queued)):
         return math.nan
     return max(0.0, float(m.in_flight)) + max(0.0, float(m.queued))
+
+
+def _running_total(m: ModelObs) -> float:
+    """Running requests only (vLLM's ``num_requests_running``: at most the replicas' slots; NaN if unknown)."""
+    return max(0.0, float(m.in_flight)) if _finite(m.in_flight) else math.nan
+
+
+def _queued_total(m: ModelObs) -> float:
+    """Waiting requests only (vLLM's ``num_requests_waiting``; NaN if unknown)."""
+    return max(0.0, float(m.queued)) if _finite(m.queued) else math.nan
 
 
 def _get(items: tuple[tuple[str, Any], ...], key: str, default: Any) -> Any:
@@ -538,7 +550,9 @@ def _check_targets(goal: GoalSpec, targets: Mapping[str, float] | None, what: st
 
 
 class HPAPolicy(PolicyBase):
-    """Kubernetes HPA v2 on a per-pod metric: in-flight requests (default) or queue length per replica."""
+    """Kubernetes HPA v2 on a per-pod metric: in-flight requests (running + waiting, default), queue length
+    (waiting) or running requests only (vLLM's ``num_requests_running``, which a queue does not raise) per
+    replica."""
 
     name = "hpa"
     uses_forecast = False  # reactive: replay need not compute forecast features for it
@@ -549,8 +563,8 @@ class HPAPolicy(PolicyBase):
         b = goal.baselines
         self.goal = goal
         self.metric = metric or b.hpa_metric
-        if self.metric not in ("in_flight", "queue"):
-            raise UserError(f"hpa metric must be 'in_flight' or 'queue', got {self.metric!r}")
+        if self.metric not in ("in_flight", "queue", "running"):
+            raise UserError(f"hpa metric must be 'in_flight', 'queue' or 'running', got {self.metric!r}")
         self.target_setting = b.hpa_target_per_replica if target_per_replica is None else float(target_per_replica)
         self.targets = _check_targets(goal, targets, "hpa")
         self.behavior = bool(behavior)
@@ -578,7 +592,9 @@ class HPAPolicy(PolicyBase):
 
     def metric_total(self, m: ModelObs) -> float:
         if self.metric == "queue":
-            return max(0.0, float(m.queued)) if _finite(m.queued) else math.nan
+            return _queued_total(m)
+        if self.metric == "running":
+            return _running_total(m)
         return _in_flight_total(m)
 
     def decide(self, obs: Observation, state: HPAState) -> tuple[Decision, HPAState]:
@@ -648,14 +664,19 @@ def keda_executor(current: int, active: bool, min_replica_count: int, last_activ
     return None
 
 
+#: what a KEDA trigger's query can be in fleetpilot's model (:class:`KEDAPolicy`)
+KEDA_METRICS = ("rate", "rps", "in_flight", "running", "queue")
+
+
 class KEDAPolicy(PolicyBase):
     """KEDA ScaledObject with a Prometheus trigger (``metricType: AverageValue``) driving an HPA.
 
     ``metric="rate"`` (default): the query is the arrival rate turned into in-flight requests by Little's law,
     ``rate * slots / capacity_rps`` (rate x mean service time at saturation), so KEDA reacts to offered load
     rather than to the backlog. ``metric="rps"``: the query is the request rate itself and the target is in
-    requests/s per replica (what ``fleetpilot tune`` writes into a ScaledObject). ``metric="in_flight"``:
-    running + waiting requests. ``use_cached_metrics`` (KEDA's ``useCachedMetrics``, default false) makes the
+    requests/s per replica. ``metric="in_flight"``: running + waiting requests; ``"running"`` / ``"queue"``:
+    vLLM's ``num_requests_running`` / ``num_requests_waiting`` alone (a query on one of them, as users write
+    it). ``use_cached_metrics`` (KEDA's ``useCachedMetrics``, default false) makes the
     HPA read the value of the last poll instead of a fresh query.
     """
 
@@ -674,8 +695,8 @@ class KEDAPolicy(PolicyBase):
         use_cached_metrics: bool = False,
         behavior: bool = False,
     ) -> None:
-        if metric not in ("rate", "rps", "in_flight"):
-            raise UserError(f"keda metric must be 'rate', 'rps' or 'in_flight', got {metric!r}")
+        if metric not in KEDA_METRICS:
+            raise UserError(f"keda metric must be one of {', '.join(KEDA_METRICS)}, got {metric!r}")
         b = goal.baselines
         self.goal = goal
         self.metric = metric
@@ -708,6 +729,8 @@ class KEDAPolicy(PolicyBase):
                 return self.target_setting
             cap = float(m.capacity_rps) if m is not None and _finite(m.capacity_rps) else 1.0
             return DEFAULT_UTILIZATION * max(cap, 1e-9)
+        if self.metric == "queue" and self.target_setting <= 0:
+            return max(1.0, DEFAULT_QUEUE_TARGET_FRACTION * max(int(slots), 1))
         return concurrency_target(self.target_setting, slots)
 
     def query(self, m: ModelObs | None) -> float:
@@ -716,6 +739,10 @@ class KEDAPolicy(PolicyBase):
             return math.nan
         if self.metric == "in_flight":
             return _in_flight_total(m)
+        if self.metric == "running":
+            return _running_total(m)
+        if self.metric == "queue":
+            return _queued_total(m)
         if self.metric == "rps":
             return max(0.0, float(m.arrival_rps)) if _finite(m.arrival_rps) else math.nan
         if not (_finite(m.arrival_rps) and _finite(m.capacity_rps) and m.capacity_rps > 0):
@@ -861,8 +888,17 @@ def _window_avg(samples: tuple[tuple[float, float], ...], span: float, lo: float
     return tot / cov if cov > 0 else math.nan
 
 
+#: Knative's target when a revision sets none: ``container-concurrency-target-default`` (100) x
+#: ``container-concurrency-target-percentage`` (70 %), for ``containerConcurrency: 0`` (its default; knative/serving
+#: pkg/autoscaler/config/config.go ``defaultConfig``, pkg/reconciler/autoscaling/resources/target.go
+#: ``ResolveMetricTarget``)
+KPA_DEFAULT_TARGET = 100.0 * 0.7
+
+
 class KPAPolicy(PolicyBase):
-    """Knative Pod Autoscaler on concurrency (running + waiting requests), deciding on its own 2 s tick."""
+    """Knative Pod Autoscaler on concurrency (running + waiting requests), deciding on its own 2 s tick. Without a
+    target (``kpa_target_concurrency`` 0, ``targets`` unset) it runs Knative's default, 70 requests per pod
+    (:data:`KPA_DEFAULT_TARGET`), whatever the replica holds."""
 
     name = "kpa"
     uses_forecast = False  # reactive: replay need not compute forecast features for it
@@ -936,7 +972,8 @@ class KPAPolicy(PolicyBase):
         span = max(interval, _EPS)
         keep = self.stable_s + span
         samples = tuple((t, c) for t, c in ks.samples if t > now - keep) + ((now, conc),)
-        target = self.targets.get(spec.name) or concurrency_target(self.target_setting, m.slots)
+        target = self.targets.get(spec.name) or (self.target_setting if self.target_setting > 0
+                                                  else KPA_DEFAULT_TARGET)
         dspec = self.decider_spec(target)
         ready = _ready(m)
         start = ks.last_tick if ks.last_tick is not None else now - span

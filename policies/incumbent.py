@@ -32,6 +32,8 @@ from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec
 
 __all__ = [
+    "IN_FLIGHT_AT_SATURATION",
+    "METRIC_ANNOTATION",
     "PAUSED_ANNOTATION",
     "PAUSED_REPLICAS_ANNOTATION",
     "TAKEN_OVER_ANNOTATION",
@@ -58,7 +60,12 @@ HPA_DEFAULT_DOWN_WINDOW_S = 300.0
 
 _RUNNING = re.compile(r"num_requests_running")
 _WAITING = re.compile(r"num_requests_waiting")
+_IN_FLIGHT = re.compile(r"requests_in_flight")  # the Pods metric fleetpilot's HPA manifest names (running + waiting)
 _RATE = re.compile(r"\b(i?rate)\s*\(\s*[^)]*(request_success_total|requests_total)")
+#: set by ``fleetpilot tune`` on the ScaledObjects it writes: the query is the in-flight load at saturation
+#: (Little's law, the ``rate`` metric of :class:`~fleetpilot.policies.baselines.KEDAPolicy`)
+METRIC_ANNOTATION = "fleetpilot.io/metric"
+IN_FLIGHT_AT_SATURATION = "in-flight-at-saturation"
 
 
 def is_paused(so: Mapping[str, Any]) -> bool:
@@ -71,8 +78,9 @@ def is_paused(so: Mapping[str, Any]) -> bool:
 class Incumbent:
     """An autoscaler found on a model's workload, with the settings its owner chose.
 
-    ``metric`` / ``target_per_replica``: fleetpilot's equivalent (``in_flight`` or ``queue`` and the per-replica
-    target) when the autoscaler's metric maps onto what fleetpilot observes, else None (see ``notes``).
+    ``metric`` / ``target_per_replica``: fleetpilot's equivalent (``in_flight``, ``running``, ``queue``, and for
+    KEDA ``rps`` or ``rate``, with the per-replica target) when the autoscaler's metric maps onto what fleetpilot
+    observes, else None (see ``notes``).
     ``down_window_s``: the scale-down stabilisation window; ``polling_s`` / ``cooldown_s``: KEDA only.
     """
 
@@ -90,6 +98,7 @@ class Incumbent:
     paused: bool = False
     taken_over_by: str | None = None
     owner: str | None = None  # the ScaledObject that generated this HPA (KEDA), if any
+    activation: float | None = None  # KEDA: the trigger's activationThreshold (0: KEDA's default)
     notes: tuple[str, ...] = ()
 
     @property
@@ -119,10 +128,16 @@ def _num(value: Any) -> float | None:
 
 
 def _map_metric(name: str) -> str | None:
-    if _WAITING.search(name):
-        return "queue"
-    if _RUNNING.search(name):
+    """A metric name or query -> fleetpilot's metric: running and waiting together (or fleetpilot's own
+    ``vllm_requests_in_flight``) -> ``in_flight``; waiting alone -> ``queue``; running alone -> ``running`` (it
+    stops at the replicas' slots: a queue does not raise it)."""
+    running, waiting = bool(_RUNNING.search(name)), bool(_WAITING.search(name))
+    if (running and waiting) or _IN_FLIGHT.search(name):
         return "in_flight"
+    if waiting:
+        return "queue"
+    if running:
+        return "running"
     return None
 
 
@@ -179,13 +194,15 @@ def parse_scaledobject(so: Mapping[str, Any]) -> Incumbent:
     meta, spec = so.get("metadata") or {}, so.get("spec") or {}
     ann = meta.get("annotations") or {}
     notes: list[str] = []
-    metric, target = None, None
+    metric, target, activation = None, None, 0.0
     for trig in spec.get("triggers") or []:
         md = trig.get("metadata") or {}
         kind = trig.get("type")
         query = str(md.get("query") or md.get("metricName") or "")
         mapped = None
-        if kind == "prometheus":
+        if kind == "prometheus" and ann.get(METRIC_ANNOTATION) == IN_FLIGHT_AT_SATURATION:
+            mapped = "rate"  # written by `fleetpilot tune`: the threshold is in-flight requests at saturation
+        elif kind == "prometheus":
             mapped = _map_metric(query) or ("rps" if _RATE.search(query) else None)
         if mapped is None:
             notes.append(f"{kind} trigger ({query[:80]!r}) is not a metric fleetpilot observes: default target used")
@@ -199,6 +216,7 @@ def parse_scaledobject(so: Mapping[str, Any]) -> Incumbent:
             continue
         if metric is None:
             metric, target = mapped, value
+            activation = _num(md.get("activationThreshold")) or 0.0
         else:
             notes.append("more than one mappable trigger: the first is used")
     hpa_cfg = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {})
@@ -220,6 +238,7 @@ def parse_scaledobject(so: Mapping[str, Any]) -> Incumbent:
         cooldown_s=KEDA_DEFAULT_COOLDOWN_S if cooldown is None else cooldown,
         paused=is_paused(so),
         taken_over_by=ann.get(TAKEN_OVER_ANNOTATION),
+        activation=activation,
         notes=tuple(notes),
     )
 
@@ -283,7 +302,7 @@ def incumbent_policy(goal: GoalSpec, incumbents: Mapping[str, Sequence[Incumbent
                      fallback: str | None = None) -> IncumbentPolicy:
     """fleetpilot's HPA / KEDA policies configured like the incumbents (one per model; the first found wins;
     models without one get ``fallback``, default the goal's ``fallback_policy``)."""
-    from fleetpilot.policies.baselines import HPAPolicy, KEDAPolicy
+    from fleetpilot.policies.baselines import KEDA_METRICS, HPAPolicy, KEDAPolicy
     from fleetpilot.policies.registry import make
 
     parts: dict[str, tuple[Incumbent | None, Any]] = {}
@@ -297,10 +316,11 @@ def incumbent_policy(goal: GoalSpec, incumbents: Mapping[str, Sequence[Incumbent
         g = incumbent_goal(goal, spec.name, inc)
         targets = {spec.name: inc.target_per_replica} if inc.target_per_replica is not None else None
         if inc.kind == "keda":
-            metric = inc.metric if inc.metric in ("rps", "in_flight") else "rate"
-            policy: Any = KEDAPolicy(g, metric=metric, targets=targets, behavior=inc.behavior)
+            metric = inc.metric if inc.metric in KEDA_METRICS else "rate"
+            policy: Any = KEDAPolicy(g, metric=metric, targets=targets, behavior=inc.behavior,
+                                     activation_threshold=float(inc.activation or 0.0))
         else:
-            policy = HPAPolicy(g, metric=inc.metric if inc.metric in ("in_flight", "queue") else None,
+            policy = HPAPolicy(g, metric=inc.metric if inc.metric in ("in_flight", "queue", "running") else None,
                                targets=targets, behavior=inc.behavior)
         parts[spec.name] = (inc, policy)
     return IncumbentPolicy(goal, parts)

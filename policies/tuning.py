@@ -44,6 +44,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetpilot.policies.baselines import HPAPolicy, KEDAPolicy, KPAPolicy
+from fleetpilot.policies.incumbent import IN_FLIGHT_AT_SATURATION, METRIC_ANNOTATION
 from fleetpilot.policies.predictive import DEFAULT_COST_WINDOW_S
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.fleet import service_rate_per_replica, slots_per_replica
@@ -367,16 +368,12 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
         target = float(tm["target"])
         ns, dep = m.deployment.namespace, m.deployment.name
         if kind == "keda":
-            a, b, c, err = keda_query_coefficients(m, float(tm.get("input_tokens", 512.0)),
-                                                   float(tm.get("output_tokens", 256.0)))
-            sel = f'{{model_name="{m.name}"}}'
-            query = (f"{a:.6g} * sum(rate(vllm:request_success_total{sel}[1m])) + {b:.6g} * "
-                     f"sum(rate(vllm:prompt_tokens_total{sel}[1m])) + {c:.6g} * "
-                     f"sum(rate(vllm:generation_tokens_total{sel}[1m]))")
+            query, err = keda_query(m, float(tm.get("input_tokens", 512.0)), float(tm.get("output_tokens", 256.0)))
             obj: dict[str, Any] = {
                 "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
                 "metadata": {"name": f"{dep}-tuned", "namespace": ns,
                              "annotations": {"fleetpilot.io/tuning": tm.get("note", ""),
+                                             METRIC_ANNOTATION: IN_FLIGHT_AT_SATURATION,
                                              "fleetpilot.io/query-fit-max-error": f"{err:.1%}"}},
                 "spec": {
                     "scaleTargetRef": {"name": dep, "kind": getattr(m.deployment, "kind", "Deployment"),
@@ -386,7 +383,9 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
                     "minReplicaCount": int(m.min_replicas), "maxReplicaCount": int(m.max_replicas),
                     "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
                         "serverAddress": _PROM_PLACEHOLDER,
-                        "query": query, "threshold": f"{target:.4g}"}}],
+                        "query": query, "threshold": f"{target:.4g}",
+                        # no answer is an error (the HPA holds its replicas), not 0 (a scale-down to the minimum)
+                        "ignoreNullValues": "false"}}],
                 },
             }
         elif kind == "hpa":
@@ -417,11 +416,19 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
                    "metadata": {"name": m.service or dep, "namespace": ns},
                    "spec": {"template": {"metadata": {"annotations": ann}}}}
         docs.append(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+    replaces = [f"# This replaces the autoscaler your {m.deployment.name if len(goal.models) == 1 else 'workloads'} "
+                "run now: KEDA's admission webhook refuses a second ScaledObject",
+                "# on a workload, and two HPAs on one fight. Delete the existing one first (kubectl delete",
+                "# scaledobject|hpa NAME), or copy these values into it."]
     notes = {
         "keda": ["# serverAddress: point it at your Prometheus. The query is the load in requests in flight at",
-                 "# saturation (Little's law: request rate x a replica's service time at full batch, linear in the",
-                 "# token rates); the threshold is per replica (AverageValue): KEDA's HPA asks for",
-                 "# ceil(query / threshold) replicas."],
+                 "# saturation (Little's law: the arrival rate x a replica's service time at full batch at the",
+                 "# live token mix), as `fleetpilot tune` replayed it. vLLM counts a request when it finishes, so",
+                 "# the arrival rate is the completion rate plus the growth of the waiting queue (under overload",
+                 "# completions stop at capacity and the excess waits). The threshold is per replica",
+                 "# (AverageValue): KEDA's HPA asks for ceil(query / threshold) replicas. The [1m] windows need a",
+                 "# scrape interval of 30 s or less (two samples); with ignoreNullValues false an empty answer",
+                 "# makes KEDA report an error and the HPA keep its replicas instead of scaling to the minimum."],
         "hpa": ["# Needs the Pods metric vllm_requests_in_flight from prometheus-adapter, e.g. the rule:",
                 "#   - seriesQuery: 'vllm:num_requests_running{namespace!=\"\",pod!=\"\"}'",
                 "#     resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}",
@@ -432,7 +439,29 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
         "kpa": ["# Merge these annotations into your Knative Service's revision template (spec.template).",
                 "# target-utilization-percentage 100: the tuned target already is the effective one."],
     }[kind]
-    return "\n".join(header + notes) + "\n---\n" + "---\n".join(docs)
+    return "\n".join(header + replaces + notes) + "\n---\n" + "---\n".join(docs)
+
+
+def keda_query(spec: Any, input_tokens: float, output_tokens: float, window: str = "1m") -> tuple[str, float]:
+    """(PromQL, fit error): the in-flight load at saturation of one model from vLLM's metrics -- what the ``keda``
+    baseline scales on in replay (``KEDAPolicy`` metric ``rate``: arrivals x slots / saturated throughput).
+
+    * arrivals: ``vllm:request_success_total``'s rate plus the growth of ``vllm:num_requests_waiting`` (vLLM counts
+      a request when it finishes; under overload completions stop at capacity and the excess waits), as the daemon
+      reads the arrival rate (:mod:`fleetpilot.agent.prom`);
+    * service time per request at full batch: ``a + b x prompt + c x generated`` tokens (:func:`keda_query_coefficients`),
+      at the live mean token counts (token counters over completions), at the tuned mix while nothing completes;
+    * never below 0 (the fit's intercept may be negative for very short requests).
+    """
+    a, b, c, err = keda_query_coefficients(spec, input_tokens, output_tokens)
+    sel = f'{{model_name="{spec.name}"}}'
+    done = f"sum(rate(vllm:request_success_total{sel}[{window}]))"
+    growth = f"(clamp_min(sum(deriv(vllm:num_requests_waiting{sel}[{window}])), 0) or vector(0))"
+    p_mean = f"((sum(rate(vllm:prompt_tokens_total{sel}[{window}])) / ({done} > 0)) or vector({input_tokens:.6g}))"
+    g_mean = (f"((sum(rate(vllm:generation_tokens_total{sel}[{window}])) / ({done} > 0)) "
+              f"or vector({output_tokens:.6g}))")
+    query = f"clamp_min(({a:.6g} + {b:.6g} * {p_mean} + {c:.6g} * {g_mean}) * ({done} + {growth}), 0)"
+    return query, err
 
 
 #: token-mix drift alerts (:func:`render_alerts`): how far the mean cost of a request may move from the tuned mix
@@ -502,14 +531,18 @@ def render_alerts(doc: Mapping[str, Any], goal: GoalSpec, *, tolerance: float = 
         fit_err = max(fit_err, err)
     obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
            "metadata": {"name": f"{goal.name}-{kind}-token-mix", "namespace": goal.models[0].deployment.namespace,
+                        # kube-prometheus-stack loads only rules labelled with its Helm release (its default
+                        # ruleSelector); change the value to your release's name
+                        "labels": {"release": "kube-prometheus-stack"},
                         "annotations": {"fleetpilot.io/cost-fit-max-error": f"{fit_err:.1%}"}},
            "spec": {"groups": [{"name": f"fleetpilot-{kind}-token-mix", "rules": rules}]}}
     header = [f"# fleetpilot tune: token-mix alerts for the {kind} target tuned on {src}",
               "# A tuned target fits only the token mix it was tuned on. Per model this records",
               f"# {MIX_RATIO_RECORD}: the live mean cost of a request over {w} / the tuned mix's,",
               f"# and alerts when it stays above {hi:g} or below {lo:.3g} for {_duration(for_s)}.",
-              "# prometheus-operator: kubectl apply -f this file. Plain Prometheus: the `spec` mapping is a rule",
-              "# file (rule_files:)."]
+              "# prometheus-operator: kubectl apply -f this file (kube-prometheus-stack loads rules labelled",
+              "# release: <its Helm release>; kube-prometheus-stack is the chart's usual release name: change it",
+              "# to yours). Plain Prometheus: the `spec` mapping is a rule file (rule_files:)."]
     return "\n".join(header) + "\n---\n" + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=1000)
 
 

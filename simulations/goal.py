@@ -457,8 +457,8 @@ class _Baselines(BaseModel):
     keda_polling_s: float = _f(30.0, description="KEDA pollingInterval.", unit="s", example=30, ge=0.1, le=DAY_S)
     keda_cooldown_s: float = _f(300.0, description="KEDA cooldownPeriod (before scaling to zero).", unit="s",
                                 example=300, ge=0, le=DAY_S)
-    kpa_target_concurrency: float = _f(0.0, description="Knative KPA target concurrency per replica (0 = 70% of "
-                                       "max_num_seqs).", unit="requests per replica", example=180, ge=0, le=1e6)
+    kpa_target_concurrency: float = _f(0.0, description="Knative KPA target concurrency per replica (0 = Knative's "
+                                       "default: 100 x 70 % = 70).", unit="requests per replica", example=180, ge=0, le=1e6)
     kpa_stable_window_s: float = _f(60.0, description="Knative KPA stable window.", unit="s", example=60, ge=0.1, le=DAY_S)
     kpa_panic_window_s: float = _f(6.0, description="Knative KPA panic window.", unit="s", example=6, ge=0.1, le=DAY_S)
     kpa_panic_threshold: float = _f(2.0, description="Knative KPA panic threshold (ratio of panic-window demand to "

@@ -13,6 +13,7 @@ import pytest
 from fleetpilot.policies.base import ModelObs, Observation, ObservationBuilder, Policy, reading_from_stats
 from fleetpilot.policies.baselines import (
     HPA_SCALE_UP_PODS,
+    KPA_DEFAULT_TARGET,
     KEDAPolicy,
     KPAPolicy,
     PredictivePolicy,
@@ -34,7 +35,8 @@ ONE = load_goal(ROOT / "examples/goals/single-model.yaml")
 TWO = load_goal(ROOT / "examples/goals/two-model-routed.yaml")
 M8 = "llama-3-8b"
 SLOTS = 256
-TARGET = 0.7 * SLOTS  # default in-flight target per replica
+TARGET = 0.7 * SLOTS  # default in-flight target per replica (fleetpilot's stand-in for the HPA and KEDA)
+KPA_TARGET = 70.0  # Knative's default: container-concurrency-target-default 100 x 70 %
 
 
 def mobs(ready: int, starting: int = 0, *, in_flight: float = 0.0, queued: float = 0.0, rate: float = 10.0,
@@ -256,16 +258,16 @@ def test_kpa_panic_mode_scales_up_fast_and_never_down_while_panicking() -> None:
     t = 0.0
     for _ in range(4):  # a calm minute at the target: stable
         t += 15.0
-        d, s = p.decide(obs_at(t, {M8: mobs(4, in_flight=4 * TARGET)}), s)
+        d, s = p.decide(obs_at(t, {M8: mobs(4, in_flight=4 * KPA_TARGET)}), s)
         assert d.replicas[M8] == 4
     t += 15.0  # burst: 3x the target in the last interval -> panic-window desired 12 >= 2 x 4 ready
-    d, s = p.decide(obs_at(t, {M8: mobs(4, in_flight=12 * TARGET)}), s)
+    d, s = p.decide(obs_at(t, {M8: mobs(4, in_flight=12 * KPA_TARGET)}), s)
     assert d.replicas[M8] == 12  # panic: the short window drives, not the 60 s average (= 6)
     panic_start = t
     out = []
     while t < panic_start + 120:
         t += 15.0
-        d, s = p.decide(obs_at(t, {M8: mobs(4, 8, in_flight=1 * TARGET)}), s)  # load is gone
+        d, s = p.decide(obs_at(t, {M8: mobs(4, 8, in_flight=1 * KPA_TARGET)}), s)  # load is gone
         out.append((t, d.replicas[M8]))
     stable_s = ONE.baselines.kpa_stable_window_s
     assert all(n == 12 for tt, n in out if tt - panic_start < stable_s)  # no scale-down while panicking
@@ -274,17 +276,26 @@ def test_kpa_panic_mode_scales_up_fast_and_never_down_while_panicking() -> None:
     q = KPAPolicy(ONE)
     # a new KPA starts in panic mode (upstream newAutoscaler): let that end first, at a steady 1.7x load
     s1 = _kpa_after_start_panic(q, 4, 1.7)
-    d, s = q.decide(obs_at(150.0, {M8: mobs(4, in_flight=4 * 1.7 * TARGET)}), s1)
+    d, s = q.decide(obs_at(150.0, {M8: mobs(4, in_flight=4 * 1.7 * KPA_TARGET)}), s1)
     assert d.replicas[M8] == 7 and s.models[0][1].panic_since is None
     # Knative compares the rounded-up panic pod count: ceil(4 x 1.9) = 8 >= 2 x 4 -> panic
-    d, s = q.decide(obs_at(150.0, {M8: mobs(4, in_flight=4 * 1.9 * TARGET)}), _kpa_after_start_panic(q, 4, 1.0))
+    d, s = q.decide(obs_at(150.0, {M8: mobs(4, in_flight=4 * 1.9 * KPA_TARGET)}), _kpa_after_start_panic(q, 4, 1.0))
     assert s.models[0][1].panic_since is not None and s.models[0][1].panic_since > 135.0
+
+
+def test_kpa_default_target_is_knatives_70_whatever_the_replica_holds() -> None:
+    """Knative's defaults (containerConcurrency 0): target 100 x 70 % = 70 per pod, not a share of vLLM's slots."""
+    assert KPA_DEFAULT_TARGET == KPA_TARGET and SLOTS * 0.7 != KPA_TARGET
+    p = KPAPolicy(ONE)
+    s = _kpa_after_start_panic(p, 4, 1.0)
+    d, _ = p.decide(obs_at(150.0, {M8: mobs(4, in_flight=4 * 2.0 * KPA_TARGET)}), s)
+    assert d.replicas[M8] == 8  # 560 in flight / 70 per pod (at 70 % of the slots it would stay at 4)
 
 
 def _kpa_after_start_panic(p: KPAPolicy, ready: int, load_x: float) -> object:
     s = p.initial_state()
     for k in range(1, 10):  # 135 s at a steady load: the start-up panic (one stable window) is over
-        _, s = p.decide(obs_at(15.0 * k, {M8: mobs(ready, in_flight=ready * load_x * TARGET)}), s)
+        _, s = p.decide(obs_at(15.0 * k, {M8: mobs(ready, in_flight=ready * load_x * KPA_TARGET)}), s)
     assert s.models[0][1].panic_since is None
     return s
 

@@ -213,7 +213,7 @@ def test_read_incumbents_maps_an_hpa_on_vllm_concurrency(emu: K8sEmulator) -> No
     emu.objects.put(hpa, namespace=NS)
     (inc,) = read_incumbents(make_actuator(emu), "llama")
     assert (inc.kind, inc.name, inc.min_replicas, inc.max_replicas) == ("hpa", "llama-hpa", 2, 12)
-    assert (inc.metric, inc.target_per_replica, inc.down_window_s) == ("in_flight", 48.0, 600.0)
+    assert (inc.metric, inc.target_per_replica, inc.down_window_s) == ("running", 48.0, 600.0)
     assert len(inc.notes) == 1 and "cpu" in inc.notes[0]  # said, not silently dropped
 
 
@@ -400,7 +400,11 @@ def test_a_scaledobject_paused_by_someone_else_stays_foreign(emu: K8sEmulator) -
     assert make_actuator(emu).foreign_controllers("llama") == ["ScaledObject/llama"]
 
 
-def test_handover_of_hpas_on_concurrency_also_writes_an_hpa_tuning(tmp_path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("metric", ["vllm_requests_in_flight", "vllm:num_requests_running"])
+def test_handover_of_hpas_on_concurrency_also_writes_an_hpa_tuning(tmp_path, metric: str) -> None:  # noqa: ANN001
+    """An HPA on in-flight requests (running + waiting: the adapter rule `fleetpilot tune`'s HPA manifest names)
+    is also written as ``hpa-tuned``, which replays that metric; one on running requests alone is not (a queue does
+    not raise it, and ``hpa-tuned`` would count the queue): it replays exactly through ``incumbent:DIR``."""
     from fleetpilot.agent.cli import main
     from fleetpilot.policies.registry import make
 
@@ -410,14 +414,20 @@ def test_handover_of_hpas_on_concurrency_also_writes_an_hpa_tuning(tmp_path) -> 
     with K8sEmulator() as emu:
         emu.add_deployment(ns, spec.deployment.name, replicas=2)
         hpa = hpa_manifest("llm-hpa", spec.deployment.name, min_replicas=1, max_replicas=12)
-        hpa["spec"]["metrics"] = [{"type": "Pods", "pods": {"metric": {"name": "vllm:num_requests_running"},
+        hpa["spec"]["metrics"] = [{"type": "Pods", "pods": {"metric": {"name": metric},
                                                             "target": {"type": "AverageValue", "averageValue": "40"}}}]
         emu.objects.put(hpa, namespace=ns)
         out = tmp_path / "h"
         assert main(["handover", "--goal", "single-model", "--kube-host", emu.url, "--out", str(out)]) == 0
+    incs = json.loads((out / "incumbents.json").read_text())
+    if metric == "vllm:num_requests_running":
+        assert not (out / "tuning-hpa.json").exists()
+        assert make(f"incumbent:{out}", goal)._parts[spec.name][1].metric == "running"
+        return
     doc = json.loads((out / "tuning-hpa.json").read_text())
     assert doc["autoscaler"] == "hpa" and doc["models"][spec.name]["target"] == 40.0
     assert make(f"hpa-tuned:{out}", goal).targets == {spec.name: 40.0}
+    assert incs
 
 
 def test_read_weights_of_our_backends(emu: K8sEmulator) -> None:

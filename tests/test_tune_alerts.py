@@ -6,6 +6,7 @@ Without ``promtool`` these tests fail (CI installs it), unless ``FLEETPILOT_ALLO
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ import yaml
 from fleetpilot.policies.tuning import (
     MIX_RATIO_RECORD,
     alerts_filename,
+    keda_query,
+    keda_query_coefficients,
     render_alerts,
     request_cost_coefficients,
 )
@@ -169,3 +172,45 @@ def test_alert_rules_pass_promtool_check_and_name_every_model(tmp_path: Path) ->
 def _labels(labels: dict[str, str], *, record: bool = True) -> str:
     inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     return f"{MIX_RATIO_RECORD}{{{inner}}}" if record else f"{{{inner}}}"
+
+
+def test_the_keda_query_reads_arrivals_not_completions_in_prometheus(tmp_path: Path) -> None:
+    """The ScaledObject's query (``keda_query``) through Prometheus's engine, 15-s scrapes, phase by phase: at a
+    steady mix it is the in-flight load at saturation (rate x service time); under overload, where completions stop
+    at capacity and the excess waits, it counts the waiting queue's growth as arrivals (what the replay's KEDA
+    sees); during a cold start with nothing completed it uses the tuned mix; idle it is 0; never negative."""
+    a, b, c, _ = keda_query_coefficients(SPEC, TIN, TOUT)
+    query, _ = keda_query(SPEC, TIN, TOUT)
+
+    def svc(tin: float, tout: float) -> float:
+        return a + b * tin + c * tout
+
+    # (completions/s, prompt and generated tokens per request, waiting-queue growth/s); 10 min each, 15-s steps
+    phases = [(RPS, TIN, TOUT, 0.0), (RPS, TIN, TOUT, RPS), (0.0, 0.0, 0.0, 5.0), (0.0, 0.0, 0.0, 0.0),
+              (RPS, 1.0, 1.0, 0.0)]
+    done, prompt, gen, waiting = [0.0], [0.0], [0.0], [0.0]
+    for r, tin, tout, grow in phases:
+        for _ in range(40):
+            done.append(done[-1] + 15 * r)
+            prompt.append(prompt[-1] + 15 * r * tin)
+            gen.append(gen[-1] + 15 * r * tout)
+            waiting.append(waiting[-1] + 15 * grow if grow else (0.0 if r == 0 and not grow else waiting[-1]))
+    sel = f'{{model_name="{M}"}}'
+    series = [{"series": f"{name}{sel}", "values": " ".join(f"{v:.6f}" for v in vals)}
+              for name, vals in (("vllm:request_success_total", done), ("vllm:prompt_tokens_total", prompt),
+                                 ("vllm:generation_tokens_total", gen), ("vllm:num_requests_waiting", waiting))]
+    rules = {"groups": [{"name": "q", "interval": "15s", "rules": [{"record": "keda_query", "expr": query}]}]}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    steady, over, cold = RPS * svc(TIN, TOUT), 2 * RPS * svc(TIN, TOUT), 5.0 * svc(TIN, TOUT)
+    assert svc(1.0, 1.0) < 0  # the fit's intercept: short requests would read negative without the clamp
+    expect = [("9m", steady), ("19m", over), ("29m", cold), ("39m", 0.0), ("49m", 0.0)]
+    tests = [{"interval": "15s", "input_series": series, "promql_expr_test": [
+        {"expr": "round(keda_query, 0.001)", "eval_time": t,
+         "exp_samples": [{"labels": "{}", "value": math.floor(v / 0.001 + 0.5) * 0.001}]}
+        for t, v in expect]}]
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(
+        {"rule_files": ["rules.yml"], "evaluation_interval": "15s", "tests": tests}, sort_keys=False))
+    proc = subprocess.run([_promtool(), "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert steady > 0 and over == pytest.approx(2 * steady)
