@@ -31,12 +31,13 @@ demo: setup
 	#    chat = m-mid, code = m-small, rescaled to a 200 req/s peak; the large+small routed goal; every policy:
 	#    incumbents at their defaults and tuned (no fleetpilot shield), the predictive core (default and tuned), the
 	#    learned policy on the tuned core with and without routing. Every policy first runs through the last hour
-	#    of day 8, unscored (--warmup), so each enters day 9 in its own steady state
+	#    of day 8, unscored (--warmup), so each enters day 9 in its own steady state. --force (as for tune above):
+	#    a second `make demo` replaces its own report; without it an existing report is never overwritten
 	$(PYTHON) -m fleetpilot replay --goal examples/goals/two-model-routed.yaml \
 		--trace chat=servegen_m-mid_10min --trace code=servegen_m-small_10min \
 		--range 777600: --warmup 1h --scale-to-peak 200 \
 		--policies static,hpa,keda,kpa,hpa-tuned:$(OUT)/tuning,keda-tuned:$(OUT)/tuning,kpa-tuned:$(OUT)/tuning,predictive,predictive-tuned:$(OUT)/tuning,oracle,rl:two-model-routed#core=$(OUT)/tuning,rl:two-model-routed#core=$(OUT)/tuning+scaling-only \
-		--seed 0 --out $(OUT)
+		--seed 0 --force --out $(OUT)
 
 test: setup setup-system
 	$(PYTHON) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc

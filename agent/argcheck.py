@@ -6,9 +6,13 @@ repeating them (the class of defect, not the examples: ``--seed -1``, ``--tick 1
 path that is a directory, ``train --out`` naming an existing file found only after an hour of training, ``--out``
 naming a FIFO or a device that a write would replace).
 
-Outputs: a file output may be a new path or an existing **regular** file (replaced atomically by the command); a
-directory output may be a new path or an existing directory. A device, FIFO, socket -- or a file where a directory is
-expected and vice versa -- is refused; the parent directory must exist and be writable.
+Outputs: a file output may be a new path; a directory output may be a new path or an existing directory. Existing
+data is never replaced unless asked: an existing file output, or an existing file of those a command writes into its
+directory output (:data:`REPLACES`: ``replay``'s ``summary.json``, ``train``'s ``policy.pt``...), is refused unless
+``--force`` is given (then a file output must be a **regular** file, replaced by the command) -- before any work, so
+an hour of training is never lost to it and a trained policy is never lost to a re-run. An existing directory
+holding none of those files (empty, or other files) is fine. A device, FIFO, socket -- or a file where a directory
+is expected and vice versa -- is refused even with ``--force``; the parent directory must exist and be writable.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import math
 import os
 import socket
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fleetpilot.simulations.errors import UserError
 
-__all__ = ["check_args", "check_output_path", "check_port_free"]
+__all__ = ["check_args", "check_not_replacing", "check_output_path", "check_port_free", "check_tick",
+           "existing_outputs"]
 
 MAX_SEED = 2**32 - 1  # numpy/SB3/torch all accept it; negative seeds are refused by numpy
 NUMERIC_RULES: dict[str, tuple[float, float, str]] = {
@@ -57,6 +63,19 @@ OUTPUTS: dict[tuple[str, str], str] = {
     ("trace", "out"): "file",
     ("shadow-report", "out"): "dir",
     ("run", "audit"): "file",
+    ("rbac", "out"): "file",
+}
+
+# (command, dest) -> what a run replaces there: () for a file output (the file itself), else the names it writes into
+# the directory. An existing one is refused unless the command's --force is given. (``tune``, ``trace import``,
+# ``calibrate`` and ``handover`` check their own several outputs the same way; ``run --audit`` appends.)
+REPLACES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("simulate", "out"): (),
+    ("replay", "out"): ("summary.json", "report.html"),
+    ("train", "out"): ("policy.pt", "policy.json"),
+    ("forecast", "out"): (),
+    ("shadow-report", "out"): ("shadow-report.json", "shadow-report.html"),
+    ("rbac", "out"): (),
 }
 
 
@@ -103,6 +122,36 @@ def check_output_path(path: str | Path, kind: str, flag: str) -> None:
         raise UserError(f"directory {str(parent)[:200]} is not writable", where=flag)
 
 
+def existing_outputs(path: str | Path, names: Sequence[str] = ()) -> list[str]:
+    """The outputs a write to ``path`` would replace: ``path`` itself when ``names`` is empty (a file output), else
+    those of ``names`` already in the directory ``path`` (a dangling symlink counts: a write would follow it)."""
+    p = Path(path)
+    targets = [p / n for n in names] if names else [p]
+    return [str(t) for t in targets if t.exists() or t.is_symlink()]
+
+
+def check_not_replacing(path: str | Path, names: Sequence[str] = (), *, force: bool = False,
+                        flag: str = "--out") -> None:
+    """Refuse (one line, exit 2) when writing ``path`` would replace existing data and ``force`` was not given --
+    the wording of ``fleetpilot tune``'s refusal."""
+    if force:
+        return
+    existing = existing_outputs(path, names)
+    if existing:
+        shown = ", ".join(e[:200] for e in existing)
+        raise UserError(f"refusing to overwrite {shown} (use --force, or another {flag})", where=flag)
+
+
+def check_tick(tick: float, control_interval_s: float, shown: Any = None) -> float:
+    """``tick`` when it is a positive divisor of the control interval (the simulator runs whole ticks per
+    interval), else :class:`UserError` -- one rule for ``simulate`` and ``replay``. ``shown``: the value as given."""
+    n = control_interval_s / tick if tick > 0 and math.isfinite(tick) else math.nan
+    if not (math.isfinite(n) and round(n) >= 1 and abs(n - round(n)) <= 1e-9):
+        raise UserError(f"--tick {tick if shown is None else shown} must be a positive divisor of the control "
+                        f"interval ({control_interval_s:g} s)")
+    return float(tick)
+
+
 def check_port_free(host: str, port: int, flag: str = "--metrics-port") -> None:
     """Refuse a TCP port that cannot be bound on ``host`` (in use, or privileged) before any work starts."""
     if port == 0:
@@ -135,5 +184,8 @@ def check_args(args: argparse.Namespace) -> None:
     for (cmd, dest), kind in OUTPUTS.items():
         if cmd == command and values.get(dest):
             check_output_path(values[dest], kind, _flag(dest))
+            if (cmd, dest) in REPLACES:
+                check_not_replacing(values[dest], REPLACES[cmd, dest], force=bool(values.get("force")),
+                                    flag=_flag(dest))
     if command == "run" and values.get("metrics_port") not in (None, 0):
         check_port_free(str(values.get("metrics_bind_address") or "127.0.0.1"), int(values["metrics_port"]))

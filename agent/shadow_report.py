@@ -53,6 +53,21 @@ class ShadowInterval:
     policy: str = ""
 
 
+#: the latest audit time accepted (epoch seconds, ~year 5138): any real clock, with room for the report's end time
+#: (the last record plus up to the median gap) inside what :mod:`datetime` can print (year 9999)
+MAX_T = 1e11
+MAX_REPLICAS = 1_000_000  # a replica count beyond this is a corrupt record, not a fleet
+MAX_PRICE_PER_HOUR = 1e9  # the goal spec's own bound on cost_per_hour
+
+
+class _ImpossibleError(Exception):
+    """A record field outside what a daemon can write (the record is skipped and counted)."""
+
+    def __init__(self, field: str, value: Any, expected: str) -> None:
+        super().__init__(field)
+        self.field, self.value, self.expected = field, value, expected
+
+
 def _num(value: Any) -> float:
     try:
         x = float(value)
@@ -61,9 +76,24 @@ def _num(value: Any) -> float:
     return x if math.isfinite(x) else math.nan
 
 
-def _int_or_none(value: Any) -> int | None:
-    x = _num(value)
-    return None if math.isnan(x) else int(round(x))
+def _checked(value: Any, field: str, hi: float, expected: str) -> float | None:
+    """``value`` as a number in [0, ``hi``]; None when absent (null); :class:`_ImpossibleError` for anything else
+    (negative, too large, infinite, NaN, a bool, text that is not a number)."""
+    if value is None:
+        return None
+    x = math.nan if isinstance(value, bool) else _num(value)
+    if not 0.0 <= x <= hi:
+        raise _ImpossibleError(field, value, expected)
+    return x
+
+
+def _replicas(value: Any, field: str) -> int | None:
+    x = _checked(value, field, MAX_REPLICAS, f"a replica count 0..{MAX_REPLICAS:,}")
+    return None if x is None else int(round(x))
+
+
+def _price(value: Any, field: str) -> float | None:
+    return _checked(value, field, MAX_PRICE_PER_HOUR, f"a price per hour 0..{MAX_PRICE_PER_HOUR:g}")
 
 
 def _weights(obj: Any) -> dict[str, dict[str, float]]:
@@ -79,59 +109,93 @@ def _weights(obj: Any) -> dict[str, dict[str, float]]:
     return out
 
 
-def intervals_from_audit(records: Sequence[Mapping[str, Any]], goal: Any | None = None) -> list[ShadowInterval]:
+def intervals_from_audit(records: Sequence[Mapping[str, Any]], goal: Any | None = None,
+                         skipped: dict[str, Any] | None = None) -> list[ShadowInterval]:
     """The intervals of an audit log that carry a decision and the incumbent's replicas, sorted by time.
 
     Prices come from each record's ``shadow`` section, else from ``goal`` (a :class:`GoalSpec`); a log without
     either is a :class:`UserError`.
+
+    A record holding an impossible value -- a time that is not a finite epoch second in [0, :data:`MAX_T`], a
+    negative, non-numeric or absurd replica count or price -- is skipped, as the reader skips a line that is not
+    JSON, and counted in ``skipped`` when given: ``{"records": N, "fields": {field: N}, "examples": [...]}`` (the
+    ``n``-th record of the log, the field, its value and what was expected). It never reaches the report, so no
+    negative or infinite cost and no unprintable date does.
     """
     goal_prices = {m.name: m.cost_per_hour for m in goal.models} if goal is not None else {}
     out: list[ShadowInterval] = []
-    for rec in records:
-        t = _num(rec.get("t"))
-        if math.isnan(t):
+    for n, rec in enumerate(records, 1):
+        if rec.get("t") is None:
+            continue  # not an interval record
+        try:
+            iv = _interval(rec, goal_prices)
+        except _ImpossibleError as bad:
+            if skipped is not None:
+                skipped["records"] = skipped.get("records", 0) + 1
+                fields = skipped.setdefault("fields", {})
+                fields[bad.field] = fields.get(bad.field, 0) + 1
+                examples = skipped.setdefault("examples", [])
+                if len(examples) < 5:
+                    examples.append({"record": n, "field": bad.field, "value": repr(bad.value)[:60],
+                                     "expected": bad.expected})
             continue
-        shadow = rec.get("shadow") if isinstance(rec.get("shadow"), Mapping) else None
-        ours: dict[str, int] = {}
-        inc: dict[str, int | None] = {}
-        price: dict[str, float] = {}
-        if shadow is not None:
-            for m, d in (shadow.get("models") or {}).items():
-                if not isinstance(d, Mapping) or _int_or_none(d.get("ours")) is None:
-                    continue
-                ours[str(m)] = int(_int_or_none(d.get("ours")))  # type: ignore[arg-type]
-                inc[str(m)] = _int_or_none(d.get("incumbent"))
-                p = _num(d.get("price_per_hour"))
-                price[str(m)] = p if not math.isnan(p) else goal_prices.get(str(m), math.nan)
-        else:
-            shielded = rec.get("shielded") if isinstance(rec.get("shielded"), Mapping) else {}
-            state = rec.get("state") if isinstance(rec.get("state"), Mapping) else {}
-            for m, n in (shielded.get("replicas") or {}).items():
-                if _int_or_none(n) is None:
-                    continue
-                ours[str(m)] = int(_int_or_none(n))  # type: ignore[arg-type]
-                st = state.get(m)
-                inc[str(m)] = _int_or_none(st.get("desired")) if isinstance(st, Mapping) else None
-                price[str(m)] = goal_prices.get(str(m), math.nan)
-        if not ours:
-            continue
-        missing = sorted(m for m, p in price.items() if math.isnan(p))
-        if missing:
-            raise UserError(f"no price for model(s) {missing} in the audit log: pass --goal GOAL.yaml")
-        reading = rec.get("reading") if isinstance(rec.get("reading"), Mapping) else {}
-        shielded = rec.get("shielded") if isinstance(rec.get("shielded"), Mapping) else {}
-        w_ours = _weights((shadow or {}).get("weights_ours") or shielded.get("weights"))
-        w_force = _weights((shadow or {}).get("weights_in_force") or reading.get("weights"))
-        out.append(ShadowInterval(
-            t=t, ours=ours, incumbent=inc, price=price, ttft_p95_ms=_num(reading.get("ttft_p95_ms")),
-            in_fallback=rec.get("active") == "fallback", fallback_reason=rec.get("fallback_reason"),
-            weights_ours=w_ours, weights_in_force=w_force, policy=str(rec.get("policy") or "")))
+        if iv is not None:
+            out.append(iv)
     out.sort(key=lambda iv: iv.t)
     return out
 
 
+def _interval(rec: Mapping[str, Any], goal_prices: Mapping[str, float]) -> ShadowInterval | None:
+    """One record as an interval (None: it carries no decision); :class:`_ImpossibleError` on an impossible field."""
+    t = _checked(rec.get("t"), "t", MAX_T, f"epoch seconds 0..{MAX_T:g}")
+    if t is None:
+        return None
+    shadow = rec.get("shadow") if isinstance(rec.get("shadow"), Mapping) else None
+    ours: dict[str, int] = {}
+    inc: dict[str, int | None] = {}
+    price: dict[str, float] = {}
+    if shadow is not None:
+        for m, d in (shadow.get("models") or {}).items():
+            if not isinstance(d, Mapping):
+                continue
+            o = _replicas(d.get("ours"), f"shadow.models.{m}.ours")
+            if o is None:
+                continue
+            ours[str(m)] = o
+            inc[str(m)] = _replicas(d.get("incumbent"), f"shadow.models.{m}.incumbent")
+            p = _price(d.get("price_per_hour"), f"shadow.models.{m}.price_per_hour")
+            price[str(m)] = p if p is not None else goal_prices.get(str(m), math.nan)
+    else:
+        shielded = rec.get("shielded") if isinstance(rec.get("shielded"), Mapping) else {}
+        state = rec.get("state") if isinstance(rec.get("state"), Mapping) else {}
+        for m, n in (shielded.get("replicas") or {}).items():
+            o = _replicas(n, f"shielded.replicas.{m}")
+            if o is None:
+                continue
+            ours[str(m)] = o
+            st = state.get(m)
+            inc[str(m)] = _replicas(st.get("desired"), f"state.{m}.desired") if isinstance(st, Mapping) else None
+            price[str(m)] = goal_prices.get(str(m), math.nan)
+    if not ours:
+        return None
+    missing = sorted(m for m, p in price.items() if math.isnan(p))
+    if missing:
+        raise UserError(f"no price for model(s) {missing} in the audit log: pass --goal GOAL.yaml")
+    reading = rec.get("reading") if isinstance(rec.get("reading"), Mapping) else {}
+    shielded = rec.get("shielded") if isinstance(rec.get("shielded"), Mapping) else {}
+    w_ours = _weights((shadow or {}).get("weights_ours") or shielded.get("weights"))
+    w_force = _weights((shadow or {}).get("weights_in_force") or reading.get("weights"))
+    return ShadowInterval(
+        t=t, ours=ours, incumbent=inc, price=price, ttft_p95_ms=_num(reading.get("ttft_p95_ms")),
+        in_fallback=rec.get("active") == "fallback", fallback_reason=rec.get("fallback_reason"),
+        weights_ours=w_ours, weights_in_force=w_force, policy=str(rec.get("policy") or ""))
+
+
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # outside datetime's years (intervals_from_audit keeps them out)
+        return f"t={t:g}"
 
 
 def build_report(intervals: Sequence[ShadowInterval], slo_target_ms: float | None = None,
@@ -377,16 +441,25 @@ def render_html(report: Mapping[str, Any], source: str = "") -> str:
     return "".join(parts)
 
 
-def write_shadow_report(report: Mapping[str, Any], out_dir: str | Path, source: str = "") -> tuple[Path, Path]:
-    """Write ``shadow-report.json`` and ``shadow-report.html`` into ``out_dir`` (created; files replaced)."""
+def write_shadow_report(report: Mapping[str, Any], out_dir: str | Path, source: str = "",
+                        force: bool = False) -> tuple[Path, Path]:
+    """Write ``shadow-report.json`` and ``shadow-report.html`` into ``out_dir`` (created).
+
+    An existing report there is a :class:`UserError` unless ``force`` (``shadow-report --force``): it is replaced
+    then. Both are rendered before anything is written; the JSON is strict (no NaN or Infinity)."""
+    from fleetpilot.agent.argcheck import check_not_replacing
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError("not a directory", where=str(out))
-    out.mkdir(parents=True, exist_ok=True)
     j, h = out / "shadow-report.json", out / "shadow-report.html"
     for p in (j, h):
         if p.exists() and not p.is_file():
             raise UserError("exists and is not a regular file", where=str(p))
-    j.write_text(json.dumps({**report, "source": source}, indent=2, sort_keys=True) + "\n")
-    h.write_text(render_html(report, source))
+    check_not_replacing(out, (j.name, h.name), force=force)
+    text = json.dumps({**report, "source": source}, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    page = render_html(report, source)
+    out.mkdir(parents=True, exist_ok=True)
+    j.write_text(text)
+    h.write_text(page)
     return j, h

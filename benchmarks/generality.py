@@ -97,7 +97,7 @@ def run_case(out: Path, name: str, learned: bool = False) -> dict:
                            "--out", str(tune_dir), "--force"], capture_output=True, text=True)
     replay = subprocess.run(["fleetpilot", "replay", *common, "--range", replay_r, "--policies",
                              (POLICIES + (LEARNED if learned else "")).format(tune=tune_dir), "--out",
-                             str(replay_dir), "--quiet"],
+                             str(replay_dir), "--force", "--quiet"],
                             capture_output=True, text=True)
     row: dict = {"name": name, "tune_rc": tune.returncode, "replay_rc": replay.returncode,
                  "wall_s": round(time.perf_counter() - started, 1), "policies": {},

@@ -223,11 +223,11 @@ class SimulatedFleet:
 
 def default_tick(trace: Trace, goal: GoalSpec) -> float:
     """The simulator's inner tick for a trace: 1 s for sub-minute traces; 5 s (or the largest divisor of the control
-    interval up to 5 s) otherwise -- arrivals inside a coarser bin are Poisson at the bin's rate anyway."""
-    if trace.interval_s < 60.0:
-        return 1.0
+    interval up to 5 s) otherwise -- arrivals inside a coarser bin are Poisson at the bin's rate anyway. Always a
+    divisor of the control interval (a 2.5-s interval on a 1-s trace ticks every 0.5 s)."""
     c = goal.control_interval_s
-    for t in (5.0, 3.0, 2.5, 2.0, 1.0):
+    top, choices = (1.0, (1.0, 0.5, 0.25, 0.2)) if trace.interval_s < 60.0 else (5.0, (5.0, 3.0, 2.5, 2.0, 1.0))
+    for t in choices:
         if abs(c / t - round(c / t)) < 1e-9:
             return t
-    return 1.0
+    return c / math.ceil(c / top - 1e-9)  # the largest whole division of the interval not above ``top``

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -529,17 +530,34 @@ def positional_layouts(goal: GoalSpec, core: Mapping[str, Any] | None = None,
     return observation_layout(pg, codec), list(codec.layout)
 
 
+def check_artifact_out(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse (:class:`UserError`, one line) to write an artifact where one is: ``out_dir`` holding ``policy.pt`` or
+    ``policy.json`` (``fleetpilot train --force`` / ``overwrite`` replaces them), or not a directory."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{str(out)[:200]} is an existing file, expected a directory (nothing was written)",
+                        where="--out")
+    if overwrite:
+        return
+    existing = [str(out / f)[:200] for f in (WEIGHTS_FILE, SIDECAR_FILE)
+                if (out / f).exists() or (out / f).is_symlink()]
+    if existing:
+        raise UserError(f"refusing to overwrite {', '.join(existing)} (use --force, or another --out)", where="--out")
+
+
 def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: Mapping[str, Any],
-                  core: Mapping[str, Any] | None = None, **options: Any) -> Path:
+                  core: Mapping[str, Any] | None = None, *, overwrite: bool = False, **options: Any) -> Path:
     """Write ``policy.pt`` (state dict) and ``policy.json`` (sidecar) for an SB3 model or policy; returns the dir.
 
     ``core``: the predictive core's settings the policy was trained with (recorded, and used when loading);
-    ``options``: the :class:`ActionCodec` options it was trained with (``demand_log2``, ``route_logits``)."""
+    ``options``: the :class:`ActionCodec` options it was trained with (``demand_log2``, ``route_logits``).
+    An existing artifact in ``out_dir`` is a :class:`UserError` unless ``overwrite``. Each file is written to a
+    temporary name and renamed into place, so an error never leaves a partial file."""
     import torch
 
+    check_artifact_out(out_dir, overwrite)
     policy = getattr(model, "policy", model)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     builder = ObservationBuilder(goal)
     codec = ActionCodec(goal, core=core, **options)
     layout = observation_layout(goal, codec)
@@ -548,26 +566,39 @@ def save_artifact(model: Any, goal: GoalSpec, out_dir: str | Path, provenance: M
     if spec["obs_dim"] != len(layout) or spec["act_dim"] != codec.size:
         raise UserError(f"network shape ({spec['obs_dim']} -> {spec['act_dim']}) does not match the goal "
                         f"({len(layout)} observations -> {codec.size} actions)")
+    out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_FILE
-    state = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
-    torch.save(state, weights)
-    meta = {
-        "format": ARTIFACT_FORMAT,
-        "algorithm": type(model).__name__ if model is not policy else "unknown",
-        "goal": {"name": goal.name, "digest": goal.digest(), "source": goal.source, **policy_fields(goal)},
-        "observation": {"layout": layout, "clip": OBS_CLIP, "lead_times_s": list(builder.lead_times()),
-                        "positional_layout": pos_obs},
-        "action": {"layout": list(codec.layout), "low": -1.0, "high": 1.0, "params": codec.params(),
-                   "positional_layout": pos_act,
-                   "decoder": "fleetpilot.policies.rl.ActionCodec (demand quantile per model over the predictive "
-                              "core" + (", route logits" if codec.route_logits and goal.routes else "")
-                              + (", demand multiplier per model)" if codec.demand_log2 > 0 else ")")},
-        "network": spec,
-        "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights), "format": "torch.save(state_dict)"},
-        "provenance": dict(provenance),
-        "versions": _versions(),
-    }
-    (out / SIDECAR_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp_w = out / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
+    tmp_s = out / f".{SIDECAR_FILE}.{os.getpid()}.tmp"
+    try:
+        state = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
+        torch.save(state, tmp_w)
+        meta = {
+            "format": ARTIFACT_FORMAT,
+            "algorithm": type(model).__name__ if model is not policy else "unknown",
+            "goal": {"name": goal.name, "digest": goal.digest(), "source": goal.source, **policy_fields(goal)},
+            "observation": {"layout": layout, "clip": OBS_CLIP, "lead_times_s": list(builder.lead_times()),
+                            "positional_layout": pos_obs},
+            "action": {"layout": list(codec.layout), "low": -1.0, "high": 1.0, "params": codec.params(),
+                       "positional_layout": pos_act,
+                       "decoder": "fleetpilot.policies.rl.ActionCodec (demand quantile per model over the predictive "
+                                  "core" + (", route logits" if codec.route_logits and goal.routes else "")
+                                  + (", demand multiplier per model)" if codec.demand_log2 > 0 else ")")},
+            "network": spec,
+            "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(tmp_w), "format": "torch.save(state_dict)"},
+            "provenance": dict(provenance),
+            "versions": _versions(),
+        }
+        tmp_s.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        check_artifact_out(out, overwrite)  # again: one written there meanwhile is not replaced either
+        os.replace(tmp_w, weights)
+        os.replace(tmp_s, out / SIDECAR_FILE)
+    except OSError as exc:
+        raise UserError(f"cannot write the policy: {exc.strerror or exc.__class__.__name__}", where=str(out)) from None
+    finally:
+        for tmp in (tmp_w, tmp_s):
+            if tmp.exists():
+                tmp.unlink()
     return out
 
 

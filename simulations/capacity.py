@@ -11,6 +11,7 @@ import functools
 import numpy as np
 
 from fleetpilot.simulations import kernel as K  # noqa: N812
+from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import ModelSpec
 
 __all__ = ["DEFAULT_TOKENS", "latency_vector", "service_rate_per_replica", "slots_per_replica"]
@@ -46,7 +47,11 @@ def _service_rate(m: ModelSpec, input_tokens: float, output_tokens: float) -> fl
         t = K.step_time(lat, n, mu * input_tokens * pf)
         return n / (t + pf * input_tokens + output_tokens * t) - mu
 
-    lo, hi = 0.0, n / (K.step_time(lat, n, 0.0) * (1.0 + output_tokens) + pf * input_tokens)
+    full = K.step_time(lat, n, 0.0) * (1.0 + output_tokens) + pf * input_tokens
+    if not full > 0:  # the goal refuses such latency models (goal._Latency); a spec built in code may not
+        raise UserError("the latency model gives a request no service time (t0, seq, kv and prefill all zero "
+                        "here); expected latency.t0_ms > 0", where=f"model {m.name!r}")
+    lo, hi = 0.0, n / full
     for _ in range(60):
         mid = 0.5 * (lo + hi)
         if excess(mid) > 0:

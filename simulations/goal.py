@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.resources import example_goal, example_goal_names
@@ -248,6 +248,11 @@ MAX_REPLICAS = 10_000  # far above any real fleet; keeps counts in int32 (Deploy
 DAY_S = 86_400.0  # upper bounds below: values past them make the work impossible (issue 11), not just odd
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+#: the goal's name: a DNS-1123 subdomain (dot-separated labels), short enough for the Kubernetes objects named after
+#: it (``fleetpilot tune``: ``<name>-keda-token-mix``), whose names must be DNS-1123 subdomains of <= 253 characters
+_GOAL_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+GOAL_NAME_MAX = 200
+MIN_STEP_US = 1e-3  # the smallest engine step time a latency model may give (1 ns)
 
 
 def _f(default: Any = ..., *, description: str, unit: str | None = None, example: Any, **constraints: Any) -> Any:
@@ -301,6 +306,16 @@ class _Latency(BaseModel):
                            unit="sequences", example=256, ge=1, le=100_000)
     kv_cache_tokens: int = _f(467_264, description="KV-cache capacity of one replica (vLLM logs it at start as "
                               "'GPU KV cache size').", unit="tokens", example=467264, ge=1, le=10**10)
+
+    @model_validator(mode="after")
+    def _step_time_positive(self) -> _Latency:
+        # The smallest step (one sequence, no context, no prefill) is t0 + seq: it must not be zero, or the
+        # capacity model divides by it (a replica serving infinitely fast). 1 ns is far below any real engine.
+        if self.t0_ms * 1e3 + self.seq_us < MIN_STEP_US:
+            raise ValueError(f"t0_ms ({self.t0_ms:g}) + seq_us ({self.seq_us:g}) gives an engine step time of zero "
+                             f"(below {MIN_STEP_US * 1e3:g} ns) with one running sequence; expected a fixed step cost "
+                             "t0_ms > 0 (e.g. 5.75) or seq_us > 0")
+        return self
 
 
 class _Model(BaseModel):
@@ -474,8 +489,10 @@ class GoalSpecModel(BaseModel):
     apiVersion: Literal["fleetpilot/v1"] = _f(description="Version of the goal-spec format.",  # noqa: N815
                                               example="fleetpilot/v1")
     kind: Literal["GoalSpec"] = _f(description="Always GoalSpec.", example="GoalSpec")
-    name: str = _f("goal", description="Name of this goal (shown in logs, audit records, metrics and reports).",
-                   example="chat-8b", min_length=1)
+    name: str = _f("goal", description="Name of this goal (shown in logs, audit records, metrics and reports; "
+                   "fleetpilot tune names Kubernetes objects after it): lower-case letters, digits, '-' and '.', "
+                   "starting and ending with a letter or digit (a DNS-1123 subdomain).",
+                   example="chat-8b", min_length=1, max_length=GOAL_NAME_MAX, pattern=_GOAL_NAME)
     objective: Literal["minimize_cost"] = _f("minimize_cost", description="What to minimise while the SLO holds.",
                                              example="minimize_cost")
     slo: _SLO = _f(description="The latency objective.", example={"metric": "ttft", "percentile": 95,
@@ -506,6 +523,16 @@ class GoalSpecModel(BaseModel):
     fallback_policy: Literal["hpa", "hold"] = _f("hpa", description="What the daemon does when its inputs or policy "
                                                  "fail: hpa (an HPA-like rule on the live metrics) or hold (keep "
                                                  "replicas).", example="hpa")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_is_dns(cls, value: Any) -> Any:
+        # the same rule as the pattern above, said in words (pydantic would quote the regular expression)
+        if isinstance(value, str) and not (len(value) <= GOAL_NAME_MAX and re.fullmatch(_GOAL_NAME, value)):
+            raise ValueError(f"expected a DNS-1123 name of at most {GOAL_NAME_MAX} characters: lower-case letters, "
+                             "digits, '-' and '.', starting and ending with a letter or digit, e.g. chat-8b "
+                             "(fleetpilot tune names Kubernetes objects after it)")
+        return value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GoalSpecModel:

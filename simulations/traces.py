@@ -15,6 +15,8 @@ import csv
 import gzip
 import io
 import math
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +39,14 @@ DEFAULT_OUTPUT_TOKENS = 256.0
 MAX_TRACE_RPS = 1e7  # requests per second in one interval
 MAX_TOKENS_PER_REQUEST = 1e7
 MIN_INTERVAL_S = 1e-3  # rows closer than 1 ms: per-request timestamps; aggregate them into counts per interval
+# Bounds on what one trace file may hold and expand to (issue: a 2-row file 1e9 s apart, a FIFO or /dev/zero as a
+# trace ran until memory ran out). The bundled traces are under 2 MiB and 40,000 rows, the longest covers 27.6 days;
+# the other real traces in data/traces/README.md cover at most ~62 days (NASA-HTTP Jul + Aug 1995).
+MAX_TRACE_BYTES = 1 << 30  # CSV text (decompressed for .csv.gz): a 92-day 1-s trace at ~130 bytes a row
+MAX_TRACE_INTERVALS = 8_000_000  # rows, and intervals after filling gaps: 92 days at 1 s (arrays of ~64 MB each)
+MAX_SIMULATED_DAYS = 92  # what simulate, replay, tune and train may cover (cost and memory grow with the span)
+MAX_SIMULATED_SPAN_S = MAX_SIMULATED_DAYS * 86_400.0
+MAX_ABS_T_S = 1e11  # |t_s| (3,000 years; epoch seconds are ~1.7e9): beyond, a wrong unit, and t_s / interval overflows
 #: a header with one of these (lower case, spaces as _) and no ``requests`` column is a per-request log
 _REQUEST_LOG_TIME = frozenset({"timestamp", "time", "ts", "arrival_time", "created_at", "t"})
 
@@ -310,11 +320,7 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
     gz = p.suffix == ".gz"  # a gzip-compressed CSV: trace.csv.gz
     name = Path(p.stem).stem if gz and p.stem.endswith(".csv") else p.stem
     where = str(p)
-    try:
-        fh = io.TextIOWrapper(gzip.open(p, "rb"), newline="", encoding="utf-8-sig") if gz else \
-            p.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise UserError(f"cannot read trace: {exc.strerror or exc.__class__.__name__}", where=where) from None
+    fh = _open_text(p, gz, where)
     t_list: list[float] = []
     lines: list[int] = []
     req: list[float] = []
@@ -351,9 +357,15 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
                 line += 1
                 if not row or all(not c.strip() for c in row):
                     continue
+                if len(t_list) >= MAX_TRACE_INTERVALS:
+                    raise UserError(f"more than {MAX_TRACE_INTERVALS} rows; a trace holds at most that many intervals "
+                                    "(use a coarser interval)", where=f"{where}:{line}")
                 if len(row) != len(header):
                     raise UserError(f"expected {len(header)} fields, found {len(row)}", where=f"{where}:{line}")
                 t = _num(row[idx["t_s"]], where, line, "t_s", allow_empty=False)
+                if abs(t) > MAX_ABS_T_S:
+                    raise UserError(f"t_s {t:.6g} is beyond +-{MAX_ABS_T_S:g} s: expected seconds (epoch "
+                                    "milliseconds or nanoseconds? divide them)", where=f"{where}:{line}")
                 if t <= prev:
                     raise UserError(f"t_s goes backwards or repeats ({t:g} after {prev:g})", where=f"{where}:{line}")
                 prev = t
@@ -421,6 +433,11 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
             "in a file of {len(t_s)} rows (is a timestamp wrong?)".replace("{len(t_s)}", str(len(t_s))),
             where=f"{where}:{lines[i]}",
         )
+    if n > MAX_TRACE_INTERVALS:
+        i = int(np.argmax(np.diff(t_s))) + 1
+        raise UserError(f"t_s {t_s[0]:g} to {t_s[-1]:g} spans {n} intervals of {interval:g}s with the gaps filled; at "
+                        f"most {MAX_TRACE_INTERVALS} (the largest gap ends here: is a timestamp wrong?)",
+                        where=f"{where}:{lines[i]}")
     arrivals = np.zeros(n)
     arrivals[idx_pos] = req
     fill_in = _fill_tokens(np.asarray(tin), idx_pos, n, DEFAULT_INPUT_TOKENS)
@@ -445,6 +462,74 @@ def load_trace(path: str | Path, request_class: str | None = None) -> Trace:
     )
 
 
+class _CappedReader(io.RawIOBase):
+    """The bytes of ``src``, refused (one-line UserError) past ``limit``: bounds a file that grows while it is read
+    and a gzip file that decompresses to more than its size says. Closing it closes ``closables``."""
+
+    def __init__(self, src: io.BufferedIOBase | io.RawIOBase, limit: int, where: str, what: str,
+                 closables: Sequence[io.IOBase]) -> None:
+        super().__init__()
+        self._src, self._limit, self._where, self._what = src, limit, where, what
+        self._closables = closables
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = self._src.readinto(buffer) or 0
+        self._read += n
+        if self._read > self._limit:
+            raise UserError(f"more than {self._limit} bytes of {self._what}: larger than a trace may be",
+                            where=self._where)
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            for c in self._closables:
+                c.close()
+        super().close()
+
+
+def _open_text(p: Path, gz: bool, where: str) -> io.TextIOWrapper:
+    """The trace file as text, if it is a regular file of at most :data:`MAX_TRACE_BYTES` (a FIFO, a device such as
+    /dev/zero or a directory is refused before a byte is read; the type is checked on the open descriptor)."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UserError(f"cannot read trace: {exc.strerror or exc.__class__.__name__}", where=where) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError("is a directory, expected a trace CSV file", where=where)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError("not a regular file (a device, FIFO or socket), expected a trace CSV file", where=where)
+        if st.st_size > MAX_TRACE_BYTES:
+            raise UserError(f"is {st.st_size} bytes, more than the limit of {MAX_TRACE_BYTES} for a trace",
+                            where=where)
+        raw = os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+    src: io.BufferedIOBase | io.RawIOBase = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+    capped = _CappedReader(src, MAX_TRACE_BYTES, where, "CSV text (decompressed)" if gz else "CSV text",
+                           (src, raw) if gz else (raw,))
+    return io.TextIOWrapper(io.BufferedReader(capped, 1 << 16), newline="", encoding="utf-8-sig")
+
+
+def check_span(trace: Trace, where: str | None = None) -> Trace:
+    """``trace`` if a simulation may cover it (at most :data:`MAX_SIMULATED_DAYS` days), else a one-line UserError.
+
+    The simulators' time and memory grow with the span in seconds, whatever the trace's resolution: a 2-row file
+    whose rows are 1e9 s apart is two 1e9-s intervals, decades of simulated time."""
+    if trace.duration_s > MAX_SIMULATED_SPAN_S:
+        raise UserError(f"the trace covers {trace.duration_s / 86_400.0:.4g} days ({trace.n} intervals of "
+                        f"{trace.interval_s:g}s from t_s {trace.start_s:g}); a simulation covers at most "
+                        f"{MAX_SIMULATED_DAYS} days (is a timestamp wrong? otherwise cut the trace to the days "
+                        "you need)", where=where or trace.name)
+    return trace
+
+
 def _fill_tokens(values: np.ndarray, pos: np.ndarray, n: int, default: float) -> np.ndarray:
     """Carry token means across empty intervals (forward, then backward); default when none known."""
     out = np.full(n, np.nan)
@@ -460,15 +545,34 @@ def _fill_tokens(values: np.ndarray, pos: np.ndarray, n: int, default: float) ->
     return np.maximum(out, 1.0)
 
 
-def load_traces(specs: Sequence[str], range_s: tuple[float | None, float | None] = (None, None)) -> Trace:
-    """Load one or more traces; several become request classes of one trace (``name=path`` sets the class)."""
-    loaded = []
+def load_traces(specs: Sequence[str], range_s: tuple[float | None, float | None] = (None, None), *,
+                check: bool = True) -> Trace:
+    """Load one or more traces; several become request classes of one trace (``name=path`` sets the class).
+
+    Each request class may be given once (a second ``chat=`` would be merged as a second, same-named class that
+    routing and the per-class forecasts cannot tell apart), and the result (after ``range_s``) may cover at most
+    :data:`MAX_SIMULATED_DAYS` days (:func:`check_span`): this is what the simulators read. ``check=False``
+    leaves that to the caller, who slices first (a long recording, a short ``--range``)."""
+    parsed: list[tuple[str | None, str]] = []
+    first: dict[str, str] = {}
     for spec in specs:
         cls = None
         if "=" in spec and not Path(spec).exists():
             cls, spec = spec.split("=", 1)
-        loaded.append(load_trace(spec, request_class=cls))
+        if len(specs) > 1:
+            name = cls or "default"
+            if name in first:
+                how = "" if cls else "; name each trace's class with --trace CLASS=TRACE"
+                raise UserError(f"request class {name!r} is given twice (--trace {first[name]} and --trace "
+                                f"{spec}); each class may have one trace{how}", where="--trace")
+            first[name] = spec
+        parsed.append((cls, spec))
+    loaded = [load_trace(spec, request_class=cls) for cls, spec in parsed]
     tr = loaded[0] if len(loaded) == 1 else merge_classes(loaded)
     if range_s != (None, None):
         tr = tr.slice(*range_s)
+    if check and tr.duration_s > MAX_SIMULATED_SPAN_S:  # name the (first) file that is too long
+        long = [str(resolve_trace_path(spec)) for (_, spec), t in zip(parsed, loaded, strict=True)
+                if t.duration_s > MAX_SIMULATED_SPAN_S]
+        check_span(tr, where=long[0] if long else None)
     return tr

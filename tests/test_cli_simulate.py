@@ -155,7 +155,7 @@ def test_simulate_failed_write_leaves_no_partial_file(tmp_path: Path, capsys: py
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    assert main(_simulate(out)) == 2
+    assert main(_simulate(out, "--force")) == 2  # replacing it is asked for, and fails
     assert "No space left on device" in _err_line(capsys)
     assert out.read_text() == "previous\n"  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # temp file removed
@@ -172,3 +172,28 @@ def test_simulate_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(_simulate(out)[:-2] + ["--out", str(out), "--scale-to-peak", "-5"]) == 2
     assert "scale-to-peak" in _err_line(capsys)
     assert not out.exists()
+
+
+def test_simulate_refuses_an_existing_out_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run.json"
+    out.write_text("a previous run\n")
+    assert main(_simulate(out)) == 2
+    line = _err_line(capsys)
+    assert "--out" in line and "refusing to overwrite" in line and "--force" in line
+    assert out.read_text() == "a previous run\n"
+    assert main(_simulate(out, "--force")) == 0
+    assert json.loads(out.read_text())["kind"] == "fleetpilot.simulate/v1"
+
+
+def test_simulate_tick_divides_the_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tick that does not divide the 15 s control interval gave 1 interval ($13.76) or 29 instead of 40: refused,
+    as replay refuses it; a divisor gives the same intervals as the default tick."""
+    for tick in ("3600", "7"):
+        assert main(_simulate(tmp_path / f"t{tick}.json", "--tick", tick)) == 2
+        assert "must be a positive divisor of the control interval (15 s)" in _err_line(capsys)
+        assert not (tmp_path / f"t{tick}.json").exists()
+    assert main(_simulate(tmp_path / "d.json")) == 0 and main(_simulate(tmp_path / "t5.json", "--tick", "5")) == 0
+    default, five = (json.loads((tmp_path / n).read_text()) for n in ("d.json", "t5.json"))
+    assert len(default["series"]) == len(five["series"]) == 20  # 300 s / 15 s
+    assert default["tick_s"] == 1.0 and five["tick_s"] == 5.0
+    assert [r["t_s"] for r in default["series"]] == [r["t_s"] for r in five["series"]]

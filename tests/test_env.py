@@ -285,3 +285,15 @@ def test_with_core_choices_switches_the_episode_sets_without_touching_the_origin
         _, info_g = grid.reset(seed=seed)
         assert info_d["episode"] == info_g["episode"]  # the same draws as the env built with those choices
     assert plain.codec.core.quantile == default_q and "core" in grid.reset(seed=0)[1]["episode"]
+
+
+@pytest.mark.parametrize(("trace_interval_s", "control_s", "tick_s"), [
+    (1.0, 15.0, 1.0), (1.0, 2.5, 0.5), (60.0, 15.0, 5.0), (60.0, 7.0, 1.0), (60.0, 13.3, 13.3 / 3)])
+def test_the_default_tick_divides_the_control_interval(trace_interval_s: float, control_s: float,
+                                                       tick_s: float) -> None:
+    from types import SimpleNamespace
+
+    from fleetpilot.envs.sources import default_tick
+
+    got = default_tick(SimpleNamespace(interval_s=trace_interval_s), SimpleNamespace(control_interval_s=control_s))
+    assert got == pytest.approx(tick_s) and abs(control_s / got - round(control_s / got)) < 1e-9

@@ -129,3 +129,84 @@ def test_json_schema() -> None:
     assert {"apiVersion", "kind", "slo", "models"} <= set(s["required"])
     assert "models" in s["properties"] and "routes" in s["properties"]
     json.dumps(s)  # serialisable
+
+
+# -- latency models whose step time can be zero (review finding: passed validate, then simulate/replay/tune died
+#    with "internal error: ZeroDivisionError" in the capacity model)
+
+SINGLE = (REPO / "examples" / "goals" / "single-model.yaml").read_text(encoding="utf-8")
+SINGLE_LATENCY = "latency: {t0_ms: 6.783, prefill_us_per_token: 17.3, kv_us_per_token: 0.05226, seq_us: 0.0"
+
+
+@pytest.mark.parametrize("latency", [
+    "latency: {t0_ms: 0, prefill_us_per_token: 0, kv_us_per_token: 0, seq_us: 0",
+    "latency: {t0_ms: 0, prefill_us_per_token: 17.3, kv_us_per_token: 0.05, seq_us: 0",  # zero with an empty context
+    "latency: {t0_ms: 1.0e-300, prefill_us_per_token: 0, kv_us_per_token: 0, seq_us: 0",
+])
+def test_a_latency_model_with_a_zero_step_is_refused_by_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 latency: str) -> None:
+    from fleetpilot.agent.cli import main
+
+    assert SINGLE_LATENCY in SINGLE
+    text = SINGLE.replace(SINGLE_LATENCY, latency, 1)
+    p = tmp_path / "zero.yaml"
+    p.write_text(text, encoding="utf-8")
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" not in err, err
+    assert f"zero.yaml:{_line_of(text, 'latency:')}: models[0].latency: t0_ms (" in err
+    assert "engine step time of zero" in err and "t0_ms > 0" in err
+    code = main(["simulate", "--goal", str(p), "--trace", "azure_llm_2023_conv_1s", "--range", "0:60",
+                 "--replicas", "llama-3-8b=1", "--out", str(tmp_path / "run.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "models[0].latency" in err, err
+
+
+@pytest.mark.parametrize("t0_ms,seq_us", [(0.0, 0.001), (0.000001, 0.0), (6.783, 0.0), (0.0, 6.0)])
+def test_the_smallest_positive_step_times_still_load(t0_ms: float, seq_us: float) -> None:
+    text = SINGLE.replace(SINGLE_LATENCY, f"latency: {{t0_ms: {t0_ms}, prefill_us_per_token: 17.3, "
+                                          f"kv_us_per_token: 0.05226, seq_us: {seq_us}", 1)
+    m = parse_goal(text).models[0]
+    assert m.latency.t0_s == t0_ms / 1e3 and m.latency.seq_s == seq_us / 1e6
+
+
+def test_the_capacity_model_refuses_a_zero_step_built_in_code() -> None:
+    import dataclasses
+
+    from fleetpilot.simulations.capacity import service_rate_per_replica
+
+    m = parse_goal(SINGLE).models[0]
+    zero = dataclasses.replace(m, name="zero-step", latency=dataclasses.replace(
+        m.latency, t0_s=0.0, prefill_s_per_token=0.0, kv_s_per_token=0.0, seq_s=0.0))
+    with pytest.raises(UserError, match=r"^model 'zero-step': the latency model gives a request no service time"):
+        service_rate_per_replica(zero, 512.0, 256.0)
+    assert service_rate_per_replica(m, 512.0, 256.0) > 0
+
+
+# -- the goal's name (review finding: `fleetpilot tune` names a PrometheusRule after it, so a name like
+#    'Chat 8B/prod: v2' made a manifest Kubernetes refuses)
+
+@pytest.mark.parametrize("name", ["Chat 8B/prod: v2", "chat_8b", "-chat", "chat-", "chat..8b", "x" * 201, "Chat"])
+def test_a_goal_name_that_cannot_name_a_kubernetes_object_is_refused(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     name: str) -> None:
+    from fleetpilot.agent.cli import main
+
+    text = SINGLE.replace("name: chat-8b", f"name: {json.dumps(name)}", 1)
+    p = tmp_path / "named.yaml"
+    p.write_text(text, encoding="utf-8")
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"named.yaml:{_line_of(text, 'name: ')}: name: expected a DNS-1123 name of at most 200 characters" in err
+
+
+@pytest.mark.parametrize("name", ["chat-8b", "goal", "stage-22.1", "a", "large-small-routed", "x" * 200])
+def test_dns_goal_names_load(name: str) -> None:
+    assert parse_goal(SINGLE.replace("name: chat-8b", f"name: {name}", 1)).name == name
+
+
+def test_every_shipped_goal_has_a_valid_name() -> None:
+    shipped = [*EXAMPLES, REPO / "deploy" / "base" / "goal.yaml", REPO / "deploy" / "overlays" / "example" / "goal.yaml"]
+    for path in shipped:
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", load_goal(path).name), path

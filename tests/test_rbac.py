@@ -3,13 +3,17 @@ marker decides what the daemon may touch."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+from fleetpilot.agent.cli import main
 from fleetpilot.agent.rbac import MANAGED_LABEL, opt_in_refusal, rbac_manifests
 from fleetpilot.simulations.goal import load_goal
 
@@ -88,3 +92,38 @@ def test_take_over_keda_adds_only_the_scaledobject_patch() -> None:
         assert r == {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": ["patch"]}
     # the default stays as before: ScaledObjects are only read
     assert all("patch" not in r["verbs"] for r in rules(plain) if r["resources"] == ["scaledobjects"])
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("name", ['x"y', "UPPER_case", "-lead", "lead-", "a..b", "a b", "", ".lead", "a" * 254,
+                                  "lease\nname"])
+def test_lease_name_must_be_a_kubernetes_name(name: str) -> None:
+    rc, out, err = _cli(["rbac", "--goal", str(ROUTED), f"--lease-name={name}"])
+    assert rc == 2 and out == "", err
+    assert len(err.strip().splitlines()) == 1 and "--lease-name" in err and "DNS-1123" in err
+
+
+@pytest.mark.parametrize("name", ["fleetpilot", "fleetpilot.leader", "a", "lease-1.example.com", "a" * 253])
+def test_lease_name_valid_names_reach_resource_names(name: str) -> None:
+    rc, out, err = _cli(["rbac", "--goal", str(ROUTED), f"--lease-name={name}"])
+    assert rc == 0, err
+    leases = [r for d in yaml.safe_load_all(out) if d and d["kind"] == "Role" for r in d["rules"]
+              if "leases" in r.get("resources", []) and r.get("resourceNames")]
+    assert leases and all(r["resourceNames"] == [name] for r in leases)
+
+
+def test_out_is_not_replaced_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "rbac.yaml"
+    out.write_text("# hand-edited RBAC\n")
+    rc, _, err = _cli(["rbac", "--goal", str(ROUTED), "--out", str(out)])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--force" in err and "--out" in err
+    assert out.read_text() == "# hand-edited RBAC\n"
+    rc, _, err = _cli(["rbac", "--goal", str(ROUTED), "--out", str(out), "--force"])
+    assert rc == 0, err
+    assert {d["kind"] for d in yaml.safe_load_all(out.read_text()) if d} == {"Role", "RoleBinding"}

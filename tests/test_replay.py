@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -172,6 +173,10 @@ def test_summary_json_fields(goal, trace, tmp_path) -> None:
     paths = write_report(res, tmp_path / "out")
     data = json.loads(paths["summary"].read_text())
     assert data["seed"] == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths.values():  # the usual permissions (the temp file it is renamed from is 0600)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert data["goal"]["digest"] == goal.digest()
     assert data["goal"]["spec"]["slo"]["target_ms"] == goal.slo.target_ms
     assert data["trace"]["provenance"] and "rescaled to peak 250" in " ".join(data["trace"]["provenance"])

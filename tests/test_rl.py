@@ -553,3 +553,31 @@ def test_train_says_in_one_line_what_the_selection_kept() -> None:
     assert line.startswith("selection kept step 20: -10.0 % cost against the core on 4 training episodes")
     assert "attainment 0.9975 (core 0.9975)" in line
     assert selection_line(None) == "" and selection_line({"checkpoints": [], "selected": None}) == ""
+
+
+def test_save_artifact_never_replaces_an_artifact_unless_asked(artifact: tuple[Path, object], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trained policy is not lost to a re-run: save_artifact (and train, before training) refuse an --out holding
+    policy.pt or policy.json; overwrite=True (train --force) replaces both, leaving no temporary file."""
+    out, model = artifact
+    goal = load_goal(SINGLE)
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "policy.json").write_text("{\"mine\": true}\n")
+    with pytest.raises(UserError, match="refusing to overwrite .*policy.json.*--force"):
+        save_artifact(model, goal, dest, {})
+    assert sorted(p.name for p in dest.iterdir()) == ["policy.json"]
+    assert (dest / "policy.json").read_text() == "{\"mine\": true}\n"
+    import fleetpilot.agent.commands.train as train_module
+
+    def started(*_a: object, **_k: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train_module, "make_env_fns", started)
+    with pytest.raises(UserError, match="refusing to overwrite"):  # before any training
+        train(goal, ["azure_llm_2023_conv_1s"], ["0:2760"], 128, out, seed=7, env_kwargs=ENV_KW, hyper=TINY)
+    monkeypatch.undo()
+    save_artifact(model, goal, dest, {"again": True}, overwrite=True)
+    assert sorted(p.name for p in dest.iterdir()) == ["policy.json", "policy.pt"]
+    assert load_artifact(dest, goal) is not None
+    assert json.loads((dest / "policy.json").read_text())["provenance"] == {"again": True}

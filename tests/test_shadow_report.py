@@ -174,3 +174,101 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code = main(["shadow-report", "--audit", str(audit), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------ impossible values
+
+def _line(t: object = T0, ours: object = 2, incumbent: object = 3, price: object = 1.0) -> str:
+    return json.dumps({"t": t, "shadow": {"models": {"m": {"ours": ours, "incumbent": incumbent,
+                                                           "price_per_hour": price}}}}) + "\n"
+
+
+IMPOSSIBLE = {  # field -> a line a daemon cannot have written (each used to crash, or to report nonsense)
+    "t": _line(t=1e20),  # OverflowError: timestamp out of range
+    "t-negative": _line(t=-1e20),
+    "t-text": _line(t="yesterday"),
+    "ours": _line(ours=-2),  # a negative cost
+    "ours-absurd": _line(ours=1e300),
+    "incumbent": _line(incumbent=-1),
+    "price_per_hour": _line(price=-5),  # a negative cost
+    "price_per_hour-huge": _line(price=1e308),  # Infinity in shadow-report.json
+    "price_per_hour-bool": _line(price=True),
+}
+
+
+def _strict(path: Path) -> dict:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{path} holds {name}: not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("case", sorted(IMPOSSIBLE))
+def test_only_impossible_records_is_one_line_naming_the_file_and_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(IMPOSSIBLE[case])
+    code = main(["shadow-report", "--audit", str(audit), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and "internal error" not in err, err
+    field = case.split("-")[0]
+    assert str(audit) in err and field in err and "record 1" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("case", sorted(IMPOSSIBLE))
+def test_impossible_records_are_skipped_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    case: str) -> None:
+    """Among good records, an impossible one is skipped like an unreadable line: counted, never in the numbers."""
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(_line(t=T0) + IMPOSSIBLE[case] + _line(t=T0 + 60) + _line(t=T0 + 120, ours=4))
+    out = tmp_path / "r"
+    assert main(["shadow-report", "--audit", str(audit), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "skipped 1 audit record(s) with impossible values" in stdout
+    rep = _strict(out / "shadow-report.json")
+    assert rep["period"]["intervals"] == 3
+    problems = rep["audit_problems"]["impossible_records"]
+    assert problems["records"] == 1 and problems["examples"][0]["record"] == 2
+    assert sum(problems["fields"].values()) == 1 and case.split("-")[0] in next(iter(problems["fields"]))
+    # 2 + 2 + 4 replicas for a minute each at $1/h; the incumbent 3 each
+    assert rep["cost_usd"]["fleetpilot"] == pytest.approx(8 / 60, abs=1e-4)
+    assert rep["cost_usd"]["incumbent"] == pytest.approx(9 / 60, abs=1e-4)
+
+
+def test_times_far_apart_do_not_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """t 1000 and 1e12: the second is past year 9999 (ValueError year 33658 before): skipped and counted."""
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(_line(t=1000) + _line(t=1e12))
+    out = tmp_path / "r"
+    assert main(["shadow-report", "--audit", str(audit), "--out", str(out)]) == 0, capsys.readouterr().err
+    rep = _strict(out / "shadow-report.json")
+    assert rep["period"]["intervals"] == 1 and rep["audit_problems"]["impossible_records"]["fields"] == {"t": 1}
+    assert rep["period"]["start"] == "1970-01-01 00:16:40Z"
+
+
+def test_far_apart_valid_times_print_dates(tmp_path: Path) -> None:
+    """The latest accepted time plus the gap to the earliest still prints as a date (the report's end)."""
+    from fleetpilot.agent.shadow_report import MAX_T
+
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(_line(t=0) + _line(t=MAX_T))
+    out = tmp_path / "r"
+    assert main(["shadow-report", "--audit", str(audit), "--out", str(out)]) == 0
+    rep = _strict(out / "shadow-report.json")
+    assert rep["period"]["end"][:1].isdigit() and rep["models"]["m"]["episodes"][0]["end"][:1].isdigit()
+
+
+def test_existing_report_is_not_replaced_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audit = tmp_path / "audit.jsonl"
+    _write_audit(audit, n=20)
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "shadow-report.json").write_text("{\"kept\": true}\n")
+    assert main(["shadow-report", "--audit", str(audit), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--force" in err and "shadow-report.json" in err
+    assert (out / "shadow-report.json").read_text() == "{\"kept\": true}\n"
+    assert not (out / "shadow-report.html").exists()
+    assert main(["shadow-report", "--audit", str(audit), "--out", str(out), "--force"]) == 0
+    assert _strict(out / "shadow-report.json")["period"]["intervals"] == 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -22,10 +23,16 @@ def load_trace_arguments(args: argparse.Namespace, warmup_s: float = 0.0) -> Any
 
     ``warmup_s`` > 0 prepends that much of the recorded traffic before ``--range``'s start (a replay warm-up);
     ``--scale-to-peak`` then rescales by the factor that gives the *range* (not the warm-up) that peak."""
-    from fleetpilot.simulations.traces import load_traces, parse_range
+    from fleetpilot.simulations.traces import check_span, load_traces, parse_range, resolve_trace_path
 
     lo, hi = parse_range(args.range_)
-    whole = load_traces(args.trace)  # read once: the range and its warm-up are slices of it
+    whole = load_traces(args.trace, check=False)  # read once: the range and its warm-up are slices of it
+    spec = args.trace[0]
+    if "=" in spec and not Path(spec).exists():
+        spec = spec.split("=", 1)[1]
+    where = str(resolve_trace_path(spec)) if len(args.trace) == 1 else "--trace"
     if warmup_s <= 0 and (lo, hi) == (None, None):
+        check_span(whole, where=where)  # the whole recording is what would be simulated
         return whole if args.scale_to_peak is None else whole.scale_to_peak(args.scale_to_peak)
-    return whole.with_warmup(whole.start_s if lo is None else lo, hi, warmup_s, args.scale_to_peak, what="--warmup")
+    out = whole.with_warmup(whole.start_s if lo is None else lo, hi, warmup_s, args.scale_to_peak, what="--warmup")
+    return check_span(out, where=f"{where} (--range {args.range_})" if args.range_ else where)

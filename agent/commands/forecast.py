@@ -1,8 +1,9 @@
 """``fleetpilot forecast`` -- traffic forecasting tools.
 
-``fleetpilot forecast backtest --trace T [--range START:END] --model M --horizon 15m [--cutoffs N] [--out F]``
-runs a rolling-origin backtest (no look-ahead) of a forecaster on a trace's total arrival rate and writes the
-metrics (MAE, MASE, 80/95 % interval coverage, fit/predict times, per-cutoff details) as JSON.
+``fleetpilot forecast backtest --trace T [--range START:END] --model M --horizon 15m [--cutoffs N] [--out F]
+[--force]`` runs a rolling-origin backtest (no look-ahead) of a forecaster on a trace's total arrival rate and writes
+the metrics (MAE, MASE, 80/95 % interval coverage, fit/predict times, per-cutoff details) as JSON. An existing
+``--out`` is refused before the backtest unless ``--force``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def register(sub: Any) -> None:
                    help="prophet / holt-winters seasonality mode (default additive)")
     b.add_argument("--level-correction", action="store_true",
                    help="prophet only: add a smoothed level of its recent residuals (reacts to the last minutes)")
-    b.add_argument("--out", default=None, help="write the JSON result here (default: print a summary only)")
+    b.add_argument("--out", default=None, help="write the JSON result here (default: print a summary only); an "
+                                               "existing file is refused unless --force")
+    b.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=handler)
 
 
@@ -65,6 +68,7 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
+    from fleetpilot.agent.argcheck import check_not_replacing
     from fleetpilot.forecasting.backtest import backtest
     from fleetpilot.simulations.traces import load_trace, parse_range
 
@@ -78,6 +82,9 @@ def _backtest(args: argparse.Namespace) -> int:
     start, end = parse_range(args.range_)
     if args.out is not None and Path(args.out).is_dir():
         raise UserError("is a directory, expected a file name", where=args.out)
+    force = bool(getattr(args, "force", False))
+    if args.out is not None:
+        check_not_replacing(args.out, force=force)  # before the backtest (the CLI's check_args did it already)
 
     trace = load_trace(args.trace)
     if start is not None or end is not None:
@@ -116,8 +123,12 @@ def _backtest(args: argparse.Namespace) -> int:
         "result": result.to_dict(),
     }
     if args.out is not None:
-        try:
-            Path(args.out).write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+        try:  # "x": a file made there meanwhile is not replaced either
+            with open(args.out, "w" if force else "x", encoding="utf-8") as fh:
+                fh.write(text)
+        except FileExistsError:
+            check_not_replacing(args.out)
         except OSError as exc:
             raise UserError(f"cannot write: {exc.strerror or exc}", where=args.out) from None
     cov = result.coverage

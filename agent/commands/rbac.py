@@ -4,8 +4,9 @@
 
     fleetpilot rbac --goal goal.yaml --service-account fleetpilot --namespace fleetpilot | kubectl apply -f -
 
-Prints (or writes with ``--out``) Roles and RoleBindings as multi-document YAML (see :mod:`fleetpilot.agent.rbac`).
-Regenerate it when the goal's models or routes change.
+Prints (or writes with ``--out``; an existing file only with ``--force``) Roles and RoleBindings as multi-document
+YAML (see :mod:`fleetpilot.agent.rbac`). Regenerate it when the goal's models or routes change. ``--lease-name``
+must be a Kubernetes object name (DNS-1123 subdomain).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import load_goal
 
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: a Kubernetes object name (DNS-1123 subdomain): dot-separated labels, at most 253 characters
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+MAX_SUBDOMAIN = 253
 
 
 def register(sub: Any) -> None:
@@ -34,7 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument("--take-over-keda", action="store_true",
                    help="also allow patching KEDA ScaledObjects in the workloads' namespaces (needed by "
                         "`fleetpilot run --take-over keda`; not limited by name)")
-    p.add_argument("--out", default=None, help="write the YAML here instead of stdout")
+    p.add_argument("--out", default=None, help="write the YAML here instead of stdout (an existing file is refused "
+                                               "unless --force)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=handler)
 
 
@@ -44,6 +50,16 @@ def handler(args: argparse.Namespace) -> int:
         if value is not None and not _DNS.match(value):
             raise UserError(f"must be a Kubernetes name (lower-case letters, digits, '-'), got {value[:60]!r}",
                             where=flag)
+    lease = args.lease_name
+    if not (isinstance(lease, str) and len(lease) <= MAX_SUBDOMAIN and _SUBDOMAIN.fullmatch(lease)):
+        raise UserError(f"must be a Kubernetes object name (DNS-1123 subdomain: lower-case letters, digits, '-' and "
+                        f"'.', starting and ending with a letter or digit, at most {MAX_SUBDOMAIN} characters), "
+                        f"got {str(lease)[:60]!r}", where="--lease-name")
+    force = bool(getattr(args, "force", False))
+    if args.out:
+        from fleetpilot.agent.argcheck import check_not_replacing
+
+        check_not_replacing(args.out, force=force)
     goal = load_goal(args.goal)
     docs = rbac_manifests(goal, service_account=args.service_account, service_account_namespace=args.namespace,
                           lease_namespace=args.lease_namespace, lease_name=args.lease_name,
@@ -53,10 +69,13 @@ def handler(args: argparse.Namespace) -> int:
               f"# {MANAGED_LABEL}: \"{MANAGED_VALUE}\" or the daemon refuses to touch it.\n")
     text = header + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=None, width=120)
     if args.out:
-        from pathlib import Path
+        from fleetpilot.agent.argcheck import check_not_replacing
 
         try:
-            Path(args.out).write_text(text, encoding="utf-8")
+            with open(args.out, "w" if force else "x", encoding="utf-8") as fh:  # "x": never replaces a file
+                fh.write(text)
+        except FileExistsError:
+            check_not_replacing(args.out)
         except OSError as exc:
             raise UserError(f"cannot write: {exc.strerror}", where=args.out) from None
     else:

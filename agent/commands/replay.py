@@ -1,12 +1,15 @@
 """``fleetpilot replay`` -- what-if replay of a recorded trace under several policies, with a report.
 
 ``fleetpilot replay --goal G --trace T [--trace CLASS=T ...] [--range START:END] [--scale-to-peak RPS]
---policies static,hpa,keda,kpa,predictive,oracle[,rl:PATH] [--seed N] [--tick S] [--warmup DURATION] --out DIR``
+--policies static,hpa,keda,kpa,predictive,oracle[,rl:PATH] [--seed N] [--tick S] [--warmup DURATION] --out DIR
+[--force]``
 
 Writes ``DIR/summary.json`` and ``DIR/report.html`` (atomically: nothing partial is left behind on error) and
-prints where the report is. Bad input is a :class:`UserError` (one line, exit 2): an unknown policy (the known
-ones are listed), a range outside the trace, a goal whose SLO no replica count can meet (with the best p95
-reachable at ``max_replicas``), an output folder that cannot be written.
+prints where the report is. A ``DIR`` that already holds either is refused before replaying unless ``--force``
+(an existing folder without them is fine). Bad input is a :class:`UserError` (one line, exit 2): an unknown policy
+(the known ones are listed), a range outside the trace, a goal whose SLO no replica count can meet (with the best
+p95 reachable at ``max_replicas``), an output folder that cannot be written or already holding a report, a
+``--tick`` that does not divide the control interval.
 
 Policy names resolve through the one registry (:mod:`fleetpilot.policies.registry`): ``hpa``, ``keda``,
 ``oracle``, ``rl:PATH``, ``rl:NAME`` (shipped), ``NAME#variant``...
@@ -50,7 +53,9 @@ def register(sub: Any) -> None:
                         "policy enters the range in its own steady state (s/m/h/d; a whole number of SLO windows; "
                         "default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder for summary.json and report.html")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for summary.json and report.html "
+                                                               "(refused if they exist there, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace summary.json and report.html if --out holds them")
     p.set_defaults(func=handler)
 
 
@@ -71,11 +76,20 @@ def resolve_policies(spec: str, goal: Any, trace: Any, seed: int = 0) -> list[An
     return [make(name, goal, trace=trace, seed=seed) for name in names]
 
 
-def check_output_dir(out: Path) -> bool:
-    """Create ``out`` if needed and prove it is writable; returns whether it was created (for cleanup)."""
+#: what a replay writes into --out (an existing one is replaced only with --force)
+OUTPUT_FILES = ("summary.json", "report.html")
+
+
+def check_output_dir(out: Path, force: bool = False) -> bool:
+    """Create ``out`` if needed and prove it is writable; returns whether it was created (for cleanup).
+
+    A folder already holding a report (:data:`OUTPUT_FILES`) is a :class:`UserError` unless ``force``."""
+    from fleetpilot.agent.argcheck import check_not_replacing
+
     existed = out.exists()
     if existed and not out.is_dir():
         raise UserError("output path exists and is not a folder", where=str(out))
+    check_not_replacing(out, OUTPUT_FILES, force=force)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".fleetpilot-write-test-{os.getpid()}"
@@ -104,22 +118,23 @@ def check_feasible(goal: Any, trace: Any, seed: int, tick_s: float) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the replay and write the report."""
+    from fleetpilot.agent.argcheck import check_not_replacing, check_tick, existing_outputs
     from fleetpilot.agent.replay import default_tick, replay
     from fleetpilot.agent.report import write_report
     from fleetpilot.policies.oracle import oracle_yardstick
     from fleetpilot.simulations.goal import load_goal
     from fleetpilot.simulations.traces import time_s
 
+    force = bool(getattr(args, "force", False))
+    out = Path(args.out)
+    check_not_replacing(out, OUTPUT_FILES, force=force)  # before any work (the CLI's check_args did it already)
     goal = load_goal(args.goal)
     warmup_s = time_s(str(args.warmup), "--warmup")
     trace = load_trace_arguments(args, warmup_s=warmup_s)
     tick = default_tick(trace, goal) if args.tick is None else float(args.tick)
-    if not (tick > 0 and math.isfinite(tick)) or abs(goal.control_interval_s / tick - round(goal.control_interval_s / tick)) > 1e-9:
-        raise UserError(f"--tick {args.tick} must be a positive divisor of the control interval "
-                        f"({goal.control_interval_s:g} s)")
+    check_tick(tick, goal.control_interval_s, f"{tick:g} (the default)" if args.tick is None else args.tick)
     policies = resolve_policies(args.policies, goal, trace, seed=args.seed)
-    out = Path(args.out)
-    created = check_output_dir(out)
+    created = check_output_dir(out, force)
     try:
         check_feasible(goal, trace, args.seed, tick)
         n_int = math.ceil(trace.duration_s / goal.control_interval_s) * len(policies)
@@ -132,6 +147,9 @@ def handler(args: argparse.Namespace) -> int:
         result = replay(goal, trace, policies, seed=args.seed, tick_s=tick, yardstick=oracle_yardstick,
                         progress=not args.quiet and n_int > 20_000, workers=workers, forecast_model=fm,
                         warmup_s=warmup_s)
+        if not force and existing_outputs(out, OUTPUT_FILES):
+            created = False  # a report written there meanwhile is not ours: neither replaced nor removed
+            check_not_replacing(out, OUTPUT_FILES)
         paths = write_report(result, out)
     except BaseException:
         if created:

@@ -3,14 +3,15 @@
 ::
 
     fleetpilot simulate --goal G --trace T [--trace CLASS=T ...] [--range START:END] [--scale-to-peak RPS]
-                        --replicas MODEL=N[,MODEL=N...] [--seed N] [--tick S] --out run.json
+                        --replicas MODEL=N[,MODEL=N...] [--seed N] [--tick S] --out run.json [--force]
 
 The output holds one record per control interval (arrivals, served, queued, dropped, TTFT and e2e
 percentiles, replicas ready/starting per model, cost), a summary (cost, SLO attainment, p95 TTFT,
 requests, dropped), the goal digest, the trace's provenance and the seed. It is written atomically
-(temporary file + rename): on any error no partial file is left. Latencies that are infinite (the
-percentile falls among timed-out requests) are written as the string ``"inf"``; undefined ones (no
-request finished) as ``null``.
+(temporary file + rename): on any error no partial file is left. An existing ``--out`` is refused, before
+simulating, unless ``--force``. ``--tick`` must divide the goal's control interval, as in ``replay`` (a tick that
+does not gives wrong intervals and costs). Latencies that are infinite (the percentile falls among timed-out
+requests) are written as the string ``"inf"``; undefined ones (no request finished) as ``null``.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ def register(sub: Any) -> None:
     p.add_argument("--replicas", action="append", required=True, metavar="MODEL=N[,MODEL=N...]",
                    help="fixed replicas per model (models not named run at their min_replicas)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--tick", type=float, default=1.0, metavar="S", help="simulator tick in seconds (default 1)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output JSON file (written atomically)")
+    p.add_argument("--tick", type=float, default=None, metavar="S",
+                   help="simulator tick in seconds; must divide the goal's control interval (default 1, or the "
+                        "largest divisor of the interval below 1 s when 1 s does not divide it)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output JSON file (written atomically); an existing file is refused unless --force")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=handler)
 
 
@@ -74,10 +79,13 @@ def parse_replicas(specs: Sequence[str], goal: GoalSpec) -> dict[str, int]:
     return out
 
 
-def _check_out(path: Path) -> None:
-    """Fail before simulating if the output cannot be written."""
+def _check_out(path: Path, force: bool = False) -> None:
+    """Fail before simulating if the output cannot be written, or exists and ``force`` was not given."""
+    from fleetpilot.agent.argcheck import check_not_replacing
+
     if path.is_dir():
         raise UserError("is a directory, expected a file name", where=str(path))
+    check_not_replacing(path, force=force)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError("output folder does not exist", where=str(path))
@@ -109,6 +117,13 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
             os.unlink(tmp)
 
 
+def default_tick(control_interval_s: float) -> float:
+    """1 s, or -- for a control interval that is not a whole number of seconds -- the largest tick below 1 s that
+    divides it (the interval over its ceiling)."""
+    c = float(control_interval_s)
+    return 1.0 if abs(c - round(c)) <= 1e-9 else c / math.ceil(c)
+
+
 def _num(x: float) -> float | str | None:
     """JSON-safe latency: inf -> "inf", NaN -> null."""
     x = float(x)
@@ -122,17 +137,21 @@ def _num(x: float) -> float | str | None:
 def handler(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from fleetpilot.agent.argcheck import check_tick
     from fleetpilot.simulations.fleet import FleetSimulator
     from fleetpilot.simulations.goal import load_goal
 
     out = Path(args.out)
-    _check_out(out)
+    force = bool(getattr(args, "force", False))
+    _check_out(out, force)
     goal = load_goal(args.goal)
     replicas = parse_replicas(args.replicas, goal)
-    if not (args.tick > 0 and math.isfinite(args.tick)):
+    tick = default_tick(goal.control_interval_s) if args.tick is None else float(args.tick)
+    if not (tick > 0 and math.isfinite(tick)):
         raise UserError(f"must be a positive number of seconds, got {args.tick!r}", where="--tick")
+    check_tick(tick, goal.control_interval_s, args.tick)  # a tick that does not divide it reports wrong intervals
     trace = load_trace_arguments(args)
-    sim = FleetSimulator(goal, trace, np.random.default_rng(args.seed), tick_s=args.tick, initial_replicas=replicas)
+    sim = FleetSimulator(goal, trace, np.random.default_rng(args.seed), tick_s=tick, initial_replicas=replicas)
     series = []
     while not sim.done:
         st = sim.step()
@@ -169,11 +188,12 @@ def handler(args: argparse.Namespace) -> int:
         "goal": {"name": goal.name, "source": goal.source, "digest": goal.digest()},
         "trace": trace.describe(),
         "seed": args.seed,
-        "tick_s": args.tick,
+        "tick_s": tick,
         "replicas": {m: replicas.get(m, goal.model(m).min_replicas) for m in goal.model_names},
         "summary": summary,
         "series": series,
     }
+    _check_out(out, force)  # again: a file made there while simulating is not replaced either
     write_json_atomic(out, payload)
     p95 = summary["p95_ttft_ms"]
     p95_text = f"{p95:.1f} ms" if isinstance(p95, float) else str(p95)

@@ -60,6 +60,10 @@ DEFAULT_RATE_QUERY = "sum by (model_name) (rate(vllm:request_success_total[1m]))
 DEFAULT_PROMPT_QUERY = "sum by (model_name) (rate(vllm:prompt_tokens_total[1m]))"
 DEFAULT_OUTPUT_QUERY = "sum by (model_name) (rate(vllm:generation_tokens_total[1m]))"
 HEADER = ("t_s", "timestamp", "requests", "input_tokens_mean", "output_tokens_mean")
+#: epoch seconds a trace may start or end at: the days between 0001-01-02 and 9999-12-30 (UTC), inside what Python's
+#: datetime can write as a timestamp; a time outside is a wrong unit (milliseconds as seconds) or a wrong value
+MIN_EPOCH_S = -62_135_510_400.0
+MAX_EPOCH_S = 253_402_128_000.0
 
 
 def register(sub: Any) -> None:
@@ -156,6 +160,9 @@ def _end_time(text: str | None, clock: Callable[[], float]) -> float:
         value = _rfc3339(raw)
     if not math.isfinite(value) or value <= 0:
         raise UserError(f"--end: not a usable time: {raw[:40]!r}")
+    if value > MAX_EPOCH_S:
+        raise UserError(f"--end: {raw[:40]!r} is after the year 9999: expected epoch seconds (milliseconds? divide by "
+                        "1000) or RFC 3339 (2026-12-01T00:00:00Z)")
     return value
 
 
@@ -204,23 +211,34 @@ def _range_query(get: Callable[[str, Mapping[str, Any]], Any], query: str, start
         if not isinstance(body, Mapping) or body.get("status") != "success":
             raise TemporaryError(f"query_range: unexpected answer for {query[:80]!r}")
         data = body.get("data") or {}
+        if not isinstance(data, Mapping):
+            raise _not_a_matrix(query, f"'data' is a {type(data).__name__}, expected an object")
         if data.get("resultType") != "matrix":
-            raise UserError(f"--query must give a range vector per series (matrix), got {data.get('resultType')!r}")
-        for series in data.get("result") or []:
-            labels = {str(k): str(v) for k, v in (series.get("metric") or {}).items()}
-            key = labels.get(label) or ("default" if not labels or set(labels) <= {"__name__"} else
-                                        ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "__name__"))
-            _, values = out.setdefault(key, (labels, {}))
-            for ts, text in series.get("values") or []:
-                k = int(round((float(ts) - start) / step))
-                try:
-                    v = float(text)
-                except (TypeError, ValueError):
-                    continue
-                if 0 <= k < n and math.isfinite(v):
-                    values[k] = v
+            raise UserError(f"--query must give a range vector per series (matrix), got "
+                            f"{str(data.get('resultType'))[:40]!r}")
+        try:
+            for series in data.get("result") or []:
+                labels = {str(k): str(v) for k, v in (series.get("metric") or {}).items()}
+                key = labels.get(label) or ("default" if not labels or set(labels) <= {"__name__"} else
+                                            ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "__name__"))
+                _, values = out.setdefault(key, (labels, {}))
+                for ts, text in series.get("values") or []:
+                    k = int(round((float(ts) - start) / step))
+                    try:
+                        v = float(text)
+                    except (TypeError, ValueError):
+                        continue
+                    if 0 <= k < n and math.isfinite(v):
+                        values[k] = v
+        except (AttributeError, TypeError, ValueError, OverflowError) as exc:  # a series, metric or sample of the
+            raise _not_a_matrix(query, type(exc).__name__) from None  # wrong type, or a timestamp that is no number
         i = j
     return out
+
+
+def _not_a_matrix(query: str, detail: str) -> UserError:
+    return UserError(f"Prometheus answered {query[:80]!r} with something that is not a range vector (series of "
+                     f"[timestamp, value] samples): {detail}", where="--query")
 
 
 def import_from_prometheus(
@@ -245,6 +263,8 @@ def import_from_prometheus(
         raise UserError(f"--range / --step is {n} steps; at most {MAX_STEPS} (use a coarser --step)")
     end = math.floor(end_s / step_s) * step_s
     start = end - (n - 1) * step_s
+    if not (MIN_EPOCH_S <= start and end <= MAX_EPOCH_S):
+        raise UserError(f"--range {range_s:g}s before --end {end_s:.15g} reaches outside the years 1 to 9999")
     rates = _range_query(get, rate_query, start, end, step_s, label)
     if not rates:
         raise UserError(f"--query answered no series between {_iso(start)} and {_iso(end)}: {rate_query[:120]!r}")
@@ -274,11 +294,13 @@ def _iso(t: float) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def import_from_audit(records: Sequence[Mapping[str, Any]], step_s: float | None = None) -> list[ImportedSeries]:
+def import_from_audit(records: Sequence[Mapping[str, Any]], step_s: float | None = None,
+                      where: str = "audit log") -> list[ImportedSeries]:
     """One class per request class the daemon read (``reading.class_rates``), token means per model mapped onto
-    the class when a route has one model or the goal has no routes; intervals without a reading are missing."""
+    the class when a route has one model or the goal has no routes; intervals without a reading are missing.
+    ``where`` (the file) names a malformed record in the one-line error, with its position among the records."""
     rows: list[tuple[float, dict[str, float], dict[str, tuple[float, float]]]] = []
-    for rec in records:
+    for i, rec in enumerate(records, 1):
         reading = rec.get("reading")
         if not isinstance(reading, Mapping):
             continue
@@ -286,6 +308,14 @@ def import_from_audit(records: Sequence[Mapping[str, Any]], step_s: float | None
             t = float(reading.get("t_s", rec.get("t")))
         except (TypeError, ValueError):
             continue
+        at = f"{where}: record {i}"
+        if math.isfinite(t) and not MIN_EPOCH_S <= t <= MAX_EPOCH_S:
+            raise UserError(f"reading.t_s {t:.6g} is not a time between the years 1 and 9999 (epoch seconds)",
+                            where=at)
+        for key in ("class_rates", "models"):
+            if not isinstance(reading.get(key) or {}, Mapping):
+                raise UserError(f"reading.{key} is a {type(reading.get(key)).__name__}, expected an object "
+                                "(name -> value)", where=at)
         rates = {str(k): _f(v) for k, v in (reading.get("class_rates") or {}).items()}
         tokens = {}
         for m, mr in (reading.get("models") or {}).items():
@@ -439,6 +469,7 @@ def _from_requests(args: argparse.Namespace, step: float) -> tuple[list[Imported
         labels = {args.class_column: name} if args.class_column else {}
         series.append(ImportedSeries(name, res.origin_s, step, rate, res.input_tokens[name], res.output_tokens[name],
                                      labels, epoch=res.absolute))
+    _check_dates(series, args.requests)  # before the note below: an error stays the one line on stderr
     path = Path(args.requests)
     provenance: dict[str, Any] = {"source": "per-request log", "file": str(path.resolve()),
                                   "sha256": sha256_of(path), **res.facts,
@@ -447,6 +478,15 @@ def _from_requests(args: argparse.Namespace, step: float) -> tuple[list[Imported
         print(f"{args.requests}: no token columns found (name them with --input-tokens-column / "
               "--output-tokens-column); the trace carries request counts only", file=sys.stderr)
     return series, provenance
+
+
+def _check_dates(series: Sequence[ImportedSeries], source: str) -> None:
+    """Every time written as a date must be one: the sources check theirs, this is the last guard (a step grid
+    aligned far before its first time by a huge --step)."""
+    for s in series:
+        if s.epoch and not (MIN_EPOCH_S <= s.start_s and s.start_s + (len(s.rate) - 1) * s.step_s <= MAX_EPOCH_S):
+            raise UserError(f"the times reach outside the years 1 to 9999 (steps of {s.step_s:g}s from epoch second "
+                            f"{s.start_s:.6g}): a wrong time unit, or a too coarse --step", where=source)
 
 
 def handler(args: argparse.Namespace, clock: Callable[[], float] = time.time) -> int:
@@ -461,8 +501,11 @@ def handler(args: argparse.Namespace, clock: Callable[[], float] = time.time) ->
         path = Path(args.audit)
         if not path.is_file():
             raise UserError("not a readable audit log file", where=args.audit)
-        result = read_audit(path)
-        series = import_from_audit(result.records, step if args.step != "60s" else None)
+        try:
+            result = read_audit(path)
+        except RecursionError:  # json.loads of a line nested thousands deep
+            raise UserError("a line is nested too deeply to be an audit record", where=args.audit) from None
+        series = import_from_audit(result.records, step if args.step != "60s" else None, where=args.audit)
         provenance: dict[str, Any] = {"source": "fleetpilot audit log", "audit": str(path.resolve()),
                                       "records": len(result.records), "skipped_lines": result.skipped,
                                       "imported_at": imported_at}
@@ -492,6 +535,9 @@ def handler(args: argparse.Namespace, clock: Callable[[], float] = time.time) ->
                 return resp.json()
             except ValueError:
                 raise TemporaryError(f"Prometheus {access.display_url}: the answer is not JSON") from None
+            except RecursionError:
+                raise TemporaryError(f"Prometheus {access.display_url}: the answer is JSON nested too deeply to be "
+                                     f"a query result ({params.get('query', '')[:80]!r})") from None
 
         try:
             series = import_from_prometheus(get, rate_q, prompt_q, output_q, end_s=_end_time(args.end, clock),
@@ -502,6 +548,7 @@ def handler(args: argparse.Namespace, clock: Callable[[], float] = time.time) ->
                       "queries": {"rate": rate_q, "prompt_tokens_rate": prompt_q, "generation_tokens_rate": output_q},
                       "label": args.label, "range": args.range_, "imported_at": imported_at,
                       "goal": args.goal}
+    _check_dates(series, getattr(args, "requests", None) or args.audit or "--end/--range")
     written = write_trace(series, args.out, provenance, force=args.force)
     for s, path in zip(series, written, strict=True):
         spec = path if len(series) == 1 else f"{s.name}={path}"

@@ -65,6 +65,9 @@ OUTPUT_NAMES = ("generated_tokens", "output_tokens", "completion_tokens", "outpu
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 #: a numeric time at or above this many seconds is epoch time (2001-09-09); below, a relative clock
 EPOCH_FROM_S = 1e9
+#: absolute times (epoch seconds) a log may hold: 0001-01-02 to 9999-12-30 UTC, dates Python can write
+MIN_EPOCH_S = -62_135_510_400.0
+MAX_EPOCH_S = 253_402_128_000.0
 MAX_LINE_BYTES = 1 << 20  # one JSON line; CSV fields are capped by the csv module (131,072 characters)
 MAX_CLASSES = 64
 MAX_OPEN_STEPS = 100_000  # steps kept open for late rows, per class: what bounds memory besides the output
@@ -216,6 +219,8 @@ class _Reader:
             obj = json.loads(text)
         except ValueError as exc:
             raise UserError(f"not a JSON object: {exc.msg}", where=f"{self.where}:{line}") from None
+        except RecursionError:
+            raise UserError("JSON nested too deeply to be one request", where=f"{self.where}:{line}") from None
         if not isinstance(obj, dict):
             raise UserError(f"expected a JSON object per line, got {type(obj).__name__}",
                             where=f"{self.where}:{line}")
@@ -269,9 +274,18 @@ def _time(text: str, unit: float, where: str, column: str) -> tuple[float, bool]
                             where=where) from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
-        return dt.timestamp(), True
+        t = dt.timestamp()
+        if not MIN_EPOCH_S <= t <= MAX_EPOCH_S:
+            raise UserError(f"column {column!r}: {raw[:40]!r} is outside the years 1 to 9999 in UTC",
+                            where=where) from None
+        return t, True
     if not math.isfinite(x):
         raise UserError(f"column {column!r}: not a finite time ({raw[:40]!r})", where=where)
+    if x * unit > MAX_EPOCH_S:
+        given = next((u for u, f in TIME_UNITS.items() if f == unit), "s")
+        finer = next((u for u, f in TIME_UNITS.items() if f < unit and x * f <= MAX_EPOCH_S), None)
+        hint = f"; read in {finer} it is a date: give --time-unit {finer}" if finer else ""
+        raise UserError(f"column {column!r}: {raw[:40]} (in {given}) is after the year 9999{hint}", where=where)
     return x * unit, False
 
 

@@ -1,7 +1,7 @@
 """``fleetpilot train`` -- train the RL scaling/routing policy in simulation and write the artifact.
 
 ``fleetpilot train --goal G --trace T [--trace T2 ...] [--range START:END ...] --timesteps N [--seed S]
-[--tensorboard DIR] --out DIR``
+[--tensorboard DIR] --out DIR [--force]``
 
 * Each ``--trace`` is one training trace; ``A+B`` (with ``CLASS=PATH`` parts, e.g. ``chat=X+code=Y``) makes one
   multi-class trace. ``--range`` is given once (for every trace) or once per ``--trace``; keep validation ranges
@@ -31,7 +31,9 @@
 * ``--core-grid on``: every training episode runs on one setting of the core's tuning grid
   (``CORE_GRID``), drawn uniformly, so the network learns deviations that help on the cores users tune; the
   artifact still runs on the default core unless given a tuned one (``rl:NAME#core=DIR``).
-* Writes ``policy.pt`` + ``policy.json`` (no pickle) into ``--out``.
+* Writes ``policy.pt`` + ``policy.json`` (no pickle) into ``--out``; a ``--out`` already holding either is refused
+  before training, unless ``--force`` (a trained policy is never replaced by a re-run by mistake).
+* ``--episode MIN:MAX``: episode lengths in seconds, ``0 < MIN <= MAX``, finite.
 """
 
 from __future__ import annotations
@@ -119,17 +121,20 @@ def train(
     env_kwargs: dict[str, Any] | None = None,
     hyper: dict[str, Any] | None = None,
     provenance_extra: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Train PPO; returns (model, provenance). Writes the artifact when ``out`` is given.
 
-    The returned model holds the selected checkpoint's weights (``hyper["eval_every"] = 0``: no selection, the
-    last weights)."""
+    An ``out`` that already holds an artifact is a :class:`UserError` before training unless ``force``. The returned
+    model holds the selected checkpoint's weights (``hyper["eval_every"] = 0``: no selection, the last weights)."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from fleetpilot.policies.rl import save_artifact
+    from fleetpilot.policies.rl import check_artifact_out, save_artifact
 
+    if out is not None:
+        check_artifact_out(out, overwrite=force)  # before the (long) training, not after it
     torch.set_num_threads(1)
     h = dict(DEFAULTS)
     h.update(hyper or {})
@@ -216,7 +221,7 @@ def train(
     prov.update(provenance_extra or {})
     if out is not None:
         save_artifact(model, goal, out, prov, core=ekw.get("core"), demand_log2=float(ekw.get("demand_log2", 0.0)),
-                      route_logits=bool(ekw.get("route_logits", True)))
+                      route_logits=bool(ekw.get("route_logits", True)), overwrite=force)
     venv.close()
     return model, prov
 
@@ -487,12 +492,14 @@ def register(sub: Any) -> None:
     p.add_argument("--timesteps", type=int, required=True, help="environment steps (control intervals) to train")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard logs here")
-    p.add_argument("--out", required=True, metavar="DIR", help="artifact directory (policy.pt, policy.json)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="artifact directory (policy.pt, policy.json); refused if it holds them, unless --force")
+    p.add_argument("--force", action="store_true", help="replace policy.pt and policy.json if --out holds them")
     p.add_argument("--scale-to-peak", default=None, metavar="RPS[,RPS...]",
                    help="rescale each training trace to this peak req/s; several (e.g. 200,1000) train on each "
                         "(default: half the fleet's max capacity)")
     p.add_argument("--episode", default="3600:7200", metavar="MIN:MAX",
-                   help="episode length range in seconds (default 3600:7200)")
+                   help="episode length range in seconds, 0 < MIN <= MAX (default 3600:7200)")
     p.add_argument("--forecast-model", default="holt-winters", help="forecaster for features (default holt-winters)")
     p.add_argument("--warmup", default="1h", metavar="DURATION",
                    help="before each episode (training and checkpoint selection), run up to this long of the "
@@ -534,16 +541,16 @@ def handler(args: argparse.Namespace) -> int:
     from fleetpilot.simulations.resources import require_extra
 
     require_extra("rl", "fleetpilot train")  # torch + SB3: one line naming the extra, before any work
+    from fleetpilot.policies.rl import check_artifact_out
+
+    check_artifact_out(args.out, overwrite=bool(getattr(args, "force", False)))
+    lo, hi = parse_episode(args.episode)
     goal = load_goal(args.goal)
     if args.timesteps <= 0:
         raise UserError(f"--timesteps must be positive, got {args.timesteps}")
     peaks = _peaks(args.scale_to_peak)
     if args.eval_every < 0 or args.eval_episodes < 0:
         raise UserError("--eval-every and --eval-episodes must be >= 0")
-    try:
-        lo, hi = (float(x) for x in args.episode.split(":"))
-    except ValueError:
-        raise UserError(f"--episode must look like MIN:MAX seconds, got {args.episode!r}") from None
     ranges = _ranges(args.trace, args.range_)
     from fleetpilot.simulations.traces import time_s
 
@@ -571,12 +578,30 @@ def handler(args: argparse.Namespace) -> int:
                     hyper={"n_envs": args.n_envs, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
                            "penalty_update": args.penalty_update, "dual_target": args.dual_target,
                            "select_on": args.select_on},
-                    provenance_extra={"command": "fleetpilot train " + " ".join(_argv(args))})
+                    provenance_extra={"command": "fleetpilot train " + " ".join(_argv(args))},
+                    force=bool(getattr(args, "force", False)))
     print(f"wrote {Path(args.out) / 'policy.json'} ({prov['timesteps']} steps, {prov['wall_time_s']:.0f} s)")
     line = selection_line(prov.get("checkpoint_selection"))
     if line:
         print(line)
     return 0
+
+
+#: the longest episode accepted (a year; the env also cuts an episode to its trace range)
+MAX_EPISODE_S = 365 * 86400.0
+
+
+def parse_episode(text: str) -> tuple[float, float]:
+    """``--episode MIN:MAX`` -> (MIN, MAX) seconds, 0 < MIN <= MAX <= :data:`MAX_EPISODE_S`; else UserError."""
+    parts = str(text).split(":")
+    try:
+        lo, hi = (float(x) for x in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        lo = hi = math.nan
+    if not (0.0 < lo <= hi <= MAX_EPISODE_S):  # NaN fails every comparison
+        raise UserError(f"--episode must be MIN:MAX seconds, 0 < MIN <= MAX (at most {MAX_EPISODE_S:.0f}, a year), "
+                        f"got {str(text)[:60]!r}")
+    return lo, hi
 
 
 def selection_line(sel: Mapping[str, Any] | None) -> str:
