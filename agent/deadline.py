@@ -36,6 +36,7 @@ class DeadlineGuard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active: dict[int, set[Any]] = {}
+        self._cut: set[int] = set()  # threads whose current call's deadline has passed
 
     # -- tracking -----------------------------------------------------------------------------------------------------
 
@@ -49,24 +50,50 @@ class DeadlineGuard:
                 conns.discard(conn)
 
     def cut(self, thread_id: int) -> None:
-        """Shut down every socket ``thread_id`` is using (a blocked recv returns at once)."""
+        """Shut down every socket ``thread_id`` is using (a blocked recv returns at once).
+
+        That is each tracked connection's ``sock`` and the socket its last response reads from: for an answer that
+        ends with the connection (``Connection: close``, HTTP/1.0) ``http.client`` sets ``conn.sock = None`` and
+        the socket lives on inside the response, so ``conn.sock`` alone would leave a trickling body uncut. Sockets
+        a connection of this thread opens or reads from after the cut are shut down at once (:meth:`_late`).
+        """
         with self._lock:
+            self._cut.add(thread_id)
             conns = list(self._active.get(thread_id, ()))
         for conn in conns:
-            sock = getattr(conn, "sock", None)
-            if sock is None:
-                continue
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(getattr(conn, "sock", None))
+            _shutdown(getattr(conn, _RESPONSE_SOCK, None))
+
+    def _late(self, sock: Any) -> None:
+        """A socket came into use after this thread's deadline passed: shut it down too."""
+        with self._lock:
+            late = threading.get_ident() in self._cut
+        if late:
+            _shutdown(sock)
 
     def pool_classes(self) -> dict[str, type]:
-        """urllib3 pool classes that report the connections they hand out to this guard."""
+        """urllib3 pool classes that report the connections they hand out (and their sockets) to this guard."""
         guard = self
+
+        def tracked_conn(base: type) -> type:
+            class Connection(base):  # type: ignore[misc, valid-type]
+                def connect(self) -> None:
+                    super().connect()
+                    guard._late(self.sock)  # noqa: SLF001 -- connected after the cut: no request on it
+
+                def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+                    # remember the socket before http.client may hand it over to the response (conn.sock = None)
+                    setattr(self, _RESPONSE_SOCK, self.sock)
+                    guard._late(self.sock)  # noqa: SLF001
+                    return super().getresponse(*args, **kwargs)
+
+            Connection.__name__ = Connection.__qualname__ = f"Tracked{base.__name__}"
+            return Connection
 
         def tracked(base: type) -> type:
             class Pool(base):  # type: ignore[misc, valid-type]
+                ConnectionCls = tracked_conn(base.ConnectionCls)
+
                 def _get_conn(self, timeout: float | None = None) -> Any:
                     conn = super()._get_conn(timeout)
                     guard.add(conn)
@@ -110,9 +137,26 @@ class DeadlineGuard:
             raise
         finally:
             watchdog.cancel()
+            watchdog.join(timeout=5.0)  # a cut still running must not outlive the call (nor mark the next one)
+            with self._lock:
+                self._cut.discard(me)
         if fired.is_set():
             raise DeadlineExceededError(f"{what}: no complete answer within the total deadline of {total_s:g}s")
         return result
+
+
+_RESPONSE_SOCK = "_fleetpilot_response_sock"  # on a tracked connection: the socket its last response reads from
+
+
+def _shutdown(sock: Any) -> None:
+    """``shutdown(SHUT_RDWR)``: wakes a recv blocked in another thread (``close`` would not). A socket already closed
+    has no descriptor any more (-1), so this never touches a descriptor number reused by someone else."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
 
 
 def _total(timeout: Any, default_s: float) -> float:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -85,6 +86,73 @@ KNOWN_WORKLOADS: dict[tuple[str, str], str] = {
 _APPS_SCALE = {"Deployment": "deployment", "StatefulSet": "stateful_set", "ReplicaSet": "replica_set"}
 
 
+MAX_KUBECONFIG_BYTES = 4 << 20  # a kubeconfig with embedded certificates for a few clusters is tens of KiB
+
+
+def _kubeconfig_files(kubeconfig: str | None) -> list[tuple[str, bool]]:
+    """The kubeconfig files the client would read: (path, given explicitly). ``None``: ``$KUBECONFIG`` (a list
+    separated by ``os.pathsep``; missing entries are skipped, as kubectl does) or ``~/.kube/config``."""
+    if kubeconfig is not None:
+        return [(kubeconfig, True)]
+    from kubernetes.config.kube_config import ENV_KUBECONFIG_PATH_SEPARATOR, KUBE_CONFIG_DEFAULT_LOCATION
+
+    paths = os.environ.get("KUBECONFIG") or KUBE_CONFIG_DEFAULT_LOCATION
+    return [(os.path.expanduser(x), False) for x in paths.split(ENV_KUBECONFIG_PATH_SEPARATOR) if x]
+
+
+def _check_kubeconfig(path: str, explicit: bool, flag: str) -> None:
+    """Refuse what the client library would crash or hang on, as a one-line UserError naming the file: not a
+    regular file (a FIFO, ``/dev/zero``), larger than :data:`MAX_KUBECONFIG_BYTES`, not UTF-8, not YAML (or an
+    alias bomb), not a mapping. Only positions and YAML problems are shown, never the file's content."""
+    from fleetpilot.simulations.safeyaml import load_yaml_file
+
+    if not explicit and not os.path.exists(path):
+        return
+    try:
+        doc = load_yaml_file(path, what=f"kubeconfig ({flag})", max_bytes=MAX_KUBECONFIG_BYTES)
+    except RecursionError:
+        raise UserError(f"kubeconfig ({flag}) is nested too deeply", where=path) from None
+    if doc is not None and not isinstance(doc, dict):
+        raise UserError(f"kubeconfig ({flag}) must be a YAML mapping (apiVersion, clusters, contexts, users), "
+                        f"got {type(doc).__name__}", where=path)
+    _check_referenced_files(doc or {}, path)
+
+
+_KUBECONFIG_FILE_KEYS = (("clusters", "cluster", ("certificate-authority",)),
+                         ("users", "user", ("client-certificate", "client-key", "tokenFile")))
+
+
+def _check_referenced_files(doc: dict[str, Any], path: str) -> None:
+    """The files a kubeconfig names (CA, client cert and key, token file) are read by the client library without
+    limits: one that exists must be a small regular file too (a FIFO or ``/dev/zero`` there would hang or eat
+    memory). Missing ones are left to the library (it reports them only for the context in use)."""
+    from fleetpilot.simulations.safeyaml import check_regular_file
+
+    base = os.path.dirname(os.path.abspath(path))
+    for section, inner, keys in _KUBECONFIG_FILE_KEYS:
+        entries = doc.get(section)
+        for entry in entries if isinstance(entries, list) else ():
+            body = entry.get(inner) if isinstance(entry, dict) else None
+            for key in keys:
+                ref = body.get(key) if isinstance(body, dict) else None
+                if not isinstance(ref, str) or not ref:
+                    continue
+                full = os.path.join(base, os.path.expanduser(ref))
+                if os.path.exists(full):
+                    check_regular_file(full, MAX_KUBECONFIG_BYTES, f"file named by {key} in kubeconfig {path}")
+
+
+def _register_credentials(cfg: kubernetes.client.Configuration) -> None:
+    """The token and password the configuration carries are secrets: never shown in logs, audit or errors."""
+    from fleetpilot.agent.prom import register_secret
+
+    for value in (getattr(cfg, "api_key", None) or {}).values():
+        text = str(value)
+        register_secret(text)
+        register_secret(text.split()[-1] if text.split() else text)  # "Bearer <token>": the token alone too
+    register_secret(getattr(cfg, "password", None) or None)
+
+
 def make_api_client(
     kubeconfig: str | None = None, in_cluster: bool = False, host: str | None = None
 ) -> kubernetes.client.ApiClient:
@@ -96,25 +164,49 @@ def make_api_client(
     * ``host`` alone: a bare configuration for that URL (the test emulator, ``kubectl proxy``).
 
     ``host`` with either of the others overrides the server URL they name. TLS stays verified as configured by the
-    kubeconfig / service account. Configuration problems raise :class:`~fleetpilot.simulations.errors.UserError`.
+    kubeconfig / service account. Configuration problems -- a kubeconfig that is not a small regular UTF-8 YAML
+    file, a malformed server URL (``--kube-host`` or the kubeconfig's), credentials in ``host`` -- raise a one-line
+    :class:`~fleetpilot.simulations.errors.UserError` naming the flag or file, never showing a credential.
     """
+    from fleetpilot.agent.prom import check_http_url, redact
+
     if in_cluster and kubeconfig:
         raise UserError("give either a kubeconfig or in-cluster configuration, not both")
+    if host is not None:
+        check_http_url(host, "--kube-host")  # before anything is read: credentials in it are registered as secrets
     cfg = kubernetes.client.Configuration()
+    source = "in-cluster configuration" if in_cluster else (kubeconfig or "the default kubeconfig")
     try:
         if in_cluster:
             kubernetes.config.load_incluster_config(client_configuration=cfg)
         elif kubeconfig is not None or host is None:
+            flag = ("--kubeconfig" if kubeconfig is not None
+                    else "$KUBECONFIG" if os.environ.get("KUBECONFIG") else "the default kubeconfig")
+            for path, explicit in _kubeconfig_files(kubeconfig):
+                _check_kubeconfig(path, explicit, flag)
             kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    except UserError:
+        raise
     except (kubernetes.config.ConfigException, OSError) as exc:
-        source = "in-cluster configuration" if in_cluster else (kubeconfig or "the default kubeconfig")
-        raise UserError(f"cannot load Kubernetes configuration: {exc}", where=source) from exc
+        _register_credentials(cfg)
+        text = " ".join(redact(str(exc)).split())[:200]
+        raise UserError(f"cannot load Kubernetes configuration: {text}", where=source) from None
+    except Exception as exc:  # noqa: BLE001 -- a malformed kubeconfig breaks the client library in any way
+        _register_credentials(cfg)
+        raise UserError(f"cannot load Kubernetes configuration: malformed ({type(exc).__name__}; check it with "
+                        "kubectl config view)", where=source) from None
+    _register_credentials(cfg)
     if host is not None:
         cfg.host = host.rstrip("/")
+    else:
+        check_http_url(str(cfg.host or ""), f"the API server URL of {source}")
     # One retry layer: the actuator's (capped backoff, injected sleep). urllib3 would otherwise retry each failed
     # connection three more times inside every one of our attempts.
     cfg.retries = False
-    client = kubernetes.client.ApiClient(cfg)
+    try:
+        client = kubernetes.client.ApiClient(cfg)
+    except (ValueError, TypeError, OSError) as exc:  # e.g. a proxy URL the pool manager cannot parse
+        raise UserError(f"cannot set up the Kubernetes client: {type(exc).__name__}", where=source) from None
     client.user_agent = USER_AGENT
     # every call's _request_timeout is a TOTAL deadline (a trickling API server cannot stall an interval)
     from fleetpilot.agent.deadline import install_kube_deadline

@@ -48,6 +48,7 @@ labels that tell the series apart.
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import math
 import os
@@ -83,9 +84,14 @@ __all__ = [
     "QueryClient",
     "access_from_args",
     "add_access_arguments",
+    "check_http_url",
     "install_log_redaction",
     "make_session",
     "redact",
+    "redact_url",
+    "register_secret",
+    "register_url_secrets",
+    "split_userinfo",
 ]
 
 DEFAULT_FRESHNESS_QUERY = "max by (model_name) (timestamp(vllm:num_requests_running))"
@@ -108,7 +114,8 @@ REDACTED = "***"
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_WORD = re.compile(r"[^\s'\"<>`]+")  # a URL-like word in a message: up to whitespace or quotes
 _AUTH_HEADER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
 _MIN_SECRET_LEN = 4  # shorter values would redact innocent text ("1", "dev"); they are also too weak to matter
 
@@ -123,8 +130,61 @@ def register_secret(value: str | None) -> None:
                 _SECRETS.add(quoted)
 
 
+def split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """``(scheme, userinfo, rest)`` of ``url``: ``scheme`` is ``"http://"`` or ``""`` (none given); ``userinfo``
+    is everything between it and the **last** ``@`` (None without one) -- also when the password holds an
+    unescaped ``/``, ``:`` or ``@``, which URL parsers read as the end of the host, so a password is never
+    mistaken for a host or a path (and shown as one)."""
+    m = _SCHEME.match(url)
+    scheme = m.group(0) if m else ""
+    rest = url[len(scheme):]
+    at = rest.rfind("@")
+    if at < 0:
+        return scheme, None, rest
+    return scheme, rest[:at], rest[at + 1:]
+
+
+def register_url_secrets(url: str | None) -> bool:
+    """Register the password of ``url``'s ``user:password@`` part (raw and percent-decoded) as a secret; True when
+    ``url`` has a userinfo-like part at all (with or without a scheme, whatever it contains)."""
+    if not url:
+        return False
+    _, userinfo, _ = split_userinfo(str(url))
+    if userinfo is None:
+        return False
+    _, sep, password = userinfo.partition(":")
+    if sep:
+        register_secret(password)
+        register_secret(urllib.parse.unquote(password))
+        register_secret(userinfo)
+    return True
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to show: its userinfo replaced by ``***`` (see :func:`split_userinfo`), secrets redacted."""
+    scheme, userinfo, rest = split_userinfo(str(url))
+    return redact(scheme + rest if userinfo is None else f"{scheme}{REDACTED}@{rest}")
+
+
+def _redact_word(m: re.Match[str]) -> str:
+    word = m.group(0)
+    at = word.rfind("@")
+    if at <= 0:
+        return word
+    scheme = _SCHEME.search(word, 0, at)
+    if scheme is not None:  # scheme://anything@host: everything up to the last @ is userinfo
+        return word if scheme.end() == at else word[:scheme.end()] + REDACTED + word[at:]
+    if ":" in word[:at]:  # no scheme: user:password@host (an e-mail address has no ':' before its @)
+        return REDACTED + word[at:]
+    return word
+
+
 def redact(text: str) -> str:
-    """``text`` with every registered secret, URL userinfo and ``Bearer``/``Basic`` credential replaced by ``***``."""
+    """``text`` with every registered secret, URL userinfo and ``Bearer``/``Basic`` credential replaced by ``***``.
+
+    Userinfo is everything between ``scheme://`` (or, without a scheme, the start of a ``user:password@host``
+    word) and the last ``@`` of the word, so a password holding ``/``, ``:`` or ``@`` is redacted whole.
+    """
     if not text:
         return text
     with _SECRETS_LOCK:
@@ -132,7 +192,8 @@ def redact(text: str) -> str:
     for sec in secrets:
         if sec in text:
             text = text.replace(sec, REDACTED)
-    text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    if "@" in text:
+        text = _WORD.sub(_redact_word, text)
     return _AUTH_HEADER.sub(lambda m: m.group(1) + " " + REDACTED, text)
 
 
@@ -190,28 +251,42 @@ class PrometheusAccess:
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> PrometheusAccess:
-        """Split ``user:password@`` out of ``url`` into basic auth; the password is registered as a secret."""
-        parts = urllib.parse.urlsplit(url)
-        if parts.username is None and parts.password is None:
+        """Split ``user:password@`` out of ``url`` into basic auth; the password is registered as a secret.
+
+        The userinfo is everything before the last ``@`` (:func:`split_userinfo`), with or without a scheme; it
+        is registered as a secret before anything can fail, and every message shows it as ``***``. A ``/``, ``?``
+        or ``#`` in it must be percent-encoded (unencoded they end the host for every HTTP client, so the password
+        would be sent as a host name): that is a UserError naming ``--prometheus``.
+        """
+        url = str(url)
+        scheme, userinfo, rest = split_userinfo(url)
+        if userinfo is None:
             return cls(url=url, **kw)
-        user = urllib.parse.unquote(parts.username or "")
-        password = urllib.parse.unquote(parts.password or "")
+        register_url_secrets(url)
+        shown = f"{scheme}{REDACTED}@{rest}"
+        if scheme.lower() not in ("http://", "https://"):
+            raise UserError(redact(f"--prometheus must be an http:// or https:// URL with a host, got "
+                                   f"{shown[:120]!r}"))
+        bad = sorted({c for c in userinfo if c in "/?#\\" or c.isspace() or not c.isprintable()})
+        if bad:
+            what = ", ".join(repr(c) if c.isprintable() and not c.isspace() else f"U+{ord(c):04X}" for c in bad)
+            raise UserError(redact(f"--prometheus: the credentials before '@' in {shown[:120]!r} hold {what}: "
+                                   "percent-encode it (/ as %2F, ? as %3F, # as %23, @ as %40) or use "
+                                   "--prometheus-basic-auth-user and --prometheus-basic-auth-password-file"))
+        raw_user, _, raw_password = userinfo.partition(":")
+        user = urllib.parse.unquote(raw_user)
+        password = urllib.parse.unquote(raw_password)
         register_secret(password)
-        register_secret(parts.password)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        _check_basic_user(user, "--prometheus (the user name before '@')")
         if kw.pop("basic_auth_user", None) or kw.get("bearer_token_file") or kw.get("basic_auth_password_file"):
             raise UserError("--prometheus URL carries user:password and another credential flag is set; use one")
         kw.pop("basic_auth_password", None)
-        return cls(url=clean, basic_auth_user=user, basic_auth_password=password or None, **kw)
+        return cls(url=scheme + rest, basic_auth_user=user, basic_auth_password=password or None, **kw)
 
     @property
     def display_url(self) -> str:
         """The URL safe to log (no userinfo; it never has any after :meth:`from_url`)."""
-        return redact(self.url.rstrip("/"))
+        return redact_url(self.url.rstrip("/"))
 
     @property
     def tls_verified(self) -> bool:
@@ -220,10 +295,7 @@ class PrometheusAccess:
 
     def validate(self) -> PrometheusAccess:
         """Check what can be checked before connecting; every problem is a one-line UserError naming the flag."""
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"--prometheus must be an http:// or https:// URL with a host, got {redact(self.url)!r}"
-                            [:200])
+        check_http_url(self.url, "--prometheus")
         if not (math.isfinite(self.timeout_s) and 0.01 <= self.timeout_s <= 600):
             raise UserError(f"--prometheus-timeout must be between 0.01 and 600 seconds, got {self.timeout_s:g}")
         for flag, path in (("--prometheus-ca-file", self.ca_file),
@@ -239,16 +311,60 @@ class PrometheusAccess:
             raise UserError("use either a bearer token or basic auth for Prometheus, not both")
         if self.basic_auth_password_file and not self.basic_auth_user:
             raise UserError("--prometheus-basic-auth-password-file needs --prometheus-basic-auth-user")
+        if self.basic_auth_user is not None:
+            _check_basic_user(self.basic_auth_user, "--prometheus-basic-auth-user")
         if bool(self.client_cert_file) != bool(self.client_key_file):
             raise UserError("--prometheus-client-cert and --prometheus-client-key go together")
         for name, value in self.headers:
             if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}", name):
-                raise UserError(f"--prometheus-header: invalid header name {name[:40]!r}")
+                raise UserError(f"--prometheus-header: invalid header name {redact(name[:40])!r}")
             if any(c in value for c in "\r\n\0") or len(value) > 8192:
                 raise UserError(f"--prometheus-header {name}: value must be one line of at most 8192 characters")
+            if not _printable_ascii(value):
+                raise UserError(f"--prometheus-header {name}: value must be printable ASCII (HTTP sends header "
+                                "values as bytes; encode anything else, e.g. base64)")
             if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
                 raise UserError(f"--prometheus-header: {name} is set by the HTTP client, not by a flag")
         return self
+
+
+def _printable_ascii(text: str) -> bool:
+    return all(" " <= c <= "~" or c == "\t" for c in text)
+
+
+def _check_basic_user(user: str, flag: str) -> None:
+    """A basic-auth user name travels as ``user:password`` in base64: printable ASCII and no ``:``."""
+    if not _printable_ascii(user) or ":" in user:
+        raise UserError(f"{flag}: a basic-auth user name must be printable ASCII without ':' "
+                        f"(got {len(user)} characters, some outside that)")
+
+
+def check_http_url(url: str, flag: str) -> str:
+    """``url`` if it is an ``http(s)://`` URL with a host (and a valid port, brackets, no credentials, no spaces);
+    else a one-line UserError naming ``flag`` that never shows a password. Returns the URL unchanged."""
+    url = str(url)
+    register_url_secrets(url)
+    shown = redact_url(url)[:120]
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise UserError(f"{flag} must be a URL without spaces or control characters, got {shown!r}")
+    if not url.lower().startswith(("http://", "https://")):
+        raise UserError(f"{flag} must be an http:// or https:// URL with a host, got {shown!r}")
+    if split_userinfo(url)[1] is not None:  # before parsing: a password holding '/' would read as host and port
+        raise UserError(f"{flag}: credentials (user and password before '@') do not belong in this URL, "
+                        f"got {shown!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError as exc:
+        why = ("the port must be a number in 1..65535" if "port" in str(exc).lower()
+               else "unbalanced [ ] around an IPv6 address" if "ipv6" in str(exc).lower() else "malformed")
+        raise UserError(f"{flag}: not a valid URL ({why}), got {shown!r}") from None
+    if not host:
+        raise UserError(f"{flag} must be an http:// or https:// URL with a host, got {shown!r}")
+    if port is not None and not 1 <= port <= 65535:
+        raise UserError(f"{flag}: not a valid URL (the port must be a number in 1..65535), got {shown!r}")
+    return url
 
 
 def _check_secret_file(path: str, flag: str) -> None:
@@ -311,8 +427,11 @@ class _FileAuth(requests.auth.AuthBase):
             r.headers["Authorization"] = f"Bearer {self._token.get()}"
         elif self._user is not None:
             password = self._password_file.get() if self._password_file is not None else (self._password or "")
-            r.prepare_auth(requests.auth.HTTPBasicAuth(self._user, password))
-            register_secret(r.headers.get("Authorization", "").removeprefix("Basic ").strip())
+            # UTF-8 (RFC 7617's charset; what Prometheus' web config compares), not requests' latin-1, which
+            # cannot encode every password and would fail inside the request
+            token = base64.b64encode(f"{self._user}:{password}".encode()).decode("ascii")
+            register_secret(token)
+            r.headers["Authorization"] = f"Basic {token}"
         return r
 
 
@@ -435,7 +554,8 @@ def access_from_args(args: argparse.Namespace) -> PrometheusAccess:
     for raw in getattr(args, "prometheus_header", None) or []:
         name, sep, value = str(raw).partition(":")
         if not sep or not name.strip():
-            raise UserError(f"--prometheus-header must look like 'Name: value', got {redact(str(raw))[:60]!r}")
+            raise UserError("--prometheus-header must look like 'Name: value' (no ':' found; the value is not "
+                            "shown, it may be a secret)")
         headers.append((name.strip(), value.strip()))
         register_secret(value.strip())
     timeout = float(args.prometheus_timeout)

@@ -1,15 +1,30 @@
 """Total deadlines on Kubernetes API calls (agent/deadline.py): a server trickling its answer is cut at the call's
-deadline, where per-read socket timeouts never fire; normal calls through the emulator are unaffected."""
+deadline, where per-read socket timeouts never fire; normal calls through the emulator are unaffected.
+
+Also answers that end with their connection (``Connection: close``, HTTP/1.0): ``http.client`` hands the socket
+over to the response (``conn.sock = None``), and the deadline must still cut it -- for Prometheus queries
+(``--prometheus-timeout``, ``fleetpilot trace import``) and Kubernetes calls alike.
+"""
 
 from __future__ import annotations
 
+import selectors
 import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import kubernetes
 import pytest
+import requests
 
 from fleetpilot.agent.deadline import DeadlineExceededError, install_kube_deadline
+from fleetpilot.agent.prom import PrometheusAccess, PrometheusSource, make_session
+from fleetpilot.simulations.errors import TemporaryError
+from fleetpilot.simulations.goal import load_goal
 from testbed.k8s_emulator import K8sEmulator
 
 
@@ -86,3 +101,189 @@ def test_normal_calls_are_unchanged() -> None:
             assert apps.read_namespaced_deployment_scale("m", "inference", _request_timeout=2.0).spec.replicas == 3
         apps.patch_namespaced_deployment_scale("m", "inference", {"spec": {"replicas": 4}})
         assert emu.replicas("inference", "m") == 4
+
+
+# ------------------------------------------------------------------------------------------------ answers that close
+
+EMPTY = b'{"status":"success","data":{"resultType":"vector","result":[]}}'
+NAMESPACE = b'{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}}'
+
+
+class _Server:
+    """A loopback HTTP server answering ``body`` to every request, one connection at a time.
+
+    ``style``: ``close`` (HTTP/1.1, ``Connection: close``, no Content-Length: the body ends with the connection),
+    ``http10`` (an HTTP/1.0 answer, which always ends its connection) or ``keep-alive`` (HTTP/1.1 with
+    Content-Length; the connection serves the next request). ``trickle_s``: None sends the body at once, else one
+    byte per ``trickle_s`` (waiting on an Event, so :meth:`close` stops it at once). ``gone`` is set when the client
+    has cut the connection in the middle of an answer; the times of requests and cuts are recorded.
+    """
+
+    def __init__(self, style: str, body: bytes = EMPTY, trickle_s: float | None = None) -> None:
+        self.style, self.body, self.trickle_s = style, body, trickle_s
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.accepted = 0
+        self.requests: list[float] = []
+        self.gone_at: list[float] = []
+        self.bytes_sent = 0
+        self.gone = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.sock, selectors.EVENT_READ)
+            while not self.stop.is_set():
+                if not sel.select(timeout=0.1):
+                    continue
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                self.accepted += 1
+                with conn:
+                    self._serve(conn)
+
+    def _read_request(self, conn: socket.socket) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            data += chunk
+        return True
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        while not self.stop.is_set() and self._read_request(conn):
+            self.requests.append(time.monotonic())
+            if self.style == "close":
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+            else:
+                version = b"HTTP/1.0" if self.style == "http10" else b"HTTP/1.1"
+                head = (version + b" 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                        + str(len(self.body)).encode() + b"\r\n\r\n")
+            try:
+                conn.sendall(head)
+                if self.trickle_s is None:
+                    conn.sendall(self.body)
+                else:
+                    for i in range(len(self.body)):
+                        if self.stop.wait(self.trickle_s):
+                            return
+                        conn.sendall(self.body[i:i + 1])
+                        self.bytes_sent += 1
+            except OSError:  # the client cut the connection
+                self.gone_at.append(time.monotonic())
+                self.gone.set()
+                return
+            if self.style != "keep-alive":
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+Make = Callable[..., "_Server"]
+
+
+@pytest.fixture
+def servers() -> Iterator[Make]:
+    made: list[_Server] = []
+
+    def make(style: str, body: bytes = EMPTY, trickle_s: float | None = None) -> _Server:
+        made.append(_Server(style, body, trickle_s))
+        return made[-1]
+
+    yield make
+    for srv in made:
+        srv.close()
+
+
+DEADLINE_S = 1.0
+MARGIN_S = 5.0  # generous: the cut itself takes milliseconds; without it the answer would take ~100 s
+PAD = b" " * 500  # 500 bytes at 0.2 s/byte: ~100 s, far beyond the deadline (a regression fails, it never hangs)
+
+
+@pytest.mark.parametrize("style", ["close", "http10", "keep-alive"])
+def test_a_prometheus_query_is_cut_at_its_total_deadline_also_when_the_answer_closes(servers: Make, style: str) -> None:
+    srv = servers(style, EMPTY + PAD, trickle_s=0.2)
+    session = make_session(PrometheusAccess(srv.url, timeout_s=DEADLINE_S))
+    t0 = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout, match="total deadline"):
+        session.get(srv.url + "/api/v1/query", params={"query": "up"}, timeout=DEADLINE_S)
+    elapsed = time.monotonic() - t0
+    assert DEADLINE_S * 0.9 <= elapsed < DEADLINE_S + MARGIN_S, elapsed
+    assert srv.gone.wait(MARGIN_S), "the server never saw the connection cut"
+    assert srv.gone_at[0] - srv.requests[0] < DEADLINE_S + MARGIN_S
+    assert srv.bytes_sent < len(EMPTY + PAD)
+
+
+@pytest.mark.parametrize("style", ["close", "http10"])
+def test_the_source_reports_the_deadline_for_an_answer_that_closes(servers: Make, style: str) -> None:
+    goal = load_goal(Path(__file__).resolve().parent.parent / "examples" / "goals" / "single-model.yaml")
+    srv = servers(style, EMPTY + PAD, trickle_s=0.2)
+    src = PrometheusSource(srv.url, goal, clock=lambda: 1_767_225_600.0, freshness_query=None,
+                           access=PrometheusAccess(srv.url, timeout_s=DEADLINE_S))
+    t0 = time.monotonic()
+    with pytest.raises(TemporaryError, match="total deadline"):
+        src.read()
+    assert time.monotonic() - t0 < DEADLINE_S + MARGIN_S
+    assert srv.gone.wait(MARGIN_S)
+
+
+@pytest.mark.parametrize("style", ["close", "http10", "keep-alive"])
+def test_prompt_answers_still_work_and_keep_alive_reuses_its_connection(servers: Make, style: str) -> None:
+    srv = servers(style, EMPTY + b" " * 100_000)  # larger than a socket buffer: read in several recvs
+    session = make_session(PrometheusAccess(srv.url, timeout_s=5.0))
+    for _ in range(3):
+        resp = session.get(srv.url + "/api/v1/query", params={"query": "up"}, timeout=5.0)
+        assert resp.status_code == 200 and resp.json()["status"] == "success"
+    assert len(srv.requests) == 3
+    assert srv.accepted == (1 if style == "keep-alive" else 3)
+    assert not srv.gone.is_set()
+
+
+def test_the_body_cap_still_holds_for_an_answer_that_closes(servers: Make) -> None:
+    srv = servers("close", EMPTY + b" " * 300_000)
+    session = make_session(PrometheusAccess(srv.url, timeout_s=5.0))
+    session.max_body_bytes = 100_000
+    with pytest.raises(requests.exceptions.ContentDecodingError, match="larger than 100000 bytes"):
+        session.get(srv.url + "/api/v1/query", timeout=5.0)
+
+
+@pytest.mark.parametrize("style", ["close", "http10"])
+def test_a_kubernetes_call_is_cut_also_when_the_answer_closes(servers: Make, style: str) -> None:
+    srv = servers(style, NAMESPACE + PAD, trickle_s=0.2)
+    api = _client(srv.url)
+    install_kube_deadline(api)
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceededError, match="total deadline"):
+        kubernetes.client.CoreV1Api(api).read_namespace("x", _request_timeout=DEADLINE_S)
+    assert time.monotonic() - t0 < DEADLINE_S + MARGIN_S
+    assert srv.gone.wait(MARGIN_S)
+
+
+def test_trace_import_honours_prometheus_timeout_when_the_answer_closes(servers: Make, tmp_path: Path) -> None:
+    """The reviewer's reproduction: ``fleetpilot trace import`` against a server that sends ``Connection: close``
+    and trickles the body gives up at ``--prometheus-timeout`` (exit 2, one line), instead of for as long as the
+    server trickles."""
+    srv = servers("close", EMPTY + PAD, trickle_s=0.2)
+    r = subprocess.run([sys.executable, "-m", "fleetpilot", "trace", "import", "--prometheus", srv.url,
+                        "--prometheus-timeout", str(DEADLINE_S), "--range", "1h", "--out", str(tmp_path / "ti.csv")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.count("\n") == 1 and "DeadlineExceeded" in r.stderr, r.stderr
+    assert srv.gone.wait(MARGIN_S)
+    assert srv.gone_at[0] - srv.requests[0] < DEADLINE_S + MARGIN_S
+    assert not (tmp_path / "ti.csv").exists()

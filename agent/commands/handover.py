@@ -70,11 +70,13 @@ def tuning_document(goal: Any, incumbents: dict[str, list[Any]]) -> tuple[str | 
 def handler(args: argparse.Namespace) -> int:
     from fleetpilot.agent.handover import read_incumbents
     from fleetpilot.agent.kube import KubeActuator, make_api_client
+    from fleetpilot.agent.prom import check_http_url, register_url_secrets
     from fleetpilot.simulations.goal import load_goal
 
+    register_url_secrets(args.kube_host)  # credentials in --kube-host never reach a message, whatever fails first
     goal = load_goal(args.goal)
-    if args.kube_host is not None and not args.kube_host.startswith(("http://", "https://")):
-        raise UserError(f"--kube-host must be an http:// or https:// URL, got {args.kube_host[:80]!r}")
+    if args.kube_host is not None:
+        check_http_url(args.kube_host, "--kube-host")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder", where=str(out))

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import signal
 import socket
 import threading
@@ -257,14 +259,26 @@ def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
     return restore
 
 
+def _drift_args(every: str | None, margin: float) -> float | None:
+    """``--recalibrate-every`` in seconds (None: not asked) after checking it and ``--drift-margin``: bad values are
+    one-line UserErrors before anything connects anywhere."""
+    if not (math.isfinite(margin) and 0 < margin < 10):
+        raise UserError(f"--drift-margin must be between 0 and 10, got {margin:g}")
+    if not every:
+        return None
+    from fleetpilot.agent.calibrate import parse_duration
+
+    return parse_duration(every, "--recalibrate-every")
+
+
 def _wire_drift(daemon: Any, goal: GoalSpec, settings: DaemonSettings, every: str, margin: float) -> None:
     """``--recalibrate-every``: the daemon checks the goal's latency model against the live metrics on a schedule."""
-    from fleetpilot.agent.calibrate import make_client, parse_duration
+    from fleetpilot.agent.calibrate import make_client
     from fleetpilot.agent.latency_drift import DriftSettings, LatencyDrift
 
-    every_s = parse_duration(every, "--recalibrate-every")
-    if not (0 < margin < 10):
-        raise UserError(f"--drift-margin must be between 0 and 10, got {margin:g}")
+    every_s = _drift_args(every, margin)
+    if every_s is None:
+        return
     access = settings.prometheus.access
     if access is None:
         raise UserError("--recalibrate-every needs --prometheus")
@@ -274,18 +288,56 @@ def _wire_drift(daemon: Any, goal: GoalSpec, settings: DaemonSettings, every: st
                                           registry=daemon.metrics.registry, source=access.display_url))
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _check_leader_flags(args: argparse.Namespace) -> None:
+    """The Lease flags, when control mode uses leader election: names the API server would refuse, and an empty
+    identity (the elector's own check, a ValueError, would otherwise end the run as an internal error)."""
+    if args.mode != "control" or args.no_leader_election:
+        return
+    ns, name, identity = str(args.lease_namespace), str(args.lease_name), str(args.identity)
+    if not _DNS_LABEL.fullmatch(ns):
+        raise UserError(f"--lease-namespace must be a Kubernetes namespace name (lower-case letters, digits and '-', "
+                        f"at most 63), got {ns[:80]!r}")
+    if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+        raise UserError(f"--lease-name must be a Kubernetes object name (lower-case letters, digits, '-' and '.'), "
+                        f"got {name[:80]!r}")
+    if not identity.strip() or len(identity) > 253 or not identity.isprintable():
+        raise UserError("--identity must be a non-empty printable name of at most 253 characters (default: the "
+                        "pod or host name)")
+
+
+def _check_bind_address(host: str) -> None:
+    """``--metrics-bind-address`` must be an address this machine can listen on (a name is resolved locally)."""
+    try:
+        socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else type(exc).__name__
+        raise UserError(f"--metrics-bind-address: cannot resolve {host[:100]!r} ({reason})") from None
+
+
 def _settings(args: argparse.Namespace) -> DaemonSettings:
-    if args.interval is not None and not args.interval > 0:
+    """Every flag checked (one-line UserErrors naming it) before anything connects to Prometheus or Kubernetes."""
+    from fleetpilot.agent.prom import access_from_args, check_http_url, register_url_secrets
+
+    register_url_secrets(args.kube_host)  # credentials in --kube-host never reach a message, whatever fails first
+    if args.interval is not None and not (math.isfinite(args.interval) and args.interval > 0):
         raise UserError(f"--interval must be a positive number of seconds, got {args.interval:g}")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UserError(f"--metrics-port must be in 0..65535, got {args.metrics_port}")
-    from fleetpilot.agent.prom import access_from_args
-
     access = access_from_args(args)  # one-line UserErrors, credentials never echoed
     if args.lease_duration < 2:
         raise UserError("--lease-duration must be at least 2 seconds")
-    if args.kube_host is not None and not args.kube_host.startswith(("http://", "https://")):
-        raise UserError(f"--kube-host must be an http:// or https:// URL, got {args.kube_host!r}")
+    _check_leader_flags(args)
+    if args.metrics_port is not None:
+        _check_bind_address(str(args.metrics_bind_address or ""))
+    if args.kube_host is not None:
+        check_http_url(args.kube_host, "--kube-host")
+    _drift_args(args.recalibrate_every, args.drift_margin)
+    if args.take_over == "keda" and args.mode != "control":
+        raise UserError("--take-over keda needs --mode control (shadow and dry-run never write)")
     from fleetpilot.simulations.traces import time_s
 
     warmup_s = time_s(str(args.warmup), "--warmup")
