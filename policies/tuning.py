@@ -442,6 +442,12 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
     return "\n".join(header + replaces + notes) + "\n---\n" + "---\n".join(docs)
 
 
+def _per_request(counter: str, sel: str, window: str) -> str:
+    """PromQL: ``counter``'s rate per finished request over ``window`` (no sample while nothing finishes)."""
+    return (f"(sum(rate({counter}{sel}[{window}])) / "
+            f"(sum(rate(vllm:request_success_total{sel}[{window}])) > 0))")
+
+
 def keda_query(spec: Any, input_tokens: float, output_tokens: float, window: str = "1m") -> tuple[str, float]:
     """(PromQL, fit error): the in-flight load at saturation of one model from vLLM's metrics -- what the ``keda``
     baseline scales on in replay (``KEDAPolicy`` metric ``rate``: arrivals x slots / saturated throughput).
@@ -457,9 +463,8 @@ def keda_query(spec: Any, input_tokens: float, output_tokens: float, window: str
     sel = f'{{model_name="{spec.name}"}}'
     done = f"sum(rate(vllm:request_success_total{sel}[{window}]))"
     growth = f"(clamp_min(sum(deriv(vllm:num_requests_waiting{sel}[{window}])), 0) or vector(0))"
-    p_mean = f"((sum(rate(vllm:prompt_tokens_total{sel}[{window}])) / ({done} > 0)) or vector({input_tokens:.6g}))"
-    g_mean = (f"((sum(rate(vllm:generation_tokens_total{sel}[{window}])) / ({done} > 0)) "
-              f"or vector({output_tokens:.6g}))")
+    p_mean = f"({_per_request('vllm:prompt_tokens_total', sel, window)} or vector({input_tokens:.6g}))"
+    g_mean = f"({_per_request('vllm:generation_tokens_total', sel, window)} or vector({output_tokens:.6g}))"
     query = f"clamp_min(({a:.6g} + {b:.6g} * {p_mean} + {c:.6g} * {g_mean}) * ({done} + {growth}), 0)"
     return query, err
 
@@ -507,9 +512,8 @@ def render_alerts(doc: Mapping[str, Any], goal: GoalSpec, *, tolerance: float = 
         a, b, c, d, err = request_cost_coefficients(m, tin, tout)
         k0 = a + b * tin + c * tout + d * tin * tout
         sel = f'{{model_name="{m.name}"}}'
-        req = f"(sum(rate(vllm:request_success_total{sel}[{w}])) > 0)"
-        p_mean = f"(sum(rate(vllm:prompt_tokens_total{sel}[{w}])) / {req})"
-        g_mean = f"(sum(rate(vllm:generation_tokens_total{sel}[{w}])) / {req})"
+        p_mean = _per_request("vllm:prompt_tokens_total", sel, w)
+        g_mean = _per_request("vllm:generation_tokens_total", sel, w)
         expr = (f"({a:.8g} + {b:.8g} * {p_mean} + {c:.8g} * {g_mean} + {d:.8g} * {p_mean} * {g_mean}) "
                 f"/ {k0:.8g}")
         labels = {"model_name": m.name, "autoscaler": kind}

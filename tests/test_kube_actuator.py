@@ -103,17 +103,7 @@ def test_real_conflict_rereads_and_may_find_nothing_to_do(
 ) -> None:
     # Another controller sets the same count while our PATCH is rejected: the retry re-reads and writes nothing.
     emu.inject(method="PATCH", path_regex=r"/llama-8b/scale$", status=409, times=1)
-    original = actuator._apps.read_namespaced_deployment_scale
-    calls = {"n": 0}
-
-    def read_then_race(*args: object, **kwargs: object) -> k8s.V1Scale:
-        calls["n"] += 1
-        result = original(*args, **kwargs)
-        if calls["n"] == 1:
-            emu.set_replicas(NS, "llama-8b", 6)
-        return result
-
-    actuator._apps.read_namespaced_deployment_scale = read_then_race  # type: ignore[method-assign]
+    _race_after_first_read(actuator, lambda: emu.set_replicas(NS, "llama-8b", 6))
     out = actuator.scale("llama", 6)
     assert out.ok and out.status == "unchanged" and out.attempts == 2 and sleep.calls == [0.5]
 

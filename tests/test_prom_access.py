@@ -33,6 +33,7 @@ from fleetpilot.agent.prom import PrometheusAccess, PrometheusSource, install_lo
 from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 from fleetpilot.simulations.goal import parse_goal
 from needs import missing_tool
+from testbed.prometheus import serve_in_thread
 
 GOAL = parse_goal("""
 apiVersion: fleetpilot/v1
@@ -110,14 +111,7 @@ class _Answer(BaseHTTPRequestHandler):
 
 
 def _serve(server: ThreadingHTTPServer) -> Iterator[str]:
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(timeout=5)
+    return serve_in_thread(server, join_s=5.0)
 
 
 @pytest.fixture(params=["good", "other"])

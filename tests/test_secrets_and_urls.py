@@ -16,7 +16,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,7 +33,7 @@ from fleetpilot.agent.prom import (
 )
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import load_goal
-from testbed.prometheus import free_port
+from testbed.prometheus import free_port, serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_PATH = ROOT / "examples" / "goals" / "single-model.yaml"
@@ -138,15 +137,7 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder() -> Iterator[str]:
     _Recorder.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(timeout=10)
+    yield from serve_in_thread(ThreadingHTTPServer(("127.0.0.1", 0), _Recorder))
 
 
 def _basic(user: str, password: str) -> str:

@@ -28,6 +28,7 @@ from fleetpilot.agent.prom import PrometheusAccess, PrometheusSource, install_lo
 from fleetpilot.simulations.goal import GoalSpec, load_goal  # noqa: E402
 from harness import FakeClock, FakePrometheusAPI, Rig, SafetyMonitor, seed_cluster  # noqa: E402
 from testbed.k8s_emulator import K8sEmulator  # noqa: E402
+from testbed.prometheus import serve_in_thread  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_PATH = REPO / "examples" / "goals" / "two-model-routed.yaml"
@@ -164,14 +165,7 @@ class _Ambiguous(BaseHTTPRequestHandler):
 
 
 def _serve(server: ThreadingHTTPServer) -> Iterator[str]:
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(timeout=5)
+    return serve_in_thread(server, join_s=5.0)
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:

@@ -19,11 +19,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -53,6 +54,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def serve_in_thread(server: Any, join_s: float = 10.0) -> Iterator[str]:
+    """Serve ``server`` (an ``http.server`` server) in a daemon thread; yield its ``127.0.0.1:PORT``, then shut
+    it down. Use as ``for hostport in serve_in_thread(server): ...`` or under ``pytest.fixture``."""
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(timeout=join_s)
 
 
 def _yaml_str(value: str) -> str:
