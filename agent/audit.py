@@ -4,8 +4,8 @@ Each record is serialised to one complete line (``json.dumps`` + ``\\n``) and wr
 on a file opened in append mode, then flushed and ``os.fsync``-ed, so after a crash the file holds every earlier
 line intact and at most one partial line at the end. :class:`AuditLog` checks that on open: a last line without
 its newline (a crash mid-write) is cut off the file and kept aside in ``<path>.partial-<n>`` so nothing is lost
-silently and the next record starts on a fresh line. :func:`read_audit` returns every complete record and
-skips (and counts) lines that do not parse.
+silently and the next record starts on a fresh line. :func:`read_audit` returns every complete record with its
+line number in the file and skips (and counts) lines that do not parse.
 
 Values that JSON cannot hold are written as strings: ``NaN``/``Infinity`` become ``"nan"``/``"inf"`` (strict
 JSON), numpy scalars and arrays become numbers and lists, dataclasses become objects.
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fleetpilot.simulations.contract import Decision, Reading
+from fleetpilot.simulations.errors import UserError
 
 if TYPE_CHECKING:
     from fleetpilot.agent.prom import FleetState
@@ -141,11 +142,15 @@ class AuditLog:
 
 @dataclasses.dataclass(frozen=True)
 class AuditReadResult:
-    """What :func:`read_audit` found: the parsed records and how many lines were skipped as unreadable."""
+    """What :func:`read_audit` found: the parsed records, how many lines were skipped as unreadable, whether the
+    file ends in a partial line, and ``lines``: each record's 1-based line number in the file, parallel to
+    ``records`` (blank and skipped lines are not records, so a record's index is not its line; empty when the
+    result was built by hand)."""
 
     records: list[dict[str, Any]]
     skipped: int
     truncated_tail: bool
+    lines: list[int] = dataclasses.field(default_factory=list)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.records)
@@ -159,19 +164,23 @@ MAX_AUDIT_LINE_BYTES = 8 << 20
 
 
 def read_audit(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_AUDIT_LINE_BYTES) -> AuditReadResult:
-    """Every complete record of an audit log, read line by line. A partial last line (no newline) is reported,
-    not parsed; a line longer than ``max_line_bytes`` is skipped (counted) without being held in memory."""
+    """Every complete record of an audit log, read line by line, with its line number. A partial last line (no
+    newline) is reported, not parsed; a line longer than ``max_line_bytes`` is skipped (counted) without being
+    held in memory. A line nested too deeply for :mod:`json` is a :class:`UserError` naming ``path:line``."""
     p = Path(path)
     if not p.exists():
         return AuditReadResult([], 0, False)
     records: list[dict[str, Any]] = []
+    lines: list[int] = []
     skipped = 0
     truncated = False
+    lineno = 0
     with p.open("rb") as f:
         while True:
             raw = f.readline(max_line_bytes + 1)
             if not raw:
                 break
+            lineno += 1
             if not raw.endswith(b"\n"):
                 if len(raw) <= max_line_bytes:  # the file ends without a newline: a partial last line
                     truncated = True
@@ -187,11 +196,15 @@ def read_audit(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_AUDIT_
             except (ValueError, UnicodeDecodeError):
                 skipped += 1
                 continue
+            except RecursionError:  # thousands of nested brackets: not a line the daemon wrote
+                raise UserError("a line is nested too deeply to be an audit record", where=f"{path}:{lineno}") \
+                    from None
             if isinstance(obj, dict):
                 records.append(obj)
+                lines.append(lineno)
             else:
                 skipped += 1
-    return AuditReadResult(records, skipped, truncated)
+    return AuditReadResult(records, skipped, truncated, lines)
 
 
 @dataclass(frozen=True)

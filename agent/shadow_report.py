@@ -110,7 +110,8 @@ def _weights(obj: Any) -> dict[str, dict[str, float]]:
 
 
 def intervals_from_audit(records: Sequence[Mapping[str, Any]], goal: Any | None = None,
-                         skipped: dict[str, Any] | None = None) -> list[ShadowInterval]:
+                         skipped: dict[str, Any] | None = None,
+                         lines: Sequence[int] | None = None) -> list[ShadowInterval]:
     """The intervals of an audit log that carry a decision and the incumbent's replicas, sorted by time.
 
     Prices come from each record's ``shadow`` section, else from ``goal`` (a :class:`GoalSpec`); a log without
@@ -118,9 +119,11 @@ def intervals_from_audit(records: Sequence[Mapping[str, Any]], goal: Any | None 
 
     A record holding an impossible value -- a time that is not a finite epoch second in [0, :data:`MAX_T`], a
     negative, non-numeric or absurd replica count or price -- is skipped, as the reader skips a line that is not
-    JSON, and counted in ``skipped`` when given: ``{"records": N, "fields": {field: N}, "examples": [...]}`` (the
-    ``n``-th record of the log, the field, its value and what was expected). It never reaches the report, so no
-    negative or infinite cost and no unprintable date does.
+    JSON, and counted in ``skipped`` when given: ``{"records": N, "fields": {field: N}, "examples": [...]}``, each
+    example ``{"record": n, "line": l, "field": ..., "value": ..., "expected": ...}``: ``record`` is its position
+    among the parsed records (1-based), ``line`` its 1-based line in the file -- ``lines[n - 1]``, given by
+    :func:`~fleetpilot.agent.audit.read_audit` (``AuditReadResult.lines``); without ``lines``, ``line`` is None.
+    It never reaches the report, so no negative or infinite cost and no unprintable date does.
     """
     goal_prices = {m.name: m.cost_per_hour for m in goal.models} if goal is not None else {}
     out: list[ShadowInterval] = []
@@ -136,7 +139,8 @@ def intervals_from_audit(records: Sequence[Mapping[str, Any]], goal: Any | None 
                 fields[bad.field] = fields.get(bad.field, 0) + 1
                 examples = skipped.setdefault("examples", [])
                 if len(examples) < 5:
-                    examples.append({"record": n, "field": bad.field, "value": repr(bad.value)[:60],
+                    line = lines[n - 1] if lines is not None and n <= len(lines) else None
+                    examples.append({"record": n, "line": line, "field": bad.field, "value": repr(bad.value)[:60],
                                      "expected": bad.expected})
             continue
         if iv is not None:

@@ -212,7 +212,7 @@ def test_only_impossible_records_is_one_line_naming_the_file_and_field(
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and "internal error" not in err, err
     field = case.split("-")[0]
-    assert str(audit) in err and field in err and "record 1" in err, err
+    assert f"{audit}:1: " in err and field in err and "expected" in err, err
     assert not (tmp_path / "r").exists()
 
 
@@ -229,11 +229,41 @@ def test_impossible_records_are_skipped_and_counted(tmp_path: Path, capsys: pyte
     rep = _strict(out / "shadow-report.json")
     assert rep["period"]["intervals"] == 3
     problems = rep["audit_problems"]["impossible_records"]
-    assert problems["records"] == 1 and problems["examples"][0]["record"] == 2
+    assert problems["records"] == 1 and problems["examples"][0]["record"] == 2 == problems["examples"][0]["line"]
     assert sum(problems["fields"].values()) == 1 and case.split("-")[0] in next(iter(problems["fields"]))
     # 2 + 2 + 4 replicas for a minute each at $1/h; the incumbent 3 each
     assert rep["cost_usd"]["fleetpilot"] == pytest.approx(8 / 60, abs=1e-4)
     assert rep["cost_usd"]["incumbent"] == pytest.approx(9 / 60, abs=1e-4)
+
+
+def test_an_impossible_record_is_named_by_its_file_line(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A blank line and a line that is not JSON come before the impossible record: it is line 4, record 2."""
+    audit = tmp_path / "audit.jsonl"
+    good, bad = _line(t=T0), _line(t=T0 + 60, ours=-2)
+    audit.write_text("\n" + good + "{not json\n" + bad + _line(t=T0 + 120))
+    out = tmp_path / "r"
+    assert main(["shadow-report", "--audit", str(audit), "--out", str(out)]) == 0
+    capsys.readouterr()
+    (ex,) = _strict(out / "shadow-report.json")["audit_problems"]["impossible_records"]["examples"]
+    assert (ex["line"], ex["record"], ex["field"], ex["value"]) == (4, 2, "shadow.models.m.ours", "-2")
+    # with nothing usable: one line, FILE:LINE: FIELD = VALUE, expected ...
+    audit.write_text("\n" + "{not json\n" + "\n" + bad)
+    code = main(["shadow-report", "--audit", str(audit), "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"fleetpilot: error: {audit}:4: shadow.models.m.ours = -2, expected a replica count" in err, err
+
+
+def test_a_deeply_nested_audit_line_is_one_line_naming_it(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """json.loads of a line nested thousands deep raised RecursionError ("internal error", exit 1) before."""
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(_line(t=T0) + "\n" + '{"t": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    code = main(["shadow-report", "--audit", str(audit), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{audit}:3: a line is nested too deeply to be an audit record" in err, err
 
 
 def test_times_far_apart_do_not_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

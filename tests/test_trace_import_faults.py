@@ -209,20 +209,29 @@ GOOD_READING = {"t_s": 1000.0, "class_rates": {"default": 2.0}, "models": {"m": 
 
 @pytest.mark.parametrize(("bad", "expected"), [
     ({"t_s": 1e20, "class_rates": {"default": 1.0}},
-     "record 2: reading.t_s 1e+20 is not a time between the years 1 and 9999 (epoch seconds)"),
-    ({"t_s": -1e12, "class_rates": {"default": 1.0}}, "record 2: reading.t_s -1e+12 is not a time between"),
-    ({"t_s": 1015.0, "class_rates": [1.0]}, "record 2: reading.class_rates is a list, expected an object"),
+     "reading.t_s 1e+20 is not a time between the years 1 and 9999 (epoch seconds)"),
+    ({"t_s": -1e12, "class_rates": {"default": 1.0}}, "reading.t_s -1e+12 is not a time between"),
+    ({"t_s": 1015.0, "class_rates": [1.0]}, "reading.class_rates is a list, expected an object"),
     ({"t_s": 1015.0, "class_rates": {"default": 1.0}, "models": [{"input_tokens": 5}]},
-     "record 2: reading.models is a list, expected an object"),
-    ({"t_s": 1015.0, "class_rates": "fast"}, "record 2: reading.class_rates is a str, expected an object"),
+     "reading.models is a list, expected an object"),
+    ({"t_s": 1015.0, "class_rates": "fast"}, "reading.class_rates is a str, expected an object"),
 ])
 def test_a_malformed_audit_record_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: Any,
                                               expected: str) -> None:
     audit = _audit(tmp_path, GOOD_READING, bad)
     out = tmp_path / "o.csv"
     err = _one_line(capsys, main(["trace", "import", "--audit", str(audit), "--out", str(out)]))
-    assert f"fleetpilot: error: {audit}: {expected}" in err
+    assert f"fleetpilot: error: {audit}:2: {expected}" in err
     assert not out.exists()
+
+
+def test_a_malformed_audit_record_names_its_file_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Blank and unreadable lines are skipped, so the record's position is not its line: the error names the line."""
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(json.dumps({"t": 1000.0, "reading": GOOD_READING}) + "\n\nnot json\n"
+                     + json.dumps({"t": 1015.0, "reading": {"t_s": 1015.0, "class_rates": [1.0]}}) + "\n")
+    err = _one_line(capsys, main(["trace", "import", "--audit", str(audit), "--out", str(tmp_path / "o.csv")]))
+    assert f"fleetpilot: error: {audit}:4: reading.class_rates is a list, expected an object" in err
 
 
 def test_a_deeply_nested_audit_line_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -230,7 +239,7 @@ def test_a_deeply_nested_audit_line_is_one_line(tmp_path: Path, capsys: pytest.C
     audit.write_text(json.dumps({"t": 1000.0, "reading": GOOD_READING}) + "\n"
                      + '{"reading": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     err = _one_line(capsys, main(["trace", "import", "--audit", str(audit), "--out", str(tmp_path / "o.csv")]))
-    assert f"{audit}: a line is nested too deeply to be an audit record" in err
+    assert f"{audit}:2: a line is nested too deeply to be an audit record" in err
 
 
 def test_import_from_audit_names_the_record_for_library_callers() -> None:

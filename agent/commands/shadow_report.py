@@ -9,7 +9,8 @@ written before the ``shadow`` section existed and the SLO target for the risk se
 An existing report in ``DIR`` is refused (one line, exit 2) before the audit is read, unless ``--force``. An audit
 line that is not JSON, or holds an impossible value (a time that is not an epoch second, a negative or absurd
 replica count or price), is skipped and counted (``audit_problems`` in the JSON, and a line on stdout); a log with
-nothing else is one line naming the audit file, the record and the field (exit 2).
+nothing else is one line, ``FILE:LINE: FIELD = VALUE, expected ...``, naming the first such line of the file
+(exit 2).
 """
 
 from __future__ import annotations
@@ -54,12 +55,12 @@ def handler(args: argparse.Namespace) -> int:
     check_not_replacing(args.out, ("shadow-report.json", "shadow-report.html"), force=args.force)  # before reading
     result = read_audit(path)
     impossible: dict[str, Any] = {}
-    intervals = intervals_from_audit(result.records, goal, skipped=impossible)
+    intervals = intervals_from_audit(result.records, goal, skipped=impossible, lines=result.lines)
     if not intervals and impossible:
         ex = impossible["examples"][0]
-        raise UserError(f"no usable shadow interval: {impossible['records']} record(s) with impossible values "
-                        f"skipped (e.g. record {ex['record']}: {ex['field']} = {ex['value']}, expected "
-                        f"{ex['expected']})", where=str(path))
+        raise UserError(f"{ex['field']} = {ex['value']}, expected {ex['expected']} (no usable shadow interval: "
+                        f"{impossible['records']} record(s) with impossible values skipped)",
+                        where=f"{path}:{ex['line']}")
     target = goal.slo.target_ms if goal is not None else _target_from_audit(result.records)
     report = build_report(intervals, slo_target_ms=target, risk_fraction=args.risk_fraction)
     if result.skipped or result.truncated_tail or impossible:

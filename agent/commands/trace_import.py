@@ -295,10 +295,12 @@ def _iso(t: float) -> str:
 
 
 def import_from_audit(records: Sequence[Mapping[str, Any]], step_s: float | None = None,
-                      where: str = "audit log") -> list[ImportedSeries]:
+                      where: str = "audit log", lines: Sequence[int] | None = None) -> list[ImportedSeries]:
     """One class per request class the daemon read (``reading.class_rates``), token means per model mapped onto
     the class when a route has one model or the goal has no routes; intervals without a reading are missing.
-    ``where`` (the file) names a malformed record in the one-line error, with its position among the records."""
+    ``where`` (the file) names a malformed record in the one-line error: ``where:LINE`` with ``lines`` (each
+    record's line in the file, :attr:`AuditReadResult.lines <fleetpilot.agent.audit.AuditReadResult>`), else
+    ``where: record N`` (its position among the records)."""
     rows: list[tuple[float, dict[str, float], dict[str, tuple[float, float]]]] = []
     for i, rec in enumerate(records, 1):
         reading = rec.get("reading")
@@ -308,7 +310,7 @@ def import_from_audit(records: Sequence[Mapping[str, Any]], step_s: float | None
             t = float(reading.get("t_s", rec.get("t")))
         except (TypeError, ValueError):
             continue
-        at = f"{where}: record {i}"
+        at = f"{where}:{lines[i - 1]}" if lines is not None and i <= len(lines) else f"{where}: record {i}"
         if math.isfinite(t) and not MIN_EPOCH_S <= t <= MAX_EPOCH_S:
             raise UserError(f"reading.t_s {t:.6g} is not a time between the years 1 and 9999 (epoch seconds)",
                             where=at)
@@ -501,11 +503,9 @@ def handler(args: argparse.Namespace, clock: Callable[[], float] = time.time) ->
         path = Path(args.audit)
         if not path.is_file():
             raise UserError("not a readable audit log file", where=args.audit)
-        try:
-            result = read_audit(path)
-        except RecursionError:  # json.loads of a line nested thousands deep
-            raise UserError("a line is nested too deeply to be an audit record", where=args.audit) from None
-        series = import_from_audit(result.records, step if args.step != "60s" else None, where=args.audit)
+        result = read_audit(path)  # a line nested thousands deep is a UserError naming its line
+        series = import_from_audit(result.records, step if args.step != "60s" else None, where=args.audit,
+                                   lines=result.lines)
         provenance: dict[str, Any] = {"source": "fleetpilot audit log", "audit": str(path.resolve()),
                                       "records": len(result.records), "skipped_lines": result.skipped,
                                       "imported_at": imported_at}
