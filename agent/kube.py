@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -46,6 +47,7 @@ from kubernetes.client.rest import ApiException
 
 from fleetpilot import __version__
 from fleetpilot.agent.events import FIELD_MANAGER, EventRecorder, ObjectReference
+from fleetpilot.agent.kube_exec import ExecCredentialError
 from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 
 __all__ = [
@@ -154,7 +156,8 @@ def _register_credentials(cfg: kubernetes.client.Configuration) -> None:
 
 
 def make_api_client(
-    kubeconfig: str | None = None, in_cluster: bool = False, host: str | None = None
+    kubeconfig: str | None = None, in_cluster: bool = False, host: str | None = None, *,
+    exec_timeout_s: float | None = None,
 ) -> kubernetes.client.ApiClient:
     """Build an ``ApiClient`` with fleetpilot's user agent and urllib3's retries off (the actuator retries).
 
@@ -167,6 +170,12 @@ def make_api_client(
     kubeconfig / service account. Configuration problems -- a kubeconfig that is not a small regular UTF-8 YAML
     file, a malformed server URL (``--kube-host`` or the kubeconfig's), credentials in ``host`` -- raise a one-line
     :class:`~fleetpilot.simulations.errors.UserError` naming the flag or file, never showing a credential.
+
+    A kubeconfig user's ``exec`` credential plugin runs with a deadline of ``exec_timeout_s`` seconds (None:
+    :data:`fleetpilot.agent.kube_exec.EXEC_TIMEOUT_S`), here and on every token refresh (:mod:`~fleetpilot.agent.
+    kube_exec`); one that times out (killed) or fails is a one-line UserError naming the kubeconfig user and the
+    command, never its arguments, env or output. On refresh the failure reaches the API call as an ``OSError``
+    (a temporary failure).
     """
     from fleetpilot.agent.prom import check_http_url, redact
 
@@ -174,6 +183,8 @@ def make_api_client(
         raise UserError("give either a kubeconfig or in-cluster configuration, not both")
     if host is not None:
         check_http_url(host, "--kube-host")  # before anything is read: credentials in it are registered as secrets
+    if exec_timeout_s is not None and not 0 < exec_timeout_s < float("inf"):
+        raise ValueError(f"exec_timeout_s must be a positive finite number of seconds, got {exec_timeout_s!r}")
     cfg = kubernetes.client.Configuration()
     source = "in-cluster configuration" if in_cluster else (kubeconfig or "the default kubeconfig")
     try:
@@ -184,12 +195,20 @@ def make_api_client(
                     else "$KUBECONFIG" if os.environ.get("KUBECONFIG") else "the default kubeconfig")
             for path, explicit in _kubeconfig_files(kubeconfig):
                 _check_kubeconfig(path, explicit, flag)
-            kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+            from fleetpilot.agent import kube_exec
+
+            kube_exec.load_kubeconfig(kubeconfig, cfg, exec_timeout_s=kube_exec.EXEC_TIMEOUT_S
+                                      if exec_timeout_s is None else exec_timeout_s)
     except UserError:
         raise
+    except ExecCredentialError as exc:
+        _register_credentials(cfg)
+        raise UserError(f"cannot load Kubernetes configuration: {exc}", where=source) from None
     except (kubernetes.config.ConfigException, OSError) as exc:
         _register_credentials(cfg)
-        text = " ".join(redact(str(exc)).split())[:200]
+        # the library names a list entry by the repr of its whole mapping (a user's token, an exec env value):
+        # the path is kept, the mapping is not shown
+        text = " ".join(redact(re.sub(r"\{.*\}", "{...}", str(exc), flags=re.DOTALL)).split())[:200]
         raise UserError(f"cannot load Kubernetes configuration: {text}", where=source) from None
     except Exception as exc:  # noqa: BLE001 -- a malformed kubeconfig breaks the client library in any way
         _register_credentials(cfg)
