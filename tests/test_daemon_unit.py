@@ -853,9 +853,51 @@ def test_exporter_follows_the_emulator(goal):
     text = exp.exposition().decode()
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                  "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
-                 'vllm:request_success_total{finished_reason="stop",model_name="big"}', "vllm:prompt_tokens_total",
+                 'vllm:request_success_total{engine="0",finished_reason="stop",model_name="big"}',
+                 "vllm:prompt_tokens_total",
                  "vllm:generation_tokens_total"):
         assert name in text, name
+    assert not exp.errors
+
+
+def test_exporter_counts_abandoned_requests_nowhere_as_vllm_does():
+    """A request its client gives up on while queued (the simulator's timeout) is a client abort in vLLM: 0.15.1
+    counts it in no series -- ``request_success_total{finished_reason="abort"}`` stays 0 (vllm-project/vllm#31503),
+    no first token so no TTFT observation, no e2e observation. The old exporter counted the dropped requests as
+    aborts and as +Inf TTFTs, so the daemon's default arrival rate (completions) saw arrivals a real vLLM hides."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fleetpilot.simulations.traces import Trace
+    from testbed.fleet_exporter import FleetExporter
+
+    g = parse_goal(GOAL.replace("target_ms: 500}", "target_ms: 500, timeout_s: 2}"))
+    n = 12  # 400 req/s of 2000-token prompts at 3 replicas: the queues overflow and requests time out
+    trace = Trace(name="overload", t_s=np.arange(n, dtype=float), interval_s=1.0, classes=("chat",),
+                  arrivals=np.full((n, 1), 400.0), input_tokens=np.full((n, 1), 2000.0),
+                  output_tokens=np.full((n, 1), 300.0))
+    exp = FleetExporter(g, trace, np.random.default_rng(0), interval_s=1.0)
+    for _ in range(n):
+        exp.step()
+    samples = [s for f in text_string_to_metric_families(exp.exposition().decode()) if f.name.startswith("vllm:")
+               for s in f.samples]
+    assert samples and all(s.labels.get("engine") == "0" and "model_name" in s.labels for s in samples)
+    for m in ("big", "small"):
+        dropped = sum(h.pools[m].dropped for h in exp.history)
+        served = sum(h.pools[m].served for h in exp.history)
+        admitted = sum(h.pools[m].admitted for h in exp.history)
+        assert dropped > 100  # the scenario does drop
+
+        def value(name: str, m: str = m, **labels: str) -> float:
+            return sum(s.value for s in samples if s.name == name and s.labels["model_name"] == m
+                       and all(s.labels.get(k) == v for k, v in labels.items()))
+
+        assert value("vllm:request_success_total", finished_reason="abort") == 0.0
+        assert value("vllm:request_success_total") == pytest.approx(served)
+        assert {s.labels["finished_reason"] for s in samples if s.name == "vllm:request_success_total"} == {
+            "stop", "length", "abort", "error"}
+        assert value("vllm:time_to_first_token_seconds_count") == pytest.approx(admitted)
+        assert value("vllm:time_to_first_token_seconds_bucket", le="+Inf") == pytest.approx(admitted)
+        assert value("vllm:e2e_request_latency_seconds_count") == pytest.approx(served)
     assert not exp.errors
 
 

@@ -8,18 +8,25 @@ series set per ``model_name``, on a loopback port:
 * histograms ``vllm:time_to_first_token_seconds`` and ``vllm:e2e_request_latency_seconds`` with vLLM's bucket
   bounds. The simulator reports per-interval percentiles, not per-request latencies, so each interval's requests
   are spread over the buckets by a piecewise-linear latency distribution through its p50/p95/p99 (TTFT, per model)
-  or the model's p95 and the fleet's p50/p99 ratios (e2e). Timed-out requests land in ``+Inf``. ``histogram_quantile``
-  over these buckets therefore gives back approximately the simulator's percentiles, at vLLM's bucket resolution;
-* counters ``vllm:request_success_total{finished_reason="stop"|"abort"}`` (served | timed out),
-  ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``;
-* the inter-token latency histogram (``vllm:inter_token_latency_seconds``, or the pre-V1 name
-  ``vllm:time_per_output_token_seconds`` with ``itl_metric=``): every token of an interval observes the engine step
+  or the model's p95 and the fleet's p50/p99 ratios (e2e). ``histogram_quantile`` over these buckets therefore
+  gives back approximately the simulator's percentiles, at vLLM's bucket resolution;
+* counters ``vllm:request_success_total{finished_reason}`` (``stop``: served; ``length``, ``abort``, ``error``
+  declared at 0 as vLLM declares every reason), ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``;
+* the inter-token latency histogram (``vllm:inter_token_latency_seconds``, or the older name
+  ``vllm:time_per_output_token_seconds`` with ``itl_metric=``: deprecated in vLLM 0.11, hidden in 0.12, gone
+  by 0.15): every token of an interval observes the engine step
   time of the goal's step-time model at the state the simulator reports (running per ready replica, prompt tokens
   admitted per second, the trace's token lengths) -- the known coefficients ``fleetpilot calibrate`` must recover;
 * kube-state-metrics-like pod series per replica (``kube_pod_created``, ``kube_pod_status_ready{condition}``,
   ``kube_pod_status_ready_time``; wall-clock epoch seconds from the injected ``wall_clock``): a replica is created
   when the simulator launches it and ready when the simulator makes it ready, so ready time - created time is the
   cold start at the exporter's step resolution. Replicas present at the start were created ``cold_start_s`` earlier.
+
+Requests the simulator drops (a client that gave up waiting: ``slo.timeout_s`` in the queue, never served) show
+in no vLLM series but the falling ``vllm:num_requests_waiting``, as with a real vLLM (checked against 0.15.1): a
+request its client abandons never reaches ``request_success_total`` (``finished_reason="abort"`` stays 0,
+vllm-project/vllm#31503), gets no first token (no TTFT observation) and no e2e observation. Every ``vllm:`` series
+carries ``model_name`` and ``engine="0"`` (vLLM's labels with one engine per pod).
 
 ``per_replica=True`` (calibration tests) serves the vLLM series once per ready replica with a ``pod`` label, as a
 Prometheus scraping every vLLM pod sees them: running/waiting/KV usage are the pool's per-replica averages,
@@ -63,13 +70,16 @@ __all__ = ["E2E_BUCKETS", "ITL_BUCKETS", "TTFT_BUCKETS", "FleetExporter", "bucke
 
 log = logging.getLogger(__name__)
 
-# vLLM's bucket bounds (vllm/engine/metrics.py, v0.6-0.8; ITL: vllm/v1/metrics/loggers.py)
+# vLLM's bucket bounds (vllm/v1/metrics/loggers.py, PrometheusStatLogger: the same from 0.10 to 0.15)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
                80.0)
 ITL_METRIC_NEW = "vllm:inter_token_latency_seconds"
 ITL_METRIC_OLD = "vllm:time_per_output_token_seconds"
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                 40.0, 80.0, 160.0, 640.0, 2560.0)
+#: vLLM's ``engine`` label value with one engine core per pod; the ``finished_reason`` values vLLM 0.15 declares
+ENGINE = "0"
+FINISHED_REASONS = ("stop", "length", "abort", "error")
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
                960.0, 1920.0, 7680.0)
 
@@ -110,7 +120,6 @@ class _Series:
         self.waiting = 0.0
         self.kv = 0.0
         self.success = 0.0
-        self.aborted = 0.0
         self.prompt = 0.0
         self.generation = 0.0
         self.ttft = [0.0] * len(TTFT_BUCKETS)
@@ -142,12 +151,12 @@ class _Collector:
         ex = self.exporter
         with ex._lock:
             if ex.per_replica:
-                snap = {(m, p.name): _copy(p.series) for m, pods in ex._pods.items() for p in pods
+                snap = {(m, ENGINE, p.name): _copy(p.series) for m, pods in ex._pods.items() for p in pods
                         if p.ready_at is not None}
-                lab = ["model_name", "pod"]
+                lab = ["model_name", "engine", "pod"]
             else:
-                snap = {(m,): _copy(s) for m, s in ex._series.items()}
-                lab = ["model_name"]
+                snap = {(m, ENGINE): _copy(s) for m, s in ex._series.items()}
+                lab = ["model_name", "engine"]
             pods = [(ex.goal.model(m).deployment.namespace, dataclasses.replace(p))
                     for m, ps in ex._pods.items() for p in ps]
         gauges = [
@@ -162,9 +171,9 @@ class _Collector:
             yield g
         c = CounterMetricFamily("vllm:request_success", "Count of successfully processed requests.",
                                 labels=[*lab, "finished_reason"])
-        for key, s in snap.items():
-            c.add_metric([*key, "stop"], s.success)
-            c.add_metric([*key, "abort"], s.aborted)
+        for key, s in snap.items():  # vLLM declares a series per finish reason; only "stop" moves here
+            for reason in FINISHED_REASONS:
+                c.add_metric([*key, reason], s.success if reason == "stop" else 0.0)
         yield c
         for name, doc, attr in (("vllm:prompt_tokens", "Number of prefill tokens processed.", "prompt"),
                                 ("vllm:generation_tokens", "Number of generation tokens processed.", "generation")):
@@ -460,8 +469,7 @@ class FleetExporter:
         s.waiting = waiting
         denom = max(p.ready, 1) * m.latency.kv_cache_tokens
         s.kv = float(min(1.0, p.in_flight * (tin + 0.5 * tout) / denom)) if p.ready else 0.0
-        s.success += float(p.served) * share
-        s.aborted += float(p.dropped) * share
+        s.success += float(p.served) * share  # dropped requests: client aborts, which vLLM counts nowhere
         s.prompt += float(p.admitted) * tin * share
         s.generation += float(p.served) * tout * share
         t50, t95, t99 = (_sec(x, cap) for x in (p.ttft_p50_ms, p.ttft_p95_ms, p.ttft_p99_ms))
@@ -470,8 +478,8 @@ class FleetExporter:
         if self.per_replica:  # the simulator's mean TTFT: queue wait + step + own prefill
             total = admitted * (p.mean_wait_ms / 1e3 + prefill_part_s)
         s.ttft = [a + b for a, b in zip(s.ttft, cum, strict=True)]
-        s.ttft_count += admitted + float(p.dropped) * share
-        s.ttft_sum += total + float(p.dropped) * share * self.goal.slo.timeout_s
+        s.ttft_count += admitted  # only requests that got a first token
+        s.ttft_sum += total
         e95 = _sec(p.e2e_p95_ms, cap)
         cum, total = bucket_counts(float(p.served) * share, e95 * min(ratio50, 1.0), e95,
                                    e95 * max(ratio99, 1.0), E2E_BUCKETS)
