@@ -7,6 +7,12 @@ urllib3 ``PoolManager`` it is installed on (:meth:`DeadlineGuard.install`): :met
 function with a watchdog timer that, at the deadline, shuts down the sockets the *calling thread* is using -- which
 wakes a blocked ``recv`` at once (``close`` would not) -- and then raises :class:`DeadlineExceededError`.
 
+A TCP connect in progress has no socket to shut down yet (urllib3 hands it over only once connected), so the
+connect phase is bounded by the time left instead: each address tried gets ``min(connect timeout, time left)``,
+and none is tried past the deadline. One call thus takes at most its deadline plus a small constant, also for a
+server that never answers a SYN, a host with several unreachable addresses, or a call without a connect timeout.
+Name resolution (``getaddrinfo``) is the system resolver's and is not bounded here.
+
 :func:`install_kube_deadline` applies it to a ``kubernetes.client.ApiClient``: every API call is bounded by the
 ``_request_timeout`` it passes (or a default), as a total.
 """
@@ -14,12 +20,16 @@ wakes a blocked ``recv`` at once (``close`` would not) -- and then raises :class
 from __future__ import annotations
 
 import functools
+import math
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 __all__ = ["DeadlineExceededError", "DeadlineGuard", "install_kube_deadline"]
 
@@ -37,6 +47,7 @@ class DeadlineGuard:
         self._lock = threading.Lock()
         self._active: dict[int, set[Any]] = {}
         self._cut: set[int] = set()  # threads whose current call's deadline has passed
+        self._deadlines: dict[int, float] = {}  # thread -> time.monotonic() deadline of its current call
 
     # -- tracking -----------------------------------------------------------------------------------------------------
 
@@ -64,6 +75,12 @@ class DeadlineGuard:
             _shutdown(getattr(conn, "sock", None))
             _shutdown(getattr(conn, _RESPONSE_SOCK, None))
 
+    def remaining(self) -> float | None:
+        """Seconds left before the calling thread's current call's deadline (None: not inside :meth:`call`)."""
+        with self._lock:
+            deadline = self._deadlines.get(threading.get_ident())
+        return None if deadline is None else deadline - time.monotonic()
+
     def _late(self, sock: Any) -> None:
         """A socket came into use after this thread's deadline passed: shut it down too."""
         with self._lock:
@@ -77,6 +94,46 @@ class DeadlineGuard:
 
         def tracked_conn(base: type) -> type:
             class Connection(base):  # type: ignore[misc, valid-type]
+                def _new_conn(self) -> socket.socket:
+                    """The TCP connect, each address tried within the call's time left (no socket exists to shut
+                    down while it is in progress)."""
+                    if guard.remaining() is None:
+                        return super()._new_conn()
+                    try:
+                        infos = socket.getaddrinfo(self._dns_host.strip("[]"), self.port, allowed_gai_family(),
+                                                   socket.SOCK_STREAM)
+                    except (OSError, UnicodeError):
+                        infos = []
+                    addresses = list(dict.fromkeys(str(i[4][0]) for i in infos))
+                    if not addresses or any(len(i[4]) > 3 and i[4][3] for i in infos):  # unresolved, or scoped
+                        return self._bounded_new_conn(None)  # urllib3 resolves (and names the error) itself
+                    last: Exception | None = None
+                    for address in addresses:
+                        try:
+                            return self._bounded_new_conn(address)
+                        except (ConnectTimeoutError, NewConnectionError) as exc:
+                            last = exc
+                    assert last is not None
+                    raise last
+
+                def _bounded_new_conn(self, address: str | None) -> socket.socket:
+                    """``super()._new_conn()`` (to ``address``, else the host) with the connect timeout cut to the
+                    time left; past the deadline, a ConnectTimeoutError without trying."""
+                    left = guard.remaining()
+                    if left is not None and left <= 0:
+                        raise ConnectTimeoutError(self, f"Connection to {self.host} not tried: the call's total "
+                                                        "deadline passed")
+                    saved_timeout, saved_host = self.timeout, self._dns_host
+                    if left is not None:
+                        ok = isinstance(saved_timeout, int | float) and math.isfinite(saved_timeout)
+                        self.timeout = min(float(saved_timeout), left) if ok else left
+                    if address is not None:
+                        self._dns_host = address
+                    try:
+                        return super()._new_conn()
+                    finally:
+                        self.timeout, self._dns_host = saved_timeout, saved_host
+
                 def connect(self) -> None:
                     super().connect()
                     guard._late(self.sock)  # noqa: SLF001 -- connected after the cut: no request on it
@@ -120,6 +177,9 @@ class DeadlineGuard:
         """``fn()`` with a total deadline of ``total_s`` seconds: connect, TLS, headers and body together."""
         fired = threading.Event()
         me = threading.get_ident()
+        deadline = time.monotonic() + max(0.0, float(total_s))
+        with self._lock:
+            self._deadlines[me] = deadline
 
         def cut() -> None:
             fired.set()
@@ -131,7 +191,7 @@ class DeadlineGuard:
         try:
             result = fn()
         except Exception as exc:
-            if fired.is_set():
+            if fired.is_set() or time.monotonic() >= deadline:  # e.g. a connect cut to the time left
                 raise DeadlineExceededError(f"{what}: no complete answer within the total deadline of {total_s:g}s") \
                     from exc
             raise
@@ -140,6 +200,7 @@ class DeadlineGuard:
             watchdog.join(timeout=5.0)  # a cut still running must not outlive the call (nor mark the next one)
             with self._lock:
                 self._cut.discard(me)
+                self._deadlines.pop(me, None)
         if fired.is_set():
             raise DeadlineExceededError(f"{what}: no complete answer within the total deadline of {total_s:g}s")
         return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -20,8 +21,9 @@ from pathlib import Path
 import kubernetes
 import pytest
 import requests
+import urllib3
 
-from fleetpilot.agent.deadline import DeadlineExceededError, install_kube_deadline
+from fleetpilot.agent.deadline import DeadlineExceededError, DeadlineGuard, install_kube_deadline
 from fleetpilot.agent.prom import PrometheusAccess, PrometheusSource, make_session
 from fleetpilot.simulations.errors import TemporaryError
 from fleetpilot.simulations.goal import load_goal
@@ -287,3 +289,136 @@ def test_trace_import_honours_prometheus_timeout_when_the_answer_closes(servers:
     assert srv.gone.wait(MARGIN_S)
     assert srv.gone_at[0] - srv.requests[0] < DEADLINE_S + MARGIN_S
     assert not (tmp_path / "ti.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------ a connect that hangs
+
+class _Unaccepting:
+    """A loopback listener whose accept queue is full and never drained: a further connect stays in SYN_SENT (the
+    kernel drops its SYNs) until the client gives up -- a server that never answers, without any network.
+
+    Backlog 0 and connections made until the listener reports its queue full (``TCP_INFO`` of a listening socket:
+    ``tcpi_unacked`` is the accept queue's length, ``tcpi_sacked`` its limit; full when longer than the limit)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.fillers: list[socket.socket] = []
+        end = time.monotonic() + 10
+        while not self.full():
+            assert time.monotonic() < end and len(self.fillers) < 64, "the accept queue never filled"
+            self.fillers.append(socket.create_connection(self.sock.getsockname(), timeout=5))
+
+    def full(self) -> bool:
+        info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        queued, limit = struct.unpack_from("II", info, 24)
+        return queued > limit
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        for c in self.fillers:
+            c.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def unaccepting() -> Iterator[_Unaccepting]:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("a full accept queue drops SYNs on Linux")
+    srv = _Unaccepting()
+    yield srv
+    srv.close()
+
+
+def _timed(fn: Callable[[], object], limit_s: float) -> tuple[BaseException | None, float]:
+    """(the exception ``fn`` raised, seconds it took), run in a thread: fails the test if it is still running after
+    ``limit_s`` (the connect was not bounded) instead of hanging for the kernel's SYN retries."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        t0 = time.monotonic()
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the test
+            box["error"] = exc
+        box["elapsed"] = time.monotonic() - t0
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(limit_s)
+    assert not t.is_alive(), f"still connecting after {limit_s}s: the connect was not bounded by the deadline"
+    return box.get("error"), float(box["elapsed"])  # type: ignore[arg-type]
+
+
+CONNECT_MARGIN_S = 1.5  # the deadline plus this: far below the 60 s connect timeout / the kernel's ~2 min of SYNs
+
+
+def test_a_connect_is_bounded_by_the_time_left_not_the_connect_timeout(unaccepting: _Unaccepting) -> None:
+    """A 60 s connect timeout inside a 1 s deadline: the call ends at the deadline (before: after 60 s)."""
+    guard = DeadlineGuard()
+    pm = guard.install(urllib3.PoolManager())
+    err, elapsed = _timed(lambda: guard.call(
+        lambda: pm.request("GET", unaccepting.url + "/", retries=False, timeout=urllib3.Timeout(connect=60, read=60)),
+        DEADLINE_S, "GET /"), DEADLINE_S + MARGIN_S)
+    assert isinstance(err, DeadlineExceededError), err
+    assert DEADLINE_S * 0.9 <= elapsed < DEADLINE_S + CONNECT_MARGIN_S, elapsed
+    assert unaccepting.full()  # the listener never took the connection: it was the connect that waited
+
+
+def test_a_kubernetes_call_without_a_timeout_connects_within_its_deadline(unaccepting: _Unaccepting) -> None:
+    """No ``_request_timeout``: no connect timeout at all, the kernel's SYN retries (~2 min) bounded the connect."""
+    api = _client(unaccepting.url)
+    install_kube_deadline(api, default_s=DEADLINE_S)
+    err, elapsed = _timed(lambda: kubernetes.client.CoreV1Api(api).read_namespace("x"), DEADLINE_S + MARGIN_S)
+    assert isinstance(err, DeadlineExceededError), err
+    assert elapsed < DEADLINE_S + CONNECT_MARGIN_S, elapsed
+
+
+def test_a_prometheus_query_connects_within_its_deadline(unaccepting: _Unaccepting) -> None:
+    session = make_session(PrometheusAccess(unaccepting.url, timeout_s=DEADLINE_S))
+    err, elapsed = _timed(lambda: session.get(unaccepting.url + "/api/v1/query", params={"query": "up"}),
+                          DEADLINE_S + MARGIN_S)
+    assert isinstance(err, requests.exceptions.Timeout) and "total deadline" in str(err), err
+    assert elapsed < DEADLINE_S + CONNECT_MARGIN_S, elapsed
+
+
+def test_several_unreachable_addresses_share_the_deadline(unaccepting: _Unaccepting,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with five addresses, none answering: urllib3 gives each the whole connect timeout (5x); the time
+    left is shared instead."""
+    real = socket.getaddrinfo
+
+    def five(host: object, port: object, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+        if host == "api.fleet.test":
+            return real("127.0.0.1", unaccepting.port, socket.AF_INET, socket.SOCK_STREAM) * 5
+        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", five)
+    guard = DeadlineGuard()
+    pm = guard.install(urllib3.PoolManager())
+    url = f"http://api.fleet.test:{unaccepting.port}/"
+    err, elapsed = _timed(lambda: guard.call(
+        lambda: pm.request("GET", url, retries=False, timeout=urllib3.Timeout(connect=60, read=60)),
+        DEADLINE_S, "GET /"), DEADLINE_S + MARGIN_S)
+    assert isinstance(err, DeadlineExceededError), err
+    assert elapsed < DEADLINE_S + CONNECT_MARGIN_S, elapsed
+
+
+def test_a_connect_within_the_deadline_still_works(servers: Make) -> None:
+    """The bounded connect changes nothing for a server that answers (one address or several)."""
+    srv = servers("keep-alive", NAMESPACE)
+    guard = DeadlineGuard()
+    pm = guard.install(urllib3.PoolManager())
+    for _ in range(2):
+        r = guard.call(lambda: pm.request("GET", srv.url + "/", retries=False, timeout=urllib3.Timeout(connect=60)),
+                       5.0, "GET /")
+        assert r.status == 200 and r.data == NAMESPACE
+    assert guard.remaining() is None  # outside a call: no deadline
