@@ -539,7 +539,7 @@ def eval_job(r: Range, scale: float, seed: int, names: list[str], tuning: dict[s
         elif n in TUNED:
             doc = tuning["docs"][TUNED[n]]
             pol = build_incumbent(TUNED[n], goal, {m: v["target"] for m, v in doc["models"].items()},
-                                  doc.get("stable_window_s"), n)
+                                  doc.get("stable_window_s"), n, doc.get("scale_down_delay_s"))
         elif CORE_TUNED_TOKEN in n:
             path = Path(tmp.name, "tuning-predictive.json")
             path.write_text(json.dumps(tuning["docs"]["predictive"]))
@@ -725,7 +725,9 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
                     if doc:
                         ch = doc["chosen"]
                         tn = f" (f={ch['fraction']:g}" + (f", {ch['stable_window_s']:g}s" if ch.get("stable_window_s")
-                                                        else "") + ("" if ch["met"] else ", unmet on tuning") + ")"
+                                                        else "") + (
+                            f", delay {ch['scale_down_delay_s']:g}s" if ch.get("scale_down_delay_s") is not None
+                            else "") + ("" if ch["met"] else ", unmet on tuning") + ")"
                 lines.append(f"| {lab} | {n}{tn} | {row['cost_usd']:.1f} | {_f(row['cost_vs_oracle'])} | "
                              f"{row['slo_attainment']:.4f} ({row['min_attainment']:.4f}) | "
                              f"{'yes' if row['meets'] else 'no'} | {_f(row['vs_best_tuned'])} |")

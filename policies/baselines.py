@@ -46,10 +46,12 @@ Sources (the defaults below are theirs unless marked "fleetpilot's choice"):
   default), so at each observation the policy replays the 2 s ticks of the interval just ended, with the
   interval's observed concurrency standing for all of it (per-second buckets piecewise constant); panic-state
   transitions, the windows and the delay window are evaluated tick by tick, and the last tick's count is the
-  one applied. What remains different from a live KPA: it cannot act *inside* an interval (a scale-up or a
-  halving at most one control interval later than Knative would; a long scale-down, which Knative halves every
-  2-s tick, takes one halving per interval: 40 -> 1 pods in about 75 s at 15-s intervals instead of about 12 s),
-  and it sees one concurrency sample per interval instead of one per second.
+  one applied. A scale-down's pods leave the ready count at the next tick (they drop out of the revision's
+  endpoints as they start terminating), so a long scale-down halves tick by tick inside an interval, as Knative's
+  does (40 -> 1 pods within one 15-s interval; before session 29 the replay halved once per interval, 40 -> 1 in
+  about 75 s, which kept the replayed KPA's fleet larger than a live one's). What remains different from a live
+  KPA: it cannot act *inside* an interval (its count is applied at the interval's end, up to one control interval
+  later than Knative would), and it sees one concurrency sample per interval instead of one per second.
 * **Departures kept, and why.** (1) KPA acts at control-interval boundaries and sees one concurrency sample
   per interval (above): the live loop is interval-based by design, and the simulator has no per-second
   metric stream. (2) Starting pods are all Running-without-metrics (vLLM loading weights); a pod Pending on
@@ -1003,6 +1005,10 @@ class KPAPolicy(PolicyBase):
             if not (_finite(stable) and _finite(panic)):
                 continue
             desired, decider = kpa_scale(dspec, decider, ready, stable, panic, tick)
+            # the pods a scale-down lets go leave the revision's endpoints as they start terminating, so the
+            # next tick counts the new scale as ready (Knative halves again there); a scale-up's pods are not
+            # ready before their cold start, so the count does not rise inside the interval
+            ready = min(ready, max(desired, spec.min_replicas))
             if desired > 0:
                 zero_since = None
             elif zero_since is None:

@@ -99,6 +99,12 @@ FRACTIONS: dict[str, tuple[float, ...]] = {
 }
 #: Knative stable windows searched (``autoscaling.knative.dev/window``; 60 s is Knative's default)
 KPA_WINDOWS_S: tuple[float, ...] = (60.0, 120.0)
+#: Knative scale-down delays searched (``autoscaling.knative.dev/scale-down-delay``): Knative's default 0 and 300 s,
+#: the downscale stabilisation the HPA applies by default. Knative's documentation suggests the delay exactly where a
+#: cold start is dear (a vLLM replica loads its weights for minutes): without it the KPA halves the pods on every 2-s
+#: tick once the load falls, and the next rise pays the cold start. Fixed in session 29, when the replay began to
+#: halve tick by tick as Knative does, before any result with the delay was seen.
+KPA_SCALE_DOWN_DELAYS_S: tuple[float, ...] = (0.0, 300.0)
 #: attainment margin over the goal's attainment a tuned setting must reach on the tuning range
 DEFAULT_MARGIN = 0.005
 _UNITS = {"hpa": "in-flight requests per replica", "keda": "in-flight requests at saturation per replica",
@@ -112,17 +118,20 @@ _UNITS = {"hpa": "in-flight requests per replica", "keda": "in-flight requests a
 
 @dataclass(frozen=True)
 class Candidate:
-    """One setting tried: the fraction, the per-model targets it gives, and (KPA) the stable window."""
+    """One setting tried: the fraction, the per-model targets it gives, and (KPA) the stable window and the
+    scale-down delay."""
 
     kind: str
     fraction: float
     targets: tuple[tuple[str, float], ...]
     stable_window_s: float | None = None
+    scale_down_delay_s: float | None = None
 
     @property
     def label(self) -> str:
         w = f",window={self.stable_window_s:g}s" if self.stable_window_s is not None else ""
-        return f"{TUNED_NAMES[self.kind]}[f={self.fraction:g}{w}]"
+        d = f",delay={self.scale_down_delay_s:g}s" if self.scale_down_delay_s is not None else ""
+        return f"{TUNED_NAMES[self.kind]}[f={self.fraction:g}{w}{d}]"
 
 
 def token_mix(goal: GoalSpec, trace: Trace) -> dict[str, tuple[float, float]]:
@@ -192,20 +201,27 @@ def request_cost_coefficients(spec: Any, input_tokens: float, output_tokens: flo
 
 
 def candidates(kind: str, goal: GoalSpec, trace: Trace, *, fractions: Sequence[float] | None = None,
-               windows: Sequence[float] | None = None) -> list[Candidate]:
-    """The settings tried for ``kind`` on ``trace`` (the tuning range)."""
+               windows: Sequence[float] | None = None, delays: Sequence[float] | None = None) -> list[Candidate]:
+    """The settings tried for ``kind`` on ``trace`` (the tuning range); for the KPA every fraction at every stable
+    window (``windows``, default :data:`KPA_WINDOWS_S`) and scale-down delay (``delays``, default
+    :data:`KPA_SCALE_DOWN_DELAYS_S`)."""
     _check_kind(kind)
     units = unit_capacity(goal, trace)
     fr = tuple(fractions) if fractions is not None else FRACTIONS[kind]
-    ws: tuple[float | None, ...] = (tuple(windows) if windows is not None else KPA_WINDOWS_S) if kind == "kpa" \
+    kpa = kind == "kpa"
+    ws: tuple[float | None, ...] = (tuple(windows) if windows is not None else KPA_WINDOWS_S) if kpa else (None,)
+    ds: tuple[float | None, ...] = (tuple(delays) if delays is not None else KPA_SCALE_DOWN_DELAYS_S) if kpa \
         else (None,)
     out = []
     for w in ws:
-        for f in fr:
-            if not (f > 0 and math.isfinite(f)):
-                raise UserError(f"tuning fractions must be positive numbers, got {f!r}")
-            targets = tuple((name, round(f * _basis(kind, u), 6)) for name, u in units.items())
-            out.append(Candidate(kind, float(f), targets, w))
+        for d in ds:
+            if d is not None and not (math.isfinite(d) and 0.0 <= d <= 3600.0):
+                raise UserError(f"a Knative scale-down delay is 0-3600 s, got {d!r}")
+            for f in fr:
+                if not (f > 0 and math.isfinite(f)):
+                    raise UserError(f"tuning fractions must be positive numbers, got {f!r}")
+                targets = tuple((name, round(f * _basis(kind, u), 6)) for name, u in units.items())
+                out.append(Candidate(kind, float(f), targets, w, None if d is None else float(d)))
     return out
 
 
@@ -223,15 +239,17 @@ def select(results: Sequence[tuple[Any, float, float]], threshold: float) -> tup
 
 
 def build_incumbent(kind: str, goal: GoalSpec, targets: Mapping[str, float], stable_window_s: float | None = None,
-                    name: str | None = None) -> Any:
-    """The incumbent policy with the given per-model targets (the tuned variant's constructor)."""
+                    name: str | None = None, scale_down_delay_s: float | None = None) -> Any:
+    """The incumbent policy with the given per-model targets (the tuned variant's constructor); the KPA also with
+    its stable window and scale-down delay (``None``: Knative's default, 0)."""
     _check_kind(kind)
     if kind == "hpa":
         pol: Any = HPAPolicy(goal, metric="in_flight", targets=targets)
     elif kind == "keda":
         pol = KEDAPolicy(goal, metric="rate", targets=targets)
     else:
-        pol = KPAPolicy(goal, targets=targets, stable_window_s=stable_window_s)
+        pol = KPAPolicy(goal, targets=targets, stable_window_s=stable_window_s,
+                        scale_down_delay_s=float(scale_down_delay_s or 0.0))
     pol.name = name or TUNED_NAMES[kind]
     return pol
 
@@ -254,17 +272,20 @@ class _TuningFile(BaseModel):
     autoscaler: Literal["hpa", "keda", "kpa"]
     models: dict[str, _TunedModel] = Field(min_length=1)
     stable_window_s: float | None = Field(None, ge=6, le=3600)
+    scale_down_delay_s: float | None = Field(None, ge=0, le=3600)
 
 
 @dataclass(frozen=True)
 class Tuning:
-    """A tuning result as read back: which incumbent, the targets per model, the KPA window, and the source."""
+    """A tuning result as read back: which incumbent, the targets per model, the KPA window, the source, whether
+    it met its threshold, and the KPA's scale-down delay (0 in files written before it was tuned)."""
 
     kind: str
     targets: tuple[tuple[str, float], ...]
     stable_window_s: float | None
     source: str
     met: bool | None = None
+    scale_down_delay_s: float | None = None
 
 
 def tuning_filename(kind: str) -> str:
@@ -318,7 +339,8 @@ def load_tuning(path: str | Path, kind: str | None = None) -> Tuning:
     met = (raw.get("chosen") or {}).get("met") if isinstance(raw.get("chosen"), dict) else None
     return Tuning(doc.autoscaler, tuple((k, float(v.target)) for k, v in doc.models.items()),
                   doc.stable_window_s if doc.autoscaler == "kpa" else None, str(p),
-                  bool(met) if met is not None else None)
+                  bool(met) if met is not None else None,
+                  float(doc.scale_down_delay_s or 0.0) if doc.autoscaler == "kpa" else None)
 
 
 def make_tuned(kind: str, arg: str, goal: GoalSpec, **_ctx: Any) -> Any:
@@ -330,7 +352,7 @@ def make_tuned(kind: str, arg: str, goal: GoalSpec, **_ctx: Any) -> Any:
     if missing or extra:
         raise UserError(f"tuning models {names} do not match the goal's {list(goal.model_names)} "
                         f"(missing {missing}, unknown {extra})", where=t.source)
-    return build_incumbent(kind, goal, dict(t.targets), t.stable_window_s, TUNED_NAMES[kind])
+    return build_incumbent(kind, goal, dict(t.targets), t.stable_window_s, TUNED_NAMES[kind], t.scale_down_delay_s)
 
 
 def _check_kind(kind: str) -> None:
@@ -409,6 +431,7 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
                 "autoscaling.knative.dev/target": f"{target:.4g}",
                 "autoscaling.knative.dev/target-utilization-percentage": "100",
                 "autoscaling.knative.dev/window": f"{float(doc['stable_window_s']):g}s",
+                "autoscaling.knative.dev/scale-down-delay": f"{float(doc.get('scale_down_delay_s') or 0.0):g}s",
                 "autoscaling.knative.dev/min-scale": str(int(m.min_replicas)),
                 "autoscaling.knative.dev/max-scale": str(int(m.max_replicas)),
             }

@@ -300,11 +300,17 @@ def _kpa_after_start_panic(p: KPAPolicy, ready: int, load_x: float) -> object:
     return s
 
 
-def test_kpa_max_scale_down_rate_halves_at_most() -> None:
-    p = KPAPolicy(ONE)
-    s = _kpa_after_start_panic(p, 10, 0.0)  # no load for over a stable window; 10 pods still ready
-    d, _ = p.decide(obs_at(150.0, {M8: mobs(10, in_flight=0.0)}), s)
-    assert d.replicas[M8] == 5
+def test_kpa_max_scale_down_rate_halves_at_most_once_per_tick() -> None:
+    """``max-scale-down-rate`` 2 halves the ready pods at most once per decider tick; a scale-down's pods leave the
+    ready count by the next tick, so a long scale-down halves tick after tick inside one control interval (Knative:
+    40 -> 1 in a few 2-s ticks), never by more than half in one."""
+    out = {}
+    for tick_s in (15.0, 5.0, 2.0):  # 1, 3 and 7 decider ticks in the 15-s interval
+        p = KPAPolicy(ONE, tick_s=tick_s)
+        s = _kpa_after_start_panic(p, 40, 0.0)  # no load for over a stable window; 40 pods still ready
+        d, _ = p.decide(obs_at(150.0, {M8: mobs(40, in_flight=0.0)}), s)
+        out[tick_s] = d.replicas[M8]
+    assert out == {15.0: 20, 5.0: 5, 2.0: 1}  # 40 -> 20; 40 -> 20 -> 10 -> 5; ... -> 2 -> 1 (-> 0: grace keeps 1)
 
 
 def test_kpa_starts_in_panic_mode_holding_the_ready_pods() -> None:
@@ -314,7 +320,8 @@ def test_kpa_starts_in_panic_mode_holding_the_ready_pods() -> None:
     for k in range(1, 8):
         d, s = p.decide(obs_at(15.0 * k, {M8: mobs(10, in_flight=0.0)}), s)
         out.append(d.replicas[M8])
-    assert out[:4] == [10, 10, 10, 10] and out[-1] == 5  # held one stable window, then halves
+    # held one stable window, then halved tick by tick within the interval the panic ends in (10 -> 5 -> 2 -> 1)
+    assert out == [10, 10, 10, 10, 1, 1, 1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,9 +51,14 @@ def test_candidates_are_fractions_of_the_replicas_own_unit() -> None:
     tr = load_traces([TRACE], (0.0, 900.0))
     units = unit_capacity(ONE, tr)["llama-3-8b"]
     cs = candidates("kpa", ONE, tr, fractions=(0.2, 0.5), windows=(30.0, 60.0))
-    assert len(cs) == 4 and {c.stable_window_s for c in cs} == {30.0, 60.0}
+    # every fraction at every stable window and scale-down delay (Knative's 0 and the HPA's 300 s by default)
+    assert len(cs) == 8 and {c.stable_window_s for c in cs} == {30.0, 60.0}
+    assert {c.scale_down_delay_s for c in cs} == {0.0, 300.0}
     assert dict(cs[1].targets)["llama-3-8b"] == pytest.approx(0.5 * units["slots"])
-    assert len({c.label for c in cs}) == 4
+    assert len({c.label for c in cs}) == 8
+    assert {c.scale_down_delay_s for c in candidates("keda", ONE, tr)} == {None}  # KPA only
+    with pytest.raises(UserError, match="scale-down delay"):
+        candidates("kpa", ONE, tr, delays=(-1.0,))
     with pytest.raises(UserError):
         candidates("vpa", ONE, tr)
 
@@ -89,6 +94,8 @@ def test_tune_writes_values_and_ready_to_apply_manifests(tuned_dir: Path) -> Non
     ann = kn["spec"]["template"]["metadata"]["annotations"]
     kdoc = json.loads((tuned_dir / "tuning-kpa.json").read_text())
     assert ann["autoscaling.knative.dev/window"] == f"{kdoc['stable_window_s']:g}s"
+    assert kdoc["scale_down_delay_s"] in (0.0, 300.0)
+    assert ann["autoscaling.knative.dev/scale-down-delay"] == f"{kdoc['scale_down_delay_s']:g}s"
     assert float(ann["autoscaling.knative.dev/target"]) == pytest.approx(kdoc["models"]["llama-3-8b"]["target"],
                                                                          rel=1e-3)
     # beside each manifest, the alerts that say when the traffic's token mix has left the tuned one
@@ -108,7 +115,8 @@ def test_tuned_policy_from_the_file_runs_as_its_users_run_it(tuned_dir: Path) ->
     assert pol.targets == {m: v["target"] for m, v in doc["models"].items()}
     assert capabilities(pol).bypass_shield
     kpa = make(f"kpa-tuned:{tuned_dir / 'tuning-kpa.json'}", ONE)
-    assert kpa.stable_s == json.loads((tuned_dir / "tuning-kpa.json").read_text())["stable_window_s"]
+    kdoc = json.loads((tuned_dir / "tuning-kpa.json").read_text())
+    assert kpa.stable_s == kdoc["stable_window_s"] and kpa.delay_s == kdoc["scale_down_delay_s"]
     with pytest.raises(UserError, match="tunes 'keda', not 'hpa'"):
         make(f"hpa-tuned:{tuned_dir / 'tuning-keda.json'}", ONE)
     with pytest.raises(UserError, match="tuning file not found"):
@@ -474,3 +482,37 @@ def test_replay_records_how_often_the_core_guard_saw_a_miss() -> None:
     assert set(facts["on"]) == set(ONE.model_names) and sum(facts["on"].values()) > 0
     assert sum(facts["off"].values()) > 0  # counted with the guard off too (it then sizes for no miss)
     assert res.run("off").summary["cost_usd"] < res.run("on").summary["cost_usd"]
+
+
+def test_kpa_tuning_carries_its_scale_down_delay_and_older_files_read_as_knatives_default(
+        tuned_dir: Path, tmp_path: Path) -> None:
+    """The KPA's scale-down delay is tuned with its target and window; a file written before it was tuned reads as
+    Knative's default (0 s), and the delay reaches the replayed KPA: after the load stops it holds the pods for the
+    delay instead of halving them on the next ticks."""
+    from fleetpilot.policies.base import ModelObs, Observation
+    from fleetpilot.policies.tuning import load_tuning
+
+    doc = json.loads((tuned_dir / "tuning-kpa.json").read_text())
+    old = {k: v for k, v in doc.items() if k != "scale_down_delay_s"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert load_tuning(tmp_path / "old.json").scale_down_delay_s == 0.0
+    out = {}
+    for delay in (0.0, 300.0):
+        (tmp_path / f"d{delay:g}.json").write_text(json.dumps(dict(doc, scale_down_delay_s=delay)))
+        pol = make(f"kpa-tuned:{tmp_path / f'd{delay:g}.json'}", ONE)
+        assert pol.delay_s == delay
+        s, reps = pol.initial_state(), []
+        for k in range(1, 41):  # 2 min at 8 pods' worth of load, then none for 8 min
+            ready = 8 if k <= 8 else reps[-1]
+            load = 8 * pol.targets["llama-3-8b"] if k <= 8 else 0.0
+            m = ModelObs(ready=ready, starting=0, desired=ready, arrival_rps=1.0, in_flight=load, queued=0.0,
+                         ttft_p95_ms=10.0, e2e_p95_ms=10.0, capacity_rps=40.0, slots=256, forecast=(1.0,) * 4)
+            d, s = pol.decide(Observation(t_s=15.0 * k, interval_s=15.0, models={"llama-3-8b": m}, class_rates={},
+                                          class_forecast={}, weights={}, ttft_p95_ms=10.0, e2e_p95_ms=10.0,
+                                          cost_per_hour=0.0), s)
+            reps.append(d.replicas["llama-3-8b"])
+        out[delay] = reps
+    assert out[0.0][8 + 8] == 1  # without a delay: at the minimum 2 min after the load stopped
+    first_below = {d: next(i for i, n in enumerate(r) if n < 8) for d, r in out.items()}
+    assert first_below[300.0] - first_below[0.0] >= 300.0 / 15.0 - 1  # held the 8 pods ~300 s longer
+    assert min(out[300.0]) < 8  # and then scales down (each halving waits out the delay, as Knative's clamp does)

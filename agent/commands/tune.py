@@ -97,7 +97,8 @@ def _evaluate(goal: Any, trace: Any, cands: Sequence[Any], *, seed: int, tick_s:
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.tuning import build_incumbent
 
-    pols = [build_incumbent(c.kind, goal, dict(c.targets), c.stable_window_s, c.label) for c in cands]
+    pols = [build_incumbent(c.kind, goal, dict(c.targets), c.stable_window_s, c.label, c.scale_down_delay_s)
+            for c in cands]
     res = replay(goal, trace, pols, seed=seed, tick_s=tick_s, progress=progress, workers=workers,
                  forecast_model=None, warmup_s=warmup_s)
     return {r.name: (float(r.summary["cost_usd"]), float(r.summary["slo_attainment"])) for r in res.runs}, res
@@ -140,11 +141,14 @@ def _document(goal: Any, trace: Any, kind: str, rows: list[tuple[Any, float, flo
                  f"x1.45, at most {MAX_FRACTION:g}) while that meets and is the choice; at most {EXTEND_ROUNDS} "
                  "rounds"),
         "chosen": {"label": chosen.label, "fraction": chosen.fraction, "stable_window_s": chosen.stable_window_s,
+                   "scale_down_delay_s": chosen.scale_down_delay_s,
                    "met": met, "cost_usd": srow[1], "slo_attainment": srow[2]},
         "models": models,
         "stable_window_s": chosen.stable_window_s,
+        "scale_down_delay_s": chosen.scale_down_delay_s,
         "extension_rounds": extension_rounds,
         "candidates": [{"label": c.label, "fraction": c.fraction, "stable_window_s": c.stable_window_s,
+                        "scale_down_delay_s": c.scale_down_delay_s,
                         "targets": dict(c.targets), "cost_usd": cost, "slo_attainment": att,
                         "meets": att >= threshold - 1e-12} for c, cost, att in rows],
         "oracle_cost_usd": res_meta.get("oracle_cost_usd"),
@@ -177,7 +181,8 @@ def _rows_of(doc: dict[str, Any]) -> list[tuple[Any, float, float]]:
     from fleetpilot.policies.tuning import Candidate
 
     return [(Candidate(doc["autoscaler"], float(c["fraction"]), tuple((m, float(v)) for m, v in c["targets"].items()),
-                       c.get("stable_window_s")), float(c["cost_usd"]), float(c["slo_attainment"]))
+                       c.get("stable_window_s"), c.get("scale_down_delay_s")), float(c["cost_usd"]),
+             float(c["slo_attainment"]))
             for c in doc["candidates"]]
 
 
@@ -203,8 +208,10 @@ def extend(goal: Any, trace: Any, docs: dict[str, dict[str, Any]], *, seed: int 
             if not fr:
                 continue
             ws = sorted({c["stable_window_s"] for c in docs[k]["candidates"] if c.get("stable_window_s")}) or None
+            ds = sorted({float(c["scale_down_delay_s"]) for c in docs[k]["candidates"]
+                         if c.get("scale_down_delay_s") is not None}) or None
             new[k] = candidates(k, goal, _scored(trace, warmup_s), fractions=fr,
-                                windows=ws if k == "kpa" else windows)
+                                windows=ws if k == "kpa" else windows, delays=ds if k == "kpa" else None)
         if not new:
             break
         flat = [c for k in new for c in new[k]]
@@ -526,6 +533,8 @@ def handler(args: argparse.Namespace) -> int:
             continue
         tg = ", ".join(f"{m}={v['target']:.4g}" for m, v in doc["models"].items())
         win = f", window {ch['stable_window_s']:g} s" if ch["stable_window_s"] is not None else ""
+        if ch.get("scale_down_delay_s") is not None:
+            win += f", scale-down delay {ch['scale_down_delay_s']:g} s"
         state = "meets" if ch["met"] else "does NOT meet"
         print(f"{k}: target {tg} ({_unit(k)}; fraction {ch['fraction']:g}{win}): cost ${ch['cost_usd']:.2f}, "
               f"attainment {ch['slo_attainment']:.4f} ({state} {doc['threshold']:g})")
