@@ -180,7 +180,8 @@ def tune_with_warmup(r: Range, scale: float) -> tuple[Any, float, str]:
 def _grid_key() -> str:
     from fleetpilot.policies import tuning as tn
 
-    key: dict[str, Any] = {"fr": tn.FRACTIONS, "w": tn.KPA_WINDOWS_S, "m": tn.DEFAULT_MARGIN, "days": TUNE_DAYS}
+    key: dict[str, Any] = {"fr": tn.FRACTIONS, "w": tn.KPA_WINDOWS_S, "d": tn.KPA_SCALE_DOWN_DELAYS_S,
+                           "m": tn.DEFAULT_MARGIN, "days": TUNE_DAYS}
     if TUNE_WARMUP_S:
         key["warmup"] = TUNE_WARMUP_S
         key["warmup_rule"] = "at most half the tuning range, from inside it when nothing precedes it"
@@ -674,8 +675,8 @@ def markdown(section: str, agg: dict[tuple[str, float], dict[str, Any]], meta: d
                 "traffic before them, as evaluated (`fleetpilot tune --warmup`; the 46-min Azure training ranges "
                 "warm up on their first 23 min and score the last 23)" if tune_warm else "") + "; "
              "per incumbent one utilisation fraction shared by the goal's models (HPA in-flight x slots, KEDA "
-             "Little's-law in-flight at saturation x slots, KPA concurrency x slots, and the KPA stable window), grid fixed "
-             "a priori in `policies/tuning.py`, extended below its lowest fraction (x0.7, x0.5) while nothing meets "
+             "Little's-law in-flight at saturation x slots, KPA concurrency x slots, with the KPA's stable window and scale-down delay), grid "
+             "fixed a priori in `policies/tuning.py`, extended below its lowest fraction (x0.7, x0.5) while nothing meets "
              "and above its highest (x1.2, x1.45, at most 1.0) while that meets and is the choice (at most 2 "
              "rounds); rule: the cheapest setting with attainment >= goal + 0.005 "
              "(chosen values: `benchmarks/eval_tuning.json`, columns below);",

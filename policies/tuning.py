@@ -15,10 +15,11 @@ evaluated on):
     that product written in vLLM's counters: ``a*rate(requests) + b*rate(prompt tokens) + c*rate(generated
     tokens)``, with ``a, b, c`` a least-squares fit of the capacity model's service time
     (:func:`keda_query_coefficients`);
-  - ``kpa``  -- concurrency target ``f`` x the replica's concurrent sequences, and the stable window (the panic
-    window stays 10 % of it).
+  - ``kpa``  -- concurrency target ``f`` x the replica's concurrent sequences, the stable window (the panic
+    window stays 10 % of it) and the scale-down delay.
 
-  The fractions are :data:`FRACTIONS` (and :data:`KPA_WINDOWS_S`), fixed before any evaluation range was seen.
+  The fractions are :data:`FRACTIONS` (and :data:`KPA_WINDOWS_S`), fixed before any evaluation range was seen;
+  :data:`KPA_SCALE_DOWN_DELAYS_S` since session 29, before any result with it.
 * **Selection rule.** The cheapest candidate whose SLO attainment on the tuning range is at least the goal's
   attainment plus :data:`DEFAULT_MARGIN`; if none reaches it, the one with the highest attainment (cheapest
   among equals), marked ``met: false``.
