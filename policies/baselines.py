@@ -941,6 +941,8 @@ class KPAPolicy(PolicyBase):
         self.panic_s = self.stable_s * (b.kpa_panic_window_s / b.kpa_stable_window_s)
         self.panic_threshold = b.kpa_panic_threshold
         self.delay_s = float(scale_down_delay_s)
+        if not (math.isfinite(self.delay_s) and 0.0 <= self.delay_s <= 3600.0):
+            raise UserError(f"kpa scale-down delay must be within Knative's 0s..1h, got {scale_down_delay_s!r}")
         self.up_rate = float(max_scale_up_rate)
         self.down_rate = float(max_scale_down_rate)
         self.grace_s = float(scale_to_zero_grace_s)

@@ -15,7 +15,7 @@ from fleetpilot.agent.commands.tune import search
 from fleetpilot.policies.base import capabilities
 from fleetpilot.policies.predictive import DEFAULT_COST_WINDOW_S
 from fleetpilot.policies.registry import make
-from fleetpilot.policies.tuning import Candidate, candidates, load_tuning, select, unit_capacity
+from fleetpilot.policies.tuning import Candidate, build_incumbent, candidates, load_tuning, select, unit_capacity
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import load_goal
 from fleetpilot.simulations.traces import load_traces
@@ -59,6 +59,9 @@ def test_candidates_are_fractions_of_the_replicas_own_unit() -> None:
     assert {c.scale_down_delay_s for c in candidates("keda", ONE, tr)} == {None}  # KPA only
     with pytest.raises(UserError, match="scale-down delay"):
         candidates("kpa", ONE, tr, delays=(-1.0,))
+    for bad in (-1.0, 3601.0, float("nan")):  # Knative's own bounds, 0 s to 1 h
+        with pytest.raises(UserError, match="scale-down delay"):
+            build_incumbent("kpa", ONE, {"llama-3-8b": 50.0}, 60.0, "k", bad)
     with pytest.raises(UserError):
         candidates("vpa", ONE, tr)
 
