@@ -28,6 +28,7 @@ from fleetpilot.agent.prom import PrometheusAccess, PrometheusSource, make_sessi
 from fleetpilot.simulations.errors import TemporaryError
 from fleetpilot.simulations.goal import load_goal
 from testbed.k8s_emulator import K8sEmulator
+from testbed.prometheus import run_within
 
 
 class _Trickle:
@@ -339,23 +340,10 @@ def unaccepting() -> Iterator[_Unaccepting]:
 
 
 def _timed(fn: Callable[[], object], limit_s: float) -> tuple[BaseException | None, float]:
-    """(the exception ``fn`` raised, seconds it took), run in a thread: fails the test if it is still running after
-    ``limit_s`` (the connect was not bounded) instead of hanging for the kernel's SYN retries."""
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        t0 = time.monotonic()
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 -- handed to the test
-            box["error"] = exc
-        box["elapsed"] = time.monotonic() - t0
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(limit_s)
-    assert not t.is_alive(), f"still connecting after {limit_s}s: the connect was not bounded by the deadline"
-    return box.get("error"), float(box["elapsed"])  # type: ignore[arg-type]
+    """(the exception ``fn`` raised, seconds it took); fails the test if it is still running after ``limit_s`` (the
+    connect was not bounded) instead of hanging for the kernel's SYN retries."""
+    _, err, elapsed = run_within(limit_s, fn, "the connect was not bounded by the deadline")
+    return err, elapsed
 
 
 CONNECT_MARGIN_S = 1.5  # the deadline plus this: far below the 60 s connect timeout / the kernel's ~2 min of SYNs

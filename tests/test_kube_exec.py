@@ -26,6 +26,7 @@ from fleetpilot.agent.kube import make_api_client
 from fleetpilot.agent.kube_exec import ExecCredentialError
 from fleetpilot.agent.prom import redact
 from fleetpilot.simulations.errors import UserError
+from testbed.prometheus import reply_json, run_within, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_PATH = ROOT / "examples" / "goals" / "single-model.yaml"
@@ -70,21 +71,7 @@ def _setup(tmp_path: Path, mode: str, server: str = "http://127.0.0.1:1", expiry
 
 def _within(limit_s: float, fn: Callable[[], Any]) -> tuple[Any, BaseException | None, float]:
     """``fn()`` in a thread; (value, exception, seconds). Fails the test if it is still running after ``limit_s``."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        t0 = time.monotonic()
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 -- handed to the test
-            box["error"] = exc
-        box["elapsed"] = time.monotonic() - t0
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(limit_s)
-    assert not t.is_alive(), f"still running after {limit_s}s: the plugin was not bounded"
-    return box.get("value"), box.get("error"), box["elapsed"]
+    return run_within(limit_s, fn, "the plugin was not bounded")
 
 
 def _gone(pid: int, limit_s: float = MARGIN_S) -> bool:
@@ -156,12 +143,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 -- http.server's name
         self.server.seen.append(self.headers.get("Authorization"))  # type: ignore[attr-defined]
-        body = b'{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply_json(self, b'{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}}')
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -171,12 +153,8 @@ class _Recorder(BaseHTTPRequestHandler):
 def api_server() -> Iterator[ThreadingHTTPServer]:
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     srv.seen = []  # type: ignore[attr-defined]
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    t.join(timeout=10)
+    for _hostport in serve_in_thread(srv):
+        yield srv
 
 
 def _url(srv: ThreadingHTTPServer) -> str:

@@ -33,7 +33,7 @@ from fleetpilot.agent.prom import PrometheusAccess, PrometheusSource, install_lo
 from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 from fleetpilot.simulations.goal import parse_goal
 from needs import missing_tool
-from testbed.prometheus import serve_in_thread
+from testbed.prometheus import reply_json, serve_in_thread
 
 GOAL = parse_goal("""
 apiVersion: fleetpilot/v1
@@ -100,11 +100,7 @@ class _Answer(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         type(self).seen_auth.append(self.headers.get("Authorization"))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(ANSWER)))
-        self.end_headers()
-        self.wfile.write(ANSWER)
+        reply_json(self, ANSWER)
 
     def log_message(self, *args: Any) -> None:
         pass

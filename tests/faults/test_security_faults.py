@@ -28,7 +28,7 @@ from fleetpilot.agent.prom import PrometheusAccess, PrometheusSource, install_lo
 from fleetpilot.simulations.goal import GoalSpec, load_goal  # noqa: E402
 from harness import FakeClock, FakePrometheusAPI, Rig, SafetyMonitor, seed_cluster  # noqa: E402
 from testbed.k8s_emulator import K8sEmulator  # noqa: E402
-from testbed.prometheus import serve_in_thread  # noqa: E402
+from testbed.prometheus import reply_json, serve_in_thread  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_PATH = REPO / "examples" / "goals" / "two-model-routed.yaml"
@@ -153,12 +153,7 @@ class _Ambiguous(BaseHTTPRequestHandler):
                 continue
             result.append({"metric": {"model_name": m, "namespace": "prod"}, "value": [self.now(), "1000"]})
             result.append({"metric": {"model_name": m, "namespace": "staging"}, "value": [self.now(), "0"]})
-        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply_json(self, json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode())
 
     def log_message(self, *args: Any) -> None:
         pass

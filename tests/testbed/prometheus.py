@@ -69,6 +69,36 @@ def serve_in_thread(server: Any, join_s: float = 10.0) -> Iterator[str]:
         t.join(timeout=join_s)
 
 
+def reply_json(handler: Any, body: bytes, status: int = 200) -> None:
+    """Answer an ``http.server`` request with ``body`` as JSON (status, Content-Type, Content-Length, body)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def run_within(limit_s: float, fn: Callable[[], Any], what: str = "the call was not bounded"
+               ) -> tuple[Any, BaseException | None, float]:
+    """``fn()`` in a daemon thread: (value, the exception it raised, seconds it took). Fails the test if it is still
+    running after ``limit_s`` (``what`` says why that matters) instead of hanging the suite."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        t0 = time.monotonic()
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the test
+            box["error"] = exc
+        box["elapsed"] = time.monotonic() - t0
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(limit_s)
+    assert not t.is_alive(), f"still running after {limit_s}s: {what}"
+    return box.get("value"), box.get("error"), float(box["elapsed"])
+
+
 def _yaml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML scalar
 
