@@ -9,9 +9,12 @@ wakes a blocked ``recv`` at once (``close`` would not) -- and then raises :class
 
 A TCP connect in progress has no socket to shut down yet (urllib3 hands it over only once connected), so the
 connect phase is bounded by the time left instead: each address tried gets ``min(connect timeout, time left)``,
-and none is tried past the deadline. One call thus takes at most its deadline plus a small constant, also for a
-server that never answers a SYN, a host with several unreachable addresses, or a call without a connect timeout.
-Name resolution (``getaddrinfo``) is the system resolver's and is not bounded here.
+and none is tried past the deadline. Name resolution (``getaddrinfo``, which has no timeout of its own: a resolver
+that never answers holds it for the resolver's retries, ~10-30 s, or longer behind nsswitch plugins) runs in a
+helper thread the call waits for only until its deadline (:func:`_resolve`; at most ``_MAX_LOOKUPS`` such lookups
+run at once, a lookup past its caller's deadline finishes in the background). One call thus takes at most its
+deadline plus a small constant, also for a resolver that never answers, a server that never answers a SYN, a host
+with several unreachable addresses, or a call without a connect timeout.
 
 :func:`install_kube_deadline` applies it to a ``kubernetes.client.ApiClient``: every API call is bounded by the
 ``_request_timeout`` it passes (or a default), as a total.
@@ -28,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
 __all__ = ["DeadlineExceededError", "DeadlineGuard", "install_kube_deadline"]
@@ -97,11 +100,16 @@ class DeadlineGuard:
                 def _new_conn(self) -> socket.socket:
                     """The TCP connect, each address tried within the call's time left (no socket exists to shut
                     down while it is in progress)."""
-                    if guard.remaining() is None:
+                    left = guard.remaining()
+                    if left is None:
                         return super()._new_conn()
                     try:
-                        infos = socket.getaddrinfo(self._dns_host.strip("[]"), self.port, allowed_gai_family(),
-                                                   socket.SOCK_STREAM)
+                        infos = _resolve(self._dns_host.strip("[]"), self.port, allowed_gai_family(), left)
+                    except _LookupTimeoutError as exc:
+                        raise ConnectTimeoutError(self, f"Name resolution of {self.host} did not finish within "
+                                                        "the call's total deadline") from exc
+                    except socket.gaierror as exc:
+                        raise NameResolutionError(self.host, self, exc) from exc  # as urllib3 names it
                     except (OSError, UnicodeError):
                         infos = []
                     addresses = list(dict.fromkeys(str(i[4][0]) for i in infos))
@@ -204,6 +212,45 @@ class DeadlineGuard:
         if fired.is_set():
             raise DeadlineExceededError(f"{what}: no complete answer within the total deadline of {total_s:g}s")
         return result
+
+
+class _LookupTimeoutError(Exception):
+    """A name lookup did not answer within the time its caller had left."""
+
+
+#: name lookups that may run at once in helper threads (a resolver that never answers holds each for its retries)
+_MAX_LOOKUPS = 8
+_LOOKUPS = threading.BoundedSemaphore(_MAX_LOOKUPS)
+
+
+def _resolve(host: str, port: int, family: int, left_s: float) -> list[Any]:
+    """``socket.getaddrinfo(host, port, family, SOCK_STREAM)``, waited for at most ``left_s`` seconds.
+
+    The lookup runs in a daemon thread: ``getaddrinfo`` cannot be interrupted, so a lookup past the deadline is left
+    to finish (or fail) in the background and its answer dropped. At most ``_MAX_LOOKUPS`` run at once; a caller
+    that cannot start one within ``left_s`` (all of them stuck on a dead resolver) times out too, so memory and
+    threads stay bounded. Raises what ``getaddrinfo`` raises, or :class:`_LookupTimeoutError`."""
+    end = time.monotonic() + float(left_s)
+    if left_s <= 0 or not _LOOKUPS.acquire(timeout=float(left_s)):
+        raise _LookupTimeoutError(host)
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["infos"] = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller
+            box["error"] = exc
+        finally:
+            _LOOKUPS.release()
+            done.set()
+
+    threading.Thread(target=run, name="fleetpilot-resolve", daemon=True).start()
+    if not done.wait(max(0.0, end - time.monotonic())):
+        raise _LookupTimeoutError(host)
+    if "error" in box:
+        raise box["error"]
+    return list(box["infos"])
 
 
 _RESPONSE_SOCK = "_fleetpilot_response_sock"  # on a tracked connection: the socket its last response reads from

@@ -29,6 +29,7 @@ from fleetpilot.simulations.errors import TemporaryError
 from fleetpilot.simulations.goal import load_goal
 from testbed.k8s_emulator import K8sEmulator
 from testbed.prometheus import run_within
+from testbed.resolver import DeadResolver
 
 
 class _Trickle:
@@ -410,3 +411,63 @@ def test_a_connect_within_the_deadline_still_works(servers: Make) -> None:
                        5.0, "GET /")
         assert r.status == 200 and r.data == NAMESPACE
     assert guard.remaining() is None  # outside a call: no deadline
+
+
+@pytest.fixture
+def dead_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[DeadResolver]:
+    fake = DeadResolver(socket.getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    yield fake
+    fake.drain()
+
+
+def test_a_resolver_that_never_answers_is_bounded_by_the_deadline(dead_resolver: DeadResolver) -> None:
+    """Before: getaddrinfo ran in the calling thread with no timeout, so the call took as long as the resolver."""
+    guard = DeadlineGuard()
+    pm = guard.install(urllib3.PoolManager())
+    err, elapsed = _timed(lambda: guard.call(
+        lambda: pm.request("GET", "http://api.dead.test:6443/", retries=False, timeout=urllib3.Timeout(connect=60)),
+        DEADLINE_S, "GET /"), DEADLINE_S + MARGIN_S)
+    assert isinstance(err, DeadlineExceededError), err
+    assert DEADLINE_S * 0.9 <= elapsed < DEADLINE_S + CONNECT_MARGIN_S, elapsed
+    assert dead_resolver.held == 1  # the lookup itself is still waiting, in the background
+
+
+def test_kubernetes_and_prometheus_calls_are_bounded_by_a_dead_resolver(dead_resolver: DeadResolver) -> None:
+    api = _client("http://api.dead.test:6443")
+    install_kube_deadline(api, default_s=DEADLINE_S)
+    err, elapsed = _timed(lambda: kubernetes.client.CoreV1Api(api).read_namespace("x"), DEADLINE_S + MARGIN_S)
+    assert isinstance(err, DeadlineExceededError), err
+    assert elapsed < DEADLINE_S + CONNECT_MARGIN_S, elapsed
+    url = "http://prometheus.dead.test:9090"
+    session = make_session(PrometheusAccess(url, timeout_s=DEADLINE_S))
+    err, elapsed = _timed(lambda: session.get(url + "/api/v1/query", params={"query": "up"}), DEADLINE_S + MARGIN_S)
+    assert isinstance(err, requests.exceptions.Timeout) and "total deadline" in str(err), err
+    assert elapsed < DEADLINE_S + CONNECT_MARGIN_S, elapsed
+
+
+def test_stuck_lookups_are_bounded_in_number(dead_resolver: DeadResolver) -> None:
+    """More calls than lookup threads, all on a dead resolver: each still ends at its deadline, and no more than
+    ``_MAX_LOOKUPS`` lookups are ever held (threads and memory stay bounded)."""
+    from fleetpilot.agent import deadline
+
+    guard = DeadlineGuard()
+    pm = guard.install(urllib3.PoolManager())
+    short = 0.2
+    for i in range(deadline._MAX_LOOKUPS + 3):  # noqa: SLF001
+        err, elapsed = _timed(lambda i=i: guard.call(  # type: ignore[misc]
+            lambda: pm.request("GET", f"http://n{i}.dead.test/", retries=False), short, "GET /"), short + MARGIN_S)
+        assert isinstance(err, DeadlineExceededError), err
+        assert elapsed < short + CONNECT_MARGIN_S, elapsed
+    assert dead_resolver.most == deadline._MAX_LOOKUPS  # noqa: SLF001
+
+
+def test_an_unknown_name_fails_at_once_as_urllib3_names_it(dead_resolver: DeadResolver) -> None:
+    guard = DeadlineGuard()
+    pm = guard.install(urllib3.PoolManager())
+    start = time.monotonic()
+    with pytest.raises(urllib3.exceptions.NameResolutionError, match="api.gone.test"):
+        guard.call(lambda: pm.request("GET", "http://api.gone.test/", retries=False), 30.0, "GET /")
+    assert time.monotonic() - start < 5.0
+    with pytest.raises(urllib3.exceptions.NameResolutionError, match="api.gone.test"):  # outside a call: urllib3's
+        pm.request("GET", "http://api.gone.test/", retries=False)

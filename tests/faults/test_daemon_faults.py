@@ -177,6 +177,61 @@ def test_prometheus_one_model_missing(rig: Rig, record_property: Any) -> None:
     note(record_property, f"stale: {', '.join(rec.reading.stale)[:80]}; {BIG} {before[BIG]}->{rig.replicas()[BIG]}")
 
 
+@pytest.fixture
+def dead_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    import socket
+
+    from testbed.resolver import DeadResolver
+
+    fake = DeadResolver(socket.getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    yield fake
+    fake.drain()
+
+
+@pytest.mark.fault(group="daemon: Prometheus", scenario="Prometheus's host name never resolves (the DNS resolver "
+                   "does not answer)",
+                   expected="the lookup is bounded by the query's total deadline: the same interval falls back, no "
+                   "scale-down; the policy is back once the name resolves")
+def test_prometheus_name_never_resolves(rig: Rig, dead_resolver: Any, record_property: Any) -> None:
+    prom: FakePrometheusAPI = rig.prom  # type: ignore[attr-defined]
+    d = rig.daemon("a")
+    step(rig, d)
+    before = rig.replicas()
+    port = prom.url.rsplit(":", 1)[1]
+    d.source = PrometheusSource(f"http://prometheus.dead.test:{port}", rig.goal, clock=rig.clock,
+                                timeout_s=rig.prom_timeout_s)
+    t0 = time.monotonic()
+    rec, writes = step(rig, d)
+    took = time.monotonic() - t0
+    assert rec.active == "fallback" and "deadline" in rec.fallback_reason, rec.fallback_reason
+    assert rig.replicas() == before and not [w for w in writes if "/scale" in w.path]
+    assert took < rig.goal.control_interval_s, f"the interval took {took:.1f}s"
+    assert dead_resolver.held >= 1  # the lookups themselves are still waiting, in the background
+    d.source = PrometheusSource(prom.url, rig.goal, clock=rig.clock, timeout_s=rig.prom_timeout_s)
+    actives = [step(rig, d)[0].active for _ in range(4)]
+    assert actives[-1] == "policy", actives
+    note(record_property, f"fell back: {rec.fallback_reason[:90]}; {took:.2f}s real")
+
+
+@pytest.mark.fault(group="daemon: Kubernetes API", scenario="the API server's host name never resolves (the DNS "
+                   "resolver does not answer)",
+                   expected="every call is bounded by its total deadline: run_once returns within the interval, not "
+                   "leader, nothing written, audit records the errors")
+def test_kube_name_never_resolves(rig: Rig, dead_resolver: Any, record_property: Any) -> None:
+    rig.kube_timeout_s = 0.5  # each call waits its whole deadline on the lookup (a refused connect returns at once)
+    port = rig.emu.url.rsplit(":", 1)[1]
+    d = rig.daemon("a", attempts=1, api_host=f"http://api.dead.test:{port}")
+    t0 = time.monotonic()
+    rec, writes = step(rig, d)
+    took = time.monotonic() - t0
+    assert rec.errors and not rec.leader and not writes
+    assert took < rig.goal.control_interval_s, f"the interval took {took:.1f}s"
+    assert rig.replicas() == {BIG: START, SMALL: START}
+    assert audit_lines(rig.audit_dir / "audit-a.jsonl")[-1]["errors"]
+    note(record_property, f"leader={rec.leader}, {len(rec.errors)} errors, {took:.2f}s real; e.g. {rec.errors[0][:70]}")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the real Prometheus server (one per module) scraping an exporter the test controls
 # ---------------------------------------------------------------------------------------------------------------------
