@@ -23,6 +23,7 @@ with several unreachable addresses, or a call without a connect timeout.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import socket
 import threading
@@ -230,6 +231,12 @@ def _resolve(host: str, port: int, family: int, left_s: float) -> list[Any]:
     to finish (or fail) in the background and its answer dropped. At most ``_MAX_LOOKUPS`` run at once; a caller
     that cannot start one within ``left_s`` (all of them stuck on a dead resolver) times out too, so memory and
     threads stay bounded. Raises what ``getaddrinfo`` raises, or :class:`_LookupTimeoutError`."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        pass
+    else:  # an address literal: no resolver involved, nothing to wait for
+        return list(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
     end = time.monotonic() + float(left_s)
     if left_s <= 0 or not _LOOKUPS.acquire(timeout=float(left_s)):
         raise _LookupTimeoutError(host)
@@ -245,7 +252,11 @@ def _resolve(host: str, port: int, family: int, left_s: float) -> list[Any]:
             _LOOKUPS.release()
             done.set()
 
-    threading.Thread(target=run, name="fleetpilot-resolve", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="fleetpilot-resolve", daemon=True).start()
+    except BaseException:  # no thread (RuntimeError: can't start new thread): the permit is not held by anyone
+        _LOOKUPS.release()
+        raise
     if not done.wait(max(0.0, end - time.monotonic())):
         raise _LookupTimeoutError(host)
     if "error" in box:

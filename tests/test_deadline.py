@@ -471,3 +471,18 @@ def test_an_unknown_name_fails_at_once_as_urllib3_names_it(dead_resolver: DeadRe
     assert time.monotonic() - start < 5.0
     with pytest.raises(urllib3.exceptions.NameResolutionError, match="api.gone.test"):  # outside a call: urllib3's
         pm.request("GET", "http://api.gone.test/", retries=False)
+
+
+def test_an_address_literal_needs_no_lookup_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """127.0.0.1 / ::1 (an in-cluster API server's usual address): answered in the calling thread."""
+    from fleetpilot.agent import deadline
+
+    def no_thread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a lookup thread was started for an address literal")
+
+    monkeypatch.setattr(deadline.threading, "Thread", no_thread)
+    assert deadline._resolve("127.0.0.1", 80, socket.AF_UNSPEC, 1.0)[0][4][0] == "127.0.0.1"  # noqa: SLF001
+    assert deadline._resolve("::1", 80, socket.AF_UNSPEC, 1.0)[0][4][0] == "::1"  # noqa: SLF001
+    for _ in range(deadline._MAX_LOOKUPS + 1):  # noqa: SLF001 -- a thread that cannot start gives its permit back
+        with pytest.raises(AssertionError, match="lookup thread"):
+            deadline._resolve("localhost", 80, socket.AF_UNSPEC, 1.0)  # noqa: SLF001
