@@ -498,6 +498,10 @@ class DeadlineSession(requests.Session):
         total = float(budget) if budget else self.default_timeout_s
         kwargs["stream"] = True
         kwargs["timeout"] = (total, total)
+        # per request: a session's own ``verify`` (--prometheus-ca-file) loses to $REQUESTS_CA_BUNDLE /
+        # $CURL_CA_BUNDLE otherwise (requests#3829); a CA bundle from the environment still applies to verify=True
+        if kwargs.get("verify") is None:
+            kwargs["verify"] = self.verify
 
         def whole() -> requests.Response:
             resp = super(DeadlineSession, self).request(method, url, *args, **kwargs)

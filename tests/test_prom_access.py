@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleetpilot.agent.prom import PrometheusAccess, PrometheusSource, install_log_redaction, redact
+from fleetpilot.agent.prom import PrometheusAccess, PrometheusSource, install_log_redaction, make_session, redact
 from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 from fleetpilot.simulations.goal import parse_goal
 from needs import missing_tool
@@ -448,3 +449,20 @@ def test_fleetpilot_run_never_prints_or_audits_credentials(tmp_path: Path) -> No
     for secret in ("pw-E2E-SECRET-4242", "tok-E2E-SECRET-5151", "key-E2E-SECRET-6363"):
         assert secret not in text
     assert os.stat(audit).st_mode & 0o004 == 0, oct(os.stat(audit).st_mode)  # not world-readable
+
+
+def test_the_ca_file_holds_when_requests_ca_bundle_is_set(https_server: tuple[str, str], pki: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$REQUESTS_CA_BUNDLE`` (set by many base images) replaced a session's CA file in requests (requests#3829):
+    ``--prometheus-ca-file`` was ignored for every reader that goes through make_session (trace import too)."""
+    label, url = https_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki["good.crt"]))  # a bundle that does not hold the CA
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    session = make_session(PrometheusAccess.from_url(url, timeout_s=3.0, ca_file=str(pki["ca"])))
+    if label == "good":
+        assert session.get(url + "/api/v1/query", params={"query": "up"}).status_code == 200
+        src = _source(url, ca_file=str(pki["ca"]))
+        assert src.read().models["m"].in_flight == 3.0
+    else:  # the CA file still decides: the other name stays refused
+        with pytest.raises(requests.exceptions.SSLError):
+            session.get(url + "/api/v1/query", params={"query": "up"})
