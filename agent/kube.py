@@ -47,7 +47,7 @@ from kubernetes.client.rest import ApiException
 
 from fleetpilot import __version__
 from fleetpilot.agent.events import FIELD_MANAGER, EventRecorder, ObjectReference
-from fleetpilot.agent.kube_exec import ExecCredentialError
+from fleetpilot.agent.kube_exec import AuthProviderError, ExecCredentialError
 from fleetpilot.simulations.errors import PermanentError, TemporaryError, UserError
 
 __all__ = [
@@ -175,7 +175,9 @@ def make_api_client(
     :data:`fleetpilot.agent.kube_exec.EXEC_TIMEOUT_S`), here and on every token refresh (:mod:`~fleetpilot.agent.
     kube_exec`); one that times out (killed) or fails is a one-line UserError naming the kubeconfig user and the
     command, never its arguments, env or output. On refresh the failure reaches the API call as an ``OSError``
-    (a temporary failure).
+    (a temporary failure). The same deadline bounds an ``oidc`` auth-provider's id-token refresh (TLS verified);
+    the ``gcp`` and ``azure`` auth-providers (removed from kubectl in 1.26) are a one-line UserError naming the exec
+    plugin that replaces them.
     """
     from fleetpilot.agent.prom import check_http_url, redact
 
@@ -201,7 +203,7 @@ def make_api_client(
                                       if exec_timeout_s is None else exec_timeout_s)
     except UserError:
         raise
-    except ExecCredentialError as exc:
+    except (ExecCredentialError, AuthProviderError) as exc:  # one line, no credential: shown whole
         _register_credentials(cfg)
         raise UserError(f"cannot load Kubernetes configuration: {exc}", where=source) from None
     except (kubernetes.config.ConfigException, OSError) as exc:

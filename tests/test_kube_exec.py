@@ -221,3 +221,39 @@ def test_a_kubeconfig_error_never_shows_a_users_token(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="cannot load Kubernetes configuration") as exc:
         make_api_client(str(path), exec_timeout_s=5.0)
     assert "tok-NAMELESS-31337" not in str(exc.value) and "{...}" in str(exc.value), exc.value
+
+
+# ------------------------------------------------------------------------------------------------ --kube-exec-timeout
+
+
+def _argv(command: str, path: Path, *extra: str) -> list[str]:
+    if command == "handover":
+        return ["handover", "--goal", str(GOAL_PATH), "--kubeconfig", str(path), *extra]
+    return ["run", "--goal", str(GOAL_PATH), "--policy", "hpa", "--once", "--warmup", "0", "--kubeconfig", str(path),
+            "--prometheus", "http://127.0.0.1:1", *extra]
+
+
+@pytest.mark.parametrize("command", ["handover", "run"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "abc", "601"])
+def test_a_bad_kube_exec_timeout_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str,
+                                                    value: str) -> None:
+    path = _setup(tmp_path, "ok")
+    code, err, _ = _within(MARGIN_S, lambda: main(_argv(command, path, f"--kube-exec-timeout={value}")))
+    assert err is None, err
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert "--kube-exec-timeout" in stderr, stderr
+    assert not (tmp_path / "count").exists()  # refused before the plugin ran
+
+
+@pytest.mark.parametrize("command", ["handover", "run"])
+def test_the_kube_exec_timeout_flag_sets_the_plugins_deadline(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              command: str) -> None:
+    path = _setup(tmp_path, "hang")
+    code, err, elapsed = _within(2.0 + 3 * MARGIN_S, lambda: main(_argv(command, path, "--kube-exec-timeout", "2")))
+    assert err is None, err
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert "kubeconfig user 'robot': exec credential plugin" in stderr and "did not answer within 2s (killed)" in stderr
+    assert 2.0 * 0.9 <= elapsed < 2.0 + 3 * MARGIN_S, elapsed
+    assert _gone(int((tmp_path / "child.pid").read_text()))

@@ -33,6 +33,9 @@ def register(sub: Any) -> None:
     kube.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     kube.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
     kube.add_argument("--kube-host", help="API server URL without credentials (kubectl proxy, the test emulator)")
+    from fleetpilot.agent.commands.run import add_kube_exec_timeout_argument
+
+    add_kube_exec_timeout_argument(p)
     p.add_argument("--out", help="folder for incumbents.json and a tuning-<kind>.json usable as <kind>-tuned:DIR")
     p.set_defaults(func=handler)
 
@@ -68,12 +71,14 @@ def tuning_document(goal: Any, incumbents: dict[str, list[Any]]) -> tuple[str | 
 
 
 def handler(args: argparse.Namespace) -> int:
+    from fleetpilot.agent.commands.run import check_kube_exec_timeout
     from fleetpilot.agent.handover import read_incumbents
     from fleetpilot.agent.kube import KubeActuator, make_api_client
     from fleetpilot.agent.prom import check_http_url, register_url_secrets
     from fleetpilot.simulations.goal import load_goal
 
     register_url_secrets(args.kube_host)  # credentials in --kube-host never reach a message, whatever fails first
+    exec_timeout_s = check_kube_exec_timeout(args.kube_exec_timeout)
     goal = load_goal(args.goal)
     if args.kube_host is not None:
         check_http_url(args.kube_host, "--kube-host")
@@ -84,7 +89,7 @@ def handler(args: argparse.Namespace) -> int:
         for name in ("incumbents.json", "tuning-hpa.json", "tuning-keda.json"):
             if (out / name).exists():
                 raise UserError("exists; refusing to overwrite", where=str(out / name))
-    api = make_api_client(args.kubeconfig, bool(args.in_cluster), args.kube_host)
+    api = make_api_client(args.kubeconfig, bool(args.in_cluster), args.kube_host, exec_timeout_s=exec_timeout_s)
     actuator = KubeActuator(api, {m.name: m.deployment for m in goal.models})
     found: dict[str, list[Any]] = {}
     try:

@@ -41,7 +41,8 @@ from fleetpilot.agent.settings import (
 from fleetpilot.simulations.errors import UserError
 from fleetpilot.simulations.goal import GoalSpec, load_goal
 
-__all__ = ["build_daemon", "install_signal_handlers", "register", "resolve_policy", "run"]
+__all__ = ["add_kube_exec_timeout_argument", "build_daemon", "check_kube_exec_timeout", "install_signal_handlers",
+           "register", "resolve_policy", "run"]
 
 log = logging.getLogger("fleetpilot")
 
@@ -59,6 +60,7 @@ def register(sub: Any) -> None:
     kube.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     kube.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
     kube.add_argument("--kube-host", help="API server URL without credentials (kubectl proxy, the test emulator)")
+    add_kube_exec_timeout_argument(p)
     from fleetpilot.agent.prom import add_access_arguments
 
     add_access_arguments(p)  # --prometheus, TLS (verified by default), credentials from files, headers, deadline
@@ -106,6 +108,28 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+MAX_KUBE_EXEC_TIMEOUT_S = 600.0  # a device-code login in a browser fits; beyond, a hung plugin is not bounded
+
+
+def add_kube_exec_timeout_argument(p: argparse.ArgumentParser) -> None:
+    """``--kube-exec-timeout SECONDS`` (for the commands that take ``--kubeconfig``; checked by
+    :func:`check_kube_exec_timeout`)."""
+    from fleetpilot.agent.kube_exec import EXEC_TIMEOUT_S
+
+    p.add_argument("--kube-exec-timeout", type=float, metavar="SECONDS", default=None,
+                   help="seconds a kubeconfig exec credential plugin gets to answer, at start and on every token "
+                        "refresh, before it is killed; also bounds an oidc auth-provider's id-token refresh "
+                        f"(default {EXEC_TIMEOUT_S:g})")
+
+
+def check_kube_exec_timeout(value: float | None) -> float | None:
+    """``--kube-exec-timeout`` as given (None: the default), or a one-line UserError naming the flag."""
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_KUBE_EXEC_TIMEOUT_S):
+        raise UserError(f"--kube-exec-timeout must be a positive number of seconds up to "
+                        f"{MAX_KUBE_EXEC_TIMEOUT_S:g}, got {value:g}")
+    return value
+
+
 def resolve_policy(spec: str, goal: GoalSpec) -> Any:
     """Any registry name (``hpa``, ``rl:DIR``, ``rl:NAME``, ...); offline-only policies are refused."""
     from fleetpilot.policies.base import capabilities
@@ -146,8 +170,12 @@ def build_daemon(
     policy_spec: str | None = None,
     take_over: str | None = None,
     fallback: str = "goal",
+    kube_exec_timeout_s: float | None = None,
 ) -> Daemon:
-    """Wire the real parts: PrometheusSource, KubeActuator, KubeStatusReader, LeaderElector, AuditLog."""
+    """Wire the real parts: PrometheusSource, KubeActuator, KubeStatusReader, LeaderElector, AuditLog.
+
+    ``kube_exec_timeout_s``: the deadline of a kubeconfig exec credential plugin / oidc refresh (None: the
+    default, :data:`fleetpilot.agent.kube_exec.EXEC_TIMEOUT_S`)."""
     from fleetpilot.agent.events import EventRecorder
     from fleetpilot.agent.handover import KedaTakeover, TakeoverSession
     from fleetpilot.agent.kube import KubeActuator, RouteTarget, make_api_client
@@ -159,7 +187,7 @@ def build_daemon(
 
     if api_client is None:
         k = settings.kube
-        api_client = make_api_client(k.kubeconfig, k.in_cluster, k.host)
+        api_client = make_api_client(k.kubeconfig, k.in_cluster, k.host, exec_timeout_s=kube_exec_timeout_s)
     deployments = {m.name: m.deployment for m in goal.models}  # any kind with a scale subresource
     routes = {
         r.name: RouteTarget(r.http_route.namespace, r.http_route.name,
@@ -325,6 +353,7 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
     register_url_secrets(args.kube_host)  # credentials in --kube-host never reach a message, whatever fails first
     if args.interval is not None and not (math.isfinite(args.interval) and args.interval > 0):
         raise UserError(f"--interval must be a positive number of seconds, got {args.interval:g}")
+    check_kube_exec_timeout(args.kube_exec_timeout)
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UserError(f"--metrics-port must be in 0..65535, got {args.metrics_port}")
     access = access_from_args(args)  # one-line UserErrors, credentials never echoed
@@ -384,7 +413,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--warmup: at most {MAX_HISTORY_POINTS} control intervals of {interval:g}s "
                         f"(Prometheus' points per range query), got {args.warmup!r}")
     daemon = build_daemon(goal, policy, settings, goal_path=args.goal, policy_spec=args.policy,
-                          take_over=args.take_over, fallback=args.fallback)
+                          take_over=args.take_over, fallback=args.fallback,
+                          kube_exec_timeout_s=check_kube_exec_timeout(args.kube_exec_timeout))
     if args.recalibrate_every:
         _wire_drift(daemon, goal, settings, args.recalibrate_every, args.drift_margin)
     try:
