@@ -385,6 +385,8 @@ def test_a_read_only_kubeconfig_keeps_the_new_tokens_in_memory(idp: _IdPServer, 
     """A kubeconfig mounted read-only (a Secret): kubectl fails the refresh; the daemon uses the new tokens, warns."""
     from fleetpilot.agent.kube_exec import _BoundedLoader
 
+    caplog.set_level(logging.DEBUG)  # an earlier test may have left the root logger above WARNING
+
     def read_only() -> None:
         raise PermissionError(13, "Read-only file system", "/etc/kube/config")
 
