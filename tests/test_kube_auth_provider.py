@@ -349,7 +349,7 @@ def test_a_token_expiring_during_a_run_is_refreshed_before_the_next_call(
     """The library never set the expiry: a daemon kept sending an expired id-token. Then the refresh is bounded
     (a hanging IdP: an OSError for that call, no request without a credential) and a later call recovers."""
     caplog.set_level(logging.DEBUG)
-    exp = time.time() + SKEW_S + 2.0
+    exp = time.time() + SKEW_S + 6.0  # valid for the load and the first call, even on a loaded machine
     token = _jwt(sub=USER, exp=exp)
     path = _kubeconfig(tmp_path, _oidc(idp, token), _api_url(api_server))
     idp.exp_in_s = SKEW_S + 1.0  # what the IdP issues expires (for the client) a second later
