@@ -8,7 +8,24 @@ module's own ``@settings(...)`` inherits these values for whatever it does not s
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
+import pytest
 from hypothesis import settings
 
 settings.register_profile("fleetpilot", derandomize=True, database=None)
 settings.load_profile("fleetpilot")
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """A test that runs a command in-process (``fleetpilot run ... --log-level ERROR``) installs fleetpilot's log
+    handler and level on the root logger; put both back, so no later test depends on which ran before it."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for h in list(root.handlers):
+        if h not in handlers and h.get_name() == "fleetpilot":
+            root.removeHandler(h)
