@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,6 +231,35 @@ def test_kube_name_never_resolves(rig: Rig, dead_resolver: Any, record_property:
     assert rig.replicas() == {BIG: START, SMALL: START}
     assert audit_lines(rig.audit_dir / "audit-a.jsonl")[-1]["errors"]
     note(record_property, f"leader={rec.leader}, {len(rec.errors)} errors, {took:.2f}s real; e.g. {rec.errors[0][:70]}")
+
+
+class _RealTime(FakeClock):
+    """The daemon's monotonic clock and sleeps in real time (epoch time stays fake): the interval's budgets are
+    measured against the time the calls really take, as in a pod."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        threading.Event().wait(max(0.0, float(seconds)))
+
+
+@pytest.mark.fault(group="daemon: Kubernetes API", scenario="the API server's host name never resolves, with the "
+                   "production call timeout (10 s) and retries (4 attempts), in real time",
+                   expected="the interval's budgets hold in real time: it ends within one control interval (far "
+                   "inside /healthz's grace), nothing written, the models not surveyed are named")
+def test_kube_name_never_resolves_production_timeouts(rig: Rig, dead_resolver: Any, record_property: Any) -> None:
+    rig.kube_timeout_s = 10.0
+    port = rig.emu.url.rsplit(":", 1)[1]
+    d = rig.daemon("a", attempts=4, api_host=f"http://api.dead.test:{port}", clock=_RealTime())
+    t0 = time.monotonic()
+    rec = d.run_once()
+    took = time.monotonic() - t0
+    assert not rec.leader and rec.errors, rec
+    assert took < rig.goal.control_interval_s, f"the interval took {took:.1f}s"
+    assert rig.replicas() == {BIG: START, SMALL: START}
+    assert any("not surveyed" in e for e in rec.errors), rec.errors
+    note(record_property, f"{took:.1f}s real for a {rig.goal.control_interval_s:g}s interval; {rec.errors[-1][:80]}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
