@@ -59,7 +59,6 @@ from typing import Any
 
 import kubernetes.client
 import requests
-import requests.adapters
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.exec_provider import ExecProvider
 from kubernetes.config.kube_config import (
@@ -72,7 +71,6 @@ from kubernetes.config.kube_config import (
     _create_temp_file_with_content,
     parse_rfc3339,
 )
-from urllib3.util.retry import Retry
 
 __all__ = ["EXEC_TIMEOUT_S", "MAX_EXEC_OUTPUT_BYTES", "MAX_OIDC_BODY_BYTES", "AuthProviderError",
            "ExecCredentialError", "load_kubeconfig", "refresh_oidc_token", "run_exec_plugin"]
@@ -303,33 +301,6 @@ def _oauth_error(body: bytes) -> str:
     return f" ({code}: the refresh-token was refused; log in again)" if code == "invalid_grant" else f" ({code})"
 
 
-def _tls_reason(exc: BaseException) -> str:
-    text = str(exc).lower()
-    for marker in ("certificate verify failed", "hostname mismatch", "self-signed certificate", "wrong version number",
-                   "unable to get local issuer certificate", "certificate has expired"):
-        if marker in text:
-            return marker
-    return "handshake failed"
-
-
-class _GuardedAdapter(requests.adapters.HTTPAdapter):
-    """No retries (a refresh is retried by the next API call); every pool reports its connections to ``guard``, so
-    the whole refresh -- name lookup, connect, TLS, both answers -- ends at the guard's deadline."""
-
-    def __init__(self, guard: Any) -> None:
-        self._guard = guard
-        super().__init__(max_retries=Retry(total=0, raise_on_status=False))
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self._guard.install(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        fresh = proxy not in self.proxy_manager
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        return self._guard.install(manager) if fresh else manager
-
-
 def refresh_oidc_token(issuer_url: str, *, client_id: str, client_secret: str | None, refresh_token: str,
                        verify: str | bool = True, timeout_s: float = EXEC_TIMEOUT_S,
                        what: str = "oidc id-token refresh") -> tuple[str, str | None]:
@@ -343,7 +314,7 @@ def refresh_oidc_token(issuer_url: str, *, client_id: str, client_secret: str | 
     client secret are registered as secrets. Raises :class:`ExecCredentialError` (``what``, then why: never a
     token, a secret or the IdP's answer -- only RFC 6749's error code)."""
     from fleetpilot.agent.deadline import DeadlineExceededError, DeadlineGuard
-    from fleetpilot.agent.prom import register_secret
+    from fleetpilot.agent.prom import TrackingAdapter, register_secret, tls_reason
 
     if verify is not True and not (isinstance(verify, str) and verify):
         raise ValueError("verify must be True or a CA bundle path: TLS to an IdP is never left unverified")
@@ -356,7 +327,7 @@ def refresh_oidc_token(issuer_url: str, *, client_id: str, client_secret: str | 
     discovery = issuer_url.strip().rstrip("/") + "/.well-known/openid-configuration"
     guard = DeadlineGuard()
     session = requests.Session()
-    adapter = _GuardedAdapter(guard)
+    adapter = TrackingAdapter(guard)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "fleetpilot"
@@ -422,7 +393,7 @@ def refresh_oidc_token(issuer_url: str, *, client_id: str, client_secret: str | 
         raise ExecCredentialError(f"{what}: no complete answer from {step[0]} within {timeout_s:g}s") from None
     except requests.exceptions.SSLError as exc:
         raise ExecCredentialError(
-            f"{what}: TLS to the IdP failed ({_tls_reason(exc)}); if it uses a private CA, put it in the "
+            f"{what}: TLS to the IdP failed ({tls_reason(exc)}); if it uses a private CA, put it in the "
             "auth-provider's idp-certificate-authority-data (base64 PEM) or idp-certificate-authority (a file)") \
             from None
     except requests.exceptions.ConnectionError:

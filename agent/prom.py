@@ -438,8 +438,10 @@ class _FileAuth(requests.auth.AuthBase):
 # ------------------------------------------------------------------------------------------------ total deadline
 
 
-class _TrackingAdapter(requests.adapters.HTTPAdapter):
-    """An adapter whose pools report their connections to a :class:`~fleetpilot.agent.deadline.DeadlineGuard`."""
+class TrackingAdapter(requests.adapters.HTTPAdapter):
+    """An adapter whose pools report their connections to a :class:`~fleetpilot.agent.deadline.DeadlineGuard`, so a
+    request made inside :meth:`DeadlineGuard.call` ends at its deadline (name lookup, connect, TLS, answer); no
+    retries. Prometheus sessions and the kubeconfig oidc refresh use it."""
 
     def __init__(self, guard: DeadlineGuard) -> None:
         self._guard = guard
@@ -472,7 +474,7 @@ class DeadlineSession(requests.Session):
         self.default_timeout_s = float(access.timeout_s)
         self.max_body_bytes = int(max_body_bytes)
         self._guard = DeadlineGuard()
-        adapter = _TrackingAdapter(self._guard)
+        adapter = TrackingAdapter(self._guard)
         self.mount("http://", adapter)
         self.mount("https://", adapter)
         if access.insecure_skip_tls_verify:
@@ -741,7 +743,7 @@ class PrometheusSource:
                                  f"(total deadline) from {self.url}") from None
         except requests.exceptions.SSLError as exc:
             raise TemporaryError(f"prometheus {name}: TLS verification failed for {self.url} "
-                                 f"({_tls_reason(exc)}; trust its CA with --prometheus-ca-file)") from None
+                                 f"({tls_reason(exc)}; trust its CA with --prometheus-ca-file)") from None
         except requests.exceptions.ConnectionError:
             raise TemporaryError(f"prometheus {name}: cannot connect to {self.url}") from None
         except TemporaryError as exc:  # a credential file that cannot be read right now
@@ -1017,7 +1019,8 @@ def _describe_ambiguity(key: str, series: list[dict[str, Any]]) -> str:
                   "prometheus queries")
 
 
-def _tls_reason(exc: Exception) -> str:
+def tls_reason(exc: BaseException) -> str:
+    """The reason a TLS handshake failed, from a fixed list (never the rest of the error text)."""
     text = str(exc)
     for marker in ("certificate verify failed", "hostname mismatch", "self-signed certificate", "wrong version number",
                    "unable to get local issuer certificate", "certificate has expired"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -29,3 +30,17 @@ def _root_logger_restored() -> Iterator[None]:
     for h in list(root.handlers):
         if h not in handlers and h.get_name() == "fleetpilot":
             root.removeHandler(h)
+
+
+@pytest.fixture
+def dead_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``socket.getaddrinfo`` replaced by :class:`testbed.resolver.DeadResolver` for the test (``.dead.test`` names
+    never answer, ``.gone.test`` names are unknown); its held lookups are let go before the real one is back."""
+    import socket
+
+    from testbed.resolver import DeadResolver
+
+    fake = DeadResolver(socket.getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    yield fake
+    fake.drain()

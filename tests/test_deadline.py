@@ -413,14 +413,6 @@ def test_a_connect_within_the_deadline_still_works(servers: Make) -> None:
     assert guard.remaining() is None  # outside a call: no deadline
 
 
-@pytest.fixture
-def dead_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[DeadResolver]:
-    fake = DeadResolver(socket.getaddrinfo)
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
-    yield fake
-    fake.drain()
-
-
 def test_a_resolver_that_never_answers_is_bounded_by_the_deadline(dead_resolver: DeadResolver) -> None:
     """Before: getaddrinfo ran in the calling thread with no timeout, so the call took as long as the resolver."""
     guard = DeadlineGuard()

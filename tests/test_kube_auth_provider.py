@@ -37,6 +37,7 @@ from fleetpilot.agent.kube import make_api_client
 from fleetpilot.agent.kube_exec import MAX_OIDC_BODY_BYTES, ExecCredentialError
 from fleetpilot.agent.prom import redact
 from fleetpilot.simulations.errors import UserError
+from testbed.api_recorder import AuthRecordingServer, serve_auth_recorder
 from testbed.prometheus import reply_json, run_within, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,27 +219,9 @@ def tls_idp(tls_files: tuple[Path, Path]) -> Iterator[_IdPServer]:
 # ------------------------------------------------------------------------------------------------ the API server
 
 
-class _ApiServer(_QuickServer):
-    seen: list[str | None]
-
-
-class _Recorder(BaseHTTPRequestHandler):
-    server: _ApiServer
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.server.seen.append(self.headers.get("Authorization"))
-        reply_json(self, b'{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}}')
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def api_server() -> Iterator[_ApiServer]:
-    srv = _ApiServer(("127.0.0.1", 0), _Recorder)
-    srv.seen = []
-    for _hostport in serve_in_thread(srv):
-        yield srv
+def api_server() -> Iterator[AuthRecordingServer]:
+    yield from serve_auth_recorder()
 
 
 def _api_url(srv: ThreadingHTTPServer) -> str:
@@ -293,7 +276,7 @@ def _host(idp: _IdPServer) -> str:
 
 
 @pytest.mark.parametrize("confidential", [True, False], ids=["client-secret", "public-client"])
-def test_an_expired_id_token_is_refreshed_at_load(tmp_path: Path, idp: _IdPServer, api_server: _ApiServer,
+def test_an_expired_id_token_is_refreshed_at_load(tmp_path: Path, idp: _IdPServer, api_server: AuthRecordingServer,
                                                   caplog: pytest.LogCaptureFixture, confidential: bool) -> None:
     caplog.set_level(logging.DEBUG)
     path = _kubeconfig(tmp_path, _oidc(idp, EXPIRED, **({} if confidential else {"client-secret": None})),
@@ -323,7 +306,7 @@ def test_an_expired_id_token_is_refreshed_at_load(tmp_path: Path, idp: _IdPServe
 
 
 @pytest.mark.parametrize("exp", ["in an hour", "none"])
-def test_an_unexpired_id_token_makes_no_idp_call(tmp_path: Path, idp: _IdPServer, api_server: _ApiServer,
+def test_an_unexpired_id_token_makes_no_idp_call(tmp_path: Path, idp: _IdPServer, api_server: AuthRecordingServer,
                                                  exp: str) -> None:
     token = _jwt(sub=USER, exp=int(time.time()) + 3600) if exp != "none" else _jwt(sub=USER, n="no-exp")
     path = _kubeconfig(tmp_path, _oidc(idp, token), _api_url(api_server))
@@ -345,7 +328,7 @@ def _wait_until_expired(exp: float) -> None:
 
 
 def test_a_token_expiring_during_a_run_is_refreshed_before_the_next_call(
-        tmp_path: Path, idp: _IdPServer, api_server: _ApiServer, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, idp: _IdPServer, api_server: AuthRecordingServer, caplog: pytest.LogCaptureFixture) -> None:
     """The library never set the expiry: a daemon kept sending an expired id-token. Then the refresh is bounded
     (a hanging IdP: an OSError for that call, no request without a credential) and a later call recovers."""
     caplog.set_level(logging.DEBUG)
@@ -380,7 +363,7 @@ def test_a_token_expiring_during_a_run_is_refreshed_before_the_next_call(
     _no_secrets(caplog.text + msg, *idp.issued, token)
 
 
-def test_a_read_only_kubeconfig_keeps_the_new_tokens_in_memory(idp: _IdPServer, api_server: _ApiServer,
+def test_a_read_only_kubeconfig_keeps_the_new_tokens_in_memory(idp: _IdPServer, api_server: AuthRecordingServer,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """A kubeconfig mounted read-only (a Secret): kubectl fails the refresh; the daemon uses the new tokens, warns."""
     from fleetpilot.agent.kube_exec import _BoundedLoader
@@ -497,7 +480,7 @@ def test_a_malformed_oidc_section_is_one_line(tmp_path: Path, idp: _IdPServer, p
 
 @pytest.mark.parametrize("ca", [None, "data", "file"])
 def test_an_https_idp_is_verified(tmp_path: Path, tls_idp: _IdPServer, tls_files: tuple[Path, Path],
-                                  api_server: _ApiServer, ca: str | None) -> None:
+                                  api_server: AuthRecordingServer, ca: str | None) -> None:
     """The library turned TLS verification off without an IdP CA: a self-signed IdP is now refused, and accepted
     when the kubeconfig names its CA."""
     extra = {} if ca is None else \

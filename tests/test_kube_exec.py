@@ -13,7 +13,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from fleetpilot.agent.kube import make_api_client
 from fleetpilot.agent.kube_exec import ExecCredentialError
 from fleetpilot.agent.prom import redact
 from fleetpilot.simulations.errors import UserError
-from testbed.prometheus import reply_json, run_within, serve_in_thread
+from testbed.api_recorder import AuthRecordingServer, serve_auth_recorder
+from testbed.prometheus import run_within
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_PATH = ROOT / "examples" / "goals" / "single-model.yaml"
@@ -138,23 +139,9 @@ def test_a_failing_plugin_is_one_line_without_its_output(tmp_path: Path, mode: s
 # ------------------------------------------------------------------------------------------------ a working plugin
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    seen: list[str | None]
-
-    def do_GET(self) -> None:  # noqa: N802 -- http.server's name
-        self.server.seen.append(self.headers.get("Authorization"))  # type: ignore[attr-defined]
-        reply_json(self, b'{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}}')
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def api_server() -> Iterator[ThreadingHTTPServer]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    srv.seen = []  # type: ignore[attr-defined]
-    for _hostport in serve_in_thread(srv):
-        yield srv
+def api_server() -> Iterator[AuthRecordingServer]:
+    yield from serve_auth_recorder()
 
 
 def _url(srv: ThreadingHTTPServer) -> str:

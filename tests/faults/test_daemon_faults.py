@@ -178,18 +178,6 @@ def test_prometheus_one_model_missing(rig: Rig, record_property: Any) -> None:
     note(record_property, f"stale: {', '.join(rec.reading.stale)[:80]}; {BIG} {before[BIG]}->{rig.replicas()[BIG]}")
 
 
-@pytest.fixture
-def dead_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    import socket
-
-    from testbed.resolver import DeadResolver
-
-    fake = DeadResolver(socket.getaddrinfo)
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
-    yield fake
-    fake.drain()
-
-
 @pytest.mark.fault(group="daemon: Prometheus", scenario="Prometheus's host name never resolves (the DNS resolver "
                    "does not answer)",
                    expected="the lookup is bounded by the query's total deadline: the same interval falls back, no "
