@@ -3,7 +3,9 @@
 The official client runs a kubeconfig user's ``exec`` plugin (``aws eks get-token``, ``gke-gcloud-auth-plugin``,
 ``kubelogin``...) with ``subprocess`` and no timeout (``kubernetes.config.exec_provider.ExecProvider.run``), at
 load time and again on every token refresh -- the ``refresh_api_key_hook`` it installs re-runs the plugin before an
-API call once the token is within five minutes of its ``expirationTimestamp``. A plugin that hangs (waiting for a
+API call once the token is within five minutes of its ``expirationTimestamp`` (for a token that lives five minutes
+or less: before every call; fleetpilot's hook renews half-way through such a lifetime, :func:`refresh_at`). A
+plugin that hangs (waiting for a
 browser login, a network call without its own timeout) would hang ``fleetpilot run`` or ``handover`` at start, or
 the daemon's interval later. It also swallows the plugin's failure (logging it, stderr included) and goes on
 without credentials.
@@ -27,9 +29,9 @@ The library's legacy ``auth-provider`` users are handled as kubectl (>= 1.26) do
 * ``gcp`` and ``azure`` (removed from kubectl and client-go in 1.26; the library ran ``cmd-path`` without a timeout
   or needed ``google.auth``) are refused with one line, :class:`AuthProviderError`, naming the user and the exec
   plugin that replaces them (``gke-gcloud-auth-plugin``, ``kubelogin``) -- never the provider's config values;
-* ``oidc``: the id-token's JWT ``exp`` sets the loader's expiry, so the library's ``refresh_api_key_hook`` reloads
-  it before an API call once it is within five minutes of expiring (the library never set it: a daemon kept an
-  expired token). An expired id-token is refreshed here (:func:`refresh_oidc_token`), not by the library (which
+* ``oidc``: the id-token's JWT ``exp`` sets the loader's expiry, so the refresh hook reloads it before an API call
+  once it is within five minutes of expiring, or half-way through a shorter lifetime (``iat`` to ``exp``;
+  :func:`refresh_at`) -- the library never set it: a daemon kept an expired token. An expired id-token is refreshed here (:func:`refresh_oidc_token`), not by the library (which
   fetched the discovery document with TLS verification **off** when no IdP CA was configured, and had no timeout):
   TLS verified (the IdP CA from ``idp-certificate-authority[-data]``, else the default CAs), the discovery document
   and the token endpoint within :data:`EXEC_TIMEOUT_S` (the loader's ``exec_timeout_s``) in total, bodies capped
@@ -55,6 +57,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client
@@ -274,9 +277,34 @@ def _jwt_expiry(claims: dict[str, Any]) -> datetime.datetime | None:
         raise ValueError("its exp claim is not a valid time") from None
 
 
-def _expired(expiry: datetime.datetime) -> bool:
-    """The library's rule (``_is_expired``): expired from five minutes before ``exp`` on."""
-    return expiry - EXPIRY_SKEW_PREVENTION_DELAY <= datetime.datetime.now(tz=datetime.UTC)
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
+
+
+def refresh_at(expiry: datetime.datetime, issued: datetime.datetime) -> datetime.datetime:
+    """When a credential valid until ``expiry``, issued at ``issued``, is renewed: the library's five minutes
+    before ``expiry`` (``EXPIRY_SKEW_PREVENTION_DELAY``), or half-way through its lifetime when that is later.
+
+    The library's rule alone renews a credential that lives five minutes or less (Keycloak's default access- and
+    id-token lifespan is 5 minutes) before *every* API call: an IdP round trip or an exec plugin's run per call.
+    Half the lifetime keeps a refresh at most every half lifetime, with half of it left as the margin; client-go
+    renews an oidc id-token 10 s before it expires, an exec credential when it has expired."""
+    life = expiry - issued
+    skew = min(EXPIRY_SKEW_PREVENTION_DELAY, max(datetime.timedelta(0), life / 2))
+    return expiry - skew
+
+
+def _jwt_issued(claims: dict[str, Any], expiry: datetime.datetime) -> datetime.datetime | None:
+    """The ``iat`` claim (OpenID Connect requires it in an id-token) as an aware datetime, if it is a usable time
+    not after ``expiry``; else None."""
+    iat = claims.get("iat")
+    if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
+        return None
+    try:
+        issued = datetime.datetime.fromtimestamp(iat, tz=datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return issued if issued <= expiry else None
 
 
 def _token_like(value: Any) -> bool:
@@ -407,10 +435,52 @@ def refresh_oidc_token(issuer_url: str, *, client_id: str, client_secret: str | 
 class _BoundedLoader(KubeConfigLoader):  # type: ignore[misc]
     """The library's loader with its ``exec`` step bounded and failing loudly (at load and on refresh)."""
 
-    def __init__(self, *args: Any, exec_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, exec_timeout_s: float,
+                 clock: Callable[[], datetime.datetime] = _utcnow, **kwargs: Any) -> None:
         self._exec_timeout_s = float(exec_timeout_s)
         self._oidc_lock = threading.Lock()  # one refresh at a time (a rotated refresh-token is good for one use)
+        self._clock = clock
+        self._issued: tuple[str, datetime.datetime] | None = None  # (credential, when it was issued or first seen)
+        self._renew_at: datetime.datetime | None = None  # when the credential in use is renewed (refresh_at)
         super().__init__(*args, **kwargs)
+
+    # -- when a credential is renewed --------------------------------------------------------------------------
+
+    def _issued_at(self, credential: str, issued: datetime.datetime | None = None) -> datetime.datetime:
+        """When ``credential`` was issued: ``issued`` if known (an id-token's ``iat``), else when this loader first
+        saw it (a credential seen again keeps its first sighting, so its lifetime is not restarted on reload)."""
+        if issued is None:
+            issued = self._issued[1] if self._issued is not None and self._issued[0] == credential \
+                else self._clock()
+        self._issued = (credential, issued)
+        return issued
+
+    def _due(self, expiry: datetime.datetime, issued: datetime.datetime) -> bool:
+        return refresh_at(expiry, issued) <= self._clock()
+
+    def _set_expiry(self, expiry: datetime.datetime | None, issued: datetime.datetime) -> None:
+        if expiry is None:
+            self.__dict__.pop("expiry", None)  # never expires: the hook never reloads it
+            self._renew_at = None
+        else:
+            self.expiry = expiry
+            self._renew_at = refresh_at(expiry, issued)
+
+    def _set_config(self, client_configuration: Any) -> None:
+        """The library's, with its refresh hook's rule replaced by :func:`refresh_at` (the library reloads the
+        credential before every call once it is within five minutes of expiring: every call, for a 5-min token)."""
+        super()._set_config(client_configuration)
+        if "token" not in self.__dict__:
+            return
+
+        def _refresh_api_key(configuration: Any) -> None:
+            if "expiry" in self.__dict__:
+                renew = self._renew_at if self._renew_at is not None else self.expiry - EXPIRY_SKEW_PREVENTION_DELAY
+                if renew <= self._clock():
+                    self._load_authentication()
+            self._set_config(configuration)
+
+        client_configuration.refresh_api_key_hook = _refresh_api_key
 
     def _user_name(self) -> Any:
         return self._current_context["context"].safe_get("user")
@@ -433,7 +503,8 @@ class _BoundedLoader(KubeConfigLoader):  # type: ignore[misc]
         return None  # any other name: ignored, as the library does
 
     def _load_oid_token(self, provider: Any) -> str | None:
-        """The library's rules (an id-token shaped as a JWT, ``exp`` five minutes ahead or absent: used as it is),
+        """The library's rules (an id-token shaped as a JWT, not yet due for renewal -- :func:`refresh_at` -- or
+        without ``exp``: used as it is),
         plus the expiry set for the refresh hook, and a bounded, verified refresh (:meth:`_refresh_oidc`)."""
         from fleetpilot.agent.prom import register_secret
 
@@ -460,21 +531,23 @@ class _BoundedLoader(KubeConfigLoader):  # type: ignore[misc]
                     expiry = _jwt_expiry(claims)
                 except ValueError as exc:
                     raise AuthProviderError(f"{who}: its id-token is not a valid JWT ({exc})") from None
-                if expiry is None or not _expired(expiry):
-                    return self._use_id_token(token, expiry)  # valid: no network call
-            return self._use_id_token(*self._refresh_oidc(provider))
+                if expiry is None:
+                    return self._use_id_token(token, None, self._issued_at(token))  # never expires
+                issued = self._issued_at(token, _jwt_issued(claims, expiry))
+                if not self._due(expiry, issued):
+                    return self._use_id_token(token, expiry, issued)  # valid: no network call
+            token, expiry, issued = self._refresh_oidc(provider)
+            return self._use_id_token(token, expiry, self._issued_at(token, issued))
         finally:
             self._oidc_lock.release()
 
-    def _use_id_token(self, token: str, expiry: datetime.datetime | None) -> str:
+    def _use_id_token(self, token: str, expiry: datetime.datetime | None, issued: datetime.datetime) -> str:
         self.token = f"Bearer {token}"
-        if expiry is None:
-            self.__dict__.pop("expiry", None)  # never expires: the hook never reloads it
-        else:
-            self.expiry = expiry  # the library's refresh hook reloads it five minutes before
+        self._set_expiry(expiry, issued)  # the refresh hook reloads it at refresh_at(expiry, issued)
         return str(self.token)
 
-    def _refresh_oidc(self, provider: Any) -> tuple[str, datetime.datetime | None]:  # type: ignore[override]
+    def _refresh_oidc(self, provider: Any) -> tuple[str, datetime.datetime | None,  # type: ignore[override]
+                                                    datetime.datetime | None]:
         """Replaces the library's (TLS unverified without an IdP CA, no timeout, expiry never set): a new id-token
         from the IdP (:func:`refresh_oidc_token`), stored with the new refresh-token into the kubeconfig (persisted
         as kubectl does). Raises :class:`ExecCredentialError` (an OSError: during a run, a temporary failure)."""
@@ -504,6 +577,7 @@ class _BoundedLoader(KubeConfigLoader):  # type: ignore[misc]
             expiry = _jwt_expiry(claims)
         except ValueError:
             raise ExecCredentialError(f"{what}: the IdP answered an id_token that is not a valid JWT") from None
+        issued = None if expiry is None else _jwt_issued(claims, expiry)
         values["id-token"] = id_token
         if new_refresh:
             values["refresh-token"] = new_refresh
@@ -514,7 +588,7 @@ class _BoundedLoader(KubeConfigLoader):  # type: ignore[misc]
                 log.warning("%s: the new id-token is used but could not be saved to the kubeconfig (%s)", what,
                             exc.strerror or type(exc).__name__)
         log.info("%s: a new id-token%s", what, "" if expiry is None else f", valid until {expiry:%Y-%m-%dT%H:%M:%SZ}")
-        return id_token, expiry
+        return id_token, expiry, issued
 
     def _oidc_verify(self, values: dict[str, Any], what: str) -> str | bool:
         """The IdP CA bundle's path (``idp-certificate-authority-data``, base64 PEM, else ``idp-certificate-
@@ -569,7 +643,8 @@ class _BoundedLoader(KubeConfigLoader):  # type: ignore[misc]
             else:
                 raise ExecCredentialError(f"{what} returned neither a token nor clientCertificateData")
             if status.get("expirationTimestamp") is not None:
-                self.expiry = parse_rfc3339(status["expirationTimestamp"])
+                # issued now: the plugin just ran (a token it cached is renewed by it when it needs to be)
+                self._set_expiry(parse_rfc3339(status["expirationTimestamp"]), self._clock())
         except ExecCredentialError:
             raise
         except Exception as exc:  # noqa: BLE001 -- a bad timestamp or unwritable temp file: one line, no values
@@ -579,14 +654,17 @@ class _BoundedLoader(KubeConfigLoader):  # type: ignore[misc]
 
 
 def load_kubeconfig(config_file: str | None, client_configuration: kubernetes.client.Configuration, *,
-                    exec_timeout_s: float = EXEC_TIMEOUT_S) -> None:
+                    exec_timeout_s: float = EXEC_TIMEOUT_S,
+                    clock: Callable[[], datetime.datetime] = _utcnow) -> None:
     """``kubernetes.config.load_kube_config(config_file, client_configuration=...)`` with a bounded ``exec``
-    plugin (at load and on every token refresh): :class:`ExecCredentialError` when it fails or times out."""
+    plugin (at load and on every token refresh): :class:`ExecCredentialError` when it fails or times out.
+    A credential with an expiry is renewed before the first API call from :func:`refresh_at` on (``clock``: the
+    aware UTC time it reads)."""
     if not (0 < exec_timeout_s < float("inf")):
         raise ValueError(f"exec_timeout_s must be a positive finite number of seconds, got {exec_timeout_s!r}")
     merged = KubeConfigMerger(config_file if config_file is not None else KUBE_CONFIG_DEFAULT_LOCATION)
     if merged.config is None:
         raise ConfigException("Invalid kube-config file. No configuration found.")
     loader = _BoundedLoader(config_dict=merged.config, config_base_path=None, config_persister=merged.save_changes,
-                            exec_timeout_s=exec_timeout_s)
+                            exec_timeout_s=exec_timeout_s, clock=clock)
     loader.load_and_set(client_configuration)

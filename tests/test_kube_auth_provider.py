@@ -23,7 +23,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,10 @@ import yaml
 
 from fleetpilot.agent.cli import main
 from fleetpilot.agent.kube import make_api_client
-from fleetpilot.agent.kube_exec import MAX_OIDC_BODY_BYTES, ExecCredentialError
+from fleetpilot.agent.kube_exec import MAX_OIDC_BODY_BYTES, ExecCredentialError, load_kubeconfig
 from fleetpilot.agent.prom import redact
 from fleetpilot.simulations.errors import UserError
-from testbed.api_recorder import AuthRecordingServer, serve_auth_recorder
+from testbed.api_recorder import AuthRecordingServer, UtcClock, serve_auth_recorder
 from testbed.prometheus import reply_json, run_within, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +92,8 @@ class _IdPServer(_QuickServer):
     seen: list[tuple[str, str, str | None, dict[str, str]]]
     issued: list[str]
     exp_in_s: float
+    iat_age_s: float | None  # the issued id-token's iat is this long before now (None: no iat claim)
+    clock: Callable[[], float]  # the IdP's time (epoch seconds) for the tokens it issues
     token_endpoint: str | None
     release: threading.Event
 
@@ -124,7 +126,9 @@ class _IdP(BaseHTTPRequestHandler):
         form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
         srv.seen.append(("POST", self.path, self.headers.get("Authorization"), form))
         n = len(srv.issued) + 1
-        token = _jwt(sub=USER, exp=time.time() + srv.exp_in_s, n=f"issued-{n}")
+        now = srv.clock()
+        iat = {} if srv.iat_age_s is None else {"iat": now - srv.iat_age_s}
+        token = _jwt(sub=USER, **iat, exp=now + srv.exp_in_s, n=f"issued-{n}")
         body = {"id_token": token, "refresh_token": f"rt-NEW-SECRET-{n}", "access_token": f"at-SECRET-{n}",
                 "token_type": "Bearer", "expires_in": 3600}
         self._answer(srv.modes["token"], json.dumps(body).encode(), issued=token)
@@ -167,6 +171,8 @@ def _serve_idp(tls: tuple[Path, Path] | None = None) -> Iterator[_IdPServer]:
     srv.modes = {"discovery": "ok", "token": "ok"}
     srv.seen, srv.issued = [], []
     srv.exp_in_s = 3600.0
+    srv.iat_age_s = 0.0
+    srv.clock = time.time
     srv.token_endpoint = None
     srv.release = threading.Event()
     for _hostport in serve_in_thread(srv):
@@ -332,10 +338,13 @@ def test_a_token_expiring_during_a_run_is_refreshed_before_the_next_call(
     """The library never set the expiry: a daemon kept sending an expired id-token. Then the refresh is bounded
     (a hanging IdP: an OSError for that call, no request without a credential) and a later call recovers."""
     caplog.set_level(logging.DEBUG)
+    # tokens issued an hour before: long-lived, so the library's five minutes before exp is the refresh point
+    # (refresh_at; half a lifetime shorter than ten minutes is tested below, on an injected clock)
     exp = time.time() + SKEW_S + 6.0  # valid for the load and the first call, even on a loaded machine
-    token = _jwt(sub=USER, exp=exp)
+    token = _jwt(sub=USER, iat=time.time() - 3600, exp=exp)
     path = _kubeconfig(tmp_path, _oidc(idp, token), _api_url(api_server))
     idp.exp_in_s = SKEW_S + 1.0  # what the IdP issues expires (for the client) a second later
+    idp.iat_age_s = 3600.0
     client, err, _ = run_within(TIMEOUT_S + MARGIN_S, lambda: make_api_client(str(path), exec_timeout_s=TIMEOUT_S))
     assert err is None, err
     _, err, _ = _call(client)
@@ -361,6 +370,48 @@ def test_a_token_expiring_during_a_run_is_refreshed_before_the_next_call(
     assert err is None, err
     assert api_server.seen[-1] == f"Bearer {idp.issued[-1]}" and len(idp.issued) == 2
     _no_secrets(caplog.text + msg, *idp.issued, token)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+@pytest.mark.parametrize("iat", [True, False], ids=["iat", "no-iat"])
+def test_a_short_lived_id_token_is_renewed_half_way_not_before_every_call(
+        tmp_path: Path, idp: _IdPServer, api_server: AuthRecordingServer, iat: bool) -> None:
+    """Keycloak's default id-token lives 5 minutes. The library's rule (renew from five minutes before exp) made
+    every API call of such a token an IdP round trip; the token is now renewed half-way through its lifetime
+    (from its iat, or from when fleetpilot first saw it), and used until then."""
+    clock = UtcClock()
+    t0 = clock.epoch()
+    idp.clock = clock.epoch  # one time for the IdP and the client, as on one real clock
+    idp.exp_in_s = 120.0
+    idp.iat_age_s = 0.0 if iat else None
+    path = _kubeconfig(tmp_path, _oidc(idp, EXPIRED), _api_url(api_server))
+    cfg = kubernetes.client.Configuration()
+    _, err, _ = run_within(TIMEOUT_S + MARGIN_S, lambda: load_kubeconfig(str(path), cfg, exec_timeout_s=5.0,
+                                                                            clock=clock))
+    assert err is None, err
+    client = kubernetes.client.ApiClient(cfg)
+    assert len(idp.issued) == 1  # the expired token, refreshed at load
+    claims = _claims(idp.issued[0])
+    issued = float(claims["iat"]) if iat else t0
+    renew = float(claims["exp"]) - min(SKEW_S, (float(claims["exp"]) - issued) / 2)
+    assert renew - issued == pytest.approx(60.0 if iat else (claims["exp"] - t0) / 2, abs=1e-6)
+    for _ in range(3):
+        _, err, _ = _call(client)
+        assert err is None, err
+    clock.at(renew - 1.0)
+    _, err, _ = _call(client)
+    assert err is None, err
+    assert len(idp.issued) == 1 and api_server.seen == [f"Bearer {idp.issued[0]}"] * 4  # one token, four calls
+    clock.at(renew + 1.0)
+    _, err, _ = _call(client)
+    assert err is None, err
+    assert len(idp.issued) == 2 and api_server.seen[-1] == f"Bearer {idp.issued[1]}"  # renewed before the call
+    _, err, _ = _call(client)
+    assert err is None and len(idp.issued) == 2, err  # and the new one is used, not renewed again at once
 
 
 def test_a_read_only_kubeconfig_keeps_the_new_tokens_in_memory(idp: _IdPServer, api_server: AuthRecordingServer,

@@ -8,6 +8,7 @@ regression fails instead of hanging.
 
 from __future__ import annotations
 
+import datetime
 import json
 import stat
 import threading
@@ -23,10 +24,10 @@ import pytest
 from fleetpilot.agent import kube_exec
 from fleetpilot.agent.cli import main
 from fleetpilot.agent.kube import make_api_client
-from fleetpilot.agent.kube_exec import ExecCredentialError
+from fleetpilot.agent.kube_exec import ExecCredentialError, load_kubeconfig
 from fleetpilot.agent.prom import redact
 from fleetpilot.simulations.errors import UserError
-from testbed.api_recorder import AuthRecordingServer, serve_auth_recorder
+from testbed.api_recorder import AuthRecordingServer, UtcClock, serve_auth_recorder
 from testbed.prometheus import run_within
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +176,30 @@ def test_the_refresh_is_bounded_too(tmp_path: Path, api_server: ThreadingHTTPSer
     _no_secrets(str(err))
     assert len(api_server.seen) == 1  # type: ignore[attr-defined]  # no request went out without a credential
     assert _gone(int((tmp_path / "child.pid").read_text()))
+
+
+def test_a_short_lived_credential_is_renewed_half_way_not_before_every_call(
+        tmp_path: Path, api_server: ThreadingHTTPServer) -> None:
+    """A plugin whose token lives 2 minutes: the library re-ran it before every API call (its rule renews from five
+    minutes before the expirationTimestamp); it now runs again half-way through the token's lifetime."""
+    clock = UtcClock()
+    t0 = clock.epoch()
+    exp = datetime.datetime.fromtimestamp(t0 + 120.0, tz=datetime.UTC)
+    path = _setup(tmp_path, "ok", server=_url(api_server), expiry=exp.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    cfg = kubernetes.client.Configuration()
+    _, err, _ = _within(MARGIN_S, lambda: load_kubeconfig(str(path), cfg, exec_timeout_s=5.0, clock=clock))
+    assert err is None, err
+    core = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(cfg))
+    renew = int(t0 + 120.0) - (int(t0 + 120.0) - t0) / 2  # the timestamp has whole seconds; issued at t0
+    for at in (None, None, renew - 1.0):
+        if at is not None:
+            clock.at(at)
+        core.read_namespace("x", _request_timeout=5.0)
+    assert (tmp_path / "count").read_text().strip() == "1"  # one run for three calls
+    clock.at(renew + 1.0)
+    core.read_namespace("x", _request_timeout=5.0)
+    assert (tmp_path / "count").read_text().strip() == "2"
+    assert api_server.seen == ["Bearer tok-EXEC-1"] * 3 + ["Bearer tok-EXEC-2"]  # type: ignore[attr-defined]
 
 
 def test_the_exec_timeout_must_be_positive_and_finite(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """A Kubernetes API server stand-in that records the credential each request carries (tests of kubeconfig
 credentials: exec plugins, auth-providers). Every GET is answered with one Namespace; ``seen`` lists each request's
-``Authorization`` header in order."""
+``Authorization`` header in order. :class:`UtcClock` is the aware UTC clock a test injects into the kubeconfig loader
+(``load_kubeconfig(..., clock=)``) to move a credential's lifetime by hand."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -44,3 +46,19 @@ def serve_auth_recorder() -> Iterator[AuthRecordingServer]:
     srv = AuthRecordingServer()
     for _hostport in serve_in_thread(srv):
         yield srv
+
+
+class UtcClock:
+    """An injected aware UTC clock, moved by hand (starts at the real time)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.datetime.now(tz=datetime.UTC)
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+    def epoch(self) -> float:
+        return self.now.timestamp()
+
+    def at(self, epoch_s: float) -> None:
+        self.now = datetime.datetime.fromtimestamp(epoch_s, tz=datetime.UTC)
