@@ -5,9 +5,8 @@ The official client runs a kubeconfig user's ``exec`` plugin (``aws eks get-toke
 load time and again on every token refresh -- the ``refresh_api_key_hook`` it installs re-runs the plugin before an
 API call once the token is within five minutes of its ``expirationTimestamp`` (for a token that lives five minutes
 or less: before every call; fleetpilot's hook renews half-way through such a lifetime, :func:`refresh_at`). A
-plugin that hangs (waiting for a
-browser login, a network call without its own timeout) would hang ``fleetpilot run`` or ``handover`` at start, or
-the daemon's interval later. It also swallows the plugin's failure (logging it, stderr included) and goes on
+plugin that hangs (waiting for a browser login, a network call without its own timeout) would hang ``fleetpilot
+run`` or ``handover`` at start, or the daemon's interval later. It also swallows the plugin's failure (logging it, stderr included) and goes on
 without credentials.
 
 :func:`load_kubeconfig` loads a kubeconfig as ``kubernetes.config.load_kube_config`` does (``$KUBECONFIG`` lists
@@ -31,8 +30,8 @@ The library's legacy ``auth-provider`` users are handled as kubectl (>= 1.26) do
   plugin that replaces them (``gke-gcloud-auth-plugin``, ``kubelogin``) -- never the provider's config values;
 * ``oidc``: the id-token's JWT ``exp`` sets the loader's expiry, so the refresh hook reloads it before an API call
   once it is within five minutes of expiring, or half-way through a shorter lifetime (``iat`` to ``exp``;
-  :func:`refresh_at`) -- the library never set it: a daemon kept an expired token. An expired id-token is refreshed here (:func:`refresh_oidc_token`), not by the library (which
-  fetched the discovery document with TLS verification **off** when no IdP CA was configured, and had no timeout):
+  :func:`refresh_at`) -- the library never set it: a daemon kept an expired token. An expired id-token is
+  refreshed here (:func:`refresh_oidc_token`), not by the library (which fetched the discovery document with TLS verification **off** when no IdP CA was configured, and had no timeout):
   TLS verified (the IdP CA from ``idp-certificate-authority[-data]``, else the default CAs), the discovery document
   and the token endpoint within :data:`EXEC_TIMEOUT_S` (the loader's ``exec_timeout_s``) in total, bodies capped
   (:data:`MAX_OIDC_BODY_BYTES`). The new id-token (and refresh-token) are stored in the kubeconfig as kubectl does;
@@ -504,8 +503,8 @@ class _BoundedLoader(KubeConfigLoader):  # type: ignore[misc]
 
     def _load_oid_token(self, provider: Any) -> str | None:
         """The library's rules (an id-token shaped as a JWT, not yet due for renewal -- :func:`refresh_at` -- or
-        without ``exp``: used as it is),
-        plus the expiry set for the refresh hook, and a bounded, verified refresh (:meth:`_refresh_oidc`)."""
+        without ``exp``: used as it is), plus the expiry set for the refresh hook, and a bounded, verified refresh
+        (:meth:`_refresh_oidc`)."""
         from fleetpilot.agent.prom import register_secret
 
         if "config" not in provider:

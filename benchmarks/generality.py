@@ -5,7 +5,7 @@ Run by hand from the repository root (results in ``benchmarks/RESULTS_generality
     python benchmarks/generality.py --out /tmp/generality
     python benchmarks/generality.py --out /tmp/generality --learned   # + the shipped learned policy, on both cores
 
-Five synthetic traces (seeded, generated here; nothing is fitted to them), each tuned on its first part and replayed
+Six synthetic traces (seeded, generated here; nothing is fitted to them), each tuned on its first part and replayed
 on the rest with ``--warmup``, as ``docs/deploy.md`` tells a user to do:
 
 * ``fine_5s``: 2 days of diurnal Poisson traffic at 5-s resolution;
@@ -13,7 +13,9 @@ on the rest with ``--warmup``, as ``docs/deploy.md`` tells a user to do:
 * ``sparse_1min``: 3 days of silence with 40 spikes of 500-5,000 requests in one minute;
 * ``shift_1min``: 4 days whose token mix turns 5x heavier (600/200 -> 3,000/800 tokens, +-20 % per minute) at
   the start of the replayed part, the tuning part never shows it;
-* ``short_1s``: 30 minutes at 1-s resolution (a tuning range shorter than the core's calibration).
+* ``short_1s``: 30 minutes at 1-s resolution (a tuning range shorter than the core's calibration);
+* ``reasoning_1min``: 3 days of diurnal traffic from a reasoning model: 700-token prompts, 4,000 generated tokens
+  (+-30 % per minute), so a replica holds ~100 sequences in its KV cache, not its 256 slots, and each lasts a minute.
 
 The same goal as the evaluation protocol's single-model ranges (``examples/goals/single-model.yaml``). Reported:
 exit codes, and per policy cost, cost / oracle and SLO attainment from ``summary.json``.
@@ -43,6 +45,9 @@ CASES = {
     "sparse_1min": ("3600:172800", "172800:", 200, "1h"),
     "shift_1min": ("3600:172800", "172800:", 60, "1h"),  # 60: the heavy mix at 200 needs > max_replicas
     "short_1s": ("300:900", "900:", 200, "5m"),
+    # 30: 4,000 generated tokens a request make a replica KV-bound (~100 sequences) at ~1 req/s; 200 would need
+    # more than max_replicas
+    "reasoning_1min": ("3600:172800", "172800:", 30, "1h"),
 }
 
 
@@ -77,6 +82,11 @@ def generate(out: Path, seed: int = 5) -> None:
     tout = np.where(heavy, 800, 200) * rng.uniform(0.8, 1.2, n)
     write(out / "shift_1min.csv", 60, rng.poisson(lam), tin, tout)
     write(out / "short_1s.csv", 1, rng.poisson(8, 1800))
+    n = 3 * 1440  # drawn last: the traces above keep the draws they always had
+    t = np.arange(n) * 60
+    lam = 60 * (10 * (1 + 0.5 * np.sin(2 * np.pi * t / 86400)))
+    write(out / "reasoning_1min.csv", 60, rng.poisson(lam), 700 * rng.uniform(0.8, 1.2, n),
+          4000 * rng.uniform(0.7, 1.3, n))
 
 
 def _row_name(pol: str) -> str:
