@@ -30,13 +30,14 @@ The library's legacy ``auth-provider`` users are handled as kubectl (>= 1.26) do
   plugin that replaces them (``gke-gcloud-auth-plugin``, ``kubelogin``) -- never the provider's config values;
 * ``oidc``: the id-token's JWT ``exp`` sets the loader's expiry, so the refresh hook reloads it before an API call
   once it is within five minutes of expiring, or half-way through a shorter lifetime (``iat`` to ``exp``;
-  :func:`refresh_at`) -- the library never set it: a daemon kept an expired token. An expired id-token is
-  refreshed here (:func:`refresh_oidc_token`), not by the library (which fetched the discovery document with TLS
-  verification **off** when no IdP CA was configured, and had no timeout): TLS verified (the IdP CA from ``idp-certificate-authority[-data]``, else the default CAs), the discovery document
-  and the token endpoint within :data:`EXEC_TIMEOUT_S` (the loader's ``exec_timeout_s``) in total, bodies capped
-  (:data:`MAX_OIDC_BODY_BYTES`). The new id-token (and refresh-token) are stored in the kubeconfig as kubectl does;
-  id-token, refresh-token and client-secret are secrets. A failure is an :class:`ExecCredentialError` naming the
-  user and the issuer's host -- never a token, a secret or what the IdP answered.
+  :func:`refresh_at`) -- the library never set it: a daemon kept an expired token. An expired id-token is refreshed
+  here (:func:`refresh_oidc_token`), not by the library (which fetched the discovery document with TLS verification
+  **off** when no IdP CA was configured, and had no timeout): TLS verified (the IdP CA from
+  ``idp-certificate-authority[-data]``, else the default CAs), the discovery document and the token endpoint within
+  :data:`EXEC_TIMEOUT_S` (the loader's ``exec_timeout_s``) in total, bodies capped (:data:`MAX_OIDC_BODY_BYTES`).
+  The new id-token (and refresh-token) are stored in the kubeconfig as kubectl does; id-token, refresh-token and
+  client-secret are secrets. A failure is an :class:`ExecCredentialError` naming the user and the issuer's host --
+  never a token, a secret or what the IdP answered.
 """
 
 from __future__ import annotations
