@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--goal", default="single-model")
     a = ap.parse_args(argv)
     try:
-        lo, hi = (float(x) for x in a.range.split(":"))
+        try:
+            lo, hi = (float(x) for x in a.range.split(":"))
+        except ValueError:
+            raise ValueError(f"--range: expected LO:HI seconds, got {a.range!r}") from None
         cores = [json.loads(c) for c in a.core] or [{}]
         if not all(isinstance(c, dict) for c in cores):
             raise ValueError("--core must be JSON objects")
@@ -72,27 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.predictive import PredictivePolicy
     from fleetpilot.policies.registry import make
+    from fleetpilot.simulations.errors import UserError
     from fleetpilot.simulations.goal import load_goal
     from fleetpilot.simulations.traces import load_traces
 
-    goal = load_goal(a.goal)
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            goal = load_goal(a.goal)
             tdir = Path(a.tuning) if a.tuning else _pair_dir(a.cache_pair, Path(tmp))
-        except ValueError as e:
+            base: dict[str, Any] = {}
+            if a.base == "tuned":
+                base = json.loads((tdir / "tuning-predictive.json").read_text())["settings"]
+            t = load_traces([a.trace], (lo - a.warmup, hi)).with_warmup(lo, hi, a.warmup, peak_rps=a.peak)
+            pols = []
+            for i, c in enumerate(cores):
+                p = PredictivePolicy(goal, **{**base, **c})
+                p.name = f"core{i} {json.dumps(c)}"
+                pols.append(p)
+            pols += [make(f"{k}-tuned:{tdir}", goal) for k in a.incumbents.split(",") if k]
+            pols.append(make("oracle", goal))
+        except (ValueError, KeyError, TypeError, OSError, UserError) as e:  # one line, no traceback
             print(f"error: {e}", file=sys.stderr)
             return 2
-        base: dict[str, Any] = {}
-        if a.base == "tuned":
-            base = json.loads((tdir / "tuning-predictive.json").read_text())["settings"]
-        t = load_traces([a.trace], (lo - a.warmup, hi)).with_warmup(lo, hi, a.warmup, peak_rps=a.peak)
-        pols = []
-        for i, c in enumerate(cores):
-            p = PredictivePolicy(goal, **{**base, **c})
-            p.name = f"core{i} {json.dumps(c)}"
-            pols.append(p)
-        pols += [make(f"{k}-tuned:{tdir}", goal) for k in a.incumbents.split(",") if k]
-        pols.append(make("oracle", goal))
         res = replay(goal, t, pols, seed=0, tick_s=None, workers=2, warmup_s=a.warmup)
     print(f"base: {a.base} {json.dumps(base)}")
     print("policy | cost $ | cost / oracle | attainment | mean ready")
