@@ -375,8 +375,20 @@ def _qty(x: float) -> str:
     return f"{int(round(x * 1000))}m"
 
 
+def _decimal(x: float) -> str:
+    """A target as a decimal string, to the precision the replay used (KEDA and Knative parse it as float64)."""
+    return f"{float(x):.12g}"
+
+
 def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
-    """YAML documents (one per model) applying the tuning ``doc`` (the JSON written by ``fleetpilot tune``)."""
+    """YAML documents (one per model) applying the tuning ``doc`` (the JSON written by ``fleetpilot tune``).
+
+    The KPA's document is a partial Knative Service (the revision template's autoscaling annotations only): the
+    header gives the ``kubectl patch ksvc`` merge per model, since ``kubectl apply`` of it is refused by Knative's
+    webhook (no ``spec.template.spec.containers``)."""
+    import json
+    import shlex
+
     import yaml
 
     kind = str(doc["autoscaler"])
@@ -386,6 +398,7 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
               f"# rule: {doc.get('rule', '')}",
               f"# command: {doc.get('command', '')}"]
     docs: list[str] = []
+    patches: list[str] = []
     for m in goal.models:
         tm = doc["models"][m.name]
         target = float(tm["target"])
@@ -406,7 +419,7 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
                     "minReplicaCount": int(m.min_replicas), "maxReplicaCount": int(m.max_replicas),
                     "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
                         "serverAddress": _PROM_PLACEHOLDER,
-                        "query": query, "threshold": f"{target:.4g}",
+                        "query": query, "threshold": _decimal(target),
                         # no answer is an error (the HPA holds its replicas), not 0 (a scale-down to the minimum)
                         "ignoreNullValues": "false"}}],
                 },
@@ -429,7 +442,7 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
             ann = {
                 "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
                 "autoscaling.knative.dev/metric": "concurrency",
-                "autoscaling.knative.dev/target": f"{target:.4g}",
+                "autoscaling.knative.dev/target": _decimal(target),
                 "autoscaling.knative.dev/target-utilization-percentage": "100",
                 "autoscaling.knative.dev/window": f"{float(doc['stable_window_s']):g}s",
                 "autoscaling.knative.dev/scale-down-delay": f"{float(doc.get('scale_down_delay_s') or 0.0):g}s",
@@ -439,11 +452,14 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
             obj = {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
                    "metadata": {"name": m.service or dep, "namespace": ns},
                    "spec": {"template": {"metadata": {"annotations": ann}}}}
+            patch = json.dumps({"spec": obj["spec"]}, separators=(",", ":"))
+            patches.append(f"#   kubectl -n {shlex.quote(ns)} patch ksvc {shlex.quote(obj['metadata']['name'])} "
+                           f"--type merge -p {shlex.quote(patch)}")
         docs.append(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
     replaces = [f"# This replaces the autoscaler your {m.deployment.name if len(goal.models) == 1 else 'workloads'} "
                 "run now: KEDA's admission webhook refuses a second ScaledObject",
                 "# on a workload, and two HPAs on one fight. Delete the existing one first (kubectl delete",
-                "# scaledobject|hpa NAME), or copy these values into it."]
+                "# scaledobject|hpa NAME), or copy these values into it."] if kind != "kpa" else []
     notes = {
         "keda": ["# serverAddress: point it at your Prometheus. The query is the load in requests in flight at",
                  "# saturation (Little's law: the arrival rate x a replica's service time at full batch at the",
@@ -460,7 +476,13 @@ def render_manifest(doc: Mapping[str, Any], goal: GoalSpec) -> str:
                 "#     metricsQuery: 'sum(vllm:num_requests_running{<<.LabelMatchers>>} + "
                 "vllm:num_requests_waiting{<<.LabelMatchers>>}) by (<<.GroupBy>>)'",
                 "# No spec.behavior on purpose: the setting was tuned with the HPA's default (legacy) limits."],
-        "kpa": ["# Merge these annotations into your Knative Service's revision template (spec.template).",
+        "kpa": ["# A partial Knative Service: the autoscaling annotations of its revision template (spec.template).",
+                "# Not for `kubectl apply`: Knative's webhook refuses a Service without spec.template.spec.containers",
+                "# (on a Service `kubectl apply` created, it would also try to delete them). Merge it into the Service:",
+                *patches,
+                "# The new template makes a new Revision, which takes all the traffic once it is ready with",
+                "# autoscaling.knative.dev/initial-scale pods (default 1): under load add initial-scale (your current",
+                "# pod count) to the patch, or set serving.knative.dev/rollout-duration on the Service.",
                 "# target-utilization-percentage 100: the tuned target already is the effective one."],
     }[kind]
     return "\n".join(header + replaces + notes) + "\n---\n" + "---\n".join(docs)

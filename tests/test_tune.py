@@ -112,6 +112,33 @@ def test_tune_writes_values_and_ready_to_apply_manifests(tuned_dir: Path) -> Non
         assert f"{tm['input_tokens']:.0f} prompt and {tm['output_tokens']:.0f} generated" in rules[1]["annotations"]["description"]
 
 
+def test_the_knative_manifest_says_how_to_merge_it_and_targets_keep_the_replayed_value() -> None:
+    """The KPA's document is a partial Service: Knative's webhook refuses one without spec.template.spec.containers
+    (knative/serving ValidatePodSpec), so its header gives a `kubectl patch ksvc --type merge` per model whose patch
+    is that document's spec, and not the KEDA/HPA advice to delete a ScaledObject or HPA. KEDA's threshold and
+    Knative's target (float64 in both) carry the tuned value the replay used, not 4 significant digits."""
+    import shlex
+
+    from fleetpilot.policies.tuning import render_manifest
+
+    two = load_goal(ROOT / "examples/goals/two-model-routed.yaml")
+    models = {m.name: {"target": 107.52} for m in two.models}
+    text = render_manifest({"autoscaler": "kpa", "stable_window_s": 120.0, "scale_down_delay_s": 300.0,
+                            "models": models}, two)
+    header = text.split("\n---\n")[0]
+    assert "scaledobject|hpa" not in header
+    svcs = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in yaml.safe_load_all(text) if d}
+    cmds = [shlex.split(line[1:]) for line in header.splitlines() if "patch ksvc" in line]
+    assert len(cmds) == len(svcs) == len(two.models)
+    for cmd in cmds:
+        assert cmd[:2] == ["kubectl", "-n"] and cmd[3:5] == ["patch", "ksvc"] and cmd[6:9] == ["--type", "merge", "-p"]
+        svc = svcs[(cmd[2], cmd[5])]
+        assert json.loads(cmd[9]) == {"spec": svc["spec"]}
+        assert svc["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/target"] == "107.52"
+    so = next(d for d in yaml.safe_load_all(render_manifest({"autoscaler": "keda", "models": models}, two)) if d)
+    assert so["spec"]["triggers"][0]["metadata"]["threshold"] == "107.52"
+
+
 def test_tuned_policy_from_the_file_runs_as_its_users_run_it(tuned_dir: Path) -> None:
     pol = make(f"keda-tuned:{tuned_dir}", ONE)
     doc = json.loads((tuned_dir / "tuning-keda.json").read_text())

@@ -11,7 +11,9 @@ runs upstream, and keeps the cheapest setting whose SLO attainment is at least t
 * ``DIR/tuning-KIND.json`` -- the chosen target per model, every candidate's cost and attainment, the rule and
   the command (``KIND-tuned:DIR`` replays it: ``fleetpilot replay --policies keda,keda-tuned:DIR``);
 * a ready-to-apply manifest: ``keda-scaledobject.yaml`` (KEDA ScaledObject), ``hpa.yaml`` (autoscaling/v2
-  HPA) or ``knative-service.yaml`` (Knative KPA annotations), one document per model;
+  HPA) or ``knative-service.yaml`` (Knative KPA annotations: a partial Service whose header gives the ``kubectl
+  patch ksvc`` merge per model, since Knative refuses ``kubectl apply`` of a Service without containers), one
+  document per model;
 * ``alerts-KIND.yaml`` -- a PrometheusRule that alerts when the live token mix leaves the one the target was
   tuned on (:func:`fleetpilot.policies.tuning.render_alerts`): a concurrency target fits one mix only.
 
