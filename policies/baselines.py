@@ -948,6 +948,10 @@ class KPAPolicy(PolicyBase):
         self.delay_s = float(scale_down_delay_s)
         if not (math.isfinite(self.delay_s) and 0.0 <= self.delay_s <= 3600.0):
             raise UserError(f"kpa scale-down delay must be within Knative's 0s..1h, got {scale_down_delay_s!r}")
+        if self.stable_s != round(self.stable_s) or self.delay_s != round(self.delay_s):
+            # Knative validates both annotations to second precision: a fraction could not be deployed
+            raise UserError(f"kpa stable window and scale-down delay must be whole seconds (Knative's precision), "
+                            f"got {self.stable_s:g} s and {self.delay_s:g} s")
         self.up_rate = float(max_scale_up_rate)
         self.down_rate = float(max_scale_down_rate)
         self.grace_s = float(scale_to_zero_grace_s)

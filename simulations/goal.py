@@ -481,6 +481,16 @@ class _Baselines(BaseModel):
     predictive_headroom: float = _f(0.15, description="Spare capacity the predictive policy adds over the "
                                     "forecast.", unit="fraction", example=0.15, ge=0, le=100)
 
+    @field_validator("keda_polling_s", "keda_cooldown_s", "kpa_stable_window_s")
+    @classmethod
+    def _whole_seconds(cls, v: float) -> float:
+        # what the deployed object can say: KEDA's pollingInterval and cooldownPeriod are integer seconds, and
+        # Knative's stable window has second precision -- a fraction would replay a setting nobody can deploy
+        if v != round(v):
+            raise ValueError("expected whole seconds (KEDA's pollingInterval and cooldownPeriod are integers, "
+                             "Knative's window has second precision)")
+        return v
+
 
 class GoalSpecModel(BaseModel):
     """A fleetpilot goal: which models to scale and route, at what price, under which SLO and limits."""

@@ -109,6 +109,16 @@ def test_bad_yaml(tmp_path: Path) -> None:
     assert re.search(r"goal\.yaml:\d+: not valid YAML", msg), msg
 
 
+@pytest.mark.parametrize("field", ["keda_polling_s", "keda_cooldown_s", "kpa_stable_window_s"])
+def test_incumbent_periods_are_whole_seconds(tmp_path: Path, field: str) -> None:
+    """KEDA's pollingInterval / cooldownPeriod are integers and Knative's window has second precision: a goal with
+    a fraction would replay an incumbent nobody can deploy (tune wrote int() of it into the manifest)."""
+    text = BASE + f"baselines:\n  {field}: 15.5\n"
+    msg = _error(text, tmp_path)
+    assert f"goal.yaml:{_line_of(text, field)}:" in msg and f"baselines.{field}" in msg and "whole seconds" in msg
+    assert parse_goal(BASE + f"baselines:\n  {field}: 16\n", source="ok.yaml").baselines is not None
+
+
 def test_missing_required_field(tmp_path: Path) -> None:
     text = BASE.replace("target_ms: 500, ", "")
     msg = _error(text, tmp_path)

@@ -62,6 +62,9 @@ def test_candidates_are_fractions_of_the_replicas_own_unit() -> None:
     for bad in (-1.0, 3601.0, float("nan")):  # Knative's own bounds, 0 s to 1 h
         with pytest.raises(UserError, match="scale-down delay"):
             build_incumbent("kpa", ONE, {"llama-3-8b": 50.0}, 60.0, "k", bad)
+    for window, delay in ((60.5, 0.0), (60.0, 299.5)):  # Knative validates both to second precision
+        with pytest.raises(UserError, match="whole seconds"):
+            build_incumbent("kpa", ONE, {"llama-3-8b": 50.0}, window, "k", delay)
     with pytest.raises(UserError):
         candidates("vpa", ONE, tr)
 
