@@ -17,8 +17,10 @@ for every query in :class:`~simulations.goal.PrometheusQueries`, each an instant
   zero; exact when routes do not share models);
 * ``Reading.stale`` names every input that was missing, older than ``stale_after_intervals`` control intervals,
   NaN/infinite or garbage (negative, unparsable, absurdly large). Latency NaN while a model serves nothing is
-  not stale (there is nothing to measure). Sample age comes from ``freshness_query`` (the newest raw sample's
-  ``timestamp()`` per model) compared with the query's evaluation time, so clocks need not agree. When that query
+  not stale (there is nothing to measure), nor TTFT NaN in a window with completions but no prompt tokens (vLLM
+  counts both TTFT and prompt tokens at a request's first token: only ends of requests fell in the window).
+  Sample age comes from ``freshness_query`` (the newest raw sample's ``timestamp()`` per model) compared with
+  the query's evaluation time, so clocks need not agree. When that query
   answers nothing at all (it names a metric this server does not have), age is not checked and ``last_notes``
   says so; a model missing from a non-empty answer is stale.
 
@@ -910,7 +912,10 @@ class PrometheusSource:
                 if age > self.stale_after_s:
                     stale.append(f"{m}.age")
             serving = math.isfinite(completions) and completions > 1e-9
-            if serving and not math.isfinite(ttft_s):
+            # vLLM observes TTFT and counts the prompt tokens at a request's first token, a completion at its end:
+            # a window with completions but no prompt tokens holds only ends of requests (nothing to measure)
+            ends_only = math.isfinite(prompt) and prompt <= 0.0
+            if serving and not ends_only and not math.isfinite(ttft_s):
                 stale.append(f"{m}.ttft_p95")
             arrival = completions
             if self.queue_growth and math.isfinite(waiting):
@@ -918,7 +923,7 @@ class PrometheusSource:
                 if prev is not None and math.isfinite(arrival) and 0 < now - prev[0] <= 3 * self.interval_s:
                     arrival += max(0.0, (waiting - prev[1]) / (now - prev[0]))
                 self._prev_queue[m] = (now, waiting)
-            tin = prompt / completions if serving and math.isfinite(prompt) else math.nan
+            tin = prompt / completions if serving and math.isfinite(prompt) and not ends_only else math.nan
             tout = gen / completions if serving and math.isfinite(gen) else math.nan
             models[m] = ModelReading(
                 arrival_rps=arrival,

@@ -566,6 +566,27 @@ def test_latency_nan_without_traffic_is_not_stale(goal):
     assert src.read().stale == ()
 
 
+def test_window_with_only_ends_of_requests_has_no_ttft_and_no_prompt_mean(goal):
+    """vLLM (0.15, v1/metrics/stats.py ``update_from_output``) observes TTFT and counts a request's prompt tokens at
+    its first token, but counts it in ``request_success_total`` at its end. A 1-min window holding only the end of a
+    request that started earlier (sparse traffic) has a completion, no first token and no prompt tokens: p95 TTFT
+    is NaN with nothing to measure (not stale, no fallback) and the mean prompt is unknown, not 0 tokens. With
+    first tokens in the window (prompt tokens counted), a NaN TTFT is still stale."""
+    clock = FakeClock()
+    t = clock.t
+    ends_only = prom_answers(t, request_success_total=vec(t, big=0.02, small=2.0),
+                             prompt_tokens_total=vec(t, big=0.0, small=1000.0),
+                             time_to_first_token=vec(t, big="NaN", small=0.1))
+    r = PrometheusSource("http://x", goal, clock, client=FakeProm(ends_only)).read()
+    assert r.stale == ()
+    big = r.models["big"]
+    assert math.isnan(big.ttft_p95_ms) and math.isnan(big.input_tokens) and big.output_tokens > 0
+    started = prom_answers(t, request_success_total=vec(t, big=0.02, small=2.0),
+                           prompt_tokens_total=vec(t, big=40.0, small=1000.0),
+                           time_to_first_token=vec(t, big="NaN", small=0.1))
+    assert PrometheusSource("http://x", goal, clock, client=FakeProm(started)).read().stale == ("big.ttft_p95",)
+
+
 @pytest.mark.parametrize("exc", [requests.exceptions.ConnectionError("refused"), requests.exceptions.Timeout("t"),
                                  ValueError("Expecting value: line 1")])
 def test_prometheus_source_client_errors_are_temporary(goal, exc):
