@@ -96,7 +96,35 @@ __all__ = [
     "split_userinfo",
 ]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_FRESHNESS_QUERY = "max by (model_name) (timestamp(vllm:num_requests_running))"
+#: the metric whose scrape targets :meth:`PrometheusSource.discover_scrape_interval` looks up (vLLM always exports it)
+SCRAPE_METRIC = "vllm:num_requests_running"
+#: a reading's sample counts as stale past this many scrape intervals (one missed scrape is not stale)
+STALE_SCRAPES = 2.5
+#: Prometheus' rule of thumb: a rate()'s range holds at least this many scrape intervals
+RANGE_SCRAPES = 4
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_DURATION_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+#: a PromQL range selector or subquery: ``[5m]``, ``[1m30s]``, ``[5m:30s]`` (its range part)
+_RANGE_SELECTOR = re.compile(r"\[((?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w|y))+)(?::[^\]]*)?\]")
+
+
+def duration_s(text: str) -> float | None:
+    """Seconds of a Prometheus / Go duration (``30s``, ``1m30s``, ``500ms``); None if it is not one."""
+    text = str(text).strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    total = sum(float(n) * _DURATION_S[u] for n, u in parts)
+    return total if math.isfinite(total) and total > 0 else None
+
+
+def shortest_range_s(queries: Sequence[str]) -> float | None:
+    """The shortest range selector (``[1m]``...) in ``queries``, in seconds; None when they have none."""
+    found = [d for q in queries for r in _RANGE_SELECTOR.findall(q) if (d := duration_s(r)) is not None]
+    return min(found) if found else None
 MAX_SANE_RATE = 1e6  # req/s or tokens/s above this is garbage
 MAX_SANE_LATENCY_S = 1e5
 MAX_HISTORY_POINTS = 10_000  # readings per warm-up (Prometheus answers at most 11,000 points per series and range)
@@ -713,7 +741,11 @@ class PrometheusSource:
             client = PrometheusConnect(url=base, retry=Retry(total=0, raise_on_status=False), session=session,
                                        timeout=self.timeout_s)
             session.remount(base)
+            self._session: DeadlineSession | None = session
+        else:
+            self._session = None  # an injected client: no targets API to read (discover_scrape_interval: None)
         self._client = client
+        self.scrape_interval_s: float | None = None  # set by apply_scrape_interval
         self.last_ambiguous: dict[str, str] = {}
         self._prev_queue: dict[str, tuple[float, float]] = {}  # model -> (t, waiting)
         self.last_raw: dict[str, dict[str, float]] = {}
@@ -722,6 +754,54 @@ class PrometheusSource:
         self.queries = {
             name: getattr(goal.prometheus, name) for name in (*REQUIRED, *LATENCY, *OPTIONAL)
         }
+
+    # --- scrape interval ------------------------------------------------------------------------------------------
+
+    def discover_scrape_interval(self) -> float | None:
+        """The longest scrape interval Prometheus is configured with for the targets that export
+        :data:`SCRAPE_METRIC` (their ``job`` labels, matched against ``/api/v1/targets``), in seconds; None where
+        it cannot be read -- no such series yet, a Prometheus-compatible store without the targets API (Thanos,
+        Mimir, managed services), any error or timeout (each request within ``timeout_s``): the caller keeps its
+        default. Never raises."""
+        if self._session is None:
+            return None
+        try:
+            jobs = {r["metric"].get("job") for r in self._client.custom_query(
+                f"count by (job) ({SCRAPE_METRIC})", timeout=self.timeout_s)  # type: ignore[arg-type]
+                if isinstance(r, dict) and isinstance(r.get("metric"), dict)} - {None}
+            if not jobs:
+                return None
+            resp = self._session.get(self.access.url.rstrip("/") + "/api/v1/targets", params={"state": "active"},
+                                     timeout=self.timeout_s)
+            if resp.status_code != 200:
+                return None
+            targets = resp.json()["data"]["activeTargets"]
+            found = [duration_s(t.get("scrapeInterval", "")) for t in targets
+                     if isinstance(t, dict) and isinstance(t.get("labels"), dict) and t["labels"].get("job") in jobs]
+        except Exception as exc:  # noqa: BLE001 -- best effort: the configured default stands
+            log.debug("scrape interval not discovered: %s", redact(f"{type(exc).__name__}: {str(exc)[:200]}"))
+            return None
+        found = [x for x in found if x is not None]
+        return max(found) if found else None
+
+    def apply_scrape_interval(self, scrape_s: float) -> str | None:
+        """Fit the reader to a Prometheus that scrapes the vLLM pods every ``scrape_s`` seconds: a sample counts as
+        stale only past :data:`STALE_SCRAPES` scrapes (and never sooner than ``stale_after_intervals`` control
+        intervals), so one missed scrape is not a stale reading. Returns a warning when the goal's queries average
+        over fewer than :data:`RANGE_SCRAPES` scrapes (one missed scrape can then leave a rate empty: that
+        interval falls back), else None."""
+        if not (math.isfinite(scrape_s) and scrape_s > 0):
+            raise ValueError(f"scrape interval must be a positive number of seconds, got {scrape_s!r}")
+        self.scrape_interval_s = float(scrape_s)
+        self.stale_after_s = max(self.stale_after_s, STALE_SCRAPES * self.scrape_interval_s)
+        short = shortest_range_s([*self.queries.values(), self.class_rate_query or ""])
+        if short is None or short >= RANGE_SCRAPES * self.scrape_interval_s - 1e-9:
+            return None
+        need = math.ceil(RANGE_SCRAPES * self.scrape_interval_s / 60.0)
+        return (f"Prometheus scrapes the vLLM pods every {self.scrape_interval_s:g}s but the goal's queries average "
+                f"over as little as {short:g}s, under {RANGE_SCRAPES} scrapes: one missed scrape can leave a rate "
+                f"empty and that interval falls back; widen the ranges in the goal's prometheus queries to at least "
+                f"[{need}m]")
 
     # --- queries --------------------------------------------------------------------------------------------------
 

@@ -40,12 +40,15 @@ class PrometheusSettings:
     freshness_query: str | None = "max by (model_name) (timestamp(vllm:num_requests_running))"
     class_rate_query: str | None = None  # per-route request rate (label ``route``), e.g. from the gateway
     access: Any = None  # agent.prom.PrometheusAccess (TLS, credentials, headers); None: from ``url``/``timeout_s``
+    scrape_interval_s: float | None = None  # how often Prometheus scrapes the vLLM pods; None: read at start
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"prometheus url must start with http:// or https://, got {self.url!r}")
         if self.timeout_s <= 0:
             raise ValueError("prometheus timeout must be > 0")
+        if self.scrape_interval_s is not None and not 0 < self.scrape_interval_s <= 3600:
+            raise ValueError(f"scrape interval must be in (0, 3600] seconds, got {self.scrape_interval_s!r}")
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,10 @@ def register(sub: Any) -> None:
     p.add_argument("--class-rate-query", default=None,
                    help="PromQL giving the request rate per route (label 'route'); default: derived from the model "
                         "rates and the weights in force")
+    p.add_argument("--scrape-interval", metavar="DURATION", default=None,
+                   help="how often Prometheus scrapes the vLLM pods, e.g. 30s (default: read from Prometheus' "
+                        "targets API at start, else the checks assume the control interval); a sample counts as "
+                        "stale after 2.5 scrapes, and a warning names query ranges shorter than 4 scrapes")
     p.add_argument("--audit", help="append one JSON line per interval to this file")
     p.add_argument("--recalibrate-every", metavar="DURATION",
                    help="shadow re-calibration: every DURATION (e.g. 1h) compare the last DURATION of vLLM metrics "
@@ -210,6 +214,16 @@ def build_daemon(
     if not source.tls_verified:
         log.warning("TLS to Prometheus at %s is NOT verified (--insecure-skip-tls-verify); shown in the audit and "
                     "in fleetpilot_prometheus_tls_verified", source.url)
+    scrape = settings.prometheus.scrape_interval_s
+    how = "--scrape-interval"
+    if scrape is None:
+        scrape, how = source.discover_scrape_interval(), "Prometheus' targets API"
+    if scrape is not None:
+        note = source.apply_scrape_interval(scrape)
+        log.info("Prometheus scrapes the vLLM pods every %gs (%s): a sample older than %gs is stale", scrape, how,
+                 source.stale_after_s)
+        if note:
+            log.warning("%s", note)
     audit = AuditLog(settings.audit.path, fsync=settings.audit.fsync) if settings.audit.path else None
     if audit is not None and audit.repaired:
         log.warning("audit log %s ended in a partial line (a crash mid-write); moved it to %s",
@@ -372,6 +386,11 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
     warmup_s = time_s(str(args.warmup), "--warmup")
     if warmup_s > MAX_WARMUP_S:
         raise UserError(f"--warmup: at most {MAX_WARMUP_S / 3600:g}h of recorded metrics, got {args.warmup!r}")
+    scrape_s = None
+    if args.scrape_interval is not None:
+        scrape_s = time_s(str(args.scrape_interval), "--scrape-interval")
+        if not 0 < scrape_s <= 3600:
+            raise UserError(f"--scrape-interval: expected a duration in (0s, 1h], got {args.scrape_interval!r}")
     if args.audit:
         parent = Path(args.audit).resolve().parent
         if not parent.is_dir():
@@ -381,7 +400,8 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
         interval_s=args.interval,
         prometheus=PrometheusSettings(url=access.url, timeout_s=access.timeout_s, access=access,
                                       freshness_query=args.freshness_query or None,
-                                      class_rate_query=args.class_rate_query or None),
+                                      class_rate_query=args.class_rate_query or None,
+                                      scrape_interval_s=scrape_s),
         kube=KubeSettings(kubeconfig=args.kubeconfig, in_cluster=bool(args.in_cluster), host=args.kube_host),
         leader=LeaderElectionSettings(enabled=not args.no_leader_election, namespace=args.lease_namespace,
                                       lease_name=args.lease_name, identity=args.identity,
