@@ -157,6 +157,38 @@ def test_import_with_the_vllm_default_queries(tmp_path: Path) -> None:
     assert checked >= 4 * 55  # all but the minute after each change (and the first)
 
 
+def test_a_step_longer_than_the_rate_window_counts_the_whole_step(tmp_path: Path) -> None:
+    """--step 5m with the default rate(...[1m]) queries: each step's requests are the step's (the window is widened
+    to the step), not its last minute's rate x 300 s. Counters every 15 s: 2 req/s for four minutes, then 10 req/s
+    for one, in every 5-min step (1,080 requests; the last minute alone would say 3,000)."""
+    work = tmp_path / "prom"
+    work.mkdir()
+    n = 48 * 20  # 4 h of 15-s samples
+    t0 = END - n * 15
+    c = 0.0
+    lines = ["# TYPE vllm:request_success counter"]
+    for i in range(n + 1):
+        ts = t0 + i * 15
+        lines.append(f'vllm:request_success_total{{model_name="llama-3-8b"}} {c!r} {ts}')
+        minute = ((ts - t0) // 60) % 5  # the minute of the 5-min step this sample's next 15 s fall in
+        c += (10.0 if minute == 4 else 2.0) * 15
+    lines.append("# EOF")
+    _backfill(work, "\n".join(lines) + "\n")
+    prom = _start(work)
+    try:
+        out = tmp_path / "trace.csv"
+        assert main(["trace", "import", "--prometheus", prom.url, "--no-tokens", "--range", "2h", "--step", "5m",
+                     "--end", str(END), "--out", str(out)]) == 0
+    finally:
+        prom.stop()
+    tr = load_trace(out)
+    assert tr.interval_s == 300.0 and tr.n == 24
+    # rate() over [300s] sees 20 samples, 285 s of increase extrapolated to 300 s: within 3 % of the true 1,080
+    assert np.allclose(tr.arrivals[:, 0], 1080.0, rtol=0.03), tr.arrivals[:, 0]
+    prov = json.loads((tmp_path / "trace.csv.provenance.json").read_text())
+    assert prov["queries"]["rate"] == "sum by (model_name) (rate(vllm:request_success_total[300s]))"
+
+
 def test_long_ranges_are_queried_in_chunks() -> None:
     calls = []
 
