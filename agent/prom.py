@@ -121,6 +121,19 @@ def duration_s(text: str) -> float | None:
     return total if math.isfinite(total) and total > 0 else None
 
 
+def widen_ranges(query: str, step_s: float) -> str:
+    """``query`` with every range selector shorter than ``step_s`` widened to it (``rate(x[1m])`` at a 5-min step
+    -> ``rate(x[300s])``): each step's value is then the step's own average, not its last minute's. Subqueries and
+    ranges at least a step long are left as written."""
+
+    def repl(m: re.Match[str]) -> str:
+        d = duration_s(m.group(1))
+        subquery = ":" in m.group(0)
+        return f"[{step_s:g}s]" if not subquery and d is not None and d < step_s - 1e-9 else m.group(0)
+
+    return _RANGE_SELECTOR.sub(repl, query)
+
+
 def shortest_range_s(queries: Sequence[str]) -> float | None:
     """The shortest range selector (``[1m]``...) in ``queries``, in seconds; None when they have none."""
     found = [d for q in queries for r in _RANGE_SELECTOR.findall(q) if (d := duration_s(r)) is not None]

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pair_dir(pair: str, tmp: Path) -> Path:
+def pair_dir(pair: str, tmp: Path) -> Path:
     """The cached tuning documents of one protocol pair, written as tuning files into a folder."""
     from fleetpilot.policies.tuning import tuning_filename
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             goal = load_goal(a.goal)
-            tdir = Path(a.tuning) if a.tuning else _pair_dir(a.cache_pair, Path(tmp))
+            tdir = Path(a.tuning) if a.tuning else pair_dir(a.cache_pair, Path(tmp))
             base: dict[str, Any] = {}
             if a.base == "tuned":
                 base = json.loads((tdir / "tuning-predictive.json").read_text())["settings"]

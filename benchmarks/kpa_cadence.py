@@ -14,16 +14,15 @@ a 1-h warm-up (Azure conv: its last 23 min after the first 23), seed 0, and prin
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from core_probe import pair_dir  # noqa: E402
 from predictive_training_ranges import SLICES  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 CACHE_KEYS = {"sg-mid": "servegen-mid", "sg-large": "servegen-large", "sg-small": "servegen-small"}
 
 
@@ -40,21 +39,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from fleetpilot.agent.replay import replay
     from fleetpilot.policies.registry import make
-    from fleetpilot.policies.tuning import tuning_filename
     from fleetpilot.simulations.goal import load_goal
     from fleetpilot.simulations.traces import load_traces
 
-    cache = json.loads((ROOT / "benchmarks" / "eval_tuning.json").read_text())
     goal = load_goal("single-model")
     with tempfile.TemporaryDirectory() as tmp:
         for k in keys:
             name, _, hi = SLICES[k]
             for peak in (200.0, 1000.0):
-                prefix = f"{CACHE_KEYS.get(k, k)}@{peak:g}#"
-                entry = next(v for kk, v in cache.items() if kk.startswith(prefix))
                 d = Path(tmp) / f"{k}@{peak:g}"
                 d.mkdir()
-                (d / tuning_filename("kpa")).write_text(json.dumps(entry["docs"]["kpa"]))
+                pair_dir(f"{CACHE_KEYS.get(k, k)}@{peak:g}", d)  # the protocol's cached tunings of this pair
                 lo, warm = (1380.0, 1380.0) if hi <= 2760 else (hi - 86400.0, 3600.0)
                 t = load_traces([name], (lo - warm, hi)).with_warmup(lo, hi, warm, peak_rps=peak)
                 got: dict[tuple[float, str], tuple[float, float]] = {}

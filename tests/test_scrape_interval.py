@@ -16,14 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from test_daemon_unit import GOAL, FakeClock, FakeProm, prom_answers, vec
 
 from fleetpilot.agent.cli import main
 from fleetpilot.agent.prom import PrometheusSource, duration_s, shortest_range_s
 from fleetpilot.simulations.goal import load_goal, parse_goal
 from fleetpilot.simulations.traces import Trace
-from livebed import wait_until
 from testbed.fleet_exporter import FleetExporter
 from testbed.prometheus import PrometheusNotFoundError, PrometheusServer
 
@@ -71,12 +69,6 @@ def test_a_fast_scrape_changes_nothing() -> None:
     assert src.discover_scrape_interval() is None  # an injected client: no targets API to ask
 
 
-def _instant(url: str, q: str) -> list:
-    r = requests.get(f"{url}/api/v1/query", params={"query": q}, timeout=5)
-    r.raise_for_status()
-    return r.json()["data"]["result"]
-
-
 def test_the_scrape_interval_is_read_from_prometheus(tmp_path: Path) -> None:
     goal = load_goal(ROOT / "examples" / "goals" / "single-model.yaml")
     n = 600
@@ -92,8 +84,7 @@ def test_the_scrape_interval_is_read_from_prometheus(tmp_path: Path) -> None:
         raise
     try:
         exporter.start()
-        wait_until("Prometheus has the exporter's series",
-                   lambda: _instant(prom.url, "count by (job) (vllm:num_requests_running)"), timeout_s=60)
+        prom.wait_for_series("count by (job) (vllm:num_requests_running)", timeout_s=60)
         src = PrometheusSource(prom.url, goal, time.time, timeout_s=5, interval_s=5)
         assert src.discover_scrape_interval() == 7.0
         assert src.apply_scrape_interval(7.0) is None and src.stale_after_s == 17.5  # 2.5 scrapes > 2 intervals

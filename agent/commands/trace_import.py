@@ -24,7 +24,7 @@ From the audit log of a running daemon (what it read every interval)::
 Output: the CSV format :func:`fleetpilot.simulations.traces.load_trace` reads -- ``t_s`` (seconds from the first
 step), ``timestamp`` (UTC, provenance), ``requests`` (expected requests in the step: rate x step; a query's
 range selector shorter than ``--step`` is widened to the step, so ``rate(...[1m])`` at ``--step 5m`` averages the
-whole step, not its last minute: :func:`widen_ranges`; the provenance records the queries as sent),
+whole step, not its last minute: :func:`fleetpilot.agent.prom.widen_ranges`; the provenance records the queries as sent),
 ``input_tokens_mean``, ``output_tokens_mean`` -- and beside it ``<out>.provenance.json``: the source (URL without
 credentials, or the audit file), the queries, the range, the step, the series' labels, when it was imported and
 how many steps had no sample. Steps Prometheus has no sample for are left out of the CSV (the loader fills them
@@ -44,7 +44,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -242,22 +241,6 @@ def _range_query(get: Callable[[str, Mapping[str, Any]], Any], query: str, start
 def _not_a_matrix(query: str, detail: str) -> UserError:
     return UserError(f"Prometheus answered {query[:80]!r} with something that is not a range vector (series of "
                      f"[timestamp, value] samples): {detail}", where="--query")
-
-
-_PLAIN_RANGE = re.compile(r"\[((?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w|y))+)\]")
-
-
-def widen_ranges(query: str, step_s: float) -> str:
-    """``query`` with every plain range selector shorter than ``step_s`` widened to it (``rate(x[1m])`` at a 5-min
-    step -> ``rate(x[300s])``): each step's value is then the step's own average, not its last minute's (the
-    requests column is rate x step). Subqueries and ranges at least a step long are left as written."""
-    from fleetpilot.agent.prom import duration_s
-
-    def repl(m: re.Match[str]) -> str:
-        d = duration_s(m.group(1))
-        return f"[{step_s:g}s]" if d is not None and d < step_s - 1e-9 else m.group(0)
-
-    return _PLAIN_RANGE.sub(repl, query)
 
 
 def import_from_prometheus(
@@ -534,6 +517,8 @@ def handler(args: argparse.Namespace, clock: Callable[[], float] = time.time) ->
         access = access_from_args(args)
         session = make_session(access)
         base = access.url.rstrip("/")
+        from fleetpilot.agent.prom import widen_ranges
+
         rate_q, prompt_q, output_q = _queries(args)
         rate_q = widen_ranges(rate_q, step)  # a step longer than a query's range: the step's own average
         prompt_q = None if prompt_q is None else widen_ranges(prompt_q, step)
